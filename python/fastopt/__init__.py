@@ -1,0 +1,75 @@
+"""fastopt: the arithmetic of neural-network training on NumPy arrays, in Rust SIMD kernels.
+
+Optimizer updates run in place, in one fused pass over memory, and follow torch.optim's
+update rules to rounding::
+
+    import numpy as np, fastopt as fo
+    w = fo.Parameter(np.zeros((256, 128), np.float32))
+    opt = fo.optim.Adam([w], lr=1e-3)
+    w.grad = np.ones_like(w.data)
+    opt.step(); opt.zero_grad()
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from . import _fastopt
+from . import optim
+from .parameter import Parameter
+
+__version__: str = _fastopt.__version__
+
+__all__ = [
+    "Parameter",
+    "optim",
+    "get_num_threads",
+    "set_num_threads",
+    "simd_level",
+    "show_config",
+    "__version__",
+]
+
+
+def get_num_threads() -> int:
+    """The number of threads the kernels use (``FASTOPT_NUM_THREADS``, default: all cores)."""
+    return _fastopt.get_num_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the number of threads the kernels use. ``n`` must be an int >= 1.
+
+    Small calls (under about 32k elements in total) always run on the calling thread.
+    Results do not depend on the thread count.
+    """
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int, got {type(n).__name__}")
+    _fastopt.set_num_threads(n)
+
+
+def simd_level() -> str:
+    """The SIMD level the kernels run at: 'avx512', 'avx2', 'neon' or 'scalar'.
+
+    Detected once from the CPU; ``FASTOPT_SIMD=avx2`` (or ``scalar``) forces a lower level.
+    """
+    return _fastopt.simd_level()
+
+
+def show_config(file: TextIO | None = None) -> None:
+    """Prints the version, SIMD level and thread count."""
+    import numpy
+
+    out = file if file is not None else sys.stdout
+    print(f"fastopt {__version__}", file=out)
+    print(
+        f"  SIMD level: {_fastopt.simd_level()} "
+        f"(detected {_fastopt.detected_simd_level()}; "
+        f"available {', '.join(_fastopt.available_simd_levels())})",
+        file=out,
+    )
+    print(
+        f"  threads: {_fastopt.get_num_threads()} (cores: {_fastopt.default_num_threads()})",
+        file=out,
+    )
+    print(f"  numpy {numpy.__version__}, python {sys.version.split()[0]}", file=out)

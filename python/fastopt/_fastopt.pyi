@@ -1,0 +1,47 @@
+"""Typed surface of the compiled module. Kernels update their arrays in place."""
+
+from typing import Sequence
+
+import numpy as np
+
+__version__: str
+
+def simd_level() -> str: ...
+def detected_simd_level() -> str: ...
+def available_simd_levels() -> list[str]: ...
+def set_simd_level(level: str) -> None: ...
+def get_num_threads() -> int: ...
+def set_num_threads(n: int) -> None: ...
+def default_num_threads() -> int: ...
+def adam_step(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    exp_avgs: Sequence[np.ndarray],
+    exp_avg_sqs: Sequence[np.ndarray],
+    max_exp_avg_sqs: Sequence[np.ndarray] | None,
+    state_steps: Sequence[np.ndarray],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled_weight_decay: bool = False,
+    check_only: bool = False,
+) -> None: ...
+def sgd_step(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    momentum_buffer_list: Sequence[np.ndarray] | None,
+    fresh_buffers: Sequence[bool],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    maximize: bool,
+    check_only: bool = False,
+) -> None: ...

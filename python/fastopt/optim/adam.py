@@ -1,0 +1,120 @@
+"""Adam and AdamW (torch.optim.Adam, torch.optim.AdamW)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+
+from . import functional as F
+from .optimizer import Optimizer, _real, check_bool, check_nonnegative
+
+__all__ = ["Adam", "AdamW"]
+
+
+class Adam(Optimizer):
+    """Adam with bias correction, optional AMSGrad, L2 or decoupled weight decay
+    (torch.optim.Adam: same arguments, defaults, checks, state names and update rule).
+
+    State per parameter: ``step`` (a 0-d float32 array, as torch), ``exp_avg``,
+    ``exp_avg_sq`` and with ``amsgrad`` ``max_exp_avg_sq``. Each step is one fused pass over
+    the parameter, its gradient and its state, for all the tensors of a group in one call.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        decoupled_weight_decay: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            decoupled_weight_decay=decoupled_weight_decay,
+        )
+        self._validate_group(defaults)
+        super().__init__(params, defaults)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        lr, eps, betas, wd = group["lr"], group["eps"], group["betas"], group["weight_decay"]
+        check_nonnegative(lr, "lr", f"Invalid learning rate: {lr}")
+        check_nonnegative(eps, "eps", f"Invalid epsilon value: {eps}")
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas must be a pair of floats, got {betas!r}")
+        for i, b in enumerate(betas):
+            if not 0.0 <= _real(b, f"betas[{i}]") < 1.0:
+                raise ValueError(f"Invalid beta parameter at index {i}: {b}")
+        check_nonnegative(wd, "weight_decay", f"Invalid weight_decay value: {wd}")
+        check_bool(group["amsgrad"], "amsgrad")
+        check_bool(group["maximize"], "maximize")
+        check_bool(group["decoupled_weight_decay"], "decoupled_weight_decay")
+
+    def _step_group(self, group, params, arrays, grads, check_only):
+        amsgrad = bool(group["amsgrad"])
+        exp_avgs, exp_avg_sqs, max_sqs, steps = [], [], [], []
+        created: list[tuple[dict, str, np.ndarray]] = []  # kept only if the step succeeds
+        for p, a in zip(params, arrays):
+            st = self.state.get(p) or {}
+            names = ("step", "exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
+            bufs = []
+            for name in names:
+                b = st.get(name)
+                if b is None:
+                    b = np.zeros((), np.float32) if name == "step" else np.zeros(a.shape, a.dtype)
+                    created.append((p, name, b))
+                bufs.append(b)
+            steps.append(bufs[0])
+            exp_avgs.append(bufs[1])
+            exp_avg_sqs.append(bufs[2])
+            if amsgrad:
+                max_sqs.append(bufs[3])
+        beta1, beta2 = group["betas"]
+        F._adam(
+            arrays, grads, exp_avgs, exp_avg_sqs, max_sqs, steps,
+            amsgrad=amsgrad, beta1=float(beta1), beta2=float(beta2), lr=float(group["lr"]),
+            weight_decay=float(group["weight_decay"]), eps=float(group["eps"]),
+            maximize=bool(group["maximize"]),
+            decoupled_weight_decay=bool(group["decoupled_weight_decay"]),
+            check_only=check_only,
+        )
+        if check_only:
+            return
+        for p, name, b in created:
+            self.state[p][name] = b
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (torch.optim.AdamW; ``weight_decay`` defaults to 1e-2):
+    the parameter is multiplied by ``1 - lr*weight_decay`` before the Adam update."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(
+            params, lr, betas, eps, weight_decay, amsgrad,
+            maximize=maximize, decoupled_weight_decay=True,
+        )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        # As torch: AdamW always decays decoupled, whatever the loaded groups say.
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True

@@ -1,0 +1,191 @@
+"""Stateless in-place optimizer updates over lists of arrays (torch.optim's functional API).
+
+Each call is one pass of the Rust kernel over all the arrays, with the GIL released. The
+arrays must be C-contiguous numpy arrays of one float dtype (float32 or float64), the
+buffers of each parameter's shape; written arrays must be writeable and share no memory with
+any other argument. Every argument is checked before anything is written, and errors name the
+argument (``grads[3] has shape (2,) but params[3] has shape (3,)``). Hyperparameters are not
+range-checked here (the optimizer classes check them), as in torch.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..backends import for_arrays
+
+__all__ = ["adam", "adamw", "sgd"]
+
+
+def _adam(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    exp_avgs: Sequence[np.ndarray],
+    exp_avg_sqs: Sequence[np.ndarray],
+    max_exp_avg_sqs: Sequence[np.ndarray] | None,
+    state_steps: Sequence[np.ndarray],
+    *,
+    amsgrad: bool,
+    beta1: float,
+    beta2: float,
+    lr: float,
+    weight_decay: float,
+    eps: float,
+    maximize: bool,
+    decoupled_weight_decay: bool,
+    check_only: bool = False,
+) -> None:
+    for_arrays(params).adam_step(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        state_steps,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        amsgrad=amsgrad,
+        maximize=maximize,
+        decoupled_weight_decay=decoupled_weight_decay,
+        check_only=check_only,
+    )
+
+
+def adam(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    exp_avgs: Sequence[np.ndarray],
+    exp_avg_sqs: Sequence[np.ndarray],
+    max_exp_avg_sqs: Sequence[np.ndarray] | None,
+    state_steps: Sequence[np.ndarray],
+    *,
+    amsgrad: bool = False,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    eps: float = 1e-8,
+    maximize: bool = False,
+    decoupled_weight_decay: bool = False,
+) -> None:
+    """Adam (torch.optim.adam.adam): updates ``params``, ``exp_avgs``, ``exp_avg_sqs``,
+    ``max_exp_avg_sqs`` (with ``amsgrad``; may be empty otherwise) and increments
+    ``state_steps`` (one-element float32 arrays, torch's ``state['step']``) in place.
+
+    Per element, as torch: ``m = lerp(m, g, 1-beta1)``, ``v = beta2*v + (1-beta2)*g*g``,
+    ``p += -lr/(1-beta1**t) * m / (sqrt(v)/sqrt(1-beta2**t) + eps)``; ``weight_decay`` adds
+    ``wd*p`` to the gradient, or with ``decoupled_weight_decay`` multiplies ``p`` by
+    ``1 - lr*wd`` first (AdamW).
+    """
+    _adam(
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
+        amsgrad=amsgrad, beta1=beta1, beta2=beta2, lr=lr, weight_decay=weight_decay,
+        eps=eps, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
+    )
+
+
+def adamw(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    exp_avgs: Sequence[np.ndarray],
+    exp_avg_sqs: Sequence[np.ndarray],
+    max_exp_avg_sqs: Sequence[np.ndarray] | None,
+    state_steps: Sequence[np.ndarray],
+    *,
+    amsgrad: bool = False,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-2,
+    eps: float = 1e-8,
+    maximize: bool = False,
+) -> None:
+    """AdamW (torch.optim.adamw.adamw): :func:`adam` with decoupled weight decay."""
+    _adam(
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
+        amsgrad=amsgrad, beta1=beta1, beta2=beta2, lr=lr, weight_decay=weight_decay,
+        eps=eps, maximize=maximize, decoupled_weight_decay=True,
+    )
+
+
+def _new_buffers(params: Sequence[np.ndarray], buffers: Sequence[np.ndarray | None]) -> tuple[list, list[bool]]:
+    """Zero-filled buffers where ``buffers`` has None, and which ones are new."""
+    if not isinstance(buffers, (list, tuple)):
+        raise TypeError(f"momentum_buffer_list must be a list, got {type(buffers).__name__}")
+    if len(buffers) != len(params):
+        raise ValueError(f"momentum_buffer_list has {len(buffers)} entries but params has {len(params)}")
+    out, fresh = [], []
+    for p, b in zip(params, buffers):
+        if b is None and isinstance(p, np.ndarray):
+            b = np.zeros(p.shape, p.dtype)
+            fresh.append(True)
+        else:
+            fresh.append(False)
+        out.append(b)
+    return out, fresh
+
+
+def _sgd(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    buffers: Sequence[np.ndarray] | None,
+    fresh: Sequence[bool],
+    *,
+    weight_decay: float,
+    momentum: float,
+    lr: float,
+    dampening: float,
+    nesterov: bool,
+    maximize: bool,
+    check_only: bool = False,
+) -> None:
+    for_arrays(params).sgd_step(
+        params,
+        grads,
+        buffers,
+        list(fresh),
+        lr=lr,
+        momentum=momentum,
+        dampening=dampening,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+        maximize=maximize,
+        check_only=check_only,
+    )
+
+
+def sgd(
+    params: Sequence[np.ndarray],
+    d_p_list: Sequence[np.ndarray],
+    momentum_buffer_list: list[np.ndarray | None],
+    *,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    lr: float = 1e-3,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+) -> None:
+    """SGD (torch.optim.sgd.sgd): updates ``params`` in place.
+
+    With ``momentum != 0``, ``momentum_buffer_list`` has one entry per parameter; a ``None``
+    entry is replaced (in the list) by a new buffer holding the gradient, as torch's first
+    step does, and existing buffers are updated in place.
+    """
+    buffers, fresh = None, []
+    if momentum != 0:
+        buffers, fresh = _new_buffers(params, momentum_buffer_list)
+    _sgd(
+        params, d_p_list, buffers, fresh,
+        weight_decay=weight_decay, momentum=momentum, lr=lr, dampening=dampening,
+        nesterov=nesterov, maximize=maximize,
+    )
+    if buffers is not None:
+        for i, new in enumerate(fresh):
+            if new:
+                momentum_buffer_list[i] = buffers[i]

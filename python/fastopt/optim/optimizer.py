@@ -1,0 +1,376 @@
+"""The `Optimizer` base class: torch.optim's contract over NumPy arrays.
+
+What differs from torch, on purpose:
+- ``state_dict()`` copies every buffer and ``load_state_dict()`` copies what it loads, so
+  the saved dict and the optimizer never share memory.
+- A step either completes for every group or changes nothing: all groups' arguments are
+  checked before any array is written, and state created for the step is kept only once the
+  step succeeded.
+- A set of parameters, an in-group duplicate and a non-float parameter are errors.
+- Parameters may be plain ndarrays; their gradients are then passed as ``step(grads=[...])``.
+"""
+
+from __future__ import annotations
+
+import copy
+import numbers
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from itertools import chain
+from typing import Any
+
+import numpy as np
+
+from ..parameter import Parameter
+
+__all__ = ["Optimizer", "required"]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class _RequiredParameter:
+    """Marks an option a param group must give (torch's ``required``)."""
+
+    def __repr__(self) -> str:
+        return "<required parameter>"
+
+
+required = _RequiredParameter()
+
+
+def _array_of(p: Any) -> np.ndarray:
+    return p.data if isinstance(p, Parameter) else p
+
+
+def _is_param(x: Any) -> bool:
+    return isinstance(x, (Parameter, np.ndarray))
+
+
+class _State(MutableMapping):
+    """Per-parameter state keyed by the parameter object itself (ndarrays are unhashable,
+    so keys are compared by identity). Like torch's ``defaultdict(dict)``, reading a missing
+    key creates an empty dict."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: dict[int, tuple[Any, dict]] = {}
+
+    def __getitem__(self, key: Any) -> dict:
+        item = self._items.get(id(key))
+        if item is None:
+            item = self._items[id(key)] = (key, {})
+        return item[1]
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        item = self._items.get(id(key))
+        return default if item is None else item[1]
+
+    def __setitem__(self, key: Any, value: dict) -> None:
+        self._items[id(key)] = (key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        del self._items[id(key)]
+
+    def __contains__(self, key: object) -> bool:
+        return id(key) in self._items
+
+    def __iter__(self) -> Iterator[Any]:
+        return (k for k, _ in list(self._items.values()))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"_State({len(self)} parameters)"
+
+
+def _real(value: Any, name: str) -> float:
+    """`value` as a float, or a TypeError naming the argument."""
+    if isinstance(value, bool) or not (
+        isinstance(value, numbers.Real) or (isinstance(value, np.ndarray) and value.size == 1)
+    ):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def check_nonnegative(value: Any, name: str, message: str) -> None:
+    """torch's ``if not 0.0 <= value: raise ValueError(message)`` (NaN is rejected too)."""
+    if not 0.0 <= _real(value, name):
+        raise ValueError(message)
+
+
+def check_bool(value: Any, name: str) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
+def _copy_value(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return v.copy()
+    return copy.deepcopy(v)
+
+
+class Optimizer:
+    """Base class of every fastopt optimizer (torch.optim.Optimizer's contract).
+
+    Subclasses give ``defaults``, validate a group's options in ``_validate_group`` and run
+    one group's update in ``_step_group``.
+    """
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+        self.defaults = defaults
+        if _is_param(params):
+            raise TypeError(
+                "params argument given to the optimizer should be an iterable of "
+                f"Parameters, arrays or dicts, but got {type(params).__name__}"
+            )
+        if isinstance(params, (set, frozenset)):
+            raise TypeError(
+                "optimizer parameters need to be organized in ordered collections, but "
+                "the ordering of tensors in sets will change between runs. Please use a list instead."
+            )
+        if isinstance(params, dict):
+            raise TypeError(
+                "params must be an iterable of parameters or of param group dicts; "
+                "wrap a single param group in a list"
+            )
+        self.state: _State = _State()
+        self.param_groups: list[dict[str, Any]] = []
+        param_groups = list(params)
+        if len(param_groups) == 0:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(param_groups[0], dict):
+            param_groups = [{"params": param_groups}]
+        for group in param_groups:
+            self.add_param_group(group)
+
+    # -- param groups ---------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Adds a group of parameters with its own options (missing ones from ``defaults``).
+
+        The dict is copied. Raises if a parameter is already in this optimizer.
+        """
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
+        if "params" not in param_group:
+            raise ValueError("param_group must have a 'params' entry")
+        group = dict(param_group)
+        params = group["params"]
+        if _is_param(params):
+            params = [params]
+        elif isinstance(params, (set, frozenset)):
+            raise TypeError(
+                "optimizer parameters need to be organized in ordered collections, but "
+                "the ordering of tensors in sets will change between runs. Please use a list instead."
+            )
+        else:
+            params = list(params)
+        for i, p in enumerate(params):
+            if not _is_param(p):
+                raise TypeError(
+                    "optimizer can only optimize Parameters or numpy arrays, "
+                    f"but params[{i}] is {type(p).__name__}"
+                )
+            a = _array_of(p)
+            if a.dtype not in _FLOATS:
+                raise TypeError(f"params[{i}] has dtype {a.dtype}; optimizers take float32 or float64")
+        group["params"] = params
+        for name, default in self.defaults.items():
+            if default is required and name not in group:
+                raise ValueError(
+                    f"parameter group didn't specify a value of required optimization parameter {name}"
+                )
+            group.setdefault(name, default)
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError("optimizer contains a parameter group with duplicate parameters")
+        present = {id(p) for g in self.param_groups for p in g["params"]}
+        if any(id(p) in present for p in params):
+            raise ValueError("some parameters appear in more than one parameter group")
+        self._validate_group(group)
+        self.param_groups.append(group)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        """Raises if an option of ``group`` is out of range (subclasses)."""
+
+    # -- gradients ------------------------------------------------------------------------
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Resets the gradients of the Parameters (plain-array params have none here).
+
+        ``set_to_none=True`` (the default, as torch) drops them; otherwise they are zeroed in
+        place.
+        """
+        for group in self.param_groups:
+            for p in group["params"]:
+                if isinstance(p, Parameter) and p.grad is not None:
+                    if set_to_none:
+                        p.grad = None
+                    else:
+                        p.grad.fill(0)
+
+    def _grads_by_group(self, grads: Any) -> list[list[np.ndarray | None]]:
+        if grads is None:
+            out = []
+            for gi, group in enumerate(self.param_groups):
+                row = []
+                for i, p in enumerate(group["params"]):
+                    if not isinstance(p, Parameter):
+                        raise ValueError(
+                            f"param_groups[{gi}]['params'][{i}] is a plain numpy array, which "
+                            "carries no gradient: pass the gradients as step(grads=[...])"
+                        )
+                    row.append(p.grad)
+                out.append(row)
+            return out
+        if not isinstance(grads, (list, tuple)):
+            raise TypeError(
+                "grads must be a list with one array (or None to skip) per parameter, "
+                f"got {type(grads).__name__}"
+            )
+        total = sum(len(g["params"]) for g in self.param_groups)
+        if len(grads) != total:
+            raise ValueError(f"grads has {len(grads)} entries but the optimizer has {total} parameters")
+        out, start = [], 0
+        for group in self.param_groups:
+            n = len(group["params"])
+            out.append(list(grads[start : start + n]))
+            start += n
+        return out
+
+    # -- stepping -------------------------------------------------------------------------
+
+    def step(self, closure: Callable[[], Any] | None = None, grads: Any = None) -> Any:
+        """One update of every parameter that has a gradient; returns the closure's loss.
+
+        ``closure`` (optional) re-evaluates the model and returns the loss; it runs first.
+        ``grads`` (optional) is a flat list, one entry per parameter in group order, of
+        gradient arrays (None skips the parameter); it replaces ``Parameter.grad`` and is
+        required for plain-ndarray parameters.
+        """
+        loss = None
+        if closure is not None:
+            loss = closure()
+        per_group = self._grads_by_group(grads)
+        multi = len(self.param_groups) > 1
+        if multi:
+            # Check every group before writing any, so a bad later group changes nothing.
+            for gi, (group, g) in enumerate(zip(self.param_groups, per_group)):
+                self._run_group(gi, group, g, check_only=True)
+        for gi, (group, g) in enumerate(zip(self.param_groups, per_group)):
+            self._run_group(gi, group, g, check_only=False, prefix=multi)
+        return loss
+
+    def _run_group(self, gi: int, group: dict, grads: list, check_only: bool, prefix: bool = True) -> None:
+        params, arrays, grad_arrays = [], [], []
+        for p, g in zip(group["params"], grads):
+            if g is not None:
+                params.append(p)
+                arrays.append(_array_of(p))
+                grad_arrays.append(g)
+        if not params:
+            return
+        try:
+            self._step_group(group, params, arrays, grad_arrays, check_only)
+        except (TypeError, ValueError) as e:
+            if not (prefix and len(self.param_groups) > 1):
+                raise
+            raise type(e)(f"param_groups[{gi}]: {e}") from None
+
+    def _step_group(
+        self,
+        group: dict[str, Any],
+        params: list[Any],
+        arrays: list[np.ndarray],
+        grads: list[np.ndarray],
+        check_only: bool,
+    ) -> None:
+        """Updates the ``params`` of ``group`` (those with a gradient) in one kernel call.
+        With ``check_only``, checks the arguments and writes nothing (no state either)."""
+        raise NotImplementedError
+
+    # -- state dict -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's layout: ``{'state': {index: {...}}, 'param_groups': [{..., 'params': [index]}]}``.
+
+        Parameters are numbered in group order; every buffer is a copy.
+        """
+        index: dict[int, int] = {}
+        groups = []
+        for group in self.param_groups:
+            packed = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
+            ids = []
+            for p in group["params"]:
+                index.setdefault(id(p), len(index))
+                ids.append(index[id(p)])
+            packed["params"] = ids
+            groups.append(packed)
+        state = {
+            index[id(p)]: {k: _copy_value(v) for k, v in s.items()}
+            for p, s in self.state.items()
+            if id(p) in index
+        }
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads a ``state_dict()`` (by position, as torch): floating buffers are copied and cast
+        to their parameter's dtype, ``step`` counters are kept as float32, options are
+        checked. Nothing changes if it raises."""
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise TypeError("state_dict must be a dict with 'state' and 'param_groups'")
+        groups = self.param_groups
+        saved_groups = copy.deepcopy(state_dict["param_groups"])
+        if len(groups) != len(saved_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        if any(len(g["params"]) != len(s["params"]) for g, s in zip(groups, saved_groups)):
+            raise ValueError(
+                "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
+            )
+        id_map = dict(
+            zip(
+                chain.from_iterable(g["params"] for g in saved_groups),
+                chain.from_iterable(g["params"] for g in groups),
+            )
+        )
+        new_state = _State()
+        for k, v in state_dict["state"].items():
+            if k not in id_map:
+                raise ValueError(f"state_dict['state'] has an entry for parameter {k!r}, which no group lists")
+            p = id_map[k]
+            new_state[p] = {key: self._load_value(p, key, val) for key, val in v.items()}
+        new_groups = []
+        for g, saved in zip(groups, saved_groups):
+            saved["params"] = g["params"]
+            for name, default in self.defaults.items():
+                saved.setdefault(name, g.get(name, default))
+            self._validate_group(saved)
+            new_groups.append(saved)
+        self.state = new_state
+        self.param_groups = new_groups
+
+    @staticmethod
+    def _load_value(p: Any, key: str, value: Any) -> Any:
+        if value is None or isinstance(value, (bool, str)):
+            return value
+        if key == "step":
+            # torch keeps step as a float32 0-d tensor; fastopt's kernels count in it.
+            return np.array(np.asarray(value), dtype=np.float32, copy=True).reshape(())
+        if isinstance(value, np.ndarray) or hasattr(value, "__array__"):
+            arr = np.asarray(value)
+            if arr.dtype.kind == "f":
+                return np.array(arr, dtype=_array_of(p).dtype, order="C", copy=True)
+            return arr.copy()
+        return copy.deepcopy(value)
+
+    # -- display --------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        lines = [self.__class__.__name__ + " ("]
+        for i, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for key in sorted(group):
+                if key != "params":
+                    lines.append(f"    {key}: {group[key]}")
+        lines.append(")")
+        return "\n".join(lines)

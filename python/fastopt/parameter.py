@@ -1,0 +1,86 @@
+"""`Parameter`: a NumPy array the optimizers update in place, with its gradient."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _check_float_array(value: Any, what: str) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{what} must be a numpy.ndarray, got {type(value).__name__}")
+    if value.dtype not in _FLOATS:
+        raise TypeError(f"{what} must have dtype float32 or float64, got {value.dtype}")
+    return value
+
+
+class Parameter:
+    """A trainable array and its gradient, as ``torch.nn.Parameter``.
+
+    ``data`` is the caller's ndarray itself (no copy): optimizers update it in place, so
+    views and references to it see every step. ``grad`` is ``None`` or an ndarray of the same
+    shape and dtype; optimizers skip a parameter whose ``grad`` is ``None``.
+    NumPy functions accept a Parameter directly (``np.asarray(p)`` is ``p.data``).
+    """
+
+    __slots__ = ("_data", "_grad", "__weakref__")
+
+    def __init__(self, data: np.ndarray) -> None:
+        self._data = _check_float_array(data, "data")
+        self._grad: np.ndarray | None = None
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._data
+
+    @data.setter
+    def data(self, value: np.ndarray) -> None:
+        self._data = _check_float_array(value, "data")
+
+    @property
+    def grad(self) -> np.ndarray | None:
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: np.ndarray | None) -> None:
+        if value is not None:
+            _check_float_array(value, "grad")
+            if value.shape != self._data.shape:
+                raise ValueError(
+                    f"grad has shape {value.shape} but the parameter has shape {self._data.shape}"
+                )
+            if value.dtype != self._data.dtype:
+                raise TypeError(
+                    f"grad has dtype {value.dtype} but the parameter has dtype {self._data.dtype}"
+                )
+        self._grad = value
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self._data.ndim
+
+    @property
+    def size(self) -> int:
+        return self._data.size
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        if dtype is None and not copy:
+            return self._data
+        return np.array(self._data, dtype=dtype, copy=True)
+
+    def __repr__(self) -> str:
+        return f"Parameter({np.array2string(self._data, threshold=20, edgeitems=3)}, dtype={self._data.dtype})"

@@ -1,0 +1,82 @@
+//! fastopt-core: the arithmetic of neural-network training as plain Rust functions on slices.
+//!
+//! No Python here. Each optimizer step is one fused pass over every element of every tensor
+//! of a parameter group, run at the SIMD level chosen in [`simd`] and split across threads by
+//! [`parallel`]. The Python bindings live in the `fastopt-py` crate.
+
+pub mod float;
+pub mod optim;
+pub mod parallel;
+pub mod simd;
+
+pub use float::Float;
+
+/// A caller error the kernels detect before writing anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error(pub String);
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Checks that `len` equals the parameter's length, naming the buffer otherwise.
+pub(crate) fn check_len(what: &str, index: usize, len: usize, expected: usize) -> Result<(), Error> {
+    if len != expected {
+        return Err(Error(format!(
+            "{what}[{index}] has {len} elements but params[{index}] has {expected}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use crate::Float;
+
+    /// Deterministic values in about [-2, 2) with a few exact zeros.
+    pub fn data<T: Float>(n: usize, seed: u64) -> Vec<T> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                if i % 29 == 5 {
+                    T::ZERO
+                } else {
+                    T::from_f64(((s >> 11) as f64 / (1u64 << 53) as f64) * 4.0 - 2.0)
+                }
+            })
+            .collect()
+    }
+
+    /// Lengths 0..=67 each at sub-slice offsets 0..=3 (offsets misalign the start).
+    pub fn misaligned_lengths() -> impl Iterator<Item = (usize, usize)> {
+        (0..=67usize).flat_map(|n| (0..=3usize).map(move |off| (n, off)))
+    }
+
+    pub fn madd_ref<T: Float>(a: T, b: T, c: T, fma: bool) -> T {
+        if fma {
+            a.fma(b, c)
+        } else {
+            a * b + c
+        }
+    }
+
+    /// torch's lerp (ATen `Lerp.h`): `self + w * (end - self)` for |w| < 0.5, else
+    /// `end - (end - self) * (1 - w)`; its vectorized form uses fmadd.
+    pub fn lerp_ref<T: Float>(start: T, end: T, w: T, fma: bool) -> T {
+        let d = end - start;
+        if w.to_f64().abs() < 0.5 {
+            madd_ref(w, d, start, fma)
+        } else if fma {
+            (w - T::ONE).fma(d, end)
+        } else {
+            end - d * (T::ONE - w)
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Turning Python lists of NumPy arrays into checked Rust slices.
+//!
+//! Every check happens here, before any kernel runs, so an error leaves every array as it
+//! was: the argument must be a list or tuple of `numpy.ndarray`, of the group's dtype
+//! (float32 or float64, native byte order, no implicit cast), C-contiguous, aligned, writeable
+//! where the kernel writes, of the parameter's shape, and no array that is written may share
+//! memory with any other array of the call. Errors are `TypeError` (wrong kind of object or
+//! dtype) or `ValueError` (everything else) and name the argument and index.
+
+use numpy::npyffi::objects::_PyArray_GET_ITEM_DATA;
+use numpy::npyffi::{NPY_ARRAY_ALIGNED, NPY_ARRAY_C_CONTIGUOUS, NPY_ARRAY_WRITEABLE};
+use numpy::prelude::*;
+use numpy::{dtype, PyUntypedArray};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyTuple};
+
+/// The element types the kernels run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    F64,
+}
+
+impl Dtype {
+    fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "float32",
+            Dtype::F64 => "float64",
+        }
+    }
+    fn itemsize(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F64 => 8,
+        }
+    }
+}
+
+/// A checked array: where its elements are and how many.
+#[derive(Clone, Copy)]
+pub struct Raw {
+    data: *mut u8,
+    len: usize,
+}
+
+impl Raw {
+    /// # Safety
+    /// `T` must be the array's element type (checked against the group's dtype when the
+    /// `Raw` was made), the array must outlive `'a` (its owner, a `Bound`, is held by the
+    /// caller for the whole call), and no other live slice may overlap it mutably (checked by
+    /// [`Group::finish`]).
+    pub unsafe fn slice_mut<'a, T>(self) -> &'a mut [T] {
+        if self.len == 0 {
+            return &mut [];
+        }
+        // SAFETY: per this function's contract; `data` is non-null, aligned for `T` (the
+        // ALIGNED flag was checked) and spans `len` contiguous elements (C_CONTIGUOUS).
+        unsafe { std::slice::from_raw_parts_mut(self.data.cast::<T>(), self.len) }
+    }
+
+    /// # Safety
+    /// As [`Raw::slice_mut`], except that other read-only slices may overlap it.
+    pub unsafe fn slice<'a, T>(self) -> &'a [T] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: as above.
+        unsafe { std::slice::from_raw_parts(self.data.cast::<T>().cast_const(), self.len) }
+    }
+}
+
+/// Collects and checks the arrays of one kernel call.
+pub struct Group<'py> {
+    pub dtype: Dtype,
+    shapes: Vec<Vec<usize>>,
+    /// Memory of every non-empty array: (start, end, written, label).
+    spans: Vec<(usize, usize, bool, String)>,
+    /// Keeps every checked array alive until the kernel has run.
+    _owners: Vec<Bound<'py, PyUntypedArray>>,
+}
+
+fn items<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    if let Ok(l) = obj.cast::<PyList>() {
+        return Ok(l.iter().collect());
+    }
+    if let Ok(t) = obj.cast::<PyTuple>() {
+        return Ok(t.iter().collect());
+    }
+    Err(PyTypeError::new_err(format!(
+        "{name} must be a list of numpy arrays, got {}",
+        type_name(obj)
+    )))
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+}
+
+fn as_array<'py>(obj: &Bound<'py, PyAny>, label: &str) -> PyResult<Bound<'py, PyUntypedArray>> {
+    obj.cast::<PyUntypedArray>().map(|a| a.clone()).map_err(|_| {
+        PyTypeError::new_err(format!("{label} must be a numpy.ndarray, got {}", type_name(obj)))
+    })
+}
+
+fn dtype_of(arr: &Bound<'_, PyUntypedArray>) -> Option<Dtype> {
+    let py = arr.py();
+    let d = arr.dtype();
+    if d.is_equiv_to(&dtype::<f32>(py)) {
+        Some(Dtype::F32)
+    } else if d.is_equiv_to(&dtype::<f64>(py)) {
+        Some(Dtype::F64)
+    } else {
+        None
+    }
+}
+
+fn flags(arr: &Bound<'_, PyUntypedArray>) -> i32 {
+    // SAFETY: `arr` is a live ndarray and we hold the GIL; this reads its flags field.
+    unsafe { (*_PyArray_GET_ITEM_DATA(arr.as_array_ptr())).flags }
+}
+
+fn data_ptr(arr: &Bound<'_, PyUntypedArray>) -> *mut u8 {
+    // SAFETY: as in `flags`, reading the data pointer field.
+    unsafe { (*_PyArray_GET_ITEM_DATA(arr.as_array_ptr())).data.cast() }
+}
+
+fn shape_str(s: &[usize]) -> String {
+    match s.len() {
+        1 => format!("({},)", s[0]),
+        _ => format!("({})", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+    }
+}
+
+impl<'py> Group<'py> {
+    /// Checks `params` (written): sets the group's dtype and the shapes the other lists
+    /// must match. An empty list is allowed (nothing to do), with float32 as dtype.
+    pub fn new(params: &Bound<'py, PyAny>) -> PyResult<(Group<'py>, Vec<Raw>)> {
+        let list = items(params, "params")?;
+        let mut g = Group { dtype: Dtype::F32, shapes: vec![], spans: vec![], _owners: vec![] };
+        if let Some(first) = list.first() {
+            let arr = as_array(first, "params[0]")?;
+            g.dtype = dtype_of(&arr).ok_or_else(|| {
+                PyTypeError::new_err(format!(
+                    "params[0] has dtype {}; fastopt kernels take float32 or float64 arrays",
+                    arr.dtype()
+                ))
+            })?;
+        }
+        let mut raws = Vec::with_capacity(list.len());
+        for (i, obj) in list.iter().enumerate() {
+            let arr = as_array(obj, &format!("params[{i}]"))?;
+            g.shapes.push(arr.shape().to_vec());
+            raws.push(g.check(&arr, "params", i, true)?);
+        }
+        Ok((g, raws))
+    }
+
+    pub fn len(&self) -> usize {
+        self.shapes.len()
+    }
+
+    fn check(&mut self, arr: &Bound<'py, PyUntypedArray>, name: &str, i: usize, written: bool) -> PyResult<Raw> {
+        let label = format!("{name}[{i}]");
+        match dtype_of(arr) {
+            Some(d) if d == self.dtype => {}
+            _ => {
+                return Err(PyTypeError::new_err(format!(
+                    "{label} has dtype {} but the group's params are {} (fastopt never casts implicitly)",
+                    arr.dtype(),
+                    self.dtype.name()
+                )))
+            }
+        }
+        if arr.shape() != self.shapes[i].as_slice() {
+            return Err(PyValueError::new_err(format!(
+                "{label} has shape {} but params[{i}] has shape {}",
+                shape_str(arr.shape()),
+                shape_str(&self.shapes[i])
+            )));
+        }
+        self.check_layout(arr, &label, self.dtype.itemsize(), written)
+    }
+
+    fn check_layout(&mut self, arr: &Bound<'py, PyUntypedArray>, label: &str, itemsize: usize, written: bool) -> PyResult<Raw> {
+        let f = flags(arr);
+        if f & NPY_ARRAY_C_CONTIGUOUS == 0 {
+            return Err(PyValueError::new_err(format!(
+                "{label} must be C-contiguous (use numpy.ascontiguousarray on a copy)"
+            )));
+        }
+        if f & NPY_ARRAY_ALIGNED == 0 {
+            return Err(PyValueError::new_err(format!("{label} is not aligned for its dtype")));
+        }
+        if written && f & NPY_ARRAY_WRITEABLE == 0 {
+            return Err(PyValueError::new_err(format!("{label} is read-only but is updated in place")));
+        }
+        let len = arr.len();
+        let data = data_ptr(arr);
+        if len > 0 {
+            let start = data as usize;
+            self.spans.push((start, start + len * itemsize, written, label.to_string()));
+        }
+        self._owners.push(arr.clone());
+        Ok(Raw { data, len })
+    }
+
+    /// Checks a list of arrays shaped like `params`, one per parameter.
+    pub fn like_params(&mut self, obj: &Bound<'py, PyAny>, name: &str, written: bool) -> PyResult<Vec<Raw>> {
+        let list = items(obj, name)?;
+        if list.len() != self.len() {
+            return Err(PyValueError::new_err(format!(
+                "{name} has {} arrays but params has {}",
+                list.len(),
+                self.len()
+            )));
+        }
+        let mut raws = Vec::with_capacity(list.len());
+        for (i, o) in list.iter().enumerate() {
+            let arr = as_array(o, &format!("{name}[{i}]"))?;
+            raws.push(self.check(&arr, name, i, written)?);
+        }
+        Ok(raws)
+    }
+
+    /// Like [`Group::like_params`] for a list the kernel needs only with some option
+    /// (`required`); otherwise the list is ignored, as torch ignores it.
+    pub fn optional_like_params(
+        &mut self,
+        obj: Option<&Bound<'py, PyAny>>,
+        name: &str,
+        required: bool,
+        why: &str,
+    ) -> PyResult<Option<Vec<Raw>>> {
+        if !required {
+            return Ok(None);
+        }
+        match obj.filter(|o| !o.is_none()) {
+            Some(o) => self.like_params(o, name, true).map(Some),
+            None if self.len() == 0 => Ok(Some(vec![])),
+            None => Err(PyValueError::new_err(format!("{name} is required with {why}"))),
+        }
+    }
+
+    /// Checks a list of one-element float32 step counters (torch's `state['step']`).
+    pub fn steps(&mut self, obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Vec<Raw>> {
+        let list = items(obj, name)?;
+        if list.len() != self.len() {
+            return Err(PyValueError::new_err(format!(
+                "{name} has {} arrays but params has {}",
+                list.len(),
+                self.len()
+            )));
+        }
+        let mut raws = Vec::with_capacity(list.len());
+        for (i, o) in list.iter().enumerate() {
+            let label = format!("{name}[{i}]");
+            let arr = as_array(o, &label)?;
+            if dtype_of(&arr) != Some(Dtype::F32) || arr.len() != 1 {
+                return Err(PyTypeError::new_err(format!(
+                    "{label} must be a one-element float32 array (a 0-d step counter), got dtype {} shape {}",
+                    arr.dtype(),
+                    shape_str(arr.shape())
+                )));
+            }
+            raws.push(self.check_layout(&arr, &label, 4, true)?);
+        }
+        Ok(raws)
+    }
+
+    /// Rejects any overlap between an array that is written and any other array of the call.
+    pub fn finish(&mut self) -> PyResult<()> {
+        self.spans.sort_by_key(|s| s.0);
+        // Sweep in address order, remembering the furthest-reaching span seen so far and the
+        // furthest-reaching written one: a span that starts before either ends overlaps it.
+        let mut far_any: Option<usize> = None;
+        let mut far_written: Option<usize> = None;
+        for k in 0..self.spans.len() {
+            let (start, end, written, _) = self.spans[k];
+            let hit = match (far_written, far_any) {
+                (Some(w), _) if start < self.spans[w].1 => Some(w),
+                (_, Some(a)) if written && start < self.spans[a].1 => Some(a),
+                _ => None,
+            };
+            if let Some(j) = hit {
+                let (a, b) = (&self.spans[j].3, &self.spans[k].3);
+                let (first, second) = if a < b { (a, b) } else { (b, a) };
+                return Err(PyValueError::new_err(format!(
+                    "{first} and {second} share memory, and one of them is updated in place; \
+                     pass separate arrays (e.g. a copy of the gradient)"
+                )));
+            }
+            if far_any.is_none_or(|a| end > self.spans[a].1) {
+                far_any = Some(k);
+            }
+            if written && far_written.is_none_or(|w| end > self.spans[w].1) {
+                far_written = Some(k);
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn core_err(e: fastopt_core::Error) -> PyErr {
+    PyValueError::new_err(e.0)
+}

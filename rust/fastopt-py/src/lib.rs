@@ -1,0 +1,71 @@
+//! `fastopt._fastopt`: the compiled module. It converts and checks arguments, releases the
+//! GIL and calls `fastopt-core`; it does no arithmetic of its own.
+
+mod arrays;
+mod optim;
+
+use fastopt_core::{parallel, simd};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+/// The SIMD level kernels run at now: "avx512", "avx2", "neon" or "scalar".
+#[pyfunction]
+fn simd_level() -> &'static str {
+    simd::level().name()
+}
+
+/// The best SIMD level this CPU supports.
+#[pyfunction]
+fn detected_simd_level() -> &'static str {
+    simd::detected().name()
+}
+
+/// Every SIMD level this CPU can run, lowest first.
+#[pyfunction]
+fn available_simd_levels() -> Vec<&'static str> {
+    simd::available().into_iter().map(|l| l.name()).collect()
+}
+
+/// Forces a SIMD level (one of `available_simd_levels()`); mainly for tests.
+#[pyfunction]
+fn set_simd_level(level: &str) -> PyResult<()> {
+    let l = simd::SimdLevel::parse(level).ok_or_else(|| {
+        PyValueError::new_err(format!("level must be one of 'avx512', 'avx2', 'neon', 'scalar', got {level:?}"))
+    })?;
+    simd::set_level(l).map_err(PyValueError::new_err)
+}
+
+/// Threads the kernels use.
+#[pyfunction]
+fn get_num_threads() -> usize {
+    parallel::num_threads()
+}
+
+/// Sets the threads the kernels use (at least 1).
+#[pyfunction]
+fn set_num_threads(n: i64) -> PyResult<()> {
+    if n < 1 {
+        return Err(PyValueError::new_err(format!("n must be at least 1, got {n}")));
+    }
+    parallel::set_num_threads(n as usize).map_err(PyValueError::new_err)
+}
+
+/// The cores available to this process (the default thread count).
+#[pyfunction]
+fn default_num_threads() -> usize {
+    parallel::default_threads()
+}
+
+#[pymodule]
+mod _fastopt {
+    #[pymodule_export]
+    use super::optim::{adam_step, sgd_step};
+    #[pymodule_export]
+    use super::{available_simd_levels, default_num_threads, detected_simd_level, get_num_threads, set_num_threads, set_simd_level, simd_level};
+
+    #[pymodule_init]
+    fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
+        use pyo3::types::PyModuleMethods;
+        m.add("__version__", env!("CARGO_PKG_VERSION"))
+    }
+}

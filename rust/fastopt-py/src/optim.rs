@@ -1,0 +1,153 @@
+//! Optimizer steps: check every array of a parameter group, then run the core kernel once
+//! over all of them with the GIL released.
+
+use crate::arrays::{core_err, Dtype, Group, Raw};
+use fastopt_core::optim::{adam_step as core_adam, sgd_step as core_sgd, AdamConfig, AdamTensor, SgdConfig, SgdTensor};
+use fastopt_core::Float;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+/// One Adam/AdamW step over a parameter group, in place (torch's `_single_tensor_adam`).
+///
+/// `state_steps` are one-element float32 counters, incremented here. With `check_only`
+/// every argument is checked and nothing is written.
+#[pyfunction]
+#[pyo3(signature = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *,
+    lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay=false, check_only=false))]
+#[allow(clippy::too_many_arguments)]
+pub fn adam_step<'py>(
+    py: Python<'py>,
+    params: &Bound<'py, PyAny>,
+    grads: &Bound<'py, PyAny>,
+    exp_avgs: &Bound<'py, PyAny>,
+    exp_avg_sqs: &Bound<'py, PyAny>,
+    max_exp_avg_sqs: Option<&Bound<'py, PyAny>>,
+    state_steps: &Bound<'py, PyAny>,
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled_weight_decay: bool,
+    check_only: bool,
+) -> PyResult<()> {
+    let (mut g, p) = Group::new(params)?;
+    let gr = g.like_params(grads, "grads", false)?;
+    let m = g.like_params(exp_avgs, "exp_avgs", true)?;
+    let v = g.like_params(exp_avg_sqs, "exp_avg_sqs", true)?;
+    let x = g.optional_like_params(max_exp_avg_sqs, "max_exp_avg_sqs", amsgrad, "amsgrad=True")?;
+    let st = g.steps(state_steps, "state_steps")?;
+    g.finish()?;
+    if check_only {
+        return Ok(());
+    }
+    let cfg = AdamConfig { lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay };
+    match g.dtype {
+        Dtype::F32 => run_adam::<f32>(py, &p, &gr, &m, &v, x.as_deref(), &st, &cfg),
+        Dtype::F64 => run_adam::<f64>(py, &p, &gr, &m, &v, x.as_deref(), &st, &cfg),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_adam<T: Float + numpy::Element>(
+    py: Python<'_>,
+    p: &[Raw],
+    gr: &[Raw],
+    m: &[Raw],
+    v: &[Raw],
+    x: Option<&[Raw]>,
+    st: &[Raw],
+    cfg: &AdamConfig,
+) -> PyResult<()> {
+    let tensors: Vec<AdamTensor<'_, T>> = (0..p.len())
+        .map(|i| {
+            // SAFETY: `Group` checked that each array has dtype `T` (steps: float32, one
+            // element), is C-contiguous and aligned, that written arrays are writeable and that
+            // no written array overlaps any other array of this call; the caller's `Group`
+            // keeps every array alive until this function returns.
+            unsafe {
+                AdamTensor {
+                    param: p[i].slice_mut(),
+                    grad: gr[i].slice(),
+                    exp_avg: m[i].slice_mut(),
+                    exp_avg_sq: v[i].slice_mut(),
+                    max_exp_avg_sq: x.map(|x| x[i].slice_mut()),
+                    step: &mut st[i].slice_mut::<f32>()[0],
+                }
+            }
+        })
+        .collect();
+    py.detach(move || core_adam(tensors, cfg)).map_err(core_err)
+}
+
+/// One SGD step over a parameter group, in place (torch's `_single_tensor_sgd`).
+///
+/// With `momentum != 0`, `momentum_buffer_list` holds one buffer per parameter and
+/// `fresh_buffers[i]` says that buffer was just created: this step sets it to the gradient,
+/// as torch's first step does.
+#[pyfunction]
+#[pyo3(signature = (params, grads, momentum_buffer_list, fresh_buffers, *,
+    lr, momentum, dampening, weight_decay, nesterov, maximize, check_only=false))]
+#[allow(clippy::too_many_arguments)]
+pub fn sgd_step<'py>(
+    py: Python<'py>,
+    params: &Bound<'py, PyAny>,
+    grads: &Bound<'py, PyAny>,
+    momentum_buffer_list: Option<&Bound<'py, PyAny>>,
+    fresh_buffers: Vec<bool>,
+    lr: f64,
+    momentum: f64,
+    dampening: f64,
+    weight_decay: f64,
+    nesterov: bool,
+    maximize: bool,
+    check_only: bool,
+) -> PyResult<()> {
+    let (mut g, p) = Group::new(params)?;
+    let gr = g.like_params(grads, "grads", false)?;
+    let with_momentum = momentum != 0.0;
+    let b = g.optional_like_params(momentum_buffer_list, "momentum_buffer_list", with_momentum, "momentum != 0")?;
+    if with_momentum && fresh_buffers.len() != g.len() {
+        return Err(PyValueError::new_err(format!(
+            "fresh_buffers has {} flags but params has {}",
+            fresh_buffers.len(),
+            g.len()
+        )));
+    }
+    g.finish()?;
+    if check_only {
+        return Ok(());
+    }
+    let cfg = SgdConfig { lr, momentum, dampening, weight_decay, nesterov, maximize };
+    match g.dtype {
+        Dtype::F32 => run_sgd::<f32>(py, &p, &gr, b.as_deref(), &fresh_buffers, &cfg),
+        Dtype::F64 => run_sgd::<f64>(py, &p, &gr, b.as_deref(), &fresh_buffers, &cfg),
+    }
+}
+
+fn run_sgd<T: Float + numpy::Element>(
+    py: Python<'_>,
+    p: &[Raw],
+    gr: &[Raw],
+    b: Option<&[Raw]>,
+    fresh: &[bool],
+    cfg: &SgdConfig,
+) -> PyResult<()> {
+    let tensors: Vec<SgdTensor<'_, T>> = (0..p.len())
+        .map(|i| {
+            // SAFETY: as in `run_adam`: dtype, layout, writeability and non-overlap were
+            // checked by `Group`, which keeps the arrays alive for this call.
+            unsafe {
+                SgdTensor {
+                    param: p[i].slice_mut(),
+                    grad: gr[i].slice(),
+                    momentum_buffer: b.map(|b| b[i].slice_mut()),
+                    fresh_buffer: fresh.get(i).copied().unwrap_or(false),
+                }
+            }
+        })
+        .collect();
+    py.detach(move || core_sgd(tensors, cfg)).map_err(core_err)
+}
