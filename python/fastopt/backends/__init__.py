@@ -14,7 +14,7 @@ from .. import _fastopt
 
 def for_arrays(arrays: Sequence[Any]) -> ModuleType:
     """The module whose kernels take these arrays (NumPy: the compiled Rust module)."""
-    if arrays:
+    if isinstance(arrays, (list, tuple)) and len(arrays) > 0:
         module = type(arrays[0]).__module__
         if module.startswith("cupy"):
             raise TypeError(

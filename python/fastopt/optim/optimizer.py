@@ -175,6 +175,13 @@ class Optimizer:
             a = _array_of(p)
             if a.dtype not in _FLOATS:
                 raise TypeError(f"params[{i}] has dtype {a.dtype}; optimizers take float32 or float64")
+        dtypes = {_array_of(p).dtype for p in params}
+        if len(dtypes) > 1:
+            raise TypeError(
+                "a param group's params must share one dtype (one kernel call per group), got "
+                + " and ".join(sorted(d.name for d in dtypes))
+                + "; put them in separate param groups"
+            )
         group["params"] = params
         for name, default in self.defaults.items():
             if default is required and name not in group:

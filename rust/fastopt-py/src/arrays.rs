@@ -235,7 +235,9 @@ impl<'py> Group<'py> {
         if !required {
             return Ok(None);
         }
-        match obj.filter(|o| !o.is_none()) {
+        // None and an empty list both mean "not given" (torch passes [] when unused).
+        let given = obj.filter(|o| !o.is_none() && !o.len().is_ok_and(|n| n == 0));
+        match given {
             Some(o) => self.like_params(o, name, true).map(Some),
             None if self.len() == 0 => Ok(Some(vec![])),
             None => Err(PyValueError::new_err(format!("{name} is required with {why}"))),

@@ -1,0 +1,174 @@
+"""The torch.optim-like surface: Parameter, groups, zero_grad, closures, plain arrays,
+configuration."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import fastopt as fo
+
+
+def test_parameter_is_the_callers_array():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    p = fo.Parameter(a)
+    assert p.data is a and np.asarray(p) is a
+    assert p.shape == (2, 3) and p.dtype == np.float32 and p.ndim == 2 and p.size == 6 and len(p) == 2
+    assert np.array(p, dtype=np.float64).dtype == np.float64  # a copy when a cast is asked for
+    assert np.sum(p) == 15
+    assert "Parameter(" in repr(p)
+    opt = fo.optim.SGD([p], lr=1.0)
+    p.grad = np.ones_like(a)
+    opt.step()
+    np.testing.assert_array_equal(a, np.arange(6, dtype=np.float32).reshape(2, 3) - 1)
+
+
+def test_zero_grad():
+    p = fo.Parameter(np.zeros(3))
+    opt = fo.optim.Adam([p])
+    g = np.ones(3)
+    p.grad = g
+    opt.zero_grad(set_to_none=False)
+    assert p.grad is g and (g == 0).all()
+    opt.zero_grad()
+    assert p.grad is None
+
+
+def test_closure_is_called_once_and_its_loss_returned():
+    p = fo.Parameter(np.array([3.0]))
+    opt = fo.optim.SGD([p], lr=0.1)
+    calls = []
+
+    def closure():
+        calls.append(1)
+        p.grad = 2 * p.data  # d/dp p^2
+        return float(p.data[0] ** 2)
+
+    assert opt.step(closure) == 9.0
+    assert len(calls) == 1
+    np.testing.assert_allclose(p.data, [3.0 - 0.1 * 6.0])
+    assert opt.step() is None
+
+
+def test_grad_none_is_skipped():
+    a, b = fo.Parameter(np.ones(2)), fo.Parameter(np.ones(2))
+    opt = fo.optim.Adam([a, b])
+    a.grad = np.ones(2)
+    opt.step()
+    assert (b.data == 1).all() and len(opt.state[b]) == 0 and (a.data != 1).all()
+
+
+def test_plain_arrays_with_grads_list():
+    W, bias = np.ones((2, 2)), np.zeros(2)
+    opt = fo.optim.SGD([W, bias], lr=0.1, momentum=0.9)
+    opt.step(grads=[np.ones((2, 2)), None])
+    np.testing.assert_allclose(W, 0.9)
+    assert (bias == 0).all()
+    assert "momentum_buffer" in opt.state[W] and bias not in opt.state
+    opt.step(grads=[np.ones((2, 2)), np.ones(2)])
+    np.testing.assert_allclose(W, 0.9 - 0.1 * 1.9)
+
+
+def test_grads_list_overrides_parameter_grad():
+    p = fo.Parameter(np.zeros(2))
+    p.grad = np.full(2, 100.0)
+    fo.optim.SGD([p], lr=1.0).step(grads=[np.ones(2)])
+    np.testing.assert_allclose(p.data, -1.0)
+
+
+def test_param_groups_and_defaults():
+    a, b = fo.Parameter(np.zeros(2)), fo.Parameter(np.zeros(2))
+    opt = fo.optim.Adam([{"params": [a], "lr": 0.5}], betas=(0.8, 0.9))
+    opt.add_param_group({"params": b})  # a single param is wrapped, as torch
+    assert opt.param_groups[0]["lr"] == 0.5 and opt.param_groups[1]["lr"] == 1e-3
+    assert opt.param_groups[1]["betas"] == (0.8, 0.9)
+    assert opt.param_groups[1]["params"] == [b]
+    assert opt.defaults["betas"] == (0.8, 0.9)
+    text = repr(opt)
+    assert text.startswith("Adam (") and "Parameter Group 1" in text and "lr: 0.5" in text
+
+
+def test_lr_changes_take_effect():
+    p = fo.Parameter(np.zeros(1))
+    opt = fo.optim.SGD([p], lr=1.0)
+    opt.param_groups[0]["lr"] = 0.25
+    p.grad = np.ones(1)
+    opt.step()
+    assert p.data[0] == -0.25
+
+
+def test_defaults_match_torch_signatures():
+    import inspect
+
+    sig = inspect.signature(fo.optim.Adam)
+    assert sig.parameters["lr"].default == 1e-3 and sig.parameters["betas"].default == (0.9, 0.999)
+    assert sig.parameters["eps"].default == 1e-8 and sig.parameters["weight_decay"].default == 0
+    assert inspect.signature(fo.optim.AdamW).parameters["weight_decay"].default == 1e-2
+    s = inspect.signature(fo.optim.SGD)
+    assert s.parameters["lr"].default == 1e-3 and s.parameters["momentum"].default == 0
+
+
+def test_show_config_and_threads():
+    out = io.StringIO()
+    fo.show_config(file=out)
+    text = out.getvalue()
+    assert fo.__version__ in text and fo.simd_level() in text and f"threads: {fo.get_num_threads()}" in text
+    before = fo.get_num_threads()
+    fo.set_num_threads(1)
+    assert fo.get_num_threads() == 1
+    fo.set_num_threads(before)
+
+
+def _python(code, **env):
+    full = dict(os.environ, **env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, check=True).stdout.strip()
+
+
+def test_environment_variables():
+    assert _python("import fastopt; print(fastopt.get_num_threads())", FASTOPT_NUM_THREADS="3") == "3"
+    assert _python("import fastopt; print(fastopt.simd_level())", FASTOPT_SIMD="scalar") == "scalar"
+    # a level the CPU lacks (or nonsense) falls back to the detected level, never crashes
+    detected = fo._fastopt.detected_simd_level()
+    assert _python("import fastopt; print(fastopt.simd_level())", FASTOPT_SIMD="bogus") == detected
+
+
+def test_concurrent_steps_from_python_threads():
+    """The GIL is released during kernels; steps on separate optimizers from several
+    threads must not interfere or deadlock."""
+    params = [fo.Parameter(np.zeros(200_000, np.float32)) for _ in range(4)]
+    opts = [fo.optim.Adam([p], lr=0.1) for p in params]
+
+    def work(p, opt):
+        for _ in range(20):
+            p.grad = np.ones(p.shape, np.float32)
+            opt.step()
+
+    ts = [threading.Thread(target=work, args=(p, o)) for p, o in zip(params, opts)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    ref = fo.Parameter(np.zeros(200_000, np.float32))
+    work(ref, fo.optim.Adam([ref], lr=0.1))
+    for p in params:
+        np.testing.assert_array_equal(p.data, ref.data)
+
+
+@pytest.mark.parametrize("cls", [fo.optim.Adam, fo.optim.AdamW, fo.optim.SGD])
+def test_minimizes_a_quadratic_and_maximize_ascends(cls):
+    target = np.linspace(-1, 1, 10)
+    for maximize in (False, True):
+        p = fo.Parameter(np.zeros(10))
+        opt = cls([p], lr=0.05, maximize=maximize)
+        start = float(np.sum((p.data - target) ** 2))
+        for _ in range(200):
+            p.grad = 2 * (p.data - target)
+            opt.step()
+        end = float(np.sum((p.data - target) ** 2))
+        assert (end > start) if maximize else (end < 0.05 * start)

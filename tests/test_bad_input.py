@@ -1,0 +1,297 @@
+"""Bad input raises TypeError/ValueError naming the argument, never a panic, and leaves every
+array (params, grads, state) exactly as it was."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import fastopt as fo
+from fastopt.optim import functional as F
+
+
+def snapshot(opt, extra=()):
+    arrays = []
+    for g in opt.param_groups:
+        for p in g["params"]:
+            arrays.append(np.asarray(p))
+            if isinstance(p, fo.Parameter) and p.grad is not None:
+                arrays.append(p.grad)
+    for p, st in opt.state.items():
+        arrays.extend(v for v in st.values() if isinstance(v, np.ndarray))
+    arrays.extend(extra)
+    return [(a, a.copy()) for a in arrays], {id(p): {k: np.copy(v) for k, v in st.items()} for p, st in opt.state.items()}
+
+
+def unchanged(snap, opt):
+    arrays, state = snap
+    for a, before in arrays:
+        np.testing.assert_array_equal(a, before)
+    now = {id(p): set(st) for p, st in opt.state.items() if st}
+    assert now == {k: set(v) for k, v in state.items() if v}, "state entries were created or removed"
+
+
+def make(cls=fo.optim.Adam, n=2, dtype=np.float32, steps=1, **kw):
+    rng = np.random.default_rng(0)
+    ps = [fo.Parameter(rng.standard_normal(5 + i).astype(dtype)) for i in range(n)]
+    opt = cls(ps, **kw)
+    for _ in range(steps):
+        for p in ps:
+            p.grad = rng.standard_normal(p.shape).astype(dtype)
+        opt.step()
+    return ps, opt
+
+
+OPTIMIZERS = [
+    (fo.optim.Adam, {}),
+    (fo.optim.AdamW, {"amsgrad": True}),
+    (fo.optim.SGD, {"lr": 0.1, "momentum": 0.9}),
+    (fo.optim.SGD, {"lr": 0.1}),
+]
+
+
+def _raises(exc, match, fn):
+    with pytest.raises(exc, match=match) as info:
+        fn()
+    assert type(info.value) in (TypeError, ValueError)
+    return info
+
+
+@pytest.mark.parametrize("cls,kw", OPTIMIZERS)
+class TestStepArrays:
+    def test_wrong_grad_dtype(self, cls, kw):
+        ps, opt = make(cls, **kw)
+        grads = [p.grad for p in ps]
+        grads[1] = grads[1].astype(np.float64)
+        snap = snapshot(opt, grads)
+        _raises(TypeError, r"grads\[1\] has dtype float64", lambda: opt.step(grads=grads))
+        unchanged(snap, opt)
+
+    def test_grad_setter_rejects_dtype_and_shape(self, cls, kw):
+        ps, _ = make(cls, **kw)
+        with pytest.raises(TypeError, match="grad has dtype"):
+            ps[0].grad = np.zeros(ps[0].shape, np.float64)
+        with pytest.raises(ValueError, match="grad has shape"):
+            ps[0].grad = np.zeros(ps[0].size + 1, np.float32)
+        with pytest.raises(TypeError, match="grad must be a numpy.ndarray"):
+            ps[0].grad = [1.0] * ps[0].size
+
+    def test_shape_mismatch(self, cls, kw):
+        ps, opt = make(cls, **kw)
+        grads = [p.grad for p in ps]
+        grads[0] = np.ones(3, np.float32)
+        snap = snapshot(opt, grads)
+        _raises(ValueError, r"grads\[0\] has shape \(3,\) but params\[0\] has shape \(5,\)", lambda: opt.step(grads=grads))
+        unchanged(snap, opt)
+
+    def test_non_contiguous_param_and_grad(self, cls, kw):
+        base = np.zeros((6, 4), np.float32)
+        p = fo.Parameter(base[:, ::2])
+        opt = cls([p], **kw)
+        p.grad = np.ones((6, 2), np.float32)
+        snap = snapshot(opt)
+        _raises(ValueError, r"params\[0\] must be C-contiguous", opt.step)
+        unchanged(snap, opt)
+        q = fo.Parameter(np.zeros((6, 2), np.float32))
+        opt = cls([q], **kw)
+        g = np.ones((6, 4), np.float32)[:, ::2]
+        snap = snapshot(opt, [g])
+        _raises(ValueError, r"grads\[0\] must be C-contiguous", lambda: opt.step(grads=[g]))
+        unchanged(snap, opt)
+
+    def test_read_only_param(self, cls, kw):
+        data = np.ones(4, np.float32)
+        data.flags.writeable = False
+        p = fo.Parameter(data)
+        opt = cls([p], **kw)
+        p.grad = np.ones(4, np.float32)
+        _raises(ValueError, r"params\[0\] is read-only", opt.step)
+        assert (data == 1).all() and len(opt.state[p]) == 0
+
+    def test_read_only_grad_is_fine(self, cls, kw):
+        p = fo.Parameter(np.ones(4, np.float32))
+        g = np.ones(4, np.float32)
+        g.flags.writeable = False
+        opt = cls([p], **kw)
+        p.grad = g
+        opt.step()
+        assert (p.data != 1).all()
+
+    def test_grad_is_the_param(self, cls, kw):
+        w = np.ones(8, np.float32)
+        opt = cls([w], **kw)
+        _raises(ValueError, r"grads\[0\] and params\[0\] share memory", lambda: opt.step(grads=[w]))
+        assert (w == 1).all() and len(opt.state) == 0
+
+    def test_grad_overlaps_param(self, cls, kw):
+        buf = np.arange(12, dtype=np.float64)
+        w, g = buf[0:8], buf[4:12]  # overlapping views of one buffer
+        before = buf.copy()
+        opt = cls([w], **kw)
+        _raises(ValueError, "share memory", lambda: opt.step(grads=[g]))
+        np.testing.assert_array_equal(buf, before)
+
+    def test_disjoint_views_of_one_buffer_are_fine(self, cls, kw):
+        buf = np.zeros(12, np.float64)
+        w, g = buf[0:6], buf[6:12]
+        g[:] = 1.0
+        opt = cls([w], **kw)
+        opt.step(grads=[g])
+        assert (w != 0).all() and (g == 1).all()
+
+    def test_later_group_bad_changes_nothing(self, cls, kw):
+        rng = np.random.default_rng(1)
+        a = fo.Parameter(rng.standard_normal(4).astype(np.float32))
+        b = fo.Parameter(rng.standard_normal(4).astype(np.float32))
+        opt = cls([{"params": [a]}, {"params": [b]}], **kw)
+        a.grad = np.ones(4, np.float32)
+        b.grad = np.ones(4, np.float32)
+        opt.step()
+        a.grad = np.ones(4, np.float32)
+        b._grad = np.ones(4, np.float64)  # bypass the setter's check: the kernel must catch it
+        snap = snapshot(opt)
+        _raises(TypeError, r"param_groups\[1\]: grads\[0\] has dtype float64", opt.step)
+        unchanged(snap, opt)
+
+    def test_first_step_failure_creates_no_state(self, cls, kw):
+        a = fo.Parameter(np.ones(4, np.float32))
+        b = fo.Parameter(np.ones(4, np.float32))
+        opt = cls([a, b], **kw)
+        a.grad = np.ones(4, np.float32)
+        b._grad = np.ones(3, np.float32)
+        _raises(ValueError, r"grads\[1\] has shape", opt.step)
+        assert len(opt.state) == 0 and (a.data == 1).all()
+
+    def test_plain_arrays_need_grads(self, cls, kw):
+        w = np.ones(3)
+        opt = cls([w], **kw)
+        _raises(ValueError, "plain numpy array", opt.step)
+        _raises(ValueError, "grads has 2 entries", lambda: opt.step(grads=[np.ones(3), np.ones(3)]))
+        _raises(TypeError, "grads must be a list", lambda: opt.step(grads=np.ones(3)))
+        _raises(TypeError, r"grads\[0\] must be a numpy.ndarray", lambda: opt.step(grads=[[1.0, 2.0, 3.0]]))
+        assert (w == 1).all()
+
+
+class TestConstruction:
+    def test_set_of_params(self):
+        with pytest.raises(TypeError, match="ordered collections"):
+            fo.optim.Adam({fo.Parameter(np.zeros(2))})
+        with pytest.raises(TypeError, match="ordered collections"):
+            fo.optim.SGD([{"params": {fo.Parameter(np.zeros(2))}}])
+
+    def test_single_param_not_iterable_of_params(self):
+        with pytest.raises(TypeError, match="iterable"):
+            fo.optim.Adam(fo.Parameter(np.zeros(2)))
+        with pytest.raises(TypeError, match="iterable"):
+            fo.optim.Adam(np.zeros(2))
+
+    def test_empty(self):
+        with pytest.raises(ValueError, match="empty parameter list"):
+            fo.optim.Adam([])
+
+    def test_duplicates(self):
+        p = fo.Parameter(np.zeros(2))
+        with pytest.raises(ValueError, match="duplicate"):
+            fo.optim.Adam([p, p])
+        opt = fo.optim.Adam([p])
+        with pytest.raises(ValueError, match="more than one parameter group"):
+            opt.add_param_group({"params": [p]})
+        assert len(opt.param_groups) == 1
+
+    def test_non_params(self):
+        with pytest.raises(TypeError, match=r"params\[1\] is list"):
+            fo.optim.SGD([np.zeros(2), [1.0, 2.0]])
+        with pytest.raises(TypeError, match=r"params\[0\] has dtype int64"):
+            fo.optim.SGD([np.zeros(2, np.int64)])
+        with pytest.raises(TypeError, match="data must have dtype float32 or float64"):
+            fo.Parameter(np.zeros(2, np.float16))
+
+    def test_mixed_dtypes_in_group(self):
+        with pytest.raises(TypeError, match="float32 and float64"):
+            fo.optim.Adam([np.zeros(2, np.float32), np.zeros(2, np.float64)])
+        # in separate groups they are fine
+        fo.optim.Adam([{"params": [np.zeros(2, np.float32)]}, {"params": [np.zeros(2, np.float64)]}])
+
+    def test_add_param_group_type(self):
+        opt = fo.optim.SGD([np.zeros(2)])
+        with pytest.raises(TypeError, match="param_group must be a dict"):
+            opt.add_param_group([np.zeros(2)])
+
+    @pytest.mark.parametrize(
+        "cls,kw,exc,msg",
+        [
+            (fo.optim.Adam, {"lr": -1e-3}, ValueError, "Invalid learning rate: -0.001"),
+            (fo.optim.Adam, {"lr": math.nan}, ValueError, "Invalid learning rate: nan"),
+            (fo.optim.Adam, {"lr": "0.1"}, TypeError, "lr must be a real number"),
+            (fo.optim.Adam, {"eps": -1.0}, ValueError, "Invalid epsilon value: -1.0"),
+            (fo.optim.Adam, {"betas": (1.0, 0.999)}, ValueError, "Invalid beta parameter at index 0: 1.0"),
+            (fo.optim.Adam, {"betas": (0.9, -0.1)}, ValueError, "Invalid beta parameter at index 1: -0.1"),
+            (fo.optim.Adam, {"betas": 0.9}, TypeError, "betas must be a pair"),
+            (fo.optim.AdamW, {"weight_decay": -0.1}, ValueError, "Invalid weight_decay value: -0.1"),
+            (fo.optim.Adam, {"amsgrad": "yes"}, TypeError, "amsgrad must be a bool"),
+            (fo.optim.SGD, {"lr": -0.1}, ValueError, "Invalid learning rate: -0.1"),
+            (fo.optim.SGD, {"momentum": -0.5}, ValueError, "Invalid momentum value: -0.5"),
+            (fo.optim.SGD, {"weight_decay": -1}, ValueError, "Invalid weight_decay value: -1"),
+            (fo.optim.SGD, {"nesterov": True}, ValueError, "Nesterov momentum requires a momentum and zero dampening"),
+            (fo.optim.SGD, {"nesterov": True, "momentum": 0.9, "dampening": 0.1}, ValueError, "Nesterov momentum requires"),
+        ],
+    )
+    def test_hyperparameters(self, cls, kw, exc, msg):
+        with pytest.raises(exc, match=msg.replace("(", r"\(").replace(")", r"\)")):
+            cls([fo.Parameter(np.zeros(2))], **kw)
+
+    def test_group_options_are_checked_too(self):
+        opt = fo.optim.Adam([np.zeros(2)])
+        with pytest.raises(ValueError, match="Invalid learning rate"):
+            opt.add_param_group({"params": [np.zeros(3)], "lr": -1.0})
+        assert len(opt.param_groups) == 1
+
+
+class TestFunctional:
+    def test_steps_must_be_float32_counters(self):
+        p, g, m, v = (np.zeros(3) for _ in range(4))
+        with pytest.raises(TypeError, match=r"state_steps\[0\] must be a one-element float32"):
+            F.adam([p], [g], [m], [v], [], [np.zeros((), np.float64)])
+        with pytest.raises(ValueError, match=r"max_exp_avg_sqs is required with amsgrad=True"):
+            F.adam([p], [g], [m], [v], [], [np.zeros((), np.float32)], amsgrad=True)
+
+    def test_list_lengths_and_types(self):
+        p = np.zeros(3)
+        with pytest.raises(ValueError, match="grads has 0 arrays but params has 1"):
+            F.sgd([p], [], [None])
+        with pytest.raises(TypeError, match="params must be a list"):
+            F.sgd(p, [p], [None])
+        with pytest.raises(TypeError, match=r"params\[0\] has dtype int64"):
+            F.sgd([np.zeros(3, np.int64)], [np.zeros(3, np.int64)], [None])
+        with pytest.raises(ValueError, match="momentum_buffer_list has 0 entries"):
+            F.sgd([p], [p.copy()], [], momentum=0.9)
+
+    def test_state_buffer_shared_with_param(self):
+        p = np.ones(4)
+        s = np.zeros((), np.float32)
+        with pytest.raises(ValueError, match=r"exp_avgs\[0\] and params\[0\] share memory"):
+            F.adam([p], [np.ones(4)], [p], [np.zeros(4)], [], [s])
+        assert (p == 1).all() and s == 0
+
+    def test_failed_sgd_leaves_buffer_list_alone(self):
+        bufs = [None]
+        with pytest.raises(TypeError):
+            F.sgd([np.zeros(3)], [np.zeros(3, np.float32)], bufs, momentum=0.9)
+        assert bufs == [None]
+
+    def test_cupy_like_arrays_are_named(self):
+        class FakeCupy:
+            __module__ = "cupy._core.core"
+
+        with pytest.raises(TypeError, match="CuPy arrays are not supported yet"):
+            F.sgd([FakeCupy()], [FakeCupy()], [None])
+
+    def test_set_num_threads_checks(self):
+        with pytest.raises(ValueError, match="at least 1"):
+            fo.set_num_threads(0)
+        with pytest.raises(TypeError, match="must be an int"):
+            fo.set_num_threads(2.0)
+        with pytest.raises(ValueError, match="level must be one of"):
+            fo._fastopt.set_simd_level("sse9")
