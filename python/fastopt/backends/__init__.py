@@ -9,11 +9,15 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any, Sequence
 
+import numpy as np
+
 from .. import _fastopt
 
 
 def for_arrays(arrays: Sequence[Any]) -> ModuleType:
     """The module whose kernels take these arrays (NumPy: the compiled Rust module)."""
+    if isinstance(arrays, list) and arrays and type(arrays[0]) is np.ndarray:
+        return _fastopt  # the common case, decided without touching the type's module name
     if isinstance(arrays, (list, tuple)) and len(arrays) > 0:
         module = type(arrays[0]).__module__
         if module.startswith("cupy"):

@@ -60,37 +60,19 @@ class Adam(Optimizer):
         check_bool(group["decoupled_weight_decay"], "decoupled_weight_decay")
 
     def _step_group(self, group, params, arrays, grads, check_only):
-        amsgrad = bool(group["amsgrad"])
-        exp_avgs, exp_avg_sqs, max_sqs, steps = [], [], [], []
-        created: list[tuple[dict, str, np.ndarray]] = []  # kept only if the step succeeds
-        for p, a in zip(params, arrays):
-            st = self.state.get(p) or {}
-            names = ("step", "exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
-            bufs = []
-            for name in names:
-                b = st.get(name)
-                if b is None:
-                    b = np.zeros((), np.float32) if name == "step" else np.zeros(a.shape, a.dtype)
-                    created.append((p, name, b))
-                bufs.append(b)
-            steps.append(bufs[0])
-            exp_avgs.append(bufs[1])
-            exp_avg_sqs.append(bufs[2])
-            if amsgrad:
-                max_sqs.append(bufs[3])
+        amsgrad = group["amsgrad"]
+        names = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsgrad else ("step", "exp_avg", "exp_avg_sq")
+        bufs, created = self._buffers(params, arrays, names)
         beta1, beta2 = group["betas"]
+        # Options go to the kernel as they are: they were validated when the group was added
+        # or loaded, and the kernel rejects a later non-number with a TypeError naming it.
         F._adam(
-            arrays, grads, exp_avgs, exp_avg_sqs, max_sqs, steps,
-            amsgrad=amsgrad, beta1=float(beta1), beta2=float(beta2), lr=float(group["lr"]),
-            weight_decay=float(group["weight_decay"]), eps=float(group["eps"]),
-            maximize=bool(group["maximize"]),
-            decoupled_weight_decay=bool(group["decoupled_weight_decay"]),
-            check_only=check_only,
+            arrays, grads, bufs[1], bufs[2], bufs[3] if amsgrad else None, bufs[0],
+            amsgrad, beta1, beta2, group["lr"], group["weight_decay"], group["eps"],
+            group["maximize"], group["decoupled_weight_decay"], check_only,
         )
-        if check_only:
-            return
-        for p, name, b in created:
-            self.state[p][name] = b
+        if not check_only:
+            self._commit(created)
 
 
 class AdamW(Adam):

@@ -26,7 +26,6 @@ def _adam(
     exp_avg_sqs: Sequence[np.ndarray],
     max_exp_avg_sqs: Sequence[np.ndarray] | None,
     state_steps: Sequence[np.ndarray],
-    *,
     amsgrad: bool,
     beta1: float,
     beta2: float,
@@ -37,22 +36,12 @@ def _adam(
     decoupled_weight_decay: bool,
     check_only: bool = False,
 ) -> None:
+    """The kernel call behind :func:`adam`, :func:`adamw` and the optimizer classes
+    (positional, as it runs once per step)."""
+    # Positional: the compiled function parses keywords slower than it checks a tensor.
     for_arrays(params).adam_step(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        state_steps,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        amsgrad=amsgrad,
-        maximize=maximize,
-        decoupled_weight_decay=decoupled_weight_decay,
-        check_only=check_only,
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
+        lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, check_only,
     )
 
 
@@ -84,8 +73,7 @@ def adam(
     """
     _adam(
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-        amsgrad=amsgrad, beta1=beta1, beta2=beta2, lr=lr, weight_decay=weight_decay,
-        eps=eps, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
+        amsgrad, beta1, beta2, lr, weight_decay, eps, maximize, decoupled_weight_decay,
     )
 
 
@@ -108,8 +96,7 @@ def adamw(
     """AdamW (torch.optim.adamw.adamw): :func:`adam` with decoupled weight decay."""
     _adam(
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-        amsgrad=amsgrad, beta1=beta1, beta2=beta2, lr=lr, weight_decay=weight_decay,
-        eps=eps, maximize=maximize, decoupled_weight_decay=True,
+        amsgrad, beta1, beta2, lr, weight_decay, eps, maximize, True,
     )
 
 
@@ -135,7 +122,6 @@ def _sgd(
     grads: Sequence[np.ndarray],
     buffers: Sequence[np.ndarray] | None,
     fresh: Sequence[bool],
-    *,
     weight_decay: float,
     momentum: float,
     lr: float,
@@ -145,17 +131,8 @@ def _sgd(
     check_only: bool = False,
 ) -> None:
     for_arrays(params).sgd_step(
-        params,
-        grads,
-        buffers,
-        list(fresh),
-        lr=lr,
-        momentum=momentum,
-        dampening=dampening,
-        weight_decay=weight_decay,
-        nesterov=nesterov,
-        maximize=maximize,
-        check_only=check_only,
+        params, grads, buffers, fresh,
+        lr, momentum, dampening, weight_decay, nesterov, maximize, check_only,
     )
 
 
@@ -180,11 +157,7 @@ def sgd(
     buffers, fresh = None, []
     if momentum != 0:
         buffers, fresh = _new_buffers(params, momentum_buffer_list)
-    _sgd(
-        params, d_p_list, buffers, fresh,
-        weight_decay=weight_decay, momentum=momentum, lr=lr, dampening=dampening,
-        nesterov=nesterov, maximize=maximize,
-    )
+    _sgd(params, d_p_list, buffers, fresh, weight_decay, momentum, lr, dampening, nesterov, maximize)
     if buffers is not None:
         for i, new in enumerate(fresh):
             if new:

@@ -216,20 +216,8 @@ class Optimizer:
                     else:
                         p.grad.fill(0)
 
-    def _grads_by_group(self, grads: Any) -> list[list[np.ndarray | None]]:
-        if grads is None:
-            out = []
-            for gi, group in enumerate(self.param_groups):
-                row = []
-                for i, p in enumerate(group["params"]):
-                    if not isinstance(p, Parameter):
-                        raise ValueError(
-                            f"param_groups[{gi}]['params'][{i}] is a plain numpy array, which "
-                            "carries no gradient: pass the gradients as step(grads=[...])"
-                        )
-                    row.append(p.grad)
-                out.append(row)
-            return out
+    def _split_grads(self, grads: Any) -> list[list[np.ndarray | None]]:
+        """``step(grads=...)``'s flat list, cut into one list per group."""
         if not isinstance(grads, (list, tuple)):
             raise TypeError(
                 "grads must be a list with one array (or None to skip) per parameter, "
@@ -255,32 +243,43 @@ class Optimizer:
         gradient arrays (None skips the parameter); it replaces ``Parameter.grad`` and is
         required for plain-ndarray parameters.
         """
-        loss = None
-        if closure is not None:
-            loss = closure()
-        per_group = self._grads_by_group(grads)
-        multi = len(self.param_groups) > 1
-        if multi:
+        loss = None if closure is None else closure()
+        groups = self.param_groups
+        if len(groups) == 1 and grads is None:
+            self._run_group(0, groups[0], None, False)
+            return loss
+        per_group = self._split_grads(grads) if grads is not None else [None] * len(groups)
+        if len(groups) > 1:
             # Check every group before writing any, so a bad later group changes nothing.
-            for gi, (group, g) in enumerate(zip(self.param_groups, per_group)):
-                self._run_group(gi, group, g, check_only=True)
-        for gi, (group, g) in enumerate(zip(self.param_groups, per_group)):
-            self._run_group(gi, group, g, check_only=False, prefix=multi)
+            for gi, (group, g) in enumerate(zip(groups, per_group)):
+                self._run_group(gi, group, g, True)
+        for gi, (group, g) in enumerate(zip(groups, per_group)):
+            self._run_group(gi, group, g, False)
         return loss
 
-    def _run_group(self, gi: int, group: dict, grads: list, check_only: bool, prefix: bool = True) -> None:
-        params, arrays, grad_arrays = [], [], []
-        for p, g in zip(group["params"], grads):
-            if g is not None:
-                params.append(p)
-                arrays.append(_array_of(p))
-                grad_arrays.append(g)
+    def _run_group(self, gi: int, group: dict, grads: list | None, check_only: bool) -> None:
+        """Gathers the group's params that have a gradient and runs ``_step_group`` on them."""
+        params = group["params"]
+        if grads is None:
+            try:
+                grads = [p._grad for p in params]
+            except AttributeError:
+                i = next(i for i, p in enumerate(params) if not isinstance(p, Parameter))
+                raise ValueError(
+                    f"param_groups[{gi}]['params'][{i}] is a plain numpy array, which "
+                    "carries no gradient: pass the gradients as step(grads=[...])"
+                ) from None
+        present = [g for g in grads if g is not None]
+        if len(present) != len(grads):
+            params = [p for p, g in zip(params, grads) if g is not None]
+            grads = present
         if not params:
             return
+        arrays = [p._data if type(p) is Parameter else _array_of(p) for p in params]
         try:
-            self._step_group(group, params, arrays, grad_arrays, check_only)
+            self._step_group(group, params, arrays, grads, check_only)
         except (TypeError, ValueError) as e:
-            if not (prefix and len(self.param_groups) > 1):
+            if len(self.param_groups) == 1:
                 raise
             raise type(e)(f"param_groups[{gi}]: {e}") from None
 
@@ -295,6 +294,36 @@ class Optimizer:
         """Updates the ``params`` of ``group`` (those with a gradient) in one kernel call.
         With ``check_only``, checks the arguments and writes nothing (no state either)."""
         raise NotImplementedError
+
+    def _buffers(
+        self, params: list[Any], arrays: list[np.ndarray], names: tuple[str, ...]
+    ) -> tuple[list[list[np.ndarray]], list[tuple[Any, str, np.ndarray]]]:
+        """For each name, the list of every param's state buffer of that name, and the
+        buffers that had to be created (``'step'``: a 0-d float32 counter; others: zeros of
+        the param's shape and dtype). Created buffers are not in the state yet: pass them to
+        :meth:`_commit` once the kernel has succeeded, so a failed step leaves no trace."""
+        items = self.state._items
+        states = [items.get(id(p)) for p in params]
+        try:
+            # Fast path: every param already has every buffer.
+            return [[st[1][name] for st in states] for name in names], []
+        except (TypeError, KeyError):
+            pass
+        out: list[list[np.ndarray]] = [[] for _ in names]
+        created = []
+        for p, a, st in zip(params, arrays, states):
+            d = st[1] if st is not None else {}
+            for k, name in enumerate(names):
+                b = d.get(name)
+                if b is None:
+                    b = np.zeros((), np.float32) if name == "step" else np.zeros(a.shape, a.dtype)
+                    created.append((p, name, b))
+                out[k].append(b)
+        return out, created
+
+    def _commit(self, created: list[tuple[Any, str, np.ndarray]]) -> None:
+        for p, name, b in created:
+            self.state[p][name] = b
 
     # -- state dict -----------------------------------------------------------------------
 

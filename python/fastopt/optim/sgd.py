@@ -55,22 +55,18 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
     def _step_group(self, group, params, arrays, grads, check_only):
-        momentum = float(group["momentum"])
-        buffers, fresh = None, []
+        momentum = group["momentum"]
+        buffers, fresh, created = None, [], []
         if momentum != 0:
-            found = []
-            for p in params:
-                st = self.state.get(p)
-                found.append(None if st is None else st.get("momentum_buffer"))
-            buffers, fresh = F._new_buffers(arrays, found)
+            (buffers,), created = self._buffers(params, arrays, ("momentum_buffer",))
+            if created:
+                new = {id(b) for _, _, b in created}
+                fresh = [id(b) in new for b in buffers]
+            else:
+                fresh = [False] * len(buffers)
         F._sgd(
-            arrays, grads, buffers, fresh,
-            weight_decay=float(group["weight_decay"]), momentum=momentum, lr=float(group["lr"]),
-            dampening=float(group["dampening"]), nesterov=bool(group["nesterov"]),
-            maximize=bool(group["maximize"]), check_only=check_only,
+            arrays, grads, buffers, fresh, group["weight_decay"], momentum, group["lr"],
+            group["dampening"], group["nesterov"], group["maximize"], check_only,
         )
-        if check_only or buffers is None:
-            return
-        for p, b, new in zip(params, buffers, fresh):
-            if new:
-                self.state[p]["momentum_buffer"] = b
+        if not check_only:
+            self._commit(created)

@@ -1,31 +1,41 @@
 //! The one place that decides threading.
 //!
-//! A dedicated rayon pool (never the global one, so that fastopt neither competes with nor
-//! depends on other rayon users in the process) sized by `FASTOPT_NUM_THREADS` (default: the
-//! available cores) and resizable with [`set_num_threads`]. Work is a list of [`Split`] items
-//! (one per tensor); below [`SERIAL_BELOW`] elements in total it runs on the calling thread,
-//! otherwise it is cut into chunks of at most [`CHUNK`] elements that the pool's threads take in
-//! turn. Element-wise kernels give bit-identical results whatever the thread count, because
-//! every element is computed by the same code whichever chunk it falls in.
+//! `FASTOPT_NUM_THREADS` (default: the available cores) threads, resizable with
+//! [`set_num_threads`]: the calling thread plus a dedicated rayon pool of the others (never the
+//! global pool, so that fastopt neither competes with nor depends on other rayon users in the
+//! process). Work is a list of [`Split`] items (one per tensor); below [`SERIAL_BELOW`]
+//! elements in total it runs on the calling thread alone, otherwise it is cut into chunks
+//! (see [`chunk_size`]) that the caller and the pool's threads take from one queue until it
+//! is empty. The caller works instead of waiting, so no core sits idle while a pool thread
+//! wakes up. Element-wise kernels give bit-identical results whatever the thread count,
+//! because every element is computed by the same code whichever chunk it falls in.
 
-use rayon::prelude::*;
 use rayon::ThreadPool;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 /// Below this many elements in one call, starting the pool costs more than it saves
 /// (measured with `benches/`: a fork/join is about 1-3 us, a single-pass optimizer step moves
 /// about 0.3 ns per element in cache).
 pub const SERIAL_BELOW: usize = 1 << 15;
 
-/// Elements per chunk handed to one thread at a time: about 0.5 MiB of traffic for Adam in
-/// float32, small enough to balance two threads at 1e5 elements, large enough that the
-/// per-chunk cost (well under 1 us) is noise. A multiple of 64 so chunks keep the buffer's
-/// vector alignment.
-pub const CHUNK: usize = 1 << 14;
+/// Bounds of the elements per chunk handed to one thread at a time. Within them a call is cut
+/// into about [`CHUNKS_PER_THREAD`] chunks per thread, so that two threads share 1e5 elements
+/// evenly while a chunk stays large enough (>= 4096 elements, a few microseconds) that the
+/// per-chunk cost is noise, and small enough (<= 65536, about 2 MiB of Adam traffic) to stay
+/// cache-sized. Multiples of 64, so chunks keep the buffer's vector alignment.
+pub const MIN_CHUNK: usize = 1 << 12;
+pub const MAX_CHUNK: usize = 1 << 16;
+pub const CHUNKS_PER_THREAD: usize = 4;
+
+/// The chunk size for `total` elements on `threads` threads.
+pub fn chunk_size(total: usize, threads: usize) -> usize {
+    let per = total.div_ceil(threads.max(1) * CHUNKS_PER_THREAD);
+    per.next_multiple_of(64).clamp(MIN_CHUNK, MAX_CHUNK)
+}
 
 struct Pool {
     threads: usize,
-    /// `None` when `threads == 1`: everything runs on the caller's thread.
+    /// The `threads - 1` helpers; `None` when `threads == 1`.
     pool: Option<Arc<ThreadPool>>,
 }
 
@@ -51,7 +61,7 @@ fn build(threads: usize) -> Result<Pool, String> {
         return Ok(Pool { threads: 1, pool: None });
     }
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
+        .num_threads(threads - 1)
         .thread_name(|i| format!("fastopt-{i}"))
         .build()
         .map_err(|e| format!("could not start {threads} threads: {e}"))?;
@@ -99,11 +109,13 @@ pub fn for_each<W: Split>(items: Vec<W>, f: impl Fn(W) + Sync + Send) {
         items.into_iter().filter(|w| !w.is_empty()).for_each(f);
         return;
     };
-    let mut chunks = Vec::with_capacity(total / CHUNK + items.len());
+    let threads = pool.current_num_threads() + 1;
+    let chunk = chunk_size(total, threads);
+    let mut chunks = Vec::with_capacity(total / chunk + items.len());
     for w in items {
         let mut rest = w;
-        while rest.len() > CHUNK {
-            let (head, tail) = rest.split_at(CHUNK);
+        while rest.len() > chunk {
+            let (head, tail) = rest.split_at(chunk);
             chunks.push(head);
             rest = tail;
         }
@@ -111,7 +123,22 @@ pub fn for_each<W: Split>(items: Vec<W>, f: impl Fn(W) + Sync + Send) {
             chunks.push(rest);
         }
     }
-    pool.install(|| chunks.into_par_iter().for_each(f));
+    let helpers = (threads - 1).min(chunks.len().saturating_sub(1));
+    let queue = Mutex::new(chunks.into_iter());
+    let work = || loop {
+        // Take the lock only to pop; a poisoned queue still hands out what it holds.
+        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+        match next {
+            Some(c) => f(c),
+            None => break,
+        }
+    };
+    pool.in_place_scope(|s| {
+        for _ in 0..helpers {
+            s.spawn(|_| work());
+        }
+        work();
+    });
 }
 
 #[cfg(test)]
@@ -134,7 +161,7 @@ mod tests {
         for threads in [1, 2, 3] {
             set_num_threads(threads).unwrap();
             assert_eq!(num_threads(), threads);
-            for sizes in [vec![0usize, 1, 5], vec![SERIAL_BELOW + 7, 3, CHUNK * 3 + 1]] {
+            for sizes in [vec![0usize, 1, 5], vec![SERIAL_BELOW + 7, 3, MAX_CHUNK * 3 + 1]] {
                 let mut bufs: Vec<Vec<u32>> = sizes.iter().map(|&n| vec![0; n]).collect();
                 let items = bufs.iter_mut().map(|b| Cells(b)).collect();
                 for_each(items, |c: Cells| c.0.iter_mut().for_each(|x| *x += 1));
@@ -142,6 +169,9 @@ mod tests {
             }
         }
         assert!(set_num_threads(0).is_err());
+        assert_eq!(chunk_size(100_000, 2), 12_544);
+        assert_eq!(chunk_size(10, 2), MIN_CHUNK);
+        assert_eq!(chunk_size(1 << 30, 2), MAX_CHUNK);
         set_num_threads(default_threads()).unwrap();
     }
 }

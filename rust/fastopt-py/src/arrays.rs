@@ -8,9 +8,9 @@
 //! dtype) or `ValueError` (everything else) and name the argument and index.
 
 use numpy::npyffi::objects::_PyArray_GET_ITEM_DATA;
-use numpy::npyffi::{NPY_ARRAY_ALIGNED, NPY_ARRAY_C_CONTIGUOUS, NPY_ARRAY_WRITEABLE};
+use numpy::npyffi::{NPY_ARRAY_ALIGNED, NPY_ARRAY_C_CONTIGUOUS, NPY_ARRAY_WRITEABLE, NPY_TYPES};
 use numpy::prelude::*;
-use numpy::{dtype, PyUntypedArray};
+use numpy::PyUntypedArray;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
@@ -37,6 +37,19 @@ impl Dtype {
     }
 }
 
+/// Names one array of a call ("grads[3]"), formatted only when an error needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Label {
+    name: &'static str,
+    index: usize,
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]", self.name, self.index)
+    }
+}
+
 /// A checked array: where its elements are and how many.
 #[derive(Clone, Copy)]
 pub struct Raw {
@@ -48,8 +61,8 @@ impl Raw {
     /// # Safety
     /// `T` must be the array's element type (checked against the group's dtype when the
     /// `Raw` was made), the array must outlive `'a` (its owner, a `Bound`, is held by the
-    /// caller for the whole call), and no other live slice may overlap it mutably (checked by
-    /// [`Group::finish`]).
+    /// caller's [`Group`] for the whole call), and no other live slice may overlap it
+    /// mutably (checked by [`Group::finish`]).
     pub unsafe fn slice_mut<'a, T>(self) -> &'a mut [T] {
         if self.len == 0 {
             return &mut [];
@@ -73,11 +86,12 @@ impl Raw {
 /// Collects and checks the arrays of one kernel call.
 pub struct Group<'py> {
     pub dtype: Dtype,
-    shapes: Vec<Vec<usize>>,
+    /// The parameters, whose shapes the other lists must match. Together with `owners` they
+    /// keep every checked array alive until the kernel has run.
+    params: Vec<Bound<'py, PyUntypedArray>>,
+    owners: Vec<Bound<'py, PyUntypedArray>>,
     /// Memory of every non-empty array: (start, end, written, label).
-    spans: Vec<(usize, usize, bool, String)>,
-    /// Keeps every checked array alive until the kernel has run.
-    _owners: Vec<Bound<'py, PyUntypedArray>>,
+    spans: Vec<(usize, usize, bool, Label)>,
 }
 
 fn items<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Vec<Bound<'py, PyAny>>> {
@@ -97,21 +111,23 @@ fn type_name(obj: &Bound<'_, PyAny>) -> String {
     obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
 }
 
-fn as_array<'py>(obj: &Bound<'py, PyAny>, label: &str) -> PyResult<Bound<'py, PyUntypedArray>> {
+fn as_array<'py>(obj: &Bound<'py, PyAny>, label: Label) -> PyResult<Bound<'py, PyUntypedArray>> {
     obj.cast::<PyUntypedArray>().map(|a| a.clone()).map_err(|_| {
         PyTypeError::new_err(format!("{label} must be a numpy.ndarray, got {}", type_name(obj)))
     })
 }
 
 fn dtype_of(arr: &Bound<'_, PyUntypedArray>) -> Option<Dtype> {
-    let py = arr.py();
     let d = arr.dtype();
-    if d.is_equiv_to(&dtype::<f32>(py)) {
-        Some(Dtype::F32)
-    } else if d.is_equiv_to(&dtype::<f64>(py)) {
-        Some(Dtype::F64)
-    } else {
-        None
+    // Native byte order only: `is_native_byteorder` is None for single-byte types and
+    // Some(false) for swapped ones.
+    if d.is_native_byteorder() == Some(false) {
+        return None;
+    }
+    match d.num() {
+        n if n == NPY_TYPES::NPY_FLOAT as i32 => Some(Dtype::F32),
+        n if n == NPY_TYPES::NPY_DOUBLE as i32 => Some(Dtype::F64),
+        _ => None,
     }
 }
 
@@ -132,57 +148,67 @@ fn shape_str(s: &[usize]) -> String {
     }
 }
 
+fn len_mismatch(name: &str, got: usize, want: usize) -> PyErr {
+    PyValueError::new_err(format!("{name} has {got} arrays but params has {want}"))
+}
+
 impl<'py> Group<'py> {
     /// Checks `params` (written): sets the group's dtype and the shapes the other lists
-    /// must match. An empty list is allowed (nothing to do), with float32 as dtype.
+    /// must match. An empty list is allowed (nothing to do).
     pub fn new(params: &Bound<'py, PyAny>) -> PyResult<(Group<'py>, Vec<Raw>)> {
         let list = items(params, "params")?;
-        let mut g = Group { dtype: Dtype::F32, shapes: vec![], spans: vec![], _owners: vec![] };
-        if let Some(first) = list.first() {
-            let arr = as_array(first, "params[0]")?;
-            g.dtype = dtype_of(&arr).ok_or_else(|| {
-                PyTypeError::new_err(format!(
-                    "params[0] has dtype {}; fastopt kernels take float32 or float64 arrays",
-                    arr.dtype()
-                ))
-            })?;
-        }
+        let mut g = Group { dtype: Dtype::F32, params: Vec::with_capacity(list.len()), owners: vec![], spans: vec![] };
         let mut raws = Vec::with_capacity(list.len());
         for (i, obj) in list.iter().enumerate() {
-            let arr = as_array(obj, &format!("params[{i}]"))?;
-            g.shapes.push(arr.shape().to_vec());
-            raws.push(g.check(&arr, "params", i, true)?);
+            let label = Label { name: "params", index: i };
+            let arr = as_array(obj, label)?;
+            if i == 0 {
+                g.dtype = dtype_of(&arr).ok_or_else(|| {
+                    PyTypeError::new_err(format!(
+                        "params[0] has dtype {}; fastopt kernels take float32 or float64 arrays",
+                        arr.dtype()
+                    ))
+                })?;
+            }
+            g.check_dtype(&arr, label)?;
+            raws.push(g.check_layout(&arr, label, g.dtype.itemsize(), true)?);
+            g.params.push(arr);
         }
         Ok((g, raws))
     }
 
     pub fn len(&self) -> usize {
-        self.shapes.len()
+        self.params.len()
     }
 
-    fn check(&mut self, arr: &Bound<'py, PyUntypedArray>, name: &str, i: usize, written: bool) -> PyResult<Raw> {
-        let label = format!("{name}[{i}]");
-        match dtype_of(arr) {
-            Some(d) if d == self.dtype => {}
-            _ => {
-                return Err(PyTypeError::new_err(format!(
-                    "{label} has dtype {} but the group's params are {} (fastopt never casts implicitly)",
-                    arr.dtype(),
-                    self.dtype.name()
-                )))
-            }
-        }
-        if arr.shape() != self.shapes[i].as_slice() {
-            return Err(PyValueError::new_err(format!(
-                "{label} has shape {} but params[{i}] has shape {}",
-                shape_str(arr.shape()),
-                shape_str(&self.shapes[i])
+    fn check_dtype(&self, arr: &Bound<'py, PyUntypedArray>, label: Label) -> PyResult<()> {
+        if dtype_of(arr) != Some(self.dtype) {
+            return Err(PyTypeError::new_err(format!(
+                "{label} has dtype {} but the group's params are {} (fastopt never casts implicitly)",
+                arr.dtype(),
+                self.dtype.name()
             )));
         }
-        self.check_layout(arr, &label, self.dtype.itemsize(), written)
+        Ok(())
     }
 
-    fn check_layout(&mut self, arr: &Bound<'py, PyUntypedArray>, label: &str, itemsize: usize, written: bool) -> PyResult<Raw> {
+    fn check(&mut self, arr: Bound<'py, PyUntypedArray>, label: Label, written: bool) -> PyResult<Raw> {
+        self.check_dtype(&arr, label)?;
+        let want = self.params[label.index].shape();
+        if arr.shape() != want {
+            return Err(PyValueError::new_err(format!(
+                "{label} has shape {} but params[{}] has shape {}",
+                shape_str(arr.shape()),
+                label.index,
+                shape_str(want)
+            )));
+        }
+        let raw = self.check_layout(&arr, label, self.dtype.itemsize(), written)?;
+        self.owners.push(arr);
+        Ok(raw)
+    }
+
+    fn check_layout(&mut self, arr: &Bound<'py, PyUntypedArray>, label: Label, itemsize: usize, written: bool) -> PyResult<Raw> {
         let f = flags(arr);
         if f & NPY_ARRAY_C_CONTIGUOUS == 0 {
             return Err(PyValueError::new_err(format!(
@@ -199,26 +225,21 @@ impl<'py> Group<'py> {
         let data = data_ptr(arr);
         if len > 0 {
             let start = data as usize;
-            self.spans.push((start, start + len * itemsize, written, label.to_string()));
+            self.spans.push((start, start + len * itemsize, written, label));
         }
-        self._owners.push(arr.clone());
         Ok(Raw { data, len })
     }
 
     /// Checks a list of arrays shaped like `params`, one per parameter.
-    pub fn like_params(&mut self, obj: &Bound<'py, PyAny>, name: &str, written: bool) -> PyResult<Vec<Raw>> {
+    pub fn like_params(&mut self, obj: &Bound<'py, PyAny>, name: &'static str, written: bool) -> PyResult<Vec<Raw>> {
         let list = items(obj, name)?;
         if list.len() != self.len() {
-            return Err(PyValueError::new_err(format!(
-                "{name} has {} arrays but params has {}",
-                list.len(),
-                self.len()
-            )));
+            return Err(len_mismatch(name, list.len(), self.len()));
         }
         let mut raws = Vec::with_capacity(list.len());
         for (i, o) in list.iter().enumerate() {
-            let arr = as_array(o, &format!("{name}[{i}]"))?;
-            raws.push(self.check(&arr, name, i, written)?);
+            let label = Label { name, index: i };
+            raws.push(self.check(as_array(o, label)?, label, written)?);
         }
         Ok(raws)
     }
@@ -228,7 +249,7 @@ impl<'py> Group<'py> {
     pub fn optional_like_params(
         &mut self,
         obj: Option<&Bound<'py, PyAny>>,
-        name: &str,
+        name: &'static str,
         required: bool,
         why: &str,
     ) -> PyResult<Option<Vec<Raw>>> {
@@ -245,19 +266,15 @@ impl<'py> Group<'py> {
     }
 
     /// Checks a list of one-element float32 step counters (torch's `state['step']`).
-    pub fn steps(&mut self, obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Vec<Raw>> {
+    pub fn steps(&mut self, obj: &Bound<'py, PyAny>, name: &'static str) -> PyResult<Vec<Raw>> {
         let list = items(obj, name)?;
         if list.len() != self.len() {
-            return Err(PyValueError::new_err(format!(
-                "{name} has {} arrays but params has {}",
-                list.len(),
-                self.len()
-            )));
+            return Err(len_mismatch(name, list.len(), self.len()));
         }
         let mut raws = Vec::with_capacity(list.len());
         for (i, o) in list.iter().enumerate() {
-            let label = format!("{name}[{i}]");
-            let arr = as_array(o, &label)?;
+            let label = Label { name, index: i };
+            let arr = as_array(o, label)?;
             if dtype_of(&arr) != Some(Dtype::F32) || arr.len() != 1 {
                 return Err(PyTypeError::new_err(format!(
                     "{label} must be a one-element float32 array (a 0-d step counter), got dtype {} shape {}",
@@ -265,14 +282,15 @@ impl<'py> Group<'py> {
                     shape_str(arr.shape())
                 )));
             }
-            raws.push(self.check_layout(&arr, &label, 4, true)?);
+            raws.push(self.check_layout(&arr, label, 4, true)?);
+            self.owners.push(arr);
         }
         Ok(raws)
     }
 
     /// Rejects any overlap between an array that is written and any other array of the call.
     pub fn finish(&mut self) -> PyResult<()> {
-        self.spans.sort_by_key(|s| s.0);
+        self.spans.sort_unstable_by_key(|s| s.0);
         // Sweep in address order, remembering the furthest-reaching span seen so far and the
         // furthest-reaching written one: a span that starts before either ends overlaps it.
         let mut far_any: Option<usize> = None;
@@ -285,8 +303,8 @@ impl<'py> Group<'py> {
                 _ => None,
             };
             if let Some(j) = hit {
-                let (a, b) = (&self.spans[j].3, &self.spans[k].3);
-                let (first, second) = if a < b { (a, b) } else { (b, a) };
+                let (a, b) = (self.spans[j].3, self.spans[k].3);
+                let (first, second) = if a.to_string() < b.to_string() { (a, b) } else { (b, a) };
                 return Err(PyValueError::new_err(format!(
                     "{first} and {second} share memory, and one of them is updated in place; \
                      pass separate arrays (e.g. a copy of the gradient)"

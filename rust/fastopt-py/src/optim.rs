@@ -10,9 +10,10 @@ use pyo3::prelude::*;
 /// One Adam/AdamW step over a parameter group, in place (torch's `_single_tensor_adam`).
 ///
 /// `state_steps` are one-element float32 counters, incremented here. With `check_only`
-/// every argument is checked and nothing is written.
+/// every argument is checked and nothing is written. Hyperparameters are positional:
+/// keyword parsing would cost more than checking a tensor.
 #[pyfunction]
-#[pyo3(signature = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *,
+#[pyo3(signature = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
     lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay=false, check_only=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn adam_step<'py>(
@@ -88,7 +89,7 @@ fn run_adam<T: Float + numpy::Element>(
 /// `fresh_buffers[i]` says that buffer was just created: this step sets it to the gradient,
 /// as torch's first step does.
 #[pyfunction]
-#[pyo3(signature = (params, grads, momentum_buffer_list, fresh_buffers, *,
+#[pyo3(signature = (params, grads, momentum_buffer_list, fresh_buffers,
     lr, momentum, dampening, weight_decay, nesterov, maximize, check_only=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn sgd_step<'py>(
