@@ -234,3 +234,26 @@ def test_functional_api_matches_torch_functional(torch):
     assert isinstance(fbufs[0], np.ndarray)
     assert_close(fp2, tp2.numpy(), "sgd param")
     assert_close(fbufs[0], tbufs[0].numpy(), "sgd buffer")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cls_name,kwargs", LARGE_CONFIGS, ids=LARGE_IDS)
+def test_results_do_not_depend_on_thread_count(cls_name, kwargs, dtype):
+    """Bit-identical params and state with 1 and 2 threads (the 2**20+3 tensor is split
+    across threads; small tensors in the same group are not)."""
+    shapes = [(2**20 + 3,), (1023,), (7,)]
+    runs = []
+    before = fo.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fo.set_num_threads(threads)
+            params, state = _fastopt_run(cls_name, kwargs, shapes, dtype)
+            runs.append((params, state))
+    finally:
+        fo.set_num_threads(before)
+    (p1, s1), (p2, s2) = runs
+    for a, b, sa, sb in zip(p1, p2, s1, s2):
+        assert a.tobytes() == b.tobytes()
+        assert set(sa) == set(sb)
+        for k in sa:
+            assert np.asarray(sa[k]).tobytes() == np.asarray(sb[k]).tobytes(), k
