@@ -87,6 +87,18 @@ pub trait Split: Sized + Send {
     fn split_at(self, mid: usize) -> (Self, Self);
 }
 
+/// Splits an optional buffer like the required ones (a kernel's buffer that only some options
+/// use, e.g. amsgrad's maximum).
+pub fn split_opt<T>(x: Option<&mut [T]>, mid: usize) -> (Option<&mut [T]>, Option<&mut [T]>) {
+    match x {
+        Some(x) => {
+            let (a, b) = x.split_at_mut(mid);
+            (Some(a), Some(b))
+        }
+        None => (None, None),
+    }
+}
+
 /// Runs `f` over all of `items`, each element exactly once, on the pool when the work is
 /// large enough.
 pub fn for_each<W: Split>(items: Vec<W>, f: impl Fn(W) + Sync + Send) {

@@ -148,9 +148,6 @@ fn shape_str(s: &[usize]) -> String {
     }
 }
 
-fn len_mismatch(name: &str, got: usize, want: usize) -> PyErr {
-    PyValueError::new_err(format!("{name} has {got} arrays but params has {want}"))
-}
 
 impl<'py> Group<'py> {
     /// Checks `params` (written): sets the group's dtype and the shapes the other lists
@@ -179,6 +176,19 @@ impl<'py> Group<'py> {
 
     pub fn len(&self) -> usize {
         self.params.len()
+    }
+
+    /// The items of a list that must hold one array per parameter.
+    fn per_param(&self, obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let list = items(obj, name)?;
+        if list.len() != self.len() {
+            return Err(PyValueError::new_err(format!(
+                "{name} has {} arrays but params has {}",
+                list.len(),
+                self.len()
+            )));
+        }
+        Ok(list)
     }
 
     fn check_dtype(&self, arr: &Bound<'py, PyUntypedArray>, label: Label) -> PyResult<()> {
@@ -232,10 +242,7 @@ impl<'py> Group<'py> {
 
     /// Checks a list of arrays shaped like `params`, one per parameter.
     pub fn like_params(&mut self, obj: &Bound<'py, PyAny>, name: &'static str, written: bool) -> PyResult<Vec<Raw>> {
-        let list = items(obj, name)?;
-        if list.len() != self.len() {
-            return Err(len_mismatch(name, list.len(), self.len()));
-        }
+        let list = self.per_param(obj, name)?;
         let mut raws = Vec::with_capacity(list.len());
         for (i, o) in list.iter().enumerate() {
             let label = Label { name, index: i };
@@ -267,10 +274,7 @@ impl<'py> Group<'py> {
 
     /// Checks a list of one-element float32 step counters (torch's `state['step']`).
     pub fn steps(&mut self, obj: &Bound<'py, PyAny>, name: &'static str) -> PyResult<Vec<Raw>> {
-        let list = items(obj, name)?;
-        if list.len() != self.len() {
-            return Err(len_mismatch(name, list.len(), self.len()));
-        }
+        let list = self.per_param(obj, name)?;
         let mut raws = Vec::with_capacity(list.len());
         for (i, o) in list.iter().enumerate() {
             let label = Label { name, index: i };

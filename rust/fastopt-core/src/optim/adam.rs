@@ -15,7 +15,7 @@
 //! precision with `pow`, as Python computes them, then rounded to the element type.
 
 use crate::float::{nan_max, Float};
-use crate::parallel::{self, Split};
+use crate::parallel::{self, split_opt, Split};
 use crate::simd::{self, Arith, SimdKernel, SimdLevel};
 use crate::{check_len, Error};
 
@@ -127,13 +127,7 @@ impl<T: Float> Split for Chunk<'_, T> {
         let (g0, g1) = self.g.split_at(mid);
         let (m0, m1) = self.m.split_at_mut(mid);
         let (v0, v1) = self.v.split_at_mut(mid);
-        let (x0, x1) = match self.vmax {
-            Some(x) => {
-                let (a, b) = x.split_at_mut(mid);
-                (Some(a), Some(b))
-            }
-            None => (None, None),
-        };
+        let (x0, x1) = split_opt(self.vmax, mid);
         (
             Chunk { p: p0, g: g0, m: m0, v: v0, vmax: x0, s: self.s },
             Chunk { p: p1, g: g1, m: m1, v: v1, vmax: x1, s: self.s },

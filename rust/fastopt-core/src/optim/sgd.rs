@@ -11,7 +11,7 @@
 //! ```
 
 use crate::float::Float;
-use crate::parallel::{self, Split};
+use crate::parallel::{self, split_opt, Split};
 use crate::simd::{self, Arith, SimdKernel, SimdLevel};
 use crate::{check_len, Error};
 
@@ -67,13 +67,7 @@ impl<T: Float> Split for Chunk<'_, T> {
     fn split_at(self, mid: usize) -> (Self, Self) {
         let (p0, p1) = self.p.split_at_mut(mid);
         let (g0, g1) = self.g.split_at(mid);
-        let (b0, b1) = match self.buf {
-            Some(b) => {
-                let (a, c) = b.split_at_mut(mid);
-                (Some(a), Some(c))
-            }
-            None => (None, None),
-        };
+        let (b0, b1) = split_opt(self.buf, mid);
         (Chunk { p: p0, g: g0, buf: b0, s: self.s }, Chunk { p: p1, g: g1, buf: b1, s: self.s })
     }
 }
