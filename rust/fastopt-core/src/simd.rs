@@ -151,6 +151,9 @@ pub fn set_level(l: SimdLevel) -> Result<(), String> {
 pub trait Arith {
     /// `a * b + c`.
     fn madd<T: Float>(a: T, b: T, c: T) -> T;
+    /// `a / c`, correctly rounded, given `inv_c = 1 / c`: a plain division, or with FMA the
+    /// division-free [`crate::float::div_by_const`], which gives the same bits.
+    fn div_by_const<T: Float>(a: T, c: T, inv_c: T) -> T;
 }
 
 /// One rounding (hardware FMA); only instantiated where the target has FMA.
@@ -163,12 +166,21 @@ impl Arith for Fused {
     fn madd<T: Float>(a: T, b: T, c: T) -> T {
         a.fma(b, c)
     }
+    #[inline(always)]
+    fn div_by_const<T: Float>(a: T, c: T, inv_c: T) -> T {
+        crate::float::div_by_const(a, c, inv_c)
+    }
 }
 
 impl Arith for Separate {
     #[inline(always)]
     fn madd<T: Float>(a: T, b: T, c: T) -> T {
         a * b + c
+    }
+    #[inline(always)]
+    fn div_by_const<T: Float>(a: T, c: T, _inv_c: T) -> T {
+        // Without hardware FMA the correction would be a library call per element.
+        a / c
     }
 }
 

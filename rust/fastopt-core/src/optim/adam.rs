@@ -10,6 +10,8 @@
 //! vm = max(vmax, v)                    (amsgrad; NaN-propagating like torch.maximum)
 //! p  = p + (-lr / bc1) * m / (sqrt(v or vm) / sqrt(bc2) + eps)
 //! ```
+//! The division by the per-tensor constant `sqrt(bc2)` is done without a divider at the FMA
+//! levels (`Arith::div_by_const`), bit-identical to the division.
 //! `step` is a float32 counter as in torch; the bias corrections `bc1 = 1 - beta1**step`,
 //! `bc2 = 1 - beta2**step`, `sqrt(bc2) = bc2**0.5` and the step size are computed in double
 //! precision with `pow`, as Python computes them, then rounded to the element type.
@@ -72,6 +74,7 @@ struct Scalars<T> {
     beta2: T,
     one_minus_beta2: T,
     bc2_sqrt: T,
+    inv_bc2_sqrt: T,
     eps: T,
     neg_step_size: T,
     l2: bool,
@@ -102,6 +105,7 @@ impl<T: Float> Scalars<T> {
             beta2: T::from_f64(cfg.beta2),
             one_minus_beta2: T::from_f64(1.0 - cfg.beta2),
             bc2_sqrt: T::from_f64(bc2.powf(half)),
+            inv_bc2_sqrt: T::ONE / T::from_f64(bc2.powf(half)),
             eps: T::from_f64(cfg.eps),
             neg_step_size: T::from_f64(-step_size),
             l2: decays && !cfg.decoupled_weight_decay,
@@ -182,7 +186,8 @@ fn body<T: Float, A: Arith, const AMS: bool, const L2: bool>(
         } else {
             vi
         };
-        let denom = vu.sqrt() / s.bc2_sqrt + s.eps;
+        // `sqrt(v) / sqrt(bc2)`, correctly rounded, without a division (see `div_by_const`).
+        let denom = A::div_by_const(vu.sqrt(), s.bc2_sqrt, s.inv_bc2_sqrt) + s.eps;
         p[i] = pi + s.neg_step_size * mi / denom;
         m[i] = mi;
         v[i] = vi;
