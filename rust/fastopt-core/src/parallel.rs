@@ -9,16 +9,24 @@
 //! range `t`: an optimizer steps over the same buffers every iteration, so each core finds its
 //! part still in its own L2 cache (with a shared queue, parts wandered between cores and two
 //! threads were barely faster than one at 1e5 elements). The caller works on range 0 instead of
-//! waiting. Element-wise kernels give bit-identical results whatever the thread count, because
-//! every element is computed by the same code whichever range it falls in.
+//! waiting. Each range is cut into [`PIECES`] pieces that its thread takes from the front; a
+//! thread that is done takes pieces of the others from the back, so a pool thread that wakes
+//! late (microseconds to tens of microseconds on a virtual machine) delays nothing.
+//! Element-wise kernels give bit-identical results whatever the thread count, because every
+//! element is computed by the same code whichever range or piece it falls in.
 
 use rayon::ThreadPool;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 /// Below this many elements in one call, starting the pool costs more than it saves
 /// (measured with `benches/`: a fork/join is about 1-3 us, a single-pass optimizer step moves
 /// about 0.3 ns per element in cache).
 pub const SERIAL_BELOW: usize = 1 << 15;
+
+/// Pieces per thread's range (each at least [`MIN_PIECE`] elements).
+pub const PIECES: usize = 4;
+pub const MIN_PIECE: usize = 4096;
 
 struct Pool {
     threads: usize,
@@ -108,11 +116,27 @@ pub fn for_each<W: Split>(items: Vec<W>, f: impl Fn(W) + Sync + Send) {
         items.into_iter().filter(|w| !w.is_empty()).for_each(f);
         return;
     };
-    let parts = partition(items, total, pool.current_num_threads() + 1);
+    let threads = pool.current_num_threads() + 1;
+    let parts = partition(items, total, threads);
     let run = |t: usize| {
-        // Each part is taken exactly once, by thread `t`; the lock is never contended.
-        let part = std::mem::take(&mut *parts[t].lock().unwrap_or_else(|e| e.into_inner()));
-        part.into_iter().for_each(&f);
+        // Own pieces from the front, then the others' from the back. The locks are held only
+        // to pop, and each piece is popped exactly once.
+        let pop = |k: usize, front: bool| {
+            let mut q = parts[k].lock().unwrap_or_else(|e| e.into_inner());
+            if front {
+                q.pop_front()
+            } else {
+                q.pop_back()
+            }
+        };
+        while let Some(w) = pop(t, true) {
+            f(w);
+        }
+        for k in (1..threads).map(|d| (t + d) % threads) {
+            while let Some(w) = pop(k, false) {
+                f(w);
+            }
+        }
     };
     pool.in_place_scope(|s| {
         s.spawn_broadcast(|_, ctx| run(ctx.index() + 1));
@@ -120,28 +144,35 @@ pub fn for_each<W: Split>(items: Vec<W>, f: impl Fn(W) + Sync + Send) {
     });
 }
 
-/// Cuts `items` into `threads` runs of about `total / threads` elements each (a multiple of
-/// 64, so every cut keeps the buffers' vector alignment), in order.
-fn partition<W: Split>(items: Vec<W>, total: usize, threads: usize) -> Vec<Mutex<Vec<W>>> {
+/// Cuts `items` into `threads` runs of about `total / threads` elements each, in order, each
+/// run in up to [`PIECES`] pieces (cuts fall on multiples of 64 elements, keeping the buffers'
+/// vector alignment).
+fn partition<W: Split>(items: Vec<W>, total: usize, threads: usize) -> Vec<Mutex<VecDeque<W>>> {
     let share = total.div_ceil(threads).next_multiple_of(64);
-    let mut parts: Vec<Vec<W>> = (0..threads).map(|_| Vec::new()).collect();
-    let (mut t, mut room) = (0, share);
+    let piece = share.div_ceil(PIECES).next_multiple_of(64).max(MIN_PIECE);
+    let mut parts: Vec<VecDeque<W>> = (0..threads).map(|_| VecDeque::new()).collect();
+    let (mut t, mut used) = (0, 0);
     for w in items {
         let mut rest = w;
         while !rest.is_empty() {
-            if room == 0 && t + 1 < threads {
+            if used >= share && t + 1 < threads {
                 t += 1;
-                room = share;
+                used = 0;
             }
-            if rest.len() <= room || t + 1 == threads {
-                room = room.saturating_sub(rest.len());
-                parts[t].push(rest);
+            let last = t + 1 == threads;
+            // Room left in this thread's range, and in its current piece.
+            let room = if last { usize::MAX } else { share - used };
+            let in_piece = piece - used % piece;
+            let take = rest.len().min(room).min(in_piece);
+            if take == rest.len() {
+                used += take;
+                parts[t].push_back(rest);
                 break;
             }
-            let (head, tail) = rest.split_at(room);
-            parts[t].push(head);
+            let (head, tail) = rest.split_at(take);
+            parts[t].push_back(head);
+            used += take;
             rest = tail;
-            room = 0;
         }
     }
     parts.into_iter().map(Mutex::new).collect()
@@ -190,6 +221,8 @@ mod tests {
             let lens: Vec<usize> = parts.iter().map(|p| p.lock().unwrap().iter().map(|c| c.0.len()).sum()).collect();
             assert_eq!(lens.iter().sum::<usize>(), total);
             assert!(lens.iter().all(|&l| l <= share), "{lens:?} share {share}");
+            let piece = share.div_ceil(PIECES).next_multiple_of(64).max(MIN_PIECE);
+            assert!(parts.iter().all(|p| p.lock().unwrap().iter().all(|c| c.0.len() <= piece)));
             for (t, p) in parts.into_iter().enumerate() {
                 for c in p.into_inner().unwrap() {
                     c.0.iter_mut().for_each(|x| *x = t as u32 + 1);
