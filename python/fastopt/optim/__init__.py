@@ -1,8 +1,8 @@
 """Optimizers with torch.optim's names, arguments, state layout and update rules."""
 
-from . import functional
+from . import functional, lr_scheduler
 from .adam import Adam, AdamW
 from .optimizer import Optimizer, required
 from .sgd import SGD
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "functional", "required"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "functional", "lr_scheduler", "required"]

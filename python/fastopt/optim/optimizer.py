@@ -244,6 +244,7 @@ class Optimizer:
         required for plain-ndarray parameters.
         """
         loss = None if closure is None else closure()
+        self._opt_called = True  # read by the schedulers' step-order warning
         groups = self.param_groups
         if len(groups) == 1 and grads is None:
             self._run_group(0, groups[0], None, False)
