@@ -2,7 +2,8 @@
 
 from . import functional, lr_scheduler
 from .adam import Adam, AdamW
+from .interop import to_torch_state_dict
 from .optimizer import Optimizer, required
 from .sgd import SGD
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "functional", "lr_scheduler", "required"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "functional", "lr_scheduler", "required", "to_torch_state_dict"]

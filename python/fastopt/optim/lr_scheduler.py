@@ -20,6 +20,8 @@ from collections import Counter
 from functools import partial
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
+
 from .optimizer import Optimizer
 
 __all__ = [
@@ -65,7 +67,16 @@ def _per_group(name: str, optimizer: Optimizer, value: Any) -> list:
 
 
 def _group_values(optimizer: Optimizer, key: str) -> list:
-    return [group[key] for group in optimizer.param_groups]
+    """Copies of the groups' values (a 0-d array lr is copied, as torch clones a Tensor lr)."""
+    return [np.copy(group[key]) if isinstance(group[key], np.ndarray) else group[key] for group in optimizer.param_groups]
+
+
+def _set_lr(group: dict, value: Any) -> None:
+    """Writes a new lr; a 0-d array lr is filled in place (as torch fills a Tensor lr)."""
+    if isinstance(group["lr"], np.ndarray):
+        group["lr"][...] = value
+    else:
+        group["lr"] = value
 
 
 def _set_momentum(group: dict, use_beta1: bool, momentum: float) -> None:
@@ -89,8 +100,8 @@ class LRScheduler:
         _check_optimizer(optimizer)
         self.optimizer = optimizer
         if last_epoch == -1:
-            for group in optimizer.param_groups:
-                group.setdefault("initial_lr", group["lr"])
+            for group, lr in zip(optimizer.param_groups, _group_values(optimizer, "lr")):
+                group.setdefault("initial_lr", lr)
         else:
             for i, group in enumerate(optimizer.param_groups):
                 if "initial_lr" not in group:
@@ -165,7 +176,7 @@ class LRScheduler:
         finally:
             self._get_lr_called_within_step = False
         for group, lr in zip(self.optimizer.param_groups, values):
-            group["lr"] = lr
+            _set_lr(group, lr)
         self._last_lr = _group_values(self.optimizer, "lr")
 
     def _closed_form_at_last_epoch(self) -> list[float]:
@@ -506,7 +517,7 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         finally:
             self._get_lr_called_within_step = False
         for group, lr in zip(self.optimizer.param_groups, values):
-            group["lr"] = lr
+            _set_lr(group, lr)
         self._last_lr = _group_values(self.optimizer, "lr")
 
     def _closed_form(self, t: int) -> list[float]:
@@ -544,7 +555,7 @@ class CyclicLR(LRScheduler):
         base_lrs = _per_group("base_lr", optimizer, base_lr)
         if last_epoch == -1:
             for lr, group in zip(base_lrs, optimizer.param_groups):
-                group["lr"] = lr
+                _set_lr(group, lr)
         self.max_lrs = _per_group("max_lr", optimizer, max_lr)
         step_size_up = float(step_size_up)
         step_size_down = float(step_size_down) if step_size_down is not None else step_size_up
@@ -826,7 +837,7 @@ class SequentialLR(_Composite, LRScheduler):
         self.last_epoch = last_epoch + 1
         self.optimizer = optimizer
         for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"]
+            _set_lr(group, group["initial_lr"])
         self._undo_child_steps(self)
         idx = bisect_right(self._milestones, 0)
         self._schedulers[idx]._initial_step()
@@ -978,7 +989,7 @@ class ReduceLROnPlateau(LRScheduler):
             old = float(group["lr"])
             new = max(old * self.factor, self.min_lrs[i])
             if old - new > self.eps:
-                group["lr"] = new
+                _set_lr(group, new)
 
     @property
     def in_cooldown(self) -> bool:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import copy
 import numbers
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from itertools import chain
 from typing import Any
 
 import numpy as np
 
+from ..hooks import RemovableHandle, register
 from ..parameter import Parameter
 
 __all__ = ["Optimizer", "required"]
@@ -104,6 +106,18 @@ def check_bool(value: Any, name: str) -> None:
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
 
 
+def _plain_group(group: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of a saved param group in which one-element arrays or tensors (torch's
+    Tensor lr, for instance) become Python numbers."""
+    out = {}
+    for k, v in group.items():
+        if k not in ("params", "param_names") and hasattr(v, "__array__") and not isinstance(v, (list, tuple)):
+            a = np.asarray(v)
+            v = a.item() if a.size == 1 else a.copy()
+        out[k] = copy.deepcopy(v)
+    return out
+
+
 def _copy_value(v: Any) -> Any:
     if isinstance(v, np.ndarray):
         return v.copy()
@@ -119,6 +133,12 @@ class Optimizer:
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         self.defaults = defaults
+        self._step_pre_hooks: OrderedDict = OrderedDict()
+        self._step_post_hooks: OrderedDict = OrderedDict()
+        self._state_dict_pre_hooks: OrderedDict = OrderedDict()
+        self._state_dict_post_hooks: OrderedDict = OrderedDict()
+        self._load_state_dict_pre_hooks: OrderedDict = OrderedDict()
+        self._load_state_dict_post_hooks: OrderedDict = OrderedDict()
         if _is_param(params):
             raise TypeError(
                 "params argument given to the optimizer should be an iterable of "
@@ -166,6 +186,19 @@ class Optimizer:
             )
         else:
             params = list(params)
+        # (name, param) pairs name the parameters, as torch's named_parameters() gives them.
+        named = [isinstance(p, tuple) for p in params]
+        if any(named):
+            if not all(named) or any(len(p) != 2 or not isinstance(p[0], str) for p in params):
+                raise ValueError("all optimizer params should be with/without names. Some param names are missing")
+            group["param_names"] = [name for name, _ in params]
+            params = [p for _, p in params]
+        if self.param_groups and ("param_names" in group) != ("param_names" in self.param_groups[0]):
+            raise ValueError(
+                "all optimizer param groups should be with/without names. cannot add param group "
+                + ("with names" if "param_names" in group else "without names")
+                + " to the optimizer"
+            )
         for i, p in enumerate(params):
             if not _is_param(p):
                 raise TypeError(
@@ -243,6 +276,8 @@ class Optimizer:
         gradient arrays (None skips the parameter); it replaces ``Parameter.grad`` and is
         required for plain-ndarray parameters.
         """
+        if self._step_pre_hooks or self._step_post_hooks:
+            return self._step_with_hooks(closure, grads)
         loss = None if closure is None else closure()
         self._opt_called = True  # read by the schedulers' step-order warning
         groups = self.param_groups
@@ -257,6 +292,55 @@ class Optimizer:
         for gi, (group, g) in enumerate(zip(groups, per_group)):
             self._run_group(gi, group, g, False)
         return loss
+
+    def _step_with_hooks(self, closure: Any, grads: Any) -> Any:
+        """torch's order: pre-hooks (which may replace the arguments), the step, post-hooks.
+        Hooks get ``(optimizer, args, kwargs)`` with ``args[0]`` the optimizer, as in torch."""
+        args: tuple = (self,) if closure is None else (self, closure)
+        kwargs: dict = {} if grads is None else {"grads": grads}
+        for hook in list(self._step_pre_hooks.values()):
+            result = hook(self, args, kwargs)
+            if result is not None:
+                if not (isinstance(result, tuple) and len(result) == 2):
+                    raise RuntimeError(
+                        f"a step pre-hook must return None or a tuple of (new_args, new_kwargs), but got {result}."
+                    )
+                args, kwargs = result
+        pre, post = self._step_pre_hooks, self._step_post_hooks
+        self._step_pre_hooks, self._step_post_hooks = OrderedDict(), OrderedDict()
+        try:
+            out = type(self).step(*args, **kwargs)
+        finally:
+            self._step_pre_hooks, self._step_post_hooks = pre, post
+        for hook in list(self._step_post_hooks.values()):
+            hook(self, args, kwargs)
+        return out
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    def register_step_pre_hook(self, hook: Callable) -> RemovableHandle:
+        """``hook(optimizer, args, kwargs) -> None | (new_args, new_kwargs)`` runs before each step."""
+        return register(self._step_pre_hooks, hook)
+
+    def register_step_post_hook(self, hook: Callable) -> RemovableHandle:
+        """``hook(optimizer, args, kwargs) -> None`` runs after each step."""
+        return register(self._step_post_hooks, hook)
+
+    def register_state_dict_pre_hook(self, hook: Callable, prepend: bool = False) -> RemovableHandle:
+        """``hook(optimizer) -> None`` runs before ``state_dict()`` builds the dict."""
+        return register(self._state_dict_pre_hooks, hook, prepend)
+
+    def register_state_dict_post_hook(self, hook: Callable, prepend: bool = False) -> RemovableHandle:
+        """``hook(optimizer, state_dict) -> None | state_dict`` may edit or replace the result."""
+        return register(self._state_dict_post_hooks, hook, prepend)
+
+    def register_load_state_dict_pre_hook(self, hook: Callable, prepend: bool = False) -> RemovableHandle:
+        """``hook(optimizer, state_dict) -> None | state_dict`` may edit or replace what is loaded."""
+        return register(self._load_state_dict_pre_hooks, hook, prepend)
+
+    def register_load_state_dict_post_hook(self, hook: Callable, prepend: bool = False) -> RemovableHandle:
+        """``hook(optimizer) -> None`` runs after ``load_state_dict()``."""
+        return register(self._load_state_dict_post_hooks, hook, prepend)
 
     def _run_group(self, gi: int, group: dict, grads: list | None, check_only: bool) -> None:
         """Gathers the group's params that have a gradient and runs ``_step_group`` on them."""
@@ -331,8 +415,11 @@ class Optimizer:
     def state_dict(self) -> dict[str, Any]:
         """torch's layout: ``{'state': {index: {...}}, 'param_groups': [{..., 'params': [index]}]}``.
 
-        Parameters are numbered in group order; every buffer is a copy.
+        Parameters are numbered in group order; every buffer is a copy. Named parameters add
+        ``param_names`` to their group, as torch.
         """
+        for hook in list(self._state_dict_pre_hooks.values()):
+            hook(self)
         index: dict[int, int] = {}
         groups = []
         for group in self.param_groups:
@@ -348,16 +435,31 @@ class Optimizer:
             for p, s in self.state.items()
             if id(p) in index
         }
-        return {"state": state, "param_groups": groups}
+        result = {"state": state, "param_groups": groups}
+        for hook in list(self._state_dict_post_hooks.values()):
+            out = hook(self, result)
+            if out is not None:
+                result = out
+        return result
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Loads a ``state_dict()`` (by position, as torch): floating buffers are copied and cast
-        to their parameter's dtype, ``step`` counters are kept as float32, options are
-        checked. Nothing changes if it raises."""
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = False) -> None:
+        """Loads a ``state_dict()``, by position as torch does: floating buffers are copied and
+        cast to their parameter's dtype, ``step`` counters are kept as float32, options are
+        checked. A torch optimizer's state dict loads too (its tensors are converted).
+
+        ``strict=True`` (beyond torch) also checks that parameter names (when both sides have
+        them), buffer shapes and buffer dtypes match, and names the first mismatch instead of
+        casting. Nothing changes if it raises.
+        """
         if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
             raise TypeError("state_dict must be a dict with 'state' and 'param_groups'")
+        state_dict = dict(state_dict)
+        for hook in list(self._load_state_dict_pre_hooks.values()):
+            out = hook(self, state_dict)
+            if out is not None:
+                state_dict = out
         groups = self.param_groups
-        saved_groups = copy.deepcopy(state_dict["param_groups"])
+        saved_groups = [_plain_group(g) for g in state_dict["param_groups"]]
         if len(groups) != len(saved_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
         if any(len(g["params"]) != len(s["params"]) for g, s in zip(groups, saved_groups)):
@@ -370,6 +472,8 @@ class Optimizer:
                 chain.from_iterable(g["params"] for g in groups),
             )
         )
+        if strict:
+            self._check_strict(state_dict["state"], saved_groups, id_map)
         new_state = _State()
         for k, v in state_dict["state"].items():
             if k not in id_map:
@@ -385,6 +489,33 @@ class Optimizer:
             new_groups.append(saved)
         self.state = new_state
         self.param_groups = new_groups
+        for hook in list(self._load_state_dict_post_hooks.values()):
+            hook(self)
+
+    def _check_strict(self, saved_state: dict, saved_groups: list[dict], id_map: dict) -> None:
+        for gi, (g, s) in enumerate(zip(self.param_groups, saved_groups)):
+            mine, theirs = g.get("param_names"), s.get("param_names")
+            if mine is not None and theirs is not None:
+                for i, (a, b) in enumerate(zip(mine, theirs)):
+                    if a != b:
+                        raise ValueError(
+                            f"param_groups[{gi}]['param_names'][{i}]: the state dict has {b!r}, the optimizer {a!r}"
+                        )
+            elif (mine is None) != (theirs is None):
+                raise ValueError(f"param_groups[{gi}]: only one side names its parameters (strict=True)")
+        for k, entry in saved_state.items():
+            p = id_map.get(k)
+            if p is None:
+                continue
+            a = _array_of(p)
+            for key, value in entry.items():
+                if key == "step" or value is None or not hasattr(value, "__array__"):
+                    continue
+                v = np.asarray(value)
+                if v.shape != a.shape:
+                    raise ValueError(f"state[{k}][{key!r}] has shape {v.shape} but its parameter has shape {a.shape}")
+                if v.dtype != a.dtype:
+                    raise ValueError(f"state[{k}][{key!r}] has dtype {v.dtype} but its parameter has dtype {a.dtype}")
 
     @staticmethod
     def _load_value(p: Any, key: str, value: Any) -> Any:
