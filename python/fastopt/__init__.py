@@ -17,6 +17,7 @@ from typing import TextIO
 
 from . import _fastopt
 from . import optim
+from .checkpoint import load, save
 from .parameter import Parameter
 
 __version__: str = _fastopt.__version__
@@ -24,6 +25,8 @@ __version__: str = _fastopt.__version__
 __all__ = [
     "Parameter",
     "optim",
+    "save",
+    "load",
     "get_num_threads",
     "set_num_threads",
     "simd_level",
