@@ -16,7 +16,7 @@ import sys
 from typing import TextIO
 
 from . import _fastopt
-from . import optim
+from . import nn, optim
 from .checkpoint import load, save
 from .parameter import Parameter
 
@@ -24,6 +24,7 @@ __version__: str = _fastopt.__version__
 
 __all__ = [
     "Parameter",
+    "nn",
     "optim",
     "save",
     "load",

@@ -59,7 +59,7 @@ class Adam(Optimizer):
         check_bool(group["maximize"], "maximize")
         check_bool(group["decoupled_weight_decay"], "decoupled_weight_decay")
 
-    def _step_group(self, group, params, arrays, grads, check_only):
+    def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
         amsgrad = group["amsgrad"]
         names = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsgrad else ("step", "exp_avg", "exp_avg_sq")
         bufs, created = self._buffers(params, arrays, names)
@@ -69,7 +69,7 @@ class Adam(Optimizer):
         F._adam(
             arrays, grads, bufs[1], bufs[2], bufs[3] if amsgrad else None, bufs[0],
             amsgrad, beta1, beta2, group["lr"], group["weight_decay"], group["eps"],
-            group["maximize"], group["decoupled_weight_decay"], check_only,
+            group["maximize"], group["decoupled_weight_decay"], check_only, grad_scale,
         )
         if not check_only:
             self._commit(created)

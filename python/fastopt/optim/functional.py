@@ -35,13 +35,14 @@ def _adam(
     maximize: bool,
     decoupled_weight_decay: bool,
     check_only: bool = False,
+    grad_scale: float = 1.0,
 ) -> None:
     """The kernel call behind :func:`adam`, :func:`adamw` and the optimizer classes
     (positional, as it runs once per step)."""
     # Positional: the compiled function parses keywords slower than it checks a tensor.
     for_arrays(params).adam_step(
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-        lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, check_only,
+        lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, grad_scale, check_only,
     )
 
 
@@ -129,10 +130,11 @@ def _sgd(
     nesterov: bool,
     maximize: bool,
     check_only: bool = False,
+    grad_scale: float = 1.0,
 ) -> None:
     for_arrays(params).sgd_step(
         params, grads, buffers, fresh,
-        lr, momentum, dampening, weight_decay, nesterov, maximize, check_only,
+        lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale, check_only,
     )
 
 

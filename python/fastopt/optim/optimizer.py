@@ -268,36 +268,70 @@ class Optimizer:
 
     # -- stepping -------------------------------------------------------------------------
 
-    def step(self, closure: Callable[[], Any] | None = None, grads: Any = None) -> Any:
+    def step(
+        self,
+        closure: Callable[[], Any] | None = None,
+        grads: Any = None,
+        *,
+        max_grad_norm: float | None = None,
+        norm_type: float = 2.0,
+        skip_if_nonfinite: bool = False,
+    ) -> Any:
         """One update of every parameter that has a gradient; returns the closure's loss.
 
         ``closure`` (optional) re-evaluates the model and returns the loss; it runs first.
         ``grads`` (optional) is a flat list, one entry per parameter in group order, of
         gradient arrays (None skips the parameter); it replaces ``Parameter.grad`` and is
         required for plain-ndarray parameters.
+
+        ``max_grad_norm`` clips the gradients to that total ``norm_type`` norm inside the update
+        itself: the same result as ``clip_grad_norm_(params, max_grad_norm, norm_type)`` then
+        ``step()``, bit for bit, but the gradients are only read (one pass for the norm, none to
+        scale them) and are left unchanged. ``skip_if_nonfinite`` skips the whole step when the
+        norm is NaN or infinite: params, state and step counts stay as they are. Either option
+        records the norm in ``self.last_grad_norm`` and returns the loss as usual.
         """
         if self._step_pre_hooks or self._step_post_hooks:
-            return self._step_with_hooks(closure, grads)
+            return self._step_with_hooks(closure, grads, max_grad_norm, norm_type, skip_if_nonfinite)
         loss = None if closure is None else closure()
         self._opt_called = True  # read by the schedulers' step-order warning
         groups = self.param_groups
-        if len(groups) == 1 and grads is None:
+        if len(groups) == 1 and grads is None and max_grad_norm is None and not skip_if_nonfinite:
             self._run_group(0, groups[0], None, False)
             return loss
         per_group = self._split_grads(grads) if grads is not None else [None] * len(groups)
+        scale = 1.0
+        if max_grad_norm is not None or skip_if_nonfinite:
+            from ..nn.utils import clip_coefficient, get_total_norm
+
+            if grads is None:
+                per_group = [self._own_grads(gi, g) for gi, g in enumerate(groups)]
+            every = [g for row in per_group for g in row if g is not None]
+            total = get_total_norm(every, norm_type)
+            self.last_grad_norm = total
+            if skip_if_nonfinite and not np.isfinite(total):
+                return loss
+            if max_grad_norm is not None:
+                scale = float(clip_coefficient(float(max_grad_norm), total))
         if len(groups) > 1:
             # Check every group before writing any, so a bad later group changes nothing.
             for gi, (group, g) in enumerate(zip(groups, per_group)):
-                self._run_group(gi, group, g, True)
+                self._run_group(gi, group, g, True, scale)
         for gi, (group, g) in enumerate(zip(groups, per_group)):
-            self._run_group(gi, group, g, False)
+            self._run_group(gi, group, g, False, scale)
         return loss
 
-    def _step_with_hooks(self, closure: Any, grads: Any) -> Any:
+    def _step_with_hooks(self, closure: Any, grads: Any, max_grad_norm: Any, norm_type: float, skip: bool) -> Any:
         """torch's order: pre-hooks (which may replace the arguments), the step, post-hooks.
         Hooks get ``(optimizer, args, kwargs)`` with ``args[0]`` the optimizer, as in torch."""
         args: tuple = (self,) if closure is None else (self, closure)
         kwargs: dict = {} if grads is None else {"grads": grads}
+        if max_grad_norm is not None:
+            kwargs["max_grad_norm"] = max_grad_norm
+        if norm_type != 2.0:
+            kwargs["norm_type"] = norm_type
+        if skip:
+            kwargs["skip_if_nonfinite"] = skip
         for hook in list(self._step_pre_hooks.values()):
             result = hook(self, args, kwargs)
             if result is not None:
@@ -342,18 +376,24 @@ class Optimizer:
         """``hook(optimizer) -> None`` runs after ``load_state_dict()``."""
         return register(self._load_state_dict_post_hooks, hook, prepend)
 
-    def _run_group(self, gi: int, group: dict, grads: list | None, check_only: bool) -> None:
+    @staticmethod
+    def _own_grads(gi: int, group: dict) -> list:
+        """The ``.grad`` of each param of the group (all must be Parameters)."""
+        params = group["params"]
+        try:
+            return [p._grad for p in params]
+        except AttributeError:
+            i = next(i for i, p in enumerate(params) if not isinstance(p, Parameter))
+            raise ValueError(
+                f"param_groups[{gi}]['params'][{i}] is a plain numpy array, which "
+                "carries no gradient: pass the gradients as step(grads=[...])"
+            ) from None
+
+    def _run_group(self, gi: int, group: dict, grads: list | None, check_only: bool, grad_scale: float = 1.0) -> None:
         """Gathers the group's params that have a gradient and runs ``_step_group`` on them."""
         params = group["params"]
         if grads is None:
-            try:
-                grads = [p._grad for p in params]
-            except AttributeError:
-                i = next(i for i, p in enumerate(params) if not isinstance(p, Parameter))
-                raise ValueError(
-                    f"param_groups[{gi}]['params'][{i}] is a plain numpy array, which "
-                    "carries no gradient: pass the gradients as step(grads=[...])"
-                ) from None
+            grads = self._own_grads(gi, group)
         present = [g for g in grads if g is not None]
         if len(present) != len(grads):
             params = [p for p, g in zip(params, grads) if g is not None]
@@ -362,7 +402,10 @@ class Optimizer:
             return
         arrays = [p._data if type(p) is Parameter else _array_of(p) for p in params]
         try:
-            self._step_group(group, params, arrays, grads, check_only)
+            if grad_scale == 1.0:
+                self._step_group(group, params, arrays, grads, check_only)
+            else:
+                self._step_group(group, params, arrays, grads, check_only, grad_scale)
         except (TypeError, ValueError) as e:
             if len(self.param_groups) == 1:
                 raise
@@ -375,9 +418,11 @@ class Optimizer:
         arrays: list[np.ndarray],
         grads: list[np.ndarray],
         check_only: bool,
+        grad_scale: float = 1.0,
     ) -> None:
-        """Updates the ``params`` of ``group`` (those with a gradient) in one kernel call.
-        With ``check_only``, checks the arguments and writes nothing (no state either)."""
+        """Updates the ``params`` of ``group`` (those with a gradient) in one kernel call,
+        multiplying every gradient element by ``grad_scale`` as it is read. With
+        ``check_only``, checks the arguments and writes nothing (no state either)."""
         raise NotImplementedError
 
     def _buffers(

@@ -54,7 +54,7 @@ class SGD(Optimizer):
         if group["nesterov"] and (momentum <= 0 or group["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
-    def _step_group(self, group, params, arrays, grads, check_only):
+    def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
         momentum = group["momentum"]
         buffers, fresh, created = None, [], []
         if momentum != 0:
@@ -66,7 +66,7 @@ class SGD(Optimizer):
                 fresh = [False] * len(buffers)
         F._sgd(
             arrays, grads, buffers, fresh, group["weight_decay"], momentum, group["lr"],
-            group["dampening"], group["nesterov"], group["maximize"], check_only,
+            group["dampening"], group["nesterov"], group["maximize"], check_only, grad_scale,
         )
         if not check_only:
             self._commit(created)

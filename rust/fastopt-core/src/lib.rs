@@ -7,6 +7,7 @@
 pub mod float;
 pub mod optim;
 pub mod parallel;
+pub mod reduce;
 pub mod simd;
 
 pub use float::Float;

@@ -91,7 +91,8 @@ pub trait Split: Sized + Send {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// The first `mid` elements and the rest.
+    /// The first `mid` elements and the rest. An implementation may cut later than `mid`
+    /// (a reduction keeps whole blocks), never earlier unless `mid` is 0.
     fn split_at(self, mid: usize) -> (Self, Self);
 }
 
@@ -170,8 +171,8 @@ fn partition<W: Split>(items: Vec<W>, total: usize, threads: usize) -> Vec<Mutex
                 break;
             }
             let (head, tail) = rest.split_at(take);
+            used += head.len();
             parts[t].push_back(head);
-            used += take;
             rest = tail;
         }
     }

@@ -153,22 +153,28 @@ impl<'py> Group<'py> {
     /// Checks `params` (written): sets the group's dtype and the shapes the other lists
     /// must match. An empty list is allowed (nothing to do).
     pub fn new(params: &Bound<'py, PyAny>) -> PyResult<(Group<'py>, Vec<Raw>)> {
-        let list = items(params, "params")?;
+        Self::first_list(params, "params", true)
+    }
+
+    /// Like [`Group::new`] for a call whose first list has another name or is only read
+    /// (e.g. the gradients of a norm).
+    pub fn first_list(obj: &Bound<'py, PyAny>, name: &'static str, written: bool) -> PyResult<(Group<'py>, Vec<Raw>)> {
+        let list = items(obj, name)?;
         let mut g = Group { dtype: Dtype::F32, params: Vec::with_capacity(list.len()), owners: vec![], spans: vec![] };
         let mut raws = Vec::with_capacity(list.len());
-        for (i, obj) in list.iter().enumerate() {
-            let label = Label { name: "params", index: i };
-            let arr = as_array(obj, label)?;
+        for (i, o) in list.iter().enumerate() {
+            let label = Label { name, index: i };
+            let arr = as_array(o, label)?;
             if i == 0 {
                 g.dtype = dtype_of(&arr).ok_or_else(|| {
                     PyTypeError::new_err(format!(
-                        "params[0] has dtype {}; fastopt kernels take float32 or float64 arrays",
+                        "{label} has dtype {}; fastopt kernels take float32 or float64 arrays",
                         arr.dtype()
                     ))
                 })?;
             }
             g.check_dtype(&arr, label)?;
-            raws.push(g.check_layout(&arr, label, g.dtype.itemsize(), true)?);
+            raws.push(g.check_layout(&arr, label, g.dtype.itemsize(), written)?);
             g.params.push(arr);
         }
         Ok((g, raws))
@@ -194,7 +200,7 @@ impl<'py> Group<'py> {
     fn check_dtype(&self, arr: &Bound<'py, PyUntypedArray>, label: Label) -> PyResult<()> {
         if dtype_of(arr) != Some(self.dtype) {
             return Err(PyTypeError::new_err(format!(
-                "{label} has dtype {} but the group's params are {} (fastopt never casts implicitly)",
+                "{label} has dtype {} but the call's arrays are {} (fastopt never casts implicitly)",
                 arr.dtype(),
                 self.dtype.name()
             )));

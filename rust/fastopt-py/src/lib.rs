@@ -2,6 +2,7 @@
 //! GIL and calls `fastopt-core`; it does no arithmetic of its own.
 
 mod arrays;
+mod clip;
 mod optim;
 
 use fastopt_core::{parallel, simd};
@@ -58,6 +59,8 @@ fn default_num_threads() -> usize {
 
 #[pymodule]
 mod _fastopt {
+    #[pymodule_export]
+    use super::clip::{clamp_, scale_, total_norm};
     #[pymodule_export]
     use super::optim::{adam_step, sgd_step};
     #[pymodule_export]

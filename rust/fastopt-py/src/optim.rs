@@ -10,11 +10,12 @@ use pyo3::prelude::*;
 /// One Adam/AdamW step over a parameter group, in place (torch's `_single_tensor_adam`).
 ///
 /// `state_steps` are one-element float32 counters, incremented here. With `check_only`
-/// every argument is checked and nothing is written. Hyperparameters are positional:
+/// every argument is checked and nothing is written. `grad_scale` multiplies every gradient
+/// element as it is read (clipping folded into the step). Hyperparameters are positional:
 /// keyword parsing would cost more than checking a tensor.
 #[pyfunction]
 #[pyo3(signature = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-    lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay=false, check_only=false))]
+    lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay=false, grad_scale=1.0, check_only=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn adam_step<'py>(
     py: Python<'py>,
@@ -32,6 +33,7 @@ pub fn adam_step<'py>(
     amsgrad: bool,
     maximize: bool,
     decoupled_weight_decay: bool,
+    grad_scale: f64,
     check_only: bool,
 ) -> PyResult<()> {
     let (mut g, p) = Group::new(params)?;
@@ -44,7 +46,7 @@ pub fn adam_step<'py>(
     if check_only {
         return Ok(());
     }
-    let cfg = AdamConfig { lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay };
+    let cfg = AdamConfig { lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, grad_scale };
     match g.dtype {
         Dtype::F32 => run_adam::<f32>(py, &p, &gr, &m, &v, x.as_deref(), &st, &cfg),
         Dtype::F64 => run_adam::<f64>(py, &p, &gr, &m, &v, x.as_deref(), &st, &cfg),
@@ -90,7 +92,7 @@ fn run_adam<T: Float + numpy::Element>(
 /// as torch's first step does.
 #[pyfunction]
 #[pyo3(signature = (params, grads, momentum_buffer_list, fresh_buffers,
-    lr, momentum, dampening, weight_decay, nesterov, maximize, check_only=false))]
+    lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale=1.0, check_only=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn sgd_step<'py>(
     py: Python<'py>,
@@ -104,6 +106,7 @@ pub fn sgd_step<'py>(
     weight_decay: f64,
     nesterov: bool,
     maximize: bool,
+    grad_scale: f64,
     check_only: bool,
 ) -> PyResult<()> {
     let (mut g, p) = Group::new(params)?;
@@ -121,7 +124,7 @@ pub fn sgd_step<'py>(
     if check_only {
         return Ok(());
     }
-    let cfg = SgdConfig { lr, momentum, dampening, weight_decay, nesterov, maximize };
+    let cfg = SgdConfig { lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale };
     match g.dtype {
         Dtype::F32 => run_sgd::<f32>(py, &p, &gr, b.as_deref(), &fresh_buffers, &cfg),
         Dtype::F64 => run_sgd::<f64>(py, &p, &gr, b.as_deref(), &fresh_buffers, &cfg),

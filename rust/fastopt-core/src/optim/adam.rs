@@ -34,6 +34,9 @@ pub struct AdamConfig {
     /// AdamW: multiply the parameter by `1 - lr * weight_decay` instead of adding
     /// `weight_decay * param` to the gradient.
     pub decoupled_weight_decay: bool,
+    /// Every gradient element is multiplied by this (rounded to the element type) as it is
+    /// read: gradient clipping folded into the step. 1.0 leaves gradients as they are.
+    pub grad_scale: f64,
 }
 
 impl Default for AdamConfig {
@@ -47,6 +50,7 @@ impl Default for AdamConfig {
             amsgrad: false,
             maximize: false,
             decoupled_weight_decay: false,
+            grad_scale: 1.0,
         }
     }
 }
@@ -93,7 +97,8 @@ impl<T: Float> Scalars<T> {
         let weight = T::from_f64(1.0 - cfg.beta1);
         let lerp_small = weight.to_f64().abs() < 0.5;
         Scalars {
-            sign: if cfg.maximize { -T::ONE } else { T::ONE },
+            // g * (±scale) rounds exactly like (g * scale) negated: clip-then-step bit for bit.
+            sign: if cfg.maximize { -T::from_f64(cfg.grad_scale) } else { T::from_f64(cfg.grad_scale) },
             weight_decay: T::from_f64(cfg.weight_decay),
             decay: if decays && cfg.decoupled_weight_decay {
                 T::from_f64(1.0 - cfg.lr * cfg.weight_decay)
@@ -256,7 +261,8 @@ mod tests {
     ) {
         *step += 1.0;
         let t = *step as f64;
-        let mut grad: Vec<T> = g.iter().map(|&x| if c.maximize { -x } else { x }).collect();
+        let scale = T::from_f64(c.grad_scale);
+        let mut grad: Vec<T> = g.iter().map(|&x| if c.maximize { -(x * scale) } else { x * scale }).collect();
         if c.weight_decay != 0.0 {
             if c.decoupled_weight_decay {
                 let f = T::from_f64(1.0 - c.lr * c.weight_decay);
@@ -302,7 +308,7 @@ mod tests {
         for amsgrad in [false, true] {
             for maximize in [false, true] {
                 for (wd, dec) in [(0.0, false), (0.1, false), (0.1, true)] {
-                    for beta1 in [0.9, 0.3] {
+                    for (beta1, grad_scale) in [(0.9, 1.0), (0.3, 0.37)] {
                         out.push(AdamConfig {
                             lr: 0.01,
                             beta1,
@@ -312,6 +318,7 @@ mod tests {
                             amsgrad,
                             maximize,
                             decoupled_weight_decay: dec,
+                            grad_scale,
                         });
                     }
                 }

@@ -23,11 +23,14 @@ pub struct SgdConfig {
     pub weight_decay: f64,
     pub nesterov: bool,
     pub maximize: bool,
+    /// Every gradient element is multiplied by this as it is read (clipping folded into the
+    /// step); 1.0 leaves gradients as they are.
+    pub grad_scale: f64,
 }
 
 impl Default for SgdConfig {
     fn default() -> Self {
-        SgdConfig { lr: 1e-3, momentum: 0.0, dampening: 0.0, weight_decay: 0.0, nesterov: false, maximize: false }
+        SgdConfig { lr: 1e-3, momentum: 0.0, dampening: 0.0, weight_decay: 0.0, nesterov: false, maximize: false, grad_scale: 1.0 }
     }
 }
 
@@ -124,7 +127,7 @@ pub(crate) fn sgd_step_at<T: Float>(tensors: Vec<SgdTensor<'_, T>>, cfg: &SgdCon
         }
     }
     let base = Scalars {
-        sign: if cfg.maximize { -T::ONE } else { T::ONE },
+        sign: if cfg.maximize { -T::from_f64(cfg.grad_scale) } else { T::from_f64(cfg.grad_scale) },
         weight_decay: T::from_f64(cfg.weight_decay),
         l2: cfg.weight_decay != 0.0,
         momentum: T::from_f64(cfg.momentum),
@@ -149,7 +152,8 @@ mod tests {
 
     /// torch's single-tensor loop, as separate whole-array operations.
     fn reference<T: Float>(p: &mut [T], g: &[T], buf: &mut Option<Vec<T>>, c: &SgdConfig, fma: bool) {
-        let mut grad: Vec<T> = g.iter().map(|&x| if c.maximize { -x } else { x }).collect();
+        let scale = T::from_f64(c.grad_scale);
+        let mut grad: Vec<T> = g.iter().map(|&x| if c.maximize { -(x * scale) } else { x * scale }).collect();
         if c.weight_decay != 0.0 {
             let wd = T::from_f64(c.weight_decay);
             for (gi, &pi) in grad.iter_mut().zip(p.iter()) {
@@ -191,8 +195,8 @@ mod tests {
                         continue;
                     }
                     for weight_decay in [0.0, 0.05] {
-                        for maximize in [false, true] {
-                            cfgs.push(SgdConfig { lr: 0.1, momentum, dampening, weight_decay, nesterov, maximize });
+                        for (maximize, grad_scale) in [(false, 1.0), (true, 1.0), (false, 0.37)] {
+                            cfgs.push(SgdConfig { lr: 0.1, momentum, dampening, weight_decay, nesterov, maximize, grad_scale });
                         }
                     }
                 }

@@ -1,0 +1,145 @@
+"""Gradient clipping with torch.nn.utils' names and semantics.
+
+The norm over all gradients is one multi-threaded Rust reduction, accumulated in double
+precision in fixed blocks, so it does not depend on the thread count; scaling and clamping are
+one in-place Rust pass each. The clip coefficient is computed as torch computes it, in the
+gradients' dtype: ``min(1, max_norm * (1 / (total_norm + 1e-6)))``.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import warnings
+from typing import Any, Iterable
+
+import numpy as np
+
+from .. import _fastopt
+from ..parameter import Parameter
+
+__all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_total_norm"]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _as_list(tensors: Any, what: str) -> list:
+    if isinstance(tensors, (np.ndarray, Parameter)):
+        return [tensors]
+    if isinstance(tensors, (set, frozenset)):
+        raise TypeError(f"{what} must be an ordered collection, not a set")
+    return list(tensors)
+
+
+def _by_dtype(arrays: list[np.ndarray], what: str) -> dict[np.dtype, list[np.ndarray]]:
+    groups: dict[np.dtype, list[np.ndarray]] = {}
+    for i, a in enumerate(arrays):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{what}[{i}] must be a numpy.ndarray, got {type(a).__name__}")
+        if a.dtype not in _FLOATS:
+            raise TypeError(f"{what}[{i}] has dtype {a.dtype}; gradients must be float32 or float64")
+        groups.setdefault(a.dtype, []).append(a)
+    return groups
+
+
+def _combine(norms: list[float], norm_type: float) -> float:
+    """The norm of per-dtype norms (only with mixed dtypes)."""
+    if norm_type == math.inf:
+        return max(norms) if not any(math.isnan(n) for n in norms) else math.nan
+    if norm_type == -math.inf:
+        return min(norms) if not any(math.isnan(n) for n in norms) else math.nan
+    if norm_type == 0:
+        return float(sum(norms))
+    return float(sum(n**norm_type for n in norms) ** (1.0 / norm_type))
+
+
+def get_total_norm(tensors: Any, norm_type: float = 2.0, error_if_nonfinite: bool = False) -> np.floating:
+    """The ``norm_type`` norm of all elements of ``tensors`` (gradient arrays) together, as a
+    numpy scalar of their dtype (float64 when dtypes are mixed, float32 for none).
+
+    ``norm_type``: 2, 1, ``inf``, ``-inf``, 0 or any p > 0. As in torch, the result is the
+    norm of the per-tensor norms (for 0: the number of tensors with a non-zero element). With
+    ``error_if_nonfinite`` a NaN or infinite norm raises RuntimeError, as torch."""
+    arrays = _as_list(tensors, "tensors")
+    norm_type = float(norm_type)
+    if not arrays:
+        return np.float32(0.0)
+    groups = _by_dtype(arrays, "tensors")
+    if math.isinf(norm_type) and any(a.size == 0 for a in arrays):
+        raise RuntimeError(
+            f"cannot compute the {'' if norm_type > 0 else '-'}inf norm of an empty gradient because the operation "
+            "does not have an identity (as torch)"
+        )
+    if norm_type == 0:
+        # torch takes the norm of the per-tensor norms, which for p=0 counts the tensors that
+        # have a non-zero element (not the non-zero elements).
+        norms = [float(sum(_fastopt.total_norm([a], 0.0) > 0 for a in group)) for group in groups.values()]
+    else:
+        norms = [_fastopt.total_norm(group, norm_type) for group in groups.values()]
+    if len(norms) == 1:
+        total = next(iter(groups)).type(norms[0])
+    else:
+        total = np.float64(_combine(norms, norm_type))
+    if error_if_nonfinite and not np.isfinite(total):
+        raise RuntimeError(
+            f"The total norm of order {norm_type} for gradients from `parameters` is non-finite, so it cannot be "
+            "clipped. To disable this error and scale the gradients by the non-finite norm anyway, set "
+            "`error_if_nonfinite=False`"
+        )
+    return total
+
+
+def clip_coefficient(max_norm: float, total_norm: np.floating) -> np.floating:
+    """torch's ``clamp(max_norm / (total_norm + 1e-6), max=1.0)``, in ``total_norm``'s dtype
+    and order of operations (its division by a tensor is a reciprocal and a multiplication)."""
+    t = total_norm.dtype.type
+    coef = (t(1.0) / (total_norm + t(1e-6))) * t(max_norm)
+    return np.minimum(coef, t(1.0))
+
+
+def _grads_of(parameters: Any) -> list[np.ndarray]:
+    params = _as_list(parameters, "parameters")
+    for i, p in enumerate(params):
+        if not isinstance(p, Parameter):
+            raise TypeError(
+                f"parameters[{i}] is a {type(p).__name__}; pass fastopt.Parameter objects "
+                "(for bare gradient arrays use get_total_norm and clip_grads_with_norm_ on them)"
+            )
+    return [p.grad for p in params if p.grad is not None]
+
+
+def clip_grads_with_norm_(parameters: Any, max_norm: float, total_norm: Any) -> None:
+    """Scales the gradients of ``parameters`` in place by ``min(1, max_norm / (total_norm +
+    1e-6))``. ``parameters`` may also be a list of gradient arrays."""
+    items = _as_list(parameters, "parameters")
+    grads = [p.grad for p in items if p.grad is not None] if all(isinstance(p, Parameter) for p in items) else items
+    if not grads:
+        return
+    total = total_norm if isinstance(total_norm, np.floating) else np.float64(total_norm)
+    coef = float(clip_coefficient(float(max_norm), total))
+    for group in _by_dtype(grads, "grads").values():
+        _fastopt.scale_(group, coef)
+
+
+def clip_grad_norm_(parameters: Any, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False) -> np.floating:
+    """Scales the gradients of ``parameters`` in place so that their total ``norm_type`` norm is
+    at most ``max_norm`` (torch.nn.utils.clip_grad_norm_); returns the norm before clipping.
+
+    One read pass for the norm and one pass to scale. To clip inside the optimizer's own pass
+    instead, use ``optimizer.step(max_grad_norm=...)``."""
+    if isinstance(parameters, types.GeneratorType):
+        parameters = list(parameters)
+        if not parameters:
+            warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.", stacklevel=2)
+    grads = _grads_of(parameters)
+    total = get_total_norm(grads, norm_type, error_if_nonfinite)
+    clip_grads_with_norm_(grads, max_norm, total)
+    return total
+
+
+def clip_grad_value_(parameters: Any, clip_value: float) -> None:
+    """Clamps every gradient element of ``parameters`` into ``[-clip_value, clip_value]``."""
+    grads = _grads_of(parameters)
+    clip_value = float(clip_value)
+    for group in _by_dtype(grads, "grads").values():
+        _fastopt.clamp_(group, clip_value)

@@ -1,0 +1,263 @@
+//! Gradient norms and the in-place element-wise passes of gradient clipping.
+//!
+//! [`total_norm`] is one reduction over all tensors whose result does not depend on the thread
+//! count or the SIMD level: every tensor is cut into fixed blocks of [`BLOCK`] elements, each
+//! block's partial (a sum in double precision over 8 fixed lanes, or a maximum/minimum) is
+//! written to its own slot, whichever thread computes it, and the slots are combined in order.
+
+use crate::float::{nan_max, Float};
+use crate::parallel::{self, Split};
+use crate::simd::{self, Arith, SimdKernel};
+use crate::Error;
+
+/// Elements per partial of a reduction (a multiple of 64).
+pub const BLOCK: usize = 8192;
+
+/// Which norm: torch's `norm_type` (2, 1, inf, -inf, 0 = count of non-zeros, or p > 0).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Norm {
+    L2,
+    L1,
+    Inf,
+    NegInf,
+    Zero,
+    P(f64),
+}
+
+impl Norm {
+    pub fn from_order(p: f64) -> Result<Norm, Error> {
+        Ok(match p {
+            x if x == 2.0 => Norm::L2,
+            x if x == 1.0 => Norm::L1,
+            x if x == f64::INFINITY => Norm::Inf,
+            x if x == f64::NEG_INFINITY => Norm::NegInf,
+            x if x == 0.0 => Norm::Zero,
+            x if x > 0.0 && x.is_finite() => Norm::P(x),
+            x => return Err(Error(format!("norm_type must be positive, 0, inf or -inf, got {x}"))),
+        })
+    }
+
+    /// The partial of an empty set and the start of every block's accumulation.
+    fn identity(self) -> f64 {
+        match self {
+            Norm::Inf => 0.0,
+            Norm::NegInf => f64::INFINITY,
+            _ => 0.0,
+        }
+    }
+
+    fn combine(self, a: f64, b: f64) -> f64 {
+        match self {
+            Norm::Inf => nan_max(a, b),
+            Norm::NegInf => {
+                if a.is_nan() || b.is_nan() {
+                    f64::NAN
+                } else {
+                    a.min(b)
+                }
+            }
+            _ => a + b,
+        }
+    }
+
+    fn finish(self, acc: f64) -> f64 {
+        match self {
+            Norm::L2 => acc.sqrt(),
+            Norm::P(p) => acc.powf(1.0 / p),
+            _ => acc,
+        }
+    }
+}
+
+#[inline(always)]
+fn lanes<T: Float>(x: &[T], norm: Norm) -> f64 {
+    let mut acc = [norm.identity(); 8];
+    let mut chunks = x.chunks_exact(8);
+    match norm {
+        Norm::L2 => {
+            for c in &mut chunks {
+                for j in 0..8 {
+                    let v = c[j].to_f64();
+                    acc[j] += v * v;
+                }
+            }
+            for (j, v) in chunks.remainder().iter().enumerate() {
+                let v = v.to_f64();
+                acc[j] += v * v;
+            }
+        }
+        Norm::L1 => {
+            for c in &mut chunks {
+                for j in 0..8 {
+                    acc[j] += c[j].to_f64().abs();
+                }
+            }
+            for (j, v) in chunks.remainder().iter().enumerate() {
+                acc[j] += v.to_f64().abs();
+            }
+        }
+        Norm::Zero => {
+            for c in &mut chunks {
+                for j in 0..8 {
+                    acc[j] += if c[j] != T::ZERO { 1.0 } else { 0.0 };
+                }
+            }
+            for (j, v) in chunks.remainder().iter().enumerate() {
+                acc[j] += if *v != T::ZERO { 1.0 } else { 0.0 };
+            }
+        }
+        Norm::Inf | Norm::NegInf => {
+            for (j, v) in x.iter().enumerate() {
+                acc[j % 8] = norm.combine(acc[j % 8], v.to_f64().abs());
+            }
+        }
+        Norm::P(p) => {
+            for (j, v) in x.iter().enumerate() {
+                acc[j % 8] += v.to_f64().abs().powf(p);
+            }
+        }
+    }
+    acc.iter().fold(norm.identity(), |a, &b| norm.combine(a, b))
+}
+
+/// A run of whole blocks of one tensor and the slots of their partials.
+struct Blocks<'a, T> {
+    data: &'a [T],
+    out: &'a mut [f64],
+    norm: Norm,
+}
+
+impl<T: Float> Split for Blocks<'_, T> {
+    fn len(&self) -> usize {
+        self.data.len()
+    }
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        // Cut on a block boundary (at or after `mid`) so the partials do not change.
+        let blocks = mid.div_ceil(BLOCK).min(self.out.len());
+        let at = (blocks * BLOCK).min(self.data.len());
+        let (d0, d1) = self.data.split_at(at);
+        let (o0, o1) = self.out.split_at_mut(blocks);
+        (Blocks { data: d0, out: o0, norm: self.norm }, Blocks { data: d1, out: o1, norm: self.norm })
+    }
+}
+
+impl<T: Float> SimdKernel for Blocks<'_, T> {
+    #[inline(always)]
+    fn run<A: Arith>(self) {
+        for (slot, block) in self.out.iter_mut().zip(self.data.chunks(BLOCK)) {
+            *slot = lanes(block, self.norm);
+        }
+    }
+}
+
+/// The norm of all elements of all `tensors` together (torch's `get_total_norm`, which is
+/// the same as the norm of the per-tensor norms), accumulated in double precision.
+pub fn total_norm<T: Float>(tensors: &[&[T]], norm: Norm) -> f64 {
+    let counts: Vec<usize> = tensors.iter().map(|t| t.len().div_ceil(BLOCK)).collect();
+    let mut partials = vec![norm.identity(); counts.iter().sum()];
+    let mut rest: &mut [f64] = &mut partials;
+    let mut runs = Vec::with_capacity(tensors.len());
+    for (t, &n) in tensors.iter().zip(&counts) {
+        let (out, tail) = rest.split_at_mut(n);
+        rest = tail;
+        runs.push(Blocks { data: t, out, norm });
+    }
+    parallel::for_each(runs, simd::dispatch);
+    let acc = partials.iter().fold(norm.identity(), |a, &b| norm.combine(a, b));
+    norm.finish(acc)
+}
+
+struct Scale<'a, T> {
+    data: &'a mut [T],
+    factor: T,
+    clamp: Option<(T, T)>,
+}
+
+impl<T: Float> Split for Scale<'_, T> {
+    fn len(&self) -> usize {
+        self.data.len()
+    }
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        let (a, b) = self.data.split_at_mut(mid);
+        (Scale { data: a, ..self }, Scale { data: b, factor: self.factor, clamp: self.clamp })
+    }
+}
+
+impl<T: Float> SimdKernel for Scale<'_, T> {
+    #[inline(always)]
+    fn run<A: Arith>(self) {
+        match self.clamp {
+            None => self.data.iter_mut().for_each(|x| *x = *x * self.factor),
+            // torch's clamp_: NaN stays NaN.
+            Some((lo, hi)) => self.data.iter_mut().for_each(|x| {
+                let v = *x;
+                *x = if v > hi { hi } else if v < lo { lo } else { v };
+            }),
+        }
+    }
+}
+
+/// Multiplies every element of every tensor by `factor` (torch's `g.mul_(clip_coef)`).
+pub fn scale<T: Float>(tensors: Vec<&mut [T]>, factor: T) {
+    let items = tensors.into_iter().map(|data| Scale { data, factor, clamp: None }).collect();
+    parallel::for_each(items, simd::dispatch);
+}
+
+/// Clamps every element into `[lo, hi]` in place (torch's `clip_grad_value_`).
+pub fn clamp<T: Float>(tensors: Vec<&mut [T]>, lo: T, hi: T) {
+    let items = tensors.into_iter().map(|data| Scale { data, factor: T::ONE, clamp: Some((lo, hi)) }).collect();
+    parallel::for_each(items, simd::dispatch);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::data;
+
+    fn naive(ts: &[Vec<f64>], norm: Norm) -> f64 {
+        let all: Vec<f64> = ts.iter().flatten().map(|x| x.abs()).collect();
+        match norm {
+            Norm::L2 => all.iter().map(|x| x * x).sum::<f64>().sqrt(),
+            Norm::L1 => all.iter().sum(),
+            Norm::Inf => all.iter().cloned().fold(0.0, f64::max),
+            Norm::NegInf => all.iter().cloned().fold(f64::INFINITY, f64::min),
+            Norm::Zero => all.iter().filter(|&&x| x != 0.0).count() as f64,
+            Norm::P(p) => all.iter().map(|x| x.powf(p)).sum::<f64>().powf(1.0 / p),
+        }
+    }
+
+    #[test]
+    fn norms_match_a_naive_reference_and_ignore_thread_count() {
+        let sizes = [0usize, 1, 7, 8, 9, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 5, 70_000];
+        let ts: Vec<Vec<f64>> = sizes.iter().enumerate().map(|(i, &n)| data::<f64>(n, i as u64 + 1)).collect();
+        let slices: Vec<&[f64]> = ts.iter().map(|t| t.as_slice()).collect();
+        for norm in [Norm::L2, Norm::L1, Norm::Inf, Norm::NegInf, Norm::Zero, Norm::P(3.0), Norm::P(0.5)] {
+            let mut results = vec![];
+            for threads in [1, 2, 3] {
+                crate::parallel::set_num_threads(threads).unwrap();
+                results.push(total_norm(&slices, norm));
+            }
+            crate::parallel::set_num_threads(crate::parallel::default_threads()).unwrap();
+            assert!(results.iter().all(|r| r.to_bits() == results[0].to_bits()), "{norm:?} {results:?}");
+            let want = naive(&ts, norm);
+            assert!((results[0] - want).abs() <= 1e-12 * want.abs().max(1.0), "{norm:?}: {} vs {want}", results[0]);
+        }
+        assert_eq!(total_norm::<f32>(&[], Norm::L2), 0.0);
+        let with_nan = [1.0f32, f32::NAN, 2.0];
+        assert!(total_norm(&[&with_nan[..]], Norm::L2).is_nan());
+        assert!(total_norm(&[&with_nan[..]], Norm::Inf).is_nan());
+        assert!(Norm::from_order(-1.0).is_err());
+    }
+
+    #[test]
+    fn scale_and_clamp_in_place() {
+        let mut a = data::<f32>(BLOCK * 5 + 3, 4);
+        let before = a.clone();
+        scale(vec![&mut a[..]], 0.5);
+        assert!(a.iter().zip(&before).all(|(x, y)| *x == *y * 0.5));
+        let mut b = vec![-3.0f32, -0.5, 0.0, 0.5, 3.0, f32::NAN];
+        clamp(vec![&mut b[..]], -1.0, 1.0);
+        assert_eq!(&b[..5], &[-1.0, -0.5, 0.0, 0.5, 1.0]);
+        assert!(b[5].is_nan());
+    }
+}
