@@ -206,6 +206,16 @@ class _LambdaMixin:
     """Shared by LambdaLR and MultiplicativeLR: one function per group; state dicts keep
     callable objects' attributes and drop plain functions, as torch does."""
 
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        lr_lambda: Callable[[int], float] | Sequence[Callable[[int], float]],
+        last_epoch: int = -1,
+    ) -> None:
+        _check_optimizer(optimizer)
+        self._set_lambdas(optimizer, lr_lambda)
+        super().__init__(optimizer, last_epoch)  # type: ignore[call-arg]
+
     def _set_lambdas(self, optimizer: Optimizer, lr_lambda: Any) -> None:
         if isinstance(lr_lambda, (list, tuple)):
             if len(lr_lambda) != len(optimizer.param_groups):
@@ -237,11 +247,6 @@ class _LambdaMixin:
 class LambdaLR(_LambdaMixin, LRScheduler):
     """lr = initial_lr * lr_lambda(step), a function per group or one for all."""
 
-    def __init__(self, optimizer: Optimizer, lr_lambda: Callable[[int], float] | Sequence[Callable[[int], float]], last_epoch: int = -1) -> None:
-        _check_optimizer(optimizer)
-        self._set_lambdas(optimizer, lr_lambda)
-        super().__init__(optimizer, last_epoch)
-
     def get_lr(self) -> list[float]:
         self._warn_if_get_lr_called_directly()
         return self._closed_form(self.last_epoch)
@@ -252,11 +257,6 @@ class LambdaLR(_LambdaMixin, LRScheduler):
 
 class MultiplicativeLR(_LambdaMixin, LRScheduler):
     """lr = previous lr * lr_lambda(step)."""
-
-    def __init__(self, optimizer: Optimizer, lr_lambda: Callable[[int], float] | Sequence[Callable[[int], float]], last_epoch: int = -1) -> None:
-        _check_optimizer(optimizer)
-        self._set_lambdas(optimizer, lr_lambda)
-        super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:
         self._warn_if_get_lr_called_directly()
