@@ -23,12 +23,23 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fastopt as fo  # noqa: E402
-from benchmarks.common import NumpyAdam, NumpySGD, problem, set_threads, torch_optimizer  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    TORCH_FUSED,
+    NumpyAdagrad,
+    NumpyAdam,
+    NumpyRMSprop,
+    NumpySGD,
+    problem,
+    set_threads,
+    torch_optimizer,
+)
 
 OPTIMIZERS = {
     "adam": ("Adam", {"lr": 1e-3}, lambda p, g: NumpyAdam(p, g, lr=1e-3).step),
     "adamw": ("AdamW", {"lr": 1e-3, "weight_decay": 1e-2}, lambda p, g: NumpyAdam(p, g, lr=1e-3, weight_decay=1e-2, decoupled=True).step),
     "sgd": ("SGD", {"lr": 1e-3, "momentum": 0.9}, lambda p, g: NumpySGD(p, g, lr=1e-3, momentum=0.9).step),
+    "adagrad": ("Adagrad", {"lr": 1e-2}, lambda p, g: NumpyAdagrad(p, g, lr=1e-2).step),
+    "rmsprop": ("RMSprop", {"lr": 1e-2}, lambda p, g: NumpyRMSprop(p, g, lr=1e-2).step),
 }
 
 
@@ -41,7 +52,7 @@ def _impls(name, kwargs, numpy_factory, n, have_torch):
         p.grad = g
         out[f"fastopt {threads}T"] = (threads, getattr(fo.optim, name)([p], **kwargs).step)
         if have_torch:
-            variants = ["default", "foreach"] + (["fused"] if name in ("Adam", "AdamW", "SGD") else [])
+            variants = ["default", "foreach"] + (["fused"] if name in TORCH_FUSED else [])
             for v in variants:
                 p0, g = problem(n)
                 out[f"torch {v} {threads}T"] = (threads, torch_optimizer(name, v, p0, g, **kwargs).step)

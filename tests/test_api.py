@@ -160,7 +160,7 @@ def test_concurrent_steps_from_python_threads():
         np.testing.assert_array_equal(p.data, ref.data)
 
 
-@pytest.mark.parametrize("cls", [fo.optim.Adam, fo.optim.AdamW, fo.optim.SGD])
+@pytest.mark.parametrize("cls", [fo.optim.Adam, fo.optim.AdamW, fo.optim.SGD, fo.optim.Adagrad, fo.optim.RMSprop])
 def test_minimizes_a_quadratic_and_maximize_ascends(cls):
     target = np.linspace(-1, 1, 10)
     for maximize in (False, True):

@@ -128,6 +128,8 @@ STEP_CASES = [
     (fo.optim.AdamW, {"lr": 0.01, "maximize": True}),
     (fo.optim.SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
     (fo.optim.SGD, {"lr": 0.05, "momentum": 0.9, "dampening": 0.2, "weight_decay": 0.01}),
+    (fo.optim.Adagrad, {"lr": 0.05, "lr_decay": 0.01, "weight_decay": 0.01, "initial_accumulator_value": 0.1}),
+    (fo.optim.RMSprop, {"lr": 0.01, "momentum": 0.9, "centered": True, "maximize": True}),
 ]
 
 

@@ -163,6 +163,8 @@ TORCH_CASES = [
     ("SGD", {"lr": 0.05}),
     ("Adam", {"lr": 0.01, "amsgrad": True, "weight_decay": 0.1}),
     ("AdamW", {"lr": 0.01, "maximize": True}),
+    ("Adagrad", {"lr": 0.1, "lr_decay": 0.01, "initial_accumulator_value": 0.1, "weight_decay": 0.05}),
+    ("RMSprop", {"lr": 0.01, "momentum": 0.9, "centered": True, "maximize": True}),
 ]
 
 

@@ -56,7 +56,23 @@ def _sgd_configs():
     return out
 
 
-CONFIGS = _adam_configs() + _sgd_configs()
+def _adagrad_configs():
+    out = [("Adagrad", {})]
+    for lr_decay, init, wd, maximize in itertools.product([0.0, 0.01], [0.0, 0.1], [0.0, 0.1], [False, True]):
+        out.append(("Adagrad", dict(lr=0.05, lr_decay=lr_decay, initial_accumulator_value=init, weight_decay=wd,
+                                    maximize=maximize, eps=1e-10)))
+    return out
+
+
+def _rmsprop_configs():
+    out = [("RMSprop", {})]
+    for momentum, centered, wd, maximize in itertools.product([0.0, 0.9], [False, True], [0.0, 0.1], [False, True]):
+        out.append(("RMSprop", dict(lr=1e-2, momentum=momentum, centered=centered, weight_decay=wd, maximize=maximize)))
+    out.append(("RMSprop", dict(lr=1e-2, alpha=0.3, centered=True)))  # |1-alpha| >= 0.5: other lerp form
+    return out
+
+
+CONFIGS = _adam_configs() + _sgd_configs() + _adagrad_configs() + _rmsprop_configs()
 IDS = [f"{c}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}" for c, kw in CONFIGS]
 
 
@@ -147,6 +163,8 @@ LARGE_CONFIGS = [
     ("SGD", dict(lr=1e-2, momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True)),
     ("SGD", dict(lr=1e-2, momentum=0.9, dampening=0.5)),
     ("SGD", {}),
+    ("Adagrad", dict(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1, weight_decay=0.1, maximize=True)),
+    ("RMSprop", dict(lr=1e-2, momentum=0.9, centered=True, weight_decay=0.1)),
 ]
 LARGE_IDS = [f"{c}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}" for c, kw in LARGE_CONFIGS]
 

@@ -13,6 +13,10 @@ CASES = [
     (fo.optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
     (fo.optim.SGD, {"lr": 0.1}),
 ]
+MORE_CASES = CASES + [
+    (fo.optim.Adagrad, {"lr": 0.1, "lr_decay": 0.01, "initial_accumulator_value": 0.1}),
+    (fo.optim.RMSprop, {"lr": 0.01, "momentum": 0.9, "centered": True}),
+]
 
 
 def grads_for(step, params, dtype):
@@ -35,7 +39,7 @@ def run(opt, ps, steps, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("cls,kw", CASES)
+@pytest.mark.parametrize("cls,kw", MORE_CASES)
 def test_resume_is_identical_to_uninterrupted(cls, kw, dtype):
     ps, opt = build(cls, kw, dtype)
     run(opt, ps, range(10), dtype)
@@ -74,7 +78,7 @@ def test_layout_is_torchs(cls, kw):
                 assert st[k].shape == ps[i].shape
 
 
-@pytest.mark.parametrize("cls,kw", CASES)
+@pytest.mark.parametrize("cls,kw", MORE_CASES)
 def test_saved_dict_never_aliases_live_state(cls, kw):
     ps, opt = build(cls, kw, np.float64)
     run(opt, ps, range(3), np.float64)
@@ -148,3 +152,14 @@ def test_load_backfills_missing_options():
         del g["maximize"]
     opt.load_state_dict(sd)
     assert all(g["maximize"] is False for g in opt.param_groups)
+
+
+def test_adagrad_state_exists_from_construction_as_torch(torch):
+    ps, opt = build(fo.optim.Adagrad, {"initial_accumulator_value": 0.25}, np.float64)
+    tp = [torch.nn.Parameter(torch.from_numpy(p.data.copy())) for p in ps]
+    topt = torch.optim.Adagrad([{"params": tp[:2]}, {"params": tp[2:], "lr": 0.05}], initial_accumulator_value=0.25)
+    sd, tsd = opt.state_dict(), topt.state_dict()
+    assert sorted(sd["state"]) == sorted(tsd["state"]) == [0, 1, 2]
+    for i in sd["state"]:
+        assert float(sd["state"][i]["step"]) == 0.0
+        np.testing.assert_array_equal(sd["state"][i]["sum"], tsd["state"][i]["sum"].numpy())

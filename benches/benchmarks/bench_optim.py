@@ -7,7 +7,7 @@ import numpy as np
 
 import fastopt as fo
 
-from .common import SIZES, THREADS, NumpyAdam, NumpySGD, problem, set_threads, torch_optimizer
+from .common import SIZES, THREADS, NumpyAdagrad, NumpyAdam, NumpyRMSprop, NumpySGD, problem, set_threads, torch_optimizer
 
 IMPLS = ["fastopt", "torch", "torch-foreach", "torch-fused", "numpy"]
 
@@ -65,3 +65,19 @@ class SGDMomentum(_Step):
 
     def numpy_step(self, p, g):
         return NumpySGD(p, g, lr=1e-3, momentum=0.9).step
+
+
+class Adagrad(_Step):
+    optimizer = "Adagrad"
+    kwargs = {"lr": 1e-2}
+
+    def numpy_step(self, p, g):
+        return NumpyAdagrad(p, g, lr=1e-2).step
+
+
+class RMSprop(_Step):
+    optimizer = "RMSprop"
+    kwargs = {"lr": 1e-2}
+
+    def numpy_step(self, p, g):
+        return NumpyRMSprop(p, g, lr=1e-2).step

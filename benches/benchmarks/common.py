@@ -25,13 +25,20 @@ def set_threads(threads: int) -> None:
         pass
 
 
+# torch optimizers with a fused CPU kernel.
+TORCH_FUSED = {"Adam", "AdamW", "SGD", "Adagrad"}
+
+
 def torch_optimizer(name: str, variant: str, p0: np.ndarray, g: np.ndarray, **kw):
     """A torch optimizer over one tensor; variant 'default' (single-tensor loop, torch's CPU
-    default), 'foreach' or 'fused'. Raises NotImplementedError (asv: skipped) without torch."""
+    default), 'foreach' or 'fused'. Raises NotImplementedError (asv: skipped) without torch
+    or for a fused variant torch lacks."""
     try:
         import torch
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise NotImplementedError("torch is not installed") from e
+    if variant == "fused" and name not in TORCH_FUSED:
+        raise NotImplementedError(f"torch has no fused {name}")
     tp = torch.nn.Parameter(torch.from_numpy(p0.copy()))
     tp.grad = torch.from_numpy(g.copy())
     flags = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[variant]
@@ -83,3 +90,39 @@ class NumpySGD:
             self.buf *= self.mom
             self.buf += self.g
         self.p -= self.lr * self.buf
+
+
+class NumpyAdagrad:
+    """Adagrad in NumPy, in place with a preallocated temporary."""
+
+    def __init__(self, p, g, lr=1e-2, eps=1e-10):
+        self.p, self.g, self.lr, self.eps = p, g, lr, eps
+        self.sum, self.tmp = np.zeros_like(p), np.empty_like(p)
+
+    def step(self):
+        np.multiply(self.g, self.g, out=self.tmp)
+        self.sum += self.tmp
+        np.sqrt(self.sum, out=self.tmp)
+        self.tmp += self.eps
+        np.divide(self.g, self.tmp, out=self.tmp)
+        self.tmp *= -self.lr
+        self.p += self.tmp
+
+
+class NumpyRMSprop:
+    """RMSprop in NumPy, in place with a preallocated temporary."""
+
+    def __init__(self, p, g, lr=1e-2, alpha=0.99, eps=1e-8):
+        self.p, self.g, self.lr, self.alpha, self.eps = p, g, lr, alpha, eps
+        self.sq, self.tmp = np.zeros_like(p), np.empty_like(p)
+
+    def step(self):
+        self.sq *= self.alpha
+        np.multiply(self.g, self.g, out=self.tmp)
+        self.tmp *= 1 - self.alpha
+        self.sq += self.tmp
+        np.sqrt(self.sq, out=self.tmp)
+        self.tmp += self.eps
+        np.divide(self.g, self.tmp, out=self.tmp)
+        self.tmp *= -self.lr
+        self.p += self.tmp

@@ -28,6 +28,7 @@ def adam_step(
     amsgrad: bool,
     maximize: bool,
     decoupled_weight_decay: bool = False,
+    grad_scale: float = 1.0,
     check_only: bool = False,
 ) -> None: ...
 def sgd_step(
@@ -41,5 +42,39 @@ def sgd_step(
     weight_decay: float,
     nesterov: bool,
     maximize: bool,
+    grad_scale: float = 1.0,
     check_only: bool = False,
 ) -> None: ...
+def adagrad_step(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    state_sums: Sequence[np.ndarray],
+    state_steps: Sequence[np.ndarray],
+    lr: float,
+    lr_decay: float,
+    weight_decay: float,
+    eps: float,
+    maximize: bool,
+    grad_scale: float = 1.0,
+    check_only: bool = False,
+) -> None: ...
+def rmsprop_step(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    square_avgs: Sequence[np.ndarray],
+    grad_avgs: Sequence[np.ndarray] | None,
+    momentum_buffer_list: Sequence[np.ndarray] | None,
+    state_steps: Sequence[np.ndarray],
+    lr: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    momentum: float,
+    centered: bool,
+    maximize: bool,
+    grad_scale: float = 1.0,
+    check_only: bool = False,
+) -> None: ...
+def total_norm(grads: Sequence[np.ndarray], norm_type: float) -> float: ...
+def scale_(arrays: Sequence[np.ndarray], factor: float) -> None: ...
+def clamp_(arrays: Sequence[np.ndarray], clip_value: float) -> None: ...

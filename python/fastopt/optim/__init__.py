@@ -1,9 +1,11 @@
 """Optimizers with torch.optim's names, arguments, state layout and update rules."""
 
 from . import functional, lr_scheduler
+from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .interop import to_torch_state_dict
 from .optimizer import Optimizer, required
+from .rmsprop import RMSprop
 from .sgd import SGD
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "functional", "lr_scheduler", "required", "to_torch_state_dict"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "functional", "lr_scheduler", "required", "to_torch_state_dict"]

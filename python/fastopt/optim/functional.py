@@ -16,7 +16,7 @@ import numpy as np
 
 from ..backends import for_arrays
 
-__all__ = ["adam", "adamw", "sgd"]
+__all__ = ["adagrad", "adam", "adamw", "rmsprop", "sgd"]
 
 
 def _adam(
@@ -164,3 +164,59 @@ def sgd(
         for i, new in enumerate(fresh):
             if new:
                 momentum_buffer_list[i] = buffers[i]
+
+
+def _adagrad(params, grads, state_sums, state_steps, lr, weight_decay, lr_decay, eps, maximize,
+             check_only=False, grad_scale=1.0) -> None:
+    for_arrays(params).adagrad_step(
+        params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize, grad_scale, check_only,
+    )
+
+
+def adagrad(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    state_sums: Sequence[np.ndarray],
+    state_steps: Sequence[np.ndarray],
+    *,
+    lr: float = 1e-2,
+    weight_decay: float = 0.0,
+    lr_decay: float = 0.0,
+    eps: float = 1e-10,
+    maximize: bool = False,
+) -> None:
+    """Adagrad (torch.optim.adagrad.adagrad): ``sum += g*g``, ``p -= clr * g / (sqrt(sum) + eps)``
+    with ``clr = lr / (1 + (step - 1) * lr_decay)``; increments ``state_steps`` in place."""
+    _adagrad(params, grads, state_sums, state_steps, lr, weight_decay, lr_decay, eps, maximize)
+
+
+def _rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffer_list, state_steps, lr, alpha, eps,
+             weight_decay, momentum, centered, maximize, check_only=False, grad_scale=1.0) -> None:
+    for_arrays(params).rmsprop_step(
+        params, grads, square_avgs, grad_avgs, momentum_buffer_list, state_steps,
+        lr, alpha, eps, weight_decay, momentum, centered, maximize, grad_scale, check_only,
+    )
+
+
+def rmsprop(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    square_avgs: Sequence[np.ndarray],
+    grad_avgs: Sequence[np.ndarray] | None,
+    momentum_buffer_list: Sequence[np.ndarray] | None,
+    state_steps: Sequence[np.ndarray],
+    *,
+    lr: float = 1e-2,
+    alpha: float = 0.99,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    centered: bool = False,
+    maximize: bool = False,
+) -> None:
+    """RMSprop (torch.optim.rmsprop.rmsprop): ``sq = alpha*sq + (1-alpha)*g*g``; the step divides
+    by ``sqrt(sq) + eps`` (centered: ``sqrt(sq - ga*ga) + eps`` with ``ga`` a running mean of
+    ``g``), through a momentum buffer when ``momentum > 0``. ``grad_avgs`` is needed with
+    ``centered``, ``momentum_buffer_list`` with ``momentum > 0``; ``state_steps`` count."""
+    _rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffer_list, state_steps,
+             lr, alpha, eps, weight_decay, momentum, centered, maximize)

@@ -426,12 +426,13 @@ class Optimizer:
         raise NotImplementedError
 
     def _buffers(
-        self, params: list[Any], arrays: list[np.ndarray], names: tuple[str, ...]
+        self, params: list[Any], arrays: list[np.ndarray], names: tuple[str, ...], fill: dict[str, float] | None = None
     ) -> tuple[list[list[np.ndarray]], list[tuple[Any, str, np.ndarray]]]:
         """For each name, the list of every param's state buffer of that name, and the
-        buffers that had to be created (``'step'``: a 0-d float32 counter; others: zeros of
-        the param's shape and dtype). Created buffers are not in the state yet: pass them to
-        :meth:`_commit` once the kernel has succeeded, so a failed step leaves no trace."""
+        buffers that had to be created (``'step'``: a 0-d float32 counter; others: arrays of
+        the param's shape and dtype, zeros or ``fill[name]``). Created buffers are not in the
+        state yet: pass them to :meth:`_commit` once the kernel has succeeded, so a failed step
+        leaves no trace."""
         items = self.state._items
         states = [items.get(id(p)) for p in params]
         try:
@@ -446,7 +447,12 @@ class Optimizer:
             for k, name in enumerate(names):
                 b = d.get(name)
                 if b is None:
-                    b = np.zeros((), np.float32) if name == "step" else np.zeros(a.shape, a.dtype)
+                    if name == "step":
+                        b = np.zeros((), np.float32)
+                    elif fill and name in fill:
+                        b = np.full(a.shape, fill[name], a.dtype)
+                    else:
+                        b = np.zeros(a.shape, a.dtype)
                     created.append((p, name, b))
                 out[k].append(b)
         return out, created

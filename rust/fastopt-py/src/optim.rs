@@ -2,7 +2,10 @@
 //! over all of them with the GIL released.
 
 use crate::arrays::{core_err, Dtype, Group, Raw};
-use fastopt_core::optim::{adam_step as core_adam, sgd_step as core_sgd, AdamConfig, AdamTensor, SgdConfig, SgdTensor};
+use fastopt_core::optim::{
+    adagrad_step as core_adagrad, adam_step as core_adam, rmsprop_step as core_rmsprop, sgd_step as core_sgd, AdagradConfig,
+    AdagradTensor, AdamConfig, AdamTensor, RmspropConfig, RmspropTensor, SgdConfig, SgdTensor,
+};
 use fastopt_core::Float;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -154,4 +157,122 @@ fn run_sgd<T: Float + numpy::Element>(
         })
         .collect();
     py.detach(move || core_sgd(tensors, cfg)).map_err(core_err)
+}
+
+/// One Adagrad step over a parameter group, in place (torch's `_single_tensor_adagrad`).
+#[pyfunction]
+#[pyo3(signature = (params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
+    grad_scale=1.0, check_only=false))]
+#[allow(clippy::too_many_arguments)]
+pub fn adagrad_step<'py>(
+    py: Python<'py>,
+    params: &Bound<'py, PyAny>,
+    grads: &Bound<'py, PyAny>,
+    state_sums: &Bound<'py, PyAny>,
+    state_steps: &Bound<'py, PyAny>,
+    lr: f64,
+    lr_decay: f64,
+    weight_decay: f64,
+    eps: f64,
+    maximize: bool,
+    grad_scale: f64,
+    check_only: bool,
+) -> PyResult<()> {
+    let (mut g, p) = Group::new(params)?;
+    let gr = g.like_params(grads, "grads", false)?;
+    let s = g.like_params(state_sums, "state_sums", true)?;
+    let st = g.steps(state_steps, "state_steps")?;
+    g.finish()?;
+    if check_only {
+        return Ok(());
+    }
+    let cfg = AdagradConfig { lr, lr_decay, weight_decay, eps, maximize, grad_scale };
+    match g.dtype {
+        Dtype::F32 => run_adagrad::<f32>(py, &p, &gr, &s, &st, &cfg),
+        Dtype::F64 => run_adagrad::<f64>(py, &p, &gr, &s, &st, &cfg),
+    }
+}
+
+fn run_adagrad<T: Float + numpy::Element>(py: Python<'_>, p: &[Raw], gr: &[Raw], s: &[Raw], st: &[Raw], cfg: &AdagradConfig) -> PyResult<()> {
+    let tensors: Vec<AdagradTensor<'_, T>> = (0..p.len())
+        .map(|i| {
+            // SAFETY: as in `run_adam`: dtype, layout, writeability and non-overlap were
+            // checked by `Group`, which keeps the arrays alive for this call.
+            unsafe {
+                AdagradTensor { param: p[i].slice_mut(), grad: gr[i].slice(), sum: s[i].slice_mut(), step: &mut st[i].slice_mut::<f32>()[0] }
+            }
+        })
+        .collect();
+    py.detach(move || core_adagrad(tensors, cfg)).map_err(core_err)
+}
+
+/// One RMSprop step over a parameter group, in place (torch's `_single_tensor_rmsprop`).
+/// `momentum_buffer_list` is needed when `momentum > 0`, `grad_avgs` when `centered`.
+#[pyfunction]
+#[pyo3(signature = (params, grads, square_avgs, grad_avgs, momentum_buffer_list, state_steps,
+    lr, alpha, eps, weight_decay, momentum, centered, maximize, grad_scale=1.0, check_only=false))]
+#[allow(clippy::too_many_arguments)]
+pub fn rmsprop_step<'py>(
+    py: Python<'py>,
+    params: &Bound<'py, PyAny>,
+    grads: &Bound<'py, PyAny>,
+    square_avgs: &Bound<'py, PyAny>,
+    grad_avgs: Option<&Bound<'py, PyAny>>,
+    momentum_buffer_list: Option<&Bound<'py, PyAny>>,
+    state_steps: &Bound<'py, PyAny>,
+    lr: f64,
+    alpha: f64,
+    eps: f64,
+    weight_decay: f64,
+    momentum: f64,
+    centered: bool,
+    maximize: bool,
+    grad_scale: f64,
+    check_only: bool,
+) -> PyResult<()> {
+    let (mut g, p) = Group::new(params)?;
+    let gr = g.like_params(grads, "grads", false)?;
+    let sq = g.like_params(square_avgs, "square_avgs", true)?;
+    let ga = g.optional_like_params(grad_avgs, "grad_avgs", centered, "centered=True")?;
+    let b = g.optional_like_params(momentum_buffer_list, "momentum_buffer_list", momentum > 0.0, "momentum > 0")?;
+    let st = g.steps(state_steps, "state_steps")?;
+    g.finish()?;
+    if check_only {
+        return Ok(());
+    }
+    let cfg = RmspropConfig { lr, alpha, eps, weight_decay, momentum, centered, maximize, grad_scale };
+    match g.dtype {
+        Dtype::F32 => run_rmsprop::<f32>(py, &p, &gr, &sq, ga.as_deref(), b.as_deref(), &st, &cfg),
+        Dtype::F64 => run_rmsprop::<f64>(py, &p, &gr, &sq, ga.as_deref(), b.as_deref(), &st, &cfg),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_rmsprop<T: Float + numpy::Element>(
+    py: Python<'_>,
+    p: &[Raw],
+    gr: &[Raw],
+    sq: &[Raw],
+    ga: Option<&[Raw]>,
+    b: Option<&[Raw]>,
+    st: &[Raw],
+    cfg: &RmspropConfig,
+) -> PyResult<()> {
+    let tensors: Vec<RmspropTensor<'_, T>> = (0..p.len())
+        .map(|i| {
+            // SAFETY: as in `run_adam`: dtype, layout, writeability and non-overlap were
+            // checked by `Group`, which keeps the arrays alive for this call.
+            unsafe {
+                RmspropTensor {
+                    param: p[i].slice_mut(),
+                    grad: gr[i].slice(),
+                    square_avg: sq[i].slice_mut(),
+                    momentum_buffer: b.map(|b| b[i].slice_mut()),
+                    grad_avg: ga.map(|a| a[i].slice_mut()),
+                    step: &mut st[i].slice_mut::<f32>()[0],
+                }
+            }
+        })
+        .collect();
+    py.detach(move || core_rmsprop(tensors, cfg)).map_err(core_err)
 }

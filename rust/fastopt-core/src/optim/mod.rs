@@ -1,7 +1,11 @@
 //! Optimizer steps, in place, following torch.optim's update rules operation by operation.
 
+pub mod adagrad;
 pub mod adam;
+pub mod rmsprop;
 pub mod sgd;
 
+pub use adagrad::{adagrad_step, AdagradConfig, AdagradTensor};
 pub use adam::{adam_step, AdamConfig, AdamTensor};
+pub use rmsprop::{rmsprop_step, RmspropConfig, RmspropTensor};
 pub use sgd::{sgd_step, SgdConfig, SgdTensor};

@@ -1,0 +1,67 @@
+"""Adagrad (torch.optim.Adagrad)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+
+from . import functional as F
+from .optimizer import Optimizer, _array_of, check_bool, check_nonnegative
+
+__all__ = ["Adagrad"]
+
+
+class Adagrad(Optimizer):
+    """Adagrad with lr decay, weight decay and an initial accumulator (torch.optim.Adagrad:
+    same arguments, defaults, checks, state and update rule). As torch, the state
+    (``step``, ``sum`` filled with ``initial_accumulator_value``) exists from construction.
+    Sparse gradients are not supported (NumPy has none)."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-2,
+        lr_decay: float = 0,
+        weight_decay: float = 0,
+        initial_accumulator_value: float = 0,
+        eps: float = 1e-10,
+        *,
+        maximize: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            lr_decay=lr_decay,
+            eps=eps,
+            weight_decay=weight_decay,
+            initial_accumulator_value=initial_accumulator_value,
+            maximize=maximize,
+        )
+        self._validate_group(defaults)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                a = _array_of(p)
+                self.state[p] = {
+                    "step": np.zeros((), np.float32),
+                    "sum": np.full(a.shape, group["initial_accumulator_value"], a.dtype),
+                }
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        lr, lr_decay, wd = group["lr"], group["lr_decay"], group["weight_decay"]
+        init, eps = group["initial_accumulator_value"], group["eps"]
+        check_nonnegative(lr, "lr", f"Invalid learning rate: {lr}")
+        check_nonnegative(lr_decay, "lr_decay", f"Invalid lr_decay value: {lr_decay}")
+        check_nonnegative(wd, "weight_decay", f"Invalid weight_decay value: {wd}")
+        check_nonnegative(init, "initial_accumulator_value", f"Invalid initial_accumulator_value value: {init}")
+        check_nonnegative(eps, "eps", f"Invalid epsilon value: {eps}")
+        check_bool(group["maximize"], "maximize")
+
+    def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
+        bufs, created = self._buffers(params, arrays, ("step", "sum"), {"sum": group["initial_accumulator_value"]})
+        F._adagrad(
+            arrays, grads, bufs[1], bufs[0], group["lr"], group["weight_decay"], group["lr_decay"], group["eps"],
+            group["maximize"], check_only, grad_scale,
+        )
+        if not check_only:
+            self._commit(created)

@@ -1,0 +1,63 @@
+"""RMSprop (torch.optim.RMSprop)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from . import functional as F
+from .optimizer import Optimizer, check_bool, check_nonnegative
+
+__all__ = ["RMSprop"]
+
+
+class RMSprop(Optimizer):
+    """RMSprop with momentum, centering and weight decay (torch.optim.RMSprop: same arguments,
+    defaults, checks, state names (``step``, ``square_avg``, ``momentum_buffer``, ``grad_avg``)
+    and update rule). One fused pass over each parameter, its gradient and its state."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum: float = 0,
+        centered: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            alpha=alpha,
+            eps=eps,
+            centered=centered,
+            weight_decay=weight_decay,
+            maximize=maximize,
+        )
+        self._validate_group(defaults)
+        super().__init__(params, defaults)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        lr, eps, mom, wd, alpha = group["lr"], group["eps"], group["momentum"], group["weight_decay"], group["alpha"]
+        check_nonnegative(lr, "lr", f"Invalid learning rate: {lr}")
+        check_nonnegative(eps, "eps", f"Invalid epsilon value: {eps}")
+        check_nonnegative(mom, "momentum", f"Invalid momentum value: {mom}")
+        check_nonnegative(wd, "weight_decay", f"Invalid weight_decay value: {wd}")
+        check_nonnegative(alpha, "alpha", f"Invalid alpha value: {alpha}")
+        check_bool(group["centered"], "centered")
+        check_bool(group["maximize"], "maximize")
+
+    def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
+        momentum, centered = group["momentum"], group["centered"]
+        names = ("step", "square_avg") + (("momentum_buffer",) if momentum > 0 else ()) + (("grad_avg",) if centered else ())
+        bufs, created = self._buffers(params, arrays, names)
+        named = dict(zip(names, bufs))
+        F._rmsprop(
+            arrays, grads, named["square_avg"], named.get("grad_avg"), named.get("momentum_buffer"), named["step"],
+            group["lr"], group["alpha"], group["eps"], group["weight_decay"], momentum, centered, group["maximize"],
+            check_only, grad_scale,
+        )
+        if not check_only:
+            self._commit(created)
