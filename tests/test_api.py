@@ -160,7 +160,8 @@ def test_concurrent_steps_from_python_threads():
         np.testing.assert_array_equal(p.data, ref.data)
 
 
-@pytest.mark.parametrize("cls", [fo.optim.Adam, fo.optim.AdamW, fo.optim.SGD, fo.optim.Adagrad, fo.optim.RMSprop])
+@pytest.mark.parametrize("cls", [fo.optim.Adam, fo.optim.AdamW, fo.optim.SGD, fo.optim.Adagrad, fo.optim.RMSprop,
+                                 fo.optim.Adamax, fo.optim.NAdam, fo.optim.RAdam])
 def test_minimizes_a_quadratic_and_maximize_ascends(cls):
     target = np.linspace(-1, 1, 10)
     for maximize in (False, True):
@@ -172,3 +173,17 @@ def test_minimizes_a_quadratic_and_maximize_ascends(cls):
             opt.step()
         end = float(np.sum((p.data - target) ** 2))
         assert (end > start) if maximize else (end < 0.05 * start)
+
+
+def test_adadelta_minimizes_a_quadratic():
+    # Adadelta's step starts at about sqrt(eps): its own test with its lr scale.
+    target = np.linspace(-1, 1, 10)
+    for maximize in (False, True):
+        p = fo.Parameter(np.zeros(10))
+        opt = fo.optim.Adadelta([p], lr=10.0, maximize=maximize)
+        start = float(np.sum((p.data - target) ** 2))
+        for _ in range(300):
+            p.grad = 2 * (p.data - target)
+            opt.step()
+        end = float(np.sum((p.data - target) ** 2))
+        assert (end > start) if maximize else (end < 0.1 * start)

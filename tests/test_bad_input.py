@@ -51,6 +51,10 @@ OPTIMIZERS = [
     (fo.optim.SGD, {"lr": 0.1}),
     (fo.optim.Adagrad, {"initial_accumulator_value": 0.1}),
     (fo.optim.RMSprop, {"momentum": 0.9, "centered": True}),
+    (fo.optim.Adamax, {}),
+    (fo.optim.Adadelta, {}),
+    (fo.optim.NAdam, {"decoupled_weight_decay": True, "weight_decay": 0.1}),
+    (fo.optim.RAdam, {}),
 ]
 
 
@@ -250,6 +254,10 @@ class TestConstruction:
             (fo.optim.RMSprop, {"alpha": -0.5}, ValueError, "Invalid alpha value: -0.5"),
             (fo.optim.RMSprop, {"momentum": -0.5}, ValueError, "Invalid momentum value: -0.5"),
             (fo.optim.RMSprop, {"centered": 1}, TypeError, "centered must be a bool"),
+            (fo.optim.Adamax, {"betas": (0.9, 1.0)}, ValueError, "Invalid beta parameter at index 1: 1.0"),
+            (fo.optim.Adadelta, {"rho": 1.5}, ValueError, "Invalid rho value: 1.5"),
+            (fo.optim.NAdam, {"momentum_decay": -1.0}, ValueError, "Invalid momentum_decay value: -1.0"),
+            (fo.optim.RAdam, {"eps": -1.0}, ValueError, "Invalid epsilon value: -1.0"),
         ],
     )
     def test_hyperparameters(self, cls, kw, exc, msg):

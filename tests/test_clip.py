@@ -130,6 +130,10 @@ STEP_CASES = [
     (fo.optim.SGD, {"lr": 0.05, "momentum": 0.9, "dampening": 0.2, "weight_decay": 0.01}),
     (fo.optim.Adagrad, {"lr": 0.05, "lr_decay": 0.01, "weight_decay": 0.01, "initial_accumulator_value": 0.1}),
     (fo.optim.RMSprop, {"lr": 0.01, "momentum": 0.9, "centered": True, "maximize": True}),
+    (fo.optim.Adamax, {"lr": 0.01}),
+    (fo.optim.NAdam, {"lr": 0.01, "weight_decay": 0.1}),
+    (fo.optim.RAdam, {"lr": 0.01}),
+    (fo.optim.Adadelta, {"lr": 0.5}),
 ]
 
 

@@ -72,7 +72,22 @@ def _rmsprop_configs():
     return out
 
 
-CONFIGS = _adam_configs() + _sgd_configs() + _adagrad_configs() + _rmsprop_configs()
+def _elementwise_configs():
+    out = [("Adamax", {}), ("Adadelta", {}), ("NAdam", {}), ("RAdam", {})]
+    for wd, maximize in itertools.product([0.0, 0.1], [False, True]):
+        out.append(("Adamax", dict(lr=1e-2, weight_decay=wd, maximize=maximize)))
+        out.append(("Adadelta", dict(lr=0.5, rho=0.9, weight_decay=wd, maximize=maximize)))
+        for decoupled in (False, True):
+            out.append(("NAdam", dict(lr=1e-2, weight_decay=wd, decoupled_weight_decay=decoupled, maximize=maximize,
+                                      momentum_decay=4e-3)))
+            out.append(("RAdam", dict(lr=1e-2, weight_decay=wd, decoupled_weight_decay=decoupled, maximize=maximize)))
+    out.append(("Adamax", dict(lr=3e-2, betas=(0.5, 0.9))))  # |1-beta1| >= 0.5: other lerp form
+    out.append(("RAdam", dict(lr=1e-2, betas=(0.9, 0.9))))  # rectification starts early
+    out.append(("NAdam", dict(lr=1e-2, betas=(0.3, 0.99), momentum_decay=0.1)))
+    return out
+
+
+CONFIGS = _adam_configs() + _sgd_configs() + _adagrad_configs() + _rmsprop_configs() + _elementwise_configs()
 IDS = [f"{c}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}" for c, kw in CONFIGS]
 
 
@@ -165,6 +180,10 @@ LARGE_CONFIGS = [
     ("SGD", {}),
     ("Adagrad", dict(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1, weight_decay=0.1, maximize=True)),
     ("RMSprop", dict(lr=1e-2, momentum=0.9, centered=True, weight_decay=0.1)),
+    ("Adamax", dict(lr=1e-2, weight_decay=0.1, maximize=True)),
+    ("Adadelta", dict(lr=0.5, weight_decay=0.1)),
+    ("NAdam", dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)),
+    ("RAdam", dict(lr=1e-2, weight_decay=0.1)),
 ]
 LARGE_IDS = [f"{c}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}" for c, kw in LARGE_CONFIGS]
 

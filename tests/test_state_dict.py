@@ -16,6 +16,10 @@ CASES = [
 MORE_CASES = CASES + [
     (fo.optim.Adagrad, {"lr": 0.1, "lr_decay": 0.01, "initial_accumulator_value": 0.1}),
     (fo.optim.RMSprop, {"lr": 0.01, "momentum": 0.9, "centered": True}),
+    (fo.optim.Adamax, {"lr": 0.01}),
+    (fo.optim.Adadelta, {"lr": 0.5}),
+    (fo.optim.NAdam, {"lr": 0.01, "decoupled_weight_decay": True, "weight_decay": 0.1}),
+    (fo.optim.RAdam, {"lr": 0.01}),
 ]
 
 
@@ -163,3 +167,14 @@ def test_adagrad_state_exists_from_construction_as_torch(torch):
     for i in sd["state"]:
         assert float(sd["state"][i]["step"]) == 0.0
         np.testing.assert_array_equal(sd["state"][i]["sum"], tsd["state"][i]["sum"].numpy())
+
+
+def test_nadam_mu_product_stays_a_float32_counter_on_load():
+    ps, opt = build(fo.optim.NAdam, {}, np.float64)
+    run(opt, ps, range(3), np.float64)
+    sd = opt.state_dict()
+    for st in sd["state"].values():
+        st["mu_product"] = np.float64(st["mu_product"])  # as a torch float64 run would save it
+    opt.load_state_dict(sd)
+    assert all(opt.state[p]["mu_product"].dtype == np.float32 for p in ps)
+    run(opt, ps, range(3, 5), np.float64)

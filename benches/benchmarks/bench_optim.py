@@ -81,3 +81,28 @@ class RMSprop(_Step):
 
     def numpy_step(self, p, g):
         return NumpyRMSprop(p, g, lr=1e-2).step
+
+
+class _NoNumpyPeer(_Step):
+    def numpy_step(self, p, g):
+        raise NotImplementedError("no NumPy version of this optimizer in the suite")
+
+
+class Adamax(_NoNumpyPeer):
+    optimizer = "Adamax"
+    kwargs = {"lr": 2e-3}
+
+
+class Adadelta(_NoNumpyPeer):
+    optimizer = "Adadelta"
+    kwargs = {"lr": 1.0}
+
+
+class NAdam(_NoNumpyPeer):
+    optimizer = "NAdam"
+    kwargs = {"lr": 2e-3}
+
+
+class RAdam(_NoNumpyPeer):
+    optimizer = "RAdam"
+    kwargs = {"lr": 1e-3}

@@ -7,7 +7,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import functional as F
-from .optimizer import Optimizer, _real, check_bool, check_nonnegative
+from .optimizer import Optimizer, check_betas, check_bool, check_nonnegative
 
 __all__ = ["Adam", "AdamW"]
 
@@ -49,11 +49,7 @@ class Adam(Optimizer):
         lr, eps, betas, wd = group["lr"], group["eps"], group["betas"], group["weight_decay"]
         check_nonnegative(lr, "lr", f"Invalid learning rate: {lr}")
         check_nonnegative(eps, "eps", f"Invalid epsilon value: {eps}")
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise TypeError(f"betas must be a pair of floats, got {betas!r}")
-        for i, b in enumerate(betas):
-            if not 0.0 <= _real(b, f"betas[{i}]") < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {i}: {b}")
+        check_betas(betas)
         check_nonnegative(wd, "weight_decay", f"Invalid weight_decay value: {wd}")
         check_bool(group["amsgrad"], "amsgrad")
         check_bool(group["maximize"], "maximize")

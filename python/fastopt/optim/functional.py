@@ -16,7 +16,7 @@ import numpy as np
 
 from ..backends import for_arrays
 
-__all__ = ["adagrad", "adam", "adamw", "rmsprop", "sgd"]
+__all__ = ["adadelta", "adagrad", "adam", "adamax", "adamw", "nadam", "radam", "rmsprop", "sgd"]
 
 
 def _adam(
@@ -220,3 +220,38 @@ def rmsprop(
     ``centered``, ``momentum_buffer_list`` with ``momentum > 0``; ``state_steps`` count."""
     _rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffer_list, state_steps,
              lr, alpha, eps, weight_decay, momentum, centered, maximize)
+
+
+def _elementwise(name, params, grads, states, counters, hyper, check_only=False, grad_scale=1.0) -> None:
+    for_arrays(params).elementwise_step(name, params, grads, states, counters, hyper, grad_scale, check_only)
+
+
+def adamax(params, grads, exp_avgs, exp_infs, state_steps, *, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+           weight_decay=0.0, maximize=False) -> None:
+    """Adamax (torch.optim.adamax.adamax): ``exp_inf = max(beta2*exp_inf, |g| + eps)``,
+    ``p -= lr / (1 - beta1**t) * exp_avg / exp_inf``."""
+    _elementwise("adamax", params, grads, [exp_avgs, exp_infs], [state_steps],
+                 dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize))
+
+
+def adadelta(params, grads, square_avgs, acc_deltas, state_steps, *, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0,
+             maximize=False) -> None:
+    """Adadelta (torch.optim.adadelta.adadelta)."""
+    _elementwise("adadelta", params, grads, [square_avgs, acc_deltas], [state_steps],
+                 dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize))
+
+
+def nadam(params, grads, exp_avgs, exp_avg_sqs, mu_products, state_steps, *, lr=2e-3, beta1=0.9, beta2=0.999,
+          eps=1e-8, weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False) -> None:
+    """NAdam (torch.optim.nadam.nadam); ``mu_products`` are 0-d float32 arrays, as torch's."""
+    _elementwise("nadam", params, grads, [exp_avgs, exp_avg_sqs], [state_steps, mu_products],
+                 dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                      momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize))
+
+
+def radam(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+          weight_decay=0.0, decoupled_weight_decay=False, maximize=False) -> None:
+    """RAdam (torch.optim.radam.radam): Adam with the variance rectification term."""
+    _elementwise("radam", params, grads, [exp_avgs, exp_avg_sqs], [state_steps],
+                 dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                      decoupled_weight_decay=decoupled_weight_decay, maximize=maximize))

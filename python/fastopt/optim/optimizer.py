@@ -101,9 +101,33 @@ def check_nonnegative(value: Any, name: str, message: str) -> None:
         raise ValueError(message)
 
 
+def check_betas(betas: Any) -> None:
+    """torch's checks of a ``betas`` pair, each in [0, 1)."""
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"betas must be a pair of floats, got {betas!r}")
+    for i, b in enumerate(betas):
+        if not 0.0 <= _real(b, f"betas[{i}]") < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {b}")
+
+
 def check_bool(value: Any, name: str) -> None:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
+def _load_value(p: Any, key: str, value: Any, counter: bool) -> Any:
+    """A copy of a loaded state value: counters stay 0-d float32 (torch never casts ``step``;
+    fastopt's kernels count in float32), floating arrays take the parameter's dtype."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if counter:
+        return np.array(np.asarray(value), dtype=np.float32, copy=True).reshape(())
+    if isinstance(value, np.ndarray) or hasattr(value, "__array__"):
+        arr = np.asarray(value)
+        if arr.dtype.kind == "f":
+            return np.array(arr, dtype=_array_of(p).dtype, order="C", copy=True)
+        return arr.copy()
+    return copy.deepcopy(value)
 
 
 def _plain_group(group: dict[str, Any]) -> dict[str, Any]:
@@ -130,6 +154,9 @@ class Optimizer:
     Subclasses give ``defaults``, validate a group's options in ``_validate_group`` and run
     one group's update in ``_step_group``.
     """
+
+    #: State entries that are float32 counters (0-d arrays, as torch's), never cast on load.
+    _counters: tuple[str, ...] = ("step",)
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         self.defaults = defaults
@@ -426,13 +453,18 @@ class Optimizer:
         raise NotImplementedError
 
     def _buffers(
-        self, params: list[Any], arrays: list[np.ndarray], names: tuple[str, ...], fill: dict[str, float] | None = None
+        self,
+        params: list[Any],
+        arrays: list[np.ndarray],
+        names: tuple[str, ...],
+        fill: dict[str, float] | None = None,
+        counters: tuple[str, ...] = ("step",),
     ) -> tuple[list[list[np.ndarray]], list[tuple[Any, str, np.ndarray]]]:
         """For each name, the list of every param's state buffer of that name, and the
-        buffers that had to be created (``'step'``: a 0-d float32 counter; others: arrays of
-        the param's shape and dtype, zeros or ``fill[name]``). Created buffers are not in the
-        state yet: pass them to :meth:`_commit` once the kernel has succeeded, so a failed step
-        leaves no trace."""
+        buffers that had to be created (``counters`` such as ``'step'``: 0-d float32 arrays, as
+        torch's; others: arrays of the param's shape and dtype; zeros or ``fill[name]``).
+        Created buffers are not in the state yet: pass them to :meth:`_commit` once the kernel
+        has succeeded, so a failed step leaves no trace."""
         items = self.state._items
         states = [items.get(id(p)) for p in params]
         try:
@@ -447,8 +479,8 @@ class Optimizer:
             for k, name in enumerate(names):
                 b = d.get(name)
                 if b is None:
-                    if name == "step":
-                        b = np.zeros((), np.float32)
+                    if name in counters:
+                        b = np.full((), (fill or {}).get(name, 0.0), np.float32)
                     elif fill and name in fill:
                         b = np.full(a.shape, fill[name], a.dtype)
                     else:
@@ -530,7 +562,7 @@ class Optimizer:
             if k not in id_map:
                 raise ValueError(f"state_dict['state'] has an entry for parameter {k!r}, which no group lists")
             p = id_map[k]
-            new_state[p] = {key: self._load_value(p, key, val) for key, val in v.items()}
+            new_state[p] = {key: _load_value(p, key, val, key in self._counters) for key, val in v.items()}
         new_groups = []
         for g, saved in zip(groups, saved_groups):
             saved["params"] = g["params"]
@@ -567,20 +599,6 @@ class Optimizer:
                     raise ValueError(f"state[{k}][{key!r}] has shape {v.shape} but its parameter has shape {a.shape}")
                 if v.dtype != a.dtype:
                     raise ValueError(f"state[{k}][{key!r}] has dtype {v.dtype} but its parameter has dtype {a.dtype}")
-
-    @staticmethod
-    def _load_value(p: Any, key: str, value: Any) -> Any:
-        if value is None or isinstance(value, (bool, str)):
-            return value
-        if key == "step":
-            # torch keeps step as a float32 0-d tensor; fastopt's kernels count in it.
-            return np.array(np.asarray(value), dtype=np.float32, copy=True).reshape(())
-        if isinstance(value, np.ndarray) or hasattr(value, "__array__"):
-            arr = np.asarray(value)
-            if arr.dtype.kind == "f":
-                return np.array(arr, dtype=_array_of(p).dtype, order="C", copy=True)
-            return arr.copy()
-        return copy.deepcopy(value)
 
     # -- display --------------------------------------------------------------------------
 

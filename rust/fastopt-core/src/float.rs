@@ -23,6 +23,7 @@ pub trait Float:
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
     fn sqrt(self) -> Self;
+    fn abs(self) -> Self;
     /// `self * a + b` with one rounding.
     fn fma(self, a: Self, b: Self) -> Self;
     fn is_nan(self) -> bool;
@@ -44,6 +45,10 @@ macro_rules! impl_float {
             #[inline(always)]
             fn sqrt(self) -> Self {
                 <$t>::sqrt(self)
+            }
+            #[inline(always)]
+            fn abs(self) -> Self {
+                <$t>::abs(self)
             }
             #[inline(always)]
             fn fma(self, a: Self, b: Self) -> Self {

@@ -94,7 +94,7 @@ pub struct Group<'py> {
     spans: Vec<(usize, usize, bool, Label)>,
 }
 
-fn items<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Vec<Bound<'py, PyAny>>> {
+pub(crate) fn items<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Vec<Bound<'py, PyAny>>> {
     if let Ok(l) = obj.cast::<PyList>() {
         return Ok(l.iter().collect());
     }

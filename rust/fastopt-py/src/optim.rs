@@ -1,7 +1,9 @@
 //! Optimizer steps: check every array of a parameter group, then run the core kernel once
 //! over all of them with the GIL released.
 
-use crate::arrays::{core_err, Dtype, Group, Raw};
+use crate::arrays::{core_err, items, Dtype, Group, Raw};
+use fastopt_core::optim::elementwise::{self, ElemTensor};
+use std::collections::HashMap;
 use fastopt_core::optim::{
     adagrad_step as core_adagrad, adam_step as core_adam, rmsprop_step as core_rmsprop, sgd_step as core_sgd, AdagradConfig,
     AdagradTensor, AdamConfig, AdamTensor, RmspropConfig, RmspropTensor, SgdConfig, SgdTensor,
@@ -275,4 +277,91 @@ fn run_rmsprop<T: Float + numpy::Element>(
         })
         .collect();
     py.detach(move || core_rmsprop(tensors, cfg)).map_err(core_err)
+}
+
+/// One step of an element-wise optimizer (`fastopt_core::optim::elementwise`) over a group.
+///
+/// `states` holds one list per state buffer and `counters` one list per float32 counter, in
+/// the order `elementwise_layout(name)` gives; `hyper` maps hyperparameter names to numbers
+/// (flags as 0/1).
+#[pyfunction]
+#[pyo3(signature = (name, params, grads, states, counters, hyper, grad_scale=1.0, check_only=false))]
+#[allow(clippy::too_many_arguments)]
+pub fn elementwise_step<'py>(
+    py: Python<'py>,
+    name: &str,
+    params: &Bound<'py, PyAny>,
+    grads: &Bound<'py, PyAny>,
+    states: &Bound<'py, PyAny>,
+    counters: &Bound<'py, PyAny>,
+    hyper: HashMap<String, f64>,
+    grad_scale: f64,
+    check_only: bool,
+) -> PyResult<()> {
+    let (state_names, counter_names) =
+        elementwise::layout(name).ok_or_else(|| PyValueError::new_err(format!("unknown element-wise optimizer {name:?}")))?;
+    let (mut g, p) = Group::new(params)?;
+    let gr = g.like_params(grads, "grads", false)?;
+    let state_lists = items(states, "states")?;
+    let counter_lists = items(counters, "counters")?;
+    if state_lists.len() != state_names.len() || counter_lists.len() != counter_names.len() {
+        return Err(PyValueError::new_err(format!(
+            "{name} takes state lists {state_names:?} and counter lists {counter_names:?}, got {} and {}",
+            state_lists.len(),
+            counter_lists.len()
+        )));
+    }
+    let mut s = Vec::with_capacity(state_names.len());
+    for (list, &n) in state_lists.iter().zip(state_names) {
+        s.push(g.like_params(list, n, true)?);
+    }
+    let mut c = Vec::with_capacity(counter_names.len());
+    for (list, &n) in counter_lists.iter().zip(counter_names) {
+        c.push(g.steps(list, n)?);
+    }
+    g.finish()?;
+    if check_only {
+        return Ok(());
+    }
+    match g.dtype {
+        Dtype::F32 => run_elementwise::<f32>(py, name, &p, &gr, &s, &c, &hyper, grad_scale),
+        Dtype::F64 => run_elementwise::<f64>(py, name, &p, &gr, &s, &c, &hyper, grad_scale),
+    }
+}
+
+/// The state buffers and counters an element-wise optimizer takes, in order.
+#[pyfunction]
+pub fn elementwise_layout(name: &str) -> PyResult<(Vec<&'static str>, Vec<&'static str>)> {
+    elementwise::layout(name)
+        .map(|(s, c)| (s.to_vec(), c.to_vec()))
+        .ok_or_else(|| PyValueError::new_err(format!("unknown element-wise optimizer {name:?}")))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_elementwise<T: Float + numpy::Element>(
+    py: Python<'_>,
+    name: &str,
+    p: &[Raw],
+    gr: &[Raw],
+    s: &[Vec<Raw>],
+    c: &[Vec<Raw>],
+    hyper: &HashMap<String, f64>,
+    grad_scale: f64,
+) -> PyResult<()> {
+    let tensors: Vec<ElemTensor<'_, T>> = (0..p.len())
+        .map(|i| {
+            // SAFETY: as in `run_adam`: dtype (counters: float32, one element), layout,
+            // writeability and non-overlap were checked by `Group`, which keeps the arrays
+            // alive for this call.
+            unsafe {
+                ElemTensor {
+                    param: p[i].slice_mut(),
+                    grad: gr[i].slice(),
+                    states: s.iter().map(|list| list[i].slice_mut()).collect(),
+                    counters: c.iter().map(|list| &mut list[i].slice_mut::<f32>()[0]).collect(),
+                }
+            }
+        })
+        .collect();
+    py.detach(move || elementwise::step(name, tensors, hyper, grad_scale)).map_err(core_err)
 }

@@ -2,6 +2,7 @@
 
 pub mod adagrad;
 pub mod adam;
+pub mod elementwise;
 pub mod rmsprop;
 pub mod sgd;
 
