@@ -55,6 +55,10 @@ OPTIMIZERS = [
     (fo.optim.Adadelta, {}),
     (fo.optim.NAdam, {"decoupled_weight_decay": True, "weight_decay": 0.1}),
     (fo.optim.RAdam, {}),
+    (fo.optim.AdaBound, {}),
+    (fo.optim.AMSBound, {}),
+    (fo.optim.Lion, {"weight_decay": 0.1}),
+    (fo.optim.AdaBelief, {}),
 ]
 
 
@@ -258,6 +262,10 @@ class TestConstruction:
             (fo.optim.Adadelta, {"rho": 1.5}, ValueError, "Invalid rho value: 1.5"),
             (fo.optim.NAdam, {"momentum_decay": -1.0}, ValueError, "Invalid momentum_decay value: -1.0"),
             (fo.optim.RAdam, {"eps": -1.0}, ValueError, "Invalid epsilon value: -1.0"),
+            (fo.optim.AdaBound, {"final_lr": -0.1}, ValueError, "Invalid final learning rate: -0.1"),
+            (fo.optim.AdaBound, {"gamma": 1.0}, ValueError, "Invalid gamma parameter: 1.0"),
+            (fo.optim.Lion, {"betas": (1.2, 0.9)}, ValueError, "Invalid beta parameter at index 0: 1.2"),
+            (fo.optim.AdaBelief, {"weight_decay": -1}, ValueError, "Invalid weight_decay value: -1"),
         ],
     )
     def test_hyperparameters(self, cls, kw, exc, msg):

@@ -134,6 +134,9 @@ STEP_CASES = [
     (fo.optim.NAdam, {"lr": 0.01, "weight_decay": 0.1}),
     (fo.optim.RAdam, {"lr": 0.01}),
     (fo.optim.Adadelta, {"lr": 0.5}),
+    (fo.optim.AdaBound, {"lr": 0.01, "weight_decay": 0.1}),
+    (fo.optim.Lion, {"lr": 0.01, "maximize": True}),
+    (fo.optim.AdaBelief, {"lr": 0.01}),
 ]
 
 

@@ -20,6 +20,9 @@ MORE_CASES = CASES + [
     (fo.optim.Adadelta, {"lr": 0.5}),
     (fo.optim.NAdam, {"lr": 0.01, "decoupled_weight_decay": True, "weight_decay": 0.1}),
     (fo.optim.RAdam, {"lr": 0.01}),
+    (fo.optim.AMSBound, {"lr": 0.01}),
+    (fo.optim.Lion, {"lr": 0.01, "weight_decay": 0.1}),
+    (fo.optim.AdaBelief, {"lr": 0.01}),
 ]
 
 

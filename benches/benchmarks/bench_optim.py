@@ -106,3 +106,18 @@ class NAdam(_NoNumpyPeer):
 class RAdam(_NoNumpyPeer):
     optimizer = "RAdam"
     kwargs = {"lr": 1e-3}
+
+
+class AdaBound(_NoNumpyPeer):
+    optimizer = "AdaBound"
+    kwargs = {"lr": 1e-3}
+
+
+class Lion(_NoNumpyPeer):
+    optimizer = "Lion"
+    kwargs = {"lr": 1e-4}
+
+
+class AdaBelief(_NoNumpyPeer):
+    optimizer = "AdaBelief"
+    kwargs = {"lr": 1e-3}

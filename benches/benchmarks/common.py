@@ -39,6 +39,8 @@ def torch_optimizer(name: str, variant: str, p0: np.ndarray, g: np.ndarray, **kw
         raise NotImplementedError("torch is not installed") from e
     if variant == "fused" and name not in TORCH_FUSED:
         raise NotImplementedError(f"torch has no fused {name}")
+    if not hasattr(torch.optim, name):
+        raise NotImplementedError(f"torch has no {name}")
     tp = torch.nn.Parameter(torch.from_numpy(p0.copy()))
     tp.grad = torch.from_numpy(g.copy())
     flags = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[variant]

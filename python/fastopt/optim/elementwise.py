@@ -1,5 +1,6 @@
-"""Optimizers whose update is element-wise with a few state buffers (Adamax, Adadelta, NAdam,
-RAdam), run by the shared fused kernel of ``fastopt_core::optim::elementwise``."""
+"""Optimizers whose update is element-wise with a few state buffers, run by the shared fused
+kernel of ``fastopt_core::optim::elementwise``: torch's Adamax, Adadelta, NAdam and RAdam, and
+beyond torch AdaBound/AMSBound, Lion and AdaBelief."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from .. import _fastopt
 from . import functional as F
 from .optimizer import Optimizer, check_betas, check_bool, check_nonnegative
 
-__all__ = ["Adamax", "Adadelta", "NAdam", "RAdam"]
+__all__ = ["Adamax", "Adadelta", "NAdam", "RAdam", "AdaBound", "AMSBound", "Lion", "AdaBelief"]
 
 
 class _Elementwise(Optimizer):
@@ -21,12 +22,16 @@ class _Elementwise(Optimizer):
     def _hyper(self, group: dict[str, Any]) -> dict[str, float]:
         raise NotImplementedError
 
+    def _kernel_for(self, group: dict[str, Any]) -> str:
+        return self._kernel
+
     def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
-        states, counters = _fastopt.elementwise_layout(self._kernel)
+        kernel = self._kernel_for(group)
+        states, counters = _fastopt.elementwise_layout(kernel)
         counters, states = tuple(counters), tuple(states)
         bufs, created = self._buffers(params, arrays, counters + states, self._fill, counters)
         k = len(counters)
-        F._elementwise(self._kernel, arrays, grads, bufs[k:], bufs[:k], self._hyper(group), check_only, grad_scale)
+        F._elementwise(kernel, arrays, grads, bufs[k:], bufs[:k], self._hyper(group), check_only, grad_scale)
         if not check_only:
             self._commit(created)
 
@@ -123,6 +128,104 @@ class RAdam(_Elementwise):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, decoupled_weight_decay: bool = False, *,
+                 maximize: bool = False) -> None:
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+        self._validate_group(defaults)
+        super().__init__(params, defaults)
+
+    def _validate_group(self, group):
+        _adam_like_checks(group)
+        check_bool(group["decoupled_weight_decay"], "decoupled_weight_decay")
+
+    def _hyper(self, g):
+        return dict(lr=g["lr"], beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"], weight_decay=g["weight_decay"],
+                    decoupled_weight_decay=g["decoupled_weight_decay"], maximize=g["maximize"])
+
+
+class AdaBound(_Elementwise):
+    """AdaBound (Luo et al., ICLR 2019): Adam whose per-element step size is clamped into
+    ``[final_lr * (1 - 1/(gamma*t + 1)), final_lr * (1 + 1/(gamma*t))]``, so it moves from
+    Adam towards SGD with lr ``final_lr``; ``amsbound=True`` is AMSBound (AMSGrad's maximum).
+    As in the authors' implementation, ``final_lr`` follows the group's lr when a scheduler
+    changes it: ``final_lr * lr / base_lr``, ``base_lr`` being the group's lr when it was
+    added (kept in the group). State: ``step``, ``exp_avg``, ``exp_avg_sq`` (and
+    ``max_exp_avg_sq``). ``decoupled_weight_decay`` (default False) multiplies the parameter by
+    ``1 - lr*wd`` instead of adding L2 decay to the gradient."""
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 final_lr: float = 0.1, gamma: float = 1e-3, eps: float = 1e-8, weight_decay: float = 0,
+                 amsbound: bool = False, *, decoupled_weight_decay: bool = False, maximize: bool = False) -> None:
+        defaults = dict(lr=lr, betas=betas, final_lr=final_lr, gamma=gamma, eps=eps, weight_decay=weight_decay,
+                        amsbound=amsbound, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+        self._validate_group(defaults)
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        self.param_groups[-1].setdefault("base_lr", self.param_groups[-1]["lr"])
+
+    def _validate_group(self, group):
+        _adam_like_checks(group)
+        fl, gamma = group["final_lr"], group["gamma"]
+        check_nonnegative(fl, "final_lr", f"Invalid final learning rate: {fl}")
+        if not 0.0 <= gamma < 1.0:
+            raise ValueError(f"Invalid gamma parameter: {gamma}")
+        check_bool(group["amsbound"], "amsbound")
+        check_bool(group["decoupled_weight_decay"], "decoupled_weight_decay")
+
+    def _kernel_for(self, group):
+        return "amsbound" if group["amsbound"] else "adabound"
+
+    def _hyper(self, g):
+        base = g.get("base_lr", g["lr"])
+        final_lr = g["final_lr"] * g["lr"] / base if base else g["final_lr"]
+        return dict(lr=g["lr"], beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"], weight_decay=g["weight_decay"],
+                    final_lr=final_lr, gamma=g["gamma"], decoupled_weight_decay=g["decoupled_weight_decay"],
+                    maximize=g["maximize"])
+
+
+class AMSBound(AdaBound):
+    """AdaBound with AMSGrad's running maximum of the second moment (``amsbound=True``)."""
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 final_lr: float = 0.1, gamma: float = 1e-3, eps: float = 1e-8, weight_decay: float = 0, *,
+                 decoupled_weight_decay: bool = False, maximize: bool = False) -> None:
+        super().__init__(params, lr, betas, final_lr, gamma, eps, weight_decay, True,
+                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+
+
+class Lion(_Elementwise):
+    """Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms"):
+    ``p -= lr * sign(beta1*m + (1-beta1)*g)``, then ``m = beta2*m + (1-beta2)*g``, with
+    decoupled weight decay. Defaults as the paper's reference (lr 1e-4, betas (0.9, 0.99)).
+    State: ``step``, ``exp_avg``."""
+
+    _kernel = "lion"
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
+                 weight_decay: float = 0.0, *, maximize: bool = False) -> None:
+        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize)
+        self._validate_group(defaults)
+        super().__init__(params, defaults)
+
+    def _validate_group(self, group):
+        _adam_like_checks(dict(group, eps=0.0))
+
+    def _hyper(self, g):
+        return dict(lr=g["lr"], beta1=g["betas"][0], beta2=g["betas"][1], weight_decay=g["weight_decay"],
+                    maximize=g["maximize"])
+
+
+class AdaBelief(_Elementwise):
+    """AdaBelief (Zhuang et al., NeurIPS 2020, Algorithm 1): Adam with the second moment of
+    ``g - m`` (plus ``eps``), both moments bias-corrected. Decoupled weight decay by default,
+    as the authors' implementation. State: ``step``, ``exp_avg``, ``exp_avg_var``."""
+
+    _kernel = "adabelief"
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-16, weight_decay: float = 0, *, decoupled_weight_decay: bool = True,
                  maximize: bool = False) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)

@@ -165,6 +165,10 @@ pub fn layout(name: &str) -> Option<(&'static [&'static str], &'static [&'static
         "adadelta" => (&["square_avg", "acc_delta"], &["step"]),
         "nadam" => (&["exp_avg", "exp_avg_sq"], &["step", "mu_product"]),
         "radam" => (&["exp_avg", "exp_avg_sq"], &["step"]),
+        "adabound" => (&["exp_avg", "exp_avg_sq"], &["step"]),
+        "amsbound" => (&["exp_avg", "exp_avg_sq", "max_exp_avg_sq"], &["step"]),
+        "lion" => (&["exp_avg"], &["step"]),
+        "adabelief" => (&["exp_avg", "exp_avg_var"], &["step"]),
         _ => return None,
     })
 }
@@ -331,6 +335,96 @@ impl<T: Float> Rule<T> for Radam<T> {
     }
 }
 
+/// AdaBound / AMSBound (Luo et al., ICLR 2019, Algorithm 2 and the authors' reference code):
+/// Adam whose per-element step size is clamped into bounds that converge to `final_lr`.
+#[derive(Clone, Copy, Debug)]
+struct AdaBound<T, const AMS: bool> {
+    g: Grad<T>,
+    beta1: T,
+    one_minus_beta1: T,
+    beta2: T,
+    one_minus_beta2: T,
+    eps: T,
+    step_size: T,
+    lower: T,
+    upper: T,
+}
+
+impl<T: Float, const AMS: bool> Rule<T> for AdaBound<T, AMS> {
+    const STATES: usize = 2 + AMS as usize;
+    #[inline(always)]
+    fn update<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
+        let g = self.g.read::<A>(&mut p, g);
+        s[0] = A::madd(g, self.one_minus_beta1, s[0] * self.beta1);
+        s[1] = A::madd(self.one_minus_beta2 * g, g, s[1] * self.beta2);
+        let v = if AMS {
+            s[2] = nan_max(s[2], s[1]);
+            s[2]
+        } else {
+            s[1]
+        };
+        let denom = v.sqrt() + self.eps;
+        let size = self.step_size / denom;
+        // clamp_(lower, upper): NaN stays NaN
+        let size = if size < self.lower { self.lower } else if size > self.upper { self.upper } else { size };
+        p - size * s[0]
+    }
+}
+
+/// Lion (Chen et al., 2023): the sign of an interpolation of momentum and gradient, with
+/// decoupled weight decay.
+#[derive(Clone, Copy, Debug)]
+struct Lion<T> {
+    g: Grad<T>,
+    beta1: T,
+    one_minus_beta1: T,
+    beta2: T,
+    one_minus_beta2: T,
+    neg_lr: T,
+}
+
+impl<T: Float> Rule<T> for Lion<T> {
+    const STATES: usize = 1;
+    #[inline(always)]
+    fn update<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
+        let g = self.g.read::<A>(&mut p, g);
+        let c = A::madd(g, self.one_minus_beta1, s[0] * self.beta1);
+        // torch.sign: -1, 0 (keeping the zero's sign) or 1; NaN stays NaN.
+        let sign = if c > T::ZERO { T::ONE } else if c < T::ZERO { -T::ONE } else { c };
+        s[0] = A::madd(g, self.one_minus_beta2, s[0] * self.beta2);
+        A::madd(sign, self.neg_lr, p)
+    }
+}
+
+/// AdaBelief (Zhuang et al., NeurIPS 2020, Algorithm 1): Adam whose second moment tracks
+/// the "belief" (g - m)^2 instead of g^2.
+#[derive(Clone, Copy, Debug)]
+struct AdaBelief<T> {
+    g: Grad<T>,
+    beta1: T,
+    one_minus_beta1: T,
+    beta2: T,
+    one_minus_beta2: T,
+    eps: T,
+    bc2: T,
+    inv_bc2: T,
+    neg_step_size: T,
+}
+
+impl<T: Float> Rule<T> for AdaBelief<T> {
+    const STATES: usize = 2;
+    #[inline(always)]
+    fn update<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
+        let g = self.g.read::<A>(&mut p, g);
+        let m = A::madd(g, self.one_minus_beta1, s[0] * self.beta1);
+        s[0] = m;
+        let r = g - m;
+        s[1] = A::madd(self.one_minus_beta2 * r, r, s[1] * self.beta2) + self.eps;
+        let denom = A::div_by_const(s[1], self.bc2, self.inv_bc2).sqrt() + self.eps;
+        p + self.neg_step_size * m / denom
+    }
+}
+
 pub(crate) fn step_at<T: Float>(
     name: &str,
     tensors: Vec<ElemTensor<'_, T>>,
@@ -414,6 +508,71 @@ pub(crate) fn step_at<T: Float>(
                     bc2_sqrt: T::from_f64(bc2.powf(half)),
                     eps: T::from_f64(eps),
                     rect: T::from_f64(rect),
+                }
+            })
+        }
+        "adabound" | "amsbound" => {
+            let (lr, b1, b2, eps) = (h.get("lr")?, h.get("beta1")?, h.get("beta2")?, h.get("eps")?);
+            let (final_lr, gamma) = (h.get("final_lr")?, h.get("gamma")?);
+            let g = Grad::new(h, grad_scale, h.flag("decoupled_weight_decay")?)?;
+            let make = |c: &mut [&mut f32]| {
+                *c[0] += 1.0;
+                let step = *c[0] as f64;
+                let bc1 = 1.0 - b1.powf(step);
+                let bc2 = 1.0 - b2.powf(step);
+                (
+                    g,
+                    T::from_f64(lr * bc2.sqrt() / bc1),
+                    T::from_f64(final_lr * (1.0 - 1.0 / (gamma * step + 1.0))),
+                    T::from_f64(final_lr * (1.0 + 1.0 / (gamma * step))),
+                )
+            };
+            let common = (T::from_f64(b1), T::from_f64(1.0 - b1), T::from_f64(b2), T::from_f64(1.0 - b2), T::from_f64(eps));
+            if name == "amsbound" {
+                run(tensors, 1, level, |c| {
+                    let (g, step_size, lower, upper) = make(c);
+                    AdaBound::<T, true> { g, beta1: common.0, one_minus_beta1: common.1, beta2: common.2, one_minus_beta2: common.3, eps: common.4, step_size, lower, upper }
+                })
+            } else {
+                run(tensors, 1, level, |c| {
+                    let (g, step_size, lower, upper) = make(c);
+                    AdaBound::<T, false> { g, beta1: common.0, one_minus_beta1: common.1, beta2: common.2, one_minus_beta2: common.3, eps: common.4, step_size, lower, upper }
+                })
+            }
+        }
+        "lion" => {
+            let (lr, b1, b2) = (h.get("lr")?, h.get("beta1")?, h.get("beta2")?);
+            let rule = Lion {
+                g: Grad::new(h, grad_scale, true)?,
+                beta1: T::from_f64(b1),
+                one_minus_beta1: T::from_f64(1.0 - b1),
+                beta2: T::from_f64(b2),
+                one_minus_beta2: T::from_f64(1.0 - b2),
+                neg_lr: T::from_f64(-lr),
+            };
+            run(tensors, 1, level, |c| {
+                *c[0] += 1.0;
+                rule
+            })
+        }
+        "adabelief" => {
+            let (lr, b1, b2, eps) = (h.get("lr")?, h.get("beta1")?, h.get("beta2")?, h.get("eps")?);
+            let g = Grad::new(h, grad_scale, h.flag("decoupled_weight_decay")?)?;
+            run(tensors, 1, level, |c| {
+                *c[0] += 1.0;
+                let step = *c[0] as f64;
+                let bc1 = 1.0 - b1.powf(step);
+                let bc2 = T::from_f64(1.0 - b2.powf(step));
+                AdaBelief {
+                    g,
+                    beta1: T::from_f64(b1),
+                    one_minus_beta1: T::from_f64(1.0 - b1),
+                    beta2: T::from_f64(b2),
+                    one_minus_beta2: T::from_f64(1.0 - b2),
+                    eps: T::from_f64(eps),
+                    bc2,
+                    inv_bc2: T::ONE / bc2,
+                    neg_step_size: T::from_f64(-lr / bc1),
                 }
             })
         }
