@@ -44,6 +44,8 @@ OPTIMIZERS = {
     "adadelta": ("Adadelta", {"lr": 1.0}, None),
     "nadam": ("NAdam", {"lr": 2e-3}, None),
     "radam": ("RAdam", {"lr": 1e-3}, None),
+    "asgd": ("ASGD", {"lr": 1e-2}, None),
+    "rprop": ("Rprop", {"lr": 1e-2}, None),
 }
 
 

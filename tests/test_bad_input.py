@@ -59,6 +59,8 @@ OPTIMIZERS = [
     (fo.optim.AMSBound, {}),
     (fo.optim.Lion, {"weight_decay": 0.1}),
     (fo.optim.AdaBelief, {}),
+    (fo.optim.ASGD, {"t0": 1}),
+    (fo.optim.Rprop, {}),
 ]
 
 
@@ -266,6 +268,8 @@ class TestConstruction:
             (fo.optim.AdaBound, {"gamma": 1.0}, ValueError, "Invalid gamma parameter: 1.0"),
             (fo.optim.Lion, {"betas": (1.2, 0.9)}, ValueError, "Invalid beta parameter at index 0: 1.2"),
             (fo.optim.AdaBelief, {"weight_decay": -1}, ValueError, "Invalid weight_decay value: -1"),
+            (fo.optim.ASGD, {"lambd": -1.0}, ValueError, "Invalid lambd value: -1.0"),
+            (fo.optim.Rprop, {"etas": (1.2, 0.5)}, ValueError, "Invalid eta values: 1.2, 0.5"),
         ],
     )
     def test_hyperparameters(self, cls, kw, exc, msg):

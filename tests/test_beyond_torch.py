@@ -133,7 +133,7 @@ def test_adabound_final_lr_follows_a_scheduler():
 ALL = [
     fo.optim.SGD, fo.optim.Adam, fo.optim.AdamW, fo.optim.Adagrad, fo.optim.RMSprop, fo.optim.Adadelta,
     fo.optim.Adamax, fo.optim.NAdam, fo.optim.RAdam, fo.optim.AdaBound, fo.optim.AMSBound, fo.optim.Lion,
-    fo.optim.AdaBelief,
+    fo.optim.AdaBelief, fo.optim.ASGD, fo.optim.Rprop,
 ]
 
 
@@ -151,14 +151,17 @@ def rosenbrock(x):
 @pytest.mark.parametrize("fn,start", [(quadratic, [1.5, -1.0]), (rosenbrock, [-1.5, 2.0])], ids=["quadratic", "rosenbrock"])
 @pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
 def test_defaults_descend_and_maximize_ascends(cls, fn, start):
+    # ASGD's default lr (1e-2) diverges on Rosenbrock from this start, in torch as here
+    # (its first gradient is about 155): that one case runs at lr=1e-3.
+    kw = {"lr": 1e-3} if (cls is fo.optim.ASGD and fn is rosenbrock) else {}
     with np.errstate(over="ignore", invalid="ignore"):  # ascent may run off to infinity
-        _descend_or_ascend(cls, fn, start)
+        _descend_or_ascend(cls, fn, start, kw)
 
 
-def _descend_or_ascend(cls, fn, start):
+def _descend_or_ascend(cls, fn, start, kw):
     for maximize in (False, True):
         x = fo.Parameter(np.array(start))
-        opt = cls([x], maximize=maximize)
+        opt = cls([x], maximize=maximize, **kw)
         f0, _ = fn(x.data)
         for _ in range(300):
             f, g = fn(x.data)

@@ -137,6 +137,8 @@ STEP_CASES = [
     (fo.optim.AdaBound, {"lr": 0.01, "weight_decay": 0.1}),
     (fo.optim.Lion, {"lr": 0.01, "maximize": True}),
     (fo.optim.AdaBelief, {"lr": 0.01}),
+    (fo.optim.ASGD, {"lr": 0.01, "t0": 3}),
+    (fo.optim.Rprop, {"lr": 0.01}),
 ]
 
 

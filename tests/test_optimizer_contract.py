@@ -169,6 +169,8 @@ TORCH_CASES = [
     ("Adadelta", {"lr": 0.5}),
     ("NAdam", {"lr": 0.01, "weight_decay": 0.1}),
     ("RAdam", {"lr": 0.01, "decoupled_weight_decay": True, "weight_decay": 0.1}),
+    ("ASGD", {"lr": 0.01, "t0": 5, "weight_decay": 0.1}),
+    ("Rprop", {"lr": 0.01}),
 ]
 
 
@@ -183,7 +185,7 @@ def test_switch_framework_mid_run(torch, name, kw, direction):
     shapes = [(5, 3), (4,)]
     # torch casts NAdam's float32 mu_product to the parameters' dtype when loading, which
     # changes its arithmetic for float64 parameters; with float32 ones nothing is cast.
-    dtype = np.float32 if name == "NAdam" else np.float64
+    dtype = np.float32 if name in ("NAdam", "ASGD") else np.float64  # (ASGD's eta and mu likewise)
     init = [np.random.default_rng(9).standard_normal(s).astype(dtype) for s in shapes]
     # the reference: fastopt all the way
     ref = [fo.Parameter(a.copy()) for a in init]

@@ -84,6 +84,11 @@ def _elementwise_configs():
     out.append(("Adamax", dict(lr=3e-2, betas=(0.5, 0.9))))  # |1-beta1| >= 0.5: other lerp form
     out.append(("RAdam", dict(lr=1e-2, betas=(0.9, 0.9))))  # rectification starts early
     out.append(("NAdam", dict(lr=1e-2, betas=(0.3, 0.99), momentum_decay=0.1)))
+    out += [("ASGD", {}), ("Rprop", {})]
+    for wd, maximize in itertools.product([0.0, 0.1], [False, True]):
+        out.append(("ASGD", dict(lr=1e-2, weight_decay=wd, maximize=maximize, t0=20)))
+        out.append(("Rprop", dict(lr=1e-2, etas=(0.3, 1.5), step_sizes=(1e-3, 0.05), maximize=maximize)))
+    out.append(("ASGD", dict(lr=5e-2, lambd=1e-3, alpha=0.5, t0=5)))
     return out
 
 
@@ -184,6 +189,8 @@ LARGE_CONFIGS = [
     ("Adadelta", dict(lr=0.5, weight_decay=0.1)),
     ("NAdam", dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)),
     ("RAdam", dict(lr=1e-2, weight_decay=0.1)),
+    ("ASGD", dict(lr=1e-2, weight_decay=0.1, t0=10)),
+    ("Rprop", dict(lr=1e-2, maximize=True)),
 ]
 LARGE_IDS = [f"{c}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}" for c, kw in LARGE_CONFIGS]
 

@@ -23,6 +23,8 @@ MORE_CASES = CASES + [
     (fo.optim.AMSBound, {"lr": 0.01}),
     (fo.optim.Lion, {"lr": 0.01, "weight_decay": 0.1}),
     (fo.optim.AdaBelief, {"lr": 0.01}),
+    (fo.optim.ASGD, {"lr": 0.01, "t0": 2}),
+    (fo.optim.Rprop, {"lr": 0.01}),
 ]
 
 

@@ -121,3 +121,13 @@ class Lion(_NoNumpyPeer):
 class AdaBelief(_NoNumpyPeer):
     optimizer = "AdaBelief"
     kwargs = {"lr": 1e-3}
+
+
+class ASGD(_NoNumpyPeer):
+    optimizer = "ASGD"
+    kwargs = {"lr": 1e-2}
+
+
+class Rprop(_NoNumpyPeer):
+    optimizer = "Rprop"
+    kwargs = {"lr": 1e-2}

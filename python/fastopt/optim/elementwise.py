@@ -1,5 +1,5 @@
 """Optimizers whose update is element-wise with a few state buffers, run by the shared fused
-kernel of ``fastopt_core::optim::elementwise``: torch's Adamax, Adadelta, NAdam and RAdam, and
+kernel of ``fastopt_core::optim::elementwise``: torch's Adamax, Adadelta, NAdam, RAdam, ASGD and Rprop, and
 beyond torch AdaBound/AMSBound, Lion and AdaBelief."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from .. import _fastopt
 from . import functional as F
 from .optimizer import Optimizer, check_betas, check_bool, check_nonnegative
 
-__all__ = ["Adamax", "Adadelta", "NAdam", "RAdam", "AdaBound", "AMSBound", "Lion", "AdaBelief"]
+__all__ = ["Adamax", "Adadelta", "NAdam", "RAdam", "ASGD", "Rprop", "AdaBound", "AMSBound", "Lion", "AdaBelief"]
 
 
 class _Elementwise(Optimizer):
@@ -25,11 +25,15 @@ class _Elementwise(Optimizer):
     def _kernel_for(self, group: dict[str, Any]) -> str:
         return self._kernel
 
+    def _fill_for(self, group: dict[str, Any]) -> dict[str, float]:
+        """Initial values of new state (default zeros)."""
+        return self._fill
+
     def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
         kernel = self._kernel_for(group)
         states, counters = _fastopt.elementwise_layout(kernel)
         counters, states = tuple(counters), tuple(states)
-        bufs, created = self._buffers(params, arrays, counters + states, self._fill, counters)
+        bufs, created = self._buffers(params, arrays, counters + states, self._fill_for(group), counters)
         k = len(counters)
         F._elementwise(kernel, arrays, grads, bufs[k:], bufs[:k], self._hyper(group), check_only, grad_scale)
         if not check_only:
@@ -141,6 +145,66 @@ class RAdam(_Elementwise):
     def _hyper(self, g):
         return dict(lr=g["lr"], beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"], weight_decay=g["weight_decay"],
                     decoupled_weight_decay=g["decoupled_weight_decay"], maximize=g["maximize"])
+
+
+class ASGD(_Elementwise):
+    """Averaged SGD (torch.optim.ASGD: arguments, defaults, checks, state
+    ``step``/``eta``/``mu``/``ax`` with ``eta`` and ``mu`` float32 counters as in torch, and
+    update rule)."""
+
+    _kernel = "asgd"
+    _counters = ("step", "eta", "mu")
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
+                 t0: float = 1e6, weight_decay: float = 0, *, maximize: bool = False) -> None:
+        defaults = dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, maximize=maximize)
+        self._validate_group(defaults)
+        super().__init__(params, defaults)
+
+    def _validate_group(self, group):
+        lr, lambd, alpha, wd = group["lr"], group["lambd"], group["alpha"], group["weight_decay"]
+        check_nonnegative(lr, "lr", f"Invalid learning rate: {lr}")
+        check_nonnegative(lambd, "lambd", f"Invalid lambd value: {lambd}")
+        check_nonnegative(alpha, "alpha", f"Invalid alpha value: {alpha}")
+        check_nonnegative(wd, "weight_decay", f"Invalid weight_decay value: {wd}")
+        check_bool(group["maximize"], "maximize")
+
+    def _fill_for(self, group):
+        return {"eta": group["lr"], "mu": 1.0}
+
+    def _hyper(self, g):
+        return dict(lr=g["lr"], lambd=g["lambd"], alpha=g["alpha"], t0=g["t0"], weight_decay=g["weight_decay"],
+                    maximize=g["maximize"])
+
+
+class Rprop(_Elementwise):
+    """Resilient backpropagation (torch.optim.Rprop: arguments, defaults, checks, state
+    ``step``/``prev``/``step_size`` and update rule)."""
+
+    _kernel = "rprop"
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-2, etas: tuple[float, float] = (0.5, 1.2),
+                 step_sizes: tuple[float, float] = (1e-6, 50), *, maximize: bool = False) -> None:
+        defaults = dict(lr=lr, etas=etas, step_sizes=step_sizes, maximize=maximize)
+        self._validate_group(defaults)
+        super().__init__(params, defaults)
+
+    def _validate_group(self, group):
+        lr, etas, sizes = group["lr"], group["etas"], group["step_sizes"]
+        check_nonnegative(lr, "lr", f"Invalid learning rate: {lr}")
+        for name, pair in (("etas", etas), ("step_sizes", sizes)):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TypeError(f"{name} must be a pair of floats, got {pair!r}")
+        if not 0.0 < etas[0] < 1.0 < etas[1]:
+            raise ValueError(f"Invalid eta values: {etas[0]}, {etas[1]}")
+        check_bool(group["maximize"], "maximize")
+
+    def _fill_for(self, group):
+        return {"step_size": group["lr"]}
+
+    def _hyper(self, g):
+        return dict(etaminus=g["etas"][0], etaplus=g["etas"][1], step_size_min=g["step_sizes"][0],
+                    step_size_max=g["step_sizes"][1], weight_decay=0.0, maximize=g["maximize"])
 
 
 class AdaBound(_Elementwise):

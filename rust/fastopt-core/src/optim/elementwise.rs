@@ -169,6 +169,8 @@ pub fn layout(name: &str) -> Option<(&'static [&'static str], &'static [&'static
         "amsbound" => (&["exp_avg", "exp_avg_sq", "max_exp_avg_sq"], &["step"]),
         "lion" => (&["exp_avg"], &["step"]),
         "adabelief" => (&["exp_avg", "exp_avg_var"], &["step"]),
+        "asgd" => (&["ax"], &["step", "eta", "mu"]),
+        "rprop" => (&["prev", "step_size"], &["step"]),
         _ => return None,
     })
 }
@@ -425,6 +427,65 @@ impl<T: Float> Rule<T> for AdaBelief<T> {
     }
 }
 
+/// ASGD (`torch.optim.ASGD`): SGD with decay of the step and a running average `ax` of the
+/// iterates. `eta` and `mu` are torch's per-tensor float32 0-d tensors.
+#[derive(Clone, Copy, Debug)]
+struct Asgd<T> {
+    g: Grad<T>,
+    decay: T,
+    neg_eta: T,
+    mu: T,
+    average: bool,
+}
+
+impl<T: Float> Rule<T> for Asgd<T> {
+    const STATES: usize = 1;
+    #[inline(always)]
+    fn update<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
+        let g = self.g.read::<A>(&mut p, g);
+        let p = A::madd(g, self.neg_eta, p * self.decay);
+        // torch: ax.add_(param.sub(ax).mul_(mu)), or a copy when mu is exactly 1
+        s[0] = if self.average { s[0] + (p - s[0]) * self.mu } else { p };
+        p
+    }
+}
+
+/// Rprop (`torch.optim.Rprop`): per-element step sizes grown by `etaplus` while the gradient
+/// keeps its sign and shrunk by `etaminus` when it flips (the gradient is then ignored once).
+#[derive(Clone, Copy, Debug)]
+struct Rprop<T> {
+    g: Grad<T>,
+    etaminus: T,
+    etaplus: T,
+    min: T,
+    max: T,
+}
+
+impl<T: Float> Rule<T> for Rprop<T> {
+    const STATES: usize = 2;
+    #[inline(always)]
+    fn update<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
+        let g = self.g.read::<A>(&mut p, g);
+        let prod = g * s[0];
+        let factor = if prod > T::ZERO {
+            self.etaplus
+        } else if prod < T::ZERO {
+            self.etaminus
+        } else if prod == T::ZERO {
+            T::ONE
+        } else {
+            prod // NaN stays NaN, as torch's masked assignments leave it
+        };
+        let size = s[1] * factor;
+        let size = if size < self.min { self.min } else if size > self.max { self.max } else { size };
+        s[1] = size;
+        let g = if prod < T::ZERO { T::ZERO } else { g };
+        s[0] = g;
+        let sign = if g > T::ZERO { T::ONE } else if g < T::ZERO { -T::ONE } else { g };
+        p - sign * size
+    }
+}
+
 pub(crate) fn step_at<T: Float>(
     name: &str,
     tensors: Vec<ElemTensor<'_, T>>,
@@ -574,6 +635,32 @@ pub(crate) fn step_at<T: Float>(
                     inv_bc2: T::ONE / bc2,
                     neg_step_size: T::from_f64(-lr / bc1),
                 }
+            })
+        }
+        "asgd" => {
+            let (lr, lambd, alpha, t0) = (h.get("lr")?, h.get("lambd")?, h.get("alpha")?, h.get("t0")?);
+            let g = Grad::new(h, grad_scale, false)?;
+            run(tensors, 3, level, |c| {
+                *c[0] += 1.0;
+                let step = *c[0] as f64;
+                // This step uses the eta and mu of the previous one; then they are renewed.
+                let (eta, mu) = (*c[1] as f64, *c[2] as f64);
+                *c[1] = (lr / (1.0 + lambd * lr * step).powf(alpha)) as f32;
+                *c[2] = (1.0 / (step - t0).max(1.0)) as f32;
+                Asgd { g, decay: T::from_f64(1.0 - lambd * eta), neg_eta: T::from_f64(-eta), mu: T::from_f64(mu), average: mu != 1.0 }
+            })
+        }
+        "rprop" => {
+            let rule = Rprop {
+                g: Grad::new(h, grad_scale, false)?,
+                etaminus: T::from_f64(h.get("etaminus")?),
+                etaplus: T::from_f64(h.get("etaplus")?),
+                min: T::from_f64(h.get("step_size_min")?),
+                max: T::from_f64(h.get("step_size_max")?),
+            };
+            run(tensors, 1, level, |c| {
+                *c[0] += 1.0;
+                rule
             })
         }
         other => Err(Error(format!("unknown element-wise optimizer {other:?}"))),
