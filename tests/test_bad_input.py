@@ -61,6 +61,7 @@ OPTIMIZERS = [
     (fo.optim.AdaBelief, {}),
     (fo.optim.ASGD, {"t0": 1}),
     (fo.optim.Rprop, {}),
+    (fo.optim.Lamb, {"weight_decay": 0.01}),
 ]
 
 

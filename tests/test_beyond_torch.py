@@ -71,6 +71,24 @@ def adabelief_ref(p, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-16, weight_decay
     return p, {"exp_avg": m, "exp_avg_var": s}
 
 
+def lamb_ref(p, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, bias_correction=True,
+             maximize=False):
+    """You et al. (2020), Algorithm 2 (LAMB), trust ratio phi(||p||)/||r|| with phi the identity
+    and 1 when a norm is 0, as optax."""
+    b1, b2 = betas
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    for t, g in enumerate(grads, 1):
+        g = -g if maximize else g
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        bc1, bc2 = (1 - b1**t, 1 - b2**t) if bias_correction else (1.0, 1.0)
+        r = (m / bc1) / (np.sqrt(v / bc2) + eps) + weight_decay * p
+        pn, rn = np.linalg.norm(p.ravel()), np.linalg.norm(r.ravel())
+        trust = pn / rn if pn > 0 and rn > 0 else 1.0
+        p = p - lr * trust * r
+    return p, {"exp_avg": m, "exp_avg_sq": v}
+
+
 CASES = [
     ("AdaBound", adabound_ref, {}),
     ("AdaBound", adabound_ref, dict(lr=1e-2, final_lr=0.05, gamma=1e-2, weight_decay=0.1, maximize=True)),
@@ -82,6 +100,9 @@ CASES = [
     ("AdaBelief", adabelief_ref, {}),
     ("AdaBelief", adabelief_ref, dict(lr=1e-2, eps=1e-12, weight_decay=0.1, decoupled_weight_decay=False)),
     ("AdaBelief", adabelief_ref, dict(lr=1e-2, betas=(0.5, 0.9), weight_decay=0.1, maximize=True)),
+    ("Lamb", lamb_ref, {}),
+    ("Lamb", lamb_ref, dict(lr=1e-2, weight_decay=0.1, maximize=True)),
+    ("Lamb", lamb_ref, dict(lr=1e-2, betas=(0.8, 0.9), bias_correction=False, eps=1e-8)),
 ]
 IDS = [f"{n}-{i}" for i, (n, _, _) in enumerate(CASES)]
 
@@ -133,7 +154,7 @@ def test_adabound_final_lr_follows_a_scheduler():
 ALL = [
     fo.optim.SGD, fo.optim.Adam, fo.optim.AdamW, fo.optim.Adagrad, fo.optim.RMSprop, fo.optim.Adadelta,
     fo.optim.Adamax, fo.optim.NAdam, fo.optim.RAdam, fo.optim.AdaBound, fo.optim.AMSBound, fo.optim.Lion,
-    fo.optim.AdaBelief, fo.optim.ASGD, fo.optim.Rprop,
+    fo.optim.AdaBelief, fo.optim.ASGD, fo.optim.Rprop, fo.optim.Lamb,
 ]
 
 
@@ -169,3 +190,12 @@ def _descend_or_ascend(cls, fn, start, kw):
             opt.step()
         f1, _ = fn(x.data)
         assert (f1 > f0) if maximize else (f1 < f0), (cls.__name__, maximize, f0, f1)
+
+
+def test_lamb_zero_parameter_uses_trust_one():
+    """A tensor that is all zeros (a fresh bias) has ||p|| = 0: the ratio is 1, as optax."""
+    b = fo.Parameter(np.zeros(5))
+    opt = fo.optim.Lamb([b], lr=0.1)
+    b.grad = np.full(5, 2.0)
+    opt.step()
+    np.testing.assert_allclose(b.data, -0.1 * 2.0 / (2.0 + 1e-6))

@@ -139,6 +139,7 @@ STEP_CASES = [
     (fo.optim.AdaBelief, {"lr": 0.01}),
     (fo.optim.ASGD, {"lr": 0.01, "t0": 3}),
     (fo.optim.Rprop, {"lr": 0.01}),
+    (fo.optim.Lamb, {"lr": 0.01, "weight_decay": 0.01}),
 ]
 
 

@@ -131,3 +131,8 @@ class ASGD(_NoNumpyPeer):
 class Rprop(_NoNumpyPeer):
     optimizer = "Rprop"
     kwargs = {"lr": 1e-2}
+
+
+class Lamb(_NoNumpyPeer):
+    optimizer = "Lamb"
+    kwargs = {"lr": 1e-3, "weight_decay": 0.01}

@@ -78,3 +78,30 @@ def rmsprop_step(
 def total_norm(grads: Sequence[np.ndarray], norm_type: float) -> float: ...
 def scale_(arrays: Sequence[np.ndarray], factor: float) -> None: ...
 def clamp_(arrays: Sequence[np.ndarray], clip_value: float) -> None: ...
+def lamb_step(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    exp_avgs: Sequence[np.ndarray],
+    exp_avg_sqs: Sequence[np.ndarray],
+    state_steps: Sequence[np.ndarray],
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    bias_correction: bool,
+    maximize: bool,
+    grad_scale: float = 1.0,
+    check_only: bool = False,
+) -> None: ...
+def elementwise_step(
+    name: str,
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    states: Sequence[Sequence[np.ndarray]],
+    counters: Sequence[Sequence[np.ndarray]],
+    hyper: dict[str, float],
+    grad_scale: float = 1.0,
+    check_only: bool = False,
+) -> None: ...
+def elementwise_layout(name: str) -> tuple[list[str], list[str]]: ...

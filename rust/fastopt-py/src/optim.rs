@@ -5,8 +5,9 @@ use crate::arrays::{core_err, items, Dtype, Group, Raw};
 use fastopt_core::optim::elementwise::{self, ElemTensor};
 use std::collections::HashMap;
 use fastopt_core::optim::{
-    adagrad_step as core_adagrad, adam_step as core_adam, rmsprop_step as core_rmsprop, sgd_step as core_sgd, AdagradConfig,
-    AdagradTensor, AdamConfig, AdamTensor, RmspropConfig, RmspropTensor, SgdConfig, SgdTensor,
+    adagrad_step as core_adagrad, adam_step as core_adam, lamb_step as core_lamb, rmsprop_step as core_rmsprop,
+    sgd_step as core_sgd, AdagradConfig, AdagradTensor, AdamConfig, AdamTensor, LambConfig, LambTensor, RmspropConfig,
+    RmspropTensor, SgdConfig, SgdTensor,
 };
 use fastopt_core::Float;
 use pyo3::exceptions::PyValueError;
@@ -364,4 +365,61 @@ fn run_elementwise<T: Float + numpy::Element>(
         })
         .collect();
     py.detach(move || elementwise::step(name, tensors, hyper, grad_scale)).map_err(core_err)
+}
+
+/// One LAMB step over a group, in place (two passes: moments and norms, then the update).
+#[pyfunction]
+#[pyo3(signature = (params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, beta1, beta2, eps, weight_decay,
+    bias_correction, maximize, grad_scale=1.0, check_only=false))]
+#[allow(clippy::too_many_arguments)]
+pub fn lamb_step<'py>(
+    py: Python<'py>,
+    params: &Bound<'py, PyAny>,
+    grads: &Bound<'py, PyAny>,
+    exp_avgs: &Bound<'py, PyAny>,
+    exp_avg_sqs: &Bound<'py, PyAny>,
+    state_steps: &Bound<'py, PyAny>,
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    bias_correction: bool,
+    maximize: bool,
+    grad_scale: f64,
+    check_only: bool,
+) -> PyResult<()> {
+    let (mut g, p) = Group::new(params)?;
+    let gr = g.like_params(grads, "grads", false)?;
+    let m = g.like_params(exp_avgs, "exp_avgs", true)?;
+    let v = g.like_params(exp_avg_sqs, "exp_avg_sqs", true)?;
+    let st = g.steps(state_steps, "state_steps")?;
+    g.finish()?;
+    if check_only {
+        return Ok(());
+    }
+    let cfg = LambConfig { lr, beta1, beta2, eps, weight_decay, bias_correction, maximize, grad_scale };
+    match g.dtype {
+        Dtype::F32 => run_lamb::<f32>(py, &p, &gr, &m, &v, &st, &cfg),
+        Dtype::F64 => run_lamb::<f64>(py, &p, &gr, &m, &v, &st, &cfg),
+    }
+}
+
+fn run_lamb<T: Float + numpy::Element>(py: Python<'_>, p: &[Raw], gr: &[Raw], m: &[Raw], v: &[Raw], st: &[Raw], cfg: &LambConfig) -> PyResult<()> {
+    let tensors: Vec<LambTensor<'_, T>> = (0..p.len())
+        .map(|i| {
+            // SAFETY: as in `run_adam`: dtype, layout, writeability and non-overlap were
+            // checked by `Group`, which keeps the arrays alive for this call.
+            unsafe {
+                LambTensor {
+                    param: p[i].slice_mut(),
+                    grad: gr[i].slice(),
+                    exp_avg: m[i].slice_mut(),
+                    exp_avg_sq: v[i].slice_mut(),
+                    step: &mut st[i].slice_mut::<f32>()[0],
+                }
+            }
+        })
+        .collect();
+    py.detach(move || core_lamb(tensors, cfg)).map_err(core_err)
 }

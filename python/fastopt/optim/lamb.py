@@ -1,0 +1,46 @@
+"""LAMB (You et al., ICLR 2020)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from ..backends import for_arrays
+from .optimizer import Optimizer, check_betas, check_bool, check_nonnegative
+
+__all__ = ["Lamb"]
+
+
+class Lamb(Optimizer):
+    """LAMB: Adam's bias-corrected direction plus decoupled weight decay,
+    ``r = m_hat / (sqrt(v_hat) + eps) + weight_decay * p``, scaled per tensor by the trust
+    ratio ``||p|| / ||r||`` (1 when either norm is 0): ``p -= lr * trust * r`` (Algorithm 2 of
+    the paper, as optax's ``lamb``). Two passes over memory per step, both in Rust, the norms
+    accumulated in double precision independently of the thread count.
+    State: ``step``, ``exp_avg``, ``exp_avg_sq``."""
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-6, weight_decay: float = 0.0, *, bias_correction: bool = True,
+                 maximize: bool = False) -> None:
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, bias_correction=bias_correction,
+                        maximize=maximize)
+        self._validate_group(defaults)
+        super().__init__(params, defaults)
+
+    def _validate_group(self, group):
+        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        check_nonnegative(lr, "lr", f"Invalid learning rate: {lr}")
+        check_nonnegative(eps, "eps", f"Invalid epsilon value: {eps}")
+        check_betas(group["betas"])
+        check_nonnegative(wd, "weight_decay", f"Invalid weight_decay value: {wd}")
+        check_bool(group["bias_correction"], "bias_correction")
+        check_bool(group["maximize"], "maximize")
+
+    def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
+        bufs, created = self._buffers(params, arrays, ("step", "exp_avg", "exp_avg_sq"))
+        b1, b2 = group["betas"]
+        for_arrays(arrays).lamb_step(
+            arrays, grads, bufs[1], bufs[2], bufs[0], group["lr"], b1, b2, group["eps"], group["weight_decay"],
+            group["bias_correction"], group["maximize"], grad_scale, check_only,
+        )
+        if not check_only:
+            self._commit(created)
