@@ -91,8 +91,11 @@ impl<T: Float> SimdKernel for Moments<'_, T> {
         let k = self.k;
         let blocks = self.p.chunks(BLOCK).zip(self.g.chunks(BLOCK)).zip(self.m.chunks_mut(BLOCK)).zip(self.v.chunks_mut(BLOCK));
         for ((((p, g), m), v), slot) in blocks.zip(self.out.iter_mut()) {
+            let n = p.len();
+            let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
             let (mut pp, mut rr) = ([0.0f64; 8], [0.0f64; 8]);
-            for i in 0..p.len() {
+            // Element i adds to lane i % 8; whole groups of 8 first, so the loop vectorizes.
+            let mut lane = |i: usize, j: usize, pp: &mut [f64; 8], rr: &mut [f64; 8]| {
                 let gi = g[i] * k.sign;
                 let mi = A::madd(gi, k.one_minus_beta1, m[i] * k.beta1);
                 let vi = A::madd(k.one_minus_beta2 * gi, gi, v[i] * k.beta2);
@@ -100,8 +103,17 @@ impl<T: Float> SimdKernel for Moments<'_, T> {
                 v[i] = vi;
                 let r = k.direction(p[i], mi, vi).to_f64();
                 let q = p[i].to_f64();
-                pp[i % 8] += q * q;
-                rr[i % 8] += r * r;
+                pp[j] += q * q;
+                rr[j] += r * r;
+            };
+            let full = n - n % 8;
+            for base in (0..full).step_by(8) {
+                for j in 0..8 {
+                    lane(base + j, j, &mut pp, &mut rr);
+                }
+            }
+            for i in full..n {
+                lane(i, i - full, &mut pp, &mut rr);
             }
             *slot = (pp.iter().sum(), rr.iter().sum());
         }
