@@ -486,6 +486,33 @@ impl<T: Float> Rule<T> for Rprop<T> {
     }
 }
 
+fn adabound<T: Float, const AMS: bool>(
+    tensors: Vec<ElemTensor<'_, T>>,
+    h: &dyn Hyper,
+    grad_scale: f64,
+    level: SimdLevel,
+) -> Result<(), Error> {
+    let (lr, b1, b2, eps) = (h.get("lr")?, h.get("beta1")?, h.get("beta2")?, h.get("eps")?);
+    let (final_lr, gamma) = (h.get("final_lr")?, h.get("gamma")?);
+    let g = Grad::new(h, grad_scale, h.flag("decoupled_weight_decay")?)?;
+    run(tensors, 1, level, |c| {
+        *c[0] += 1.0;
+        let step = *c[0] as f64;
+        let (bc1, bc2) = (1.0 - b1.powf(step), 1.0 - b2.powf(step));
+        AdaBound::<T, AMS> {
+            g,
+            beta1: T::from_f64(b1),
+            one_minus_beta1: T::from_f64(1.0 - b1),
+            beta2: T::from_f64(b2),
+            one_minus_beta2: T::from_f64(1.0 - b2),
+            eps: T::from_f64(eps),
+            step_size: T::from_f64(lr * bc2.sqrt() / bc1),
+            lower: T::from_f64(final_lr * (1.0 - 1.0 / (gamma * step + 1.0))),
+            upper: T::from_f64(final_lr * (1.0 + 1.0 / (gamma * step))),
+        }
+    })
+}
+
 pub(crate) fn step_at<T: Float>(
     name: &str,
     tensors: Vec<ElemTensor<'_, T>>,
@@ -572,35 +599,8 @@ pub(crate) fn step_at<T: Float>(
                 }
             })
         }
-        "adabound" | "amsbound" => {
-            let (lr, b1, b2, eps) = (h.get("lr")?, h.get("beta1")?, h.get("beta2")?, h.get("eps")?);
-            let (final_lr, gamma) = (h.get("final_lr")?, h.get("gamma")?);
-            let g = Grad::new(h, grad_scale, h.flag("decoupled_weight_decay")?)?;
-            let make = |c: &mut [&mut f32]| {
-                *c[0] += 1.0;
-                let step = *c[0] as f64;
-                let bc1 = 1.0 - b1.powf(step);
-                let bc2 = 1.0 - b2.powf(step);
-                (
-                    g,
-                    T::from_f64(lr * bc2.sqrt() / bc1),
-                    T::from_f64(final_lr * (1.0 - 1.0 / (gamma * step + 1.0))),
-                    T::from_f64(final_lr * (1.0 + 1.0 / (gamma * step))),
-                )
-            };
-            let common = (T::from_f64(b1), T::from_f64(1.0 - b1), T::from_f64(b2), T::from_f64(1.0 - b2), T::from_f64(eps));
-            if name == "amsbound" {
-                run(tensors, 1, level, |c| {
-                    let (g, step_size, lower, upper) = make(c);
-                    AdaBound::<T, true> { g, beta1: common.0, one_minus_beta1: common.1, beta2: common.2, one_minus_beta2: common.3, eps: common.4, step_size, lower, upper }
-                })
-            } else {
-                run(tensors, 1, level, |c| {
-                    let (g, step_size, lower, upper) = make(c);
-                    AdaBound::<T, false> { g, beta1: common.0, one_minus_beta1: common.1, beta2: common.2, one_minus_beta2: common.3, eps: common.4, step_size, lower, upper }
-                })
-            }
-        }
+        "adabound" => adabound::<T, false>(tensors, h, grad_scale, level),
+        "amsbound" => adabound::<T, true>(tensors, h, grad_scale, level),
         "lion" => {
             let (lr, b1, b2) = (h.get("lr")?, h.get("beta1")?, h.get("beta2")?);
             let rule = Lion {
