@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..hooks import RemovableHandle, register
+from ..nn.utils import clip_coefficient, get_total_norm
 from ..parameter import Parameter
 
 __all__ = ["Optimizer", "required"]
@@ -329,8 +330,6 @@ class Optimizer:
         per_group = self._split_grads(grads) if grads is not None else [None] * len(groups)
         scale = 1.0
         if max_grad_norm is not None or skip_if_nonfinite:
-            from ..nn.utils import clip_coefficient, get_total_norm
-
             if grads is None:
                 per_group = [self._own_grads(gi, g) for gi, g in enumerate(groups)]
             every = [g for row in per_group for g in row if g is not None]
