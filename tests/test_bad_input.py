@@ -62,6 +62,7 @@ OPTIMIZERS = [
     (fo.optim.ASGD, {"t0": 1}),
     (fo.optim.Rprop, {}),
     (fo.optim.Lamb, {"weight_decay": 0.01}),
+    (fo.optim.Adafactor, {"weight_decay": 0.01}),
 ]
 
 
@@ -271,6 +272,9 @@ class TestConstruction:
             (fo.optim.AdaBelief, {"weight_decay": -1}, ValueError, "Invalid weight_decay value: -1"),
             (fo.optim.ASGD, {"lambd": -1.0}, ValueError, "Invalid lambd value: -1.0"),
             (fo.optim.Rprop, {"etas": (1.2, 0.5)}, ValueError, "Invalid eta values: 1.2, 0.5"),
+            (fo.optim.Adafactor, {"beta2_decay": 0.5}, ValueError, "beta2_decay should be <= 0 but is: 0.5"),
+            (fo.optim.Adafactor, {"d": 0.5}, ValueError, "Clipping threshold d should be >= 1 but is: 0.5"),
+            (fo.optim.Adafactor, {"eps": (-1.0, 1e-3)}, ValueError, "epsilon1 should be >= 0 but is: -1.0"),
         ],
     )
     def test_hyperparameters(self, cls, kw, exc, msg):

@@ -154,7 +154,7 @@ def test_adabound_final_lr_follows_a_scheduler():
 ALL = [
     fo.optim.SGD, fo.optim.Adam, fo.optim.AdamW, fo.optim.Adagrad, fo.optim.RMSprop, fo.optim.Adadelta,
     fo.optim.Adamax, fo.optim.NAdam, fo.optim.RAdam, fo.optim.AdaBound, fo.optim.AMSBound, fo.optim.Lion,
-    fo.optim.AdaBelief, fo.optim.ASGD, fo.optim.Rprop, fo.optim.Lamb,
+    fo.optim.AdaBelief, fo.optim.ASGD, fo.optim.Rprop, fo.optim.Lamb, fo.optim.Adafactor,
 ]
 
 

@@ -140,6 +140,7 @@ STEP_CASES = [
     (fo.optim.ASGD, {"lr": 0.01, "t0": 3}),
     (fo.optim.Rprop, {"lr": 0.01}),
     (fo.optim.Lamb, {"lr": 0.01, "weight_decay": 0.01}),
+    (fo.optim.Adafactor, {"lr": 0.01, "maximize": True}),
 ]
 
 

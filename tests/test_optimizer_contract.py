@@ -171,6 +171,7 @@ TORCH_CASES = [
     ("RAdam", {"lr": 0.01, "decoupled_weight_decay": True, "weight_decay": 0.1}),
     ("ASGD", {"lr": 0.01, "t0": 5, "weight_decay": 0.1}),
     ("Rprop", {"lr": 0.01}),
+    ("Adafactor", {"lr": 0.01, "weight_decay": 0.01}),
 ]
 
 

@@ -301,3 +301,25 @@ def test_results_do_not_depend_on_thread_count(cls_name, kwargs, dtype):
         assert set(sa) == set(sb)
         for k in sa:
             assert np.asarray(sa[k]).tobytes() == np.asarray(sb[k]).tobytes(), k
+
+
+# Adafactor: torch divides by zero on an empty parameter, so its shapes leave (0,) out and
+# add a 3-D one (factored statistics over the last two axes).
+ADAFACTOR_SHAPES = [(), (1,), (7,), (1023,), (33, 31), (3, 4, 5)]
+ADAFACTOR_CONFIGS = [
+    {},
+    dict(lr=0.05, weight_decay=0.1, maximize=True, d=1.5),
+    dict(beta2_decay=-0.5, eps=(1e-20, 1e-2)),
+    dict(lr=1e-3, eps=(1e-30, 1e-3), weight_decay=0.01),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kwargs", ADAFACTOR_CONFIGS, ids=[str(i) for i in range(len(ADAFACTOR_CONFIGS))])
+def test_adafactor_matches_torch(torch, threads, kwargs, dtype):
+    _compare("Adafactor", kwargs, ADAFACTOR_SHAPES, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adafactor_large_tensors(torch, dtype):
+    _compare("Adafactor", dict(lr=1e-2, weight_decay=0.01), [(2**20 + 3,), (512, 640)], dtype)

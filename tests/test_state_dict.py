@@ -26,6 +26,7 @@ MORE_CASES = CASES + [
     (fo.optim.ASGD, {"lr": 0.01, "t0": 2}),
     (fo.optim.Rprop, {"lr": 0.01}),
     (fo.optim.Lamb, {"lr": 0.01, "weight_decay": 0.01}),
+    (fo.optim.Adafactor, {"lr": 0.01, "weight_decay": 0.01}),
 ]
 
 

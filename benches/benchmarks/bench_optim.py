@@ -136,3 +136,8 @@ class Rprop(_NoNumpyPeer):
 class Lamb(_NoNumpyPeer):
     optimizer = "Lamb"
     kwargs = {"lr": 1e-3, "weight_decay": 0.01}
+
+
+class Adafactor(_NoNumpyPeer):
+    optimizer = "Adafactor"
+    kwargs = {"lr": 1e-2}

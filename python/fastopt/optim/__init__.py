@@ -1,6 +1,7 @@
 """Optimizers with torch.optim's names, arguments, state layout and update rules."""
 
 from . import functional, lr_scheduler
+from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .elementwise import ASGD, AdaBelief, AdaBound, Adadelta, Adamax, AMSBound, Lion, NAdam, RAdam, Rprop
@@ -10,4 +11,4 @@ from .optimizer import Optimizer, required
 from .rmsprop import RMSprop
 from .sgd import SGD
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop", "AdaBound", "AMSBound", "Lion", "AdaBelief", "Lamb", "functional", "lr_scheduler", "required", "to_torch_state_dict"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop", "AdaBound", "AMSBound", "Lion", "AdaBelief", "Lamb", "Adafactor", "functional", "lr_scheduler", "required", "to_torch_state_dict"]

@@ -62,7 +62,7 @@ mod _fastopt {
     #[pymodule_export]
     use super::clip::{clamp_, scale_, total_norm};
     #[pymodule_export]
-    use super::optim::{adagrad_step, adam_step, elementwise_layout, elementwise_step, lamb_step, rmsprop_step, sgd_step};
+    use super::optim::{adagrad_step, adam_step, check_group, elementwise_layout, elementwise_step, lamb_step, rmsprop_step, sgd_step};
     #[pymodule_export]
     use super::{available_simd_levels, default_num_threads, detected_simd_level, get_num_threads, set_num_threads, set_simd_level, simd_level};
 

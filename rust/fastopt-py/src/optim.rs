@@ -423,3 +423,13 @@ fn run_lamb<T: Float + numpy::Element>(py: Python<'_>, p: &[Raw], gr: &[Raw], m:
         .collect();
     py.detach(move || core_lamb(tensors, cfg)).map_err(core_err)
 }
+
+/// Checks a group's params and grads as the kernels do (dtype, layout, writeability, shapes,
+/// overlap) without changing anything: for optimizers whose update runs as array
+/// operations outside a fused kernel.
+#[pyfunction]
+pub fn check_group<'py>(params: &Bound<'py, PyAny>, grads: &Bound<'py, PyAny>) -> PyResult<()> {
+    let (mut g, _) = Group::new(params)?;
+    g.like_params(grads, "grads", false)?;
+    g.finish()
+}

@@ -1,0 +1,109 @@
+"""Adafactor (torch.optim.Adafactor)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..backends import for_arrays
+from .optimizer import Optimizer, _real, check_bool, check_nonnegative
+
+__all__ = ["Adafactor"]
+
+
+def _lerp_(start: np.ndarray, end: np.ndarray, weight: float) -> None:
+    """torch's lerp_ with a scalar weight (its two forms), in place, in start's dtype."""
+    w = start.dtype.type(weight)
+    if abs(w) < 0.5:
+        start += w * (end - start)
+    else:
+        start[...] = end - (end - start) * (start.dtype.type(1) - w)
+
+
+class Adafactor(Optimizer):
+    """Adafactor (Shazeer & Stern, 2018) with torch.optim.Adafactor's arguments, defaults,
+    checks, state (``step``; ``row_var``/``col_var`` for parameters of 2 or more dimensions,
+    ``variance`` otherwise) and update rule: a relative step size, factored second moments
+    with ``beta2_t = 1 - t**beta2_decay``, update clipping by ``d`` and decoupled weight
+    decay.
+
+    The factored statistics need reductions along axes and an outer product, so this update
+    runs as NumPy array operations per tensor (in torch's order of operations) rather than one
+    fused Rust kernel; the arguments are still checked by the Rust layer before anything
+    changes. Unlike torch (which divides by zero), an empty parameter is simply skipped.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-2, beta2_decay: float = -0.8,
+                 eps: tuple[float | None, float] = (None, 1e-3), d: float = 1.0, weight_decay: float = 0.0, *,
+                 maximize: bool = False) -> None:
+        defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay, maximize=maximize)
+        self._validate_group(defaults)
+        super().__init__(params, defaults)
+
+    def _validate_group(self, group):
+        lr, decay, eps, d, wd = group["lr"], group["beta2_decay"], group["eps"], group["d"], group["weight_decay"]
+        check_nonnegative(lr, "lr", f"Learning rate should be >= 0 but is: {lr}")
+        if not 0.0 >= _real(decay, "beta2_decay"):
+            raise ValueError(f"beta2_decay should be <= 0 but is: {decay}")
+        if not isinstance(eps, (tuple, list)) or len(eps) != 2:
+            raise TypeError(f"eps must be a pair (eps1 or None, eps2), got {eps!r}")
+        if eps[0] is not None and not 0.0 <= _real(eps[0], "eps[0]"):
+            raise ValueError(f"epsilon1 should be >= 0 but is: {eps[0]}")
+        if not 0.0 <= _real(eps[1], "eps[1]"):
+            raise ValueError(f"epsilon2 should be >= 0 but is: {eps[1]}")
+        if not 1.0 <= _real(d, "d"):
+            raise ValueError(f"Clipping threshold d should be >= 1 but is: {d}")
+        check_nonnegative(wd, "weight_decay", f"weight_decay should be >= 0 but is: {wd}")
+        check_bool(group["maximize"], "maximize")
+
+    def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
+        for_arrays(arrays).check_group(arrays, grads)
+        if check_only:
+            return
+        lr, decay, (eps1, eps2), d, wd = (group["lr"], group["beta2_decay"], group["eps"], group["d"],
+                                          group["weight_decay"])
+        for p, a, g in zip(params, arrays, grads):
+            st = self.state[p]
+            if not st:
+                st["step"] = np.zeros((), np.float32)
+                if a.ndim > 1:
+                    st["row_var"] = np.zeros(a.shape[:-1] + (1,), a.dtype)
+                    st["col_var"] = np.zeros(a.shape[:-2] + (1,) + a.shape[-1:], a.dtype)
+                else:
+                    st["variance"] = np.zeros(a.shape, a.dtype)
+            if a.size == 0:
+                st["step"] += np.float32(1)
+                continue
+            self._update(a, g, st, lr, decay, eps1, eps2, d, wd, group["maximize"], grad_scale)
+
+    @staticmethod
+    def _update(p, g, st, lr, decay, eps1, eps2, d, wd, maximize, grad_scale):
+        t = p.dtype.type
+        if grad_scale != 1.0:
+            g = g * t(grad_scale)
+        if maximize:
+            g = -g
+        st["step"] += np.float32(1)
+        step = float(st["step"])
+        one_minus_beta2 = step**decay
+        rho = min(lr, 1 / step**0.5)
+        alpha = max(eps2, float(np.linalg.norm(p.ravel())) / p.size**0.5) * rho
+        if wd != 0:
+            p *= t(1 - lr * wd)
+        e1 = np.finfo(p.dtype).eps if eps1 is None else eps1
+        if g.ndim > 1:
+            row_mean = np.square(np.linalg.norm(g, axis=-1, keepdims=True)) / t(g.shape[-1])
+            _lerp_(st["row_var"], row_mean, one_minus_beta2)
+            col_mean = np.square(np.linalg.norm(g, axis=-2, keepdims=True)) / t(g.shape[-2])
+            _lerp_(st["col_var"], col_mean, one_minus_beta2)
+            var = st["row_var"] @ st["col_var"]
+            var /= np.maximum(st["row_var"].mean(axis=-2, keepdims=True, dtype=p.dtype), t(e1))
+        else:
+            _lerp_(st["variance"], g * g, one_minus_beta2)
+            var = st["variance"].copy()
+        update = t(1) / np.sqrt(np.maximum(var, t(e1 * e1)))
+        update *= g
+        denom = max(1.0, float(np.linalg.norm(update.ravel())) / (update.size**0.5 * d))
+        p += update * t(-alpha / denom)
