@@ -13,6 +13,18 @@ from .optimizer import Optimizer, check_betas, check_bool, check_nonnegative
 __all__ = ["Adamax", "Adadelta", "NAdam", "RAdam", "ASGD", "Rprop", "AdaBound", "AMSBound", "Lion", "AdaBelief"]
 
 
+_LAYOUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _layout(kernel: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(state buffers, counters) of a kernel, asked of the compiled module once."""
+    found = _LAYOUTS.get(kernel)
+    if found is None:
+        states, counters = _fastopt.elementwise_layout(kernel)
+        found = _LAYOUTS[kernel] = (tuple(states), tuple(counters))
+    return found
+
+
 class _Elementwise(Optimizer):
     """Runs the kernel named ``_kernel``; subclasses give the hyperparameters by name."""
 
@@ -31,8 +43,7 @@ class _Elementwise(Optimizer):
 
     def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
         kernel = self._kernel_for(group)
-        states, counters = _fastopt.elementwise_layout(kernel)
-        counters, states = tuple(counters), tuple(states)
+        states, counters = _layout(kernel)
         bufs, created = self._buffers(params, arrays, counters + states, self._fill_for(group), counters)
         k = len(counters)
         F._elementwise(kernel, arrays, grads, bufs[k:], bufs[:k], self._hyper(group), check_only, grad_scale)
