@@ -7,8 +7,9 @@ from .adam import Adam, AdamW
 from .elementwise import ASGD, AdaBelief, AdaBound, Adadelta, Adamax, AMSBound, Lion, NAdam, RAdam, Rprop
 from .interop import to_torch_state_dict
 from .lamb import Lamb
+from .lbfgs import LBFGS
 from .optimizer import Optimizer, required
 from .rmsprop import RMSprop
 from .sgd import SGD
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop", "AdaBound", "AMSBound", "Lion", "AdaBelief", "Lamb", "Adafactor", "functional", "lr_scheduler", "required", "to_torch_state_dict"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop", "AdaBound", "AMSBound", "Lion", "AdaBelief", "Lamb", "Adafactor", "LBFGS", "functional", "lr_scheduler", "required", "to_torch_state_dict"]
