@@ -6,8 +6,19 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from .. import _fastopt
 from ..parameter import Parameter
 from .optimizer import Optimizer, check_bool, check_nonnegative
+
+
+def _absmax(a: np.ndarray) -> np.floating:
+    """max |a_i| without allocating |a| (Rust infinity norm)."""
+    return a.dtype.type(_fastopt.total_norm([a], float("inf"))) if a.size else a.dtype.type(0)
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.floating:
+    """a . b in Rust (double-precision accumulation), as a scalar of the vectors' dtype."""
+    return a.dtype.type(_fastopt.dot(a, b))
 
 __all__ = ["LBFGS"]
 
@@ -32,11 +43,11 @@ def _cubic_interpolate(x1, f1, g1, x2, f2, g2, bounds=None):
 
 def _strong_wolfe(obj_func, x, t, d, f, g, gtd, c1=1e-4, c2=0.9, tolerance_change=1e-9, max_ls=25):
     """torch's line search satisfying the strong Wolfe conditions (bracketing, then zoom)."""
-    d_norm = np.abs(d).max()
+    d_norm = _absmax(d)
     g = g.copy()
     f_new, g_new = obj_func(x, t, d)
     ls_func_evals = 1
-    gtd_new = g_new.dot(d)
+    gtd_new = _dot(g_new, d)
     t_prev, f_prev, g_prev, gtd_prev = 0, f, g, gtd
     done = False
     ls_iter = 0
@@ -60,7 +71,7 @@ def _strong_wolfe(obj_func, x, t, d, f, g, gtd, c1=1e-4, c2=0.9, tolerance_chang
         t_prev, f_prev, g_prev, gtd_prev = tmp, f_new, g_new.copy(), gtd_new
         f_new, g_new = obj_func(x, t, d)
         ls_func_evals += 1
-        gtd_new = g_new.dot(d)
+        gtd_new = _dot(g_new, d)
         ls_iter += 1
     if ls_iter == max_ls:
         bracket, bracket_f, bracket_g = [0, t], [f, f_new], [g, g_new]
@@ -81,7 +92,7 @@ def _strong_wolfe(obj_func, x, t, d, f, g, gtd, c1=1e-4, c2=0.9, tolerance_chang
             insuf_progress = False
         f_new, g_new = obj_func(x, t, d)
         ls_func_evals += 1
-        gtd_new = g_new.dot(d)
+        gtd_new = _dot(g_new, d)
         ls_iter += 1
         if f_new > f + c1 * t * gtd or f_new >= bracket_f[low_pos]:
             bracket[high_pos], bracket_f[high_pos] = t, f_new
@@ -105,8 +116,9 @@ class LBFGS(Optimizer):
     ``prev_flat_grad``, ``prev_loss``, ``func_evals``, ``n_iter``).
 
     Parameters must be :class:`fastopt.Parameter` objects whose ``.grad`` the closure sets.
-    The vector arithmetic runs as NumPy operations on one flat vector (not yet Rust kernels),
-    in the parameters' dtype, as torch's does in theirs."""
+    The vector arithmetic runs on one flat vector: dot products and ``y += a*x`` updates in
+    Rust (double-precision dot accumulation, FMA updates as torch's ``add_``), the rest as
+    NumPy operations, in the parameters' dtype as torch's does in theirs."""
 
     def __init__(self, params: Iterable[Any], lr: float = 1, max_iter: int = 20, max_eval: int | None = None,
                  tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9, history_size: int = 100,
@@ -144,7 +156,7 @@ class LBFGS(Optimizer):
         offset = 0
         for p in self._params:
             n = p.size
-            p.data += update[offset : offset + n].reshape(p.shape) * p.dtype.type(step_size)
+            _fastopt.axpy_(p.data, float(step_size), update[offset : offset + n].reshape(p.shape))
             offset += n
 
     def _directional_evaluate(self, closure, x, t, d):
@@ -179,7 +191,7 @@ class LBFGS(Optimizer):
         current_evals = 1
         state["func_evals"] += 1
         flat_grad = self._gather_flat_grad()
-        if np.abs(flat_grad).max() <= tolerance_grad:
+        if _absmax(flat_grad) <= tolerance_grad:
             return orig_loss
         d, t = state.get("d"), state.get("t")
         old_dirs, old_stps, ro = state.get("old_dirs"), state.get("old_stps"), state.get("ro")
@@ -195,7 +207,7 @@ class LBFGS(Optimizer):
             else:
                 y = flat_grad - prev_flat_grad
                 s = d * t
-                ys = y.dot(s)
+                ys = _dot(y, s)
                 if ys > 1e-10:
                     if len(old_dirs) == history_size:
                         old_dirs.pop(0)
@@ -204,26 +216,26 @@ class LBFGS(Optimizer):
                     old_dirs.append(y)
                     old_stps.append(s)
                     ro.append(1.0 / ys)
-                    H_diag = ys / y.dot(y)
+                    H_diag = ys / _dot(y, y)
                 num_old = len(old_dirs)
                 if "al" not in state:
                     state["al"] = [None] * history_size
                 al = state["al"]
                 q = -flat_grad
                 for i in range(num_old - 1, -1, -1):
-                    al[i] = old_stps[i].dot(q) * ro[i]
-                    q += old_dirs[i] * (-al[i])
+                    al[i] = _dot(old_stps[i], q) * ro[i]
+                    _fastopt.axpy_(q, float(-al[i]), old_dirs[i])
                 d = r = q * H_diag
                 for i in range(num_old):
-                    be_i = old_dirs[i].dot(r) * ro[i]
-                    r += old_stps[i] * (al[i] - be_i)
+                    be_i = _dot(old_dirs[i], r) * ro[i]
+                    _fastopt.axpy_(r, float(al[i] - be_i), old_stps[i])
             prev_flat_grad = flat_grad.copy()
             prev_loss = loss
             if state["n_iter"] == 1:
-                t = min(1.0, 1.0 / np.abs(flat_grad).sum()) * lr
+                t = min(1.0, 1.0 / flat_grad.dtype.type(_fastopt.total_norm([flat_grad], 1.0))) * lr
             else:
                 t = lr
-            gtd = flat_grad.dot(d)
+            gtd = _dot(flat_grad, d)
             if gtd > -tolerance_change:
                 break
             ls_func_evals = 0
@@ -237,7 +249,7 @@ class LBFGS(Optimizer):
                     obj_func, x_init, t, d, loss, flat_grad, gtd, max_ls=max_eval - current_evals
                 )
                 self._add_grad(t, d)
-                opt_cond = np.abs(flat_grad).max() <= tolerance_grad
+                opt_cond = _absmax(flat_grad) <= tolerance_grad
             else:
                 self._add_grad(t, d)
                 opt_cond = False
@@ -245,13 +257,14 @@ class LBFGS(Optimizer):
                     loss = closure()
                     loss = -float(loss) if maximize else float(loss)
                     flat_grad = self._gather_flat_grad()
-                    opt_cond = np.abs(flat_grad).max() <= tolerance_grad
+                    opt_cond = _absmax(flat_grad) <= tolerance_grad
                     ls_func_evals = 1
             current_evals += ls_func_evals
             state["func_evals"] += ls_func_evals
             if n_iter == max_iter or current_evals >= max_eval or opt_cond:
                 break
-            if np.abs(d * t).max() <= tolerance_change:
+            # max|d*t| == |t| * max|d| exactly (rounding is monotone), without a temporary
+            if abs(t) * _absmax(d) <= tolerance_change:
                 break
             if abs(loss - prev_loss) < tolerance_change:
                 break

@@ -10,6 +10,7 @@ use crate::parallel::{self, Split};
 use crate::simd::{self, Arith, SimdKernel};
 use crate::Error;
 
+
 /// Elements per partial of a reduction (a multiple of 64).
 pub const BLOCK: usize = 8192;
 
@@ -209,6 +210,95 @@ pub fn clamp<T: Float>(tensors: Vec<&mut [T]>, lo: T, hi: T) {
     parallel::for_each(items, simd::dispatch);
 }
 
+/// Pairs of blocks of two vectors and the slots of their partial dot products.
+struct DotBlocks<'a, T> {
+    a: &'a [T],
+    b: &'a [T],
+    out: &'a mut [f64],
+}
+
+impl<T: Float> Split for DotBlocks<'_, T> {
+    fn len(&self) -> usize {
+        self.a.len()
+    }
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        let blocks = mid.div_ceil(BLOCK).min(self.out.len());
+        let at = (blocks * BLOCK).min(self.a.len());
+        let (a0, a1) = self.a.split_at(at);
+        let (b0, b1) = self.b.split_at(at);
+        let (o0, o1) = self.out.split_at_mut(blocks);
+        (DotBlocks { a: a0, b: b0, out: o0 }, DotBlocks { a: a1, b: b1, out: o1 })
+    }
+}
+
+impl<T: Float> SimdKernel for DotBlocks<'_, T> {
+    #[inline(always)]
+    fn run<A: Arith>(self) {
+        for ((slot, a), b) in self.out.iter_mut().zip(self.a.chunks(BLOCK)).zip(self.b.chunks(BLOCK)) {
+            let mut acc = [0.0f64; 8];
+            let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+            let (ra, rb) = (ca.remainder(), cb.remainder());
+            for (x, y) in ca.zip(cb) {
+                for j in 0..8 {
+                    acc[j] += x[j].to_f64() * y[j].to_f64();
+                }
+            }
+            for (j, (x, y)) in ra.iter().zip(rb).enumerate() {
+                acc[j] += x.to_f64() * y.to_f64();
+            }
+            *slot = acc.iter().sum();
+        }
+    }
+}
+
+/// The dot product of two equally long vectors, accumulated in double precision in fixed
+/// blocks (the same result whatever the thread count).
+pub fn dot<T: Float>(a: &[T], b: &[T]) -> Result<f64, Error> {
+    if a.len() != b.len() {
+        return Err(Error(format!("dot of {} and {} elements", a.len(), b.len())));
+    }
+    let mut partials = vec![0.0f64; a.len().div_ceil(BLOCK)];
+    parallel::for_each(vec![DotBlocks { a, b, out: &mut partials }], simd::dispatch);
+    Ok(partials.iter().sum())
+}
+
+struct Axpy<'a, T> {
+    y: &'a mut [T],
+    x: &'a [T],
+    alpha: T,
+}
+
+impl<T: Float> Split for Axpy<'_, T> {
+    fn len(&self) -> usize {
+        self.y.len()
+    }
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        let (y0, y1) = self.y.split_at_mut(mid);
+        let (x0, x1) = self.x.split_at(mid);
+        (Axpy { y: y0, x: x0, alpha: self.alpha }, Axpy { y: y1, x: x1, alpha: self.alpha })
+    }
+}
+
+impl<T: Float> SimdKernel for Axpy<'_, T> {
+    #[inline(always)]
+    fn run<A: Arith>(self) {
+        let n = self.y.len();
+        let x = &self.x[..n];
+        for i in 0..n {
+            self.y[i] = A::madd(x[i], self.alpha, self.y[i]);
+        }
+    }
+}
+
+/// `y += alpha * x` in place (torch's `y.add_(x, alpha=alpha)`: one rounding with FMA).
+pub fn axpy<T: Float>(y: &mut [T], alpha: T, x: &[T]) -> Result<(), Error> {
+    if y.len() != x.len() {
+        return Err(Error(format!("axpy of {} and {} elements", y.len(), x.len())));
+    }
+    parallel::for_each(vec![Axpy { y, x, alpha }], simd::dispatch);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +337,23 @@ mod tests {
         assert!(total_norm(&[&with_nan[..]], Norm::L2).is_nan());
         assert!(total_norm(&[&with_nan[..]], Norm::Inf).is_nan());
         assert!(Norm::from_order(-1.0).is_err());
+    }
+
+    #[test]
+    fn dot_and_axpy() {
+        let n = 3 * BLOCK + 13;
+        let (a, b) = (data::<f64>(n, 1), data::<f64>(n, 2));
+        let want: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        let got = dot(&a, &b).unwrap();
+        assert!((got - want).abs() <= 1e-12 * want.abs().max(1.0));
+        crate::parallel::set_num_threads(1).unwrap();
+        let one = dot(&a, &b).unwrap();
+        crate::parallel::set_num_threads(crate::parallel::default_threads()).unwrap();
+        assert_eq!(one.to_bits(), got.to_bits());
+        let mut y = a.clone();
+        axpy(&mut y, 0.5, &b).unwrap();
+        assert!(y.iter().zip(a.iter().zip(&b)).all(|(y, (a, b))| (y - (a + 0.5 * b)).abs() <= 1e-15 * (a.abs() + b.abs() + 1.0)));
+        assert!(dot(&a[..3], &b[..4]).is_err() && axpy(&mut y[..3], 1.0, &b[..4]).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@ use fastopt_core::reduce::{self, Norm};
 use fastopt_core::Float;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyList;
 
 /// The `norm_type` norm of all elements of all `grads` (one float32/float64 dtype per call),
 /// accumulated in double precision; the same whatever the thread count.
@@ -64,4 +65,40 @@ fn run_scale<T: Float + numpy::Element>(py: Python<'_>, raws: &[Raw], factor: T,
         None => reduce::scale(slices, factor),
         Some((lo, hi)) => reduce::clamp(slices, lo, hi),
     })
+}
+
+/// The dot product of two arrays of the same shape and dtype, accumulated in double precision.
+#[pyfunction]
+pub fn dot<'py>(py: Python<'py>, a: &Bound<'py, PyAny>, b: &Bound<'py, PyAny>) -> PyResult<f64> {
+    let (mut g, ra) = Group::first_list(&PyList::new(py, [a])?.into_any(), "a", false)?;
+    let rb = g.like_params(&PyList::new(py, [b])?.into_any(), "b", false)?;
+    g.finish()?;
+    fn run<T: Float + numpy::Element>(py: Python<'_>, a: Raw, b: Raw) -> PyResult<f64> {
+        // SAFETY: `Group` checked dtype `T`, layout and shapes; both arrays are only read and
+        // are kept alive by the caller's `Group`.
+        let (a, b) = unsafe { (a.slice::<T>(), b.slice::<T>()) };
+        py.detach(move || reduce::dot(a, b)).map_err(core_err)
+    }
+    match g.dtype {
+        Dtype::F32 => run::<f32>(py, ra[0], rb[0]),
+        Dtype::F64 => run::<f64>(py, ra[0], rb[0]),
+    }
+}
+
+/// `y += alpha * x` in place (one rounding with FMA, as torch's `add_(x, alpha=)`).
+#[pyfunction]
+pub fn axpy_<'py>(py: Python<'py>, y: &Bound<'py, PyAny>, alpha: f64, x: &Bound<'py, PyAny>) -> PyResult<()> {
+    let (mut g, ry) = Group::first_list(&PyList::new(py, [y])?.into_any(), "y", true)?;
+    let rx = g.like_params(&PyList::new(py, [x])?.into_any(), "x", false)?;
+    g.finish()?;
+    fn run<T: Float + numpy::Element>(py: Python<'_>, y: Raw, x: Raw, alpha: T) -> PyResult<()> {
+        // SAFETY: `Group` checked dtype `T`, layout, that `y` is writeable and does not
+        // overlap `x`; the caller's `Group` keeps both alive.
+        let (y, x) = unsafe { (y.slice_mut::<T>(), x.slice::<T>()) };
+        py.detach(move || reduce::axpy(y, alpha, x)).map_err(core_err)
+    }
+    match g.dtype {
+        Dtype::F32 => run::<f32>(py, ry[0], rx[0], f32::from_f64(alpha)),
+        Dtype::F64 => run::<f64>(py, ry[0], rx[0], alpha),
+    }
 }

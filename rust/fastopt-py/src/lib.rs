@@ -60,7 +60,7 @@ fn default_num_threads() -> usize {
 #[pymodule]
 mod _fastopt {
     #[pymodule_export]
-    use super::clip::{clamp_, scale_, total_norm};
+    use super::clip::{axpy_, clamp_, dot, scale_, total_norm};
     #[pymodule_export]
     use super::optim::{adagrad_step, adam_step, check_group, elementwise_layout, elementwise_step, lamb_step, rmsprop_step, sgd_step};
     #[pymodule_export]
