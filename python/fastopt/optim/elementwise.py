@@ -60,7 +60,24 @@ def _adam_like_checks(group: dict[str, Any]) -> None:
     check_bool(group["maximize"], "maximize")
 
 
-class Adamax(_Elementwise):
+class _AdamLike(_Elementwise):
+    """Optimizers with Adam's options (lr, betas, eps, weight_decay, maximize, and
+    decoupled_weight_decay where they have it): shared checks and hyperparameters."""
+
+    def _validate_group(self, group):
+        _adam_like_checks(group)
+        if "decoupled_weight_decay" in group:
+            check_bool(group["decoupled_weight_decay"], "decoupled_weight_decay")
+
+    def _hyper(self, g):
+        h = dict(lr=g["lr"], beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"], weight_decay=g["weight_decay"],
+                 maximize=g["maximize"])
+        if "decoupled_weight_decay" in g:
+            h["decoupled_weight_decay"] = g["decoupled_weight_decay"]
+        return h
+
+
+class Adamax(_AdamLike):
     """Adamax, Adam's infinity-norm variant (torch.optim.Adamax: arguments, defaults, checks,
     state ``step``/``exp_avg``/``exp_inf`` and update rule)."""
 
@@ -71,13 +88,6 @@ class Adamax(_Elementwise):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
         self._validate_group(defaults)
         super().__init__(params, defaults)
-
-    def _validate_group(self, group):
-        _adam_like_checks(group)
-
-    def _hyper(self, g):
-        return dict(lr=g["lr"], beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"],
-                    weight_decay=g["weight_decay"], maximize=g["maximize"])
 
 
 class Adadelta(_Elementwise):
@@ -106,7 +116,7 @@ class Adadelta(_Elementwise):
         return dict(lr=g["lr"], rho=g["rho"], eps=g["eps"], weight_decay=g["weight_decay"], maximize=g["maximize"])
 
 
-class NAdam(_Elementwise):
+class NAdam(_AdamLike):
     """NAdam, Adam with Nesterov momentum and momentum decay (torch.optim.NAdam: arguments,
     defaults, checks, state ``step``/``mu_product``/``exp_avg``/``exp_avg_sq`` with
     ``mu_product`` a float32 counter as in torch, and update rule)."""
@@ -124,18 +134,15 @@ class NAdam(_Elementwise):
         super().__init__(params, defaults)
 
     def _validate_group(self, group):
-        _adam_like_checks(group)
+        super()._validate_group(group)
         md = group["momentum_decay"]
         check_nonnegative(md, "momentum_decay", f"Invalid momentum_decay value: {md}")
-        check_bool(group["decoupled_weight_decay"], "decoupled_weight_decay")
 
     def _hyper(self, g):
-        return dict(lr=g["lr"], beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"], weight_decay=g["weight_decay"],
-                    momentum_decay=g["momentum_decay"], decoupled_weight_decay=g["decoupled_weight_decay"],
-                    maximize=g["maximize"])
+        return dict(super()._hyper(g), momentum_decay=g["momentum_decay"])
 
 
-class RAdam(_Elementwise):
+class RAdam(_AdamLike):
     """RAdam, Adam with variance rectification (torch.optim.RAdam: arguments, defaults,
     checks, state ``step``/``exp_avg``/``exp_avg_sq`` and update rule)."""
 
@@ -148,14 +155,6 @@ class RAdam(_Elementwise):
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
         self._validate_group(defaults)
         super().__init__(params, defaults)
-
-    def _validate_group(self, group):
-        _adam_like_checks(group)
-        check_bool(group["decoupled_weight_decay"], "decoupled_weight_decay")
-
-    def _hyper(self, g):
-        return dict(lr=g["lr"], beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"], weight_decay=g["weight_decay"],
-                    decoupled_weight_decay=g["decoupled_weight_decay"], maximize=g["maximize"])
 
 
 class ASGD(_Elementwise):
@@ -218,7 +217,7 @@ class Rprop(_Elementwise):
                     step_size_max=g["step_sizes"][1], weight_decay=0.0, maximize=g["maximize"])
 
 
-class AdaBound(_Elementwise):
+class AdaBound(_AdamLike):
     """AdaBound (Luo et al., ICLR 2019): Adam whose per-element step size is clamped into
     ``[final_lr * (1 - 1/(gamma*t + 1)), final_lr * (1 + 1/(gamma*t))]``, so it moves from
     Adam towards SGD with lr ``final_lr``; ``amsbound=True`` is AMSBound (AMSGrad's maximum).
@@ -241,13 +240,12 @@ class AdaBound(_Elementwise):
         self.param_groups[-1].setdefault("base_lr", self.param_groups[-1]["lr"])
 
     def _validate_group(self, group):
-        _adam_like_checks(group)
+        super()._validate_group(group)
         fl, gamma = group["final_lr"], group["gamma"]
         check_nonnegative(fl, "final_lr", f"Invalid final learning rate: {fl}")
         if not 0.0 <= gamma < 1.0:
             raise ValueError(f"Invalid gamma parameter: {gamma}")
         check_bool(group["amsbound"], "amsbound")
-        check_bool(group["decoupled_weight_decay"], "decoupled_weight_decay")
 
     def _kernel_for(self, group):
         return "amsbound" if group["amsbound"] else "adabound"
@@ -255,9 +253,7 @@ class AdaBound(_Elementwise):
     def _hyper(self, g):
         base = g.get("base_lr", g["lr"])
         final_lr = g["final_lr"] * g["lr"] / base if base else g["final_lr"]
-        return dict(lr=g["lr"], beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"], weight_decay=g["weight_decay"],
-                    final_lr=final_lr, gamma=g["gamma"], decoupled_weight_decay=g["decoupled_weight_decay"],
-                    maximize=g["maximize"])
+        return dict(super()._hyper(g), final_lr=final_lr, gamma=g["gamma"])
 
 
 class AMSBound(AdaBound):
@@ -292,7 +288,7 @@ class Lion(_Elementwise):
                     maximize=g["maximize"])
 
 
-class AdaBelief(_Elementwise):
+class AdaBelief(_AdamLike):
     """AdaBelief (Zhuang et al., NeurIPS 2020, Algorithm 1): Adam with the second moment of
     ``g - m`` (plus ``eps``), both moments bias-corrected. Decoupled weight decay by default,
     as the authors' implementation. State: ``step``, ``exp_avg``, ``exp_avg_var``."""
@@ -306,11 +302,3 @@ class AdaBelief(_Elementwise):
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
         self._validate_group(defaults)
         super().__init__(params, defaults)
-
-    def _validate_group(self, group):
-        _adam_like_checks(group)
-        check_bool(group["decoupled_weight_decay"], "decoupled_weight_decay")
-
-    def _hyper(self, g):
-        return dict(lr=g["lr"], beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"], weight_decay=g["weight_decay"],
-                    decoupled_weight_decay=g["decoupled_weight_decay"], maximize=g["maximize"])
