@@ -25,9 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fastopt as fo  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     TORCH_FUSED,
+    NumpyAdadelta,
     NumpyAdagrad,
     NumpyAdam,
+    NumpyAdamax,
+    NumpyASGD,
+    NumpyNAdam,
+    NumpyRAdam,
     NumpyRMSprop,
+    NumpyRprop,
     NumpySGD,
     problem,
     set_threads,
@@ -40,12 +46,12 @@ OPTIMIZERS = {
     "sgd": ("SGD", {"lr": 1e-3, "momentum": 0.9}, lambda p, g: NumpySGD(p, g, lr=1e-3, momentum=0.9).step),
     "adagrad": ("Adagrad", {"lr": 1e-2}, lambda p, g: NumpyAdagrad(p, g, lr=1e-2).step),
     "rmsprop": ("RMSprop", {"lr": 1e-2}, lambda p, g: NumpyRMSprop(p, g, lr=1e-2).step),
-    "adamax": ("Adamax", {"lr": 2e-3}, None),
-    "adadelta": ("Adadelta", {"lr": 1.0}, None),
-    "nadam": ("NAdam", {"lr": 2e-3}, None),
-    "radam": ("RAdam", {"lr": 1e-3}, None),
-    "asgd": ("ASGD", {"lr": 1e-2}, None),
-    "rprop": ("Rprop", {"lr": 1e-2}, None),
+    "adamax": ("Adamax", {"lr": 2e-3}, lambda p, g: NumpyAdamax(p, g, lr=2e-3).step),
+    "adadelta": ("Adadelta", {"lr": 1.0}, lambda p, g: NumpyAdadelta(p, g, lr=1.0).step),
+    "nadam": ("NAdam", {"lr": 2e-3}, lambda p, g: NumpyNAdam(p, g, lr=2e-3).step),
+    "radam": ("RAdam", {"lr": 1e-3}, lambda p, g: NumpyRAdam(p, g, lr=1e-3).step),
+    "asgd": ("ASGD", {"lr": 1e-2}, lambda p, g: NumpyASGD(p, g, lr=1e-2).step),
+    "rprop": ("Rprop", {"lr": 1e-2}, lambda p, g: NumpyRprop(p, g, lr=1e-2).step),
 }
 
 

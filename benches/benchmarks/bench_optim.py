@@ -7,7 +7,23 @@ import numpy as np
 
 import fastopt as fo
 
-from .common import SIZES, THREADS, NumpyAdagrad, NumpyAdam, NumpyRMSprop, NumpySGD, problem, set_threads, torch_optimizer
+from .common import (
+    SIZES,
+    THREADS,
+    NumpyAdadelta,
+    NumpyAdagrad,
+    NumpyAdam,
+    NumpyAdamax,
+    NumpyASGD,
+    NumpyNAdam,
+    NumpyRAdam,
+    NumpyRMSprop,
+    NumpyRprop,
+    NumpySGD,
+    problem,
+    set_threads,
+    torch_optimizer,
+)
 
 IMPLS = ["fastopt", "torch", "torch-foreach", "torch-fused", "numpy"]
 
@@ -88,24 +104,36 @@ class _NoNumpyPeer(_Step):
         raise NotImplementedError("no NumPy version of this optimizer in the suite")
 
 
-class Adamax(_NoNumpyPeer):
+class Adamax(_Step):
     optimizer = "Adamax"
     kwargs = {"lr": 2e-3}
 
+    def numpy_step(self, p, g):
+        return NumpyAdamax(p, g, **self.kwargs).step
 
-class Adadelta(_NoNumpyPeer):
+
+class Adadelta(_Step):
     optimizer = "Adadelta"
     kwargs = {"lr": 1.0}
 
+    def numpy_step(self, p, g):
+        return NumpyAdadelta(p, g, **self.kwargs).step
 
-class NAdam(_NoNumpyPeer):
+
+class NAdam(_Step):
     optimizer = "NAdam"
     kwargs = {"lr": 2e-3}
 
+    def numpy_step(self, p, g):
+        return NumpyNAdam(p, g, **self.kwargs).step
 
-class RAdam(_NoNumpyPeer):
+
+class RAdam(_Step):
     optimizer = "RAdam"
     kwargs = {"lr": 1e-3}
+
+    def numpy_step(self, p, g):
+        return NumpyRAdam(p, g, **self.kwargs).step
 
 
 class AdaBound(_NoNumpyPeer):
@@ -123,14 +151,20 @@ class AdaBelief(_NoNumpyPeer):
     kwargs = {"lr": 1e-3}
 
 
-class ASGD(_NoNumpyPeer):
+class ASGD(_Step):
     optimizer = "ASGD"
     kwargs = {"lr": 1e-2}
 
+    def numpy_step(self, p, g):
+        return NumpyASGD(p, g, **self.kwargs).step
 
-class Rprop(_NoNumpyPeer):
+
+class Rprop(_Step):
     optimizer = "Rprop"
     kwargs = {"lr": 1e-2}
+
+    def numpy_step(self, p, g):
+        return NumpyRprop(p, g, **self.kwargs).step
 
 
 class Lamb(_NoNumpyPeer):

@@ -128,3 +128,167 @@ class NumpyRMSprop:
         np.divide(self.g, self.tmp, out=self.tmp)
         self.tmp *= -self.lr
         self.p += self.tmp
+
+
+class _NumpyBase:
+    """Shared shape of the NumPy peers: in place, one preallocated temporary, step counter."""
+
+    def __init__(self, p, g):
+        self.p, self.g, self.t = p, g, 0
+        self.tmp = np.empty_like(p)
+
+
+class NumpyAdadelta(_NumpyBase):
+    def __init__(self, p, g, lr=1.0, rho=0.9, eps=1e-6):
+        super().__init__(p, g)
+        self.lr, self.rho, self.eps = lr, rho, eps
+        self.sq, self.acc, self.delta = np.zeros_like(p), np.zeros_like(p), np.empty_like(p)
+
+    def step(self):
+        g, tmp, delta = self.g, self.tmp, self.delta
+        self.sq *= self.rho
+        np.multiply(g, g, out=tmp)
+        tmp *= 1 - self.rho
+        self.sq += tmp
+        np.add(self.acc, self.eps, out=delta)
+        np.sqrt(delta, out=delta)
+        np.add(self.sq, self.eps, out=tmp)
+        np.sqrt(tmp, out=tmp)
+        delta /= tmp
+        delta *= g
+        self.acc *= self.rho
+        np.multiply(delta, delta, out=tmp)
+        tmp *= 1 - self.rho
+        self.acc += tmp
+        delta *= -self.lr
+        self.p += delta
+
+
+class NumpyAdamax(_NumpyBase):
+    def __init__(self, p, g, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+        super().__init__(p, g)
+        self.lr, self.b1, self.b2, self.eps = lr, beta1, beta2, eps
+        self.m, self.u = np.zeros_like(p), np.zeros_like(p)
+
+    def step(self):
+        self.t += 1
+        g, tmp = self.g, self.tmp
+        self.m *= self.b1
+        np.multiply(g, 1 - self.b1, out=tmp)
+        self.m += tmp
+        self.u *= self.b2
+        np.abs(g, out=tmp)
+        tmp += self.eps
+        np.maximum(self.u, tmp, out=self.u)
+        np.divide(self.m, self.u, out=tmp)
+        tmp *= -self.lr / (1 - self.b1**self.t)
+        self.p += tmp
+
+
+class NumpyNAdam(_NumpyBase):
+    def __init__(self, p, g, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8, momentum_decay=4e-3):
+        super().__init__(p, g)
+        self.lr, self.b1, self.b2, self.eps, self.md = lr, beta1, beta2, eps, momentum_decay
+        self.m, self.v, self.denom = np.zeros_like(p), np.zeros_like(p), np.empty_like(p)
+        self.mu_product = 1.0
+
+    def step(self):
+        self.t += 1
+        t, g, tmp, denom = self.t, self.g, self.tmp, self.denom
+        mu = self.b1 * (1 - 0.5 * 0.96 ** (t * self.md))
+        mu_next = self.b1 * (1 - 0.5 * 0.96 ** ((t + 1) * self.md))
+        # torch keeps mu_product as a float32 tensor
+        self.mu_product = float(np.float32(self.mu_product) * np.float32(mu))
+        self.m *= self.b1
+        np.multiply(g, 1 - self.b1, out=tmp)
+        self.m += tmp
+        self.v *= self.b2
+        np.multiply(g, g, out=tmp)
+        tmp *= 1 - self.b2
+        self.v += tmp
+        np.divide(self.v, 1 - self.b2**t, out=denom)
+        np.sqrt(denom, out=denom)
+        denom += self.eps
+        np.divide(g, denom, out=tmp)
+        tmp *= -self.lr * (1 - mu) / (1 - self.mu_product)
+        self.p += tmp
+        np.divide(self.m, denom, out=tmp)
+        tmp *= -self.lr * mu_next / (1 - self.mu_product * mu_next)
+        self.p += tmp
+
+
+class NumpyRAdam(_NumpyBase):
+    def __init__(self, p, g, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+        super().__init__(p, g)
+        self.lr, self.b1, self.b2, self.eps = lr, beta1, beta2, eps
+        self.m, self.v, self.denom = np.zeros_like(p), np.zeros_like(p), np.empty_like(p)
+
+    def step(self):
+        self.t += 1
+        t, g, tmp = self.t, self.g, self.tmp
+        self.m *= self.b1
+        np.multiply(g, 1 - self.b1, out=tmp)
+        self.m += tmp
+        self.v *= self.b2
+        np.multiply(g, g, out=tmp)
+        tmp *= 1 - self.b2
+        self.v += tmp
+        bc1, bc2 = 1 - self.b1**t, 1 - self.b2**t
+        rho_inf = 2 / (1 - self.b2) - 1
+        rho_t = rho_inf - 2 * t * self.b2**t / bc2
+        if rho_t > 5:
+            rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+            np.sqrt(self.v, out=self.denom)
+            self.denom += self.eps
+            np.divide(self.m, self.denom, out=tmp)
+            tmp *= -self.lr * rect * bc2**0.5 / bc1
+        else:
+            np.multiply(self.m, -self.lr / bc1, out=tmp)
+        self.p += tmp
+
+
+class NumpyASGD(_NumpyBase):
+    def __init__(self, p, g, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6):
+        super().__init__(p, g)
+        self.lr, self.lambd, self.alpha, self.t0 = lr, lambd, alpha, t0
+        self.ax, self.eta, self.mu = np.zeros_like(p), float(np.float32(lr)), 1.0
+
+    def step(self):
+        self.t += 1
+        self.p *= 1 - self.lambd * self.eta
+        np.multiply(self.g, -self.eta, out=self.tmp)
+        self.p += self.tmp
+        if self.mu != 1:
+            np.subtract(self.p, self.ax, out=self.tmp)
+            self.tmp *= self.mu
+            self.ax += self.tmp
+        else:
+            self.ax[...] = self.p
+        # torch keeps eta and mu as float32 tensors
+        self.eta = float(np.float32(self.lr / (1 + self.lambd * self.lr * self.t) ** self.alpha))
+        self.mu = float(np.float32(1 / max(1, self.t - self.t0)))
+
+
+class NumpyRprop(_NumpyBase):
+    def __init__(self, p, g, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50)):
+        super().__init__(p, g)
+        self.etaminus, self.etaplus = etas
+        self.lo, self.hi = step_sizes
+        self.prev, self.size = np.zeros_like(p), np.full_like(p, lr)
+        self.factor, self.gg = np.empty_like(p), np.empty_like(p)
+
+    def step(self):
+        np.multiply(self.g, self.prev, out=self.tmp)
+        np.sign(self.tmp, out=self.factor)
+        # sign -> etaplus / etaminus / 1, then clamp the step sizes
+        np.copyto(self.factor, self.etaplus, where=self.factor > 0)
+        np.copyto(self.factor, self.etaminus, where=self.factor < 0)
+        np.copyto(self.factor, 1.0, where=self.factor == 0)
+        self.size *= self.factor
+        np.clip(self.size, self.lo, self.hi, out=self.size)
+        np.copyto(self.gg, self.g)
+        np.copyto(self.gg, 0.0, where=self.factor == self.etaminus)
+        np.sign(self.gg, out=self.tmp)
+        self.tmp *= self.size
+        self.p -= self.tmp
+        np.copyto(self.prev, self.gg)
