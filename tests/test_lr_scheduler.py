@@ -10,7 +10,6 @@ the step-order warning and torch's argument checks.
 from __future__ import annotations
 
 import copy
-import math
 import random
 import warnings
 

@@ -3,8 +3,6 @@ loop, foreach, fused) and careful in-place NumPy, over size and thread count."""
 
 from __future__ import annotations
 
-import numpy as np
-
 import fastopt as fo
 
 from .common import (

@@ -6,13 +6,14 @@ from typing import Any
 
 import numpy as np
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+#: The dtypes fastopt's kernels take.
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _check_float_array(value: Any, what: str) -> np.ndarray:
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{what} must be a numpy.ndarray, got {type(value).__name__}")
-    if value.dtype not in _FLOATS:
+    if value.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{what} must have dtype float32 or float64, got {value.dtype}")
     return value
 

@@ -11,17 +11,14 @@ from __future__ import annotations
 import math
 import types
 import warnings
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from .. import _fastopt
-from ..parameter import Parameter
+from ..parameter import FLOAT_DTYPES, Parameter
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_total_norm"]
-
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
 
 def _as_list(tensors: Any, what: str) -> list:
     if isinstance(tensors, (np.ndarray, Parameter)):
@@ -36,7 +33,7 @@ def _by_dtype(arrays: list[np.ndarray], what: str) -> dict[np.dtype, list[np.nda
     for i, a in enumerate(arrays):
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{what}[{i}] must be a numpy.ndarray, got {type(a).__name__}")
-        if a.dtype not in _FLOATS:
+        if a.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{what}[{i}] has dtype {a.dtype}; gradients must be float32 or float64")
         groups.setdefault(a.dtype, []).append(a)
     return groups

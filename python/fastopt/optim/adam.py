@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-import numpy as np
-
 from . import functional as F
 from .optimizer import Optimizer, check_betas, check_bool, check_nonnegative
 

@@ -49,6 +49,11 @@ _EPOCH_WARNING = (
 )
 
 
+def _check_step(step: Any) -> None:
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be a non-negative int, got {step!r}")
+
+
 def _check_optimizer(optimizer: Any) -> None:
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"{type(optimizer).__name__} is not an Optimizer")
@@ -191,8 +196,7 @@ class LRScheduler:
 
         Equal to stepping, up to the rounding torch's recursive formulas accumulate (tested
         within 1e-12 relative over 500 steps)."""
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        _check_step(step)
         return self._closed_form(step)
 
     def _closed_form(self, t: int) -> list[float]:
@@ -636,8 +640,7 @@ class CyclicLR(LRScheduler):
 
     def momentum_at(self, step: int) -> list[float] | None:
         """The momentum (or beta1) of each group after ``step`` steps; None without cycling."""
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        _check_step(step)
         return self._torch_values(step)[1]
 
     def state_dict(self) -> dict[str, Any]:
@@ -782,8 +785,7 @@ class OneCycleLR(LRScheduler):
 
     def momentum_at(self, step: int) -> list[float] | None:
         """The momentum (or beta1) of each group after ``step`` steps; None without cycling."""
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        _check_step(step)
         return self._values(step)[1] if self.cycle_momentum else None
 
 

@@ -23,12 +23,9 @@ import numpy as np
 
 from ..hooks import RemovableHandle, register
 from ..nn.utils import clip_coefficient, get_total_norm
-from ..parameter import Parameter
+from ..parameter import FLOAT_DTYPES, Parameter
 
 __all__ = ["Optimizer", "required"]
-
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
 
 class _RequiredParameter:
     """Marks an option a param group must give (torch's ``required``)."""
@@ -234,7 +231,7 @@ class Optimizer:
                     f"but params[{i}] is {type(p).__name__}"
                 )
             a = _array_of(p)
-            if a.dtype not in _FLOATS:
+            if a.dtype not in FLOAT_DTYPES:
                 raise TypeError(f"params[{i}] has dtype {a.dtype}; optimizers take float32 or float64")
         dtypes = {_array_of(p).dtype for p in params}
         if len(dtypes) > 1:
