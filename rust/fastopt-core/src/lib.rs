@@ -5,6 +5,7 @@
 //! [`parallel`]. The Python bindings live in the `fastopt-py` crate.
 
 pub mod float;
+pub mod math;
 pub mod optim;
 pub mod parallel;
 pub mod reduce;
