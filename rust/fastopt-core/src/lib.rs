@@ -6,6 +6,7 @@
 
 pub mod float;
 pub mod math;
+pub mod nn;
 pub mod optim;
 pub mod parallel;
 pub mod reduce;
@@ -38,6 +39,14 @@ pub(crate) fn check_len(what: &str, index: usize, len: usize, expected: usize) -
 #[cfg(test)]
 pub(crate) mod test_util {
     use crate::Float;
+
+    /// Held by tests that change or depend on the process-wide SIMD level or thread count
+    /// (tests run concurrently).
+    pub static GLOBAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    pub fn global() -> std::sync::MutexGuard<'static, ()> {
+        GLOBAL.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
     /// Deterministic values in about [-2, 2) with a few exact zeros.
     pub fn data<T: Float>(n: usize, seed: u64) -> Vec<T> {

@@ -196,6 +196,7 @@ mod tests {
 
     #[test]
     fn every_element_once_at_any_thread_count() {
+        let _g = crate::test_util::global();
         for threads in [1, 2, 3] {
             set_num_threads(threads).unwrap();
             assert_eq!(num_threads(), threads);

@@ -1,0 +1,443 @@
+//! Batch normalization over `(N, C, L)` (L = the product of the spatial sizes; 1 for `(N, C)`).
+//!
+//! Statistics are computed per channel in float64 by merging chunk statistics (Chan et al.'s
+//! parallel form of Welford's update): each chunk (a contiguous `L`-run of one sample, or a
+//! block of rows when `L == 1`) contributes its count, mean and sum of squared deviations from
+//! its own mean, so a float32 batch with mean 1e4 and std 1 keeps its variance (a sum of
+//! squares would lose it). A channel is always reduced by one thread in a fixed order, so the
+//! results do not depend on the thread count.
+
+use crate::float::Float;
+use crate::parallel::{self, Split};
+use crate::simd::{self, Arith, SimdKernel};
+use crate::Error;
+
+/// `(N, C, L)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub n: usize,
+    pub c: usize,
+    pub l: usize,
+}
+
+impl Shape {
+    fn len(self) -> usize {
+        self.n * self.c * self.l
+    }
+    fn check(self, what: &str, len: usize) -> Result<(), Error> {
+        if len != self.len() {
+            return Err(Error(format!("{what} has {len} elements, not {} x {} x {}", self.n, self.c, self.l)));
+        }
+        Ok(())
+    }
+    fn check_c(self, what: &str, len: usize) -> Result<(), Error> {
+        if len != self.c {
+            return Err(Error(format!("{what} has {len} elements but there are {} channels", self.c)));
+        }
+        Ok(())
+    }
+}
+
+/// Rows per chunk when `L == 1`.
+const ROW_BLOCK: usize = 64;
+
+/// A range of channels and its per-channel outputs.
+struct Channels<'a, T> {
+    x: &'a [T],
+    g: Option<&'a [T]>,
+    mean: Option<&'a [T]>,
+    s: Shape,
+    c0: usize,
+    out1: &'a mut [f64],
+    out2: &'a mut [f64],
+}
+
+impl<T: Send + Sync> Split for Channels<'_, T> {
+    fn len(&self) -> usize {
+        self.out1.len() * self.s.n * self.s.l
+    }
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        let per = (self.s.n * self.s.l).max(1);
+        let mut k = mid.div_ceil(per);
+        if self.s.l == 1 {
+            // Keep channel ranges whole vectors wide.
+            k = k.next_multiple_of(16);
+        }
+        let k = k.min(self.out1.len());
+        let (a1, b1) = self.out1.split_at_mut(k);
+        let (a2, b2) = self.out2.split_at_mut(k);
+        let c0 = self.c0;
+        (
+            Channels { x: self.x, g: self.g, mean: self.mean, s: self.s, c0, out1: a1, out2: a2 },
+            Channels { x: self.x, g: self.g, mean: self.mean, s: self.s, c0: c0 + k, out1: b1, out2: b2 },
+        )
+    }
+}
+
+#[inline(always)]
+fn sum_lanes<T: Float>(v: &[T]) -> f64 {
+    let mut acc = [0f64; 8];
+    let mut ch = v.chunks_exact(8);
+    for c in &mut ch {
+        for j in 0..8 {
+            acc[j] += c[j].to_f64();
+        }
+    }
+    ch.remainder().iter().map(|x| x.to_f64()).sum::<f64>() + acc.iter().sum::<f64>()
+}
+
+#[inline(always)]
+fn dev2_lanes<T: Float>(v: &[T], m: f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let mut ch = v.chunks_exact(8);
+    for c in &mut ch {
+        for j in 0..8 {
+            let d = c[j].to_f64() - m;
+            acc[j] += d * d;
+        }
+    }
+    ch.remainder().iter().map(|x| (x.to_f64() - m) * (x.to_f64() - m)).sum::<f64>() + acc.iter().sum::<f64>()
+}
+
+/// Merges chunk statistics `(nb, mb, m2b)` into `(na, ma, m2a)`.
+#[inline(always)]
+fn merge(na: f64, ma: &mut f64, m2a: &mut f64, nb: f64, mb: f64, m2b: f64) {
+    let n = na + nb;
+    let d = mb - *ma;
+    *ma += d * (nb / n);
+    *m2a += m2b + d * d * (na * nb / n);
+}
+
+struct Stats<'a, T>(Channels<'a, T>);
+
+impl<T: Float> SimdKernel for Stats<'_, T> {
+    #[inline(always)]
+    fn run<A: Arith>(self) {
+        let Channels { x, s, c0, out1: mean, out2: var, .. } = self.0;
+        let w = mean.len();
+        if s.l > 1 {
+            for (k, (m, v)) in mean.iter_mut().zip(var.iter_mut()).enumerate() {
+                let c = c0 + k;
+                let (mut cnt, mut mu, mut m2) = (0.0, 0.0, 0.0);
+                for i in 0..s.n {
+                    let seg = &x[(i * s.c + c) * s.l..][..s.l];
+                    let sm = sum_lanes(seg) / s.l as f64;
+                    merge(cnt, &mut mu, &mut m2, s.l as f64, sm, dev2_lanes(seg, sm));
+                    cnt += s.l as f64;
+                }
+                *m = mu;
+                *v = if cnt > 0.0 { m2 / cnt } else { f64::NAN };
+            }
+        } else {
+            mean.iter_mut().for_each(|m| *m = 0.0);
+            var.iter_mut().for_each(|v| *v = 0.0);
+            let mut bs = vec![0f64; w];
+            let mut bm2 = vec![0f64; w];
+            let mut cnt = 0.0;
+            for r0 in (0..s.n).step_by(ROW_BLOCK) {
+                let rows = (s.n - r0).min(ROW_BLOCK);
+                bs.iter_mut().for_each(|v| *v = 0.0);
+                bm2.iter_mut().for_each(|v| *v = 0.0);
+                for i in r0..r0 + rows {
+                    let row = &x[i * s.c + c0..][..w];
+                    bs.iter_mut().zip(row).for_each(|(a, &v)| *a += v.to_f64());
+                }
+                let inv = 1.0 / rows as f64;
+                bs.iter_mut().for_each(|v| *v *= inv);
+                for i in r0..r0 + rows {
+                    let row = &x[i * s.c + c0..][..w];
+                    bm2.iter_mut().zip(row).zip(&bs).for_each(|((a, &v), &m)| {
+                        let d = v.to_f64() - m;
+                        *a += d * d;
+                    });
+                }
+                for k in 0..w {
+                    merge(cnt, &mut mean[k], &mut var[k], rows as f64, bs[k], bm2[k]);
+                }
+                cnt += rows as f64;
+            }
+            var.iter_mut().for_each(|v| *v = if cnt > 0.0 { *v / cnt } else { f64::NAN });
+            if cnt == 0.0 {
+                mean.iter_mut().for_each(|m| *m = f64::NAN);
+            }
+        }
+    }
+}
+
+struct Sums<'a, T>(Channels<'a, T>);
+
+impl<T: Float> SimdKernel for Sums<'_, T> {
+    #[inline(always)]
+    fn run<A: Arith>(self) {
+        let Channels { x, g, mean, s, c0, out1: sg, out2: sgx } = self.0;
+        let (g, mean) = (g.unwrap_or(&[]), mean.unwrap_or(&[]));
+        let w = sg.len();
+        if s.l > 1 {
+            for k in 0..w {
+                let c = c0 + k;
+                let mu = mean[c].to_f64();
+                let (mut a, mut b) = ([0f64; 8], [0f64; 8]);
+                for i in 0..s.n {
+                    let off = (i * s.c + c) * s.l;
+                    let (xs, gs) = (&x[off..][..s.l], &g[off..][..s.l]);
+                    let mut cx = xs.chunks_exact(8);
+                    let mut cg = gs.chunks_exact(8);
+                    for (xv, gv) in (&mut cx).zip(&mut cg) {
+                        for j in 0..8 {
+                            let gg = gv[j].to_f64();
+                            a[j] += gg;
+                            b[j] += gg * (xv[j].to_f64() - mu);
+                        }
+                    }
+                    for (xv, gv) in cx.remainder().iter().zip(cg.remainder()) {
+                        a[0] += gv.to_f64();
+                        b[0] += gv.to_f64() * (xv.to_f64() - mu);
+                    }
+                }
+                sg[k] = a.iter().sum();
+                sgx[k] = b.iter().sum();
+            }
+        } else {
+            sg.iter_mut().for_each(|v| *v = 0.0);
+            sgx.iter_mut().for_each(|v| *v = 0.0);
+            let mu = &mean[c0..][..w];
+            for i in 0..s.n {
+                let (xs, gs) = (&x[i * s.c + c0..][..w], &g[i * s.c + c0..][..w]);
+                for k in 0..w {
+                    let gg = gs[k].to_f64();
+                    sg[k] += gg;
+                    sgx[k] += gg * (xs[k].to_f64() - mu[k].to_f64());
+                }
+            }
+        }
+    }
+}
+
+/// Per-channel mean and biased variance (float64) of `x`, seen as `(N, C, L)`.
+pub fn stats<T: Float>(x: &[T], s: Shape, mean: &mut [f64], var: &mut [f64]) -> Result<(), Error> {
+    s.check("input", x.len())?;
+    s.check_c("mean", mean.len())?;
+    s.check_c("var", var.len())?;
+    let ch = Channels { x, g: None, mean: None, s, c0: 0, out1: mean, out2: var };
+    parallel::for_each(vec![ch], |w| simd::dispatch(Stats(w)));
+    Ok(())
+}
+
+/// Per-channel `sum(g)` and `sum(g * (x - mean))` in float64.
+pub fn backward_sums<T: Float>(g: &[T], x: &[T], mean: &[T], s: Shape, sum_g: &mut [f64], sum_gx: &mut [f64]) -> Result<(), Error> {
+    s.check("grad_output", g.len())?;
+    s.check("input", x.len())?;
+    s.check_c("mean", mean.len())?;
+    s.check_c("sum_g", sum_g.len())?;
+    s.check_c("sum_gx", sum_gx.len())?;
+    let ch = Channels { x, g: Some(g), mean: Some(mean), s, c0: 0, out1: sum_g, out2: sum_gx };
+    parallel::for_each(vec![ch], |w| simd::dispatch(Sums(w)));
+    Ok(())
+}
+
+/// Per-channel parameters of an element-wise pass.
+pub struct PerChannel<'a, T> {
+    pub mean: &'a [T],
+    pub scale: &'a [T],
+    pub shift: &'a [T],
+    /// Backward only: the per-channel `k` of `(x - mean) * k` (None in eval mode).
+    pub k: Option<&'a [T]>,
+}
+
+impl<T> Clone for PerChannel<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for PerChannel<'_, T> {}
+
+fn cut<T>(v: Option<&[T]>, mid: usize) -> (Option<&[T]>, Option<&[T]>) {
+    match v {
+        Some(v) => {
+            let (a, b) = v.split_at(mid);
+            (Some(a), Some(b))
+        }
+        None => (None, None),
+    }
+}
+
+/// A flat range of the output starting at element `start`.
+struct Flat<'a, T> {
+    a: Option<&'a [T]>,
+    b: Option<&'a [T]>,
+    out: &'a mut [T],
+    start: usize,
+    s: Shape,
+    p: PerChannel<'a, T>,
+    backward: bool,
+}
+
+impl<T: Send + Sync> Split for Flat<'_, T> {
+    fn len(&self) -> usize {
+        self.out.len()
+    }
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        let ((a0, a1), (b0, b1)) = (cut(self.a, mid), cut(self.b, mid));
+        let (o0, o1) = self.out.split_at_mut(mid);
+        (
+            Flat { a: a0, b: b0, out: o0, start: self.start, s: self.s, p: self.p, backward: self.backward },
+            Flat { a: a1, b: b1, out: o1, start: self.start + mid, s: self.s, p: self.p, backward: self.backward },
+        )
+    }
+}
+
+impl<T: Float> SimdKernel for Flat<'_, T> {
+    #[inline(always)]
+    fn run<A: Arith>(self) {
+        let Flat { a, b, out, start, s, p, backward } = self;
+        let mut done = 0;
+        while done < out.len() {
+            let idx = start + done;
+            // A run of elements whose channel parameters are constant (L > 1) or consecutive
+            // (L == 1: along one row).
+            let (c, run) = if s.l > 1 { ((idx / s.l) % s.c, s.l - idx % s.l) } else { (idx % s.c, s.c - idx % s.c) };
+            let run = run.min(out.len() - done);
+            let o = &mut out[done..done + run];
+            let av = a.map(|v| &v[done..done + run]);
+            let bv = b.map(|v| &v[done..done + run]);
+            if s.l > 1 {
+                let (m, sc, sh) = (p.mean[c], p.scale[c], p.shift[c]);
+                if !backward {
+                    // out = (x - mean) * scale + shift; x is `a`, or `out` itself.
+                    match av {
+                        Some(x) => o.iter_mut().zip(x).for_each(|(o, &x)| *o = A::madd(x - m, sc, sh)),
+                        None => o.iter_mut().for_each(|o| *o = A::madd(*o - m, sc, sh)),
+                    }
+                } else {
+                    let (g, x) = (av.unwrap_or(&[]), bv.unwrap_or(&[]));
+                    match p.k {
+                        // out = (g - shift - (x - mean) * k) * scale
+                        Some(k) => {
+                            let k = k[c];
+                            o.iter_mut().zip(g.iter().zip(x)).for_each(|(o, (&g, &x))| *o = (g - sh - (x - m) * k) * sc)
+                        }
+                        None => o.iter_mut().zip(g).for_each(|(o, &g)| *o = g * sc),
+                    }
+                }
+            } else {
+                let (m, sc, sh) = (&p.mean[c..c + run], &p.scale[c..c + run], &p.shift[c..c + run]);
+                if !backward {
+                    match av {
+                        Some(x) => o.iter_mut().zip(x).zip(m.iter().zip(sc.iter().zip(sh))).for_each(|((o, &x), (&m, (&sc, &sh)))| *o = A::madd(x - m, sc, sh)),
+                        None => o.iter_mut().zip(m.iter().zip(sc.iter().zip(sh))).for_each(|(o, (&m, (&sc, &sh)))| *o = A::madd(*o - m, sc, sh)),
+                    }
+                } else {
+                    let (g, x) = (av.unwrap_or(&[]), bv.unwrap_or(&[]));
+                    match p.k {
+                        Some(k) => {
+                            let k = &k[c..c + run];
+                            o.iter_mut()
+                                .zip(g.iter().zip(x))
+                                .zip(m.iter().zip(k))
+                                .zip(sc.iter().zip(sh))
+                                .for_each(|(((o, (&g, &x)), (&m, &k)), (&sc, &sh))| *o = (g - sh - (x - m) * k) * sc)
+                        }
+                        None => o.iter_mut().zip(g).zip(sc).for_each(|((o, &g), &sc)| *o = g * sc),
+                    }
+                }
+            }
+            done += run;
+        }
+    }
+}
+
+fn check_params<T>(s: Shape, p: &PerChannel<'_, T>) -> Result<(), Error> {
+    s.check_c("mean", p.mean.len())?;
+    s.check_c("scale", p.scale.len())?;
+    s.check_c("shift", p.shift.len())?;
+    if let Some(k) = p.k {
+        s.check_c("k", k.len())?;
+    }
+    Ok(())
+}
+
+/// `out = (x - mean[c]) * scale[c] + shift[c]`; `x = None` normalizes `out` in place.
+pub fn normalize<T: Float>(x: Option<&[T]>, out: &mut [T], s: Shape, p: PerChannel<'_, T>) -> Result<(), Error> {
+    s.check("out", out.len())?;
+    if let Some(x) = x {
+        s.check("input", x.len())?;
+    }
+    check_params(s, &p)?;
+    let f = Flat { a: x, b: None, out, start: 0, s, p: PerChannel { k: None, ..p }, backward: false };
+    parallel::for_each(vec![f], simd::dispatch);
+    Ok(())
+}
+
+/// `out = (g - shift[c] - (x - mean[c]) * k[c]) * scale[c]` (training), or
+/// `out = g * scale[c]` when `p.k` is None (eval).
+pub fn backward_input<T: Float>(g: &[T], x: &[T], out: &mut [T], s: Shape, p: PerChannel<'_, T>) -> Result<(), Error> {
+    s.check("grad_output", g.len())?;
+    s.check("input", x.len())?;
+    s.check("out", out.len())?;
+    check_params(s, &p)?;
+    let f = Flat { a: Some(g), b: Some(x), out, start: 0, s, p, backward: true };
+    parallel::for_each(vec![f], simd::dispatch);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::data;
+
+    #[test]
+    fn stats_are_stable_and_thread_independent() {
+        let _g = crate::test_util::global();
+        for s in [Shape { n: 300, c: 37, l: 1 }, Shape { n: 8, c: 5, l: 49 }, Shape { n: 1, c: 3, l: 2 }, Shape { n: 200, c: 40, l: 9 }] {
+            // float32, mean 1e4, std about 1: a float32 sum of squares would lose the variance.
+            let x: Vec<f32> = data::<f64>(s.len(), 2).iter().map(|v| (1e4 + v) as f32).collect();
+            let mut results = vec![];
+            for threads in [1, 2] {
+                crate::parallel::set_num_threads(threads).unwrap();
+                let (mut m, mut v) = (vec![0.0; s.c], vec![0.0; s.c]);
+                stats(&x, s, &mut m, &mut v).unwrap();
+                results.push((m, v));
+            }
+            assert_eq!(results[0], results[1]);
+            let (m, v) = &results[0];
+            for c in 0..s.c {
+                let vals: Vec<f64> = (0..s.n).flat_map(|i| (0..s.l).map(move |j| (i * s.c + c) * s.l + j)).map(|k| f64::from(x[k])).collect();
+                let mu = vals.iter().sum::<f64>() / vals.len() as f64;
+                let var = vals.iter().map(|v| (v - mu) * (v - mu)).sum::<f64>() / vals.len() as f64;
+                assert!((m[c] - mu).abs() < 1e-9 && (v[c] - var).abs() < 1e-9 * (1.0 + var), "{s:?} c={c}: {} {} vs {mu} {var}", m[c], v[c]);
+            }
+        }
+        crate::parallel::set_num_threads(crate::parallel::default_threads()).unwrap();
+    }
+
+    #[test]
+    fn normalize_and_backward_by_channel() {
+        for s in [Shape { n: 70, c: 37, l: 1 }, Shape { n: 6, c: 5, l: 33 }] {
+            let x: Vec<f64> = data::<f64>(s.len(), 7);
+            let g: Vec<f64> = data::<f64>(s.len(), 8);
+            let mean: Vec<f64> = (0..s.c).map(|c| c as f64 * 0.1).collect();
+            let scale: Vec<f64> = (0..s.c).map(|c| 1.0 + c as f64).collect();
+            let shift: Vec<f64> = (0..s.c).map(|c| -(c as f64)).collect();
+            let k: Vec<f64> = (0..s.c).map(|c| 0.5 * c as f64).collect();
+            let p = PerChannel { mean: &mean, scale: &scale, shift: &shift, k: Some(&k) };
+            let mut y = vec![0.0; s.len()];
+            normalize(Some(&x), &mut y, s, p).unwrap();
+            let mut gx = vec![0.0; s.len()];
+            backward_input(&g, &x, &mut gx, s, p).unwrap();
+            let (mut sg, mut sgx) = (vec![0.0; s.c], vec![0.0; s.c]);
+            backward_sums(&g, &x, &mean, s, &mut sg, &mut sgx).unwrap();
+            let (mut esg, mut esgx) = (vec![0.0; s.c], vec![0.0; s.c]);
+            for i in 0..s.len() {
+                let c = (i / s.l) % s.c;
+                let (wy, wg) = ((x[i] - mean[c]) * scale[c] + shift[c], (g[i] - shift[c] - (x[i] - mean[c]) * k[c]) * scale[c]);
+                assert!((y[i] - wy).abs() < 1e-14 * (1.0 + wy.abs()), "{} vs {wy}", y[i]);
+                assert!((gx[i] - wg).abs() < 1e-13 * (1.0 + wg.abs()), "{} vs {wg}", gx[i]);
+                esg[c] += g[i];
+                esgx[c] += g[i] * (x[i] - mean[c]);
+            }
+            for c in 0..s.c {
+                assert!((sg[c] - esg[c]).abs() < 1e-12 && (sgx[c] - esgx[c]).abs() < 1e-12);
+            }
+        }
+    }
+}
