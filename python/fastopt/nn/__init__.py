@@ -1,5 +1,6 @@
-"""Neural-network helpers (so far: gradient clipping in ``fastopt.nn.utils``)."""
+"""Neural-network kernels: ``functional`` (activations, softmax, losses, batch_norm),
+``init`` (weight initializers) and ``utils`` (gradient clipping)."""
 
-from . import utils
+from . import functional, init, utils
 
-__all__ = ["utils"]
+__all__ = ["functional", "init", "utils"]

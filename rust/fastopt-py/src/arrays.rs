@@ -23,7 +23,7 @@ pub enum Dtype {
 }
 
 impl Dtype {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Dtype::F32 => "float32",
             Dtype::F64 => "float64",
@@ -44,9 +44,20 @@ pub struct Label {
     index: usize,
 }
 
+impl Label {
+    /// A single array, named without an index.
+    pub const fn plain(name: &'static str) -> Label {
+        Label { name, index: usize::MAX }
+    }
+}
+
 impl std::fmt::Display for Label {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}[{}]", self.name, self.index)
+        if self.index == usize::MAX {
+            f.write_str(self.name)
+        } else {
+            write!(f, "{}[{}]", self.name, self.index)
+        }
     }
 }
 
@@ -58,6 +69,10 @@ pub struct Raw {
 }
 
 impl Raw {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
     /// # Safety
     /// `T` must be the array's element type (checked against the group's dtype when the
     /// `Raw` was made), the array must outlive `'a` (its owner, a `Bound`, is held by the
@@ -296,6 +311,69 @@ impl<'py> Group<'py> {
             self.owners.push(arr);
         }
         Ok(raws)
+    }
+
+    /// A call on single arrays: `obj` (named `name`) sets the dtype. No parameter list.
+    pub fn single(obj: &Bound<'py, PyAny>, name: &'static str, written: bool) -> PyResult<(Group<'py>, Raw)> {
+        let label = Label::plain(name);
+        let arr = as_array(obj, label)?;
+        let dtype = dtype_of(&arr).ok_or_else(|| {
+            PyTypeError::new_err(format!("{label} has dtype {}; fastopt kernels take float32 or float64 arrays", arr.dtype()))
+        })?;
+        let mut g = Group { dtype, params: vec![], owners: vec![], spans: vec![] };
+        let raw = g.check_layout(&arr, label, dtype.itemsize(), written)?;
+        g.owners.push(arr);
+        Ok((g, raw))
+    }
+
+    /// Another single array of the call: of the call's dtype (or `dtype` when given), with
+    /// `shape` when given.
+    pub fn array(
+        &mut self,
+        obj: &Bound<'py, PyAny>,
+        name: &'static str,
+        written: bool,
+        shape: Option<&[usize]>,
+        dtype: Option<Dtype>,
+    ) -> PyResult<Raw> {
+        let label = Label::plain(name);
+        let arr = as_array(obj, label)?;
+        let want = dtype.unwrap_or(self.dtype);
+        if dtype_of(&arr) != Some(want) {
+            return Err(PyTypeError::new_err(format!(
+                "{label} has dtype {} but must be {} (fastopt never casts implicitly)",
+                arr.dtype(),
+                want.name()
+            )));
+        }
+        if let Some(shape) = shape {
+            if arr.shape() != shape {
+                return Err(PyValueError::new_err(format!(
+                    "{label} has shape {} but must have shape {}",
+                    shape_str(arr.shape()),
+                    shape_str(shape)
+                )));
+            }
+        }
+        let raw = self.check_layout(&arr, label, want.itemsize(), written)?;
+        self.owners.push(arr);
+        Ok(raw)
+    }
+
+    /// A C-contiguous int64 array of `len` elements (class indices), only read.
+    pub fn int64(&mut self, obj: &Bound<'py, PyAny>, name: &'static str, len: usize) -> PyResult<Raw> {
+        let label = Label::plain(name);
+        let arr = as_array(obj, label)?;
+        let d = arr.dtype();
+        if d.num() != NPY_TYPES::NPY_LONGLONG as i32 && d.num() != NPY_TYPES::NPY_LONG as i32 || d.itemsize() != 8 || d.is_native_byteorder() == Some(false) {
+            return Err(PyTypeError::new_err(format!("{label} must be an int64 array, got dtype {d}")));
+        }
+        if arr.len() != len {
+            return Err(PyValueError::new_err(format!("{label} has {} elements but must have {len}", arr.len())));
+        }
+        let raw = self.check_layout(&arr, label, 8, false)?;
+        self.owners.push(arr);
+        Ok(raw)
     }
 
     /// Rejects any overlap between an array that is written and any other array of the call.

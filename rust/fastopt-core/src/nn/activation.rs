@@ -225,13 +225,17 @@ impl<T: Math> Forward<T> for GeluTanh {
 impl<T: Math> Backward<T> for GeluTanh {
     #[inline(always)]
     fn f<A: Arith>(self, g: T, x: T) -> T {
-        // torch's formula (ATen GeluKernel): d/dx of x (1 + tanh(u)) / 2.
+        // d/dx of x (1 + tanh(u)) / 2 (torch's formula), rewritten with s = sigmoid(2u):
+        // (1 + tanh u) / 2 = s and 1 - tanh^2 u = 4 s (1 - s), which do not cancel where
+        // tanh(u) rounds to -1 or 1.
         let x2 = x * x;
         let u = T::from_f64(SQRT_2_PI) * A::madd(T::from_f64(KAPPA) * x, x2, x);
-        let th = u.tanh::<A>();
-        let left = half::<T>() * x;
-        let right_d = left * (T::ONE - th * th) * T::from_f64(SQRT_2_PI) * A::madd(T::from_f64(3.0 * KAPPA), x2, T::ONE);
-        g * (half::<T>() * (T::ONE + th) + right_d)
+        let e = (-(u + u)).exp::<A>();
+        let s = T::ONE / (T::ONE + e);
+        // 1 - s = e s, or 1 where e overflowed (s = 0).
+        let oms = if s == T::ZERO { T::ONE } else { e * s };
+        let du = T::from_f64(SQRT_2_PI) * A::madd(T::from_f64(3.0 * KAPPA), x2, T::ONE);
+        g * A::madd((x + x) * s * oms, du, s)
     }
 }
 impl<T: Math> Forward<T> for Silu {

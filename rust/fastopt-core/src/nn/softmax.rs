@@ -152,9 +152,10 @@ fn last_axis<A: Arith, T: Math>(kind: Kind, x: &[T], y: Option<&[T]>, o: &mut [T
                 let r = T::from_f64(1.0 / s);
                 o.iter_mut().for_each(|v| *v = *v * r);
             } else {
-                // torch: x - (max + log(sum)).
-                let shift = m + T::from_f64(s.ln());
-                o.iter_mut().zip(x).for_each(|(o, &v)| *o = v - shift);
+                // (x - max) - log(sum): x - max is exact near the maximum, where a combined
+                // shift x - (max + log(sum)) would round at the magnitude of max.
+                let ls = T::from_f64(s.ln());
+                o.iter_mut().zip(x).for_each(|(o, &v)| *o = (v - m) - ls);
             }
         }
         Kind::SoftmaxBackward => {
@@ -191,7 +192,7 @@ fn middle_axis<A: Arith, T: Math>(kind: Kind, x: &[T], y: Option<&[T]>, o: &mut 
                 if kind == Kind::Softmax {
                     or.iter_mut().zip(acc.iter()).for_each(|(o, &s)| *o = *o * T::from_f64(1.0 / s));
                 } else {
-                    or.iter_mut().zip(xr).zip(acc.iter().zip(red.iter())).for_each(|((o, &v), (&s, &m))| *o = v - (m + T::from_f64(s.ln())));
+                    or.iter_mut().zip(xr).zip(acc.iter().zip(red.iter())).for_each(|((o, &v), (&s, &m))| *o = (v - m) - T::from_f64(s.ln()));
                 }
             }
         }
