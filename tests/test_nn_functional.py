@@ -425,3 +425,54 @@ def test_bad_losses_and_batch_norm_input():
         F.batch_norm(x, rm, rv, weight=[1, 1, 1])
     np.testing.assert_array_equal(rm, 0)
     np.testing.assert_array_equal(rv, 1)
+
+
+# ----------------------------------------------------------------------------- properties
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+ANY_FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=32)
+SHAPES = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=7)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), name=st.sampled_from(sorted(ACTS)), dtype=st.sampled_from(DTYPES))
+def test_property_any_shape_layout_and_value(torch, data, name, dtype):
+    """Any shape (0-d, empty, up to 4-D), any float32-representable values, contiguous or a
+    strided view: the shape is kept, a view gives what its contiguous copy gives, and the
+    values are those of torch's float64 function within the forward test's bar."""
+    base = data.draw(hnp.arrays(dtype, data.draw(SHAPES), elements=ANY_FLOATS))
+    x = base
+    if base.ndim >= 1 and data.draw(st.booleans()):
+        x = base[::-1] if base.ndim == 1 else np.swapaxes(base, 0, -1)
+    fwd = ACTS[name][0]
+    y = fwd(x)
+    assert y.shape == x.shape and y.dtype == dtype
+    np.testing.assert_array_equal(y, fwd(np.ascontiguousarray(x)))
+    if name.startswith("gelu") or x.size == 0:
+        return
+    ref = torch_fn(torch, name)(torch.from_numpy(np.ascontiguousarray(x, np.float64))).numpy().astype(dtype)
+    close(y, ref, 4 * np.finfo(dtype).eps, 1e-36 if dtype == np.float32 else 1e-300, name)
+
+
+@settings(max_examples=40, deadline=None)
+@given(x=hnp.arrays(np.float64, hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=6), elements=st.floats(-1e3, 1e3)), data=st.data())
+def test_property_softmax_is_a_distribution(x, data):
+    dim = data.draw(st.integers(-x.ndim, x.ndim - 1))
+    p = F.softmax(x, dim)
+    assert np.all(p >= 0) and np.all(p <= 1)
+    np.testing.assert_allclose(p.sum(axis=dim), 1.0, rtol=1e-13)
+    np.testing.assert_allclose(np.exp(F.log_softmax(x, dim)), p, rtol=1e-12, atol=1e-300)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(2, 40), c=st.integers(1, 9), l=st.integers(1, 9), mean=st.floats(-1e4, 1e4), std=st.floats(1e-2, 1e2))
+def test_property_batch_norm_standardizes(n, c, l, mean, std):
+    x = np.random.default_rng(n * 100 + c).standard_normal((n, c, l)) * std + mean
+    if np.ptp(x, axis=(0, 2)).min() < 1e-6 * std:
+        return
+    y = F.batch_norm(x, None, None, training=True, eps=0.0)
+    np.testing.assert_allclose(y.mean(axis=(0, 2)), 0.0, atol=1e-9)
+    np.testing.assert_allclose(y.var(axis=(0, 2)), 1.0, rtol=1e-9)
