@@ -65,176 +65,181 @@ pub trait Math: Float {
 macro_rules! impl_math {
     ($t:ident, $u:ident, $i:ident, $mant:expr, $bias:expr, $m:ident, $module:ident) => {
         mod $module {
-        use super::{clamp, consts, horner, Arith, Math};
-        use super::coefs::$m;
+            use super::coefs::$m;
+            use super::{clamp, consts, horner, Arith, Math};
 
-        impl Math for $t {
-            #[inline(always)]
-            fn exp<A: Arith>(self) -> $t {
-                let (k, p) = reduce::<A>(clamp(self, consts::$m::EXP_MIN, consts::$m::EXP_MAX));
-                // 2^k in two factors (each a normal number) so that results in the subnormal
-                // range are rounded once, by the last multiplication.
-                let k1 = k >> 1;
-                let r = ((1.0 + p) * pow2(k1)) * pow2(k - k1);
-                if self > consts::$m::EXP_MAX {
-                    $t::INFINITY
-                } else if self < consts::$m::EXP_MIN {
-                    0.0
-                } else {
-                    // NaN propagates through p.
-                    r
+            impl Math for $t {
+                #[inline(always)]
+                fn exp<A: Arith>(self) -> $t {
+                    let (k, p) = reduce::<A>(clamp(self, consts::$m::EXP_MIN, consts::$m::EXP_MAX));
+                    // 2^k in two factors (each a normal number) so that results in the subnormal
+                    // range are rounded once, by the last multiplication.
+                    let k1 = k >> 1;
+                    let r = ((1.0 + p) * pow2(k1)) * pow2(k - k1);
+                    if self > consts::$m::EXP_MAX {
+                        $t::INFINITY
+                    } else if self < consts::$m::EXP_MIN {
+                        0.0
+                    } else {
+                        // NaN propagates through p.
+                        r
+                    }
                 }
-            }
 
-            #[inline(always)]
-            fn expm1<A: Arith>(self) -> $t {
-                let big = self > consts::$m::EXPM1_BIG;
-                let x = clamp(self, consts::$m::EXPM1_MIN, consts::$m::EXP_MAX);
-                let (k, p) = reduce::<A>(x);
-                let k1 = k >> 1;
-                let large = ((1.0 + p) * pow2(k1)) * pow2(k - k1);
-                // k <= EXPM1_BIG / ln2 here, so 2^k is a normal number and s*p exact.
-                let s = pow2(k.min(consts::$m::EXPM1_KMAX));
-                let small = A::madd(s, p, s - 1.0);
-                if self > consts::$m::EXP_MAX {
-                    $t::INFINITY
-                } else if big {
-                    large
-                } else if self == 0.0 {
-                    // Keeps the sign of -0.0 (s*p + (s - 1) is +0).
-                    self
-                } else {
-                    small
+                #[inline(always)]
+                fn expm1<A: Arith>(self) -> $t {
+                    let big = self > consts::$m::EXPM1_BIG;
+                    let x = clamp(self, consts::$m::EXPM1_MIN, consts::$m::EXP_MAX);
+                    let (k, p) = reduce::<A>(x);
+                    let k1 = k >> 1;
+                    let large = ((1.0 + p) * pow2(k1)) * pow2(k - k1);
+                    // k <= EXPM1_BIG / ln2 here, so 2^k is a normal number and s*p exact.
+                    let s = pow2(k.min(consts::$m::EXPM1_KMAX));
+                    let small = A::madd(s, p, s - 1.0);
+                    if self > consts::$m::EXP_MAX {
+                        $t::INFINITY
+                    } else if big {
+                        large
+                    } else if self == 0.0 {
+                        // Keeps the sign of -0.0 (s*p + (s - 1) is +0).
+                        self
+                    } else {
+                        small
+                    }
                 }
-            }
 
-            #[inline(always)]
-            fn log1p<A: Arith>(self) -> $t {
-                let x = self;
-                // u + err == 1 + x exactly (two-sum).
-                let u = 1.0 + x;
-                let bb = u - 1.0;
-                let err = (1.0 - (u - bb)) + (x - bb);
-                // u = 2^k m with m in [sqrt(1/2), sqrt(2)).
-                let off = consts::$m::SQRT_HALF_BITS;
-                let tmp = u.to_bits().wrapping_sub(off);
-                let k = (tmp as $i) >> $mant;
-                let m = $t::from_bits(u.to_bits().wrapping_sub(tmp & (!0 << $mant)));
-                let kf = k as $t;
-                let f = m - 1.0;
-                let s = f / (2.0 + f);
-                let z = s * s;
-                let two_s = s + s;
-                let log_m = A::madd(s * z, horner::<A, $t, { $m::LOG_R.len() }>(&$m::LOG_R, z), two_s);
-                let lo = A::madd(kf, consts::$m::LN2_LO, err / u);
-                let r = A::madd(kf, consts::$m::LN2_HI, log_m + lo);
-                if x == $t::INFINITY {
+                #[inline(always)]
+                fn log1p<A: Arith>(self) -> $t {
+                    let x = self;
+                    // u + err == 1 + x exactly (two-sum).
+                    let u = 1.0 + x;
+                    let bb = u - 1.0;
+                    let err = (1.0 - (u - bb)) + (x - bb);
+                    // u = 2^k m with m in [sqrt(1/2), sqrt(2)).
+                    let off = consts::$m::SQRT_HALF_BITS;
+                    let tmp = u.to_bits().wrapping_sub(off);
+                    let k = (tmp as $i) >> $mant;
+                    let m = $t::from_bits(u.to_bits().wrapping_sub(tmp & (!0 << $mant)));
+                    let kf = k as $t;
+                    let f = m - 1.0;
+                    let s = f / (2.0 + f);
+                    let z = s * s;
+                    let two_s = s + s;
+                    let log_m = A::madd(
+                        s * z,
+                        horner::<A, $t, { $m::LOG_R.len() }>(&$m::LOG_R, z),
+                        two_s,
+                    );
+                    let lo = A::madd(kf, consts::$m::LN2_LO, err / u);
+                    let r = A::madd(kf, consts::$m::LN2_HI, log_m + lo);
+                    if x == $t::INFINITY {
+                        $t::INFINITY
+                    } else if x == -1.0 {
+                        $t::NEG_INFINITY
+                    } else if x < -1.0 {
+                        $t::NAN
+                    } else if x.abs() < consts::$m::LOG1P_TINY {
+                        // ln(1 + x) rounds to x (also keeps -0.0 and subnormals exact).
+                        x
+                    } else {
+                        r
+                    }
+                }
+
+                #[inline(always)]
+                fn tanh<A: Arith>(self) -> $t {
+                    let ax = self.abs();
+                    let t = (2.0 * clamp(ax, 0.0, consts::$m::TANH_SAT)).expm1::<A>();
+                    let r = t / (t + 2.0);
+                    let r = if ax >= consts::$m::TANH_SAT { 1.0 } else { r };
+                    r.copysign(self)
+                }
+
+                #[inline(always)]
+                fn erf<A: Arith>(self) -> $t {
+                    let ax = self.abs();
+                    let small =
+                        self * horner::<A, $t, { $m::ERF_A.len() }>(&$m::ERF_A, self * self);
+                    let large = 1.0 - erfc_large::<A>(ax);
+                    if ax < 1.0 {
+                        small
+                    } else {
+                        large.copysign(self)
+                    }
+                }
+
+                #[inline(always)]
+                fn erfc<A: Arith>(self) -> $t {
+                    let ax = self.abs();
+                    let small =
+                        1.0 - self * horner::<A, $t, { $m::ERF_A.len() }>(&$m::ERF_A, self * self);
+                    let e = erfc_large::<A>(ax);
+                    // 1 - erf(x) cancels for x towards 1: the large form takes over from 0.5.
+                    if self < 0.5 && self > -1.0 {
+                        small
+                    } else if self > 0.0 {
+                        e
+                    } else {
+                        // NaN lands here too: 2 - NaN.
+                        2.0 - e
+                    }
+                }
+
+                #[inline(always)]
+                fn copysign(self, sign: $t) -> $t {
+                    $t::copysign(self, sign)
+                }
+                #[inline(always)]
+                fn infinity() -> $t {
                     $t::INFINITY
-                } else if x == -1.0 {
-                    $t::NEG_INFINITY
-                } else if x < -1.0 {
+                }
+                #[inline(always)]
+                fn nan() -> $t {
                     $t::NAN
-                } else if x.abs() < consts::$m::LOG1P_TINY {
-                    // ln(1 + x) rounds to x (also keeps -0.0 and subnormals exact).
-                    x
-                } else {
-                    r
                 }
             }
 
+            /// `x = k ln2 + r`: returns `k` and `expm1(r)`. `x` must be finite or NaN and within
+            /// the clamping range of the callers.
             #[inline(always)]
-            fn tanh<A: Arith>(self) -> $t {
-                let ax = self.abs();
-                let t = (2.0 * clamp(ax, 0.0, consts::$m::TANH_SAT)).expm1::<A>();
-                let r = t / (t + 2.0);
-                let r = if ax >= consts::$m::TANH_SAT { 1.0 } else { r };
-                r.copysign(self)
+            fn reduce<A: Arith>(x: $t) -> ($i, $t) {
+                let z = x * consts::$m::LOG2E;
+                // Adding 1.5 * 2^MANT rounds z to an integer, which then sits in the low bits.
+                let kd = z + consts::$m::SHIFT;
+                let k = (kd.to_bits() as $i).wrapping_sub(consts::$m::SHIFT.to_bits() as $i);
+                let kf = kd - consts::$m::SHIFT;
+                let r = A::madd(-kf, consts::$m::LN2_HI, x);
+                let r = A::madd(-kf, consts::$m::LN2_LO, r);
+                let q = horner::<A, $t, { $m::EXPM1_Q.len() }>(&$m::EXPM1_Q, r);
+                (k, A::madd(r * r, q, r))
             }
 
+            /// `2^k` for a `k` in the normal exponent range.
             #[inline(always)]
-            fn erf<A: Arith>(self) -> $t {
-                let ax = self.abs();
-                let small = self * horner::<A, $t, { $m::ERF_A.len() }>(&$m::ERF_A, self * self);
-                let large = 1.0 - erfc_large::<A>(ax);
-                if ax < 1.0 {
-                    small
-                } else {
-                    large.copysign(self)
-                }
+            fn pow2(k: $i) -> $t {
+                $t::from_bits((k.wrapping_add($bias) as $u) << $mant)
             }
 
+            /// `erfc(ax)` for `ax >= 0.5` (clamped where the result underflows).
             #[inline(always)]
-            fn erfc<A: Arith>(self) -> $t {
-                let ax = self.abs();
-                let small = 1.0 - self * horner::<A, $t, { $m::ERF_A.len() }>(&$m::ERF_A, self * self);
-                let e = erfc_large::<A>(ax);
-                // 1 - erf(x) cancels for x towards 1: the large form takes over from 0.5.
-                if self < 0.5 && self > -1.0 {
-                    small
-                } else if self > 0.0 {
-                    e
-                } else {
-                    // NaN lands here too: 2 - NaN.
-                    2.0 - e
-                }
+            fn erfc_large<A: Arith>(ax: $t) -> $t {
+                let x = clamp(ax, 0.5, consts::$m::ERF_B_MAX);
+                let t = (x - 3.0) / (x + 3.0) - consts::$m::ERF_B_CENTRE;
+                let b = horner::<A, $t, { $m::ERF_B.len() }>(&$m::ERF_B, t);
+                // exp(-x^2) with the rounding error of x^2 folded back in; the error is computed
+                // exactly by Dekker's product (no FMA needed, so every level agrees here).
+                let hi = x * x;
+                let c = consts::$m::SPLIT * x;
+                let xh = c - (c - x);
+                let xl = x - xh;
+                let lo = ((xh * xh - hi) + 2.0 * xh * xl) + xl * xl;
+                let e = Math::exp::<A>(-hi);
+                let e = A::madd(-lo, e, e);
+                e * b / A::madd(2.0, x, 1.0)
             }
-
-            #[inline(always)]
-            fn copysign(self, sign: $t) -> $t {
-                $t::copysign(self, sign)
-            }
-            #[inline(always)]
-            fn infinity() -> $t {
-                $t::INFINITY
-            }
-            #[inline(always)]
-            fn nan() -> $t {
-                $t::NAN
-            }
-        }
-
-        /// `x = k ln2 + r`: returns `k` and `expm1(r)`. `x` must be finite or NaN and within
-        /// the clamping range of the callers.
-        #[inline(always)]
-        fn reduce<A: Arith>(x: $t) -> ($i, $t) {
-            let z = x * consts::$m::LOG2E;
-            // Adding 1.5 * 2^MANT rounds z to an integer, which then sits in the low bits.
-            let kd = z + consts::$m::SHIFT;
-            let k = (kd.to_bits() as $i).wrapping_sub(consts::$m::SHIFT.to_bits() as $i);
-            let kf = kd - consts::$m::SHIFT;
-            let r = A::madd(-kf, consts::$m::LN2_HI, x);
-            let r = A::madd(-kf, consts::$m::LN2_LO, r);
-            let q = horner::<A, $t, { $m::EXPM1_Q.len() }>(&$m::EXPM1_Q, r);
-            (k, A::madd(r * r, q, r))
-        }
-
-        /// `2^k` for a `k` in the normal exponent range.
-        #[inline(always)]
-        fn pow2(k: $i) -> $t {
-            $t::from_bits((k.wrapping_add($bias) as $u) << $mant)
-        }
-
-        /// `erfc(ax)` for `ax >= 0.5` (clamped where the result underflows).
-        #[inline(always)]
-        fn erfc_large<A: Arith>(ax: $t) -> $t {
-            let x = clamp(ax, 0.5, consts::$m::ERF_B_MAX);
-            let t = (x - 3.0) / (x + 3.0) - consts::$m::ERF_B_CENTRE;
-            let b = horner::<A, $t, { $m::ERF_B.len() }>(&$m::ERF_B, t);
-            // exp(-x^2) with the rounding error of x^2 folded back in; the error is computed
-            // exactly by Dekker's product (no FMA needed, so every level agrees here).
-            let hi = x * x;
-            let c = consts::$m::SPLIT * x;
-            let xh = c - (c - x);
-            let xl = x - xh;
-            let lo = ((xh * xh - hi) + 2.0 * xh * xl) + xl * xl;
-            let e = Math::exp::<A>(-hi);
-            let e = A::madd(-lo, e, e);
-            e * b / A::madd(2.0, x, 1.0)
-        }
         }
     };
 }
-
 
 /// Fitted by `scripts/fit_math.py` (its output, verbatim).
 #[rustfmt::skip]
@@ -350,7 +355,14 @@ mod tests {
 
     fn eval<T: Math>(f: F, x: &[T], level: simd::SimdLevel) -> Vec<T> {
         let mut out = vec![T::ZERO; x.len()];
-        simd::dispatch_at(level, Eval { f, x, out: &mut out });
+        simd::dispatch_at(
+            level,
+            Eval {
+                f,
+                x,
+                out: &mut out,
+            },
+        );
         out
     }
 
@@ -370,7 +382,14 @@ mod tests {
         let inf = f64::INFINITY;
         let mut v = vec![(0.0, reference(f, 0.0)), (-0.0, reference(f, -0.0))];
         v.push((inf, reference(f, inf)));
-        v.push((-inf, if f == F::Log1p { f64::NAN } else { reference(f, -inf) }));
+        v.push((
+            -inf,
+            if f == F::Log1p {
+                f64::NAN
+            } else {
+                reference(f, -inf)
+            },
+        ));
         if f == F::Log1p {
             v.push((-1.0, -inf));
             v.push((-2.0, f64::NAN));
@@ -407,7 +426,16 @@ mod tests {
     fn float32_within_4_ulp_over_the_whole_range() {
         let mut xs: Vec<f32> = (0..=u32::MAX).step_by(251).map(f32::from_bits).collect();
         xs.extend((0..2_000_000).map(|i| -12.0 + 24.0 * i as f32 / 2e6));
-        xs.extend([0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::MIN_POSITIVE, 1e-45, -1.0, 1.0]);
+        xs.extend([
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MIN_POSITIVE,
+            1e-45,
+            -1.0,
+            1.0,
+        ]);
         for f in ALL {
             let refs: Vec<f64> = xs.iter().map(|&x| reference(f, f64::from(x))).collect();
             for level in simd::available() {
@@ -420,20 +448,35 @@ mod tests {
                         continue;
                     }
                     if r32.is_infinite() || r == 0.0 {
-                        assert!(same(y, f64::from(r32)), "{f:?}({x:e}) = {y:e}, want {r32:e} at {level:?}");
+                        assert!(
+                            same(y, f64::from(r32)),
+                            "{f:?}({x:e}) = {y:e}, want {r32:e} at {level:?}"
+                        );
                         continue;
                     }
                     // erfc below the normal range: absolute accuracy only.
-                    let tol_abs = if f == F::Erfc && r.abs() < f64::from(f32::MIN_POSITIVE) { 1e-38 } else { 0.0 };
+                    let tol_abs = if f == F::Erfc && r.abs() < f64::from(f32::MIN_POSITIVE) {
+                        1e-38
+                    } else {
+                        0.0
+                    };
                     let err = ((y - r).abs() - tol_abs).max(0.0) / ulp32(r);
                     if err > worst.0 {
                         worst = (err, x);
                     }
                 }
-                eprintln!("f32 {f:?} at {level:?}: worst {:.2} ulp at x = {:e}", worst.0, worst.1);
+                eprintln!(
+                    "f32 {f:?} at {level:?}: worst {:.2} ulp at x = {:e}",
+                    worst.0, worst.1
+                );
                 // erfc is no target of its own (gelu uses it); its bar is 5 ulp.
                 let bar = if f == F::Erfc { 5.0 } else { 4.0 };
-                assert!(worst.0 <= bar, "{f:?} f32 at {level:?}: {:.2} ulp at x = {:e}", worst.0, worst.1);
+                assert!(
+                    worst.0 <= bar,
+                    "{f:?} f32 at {level:?}: {:.2} ulp at x = {:e}",
+                    worst.0,
+                    worst.1
+                );
             }
         }
     }
@@ -445,10 +488,23 @@ mod tests {
     #[test]
     fn float64_within_1e_14_relative() {
         let mut s = 0x1234_5678_9abc_def1u64;
-        let mut xs: Vec<f64> = (0..1_000_000).map(|_| f64::from_bits(xorshift(&mut s))).collect();
+        let mut xs: Vec<f64> = (0..1_000_000)
+            .map(|_| f64::from_bits(xorshift(&mut s)))
+            .collect();
         xs.extend((0..1_000_000).map(|i| -30.0 + 60.0 * i as f64 / 1e6));
-        xs.extend((0..200_000).map(|i| (-1.0f64).powi(i) * 10f64.powf(-320.0 + 320.0 * i as f64 / 2e5)));
-        xs.extend([0.0, -0.0, f64::INFINITY, f64::NEG_INFINITY, f64::MIN_POSITIVE, 5e-324, -1.0, 1.0]);
+        xs.extend(
+            (0..200_000).map(|i| (-1.0f64).powi(i) * 10f64.powf(-320.0 + 320.0 * i as f64 / 2e5)),
+        );
+        xs.extend([
+            0.0,
+            -0.0,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::MIN_POSITIVE,
+            5e-324,
+            -1.0,
+            1.0,
+        ]);
         for f in ALL {
             for level in simd::available() {
                 let got = eval(f, &xs, level);
@@ -460,8 +516,15 @@ mod tests {
                         continue;
                     }
                     if r.is_infinite() || r == 0.0 || r.abs() < f64::MIN_POSITIVE {
-                        let tol = if r.is_infinite() || r == 0.0 && x.is_infinite() { 0.0 } else { 1e-300 };
-                        assert!(same(y, r) || (y - r).abs() <= tol, "{f:?}({x:e}) = {y:e}, want {r:e} at {level:?}");
+                        let tol = if r.is_infinite() || r == 0.0 && x.is_infinite() {
+                            0.0
+                        } else {
+                            1e-300
+                        };
+                        assert!(
+                            same(y, r) || (y - r).abs() <= tol,
+                            "{f:?}({x:e}) = {y:e}, want {r:e} at {level:?}"
+                        );
                         continue;
                     }
                     let err = (y - r).abs() / r.abs();
@@ -469,8 +532,16 @@ mod tests {
                         worst = (err, x);
                     }
                 }
-                eprintln!("f64 {f:?} at {level:?}: worst {:.2e} relative at x = {:e}", worst.0, worst.1);
-                assert!(worst.0 <= 1e-14, "{f:?} f64 at {level:?}: {:.2e} at x = {:e}", worst.0, worst.1);
+                eprintln!(
+                    "f64 {f:?} at {level:?}: worst {:.2e} relative at x = {:e}",
+                    worst.0, worst.1
+                );
+                assert!(
+                    worst.0 <= 1e-14,
+                    "{f:?} f64 at {level:?}: {:.2e} at x = {:e}",
+                    worst.0,
+                    worst.1
+                );
             }
         }
     }
@@ -481,12 +552,64 @@ mod tests {
             for level in simd::available() {
                 for (x, want) in specials(f) {
                     let got = eval(f, &[x], level)[0];
-                    assert!(same(got, want), "{f:?}({x}) = {got}, want {want} at {level:?}");
+                    assert!(
+                        same(got, want),
+                        "{f:?}({x}) = {got}, want {want} at {level:?}"
+                    );
                     let got = eval(f, &[x as f32], level)[0];
-                    assert!(same(f64::from(got), want), "{f:?}({x}) f32 = {got}, want {want} at {level:?}");
+                    assert!(
+                        same(f64::from(got), want),
+                        "{f:?}({x}) f32 = {got}, want {want} at {level:?}"
+                    );
                 }
                 assert!(eval(f, &[f64::NAN], level)[0].is_nan());
                 assert!(eval(f, &[f32::NAN], level)[0].is_nan());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use crate::simd::{self, SimdKernel};
+    struct E<'a>(u8, &'a [f32], &'a mut [f32]);
+    impl SimdKernel for E<'_> {
+        #[inline(always)]
+        fn run<A: Arith>(self) {
+            let f = self.0;
+            macro_rules! each {
+                ($m:ident) => {
+                    for (o, &x) in self.2.iter_mut().zip(self.1) {
+                        *o = Math::$m::<A>(x);
+                    }
+                };
+            }
+            match f {
+                0 => each!(exp),
+                1 => each!(expm1),
+                2 => each!(log1p),
+                3 => each!(tanh),
+                4 => each!(erf),
+                _ => each!(erfc),
+            }
+        }
+    }
+    #[test]
+    #[ignore]
+    fn time_each() {
+        let x: Vec<f32> = (0..1_000_000).map(|i| (i as f32) * 1e-5 - 5.0).collect();
+        let mut o = vec![0f32; x.len()];
+        for f in 0..6u8 {
+            for level in simd::available() {
+                let t = std::time::Instant::now();
+                for _ in 0..5 {
+                    simd::dispatch_at(level, E(f, &x, &mut o));
+                }
+                eprintln!(
+                    "f{f} {level:?}: {:.3} ns/el",
+                    t.elapsed().as_secs_f64() / 5.0 / 1e6 * 1e9
+                );
             }
         }
     }

@@ -15,9 +15,15 @@ use crate::Error;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Act {
     Relu,
-    LeakyRelu { slope: f64 },
+    LeakyRelu {
+        slope: f64,
+    },
     /// `scale * x` for x > 0, else `scale * alpha * (exp(input_scale * x) - 1)` (elu, selu).
-    Elu { alpha: f64, scale: f64, input_scale: f64 },
+    Elu {
+        alpha: f64,
+        scale: f64,
+        input_scale: f64,
+    },
     Sigmoid,
     Tanh,
     /// `x * Phi(x)` with the exact normal CDF.
@@ -26,7 +32,10 @@ pub enum Act {
     GeluTanh,
     Silu,
     /// `log(1 + exp(beta x)) / beta`, or `x` where `beta x > threshold`.
-    Softplus { beta: f64, threshold: f64 },
+    Softplus {
+        beta: f64,
+        threshold: f64,
+    },
 }
 
 /// selu's constants (torch's, from the paper).
@@ -68,13 +77,24 @@ impl<T: Math> Op<T> {
             Act::Relu => Op::Relu,
             Act::LeakyRelu { slope } => Op::Leaky(t(slope)),
             // torch rounds alpha * scale to the element type once, as here.
-            Act::Elu { alpha, scale, input_scale } => Op::Elu { neg: t(alpha * scale), pos: t(scale), ins: t(input_scale) },
+            Act::Elu {
+                alpha,
+                scale,
+                input_scale,
+            } => Op::Elu {
+                neg: t(alpha * scale),
+                pos: t(scale),
+                ins: t(input_scale),
+            },
             Act::Sigmoid => Op::Sigmoid,
             Act::Tanh => Op::Tanh,
             Act::Gelu => Op::Gelu,
             Act::GeluTanh => Op::GeluTanh,
             Act::Silu => Op::Silu,
-            Act::Softplus { beta, threshold } => Op::Softplus { beta: t(beta), threshold: t(threshold) },
+            Act::Softplus { beta, threshold } => Op::Softplus {
+                beta: t(beta),
+                threshold: t(threshold),
+            },
         }
     }
 }
@@ -296,17 +316,39 @@ impl<T: Send + Sync, F: Send + Copy> Split for Map<'_, T, F> {
             }
             None => (None, None),
         };
-        (Map { x: x0, out: o0, op: self.op }, Map { x: x1, out: o1, op: self.op })
+        (
+            Map {
+                x: x0,
+                out: o0,
+                op: self.op,
+            },
+            Map {
+                x: x1,
+                out: o1,
+                op: self.op,
+            },
+        )
     }
 }
 
 impl<T: Math, F: Forward<T>> SimdKernel for Map<'_, T, F> {
     #[inline(always)]
     fn run<A: Arith>(self) {
+        // Plain loops, not closures: a closure is a function of its own that LLVM may decline
+        // to inline when the body is large (gelu), and outside the `#[target_feature]`
+        // wrapper it would run without SIMD and with a library call for every FMA.
         let op = self.op;
         match self.x {
-            Some(x) => self.out.iter_mut().zip(x).for_each(|(o, &v)| *o = op.f::<A>(v)),
-            None => self.out.iter_mut().for_each(|o| *o = op.f::<A>(*o)),
+            Some(x) => {
+                for (o, &v) in self.out.iter_mut().zip(x) {
+                    *o = op.f::<A>(v);
+                }
+            }
+            None => {
+                for o in self.out.iter_mut() {
+                    *o = op.f::<A>(*o);
+                }
+            }
         }
     }
 }
@@ -333,24 +375,48 @@ impl<T: Send + Sync, F: Send + Copy> Split for Map2<'_, T, F> {
             }
             None => (None, None),
         };
-        (Map2 { g: g0, s: s0, out: o0, op: self.op }, Map2 { g: g1, s: s1, out: o1, op: self.op })
+        (
+            Map2 {
+                g: g0,
+                s: s0,
+                out: o0,
+                op: self.op,
+            },
+            Map2 {
+                g: g1,
+                s: s1,
+                out: o1,
+                op: self.op,
+            },
+        )
     }
 }
 
 impl<T: Math, F: Backward<T>> SimdKernel for Map2<'_, T, F> {
     #[inline(always)]
     fn run<A: Arith>(self) {
+        // Plain loops, as in `Map::run`.
         let op = self.op;
         match self.g {
-            Some(g) => self.out.iter_mut().zip(g).zip(self.s).for_each(|((o, &g), &s)| *o = op.f::<A>(g, s)),
-            None => self.out.iter_mut().zip(self.s).for_each(|(o, &s)| *o = op.f::<A>(*o, s)),
+            Some(g) => {
+                for ((o, &g), &s) in self.out.iter_mut().zip(g).zip(self.s) {
+                    *o = op.f::<A>(g, s);
+                }
+            }
+            None => {
+                for (o, &s) in self.out.iter_mut().zip(self.s) {
+                    *o = op.f::<A>(*o, s);
+                }
+            }
         }
     }
 }
 
 fn check(what: &str, len: usize, out: usize) -> Result<(), Error> {
     if len != out {
-        return Err(Error(format!("{what} has {len} elements but out has {out}")));
+        return Err(Error(format!(
+            "{what} has {len} elements but out has {out}"
+        )));
     }
     Ok(())
 }
@@ -379,11 +445,24 @@ pub fn forward<T: Math>(act: Act, x: Option<&[T]>, out: &mut [T]) -> Result<(), 
 
 /// `out = d act / d x * grad`, from the gradient of the output and what the forward saved
 /// (see [`Act::saves_output`]); `grad = None` means the gradient is `out`, updated in place.
-pub fn backward<T: Math>(act: Act, grad: Option<&[T]>, saved: &[T], out: &mut [T]) -> Result<(), Error> {
+pub fn backward<T: Math>(
+    act: Act,
+    grad: Option<&[T]>,
+    saved: &[T],
+    out: &mut [T],
+) -> Result<(), Error> {
     if let Some(g) = grad {
         check("grad_output", g.len(), out.len())?;
     }
-    check(if act.saves_output() { "output" } else { "input" }, saved.len(), out.len())?;
+    check(
+        if act.saves_output() {
+            "output"
+        } else {
+            "input"
+        },
+        saved.len(),
+        out.len(),
+    )?;
     fn go<T: Math, F: Backward<T>>(g: Option<&[T]>, s: &[T], out: &mut [T], op: F) {
         parallel::for_each(vec![Map2 { g, s, out, op }], simd::dispatch);
     }
@@ -406,18 +485,28 @@ mod tests {
     use super::*;
     use crate::test_util::data;
 
-
     const ACTS: [Act; 10] = [
         Act::Relu,
         Act::LeakyRelu { slope: 0.01 },
-        Act::Elu { alpha: 1.0, scale: 1.0, input_scale: 1.0 },
-        Act::Elu { alpha: SELU_ALPHA, scale: SELU_SCALE, input_scale: 1.0 },
+        Act::Elu {
+            alpha: 1.0,
+            scale: 1.0,
+            input_scale: 1.0,
+        },
+        Act::Elu {
+            alpha: SELU_ALPHA,
+            scale: SELU_SCALE,
+            input_scale: 1.0,
+        },
         Act::Sigmoid,
         Act::Tanh,
         Act::Gelu,
         Act::GeluTanh,
         Act::Silu,
-        Act::Softplus { beta: 2.0, threshold: 20.0 },
+        Act::Softplus {
+            beta: 2.0,
+            threshold: 20.0,
+        },
     ];
 
     /// The same formulas in float64 with the C library (tanh, erf via libm, exp).
@@ -425,14 +514,36 @@ mod tests {
         let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
         match a {
             Act::Relu => x.max(0.0),
-            Act::LeakyRelu { slope } => if x > 0.0 { x } else { x * slope },
-            Act::Elu { alpha, scale, input_scale } => if x > 0.0 { scale * x } else { alpha * scale * (input_scale * x).exp_m1() },
+            Act::LeakyRelu { slope } => {
+                if x > 0.0 {
+                    x
+                } else {
+                    x * slope
+                }
+            }
+            Act::Elu {
+                alpha,
+                scale,
+                input_scale,
+            } => {
+                if x > 0.0 {
+                    scale * x
+                } else {
+                    alpha * scale * (input_scale * x).exp_m1()
+                }
+            }
             Act::Sigmoid => sig(x),
             Act::Tanh => x.tanh(),
             Act::Gelu => 0.5 * x * libm::erfc(-x * SQRT1_2),
             Act::GeluTanh => 0.5 * x * (1.0 + (SQRT_2_PI * (x + KAPPA * x * x * x)).tanh()),
             Act::Silu => x * sig(x),
-            Act::Softplus { beta, threshold } => if beta * x > threshold { x } else { (beta * x).exp().ln_1p() / beta },
+            Act::Softplus { beta, threshold } => {
+                if beta * x > threshold {
+                    x
+                } else {
+                    (beta * x).exp().ln_1p() / beta
+                }
+            }
         }
     }
 
@@ -454,7 +565,11 @@ mod tests {
                     assert!(out == inplace, "{a:?}: in place differs");
                     for (i, (&o, &w)) in out.iter().zip(&want).enumerate() {
                         let err = (f64::from(o) - w).abs();
-                        assert!(err <= 4e-7 * w.abs() + 2e-7, "{a:?} x={} got {o} want {w}", x[i]);
+                        assert!(
+                            err <= 4e-7 * w.abs() + 2e-7,
+                            "{a:?} x={} got {o} want {w}",
+                            x[i]
+                        );
                     }
                     if level == simd::detected() {
                         match &first {
@@ -472,7 +587,10 @@ mod tests {
     #[test]
     fn backward_matches_finite_differences() {
         let _g = crate::test_util::global();
-        let x: Vec<f64> = data::<f64>(4001, 5).iter().map(|v| v * 3.0 + 0.013).collect();
+        let x: Vec<f64> = data::<f64>(4001, 5)
+            .iter()
+            .map(|v| v * 3.0 + 0.013)
+            .collect();
         let g: Vec<f64> = data::<f64>(4001, 6);
         for a in ACTS {
             let mut y = vec![0.0; x.len()];
@@ -483,12 +601,21 @@ mod tests {
             let mut inplace = g.clone();
             backward(a, None, saved, &mut inplace).unwrap();
             if let Some(i) = (0..x.len()).find(|&i| gx[i].to_bits() != inplace[i].to_bits()) {
-                panic!("{a:?}: in place differs at x={}: {} vs {}", x[i], gx[i], inplace[i]);
+                panic!(
+                    "{a:?}: in place differs at x={}: {} vs {}",
+                    x[i], gx[i], inplace[i]
+                );
             }
             for i in 0..x.len() {
                 let h = 1e-6;
                 let d = (reference(a, x[i] + h) - reference(a, x[i] - h)) / (2.0 * h);
-                assert!((gx[i] - g[i] * d).abs() <= 1e-6 * (1.0 + d.abs()), "{a:?} x={} got {} want {}", x[i], gx[i], g[i] * d);
+                assert!(
+                    (gx[i] - g[i] * d).abs() <= 1e-6 * (1.0 + d.abs()),
+                    "{a:?} x={} got {} want {}",
+                    x[i],
+                    gx[i],
+                    g[i] * d
+                );
             }
         }
     }

@@ -26,13 +26,19 @@ impl Shape {
     }
     fn check(self, what: &str, len: usize) -> Result<(), Error> {
         if len != self.len() {
-            return Err(Error(format!("{what} has {len} elements, not {} x {} x {}", self.n, self.c, self.l)));
+            return Err(Error(format!(
+                "{what} has {len} elements, not {} x {} x {}",
+                self.n, self.c, self.l
+            )));
         }
         Ok(())
     }
     fn check_c(self, what: &str, len: usize) -> Result<(), Error> {
         if len != self.c {
-            return Err(Error(format!("{what} has {len} elements but there are {} channels", self.c)));
+            return Err(Error(format!(
+                "{what} has {len} elements but there are {} channels",
+                self.c
+            )));
         }
         Ok(())
     }
@@ -68,8 +74,24 @@ impl<T: Send + Sync> Split for Channels<'_, T> {
         let (a2, b2) = self.out2.split_at_mut(k);
         let c0 = self.c0;
         (
-            Channels { x: self.x, g: self.g, mean: self.mean, s: self.s, c0, out1: a1, out2: a2 },
-            Channels { x: self.x, g: self.g, mean: self.mean, s: self.s, c0: c0 + k, out1: b1, out2: b2 },
+            Channels {
+                x: self.x,
+                g: self.g,
+                mean: self.mean,
+                s: self.s,
+                c0,
+                out1: a1,
+                out2: a2,
+            },
+            Channels {
+                x: self.x,
+                g: self.g,
+                mean: self.mean,
+                s: self.s,
+                c0: c0 + k,
+                out1: b1,
+                out2: b2,
+            },
         )
     }
 }
@@ -96,7 +118,11 @@ fn dev2_lanes<T: Float>(v: &[T], m: f64) -> f64 {
             acc[j] += d * d;
         }
     }
-    ch.remainder().iter().map(|x| (x.to_f64() - m) * (x.to_f64() - m)).sum::<f64>() + acc.iter().sum::<f64>()
+    ch.remainder()
+        .iter()
+        .map(|x| (x.to_f64() - m) * (x.to_f64() - m))
+        .sum::<f64>()
+        + acc.iter().sum::<f64>()
 }
 
 /// Merges chunk statistics `(nb, mb, m2b)` into `(na, ma, m2a)`.
@@ -113,7 +139,14 @@ struct Stats<'a, T>(Channels<'a, T>);
 impl<T: Float> SimdKernel for Stats<'_, T> {
     #[inline(always)]
     fn run<A: Arith>(self) {
-        let Channels { x, s, c0, out1: mean, out2: var, .. } = self.0;
+        let Channels {
+            x,
+            s,
+            c0,
+            out1: mean,
+            out2: var,
+            ..
+        } = self.0;
         let w = mean.len();
         if s.l > 1 {
             for (k, (m, v)) in mean.iter_mut().zip(var.iter_mut()).enumerate() {
@@ -129,36 +162,52 @@ impl<T: Float> SimdKernel for Stats<'_, T> {
                 *v = if cnt > 0.0 { m2 / cnt } else { f64::NAN };
             }
         } else {
-            mean.iter_mut().for_each(|m| *m = 0.0);
-            var.iter_mut().for_each(|v| *v = 0.0);
+            for m in mean.iter_mut() {
+                *m = 0.0;
+            }
+            for v in var.iter_mut() {
+                *v = 0.0;
+            }
             let mut bs = vec![0f64; w];
             let mut bm2 = vec![0f64; w];
             let mut cnt = 0.0;
             for r0 in (0..s.n).step_by(ROW_BLOCK) {
                 let rows = (s.n - r0).min(ROW_BLOCK);
-                bs.iter_mut().for_each(|v| *v = 0.0);
-                bm2.iter_mut().for_each(|v| *v = 0.0);
+                for v in bs.iter_mut() {
+                    *v = 0.0;
+                }
+                for v in bm2.iter_mut() {
+                    *v = 0.0;
+                }
                 for i in r0..r0 + rows {
                     let row = &x[i * s.c + c0..][..w];
-                    bs.iter_mut().zip(row).for_each(|(a, &v)| *a += v.to_f64());
+                    for (a, &v) in bs.iter_mut().zip(row) {
+                        *a += v.to_f64();
+                    }
                 }
                 let inv = 1.0 / rows as f64;
-                bs.iter_mut().for_each(|v| *v *= inv);
+                for v in bs.iter_mut() {
+                    *v *= inv;
+                }
                 for i in r0..r0 + rows {
                     let row = &x[i * s.c + c0..][..w];
-                    bm2.iter_mut().zip(row).zip(&bs).for_each(|((a, &v), &m)| {
+                    for ((a, &v), &m) in bm2.iter_mut().zip(row).zip(&bs) {
                         let d = v.to_f64() - m;
                         *a += d * d;
-                    });
+                    }
                 }
                 for k in 0..w {
                     merge(cnt, &mut mean[k], &mut var[k], rows as f64, bs[k], bm2[k]);
                 }
                 cnt += rows as f64;
             }
-            var.iter_mut().for_each(|v| *v = if cnt > 0.0 { *v / cnt } else { f64::NAN });
+            for v in var.iter_mut() {
+                *v = if cnt > 0.0 { *v / cnt } else { f64::NAN };
+            }
             if cnt == 0.0 {
-                mean.iter_mut().for_each(|m| *m = f64::NAN);
+                for m in mean.iter_mut() {
+                    *m = f64::NAN;
+                }
             }
         }
     }
@@ -169,7 +218,15 @@ struct Sums<'a, T>(Channels<'a, T>);
 impl<T: Float> SimdKernel for Sums<'_, T> {
     #[inline(always)]
     fn run<A: Arith>(self) {
-        let Channels { x, g, mean, s, c0, out1: sg, out2: sgx } = self.0;
+        let Channels {
+            x,
+            g,
+            mean,
+            s,
+            c0,
+            out1: sg,
+            out2: sgx,
+        } = self.0;
         let (g, mean) = (g.unwrap_or(&[]), mean.unwrap_or(&[]));
         let w = sg.len();
         if s.l > 1 {
@@ -198,8 +255,12 @@ impl<T: Float> SimdKernel for Sums<'_, T> {
                 sgx[k] = b.iter().sum();
             }
         } else {
-            sg.iter_mut().for_each(|v| *v = 0.0);
-            sgx.iter_mut().for_each(|v| *v = 0.0);
+            for v in sg.iter_mut() {
+                *v = 0.0;
+            }
+            for v in sgx.iter_mut() {
+                *v = 0.0;
+            }
             let mu = &mean[c0..][..w];
             for i in 0..s.n {
                 let (xs, gs) = (&x[i * s.c + c0..][..w], &g[i * s.c + c0..][..w]);
@@ -218,19 +279,42 @@ pub fn stats<T: Float>(x: &[T], s: Shape, mean: &mut [f64], var: &mut [f64]) -> 
     s.check("input", x.len())?;
     s.check_c("mean", mean.len())?;
     s.check_c("var", var.len())?;
-    let ch = Channels { x, g: None, mean: None, s, c0: 0, out1: mean, out2: var };
+    let ch = Channels {
+        x,
+        g: None,
+        mean: None,
+        s,
+        c0: 0,
+        out1: mean,
+        out2: var,
+    };
     parallel::for_each(vec![ch], |w| simd::dispatch(Stats(w)));
     Ok(())
 }
 
 /// Per-channel `sum(g)` and `sum(g * (x - mean))` in float64.
-pub fn backward_sums<T: Float>(g: &[T], x: &[T], mean: &[T], s: Shape, sum_g: &mut [f64], sum_gx: &mut [f64]) -> Result<(), Error> {
+pub fn backward_sums<T: Float>(
+    g: &[T],
+    x: &[T],
+    mean: &[T],
+    s: Shape,
+    sum_g: &mut [f64],
+    sum_gx: &mut [f64],
+) -> Result<(), Error> {
     s.check("grad_output", g.len())?;
     s.check("input", x.len())?;
     s.check_c("mean", mean.len())?;
     s.check_c("sum_g", sum_g.len())?;
     s.check_c("sum_gx", sum_gx.len())?;
-    let ch = Channels { x, g: Some(g), mean: Some(mean), s, c0: 0, out1: sum_g, out2: sum_gx };
+    let ch = Channels {
+        x,
+        g: Some(g),
+        mean: Some(mean),
+        s,
+        c0: 0,
+        out1: sum_g,
+        out2: sum_gx,
+    };
     parallel::for_each(vec![ch], |w| simd::dispatch(Sums(w)));
     Ok(())
 }
@@ -280,8 +364,24 @@ impl<T: Send + Sync> Split for Flat<'_, T> {
         let ((a0, a1), (b0, b1)) = (cut(self.a, mid), cut(self.b, mid));
         let (o0, o1) = self.out.split_at_mut(mid);
         (
-            Flat { a: a0, b: b0, out: o0, start: self.start, s: self.s, p: self.p, backward: self.backward },
-            Flat { a: a1, b: b1, out: o1, start: self.start + mid, s: self.s, p: self.p, backward: self.backward },
+            Flat {
+                a: a0,
+                b: b0,
+                out: o0,
+                start: self.start,
+                s: self.s,
+                p: self.p,
+                backward: self.backward,
+            },
+            Flat {
+                a: a1,
+                b: b1,
+                out: o1,
+                start: self.start + mid,
+                s: self.s,
+                p: self.p,
+                backward: self.backward,
+            },
         )
     }
 }
@@ -289,13 +389,25 @@ impl<T: Send + Sync> Split for Flat<'_, T> {
 impl<T: Float> SimdKernel for Flat<'_, T> {
     #[inline(always)]
     fn run<A: Arith>(self) {
-        let Flat { a, b, out, start, s, p, backward } = self;
+        let Flat {
+            a,
+            b,
+            out,
+            start,
+            s,
+            p,
+            backward,
+        } = self;
         let mut done = 0;
         while done < out.len() {
             let idx = start + done;
             // A run of elements whose channel parameters are constant (L > 1) or consecutive
             // (L == 1: along one row).
-            let (c, run) = if s.l > 1 { ((idx / s.l) % s.c, s.l - idx % s.l) } else { (idx % s.c, s.c - idx % s.c) };
+            let (c, run) = if s.l > 1 {
+                ((idx / s.l) % s.c, s.l - idx % s.l)
+            } else {
+                (idx % s.c, s.c - idx % s.c)
+            };
             let run = run.min(out.len() - done);
             let o = &mut out[done..done + run];
             let av = a.map(|v| &v[done..done + run]);
@@ -305,8 +417,16 @@ impl<T: Float> SimdKernel for Flat<'_, T> {
                 if !backward {
                     // out = (x - mean) * scale + shift; x is `a`, or `out` itself.
                     match av {
-                        Some(x) => o.iter_mut().zip(x).for_each(|(o, &x)| *o = A::madd(x - m, sc, sh)),
-                        None => o.iter_mut().for_each(|o| *o = A::madd(*o - m, sc, sh)),
+                        Some(x) => {
+                            for (o, &x) in o.iter_mut().zip(x) {
+                                *o = A::madd(x - m, sc, sh);
+                            }
+                        }
+                        None => {
+                            for o in o.iter_mut() {
+                                *o = A::madd(*o - m, sc, sh);
+                            }
+                        }
                     }
                 } else {
                     let (g, x) = (av.unwrap_or(&[]), bv.unwrap_or(&[]));
@@ -314,30 +434,59 @@ impl<T: Float> SimdKernel for Flat<'_, T> {
                         // out = (g - shift - (x - mean) * k) * scale
                         Some(k) => {
                             let k = k[c];
-                            o.iter_mut().zip(g.iter().zip(x)).for_each(|(o, (&g, &x))| *o = (g - sh - (x - m) * k) * sc)
+                            for (o, (&g, &x)) in o.iter_mut().zip(g.iter().zip(x)) {
+                                *o = (g - sh - (x - m) * k) * sc;
+                            }
                         }
-                        None => o.iter_mut().zip(g).for_each(|(o, &g)| *o = g * sc),
+                        None => {
+                            for (o, &g) in o.iter_mut().zip(g) {
+                                *o = g * sc;
+                            }
+                        }
                     }
                 }
             } else {
-                let (m, sc, sh) = (&p.mean[c..c + run], &p.scale[c..c + run], &p.shift[c..c + run]);
+                let (m, sc, sh) = (
+                    &p.mean[c..c + run],
+                    &p.scale[c..c + run],
+                    &p.shift[c..c + run],
+                );
                 if !backward {
                     match av {
-                        Some(x) => o.iter_mut().zip(x).zip(m.iter().zip(sc.iter().zip(sh))).for_each(|((o, &x), (&m, (&sc, &sh)))| *o = A::madd(x - m, sc, sh)),
-                        None => o.iter_mut().zip(m.iter().zip(sc.iter().zip(sh))).for_each(|(o, (&m, (&sc, &sh)))| *o = A::madd(*o - m, sc, sh)),
+                        Some(x) => {
+                            for ((o, &x), (&m, (&sc, &sh))) in
+                                o.iter_mut().zip(x).zip(m.iter().zip(sc.iter().zip(sh)))
+                            {
+                                *o = A::madd(x - m, sc, sh);
+                            }
+                        }
+                        None => {
+                            for (o, (&m, (&sc, &sh))) in
+                                o.iter_mut().zip(m.iter().zip(sc.iter().zip(sh)))
+                            {
+                                *o = A::madd(*o - m, sc, sh);
+                            }
+                        }
                     }
                 } else {
                     let (g, x) = (av.unwrap_or(&[]), bv.unwrap_or(&[]));
                     match p.k {
                         Some(k) => {
                             let k = &k[c..c + run];
-                            o.iter_mut()
+                            let it = o
+                                .iter_mut()
                                 .zip(g.iter().zip(x))
                                 .zip(m.iter().zip(k))
-                                .zip(sc.iter().zip(sh))
-                                .for_each(|(((o, (&g, &x)), (&m, &k)), (&sc, &sh))| *o = (g - sh - (x - m) * k) * sc)
+                                .zip(sc.iter().zip(sh));
+                            for (((o, (&g, &x)), (&m, &k)), (&sc, &sh)) in it {
+                                *o = (g - sh - (x - m) * k) * sc;
+                            }
                         }
-                        None => o.iter_mut().zip(g).zip(sc).for_each(|((o, &g), &sc)| *o = g * sc),
+                        None => {
+                            for ((o, &g), &sc) in o.iter_mut().zip(g).zip(sc) {
+                                *o = g * sc;
+                            }
+                        }
                     }
                 }
             }
@@ -357,25 +506,52 @@ fn check_params<T>(s: Shape, p: &PerChannel<'_, T>) -> Result<(), Error> {
 }
 
 /// `out = (x - mean[c]) * scale[c] + shift[c]`; `x = None` normalizes `out` in place.
-pub fn normalize<T: Float>(x: Option<&[T]>, out: &mut [T], s: Shape, p: PerChannel<'_, T>) -> Result<(), Error> {
+pub fn normalize<T: Float>(
+    x: Option<&[T]>,
+    out: &mut [T],
+    s: Shape,
+    p: PerChannel<'_, T>,
+) -> Result<(), Error> {
     s.check("out", out.len())?;
     if let Some(x) = x {
         s.check("input", x.len())?;
     }
     check_params(s, &p)?;
-    let f = Flat { a: x, b: None, out, start: 0, s, p: PerChannel { k: None, ..p }, backward: false };
+    let f = Flat {
+        a: x,
+        b: None,
+        out,
+        start: 0,
+        s,
+        p: PerChannel { k: None, ..p },
+        backward: false,
+    };
     parallel::for_each(vec![f], simd::dispatch);
     Ok(())
 }
 
 /// `out = (g - shift[c] - (x - mean[c]) * k[c]) * scale[c]` (training), or
 /// `out = g * scale[c]` when `p.k` is None (eval).
-pub fn backward_input<T: Float>(g: &[T], x: &[T], out: &mut [T], s: Shape, p: PerChannel<'_, T>) -> Result<(), Error> {
+pub fn backward_input<T: Float>(
+    g: &[T],
+    x: &[T],
+    out: &mut [T],
+    s: Shape,
+    p: PerChannel<'_, T>,
+) -> Result<(), Error> {
     s.check("grad_output", g.len())?;
     s.check("input", x.len())?;
     s.check("out", out.len())?;
     check_params(s, &p)?;
-    let f = Flat { a: Some(g), b: Some(x), out, start: 0, s, p, backward: true };
+    let f = Flat {
+        a: Some(g),
+        b: Some(x),
+        out,
+        start: 0,
+        s,
+        p,
+        backward: true,
+    };
     parallel::for_each(vec![f], simd::dispatch);
     Ok(())
 }
@@ -388,9 +564,25 @@ mod tests {
     #[test]
     fn stats_are_stable_and_thread_independent() {
         let _g = crate::test_util::global();
-        for s in [Shape { n: 300, c: 37, l: 1 }, Shape { n: 8, c: 5, l: 49 }, Shape { n: 1, c: 3, l: 2 }, Shape { n: 200, c: 40, l: 9 }] {
+        for s in [
+            Shape {
+                n: 300,
+                c: 37,
+                l: 1,
+            },
+            Shape { n: 8, c: 5, l: 49 },
+            Shape { n: 1, c: 3, l: 2 },
+            Shape {
+                n: 200,
+                c: 40,
+                l: 9,
+            },
+        ] {
             // float32, mean 1e4, std about 1: a float32 sum of squares would lose the variance.
-            let x: Vec<f32> = data::<f64>(s.len(), 2).iter().map(|v| (1e4 + v) as f32).collect();
+            let x: Vec<f32> = data::<f64>(s.len(), 2)
+                .iter()
+                .map(|v| (1e4 + v) as f32)
+                .collect();
             let mut results = vec![];
             for threads in [1, 2] {
                 crate::parallel::set_num_threads(threads).unwrap();
@@ -401,10 +593,18 @@ mod tests {
             assert_eq!(results[0], results[1]);
             let (m, v) = &results[0];
             for c in 0..s.c {
-                let vals: Vec<f64> = (0..s.n).flat_map(|i| (0..s.l).map(move |j| (i * s.c + c) * s.l + j)).map(|k| f64::from(x[k])).collect();
+                let vals: Vec<f64> = (0..s.n)
+                    .flat_map(|i| (0..s.l).map(move |j| (i * s.c + c) * s.l + j))
+                    .map(|k| f64::from(x[k]))
+                    .collect();
                 let mu = vals.iter().sum::<f64>() / vals.len() as f64;
                 let var = vals.iter().map(|v| (v - mu) * (v - mu)).sum::<f64>() / vals.len() as f64;
-                assert!((m[c] - mu).abs() < 1e-9 && (v[c] - var).abs() < 1e-9 * (1.0 + var), "{s:?} c={c}: {} {} vs {mu} {var}", m[c], v[c]);
+                assert!(
+                    (m[c] - mu).abs() < 1e-9 && (v[c] - var).abs() < 1e-9 * (1.0 + var),
+                    "{s:?} c={c}: {} {} vs {mu} {var}",
+                    m[c],
+                    v[c]
+                );
             }
         }
         crate::parallel::set_num_threads(crate::parallel::default_threads()).unwrap();
@@ -419,7 +619,12 @@ mod tests {
             let scale: Vec<f64> = (0..s.c).map(|c| 1.0 + c as f64).collect();
             let shift: Vec<f64> = (0..s.c).map(|c| -(c as f64)).collect();
             let k: Vec<f64> = (0..s.c).map(|c| 0.5 * c as f64).collect();
-            let p = PerChannel { mean: &mean, scale: &scale, shift: &shift, k: Some(&k) };
+            let p = PerChannel {
+                mean: &mean,
+                scale: &scale,
+                shift: &shift,
+                k: Some(&k),
+            };
             let mut y = vec![0.0; s.len()];
             normalize(Some(&x), &mut y, s, p).unwrap();
             let mut gx = vec![0.0; s.len()];
@@ -429,9 +634,20 @@ mod tests {
             let (mut esg, mut esgx) = (vec![0.0; s.c], vec![0.0; s.c]);
             for i in 0..s.len() {
                 let c = (i / s.l) % s.c;
-                let (wy, wg) = ((x[i] - mean[c]) * scale[c] + shift[c], (g[i] - shift[c] - (x[i] - mean[c]) * k[c]) * scale[c]);
-                assert!((y[i] - wy).abs() < 1e-14 * (1.0 + wy.abs()), "{} vs {wy}", y[i]);
-                assert!((gx[i] - wg).abs() < 1e-13 * (1.0 + wg.abs()), "{} vs {wg}", gx[i]);
+                let (wy, wg) = (
+                    (x[i] - mean[c]) * scale[c] + shift[c],
+                    (g[i] - shift[c] - (x[i] - mean[c]) * k[c]) * scale[c],
+                );
+                assert!(
+                    (y[i] - wy).abs() < 1e-14 * (1.0 + wy.abs()),
+                    "{} vs {wy}",
+                    y[i]
+                );
+                assert!(
+                    (gx[i] - wg).abs() < 1e-13 * (1.0 + wg.abs()),
+                    "{} vs {wg}",
+                    gx[i]
+                );
                 esg[c] += g[i];
                 esgx[c] += g[i] * (x[i] - mean[c]);
             }

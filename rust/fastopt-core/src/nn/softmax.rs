@@ -25,7 +25,10 @@ impl Axis {
     }
     fn check(self, what: &str, len: usize) -> Result<(), Error> {
         if self.len() != len {
-            return Err(Error(format!("{what} has {len} elements, not {} x {} x {}", self.outer, self.n, self.inner)));
+            return Err(Error(format!(
+                "{what} has {len} elements, not {} x {} x {}",
+                self.outer, self.n, self.inner
+            )));
         }
         Ok(())
     }
@@ -41,7 +44,10 @@ fn row_max<T: Float>(row: &[T]) -> T {
             acc[j] = nan_max(acc[j], c[j]);
         }
     }
-    let mut m = chunks.remainder().iter().fold(acc[0], |a, &b| nan_max(a, b));
+    let mut m = chunks
+        .remainder()
+        .iter()
+        .fold(acc[0], |a, &b| nan_max(a, b));
     for a in acc {
         m = nan_max(m, a);
     }
@@ -72,7 +78,12 @@ fn dot64<T: Float>(a: &[T], b: &[T]) -> f64 {
             acc[j] += x[j].to_f64() * y[j].to_f64();
         }
     }
-    ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x.to_f64() * y.to_f64()).sum::<f64>() + acc.iter().sum::<f64>()
+    ca.remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x.to_f64() * y.to_f64())
+        .sum::<f64>()
+        + acc.iter().sum::<f64>()
 }
 
 /// Whole `(n, inner)` blocks of the inputs and output.
@@ -98,7 +109,20 @@ impl<T: Send + Sync> Split for Rows<'_, T> {
             }
             None => (None, None),
         };
-        (Rows { a: a0, b: b0, out: o0, block: self.block }, Rows { a: a1, b: b1, out: o1, block: self.block })
+        (
+            Rows {
+                a: a0,
+                b: b0,
+                out: o0,
+                block: self.block,
+            },
+            Rows {
+                a: a1,
+                b: b1,
+                out: o1,
+                block: self.block,
+            },
+        )
     }
 }
 
@@ -146,27 +170,37 @@ fn last_axis<A: Arith, T: Math>(kind: Kind, x: &[T], y: Option<&[T]>, o: &mut [T
     match kind {
         Kind::Softmax | Kind::LogSoftmax => {
             let m = row_max(x);
-            o.iter_mut().zip(x).for_each(|(o, &v)| *o = (v - m).exp::<A>());
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = (v - m).exp::<A>();
+            }
             let s = sum64(o);
             if kind == Kind::Softmax {
                 let r = T::from_f64(1.0 / s);
-                o.iter_mut().for_each(|v| *v = *v * r);
+                for v in o.iter_mut() {
+                    *v = *v * r;
+                }
             } else {
                 // (x - max) - log(sum): x - max is exact near the maximum, where a combined
                 // shift x - (max + log(sum)) would round at the magnitude of max.
                 let ls = T::from_f64(s.ln());
-                o.iter_mut().zip(x).for_each(|(o, &v)| *o = (v - m) - ls);
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = (v - m) - ls;
+                }
             }
         }
         Kind::SoftmaxBackward => {
             let y = y.unwrap_or(&[]);
             let d = T::from_f64(dot64(x, y));
-            o.iter_mut().zip(x).zip(y).for_each(|((o, &g), &y)| *o = y * (g - d));
+            for ((o, &g), &y) in o.iter_mut().zip(x).zip(y) {
+                *o = y * (g - d);
+            }
         }
         Kind::LogSoftmaxBackward => {
             let y = y.unwrap_or(&[]);
             let s = T::from_f64(sum64(x));
-            o.iter_mut().zip(x).zip(y).for_each(|((o, &g), &y)| *o = g - y.exp::<A>() * s);
+            for ((o, &g), &y) in o.iter_mut().zip(x).zip(y) {
+                *o = g - y.exp::<A>() * s;
+            }
         }
     }
 }
@@ -174,25 +208,47 @@ fn last_axis<A: Arith, T: Math>(kind: Kind, x: &[T], y: Option<&[T]>, o: &mut [T
 /// One `(n, inner)` block reduced over `n`, vectorized across `inner`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn middle_axis<A: Arith, T: Math>(kind: Kind, x: &[T], y: Option<&[T]>, o: &mut [T], n: usize, inner: usize, acc: &mut [f64], red: &mut [T]) {
-    acc.iter_mut().for_each(|a| *a = 0.0);
+fn middle_axis<A: Arith, T: Math>(
+    kind: Kind,
+    x: &[T],
+    y: Option<&[T]>,
+    o: &mut [T],
+    n: usize,
+    inner: usize,
+    acc: &mut [f64],
+    red: &mut [T],
+) {
+    for a in acc.iter_mut() {
+        *a = 0.0;
+    }
     match kind {
         Kind::Softmax | Kind::LogSoftmax => {
             red.copy_from_slice(&x[..inner]);
             for j in 1..n {
-                red.iter_mut().zip(&x[j * inner..][..inner]).for_each(|(m, &v)| *m = nan_max(*m, v));
+                for (m, &v) in red.iter_mut().zip(&x[j * inner..][..inner]) {
+                    *m = nan_max(*m, v);
+                }
             }
             for j in 0..n {
                 let (xr, or) = (&x[j * inner..][..inner], &mut o[j * inner..][..inner]);
-                or.iter_mut().zip(xr).zip(red.iter()).for_each(|((o, &v), &m)| *o = (v - m).exp::<A>());
-                acc.iter_mut().zip(or.iter()).for_each(|(a, &e)| *a += e.to_f64());
+                for ((o, &v), &m) in or.iter_mut().zip(xr).zip(red.iter()) {
+                    *o = (v - m).exp::<A>();
+                }
+                for (a, &e) in acc.iter_mut().zip(or.iter()) {
+                    *a += e.to_f64();
+                }
             }
             for j in 0..n {
                 let (xr, or) = (&x[j * inner..][..inner], &mut o[j * inner..][..inner]);
                 if kind == Kind::Softmax {
-                    or.iter_mut().zip(acc.iter()).for_each(|(o, &s)| *o = *o * T::from_f64(1.0 / s));
+                    for (o, &s) in or.iter_mut().zip(acc.iter()) {
+                        *o = *o * T::from_f64(1.0 / s);
+                    }
                 } else {
-                    or.iter_mut().zip(xr).zip(acc.iter().zip(red.iter())).for_each(|((o, &v), (&s, &m))| *o = (v - m) - T::from_f64(s.ln()));
+                    for ((o, &v), (&s, &m)) in or.iter_mut().zip(xr).zip(acc.iter().zip(red.iter()))
+                    {
+                        *o = (v - m) - T::from_f64(s.ln());
+                    }
                 }
             }
         }
@@ -201,17 +257,29 @@ fn middle_axis<A: Arith, T: Math>(kind: Kind, x: &[T], y: Option<&[T]>, o: &mut 
             for j in 0..n {
                 let (g, yr) = (&x[j * inner..][..inner], &y[j * inner..][..inner]);
                 if kind == Kind::SoftmaxBackward {
-                    acc.iter_mut().zip(g.iter().zip(yr)).for_each(|(a, (&g, &y))| *a += g.to_f64() * y.to_f64());
+                    for (a, (&g, &y)) in acc.iter_mut().zip(g.iter().zip(yr)) {
+                        *a += g.to_f64() * y.to_f64();
+                    }
                 } else {
-                    acc.iter_mut().zip(g).for_each(|(a, &g)| *a += g.to_f64());
+                    for (a, &g) in acc.iter_mut().zip(g) {
+                        *a += g.to_f64();
+                    }
                 }
             }
             for j in 0..n {
-                let (g, yr, or) = (&x[j * inner..][..inner], &y[j * inner..][..inner], &mut o[j * inner..][..inner]);
+                let (g, yr, or) = (
+                    &x[j * inner..][..inner],
+                    &y[j * inner..][..inner],
+                    &mut o[j * inner..][..inner],
+                );
                 if kind == Kind::SoftmaxBackward {
-                    or.iter_mut().zip(g.iter().zip(yr)).zip(acc.iter()).for_each(|((o, (&g, &y)), &d)| *o = y * (g - T::from_f64(d)));
+                    for ((o, (&g, &y)), &d) in or.iter_mut().zip(g.iter().zip(yr)).zip(acc.iter()) {
+                        *o = y * (g - T::from_f64(d));
+                    }
                 } else {
-                    or.iter_mut().zip(g.iter().zip(yr)).zip(acc.iter()).for_each(|((o, (&g, &y)), &s)| *o = g - y.exp::<A>() * T::from_f64(s));
+                    for ((o, (&g, &y)), &s) in or.iter_mut().zip(g.iter().zip(yr)).zip(acc.iter()) {
+                        *o = g - y.exp::<A>() * T::from_f64(s);
+                    }
                 }
             }
         }
@@ -221,24 +289,48 @@ fn middle_axis<A: Arith, T: Math>(kind: Kind, x: &[T], y: Option<&[T]>, o: &mut 
 fn run<T: Math>(kind: Kind, a: &[T], b: Option<&[T]>, out: &mut [T], axis: Axis) {
     let block = (axis.n * axis.inner).max(1);
     let rows = Rows { a, b, out, block };
-    parallel::for_each(vec![rows], |rows| simd::dispatch(SoftKernel { rows, axis, kind }));
+    parallel::for_each(vec![rows], |rows| {
+        simd::dispatch(SoftKernel { rows, axis, kind })
+    });
 }
 
 /// `out = softmax(x)` (or `log_softmax`) over the middle axis of `axis`.
 pub fn softmax<T: Math>(x: &[T], out: &mut [T], axis: Axis, log: bool) -> Result<(), Error> {
     axis.check("input", x.len())?;
     axis.check("out", out.len())?;
-    run(if log { Kind::LogSoftmax } else { Kind::Softmax }, x, None, out, axis);
+    run(
+        if log { Kind::LogSoftmax } else { Kind::Softmax },
+        x,
+        None,
+        out,
+        axis,
+    );
     Ok(())
 }
 
 /// The input gradient of softmax (`y * (g - sum(g * y))`) or of log_softmax
 /// (`g - exp(y) * sum(g)`), from the output gradient `grad` and the forward's output `y`.
-pub fn softmax_backward<T: Math>(grad: &[T], y: &[T], out: &mut [T], axis: Axis, log: bool) -> Result<(), Error> {
+pub fn softmax_backward<T: Math>(
+    grad: &[T],
+    y: &[T],
+    out: &mut [T],
+    axis: Axis,
+    log: bool,
+) -> Result<(), Error> {
     axis.check("grad_output", grad.len())?;
     axis.check("output", y.len())?;
     axis.check("out", out.len())?;
-    run(if log { Kind::LogSoftmaxBackward } else { Kind::SoftmaxBackward }, grad, Some(y), out, axis);
+    run(
+        if log {
+            Kind::LogSoftmaxBackward
+        } else {
+            Kind::SoftmaxBackward
+        },
+        grad,
+        Some(y),
+        out,
+        axis,
+    );
     Ok(())
 }
 
@@ -293,8 +385,20 @@ impl<T: Send + Sync, O: RowSlice> Split for CeRows<'_, T, O> {
             None => (None, None),
         };
         (
-            CeRows { x: x0, target: t0, rows: o0, grad: g0, classes: self.classes },
-            CeRows { x: x1, target: t1, rows: o1, grad: g1, classes: self.classes },
+            CeRows {
+                x: x0,
+                target: t0,
+                rows: o0,
+                grad: g0,
+                classes: self.classes,
+            },
+            CeRows {
+                x: x1,
+                target: t1,
+                rows: o1,
+                grad: g1,
+                classes: self.classes,
+            },
         )
     }
 }
@@ -310,13 +414,21 @@ impl<T: Math> SimdKernel for CeForward<'_, T> {
     fn run<A: Arith>(self) {
         let c = self.w.classes;
         let mut e = vec![T::ZERO; c];
-        for ((row, &t), loss) in self.w.x.chunks(c).zip(self.w.target).zip(self.w.rows.iter_mut()) {
+        for ((row, &t), loss) in self
+            .w
+            .x
+            .chunks(c)
+            .zip(self.w.target)
+            .zip(self.w.rows.iter_mut())
+        {
             if t == self.ignore {
                 *loss = 0.0;
                 continue;
             }
             let m = row_max(row);
-            e.iter_mut().zip(row).for_each(|(e, &v)| *e = (v - m).exp::<A>());
+            for (e, &v) in e.iter_mut().zip(row) {
+                *e = (v - m).exp::<A>();
+            }
             let lse = m.to_f64() + sum64(&e).ln();
             let nll = lse - row[t as usize].to_f64();
             *loss = if self.smoothing > 0.0 {
@@ -342,16 +454,29 @@ impl<T: Math> SimdKernel for CeBackward<'_, T> {
         let c = self.w.classes;
         let Some(grad) = self.w.grad else { return };
         let off = T::from_f64(self.smoothing / c as f64);
-        for (((row, &t), &scale), g) in self.w.x.chunks(c).zip(self.w.target).zip(self.w.rows.iter()).zip(grad.chunks_mut(c)) {
+        for (((row, &t), &scale), g) in self
+            .w
+            .x
+            .chunks(c)
+            .zip(self.w.target)
+            .zip(self.w.rows.iter())
+            .zip(grad.chunks_mut(c))
+        {
             if t == self.ignore || scale == 0.0 {
-                g.iter_mut().for_each(|v| *v = T::ZERO);
+                for v in g.iter_mut() {
+                    *v = T::ZERO;
+                }
                 continue;
             }
             let m = row_max(row);
-            g.iter_mut().zip(row).for_each(|(e, &v)| *e = (v - m).exp::<A>());
+            for (e, &v) in g.iter_mut().zip(row) {
+                *e = (v - m).exp::<A>();
+            }
             let r = T::from_f64(1.0 / sum64(g));
             let w = T::from_f64(scale);
-            g.iter_mut().for_each(|v| *v = (*v * r - off) * w);
+            for v in g.iter_mut() {
+                *v = (*v * r - off) * w;
+            }
             let tt = t as usize;
             g[tt] = g[tt] - T::from_f64((1.0 - self.smoothing) * scale);
         }
@@ -361,11 +486,30 @@ impl<T: Math> SimdKernel for CeBackward<'_, T> {
 /// Per-row cross-entropy of logits `x` (`rows x classes`) against class indices, with label
 /// smoothing `smoothing` (torch's: `(1 - s) * nll + s * mean over classes of -log p`); rows
 /// whose target is `ignore_index` get 0. Writes one float64 loss per row into `losses`.
-pub fn cross_entropy<T: Math>(x: &[T], target: &[i64], classes: usize, smoothing: f64, ignore_index: i64, losses: &mut [f64]) -> Result<(), Error> {
+pub fn cross_entropy<T: Math>(
+    x: &[T],
+    target: &[i64],
+    classes: usize,
+    smoothing: f64,
+    ignore_index: i64,
+    losses: &mut [f64],
+) -> Result<(), Error> {
     check_ce(x.len(), target.len(), classes, losses.len(), "losses")?;
     check_targets(target, classes, ignore_index)?;
-    let w = CeRows { x, target, rows: losses, grad: None, classes };
-    parallel::for_each(vec![w], |w| simd::dispatch(CeForward { w, smoothing, ignore: ignore_index }));
+    let w = CeRows {
+        x,
+        target,
+        rows: losses,
+        grad: None,
+        classes,
+    };
+    parallel::for_each(vec![w], |w| {
+        simd::dispatch(CeForward {
+            w,
+            smoothing,
+            ignore: ignore_index,
+        })
+    });
     Ok(())
 }
 
@@ -382,20 +526,46 @@ pub fn cross_entropy_backward<T: Math>(
 ) -> Result<(), Error> {
     check_ce(x.len(), target.len(), classes, scale.len(), "scale")?;
     if grad.len() != x.len() {
-        return Err(Error(format!("out has {} elements but input has {}", grad.len(), x.len())));
+        return Err(Error(format!(
+            "out has {} elements but input has {}",
+            grad.len(),
+            x.len()
+        )));
     }
     check_targets(target, classes, ignore_index)?;
-    let w = CeRows { x, target, rows: scale, grad: Some(grad), classes };
-    parallel::for_each(vec![w], |w| simd::dispatch(CeBackward { w, smoothing, ignore: ignore_index }));
+    let w = CeRows {
+        x,
+        target,
+        rows: scale,
+        grad: Some(grad),
+        classes,
+    };
+    parallel::for_each(vec![w], |w| {
+        simd::dispatch(CeBackward {
+            w,
+            smoothing,
+            ignore: ignore_index,
+        })
+    });
     Ok(())
 }
 
-fn check_ce(xlen: usize, rows: usize, classes: usize, per_row: usize, what: &str) -> Result<(), Error> {
+fn check_ce(
+    xlen: usize,
+    rows: usize,
+    classes: usize,
+    per_row: usize,
+    what: &str,
+) -> Result<(), Error> {
     if classes == 0 || xlen != rows * classes {
-        return Err(Error(format!("input has {xlen} elements, not {rows} rows x {classes} classes")));
+        return Err(Error(format!(
+            "input has {xlen} elements, not {rows} rows x {classes} classes"
+        )));
     }
     if per_row != rows {
-        return Err(Error(format!("{what} has {per_row} elements but there are {rows} rows")));
+        return Err(Error(format!(
+            "{what} has {per_row} elements but there are {rows} rows"
+        )));
     }
     Ok(())
 }
@@ -410,10 +580,16 @@ mod tests {
         for o in 0..a.outer {
             for i in 0..a.inner {
                 let idx = |j: usize| (o * a.n + j) * a.inner + i;
-                let m = (0..a.n).map(|j| x[idx(j)]).fold(f64::NEG_INFINITY, f64::max);
+                let m = (0..a.n)
+                    .map(|j| x[idx(j)])
+                    .fold(f64::NEG_INFINITY, f64::max);
                 let s: f64 = (0..a.n).map(|j| (x[idx(j)] - m).exp()).sum();
                 for j in 0..a.n {
-                    out[idx(j)] = if log { x[idx(j)] - m - s.ln() } else { (x[idx(j)] - m).exp() / s };
+                    out[idx(j)] = if log {
+                        x[idx(j)] - m - s.ln()
+                    } else {
+                        (x[idx(j)] - m).exp() / s
+                    };
                 }
             }
         }
@@ -422,14 +598,38 @@ mod tests {
 
     #[test]
     fn softmax_matches_reference_on_every_axis_layout() {
-        for a in [Axis { outer: 3, n: 37, inner: 1 }, Axis { outer: 2, n: 5, inner: 19 }, Axis { outer: 1, n: 1, inner: 7 }, Axis { outer: 4000, n: 17, inner: 1 }] {
+        for a in [
+            Axis {
+                outer: 3,
+                n: 37,
+                inner: 1,
+            },
+            Axis {
+                outer: 2,
+                n: 5,
+                inner: 19,
+            },
+            Axis {
+                outer: 1,
+                n: 1,
+                inner: 7,
+            },
+            Axis {
+                outer: 4000,
+                n: 17,
+                inner: 1,
+            },
+        ] {
             let x: Vec<f64> = data::<f64>(a.len(), 9).iter().map(|v| v * 10.0).collect();
             for log in [false, true] {
                 let mut out = vec![0.0; x.len()];
                 softmax(&x, &mut out, a, log).unwrap();
                 let want = ref_softmax(&x, a, log);
                 for (o, w) in out.iter().zip(&want) {
-                    assert!((o - w).abs() <= 1e-14 * (1.0 + w.abs()), "{a:?} {log}: {o} vs {w}");
+                    assert!(
+                        (o - w).abs() <= 1e-14 * (1.0 + w.abs()),
+                        "{a:?} {log}: {o} vs {w}"
+                    );
                 }
                 // backward against the explicit Jacobian-vector product
                 let g: Vec<f64> = data::<f64>(a.len(), 10);
@@ -441,8 +641,14 @@ mod tests {
                     xp[k] += h;
                     xm[k] -= h;
                     let (yp, ym) = (ref_softmax(&xp, a, log), ref_softmax(&xm, a, log));
-                    let d: f64 = (0..x.len()).map(|j| g[j] * (yp[j] - ym[j]) / (2.0 * h)).sum();
-                    assert!((gx[k] - d).abs() <= 1e-7 * (1.0 + d.abs()), "{a:?} {log} k={k}: {} vs {d}", gx[k]);
+                    let d: f64 = (0..x.len())
+                        .map(|j| g[j] * (yp[j] - ym[j]) / (2.0 * h))
+                        .sum();
+                    assert!(
+                        (gx[k] - d).abs() <= 1e-7 * (1.0 + d.abs()),
+                        "{a:?} {log} k={k}: {} vs {d}",
+                        gx[k]
+                    );
                 }
             }
         }
@@ -452,11 +658,27 @@ mod tests {
     fn cross_entropy_and_gradient() {
         let (rows, c) = (50, 7);
         let x: Vec<f64> = data::<f64>(rows * c, 4).iter().map(|v| v * 3.0).collect();
-        let t: Vec<i64> = (0..rows as i64).map(|i| if i % 11 == 3 { -100 } else { (i * 5) % c as i64 }).collect();
+        let t: Vec<i64> = (0..rows as i64)
+            .map(|i| {
+                if i % 11 == 3 {
+                    -100
+                } else {
+                    (i * 5) % c as i64
+                }
+            })
+            .collect();
         for s in [0.0, 0.2] {
             let mut losses = vec![0.0; rows];
             cross_entropy(&x, &t, c, s, -100, &mut losses).unwrap();
-            let logp = ref_softmax(&x, Axis { outer: rows, n: c, inner: 1 }, true);
+            let logp = ref_softmax(
+                &x,
+                Axis {
+                    outer: rows,
+                    n: c,
+                    inner: 1,
+                },
+                true,
+            );
             for i in 0..rows {
                 let want = if t[i] == -100 {
                     0.0
@@ -464,7 +686,11 @@ mod tests {
                     let lp = &logp[i * c..][..c];
                     -(1.0 - s) * lp[t[i] as usize] - s / c as f64 * lp.iter().sum::<f64>()
                 };
-                assert!((losses[i] - want).abs() < 1e-13, "{i}: {} vs {want}", losses[i]);
+                assert!(
+                    (losses[i] - want).abs() < 1e-13,
+                    "{i}: {} vs {want}",
+                    losses[i]
+                );
             }
             let scale: Vec<f64> = (0..rows).map(|i| 0.5 + i as f64 * 0.01).collect();
             let mut g = vec![0.0; x.len()];
@@ -477,7 +703,9 @@ mod tests {
                 let (mut lp, mut lm) = (vec![0.0; rows], vec![0.0; rows]);
                 cross_entropy(&xp, &t, c, s, -100, &mut lp).unwrap();
                 cross_entropy(&xm, &t, c, s, -100, &mut lm).unwrap();
-                let d: f64 = (0..rows).map(|i| scale[i] * (lp[i] - lm[i]) / (2.0 * h)).sum();
+                let d: f64 = (0..rows)
+                    .map(|i| scale[i] * (lp[i] - lm[i]) / (2.0 * h))
+                    .sum();
                 assert!((g[k] - d).abs() < 1e-7, "k={k}: {} vs {d}", g[k]);
             }
         }
