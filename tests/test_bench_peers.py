@@ -44,3 +44,35 @@ def test_numpy_peer_matches_the_optimizer(name, kw, make):
         w.grad = g
         opt.step()
     np.testing.assert_allclose(peer_p, w.data, rtol=1e-9, atol=1e-12)
+
+
+from benchmarks import nn_peers  # noqa: E402
+
+
+@pytest.mark.parametrize("name", nn_peers.ACTIVATIONS)
+def test_activation_peers_compute_what_fastopt_computes(torch, name):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(4000) * 3).astype(np.float32)
+    g = rng.standard_normal(4000).astype(np.float32)
+    ours = np.empty_like(x)
+    nn_peers.fastopt_forward(name, x, ours)()
+    saved = ours.copy() if name in nn_peers.SAVES_OUTPUT else x
+    ours_b = np.empty_like(x)
+    nn_peers.fastopt_backward(name, g, saved, ours_b)()
+    for impl in ("torch", "numpy"):
+        out, out_b = np.full_like(x, np.nan), np.full_like(x, np.nan)
+        getattr(nn_peers, f"{impl}_forward")(name, x, out)()
+        getattr(nn_peers, f"{impl}_backward")(name, g, saved, out_b)()
+        np.testing.assert_allclose(out, ours, rtol=2e-5, atol=1e-6, err_msg=f"{impl} forward")
+        np.testing.assert_allclose(out_b, ours_b, rtol=2e-5, atol=1e-5, err_msg=f"{impl} backward")
+
+
+@pytest.mark.parametrize("shape", [(64, 16), (4, 8, 5, 5)])
+def test_batch_norm_peers_compute_what_fastopt_computes(torch, shape):
+    x, g, w, b = nn_peers.batch_norm_problem(shape)
+    gx, gw, gb = nn_peers.fastopt_batch_norm_step(x, g, w, b)()
+    tg = nn_peers.torch_batch_norm_step(x, g, w, b)()
+    _, ngx, ngw, ngb = nn_peers.numpy_batch_norm_step(x, g, w, b)()
+    for got in ((tg[0].numpy(), tg[1].numpy(), tg[2].numpy()), (ngx, ngw, ngb)):
+        for a, e in zip(got, (gx, gw, gb)):
+            np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,104 @@
+"""Activations (forward and backward), softmax / cross-entropy and batch_norm, float32:
+fastopt against torch's ATen kernels writing into preallocated outputs and careful NumPy, at
+the same thread count."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import nn_peers as P
+from .common import THREADS, set_threads
+
+
+def _need_torch():
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise NotImplementedError("torch is not installed") from e
+
+
+class Activation:
+    params = (P.ACTIVATIONS, [1_000_000, 10_000_000], THREADS, ["fastopt", "torch", "numpy"])
+    param_names = ["activation", "n", "threads", "impl"]
+    timeout = 300
+
+    def setup(self, name, n, threads, impl):
+        if impl == "numpy" and name == "gelu" and n > 1_000_000:
+            raise NotImplementedError("NumPy's per-element erf is too slow to time at this size")
+        if impl == "torch":
+            _need_torch()
+        set_threads(threads)
+        rng = np.random.default_rng(0)
+        x = (rng.standard_normal(n) * 3).astype(np.float32)
+        g = rng.standard_normal(n).astype(np.float32)
+        out = np.empty_like(x)
+        fwd = getattr(P, f"{impl}_forward")
+        bwd = getattr(P, f"{impl}_backward")
+        saved = P.fastopt_forward(name, x, np.empty_like(x))() if name in P.SAVES_OUTPUT else x
+        self.forward = fwd(name, x, out)
+        self.backward = bwd(name, g, saved, np.empty_like(x))
+        self.forward()
+        self.backward()
+
+    def time_forward(self, name, n, threads, impl):
+        self.forward()
+
+    def time_backward(self, name, n, threads, impl):
+        self.backward()
+
+
+class BatchNormTrain:
+    """Training forward + backward (input, weight and bias gradients)."""
+
+    params = ([(256, 4096), (32, 64, 56, 56)], THREADS, ["fastopt", "torch", "numpy"])
+    param_names = ["shape", "threads", "impl"]
+    timeout = 300
+
+    def setup(self, shape, threads, impl):
+        if impl == "torch":
+            _need_torch()
+        set_threads(threads)
+        self.step = getattr(P, f"{impl}_batch_norm_step")(*P.batch_norm_problem(shape))
+        self.step()
+
+    def time_forward_backward(self, shape, threads, impl):
+        self.step()
+
+    def peakmem_forward_backward(self, shape, threads, impl):
+        self.step()
+
+
+class CrossEntropy:
+    """log-softmax cross-entropy over 1000 classes, forward + backward."""
+
+    params = ([256, 4096], THREADS, ["fastopt", "torch"])
+    param_names = ["rows", "threads", "impl"]
+
+    def setup(self, rows, threads, impl):
+        set_threads(threads)
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((rows, 1000)).astype(np.float32)
+        t = rng.integers(0, 1000, rows)
+        if impl == "fastopt":
+            import fastopt.nn.functional as F
+
+            grad = np.empty_like(x)
+
+            def step():
+                F.cross_entropy(x, t)
+                F.cross_entropy_backward(x, t, out=grad)
+        else:
+            _need_torch()
+            import torch
+
+            xt = torch.from_numpy(x).requires_grad_(True)
+            tt = torch.from_numpy(t)
+
+            def step():
+                xt.grad = None
+                torch.nn.functional.cross_entropy(xt, tt).backward()
+        self.step = step
+        step()
+
+    def time_forward_backward(self, rows, threads, impl):
+        self.step()
