@@ -524,6 +524,11 @@ def batch_norm(
         raise ValueError("running_mean and running_var must be given together")
     w = _per_channel(weight, "weight", c, x.dtype, required=False)
     b = _per_channel(bias, "bias", c, x.dtype, required=False)
+    for v, name in ((w, "weight"), (b, "bias")):
+        if v is not None and v.dtype != x.dtype:
+            raise TypeError(f"{name} has dtype {v.dtype} but input has dtype {x.dtype} (fastopt never casts implicitly)")
+    w = np.ascontiguousarray(w) if w is not None else None
+    b = np.ascontiguousarray(b) if b is not None else None
     if momentum is not None:
         momentum = _number(momentum, "momentum")
     if num_batches_tracked is not None:
@@ -536,23 +541,30 @@ def batch_norm(
             raise ValueError(f"{name} is read-only but is updated in place")
     o = _out(x, out)
 
+    dt = x.dtype
+    count = n * l
     if training:
-        count = n * l
         if count <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
         mean = np.empty(c, np.float64)
         var = np.empty(c, np.float64)
-        _fastopt.bn_stats(x, n, c, l, mean, var)
-        invstd = 1.0 / np.sqrt(var + eps)
-    else:
-        mean = rm.astype(np.float64)
-        invstd = 1.0 / np.sqrt(rv.astype(np.float64) + eps)
-
-    dt = x.dtype
-    scale = invstd * (w.astype(np.float64) if w is not None else 1.0)
-    shift = b.astype(dt) if b is not None else np.zeros(c, dt)
-    mean_t = mean.astype(dt)
-    _fastopt.bn_normalize(o if o is x else x, o, n, c, l, mean_t, scale.astype(dt), np.ascontiguousarray(shift))
+        if o is not x:
+            # One pass over memory: statistics and normalization per cache block of channels.
+            _fastopt.bn_train_forward(x, o, n, c, l, w, b, eps, mean, var)
+            invstd = 1.0 / np.sqrt(var + eps)
+            mean_t = mean.astype(dt)
+        else:
+            _fastopt.bn_stats(x, n, c, l, mean, var)
+    if not training or o is x:
+        if training:
+            invstd = 1.0 / np.sqrt(var + eps)
+        else:
+            mean = rm.astype(np.float64)
+            invstd = 1.0 / np.sqrt(rv.astype(np.float64) + eps)
+        scale = invstd * (w.astype(np.float64) if w is not None else 1.0)
+        shift = b.astype(dt) if b is not None else np.zeros(c, dt)
+        mean_t = mean.astype(dt)
+        _fastopt.bn_normalize(x, o, n, c, l, mean_t, scale.astype(dt), np.ascontiguousarray(shift))
 
     if training and rm is not None:
         if num_batches_tracked is not None:
@@ -588,19 +600,20 @@ def batch_norm_backward(
     if m.dtype != dt or s.dtype != dt:
         raise TypeError(f"mean and invstd must have the dtype of grad_output ({dt})")
     w = _per_channel(weight, "weight", c, dt, required=False)
+    if w is not None and w.dtype != dt:
+        raise TypeError(f"weight has dtype {w.dtype} but grad_output has dtype {dt} (fastopt never casts implicitly)")
+    w = np.ascontiguousarray(w) if w is not None else None
     m, s = np.ascontiguousarray(m), np.ascontiguousarray(s)
     o = _out(g, out)
     sum_g = np.empty(c, np.float64)
     sum_gx = np.empty(c, np.float64)
-    _fastopt.bn_backward_sums(g, x, m, n, c, l, sum_g, sum_gx)
     inv = s.astype(np.float64)
-    scale = inv * (w.astype(np.float64) if w is not None else 1.0)
     if training:
-        count = n * l
-        k = (sum_gx * inv * inv / count).astype(dt)
-        gmean = (sum_g / count).astype(dt)
-        _fastopt.bn_backward_input(g, x, o, n, c, l, m, scale.astype(dt), gmean, k)
+        # One pass over memory: the sums and the input gradient per cache block of channels.
+        _fastopt.bn_train_backward(g, x, o, n, c, l, m, s, w, sum_g, sum_gx)
     else:
+        _fastopt.bn_backward_sums(g, x, m, n, c, l, sum_g, sum_gx)
+        scale = inv * (w.astype(np.float64) if w is not None else 1.0)
         _fastopt.bn_backward_input(g, x, o, n, c, l, m, scale.astype(dt), np.zeros(c, dt), None)
     if w is None:
         return o, None, None

@@ -63,7 +63,7 @@ mod _fastopt {
     #[pymodule_export]
     use super::clip::{axpy_, clamp_, dot, scale_, total_norm};
     #[pymodule_export]
-    use super::nn::{act_backward, act_forward, bn_backward_input, bn_backward_sums, bn_normalize, bn_stats, cross_entropy, cross_entropy_backward, softmax, softmax_backward};
+    use super::nn::{act_backward, act_forward, bn_backward_input, bn_backward_sums, bn_normalize, bn_stats, bn_train_backward, bn_train_forward, cross_entropy, cross_entropy_backward, softmax, softmax_backward};
     #[pymodule_export]
     use super::optim::{adagrad_step, adam_step, check_group, elementwise_layout, elementwise_step, lamb_step, rmsprop_step, sgd_step};
     #[pymodule_export]

@@ -314,3 +314,92 @@ pub fn bn_backward_input<'py>(
         Dtype::F64 => run::<f64>(py, rg, rx, ro, rm, rsc, rsh, rk, s),
     }
 }
+
+fn opt_vec<'py>(g: &mut Group<'py>, v: Option<&Bound<'py, PyAny>>, name: &'static str, c: usize) -> PyResult<Option<Raw>> {
+    match v {
+        Some(v) if !v.is_none() => Ok(Some(g.array(v, name, false, Some(&[c]), None)?)),
+        _ => Ok(None),
+    }
+}
+
+/// Training forward, fused: per-channel mean and biased variance (float64, into `mean`/`var`)
+/// and `out = (x - mean) / sqrt(var + eps) * weight + bias`. `out` must not be `x`.
+#[pyfunction]
+#[pyo3(signature = (x, out, n, c, l, weight, bias, eps, mean, var))]
+#[allow(clippy::too_many_arguments)]
+pub fn bn_train_forward<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    out: &Bound<'py, PyAny>,
+    n: usize,
+    c: usize,
+    l: usize,
+    weight: Option<&Bound<'py, PyAny>>,
+    bias: Option<&Bound<'py, PyAny>>,
+    eps: f64,
+    mean: &Bound<'py, PyAny>,
+    var: &Bound<'py, PyAny>,
+) -> PyResult<()> {
+    let (mut g, ro) = Group::single(out, "out", true)?;
+    let rx = g.array(x, "input", false, None, None)?;
+    let rw = opt_vec(&mut g, weight, "weight", c)?;
+    let rb = opt_vec(&mut g, bias, "bias", c)?;
+    let rm = g.array(mean, "mean", true, Some(&[c]), Some(Dtype::F64))?;
+    let rv = g.array(var, "var", true, Some(&[c]), Some(Dtype::F64))?;
+    g.finish()?;
+    let s = Shape { n, c, l };
+    #[allow(clippy::too_many_arguments)]
+    fn run<T: Math + Element>(py: Python<'_>, x: Raw, o: Raw, w: Option<Raw>, b: Option<Raw>, m: Raw, v: Raw, s: Shape, eps: f64) -> PyResult<()> {
+        // SAFETY: `Group` checked dtypes, layouts and that the written arrays (`out`, `mean`,
+        // `var`) overlap nothing; the caller's `Group` keeps every array alive.
+        let (x, o, m, v) = unsafe { (x.slice::<T>(), o.slice_mut::<T>(), m.slice_mut::<f64>(), v.slice_mut::<f64>()) };
+        let (w, b) = unsafe { (w.map(|r| r.slice::<T>()), b.map(|r| r.slice::<T>())) };
+        py.detach(move || batchnorm::train_forward(x, o, s, w, b, eps, m, v)).map_err(core_err)
+    }
+    match g.dtype {
+        Dtype::F32 => run::<f32>(py, rx, ro, rw, rb, rm, rv, s, eps),
+        Dtype::F64 => run::<f64>(py, rx, ro, rw, rb, rm, rv, s, eps),
+    }
+}
+
+/// Training backward, fused: per-channel `sum(g)`, `sum(g * (x - mean))` (float64) and the
+/// input gradient into `out`.
+#[pyfunction]
+#[pyo3(signature = (grad_output, x, out, n, c, l, mean, invstd, weight, sum_g, sum_gx))]
+#[allow(clippy::too_many_arguments)]
+pub fn bn_train_backward<'py>(
+    py: Python<'py>,
+    grad_output: &Bound<'py, PyAny>,
+    x: &Bound<'py, PyAny>,
+    out: &Bound<'py, PyAny>,
+    n: usize,
+    c: usize,
+    l: usize,
+    mean: &Bound<'py, PyAny>,
+    invstd: &Bound<'py, PyAny>,
+    weight: Option<&Bound<'py, PyAny>>,
+    sum_g: &Bound<'py, PyAny>,
+    sum_gx: &Bound<'py, PyAny>,
+) -> PyResult<()> {
+    let (mut g, ro) = Group::single(out, "out", true)?;
+    let rg = g.array(grad_output, "grad_output", false, None, None)?;
+    let rx = g.array(x, "input", false, None, None)?;
+    let rm = g.array(mean, "mean", false, Some(&[c]), None)?;
+    let ri = g.array(invstd, "invstd", false, Some(&[c]), None)?;
+    let rw = opt_vec(&mut g, weight, "weight", c)?;
+    let r1 = g.array(sum_g, "sum_g", true, Some(&[c]), Some(Dtype::F64))?;
+    let r2 = g.array(sum_gx, "sum_gx", true, Some(&[c]), Some(Dtype::F64))?;
+    g.finish()?;
+    let s = Shape { n, c, l };
+    #[allow(clippy::too_many_arguments)]
+    fn run<T: Math + Element>(py: Python<'_>, gr: Raw, x: Raw, o: Raw, m: Raw, i: Raw, w: Option<Raw>, a: Raw, b: Raw, s: Shape) -> PyResult<()> {
+        // SAFETY: as in `bn_train_forward`; the written arrays are `out`, `sum_g`, `sum_gx`.
+        let (gr, x, o, m, i) = unsafe { (gr.slice::<T>(), x.slice::<T>(), o.slice_mut::<T>(), m.slice::<T>(), i.slice::<T>()) };
+        let (w, a, b) = unsafe { (w.map(|r| r.slice::<T>()), a.slice_mut::<f64>(), b.slice_mut::<f64>()) };
+        py.detach(move || batchnorm::train_backward(gr, x, o, s, m, i, w, a, b)).map_err(core_err)
+    }
+    match g.dtype {
+        Dtype::F32 => run::<f32>(py, rg, rx, ro, rm, ri, rw, r1, r2, s),
+        Dtype::F64 => run::<f64>(py, rg, rx, ro, rm, ri, rw, r1, r2, s),
+    }
+}

@@ -96,12 +96,16 @@ impl<T: Send + Sync> Split for Channels<'_, T> {
     }
 }
 
+/// Independent float64 accumulators per reduction: enough to hide the add latency (a
+/// reduction with one vector of partial sums runs at one vector per add latency).
+const LANES: usize = 32;
+
 #[inline(always)]
 fn sum_lanes<T: Float>(v: &[T]) -> f64 {
-    let mut acc = [0f64; 8];
-    let mut ch = v.chunks_exact(8);
+    let mut acc = [0f64; LANES];
+    let mut ch = v.chunks_exact(LANES);
     for c in &mut ch {
-        for j in 0..8 {
+        for j in 0..LANES {
             acc[j] += c[j].to_f64();
         }
     }
@@ -110,19 +114,15 @@ fn sum_lanes<T: Float>(v: &[T]) -> f64 {
 
 #[inline(always)]
 fn dev2_lanes<T: Float>(v: &[T], m: f64) -> f64 {
-    let mut acc = [0f64; 8];
-    let mut ch = v.chunks_exact(8);
+    let mut acc = [0f64; LANES];
+    let mut ch = v.chunks_exact(LANES);
     for c in &mut ch {
-        for j in 0..8 {
+        for j in 0..LANES {
             let d = c[j].to_f64() - m;
             acc[j] += d * d;
         }
     }
-    ch.remainder()
-        .iter()
-        .map(|x| (x.to_f64() - m) * (x.to_f64() - m))
-        .sum::<f64>()
-        + acc.iter().sum::<f64>()
+    ch.remainder().iter().map(|x| (x.to_f64() - m) * (x.to_f64() - m)).sum::<f64>() + acc.iter().sum::<f64>()
 }
 
 /// Merges chunk statistics `(nb, mb, m2b)` into `(na, ma, m2a)`.
@@ -134,82 +134,131 @@ fn merge(na: f64, ma: &mut f64, m2a: &mut f64, nb: f64, mb: f64, m2b: f64) {
     *m2a += m2b + d * d * (na * nb / n);
 }
 
+/// Mean and biased variance of channels `c0 .. c0 + mean.len()`.
+#[inline(always)]
+fn stats_range<T: Float>(x: &[T], s: Shape, c0: usize, mean: &mut [f64], var: &mut [f64]) {
+    let w = mean.len();
+    if s.l > 1 {
+        for (k, (m, v)) in mean.iter_mut().zip(var.iter_mut()).enumerate() {
+            let c = c0 + k;
+            let (mut cnt, mut mu, mut m2) = (0.0, 0.0, 0.0);
+            for i in 0..s.n {
+                let seg = &x[(i * s.c + c) * s.l..][..s.l];
+                let sm = sum_lanes(seg) / s.l as f64;
+                merge(cnt, &mut mu, &mut m2, s.l as f64, sm, dev2_lanes(seg, sm));
+                cnt += s.l as f64;
+            }
+            *m = if cnt > 0.0 { mu } else { f64::NAN };
+            *v = if cnt > 0.0 { m2 / cnt } else { f64::NAN };
+        }
+        return;
+    }
+    for m in mean.iter_mut() {
+        *m = 0.0;
+    }
+    for v in var.iter_mut() {
+        *v = 0.0;
+    }
+    let mut bs = [0f64; CHANNEL_BLOCK];
+    let mut bm2 = [0f64; CHANNEL_BLOCK];
+    for q0 in (0..w).step_by(CHANNEL_BLOCK) {
+        let q = (w - q0).min(CHANNEL_BLOCK);
+        let (bs, bm2) = (&mut bs[..q], &mut bm2[..q]);
+        let mut cnt = 0.0;
+        for r0 in (0..s.n).step_by(ROW_BLOCK) {
+            let rows = (s.n - r0).min(ROW_BLOCK);
+            for v in bs.iter_mut() {
+                *v = 0.0;
+            }
+            for v in bm2.iter_mut() {
+                *v = 0.0;
+            }
+            for i in r0..r0 + rows {
+                let row = &x[i * s.c + c0 + q0..][..q];
+                for (a, &v) in bs.iter_mut().zip(row) {
+                    *a += v.to_f64();
+                }
+            }
+            let inv = 1.0 / rows as f64;
+            for v in bs.iter_mut() {
+                *v *= inv;
+            }
+            for i in r0..r0 + rows {
+                let row = &x[i * s.c + c0 + q0..][..q];
+                for ((a, &v), &m) in bm2.iter_mut().zip(row).zip(bs.iter()) {
+                    let d = v.to_f64() - m;
+                    *a += d * d;
+                }
+            }
+            for k in 0..q {
+                merge(cnt, &mut mean[q0 + k], &mut var[q0 + k], rows as f64, bs[k], bm2[k]);
+            }
+            cnt += rows as f64;
+        }
+        for k in q0..q0 + q {
+            var[k] = if cnt > 0.0 { var[k] / cnt } else { f64::NAN };
+            if cnt == 0.0 {
+                mean[k] = f64::NAN;
+            }
+        }
+    }
+}
+
+/// `sum(g)` and `sum(g * (x - mean))` of channels `c0 .. c0 + sg.len()`.
+#[inline(always)]
+fn sums_range<T: Float>(g: &[T], x: &[T], mean: &[T], s: Shape, c0: usize, sg: &mut [f64], sgx: &mut [f64]) {
+    let w = sg.len();
+    if s.l > 1 {
+        for k in 0..w {
+            let c = c0 + k;
+            let mu = mean[c].to_f64();
+            let (mut a, mut b) = ([0f64; LANES], [0f64; LANES]);
+            for i in 0..s.n {
+                let off = (i * s.c + c) * s.l;
+                let (xs, gs) = (&x[off..][..s.l], &g[off..][..s.l]);
+                let mut cx = xs.chunks_exact(LANES);
+                let mut cg = gs.chunks_exact(LANES);
+                for (xv, gv) in (&mut cx).zip(&mut cg) {
+                    for j in 0..LANES {
+                        let gg = gv[j].to_f64();
+                        a[j] += gg;
+                        b[j] += gg * (xv[j].to_f64() - mu);
+                    }
+                }
+                for (xv, gv) in cx.remainder().iter().zip(cg.remainder()) {
+                    a[0] += gv.to_f64();
+                    b[0] += gv.to_f64() * (xv.to_f64() - mu);
+                }
+            }
+            sg[k] = a.iter().sum();
+            sgx[k] = b.iter().sum();
+        }
+        return;
+    }
+    for v in sg.iter_mut() {
+        *v = 0.0;
+    }
+    for v in sgx.iter_mut() {
+        *v = 0.0;
+    }
+    let mu = &mean[c0..][..w];
+    for i in 0..s.n {
+        let (xs, gs) = (&x[i * s.c + c0..][..w], &g[i * s.c + c0..][..w]);
+        for k in 0..w {
+            let gg = gs[k].to_f64();
+            sg[k] += gg;
+            sgx[k] += gg * (xs[k].to_f64() - mu[k].to_f64());
+        }
+    }
+}
+
 struct Stats<'a, T>(Channels<'a, T>);
 
 impl<T: Float> SimdKernel for Stats<'_, T> {
     #[inline(always)]
     fn run<A: Arith>(self) {
-        let Channels {
-            x,
-            s,
-            c0,
-            out1: mean,
-            out2: var,
-            ..
-        } = self.0;
-        let w = mean.len();
-        if s.l > 1 {
-            for (k, (m, v)) in mean.iter_mut().zip(var.iter_mut()).enumerate() {
-                let c = c0 + k;
-                let (mut cnt, mut mu, mut m2) = (0.0, 0.0, 0.0);
-                for i in 0..s.n {
-                    let seg = &x[(i * s.c + c) * s.l..][..s.l];
-                    let sm = sum_lanes(seg) / s.l as f64;
-                    merge(cnt, &mut mu, &mut m2, s.l as f64, sm, dev2_lanes(seg, sm));
-                    cnt += s.l as f64;
-                }
-                *m = mu;
-                *v = if cnt > 0.0 { m2 / cnt } else { f64::NAN };
-            }
-        } else {
-            for m in mean.iter_mut() {
-                *m = 0.0;
-            }
-            for v in var.iter_mut() {
-                *v = 0.0;
-            }
-            let mut bs = vec![0f64; w];
-            let mut bm2 = vec![0f64; w];
-            let mut cnt = 0.0;
-            for r0 in (0..s.n).step_by(ROW_BLOCK) {
-                let rows = (s.n - r0).min(ROW_BLOCK);
-                for v in bs.iter_mut() {
-                    *v = 0.0;
-                }
-                for v in bm2.iter_mut() {
-                    *v = 0.0;
-                }
-                for i in r0..r0 + rows {
-                    let row = &x[i * s.c + c0..][..w];
-                    for (a, &v) in bs.iter_mut().zip(row) {
-                        *a += v.to_f64();
-                    }
-                }
-                let inv = 1.0 / rows as f64;
-                for v in bs.iter_mut() {
-                    *v *= inv;
-                }
-                for i in r0..r0 + rows {
-                    let row = &x[i * s.c + c0..][..w];
-                    for ((a, &v), &m) in bm2.iter_mut().zip(row).zip(&bs) {
-                        let d = v.to_f64() - m;
-                        *a += d * d;
-                    }
-                }
-                for k in 0..w {
-                    merge(cnt, &mut mean[k], &mut var[k], rows as f64, bs[k], bm2[k]);
-                }
-                cnt += rows as f64;
-            }
-            for v in var.iter_mut() {
-                *v = if cnt > 0.0 { *v / cnt } else { f64::NAN };
-            }
-            if cnt == 0.0 {
-                for m in mean.iter_mut() {
-                    *m = f64::NAN;
-                }
-            }
-        }
+        let Channels { x, s, c0, out1, out2, .. } = self.0;
+        stats_range(x, s, c0, out1, out2);
     }
 }
 
@@ -218,60 +267,210 @@ struct Sums<'a, T>(Channels<'a, T>);
 impl<T: Float> SimdKernel for Sums<'_, T> {
     #[inline(always)]
     fn run<A: Arith>(self) {
-        let Channels {
-            x,
-            g,
-            mean,
-            s,
-            c0,
-            out1: sg,
-            out2: sgx,
-        } = self.0;
-        let (g, mean) = (g.unwrap_or(&[]), mean.unwrap_or(&[]));
-        let w = sg.len();
-        if s.l > 1 {
-            for k in 0..w {
-                let c = c0 + k;
-                let mu = mean[c].to_f64();
-                let (mut a, mut b) = ([0f64; 8], [0f64; 8]);
-                for i in 0..s.n {
-                    let off = (i * s.c + c) * s.l;
-                    let (xs, gs) = (&x[off..][..s.l], &g[off..][..s.l]);
-                    let mut cx = xs.chunks_exact(8);
-                    let mut cg = gs.chunks_exact(8);
-                    for (xv, gv) in (&mut cx).zip(&mut cg) {
-                        for j in 0..8 {
-                            let gg = gv[j].to_f64();
-                            a[j] += gg;
-                            b[j] += gg * (xv[j].to_f64() - mu);
-                        }
-                    }
-                    for (xv, gv) in cx.remainder().iter().zip(cg.remainder()) {
-                        a[0] += gv.to_f64();
-                        b[0] += gv.to_f64() * (xv.to_f64() - mu);
+        let Channels { x, g, mean, s, c0, out1, out2 } = self.0;
+        sums_range(g.unwrap_or(&[]), x, mean.unwrap_or(&[]), s, c0, out1, out2);
+    }
+}
+
+/// Channels per cache block when `L == 1` (a block of `N x 256` elements stays in L2
+/// between the reduction and the element-wise pass).
+const CHANNEL_BLOCK: usize = 256;
+
+/// The output of the fused passes: written by channel, from several threads.
+struct OutPtr<T> {
+    ptr: *mut T,
+    len: usize,
+}
+impl<T> Clone for OutPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for OutPtr<T> {}
+// SAFETY: an `OutPtr` is made from a `&mut [T]` that outlives the call (see `train_forward`),
+// and each work item writes only the elements of its own channels (`OutPtr::run` below),
+// so sharing the pointer between threads never lets two threads touch the same element.
+unsafe impl<T: Send> Send for OutPtr<T> {}
+unsafe impl<T: Sync> Sync for OutPtr<T> {}
+
+impl<T> OutPtr<T> {
+    /// # Safety
+    /// `start + len <= self.len`, and no other live reference covers these elements: the
+    /// callers only take runs of elements of the channels their work item owns.
+    #[inline(always)]
+    unsafe fn run(&self, start: usize, len: usize) -> &mut [T] {
+        debug_assert!(start + len <= self.len);
+        // SAFETY: per this function's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
+    }
+}
+
+/// Training forward or backward of a channel range, reduction and element-wise pass fused
+/// by cache block of channels.
+struct Train<'a, T> {
+    ch: Channels<'a, T>,
+    out: OutPtr<T>,
+    weight: Option<&'a [T]>,
+    bias: Option<&'a [T]>,
+    /// Backward: the forward's invstd.
+    invstd: Option<&'a [T]>,
+    eps: f64,
+}
+
+impl<T: Send + Sync> Split for Train<'_, T> {
+    fn len(&self) -> usize {
+        self.ch.len()
+    }
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        let (a, b) = self.ch.split_at(mid);
+        let t = |ch| Train { ch, out: self.out, weight: self.weight, bias: self.bias, invstd: self.invstd, eps: self.eps };
+        (t(a), t(b))
+    }
+}
+
+impl<T: Float> SimdKernel for Train<'_, T> {
+    #[inline(always)]
+    fn run<A: Arith>(self) {
+        let Train { ch, out, weight, bias, invstd, eps } = self;
+        let Channels { x, g, mean, s, c0, out1, out2 } = ch;
+        let w = out1.len();
+        let block = if s.l == 1 { CHANNEL_BLOCK } else { 1 };
+        let count = (s.n * s.l) as f64;
+        let (mut mean_b, mut scale_b, mut shift_b, mut k_b) = ([T::ZERO; CHANNEL_BLOCK], [T::ZERO; CHANNEL_BLOCK], [T::ZERO; CHANNEL_BLOCK], [T::ZERO; CHANNEL_BLOCK]);
+        for q0 in (0..w).step_by(block) {
+            let q = (w - q0).min(block);
+            let (o1, o2) = (&mut out1[q0..q0 + q], &mut out2[q0..q0 + q]);
+            let cb = c0 + q0;
+            match g {
+                None => {
+                    stats_range(x, s, cb, o1, o2);
+                    for k in 0..q {
+                        let inv = 1.0 / (o2[k] + eps).sqrt();
+                        mean_b[k] = T::from_f64(o1[k]);
+                        scale_b[k] = T::from_f64(inv * weight.map_or(1.0, |w| w[cb + k].to_f64()));
+                        shift_b[k] = bias.map_or(T::ZERO, |b| b[cb + k]);
                     }
                 }
-                sg[k] = a.iter().sum();
-                sgx[k] = b.iter().sum();
+                Some(g) => {
+                    let mean = mean.unwrap_or(&[]);
+                    let invstd = invstd.unwrap_or(&[]);
+                    sums_range(g, x, mean, s, cb, o1, o2);
+                    for k in 0..q {
+                        let inv = invstd[cb + k].to_f64();
+                        mean_b[k] = mean[cb + k];
+                        scale_b[k] = T::from_f64(inv * weight.map_or(1.0, |w| w[cb + k].to_f64()));
+                        shift_b[k] = T::from_f64(o1[k] / count);
+                        k_b[k] = T::from_f64(o2[k] * inv * inv / count);
+                    }
+                }
             }
-        } else {
-            for v in sg.iter_mut() {
-                *v = 0.0;
-            }
-            for v in sgx.iter_mut() {
-                *v = 0.0;
-            }
-            let mu = &mean[c0..][..w];
-            for i in 0..s.n {
-                let (xs, gs) = (&x[i * s.c + c0..][..w], &g[i * s.c + c0..][..w]);
-                for k in 0..w {
-                    let gg = gs[k].to_f64();
-                    sg[k] += gg;
-                    sgx[k] += gg * (xs[k].to_f64() - mu[k].to_f64());
+            // The element-wise pass over the block, while it is in cache.
+            if s.l > 1 {
+                let (m, sc, sh, kk) = (mean_b[0], scale_b[0], shift_b[0], k_b[0]);
+                for i in 0..s.n {
+                    let off = (i * s.c + cb) * s.l;
+                    let xs = &x[off..][..s.l];
+                    // SAFETY: channel `cb` belongs to this work item (Channels splits hand out
+                    // disjoint channel ranges), and this run lies inside `out` (same shape as x).
+                    let o = unsafe { out.run(off, s.l) };
+                    match g {
+                        None => {
+                            for (o, &x) in o.iter_mut().zip(xs) {
+                                *o = A::madd(x - m, sc, sh);
+                            }
+                        }
+                        Some(g) => {
+                            for ((o, &x), &g) in o.iter_mut().zip(xs).zip(&g[off..][..s.l]) {
+                                *o = (g - sh - (x - m) * kk) * sc;
+                            }
+                        }
+                    }
+                }
+            } else {
+                let (m, sc, sh, kk) = (&mean_b[..q], &scale_b[..q], &shift_b[..q], &k_b[..q]);
+                for i in 0..s.n {
+                    let off = i * s.c + cb;
+                    let xs = &x[off..][..q];
+                    // SAFETY: as above: channels cb .. cb + q are this item's.
+                    let o = unsafe { out.run(off, q) };
+                    match g {
+                        None => {
+                            for (((o, &x), &m), (&sc, &sh)) in o.iter_mut().zip(xs).zip(m).zip(sc.iter().zip(sh)) {
+                                *o = A::madd(x - m, sc, sh);
+                            }
+                        }
+                        Some(g) => {
+                            let gs = &g[off..][..q];
+                            for ((((o, &x), &g), &m), ((&sc, &sh), &kk)) in o.iter_mut().zip(xs).zip(gs).zip(m).zip(sc.iter().zip(sh).zip(kk)) {
+                                *o = (g - sh - (x - m) * kk) * sc;
+                            }
+                        }
+                    }
                 }
             }
         }
     }
+}
+
+/// Training forward in one pass over memory: per block of channels, the mean and biased
+/// variance (float64, into `mean`/`var`) and then `out = (x - mean) * invstd * weight + bias`
+/// with `invstd = 1 / sqrt(var + eps)`, while the block is in cache.
+#[allow(clippy::too_many_arguments)]
+pub fn train_forward<T: Float>(
+    x: &[T],
+    out: &mut [T],
+    s: Shape,
+    weight: Option<&[T]>,
+    bias: Option<&[T]>,
+    eps: f64,
+    mean: &mut [f64],
+    var: &mut [f64],
+) -> Result<(), Error> {
+    s.check("input", x.len())?;
+    s.check("out", out.len())?;
+    s.check_c("mean", mean.len())?;
+    s.check_c("var", var.len())?;
+    if let Some(w) = weight {
+        s.check_c("weight", w.len())?;
+    }
+    if let Some(b) = bias {
+        s.check_c("bias", b.len())?;
+    }
+    let out = OutPtr { ptr: out.as_mut_ptr(), len: out.len() };
+    let ch = Channels { x, g: None, mean: None, s, c0: 0, out1: mean, out2: var };
+    parallel::for_each(vec![Train { ch, out, weight, bias, invstd: None, eps }], simd::dispatch);
+    Ok(())
+}
+
+/// Training backward in one pass over memory: per block of channels, `sum(g)` and
+/// `sum(g * (x - mean))` (float64, into `sum_g`/`sum_gx`) and then
+/// `out = (g - sum_g/M - (x - mean) * invstd^2 * sum_gx/M) * invstd * weight` (M = N*L).
+#[allow(clippy::too_many_arguments)]
+pub fn train_backward<T: Float>(
+    g: &[T],
+    x: &[T],
+    out: &mut [T],
+    s: Shape,
+    mean: &[T],
+    invstd: &[T],
+    weight: Option<&[T]>,
+    sum_g: &mut [f64],
+    sum_gx: &mut [f64],
+) -> Result<(), Error> {
+    s.check("grad_output", g.len())?;
+    s.check("input", x.len())?;
+    s.check("out", out.len())?;
+    s.check_c("mean", mean.len())?;
+    s.check_c("invstd", invstd.len())?;
+    s.check_c("sum_g", sum_g.len())?;
+    s.check_c("sum_gx", sum_gx.len())?;
+    if let Some(w) = weight {
+        s.check_c("weight", w.len())?;
+    }
+    let out = OutPtr { ptr: out.as_mut_ptr(), len: out.len() };
+    let ch = Channels { x, g: Some(g), mean: Some(mean), s, c0: 0, out1: sum_g, out2: sum_gx };
+    parallel::for_each(vec![Train { ch, out, weight, bias: None, invstd: Some(invstd), eps: 0.0 }], simd::dispatch);
+    Ok(())
 }
 
 /// Per-channel mean and biased variance (float64) of `x`, seen as `(N, C, L)`.
@@ -608,6 +807,35 @@ mod tests {
             }
         }
         crate::parallel::set_num_threads(crate::parallel::default_threads()).unwrap();
+    }
+
+    #[test]
+    fn fused_training_passes_equal_the_separate_ones() {
+        for s in [Shape { n: 300, c: 150, l: 1 }, Shape { n: 6, c: 5, l: 33 }, Shape { n: 40, c: 3, l: 1000 }] {
+            let x: Vec<f64> = data::<f64>(s.len(), 11).iter().map(|v| v * 3.0 + 1.0).collect();
+            let g: Vec<f64> = data::<f64>(s.len(), 12);
+            let w: Vec<f64> = (0..s.c).map(|c| 0.5 + c as f64 * 0.01).collect();
+            let b: Vec<f64> = (0..s.c).map(|c| c as f64 * 0.1).collect();
+            let (mut m1, mut v1, mut y1) = (vec![0.0; s.c], vec![0.0; s.c], vec![0.0; s.len()]);
+            train_forward(&x, &mut y1, s, Some(&w), Some(&b), 1e-5, &mut m1, &mut v1).unwrap();
+            let (mut m2, mut v2, mut y2) = (vec![0.0; s.c], vec![0.0; s.c], vec![0.0; s.len()]);
+            stats(&x, s, &mut m2, &mut v2).unwrap();
+            assert_eq!((&m1, &v1), (&m2, &v2));
+            let inv: Vec<f64> = v2.iter().map(|v| 1.0 / (v + 1e-5f64).sqrt()).collect();
+            let sc: Vec<f64> = inv.iter().zip(&w).map(|(i, w)| i * w).collect();
+            normalize(Some(&x), &mut y2, s, PerChannel { mean: &m2, scale: &sc, shift: &b, k: None }).unwrap();
+            assert_eq!(y1, y2);
+            let (mut a1, mut b1, mut gx1) = (vec![0.0; s.c], vec![0.0; s.c], vec![0.0; s.len()]);
+            train_backward(&g, &x, &mut gx1, s, &m1, &inv, Some(&w), &mut a1, &mut b1).unwrap();
+            let (mut a2, mut b2, mut gx2) = (vec![0.0; s.c], vec![0.0; s.c], vec![0.0; s.len()]);
+            backward_sums(&g, &x, &m1, s, &mut a2, &mut b2).unwrap();
+            assert_eq!((&a1, &b1), (&a2, &b2));
+            let cnt = (s.n * s.l) as f64;
+            let gm: Vec<f64> = a2.iter().map(|a| a / cnt).collect();
+            let k: Vec<f64> = b2.iter().zip(&inv).map(|(b, i)| b * i * i / cnt).collect();
+            backward_input(&g, &x, &mut gx2, s, PerChannel { mean: &m1, scale: &sc, shift: &gm, k: Some(&k) }).unwrap();
+            assert_eq!(gx1, gx2);
+        }
     }
 
     #[test]
