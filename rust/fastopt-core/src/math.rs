@@ -57,6 +57,13 @@ pub trait Math: Float {
     fn sigmoid<A: Arith>(self) -> Self {
         Self::ONE / (Self::ONE + (-self).exp::<A>())
     }
+    /// `(erfc(self + lo), exp(-(self + lo)^2))` to first order in a small correction `lo` (the
+    /// rounding error of a computed argument): callers whose argument carries a known
+    /// rounding error (gelu's `x / sqrt 2`) keep the accuracy the rounding would cost.
+    fn erfc_dd<A: Arith>(self, lo: Self) -> (Self, Self);
+    /// `(p, e)` with `p = self * c` rounded and `p + e` exactly the product (Dekker's
+    /// algorithm; no FMA needed, so every SIMD level agrees).
+    fn two_prod(self, c: Self) -> (Self, Self);
     fn copysign(self, sign: Self) -> Self;
     fn infinity() -> Self;
     fn nan() -> Self;
@@ -160,7 +167,7 @@ macro_rules! impl_math {
                     let ax = self.abs();
                     let small =
                         self * horner::<A, $t, { $m::ERF_A.len() }>(&$m::ERF_A, self * self);
-                    let large = 1.0 - erfc_large::<A>(ax);
+                    let large = 1.0 - erfc_large::<A>(ax, exp_neg_sq::<A>(ax));
                     if ax < 1.0 {
                         small
                     } else {
@@ -173,7 +180,7 @@ macro_rules! impl_math {
                     let ax = self.abs();
                     let small =
                         1.0 - self * horner::<A, $t, { $m::ERF_A.len() }>(&$m::ERF_A, self * self);
-                    let e = erfc_large::<A>(ax);
+                    let e = erfc_large::<A>(ax, exp_neg_sq::<A>(ax));
                     // 1 - erf(x) cancels for x towards 1: the large form takes over from 0.5.
                     if self < 0.5 && self > -1.0 {
                         small
@@ -183,6 +190,38 @@ macro_rules! impl_math {
                         // NaN lands here too: 2 - NaN.
                         2.0 - e
                     }
+                }
+
+                #[inline(always)]
+                fn erfc_dd<A: Arith>(self, lo: $t) -> ($t, $t) {
+                    let z = self;
+                    let ax = z.abs();
+                    let e = exp_neg_sq::<A>(ax);
+                    let big = erfc_large::<A>(ax, e);
+                    let small = 1.0 - z * horner::<A, $t, { $m::ERF_A.len() }>(&$m::ERF_A, z * z);
+                    let r = if z < 0.5 && z > -1.0 {
+                        small
+                    } else if z > 0.0 {
+                        big
+                    } else {
+                        2.0 - big
+                    };
+                    // d erfc(z) / dz = -2/sqrt(pi) exp(-z^2); d exp(-z^2) / dz = -2 z exp(-z^2).
+                    let r = A::madd(-(lo * consts::$m::TWO_OVER_SQRT_PI), e, r);
+                    let e = A::madd(-2.0 * z * lo, e, e);
+                    (r, e)
+                }
+
+                #[inline(always)]
+                fn two_prod(self, c: $t) -> ($t, $t) {
+                    let p = self * c;
+                    let split = |v: $t| {
+                        let t = consts::$m::SPLIT * v;
+                        let h = t - (t - v);
+                        (h, v - h)
+                    };
+                    let ((ah, al), (bh, bl)) = (split(self), split(c));
+                    (p, ((ah * bh - p) + ah * bl + al * bh) + al * bl)
                 }
 
                 #[inline(always)]
@@ -220,21 +259,23 @@ macro_rules! impl_math {
                 $t::from_bits((k.wrapping_add($bias) as $u) << $mant)
             }
 
-            /// `erfc(ax)` for `ax >= 0.5` (clamped where the result underflows).
+            /// `exp(-x^2)` with the rounding error of `x^2` folded back in; the error is
+            /// computed exactly by Dekker's product (no FMA needed, so every level agrees).
             #[inline(always)]
-            fn erfc_large<A: Arith>(ax: $t) -> $t {
+            fn exp_neg_sq<A: Arith>(x: $t) -> $t {
+                // Beyond ERF_B_MAX the result is 0 anyway; clamping keeps x^2 finite (NaN stays).
+                let x = clamp(x.abs(), 0.0, consts::$m::ERF_B_MAX);
+                let (hi, lo) = x.two_prod(x);
+                let e = Math::exp::<A>(-hi);
+                A::madd(-lo, e, e)
+            }
+
+            /// `erfc(ax)` for `ax >= 0.5` given `e = exp(-ax^2)` (0 where it underflows).
+            #[inline(always)]
+            fn erfc_large<A: Arith>(ax: $t, e: $t) -> $t {
                 let x = clamp(ax, 0.5, consts::$m::ERF_B_MAX);
                 let t = (x - 3.0) / (x + 3.0) - consts::$m::ERF_B_CENTRE;
                 let b = horner::<A, $t, { $m::ERF_B.len() }>(&$m::ERF_B, t);
-                // exp(-x^2) with the rounding error of x^2 folded back in; the error is computed
-                // exactly by Dekker's product (no FMA needed, so every level agrees here).
-                let hi = x * x;
-                let c = consts::$m::SPLIT * x;
-                let xh = c - (c - x);
-                let xl = x - xh;
-                let lo = ((xh * xh - hi) + 2.0 * xh * xl) + xl * xl;
-                let e = Math::exp::<A>(-hi);
-                let e = A::madd(-lo, e, e);
                 e * b / A::madd(2.0, x, 1.0)
             }
         }
@@ -285,6 +326,7 @@ mod consts {
         pub const LOG1P_TINY: f32 = 1.0e-9;
         pub const ERF_B_MAX: f32 = 10.5;
         pub const SPLIT: f32 = 4097.0; // 2^12 + 1
+        pub const TWO_OVER_SQRT_PI: f32 = core::f32::consts::FRAC_2_SQRT_PI;
         pub const ERF_B_CENTRE: f32 = -0.07936507936507936;
     }
     pub mod m64 {
@@ -302,6 +344,7 @@ mod consts {
         pub const LOG1P_TINY: f64 = 1.0e-18;
         pub const ERF_B_MAX: f64 = 27.5;
         pub const SPLIT: f64 = 134217729.0; // 2^27 + 1
+        pub const TWO_OVER_SQRT_PI: f64 = core::f64::consts::FRAC_2_SQRT_PI;
         pub const ERF_B_CENTRE: f64 = 0.04449648711943794;
     }
 }

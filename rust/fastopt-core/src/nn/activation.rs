@@ -50,6 +50,9 @@ impl Act {
 }
 
 const SQRT1_2: f64 = core::f64::consts::FRAC_1_SQRT_2;
+/// 1/sqrt(2) minus its float32 / float64 rounding.
+const SQRT1_2_ERR_F32: f64 = 1.210_161_710_447_897e-8;
+const SQRT1_2_ERR_F64: f64 = -4.833_646_656_726_457e-17;
 /// 1 / sqrt(2 pi).
 const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_677_939_946_059_934_4;
 /// sqrt(2 / pi).
@@ -218,19 +221,36 @@ impl<T: Math> Backward<T> for Tanh {
         g * (T::ONE - y * y)
     }
 }
+/// `(z, lo)` with `z + lo = -x / sqrt 2` to about twice the working precision: the rounded
+/// product, its exact rounding error, and the error of the rounded constant.
+#[inline(always)]
+fn gelu_arg<T: Math>(x: T) -> (T, T) {
+    let c = T::from_f64(SQRT1_2);
+    let c_err = T::from_f64(if core::mem::size_of::<T>() == 4 { SQRT1_2_ERR_F32 } else { SQRT1_2_ERR_F64 });
+    let (p, e) = (-x).two_prod(c);
+    // Dekker's split overflows for huge |x|, where erfc has long saturated anyway.
+    let lo = if x.abs() < T::from_f64(1e6) { e + -x * c_err } else { T::ZERO };
+    (p, lo)
+}
+
 impl<T: Math> Forward<T> for Gelu {
     #[inline(always)]
     fn f<A: Arith>(self, x: T) -> T {
-        // x (1 + erf(x / sqrt 2)) / 2, written with erfc so that the negative tail keeps its
-        // relative accuracy instead of cancelling.
-        x * half::<T>() * (-x * T::from_f64(SQRT1_2)).erfc::<A>()
+        // x (1 + erf(x / sqrt 2)) / 2 = x erfc(-x / sqrt 2) / 2: the erfc form keeps the negative
+        // tail's relative accuracy (1 + erf cancels there), and the argument's rounding error
+        // is corrected to first order (the tail amplifies it by about x^2).
+        let (z, lo) = gelu_arg(x);
+        x * half::<T>() * z.erfc_dd::<A>(lo).0
     }
 }
 impl<T: Math> Backward<T> for Gelu {
     #[inline(always)]
     fn f<A: Arith>(self, g: T, x: T) -> T {
-        let cdf = half::<T>() * (-x * T::from_f64(SQRT1_2)).erfc::<A>();
-        let pdf = T::from_f64(INV_SQRT_2PI) * (-half::<T>() * x * x).exp::<A>();
+        // Phi(x) + x phi(x), with phi(x) = exp(-x^2 / 2) / sqrt(2 pi) = exp(-z^2) / sqrt(2 pi).
+        let (z, lo) = gelu_arg(x);
+        let (erfc, e) = z.erfc_dd::<A>(lo);
+        let cdf = half::<T>() * erfc;
+        let pdf = T::from_f64(INV_SQRT_2PI) * e;
         g * A::madd(x, pdf, cdf)
     }
 }
