@@ -187,3 +187,16 @@ def test_adadelta_minimizes_a_quadratic():
             opt.step()
         end = float(np.sum((p.data - target) ** 2))
         assert (end > start) if maximize else (end < 0.1 * start)
+
+
+def test_typed_surface_lists_every_compiled_function():
+    """_fastopt.pyi declares every function the compiled module exports (and no others)."""
+    import re
+    from pathlib import Path
+
+    import fastopt._fastopt as ext
+
+    stub = (Path(fo.__file__).parent / "_fastopt.pyi").read_text()
+    declared = set(re.findall(r"^def (\w+)\(", stub, flags=re.M))
+    exported = {n for n in dir(ext) if not n.startswith("_") and callable(getattr(ext, n))}
+    assert declared == exported, (sorted(exported - declared), sorted(declared - exported))
