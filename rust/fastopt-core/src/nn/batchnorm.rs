@@ -45,7 +45,7 @@ impl Shape {
 }
 
 /// Rows per chunk when `L == 1`.
-const ROW_BLOCK: usize = 64;
+const ROW_BLOCK: usize = 256;
 
 /// A range of channels and its per-channel outputs.
 struct Channels<'a, T> {
@@ -190,10 +190,15 @@ fn stats_range<T: Float>(x: &[T], s: Shape, c0: usize, mean: &mut [f64], var: &m
                     *a += d * d;
                 }
             }
-            for k in 0..q {
-                merge(cnt, &mut mean[q0 + k], &mut var[q0 + k], rows as f64, bs[k], bm2[k]);
+            // merge() with the factors every channel shares hoisted out of the loop.
+            let nb = rows as f64;
+            let (wb, wab) = (nb / (cnt + nb), cnt * nb / (cnt + nb));
+            for ((m, v), (&mb, &m2b)) in mean[q0..q0 + q].iter_mut().zip(var[q0..q0 + q].iter_mut()).zip(bs.iter().zip(bm2.iter())) {
+                let d = mb - *m;
+                *m += d * wb;
+                *v += m2b + d * d * wab;
             }
-            cnt += rows as f64;
+            cnt += nb;
         }
         for k in q0..q0 + q {
             var[k] = if cnt > 0.0 { var[k] / cnt } else { f64::NAN };
