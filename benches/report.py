@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +34,8 @@ from benchmarks.common import (  # noqa: E402
     NumpyRMSprop,
     NumpyRprop,
     NumpySGD,
+    interleaved,
     problem,
-    set_threads,
     torch_optimizer,
 )
 
@@ -75,23 +74,7 @@ def _impls(name, kwargs, numpy_factory, n, have_torch):
 
 
 def measure(name, kwargs, numpy_factory, n, rounds, block_seconds, have_torch):
-    impls = _impls(name, kwargs, numpy_factory, n, have_torch)
-    for threads, step in impls.values():  # allocate state, warm caches
-        set_threads(threads)
-        step()
-    samples = {k: [] for k in impls}
-    for _ in range(rounds):
-        for key, (threads, step) in impls.items():
-            set_threads(threads)
-            step()
-            reps, elapsed = 0, 0.0
-            t0 = time.perf_counter()
-            while elapsed < block_seconds or reps < 3:
-                step()
-                reps += 1
-                elapsed = time.perf_counter() - t0
-            samples[key].append(elapsed / reps)
-    return {k: float(np.median(v)) for k, v in samples.items()}
+    return interleaved(_impls(name, kwargs, numpy_factory, n, have_torch), rounds, block_seconds)
 
 
 def main(argv=None):

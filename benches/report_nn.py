@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,26 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fastopt as fo  # noqa: E402
 from benchmarks import nn_peers as P  # noqa: E402
-from benchmarks.common import set_threads  # noqa: E402
-
-
-def interleaved(fns: dict, threads: int, rounds: int, block: float) -> dict:
-    set_threads(threads)
-    for f in fns.values():
-        f()
-    samples = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            f()
-            reps, t0 = 0, time.perf_counter()
-            while True:
-                f()
-                reps += 1
-                elapsed = time.perf_counter() - t0
-                if elapsed >= block and reps >= 3:
-                    break
-            samples[k].append(elapsed / reps)
-    return {k: float(np.median(v)) for k, v in samples.items()}
+from benchmarks.common import interleaved  # noqa: E402
 
 
 def activation_rows(names, n, threads, rounds, block, have_torch):
@@ -57,7 +37,7 @@ def activation_rows(names, n, threads, rounds, block, have_torch):
                 continue  # per-element math.erf: minutes
             fns[(name, "fwd", impl)] = getattr(P, f"{impl}_forward")(name, x, np.empty_like(x))
             fns[(name, "bwd", impl)] = getattr(P, f"{impl}_backward")(name, g, saved, np.empty_like(x))
-    r = interleaved(fns, threads, rounds, block)
+    r = interleaved({k: (threads, f) for k, f in fns.items()}, rounds, block)
     ns = {k: v / n * 1e9 for k, v in r.items()}
     rows = []
     for name in names:
@@ -79,7 +59,7 @@ def batch_norm_rows(shapes, threads, rounds, block, have_torch):
     for shape in shapes:
         prob = P.batch_norm_problem(shape)
         impls = ["fastopt"] + (["torch"] if have_torch else []) + ["numpy"]
-        r = interleaved({i: getattr(P, f"{i}_batch_norm_step")(*prob) for i in impls}, threads, rounds, block)
+        r = interleaved({i: (threads, getattr(P, f"{i}_batch_norm_step")(*prob)) for i in impls}, rounds, block)
         ms = {k: v * 1e3 for k, v in r.items()}
         t = ms.get("torch", float("nan"))
         rows.append(f"| {shape} | {threads} | {ms['fastopt']:.3f} | {t:.3f} | **{t / ms['fastopt']:.2f}x** | {ms['numpy']:.3f} | {ms['numpy'] / ms['fastopt']:.1f}x |")

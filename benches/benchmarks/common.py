@@ -292,3 +292,28 @@ class NumpyRprop(_NumpyBase):
         self.tmp *= self.size
         self.p -= self.tmp
         np.copyto(self.prev, self.gg)
+
+
+def interleaved(impls: dict, rounds: int, block_seconds: float) -> dict:
+    """Median seconds per call of each implementation, measured in turns: ``impls`` maps a
+    key to ``(threads, fn)``; each round runs a block of calls (at least ``block_seconds`` and
+    3 calls, after one untimed call) of every implementation in turn, so slow drifts of a
+    noisy machine hit all of them alike."""
+    import time
+
+    for threads, fn in impls.values():  # allocate state, warm caches
+        set_threads(threads)
+        fn()
+    samples = {k: [] for k in impls}
+    for _ in range(rounds):
+        for key, (threads, fn) in impls.items():
+            set_threads(threads)
+            fn()
+            reps, elapsed = 0, 0.0
+            t0 = time.perf_counter()
+            while elapsed < block_seconds or reps < 3:
+                fn()
+                reps += 1
+                elapsed = time.perf_counter() - t0
+            samples[key].append(elapsed / reps)
+    return {k: float(np.median(v)) for k, v in samples.items()}
