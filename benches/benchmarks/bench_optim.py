@@ -173,3 +173,54 @@ class Lamb(_NoNumpyPeer):
 class Adafactor(_NoNumpyPeer):
     optimizer = "Adafactor"
     kwargs = {"lr": 1e-2}
+
+
+class LBFGS:
+    """One LBFGS step (max_iter=20, history 10) on an ill-conditioned quadratic
+    0.5 sum(a x^2) - b.x in float64, with and without the strong-Wolfe line search; the
+    closure does the same few array operations in NumPy and in torch."""
+
+    params = ([100_000, 1_000_000], THREADS, [None, "strong_wolfe"], ["fastopt", "torch"])
+    param_names = ["n", "threads", "line_search_fn", "impl"]
+    timeout = 300
+
+    def setup(self, n, threads, line_search_fn, impl):
+        import numpy as np
+
+        set_threads(threads)
+        rng = np.random.default_rng(0)
+        a = np.exp(rng.uniform(0, 3, n))
+        b = rng.standard_normal(n)
+        x0 = rng.standard_normal(n)
+        kw = dict(lr=1, max_iter=20, history_size=10, line_search_fn=line_search_fn)
+        if impl == "fastopt":
+            p = fo.Parameter(x0.copy())
+            opt = fo.optim.LBFGS([p], **kw)
+            tmp = np.empty(n)
+
+            def closure():
+                np.multiply(a, p.data, out=tmp)
+                loss = 0.5 * float(np.dot(tmp, p.data)) - float(np.dot(b, p.data))
+                np.subtract(tmp, b, out=tmp)
+                p.grad = tmp
+                return loss
+        else:
+            try:
+                import torch
+            except ImportError as e:
+                raise NotImplementedError("torch is not installed") from e
+            at, bt = torch.from_numpy(a), torch.from_numpy(b)
+            p = torch.nn.Parameter(torch.from_numpy(x0.copy()))
+            opt = torch.optim.LBFGS([p], **kw)
+
+            def closure():
+                with torch.no_grad():
+                    tmp = at * p
+                    loss = 0.5 * float(torch.dot(tmp, p)) - float(torch.dot(bt, p))
+                    p.grad = tmp.sub_(bt)
+                return loss
+        self.step = lambda: opt.step(closure)
+        self.x0 = x0
+
+    def time_step(self, n, threads, line_search_fn, impl):
+        self.step()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -145,11 +146,33 @@ class LBFGS(Optimizer):
             raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
         super().add_param_group(param_group)
 
+    def _flat_array(self, n: int, dtype: np.dtype) -> np.ndarray:
+        """An array for a gathered gradient, recycled from earlier ones nothing refers to
+        any more (a fresh multi-megabyte array costs a page fault per 4 KiB on every
+        iteration; CPython's reference count tells exactly when one is free)."""
+        pool = self.__dict__.setdefault("_flat_pool", [])
+        for a in pool:
+            # References: the pool's list, the loop variable and getrefcount's argument.
+            if sys.getrefcount(a) == 3 and a.shape == (n,) and a.dtype == dtype:
+                return a
+        a = np.empty(n, dtype)
+        if len(pool) < 8:
+            pool.append(a)
+        return a
+
     def _gather_flat_grad(self) -> np.ndarray:
-        views = [np.zeros(p.size, p.dtype) if p.grad is None else p.grad.reshape(-1) for p in self._params]
-        flat = np.concatenate(views) if views else np.zeros(0)
+        dtype = self._params[0].dtype if self._params else np.dtype(np.float64)
+        flat = self._flat_array(sum(p.size for p in self._params), dtype)
+        offset = 0
+        for p in self._params:
+            part = flat[offset : offset + p.size]
+            if p.grad is None:
+                part[...] = 0
+            else:
+                np.copyto(part, p.grad.reshape(-1))
+            offset += p.size
         if self.param_groups[0]["maximize"]:
-            flat = -flat
+            np.negative(flat, out=flat)
         return flat
 
     def _add_grad(self, step_size, update: np.ndarray) -> None:
@@ -200,19 +223,27 @@ class LBFGS(Optimizer):
         while n_iter < max_iter:
             n_iter += 1
             state["n_iter"] += 1
+            # Work arrays are kept in the state and reused (a fresh 8 MB array costs its page
+            # faults on every iteration): q holds the direction d, two spares take the next
+            # (y, s) pair, and a full history hands its oldest pair back as the spares.
+            # (Kept outside the state, which state_dict() exports as torch's.)
+            buf = self.__dict__.get("_work")
+            if buf is None or buf["q"].shape != flat_grad.shape or buf["q"].dtype != flat_grad.dtype:
+                buf = self.__dict__["_work"] = {k: np.empty_like(flat_grad) for k in ("q", "y", "s", "prev")}
             if state["n_iter"] == 1:
-                d = -flat_grad
+                d = np.negative(flat_grad, out=buf["q"])
                 old_dirs, old_stps, ro = [], [], []
                 H_diag = 1
             else:
-                y = flat_grad - prev_flat_grad
-                s = d * t
+                y = np.subtract(flat_grad, prev_flat_grad, out=buf["y"])
+                s = np.multiply(d, t, out=buf["s"])
                 ys = _dot(y, s)
                 if ys > 1e-10:
                     if len(old_dirs) == history_size:
-                        old_dirs.pop(0)
-                        old_stps.pop(0)
+                        buf["y"], buf["s"] = old_dirs.pop(0), old_stps.pop(0)
                         ro.pop(0)
+                    else:
+                        buf["y"], buf["s"] = np.empty_like(y), np.empty_like(s)
                     old_dirs.append(y)
                     old_stps.append(s)
                     ro.append(1.0 / ys)
@@ -221,15 +252,16 @@ class LBFGS(Optimizer):
                 if "al" not in state:
                     state["al"] = [None] * history_size
                 al = state["al"]
-                q = -flat_grad
+                q = np.negative(flat_grad, out=buf["q"])
                 for i in range(num_old - 1, -1, -1):
                     al[i] = _dot(old_stps[i], q) * ro[i]
                     _fastopt.axpy_(q, float(-al[i]), old_dirs[i])
-                d = r = q * H_diag
+                d = r = np.multiply(q, H_diag, out=q)
                 for i in range(num_old):
                     be_i = _dot(old_dirs[i], r) * ro[i]
                     _fastopt.axpy_(r, float(al[i] - be_i), old_stps[i])
-            prev_flat_grad = flat_grad.copy()
+            prev_flat_grad = buf["prev"]
+            np.copyto(prev_flat_grad, flat_grad)
             prev_loss = loss
             if state["n_iter"] == 1:
                 t = min(1.0, 1.0 / flat_grad.dtype.type(_fastopt.total_norm([flat_grad], 1.0))) * lr
