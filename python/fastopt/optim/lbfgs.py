@@ -252,14 +252,27 @@ class LBFGS(Optimizer):
                 if "al" not in state:
                     state["al"] = [None] * history_size
                 al = state["al"]
+                # The two-loop recursion, each update fused with the next iteration's dot
+                # product (one pass over memory instead of two; the same arithmetic).
                 q = np.negative(flat_grad, out=buf["q"])
+                dtype = q.dtype.type
+                if num_old:
+                    sq = _dot(old_stps[num_old - 1], q)
                 for i in range(num_old - 1, -1, -1):
-                    al[i] = _dot(old_stps[i], q) * ro[i]
-                    _fastopt.axpy_(q, float(-al[i]), old_dirs[i])
+                    al[i] = sq * ro[i]
+                    if i > 0:
+                        sq = dtype(_fastopt.axpy_dot(q, float(-al[i]), old_dirs[i], old_stps[i - 1]))
+                    else:
+                        _fastopt.axpy_(q, float(-al[i]), old_dirs[i])
                 d = r = np.multiply(q, H_diag, out=q)
+                if num_old:
+                    yr = _dot(old_dirs[0], r)
                 for i in range(num_old):
-                    be_i = _dot(old_dirs[i], r) * ro[i]
-                    _fastopt.axpy_(r, float(al[i] - be_i), old_stps[i])
+                    be_i = yr * ro[i]
+                    if i + 1 < num_old:
+                        yr = dtype(_fastopt.axpy_dot(r, float(al[i] - be_i), old_stps[i], old_dirs[i + 1]))
+                    else:
+                        _fastopt.axpy_(r, float(al[i] - be_i), old_stps[i])
             prev_flat_grad = buf["prev"]
             np.copyto(prev_flat_grad, flat_grad)
             prev_loss = loss

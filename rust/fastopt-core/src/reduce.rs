@@ -290,6 +290,55 @@ impl<T: Float> SimdKernel for Axpy<'_, T> {
     }
 }
 
+/// Blocks of `y += alpha * x` followed by the partial dot products `z . y` of the same blocks.
+struct AxpyDotBlocks<'a, T> {
+    y: &'a mut [T],
+    x: &'a [T],
+    z: &'a [T],
+    alpha: T,
+    out: &'a mut [f64],
+}
+
+impl<T: Float> Split for AxpyDotBlocks<'_, T> {
+    fn len(&self) -> usize {
+        self.y.len()
+    }
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        let blocks = mid.div_ceil(BLOCK).min(self.out.len());
+        let at = (blocks * BLOCK).min(self.y.len());
+        let (y0, y1) = self.y.split_at_mut(at);
+        let (x0, x1) = self.x.split_at(at);
+        let (z0, z1) = self.z.split_at(at);
+        let (o0, o1) = self.out.split_at_mut(blocks);
+        let alpha = self.alpha;
+        (AxpyDotBlocks { y: y0, x: x0, z: z0, alpha, out: o0 }, AxpyDotBlocks { y: y1, x: x1, z: z1, alpha, out: o1 })
+    }
+}
+
+impl<T: Float> SimdKernel for AxpyDotBlocks<'_, T> {
+    #[inline(always)]
+    fn run<A: Arith>(self) {
+        let AxpyDotBlocks { y, x, z, alpha, out } = self;
+        for ((slot, y), (x, z)) in out.iter_mut().zip(y.chunks_mut(BLOCK)).zip(x.chunks(BLOCK).zip(z.chunks(BLOCK))) {
+            // The same arithmetic, in the same blocks and order, as `axpy` then `dot`: the
+            // block is still in cache for the second half.
+            Axpy { y: &mut *y, x, alpha }.run::<A>();
+            DotBlocks { a: z, b: &*y, out: std::slice::from_mut(slot) }.run::<A>();
+        }
+    }
+}
+
+/// `y += alpha * x`, then returns `z . y`, in one pass over memory; bit-identical to
+/// [`axpy`] followed by [`dot`] (L-BFGS's two-loop recursion alternates the two).
+pub fn axpy_dot<T: Float>(y: &mut [T], alpha: T, x: &[T], z: &[T]) -> Result<f64, Error> {
+    if y.len() != x.len() || y.len() != z.len() {
+        return Err(Error(format!("axpy_dot of {}, {} and {} elements", y.len(), x.len(), z.len())));
+    }
+    let mut partials = vec![0.0f64; y.len().div_ceil(BLOCK)];
+    parallel::for_each(vec![AxpyDotBlocks { y, x, z, alpha, out: &mut partials }], simd::dispatch);
+    Ok(partials.iter().sum())
+}
+
 /// `y += alpha * x` in place (torch's `y.add_(x, alpha=alpha)`: one rounding with FMA).
 pub fn axpy<T: Float>(y: &mut [T], alpha: T, x: &[T]) -> Result<(), Error> {
     if y.len() != x.len() {
@@ -366,5 +415,25 @@ mod tests {
         clamp(vec![&mut b[..]], -1.0, 1.0);
         assert_eq!(&b[..5], &[-1.0, -0.5, 0.0, 0.5, 1.0]);
         assert!(b[5].is_nan());
+    }
+
+    #[test]
+    fn axpy_dot_is_axpy_then_dot() {
+        let _g = crate::test_util::global();
+        for n in [0usize, 1, 7, 8191, 8192, 8193, 100_003] {
+            let x: Vec<f64> = crate::test_util::data(n, 1);
+            let z: Vec<f64> = crate::test_util::data(n, 2);
+            let y0: Vec<f64> = crate::test_util::data(n, 3);
+            for threads in [1, 2] {
+                crate::parallel::set_num_threads(threads).unwrap();
+                let (mut a, mut b) = (y0.clone(), y0.clone());
+                let d = axpy_dot(&mut a, 0.37, &x, &z).unwrap();
+                axpy(&mut b, 0.37, &x).unwrap();
+                assert_eq!(a, b);
+                assert_eq!(d.to_bits(), dot(&z, &b).unwrap().to_bits());
+            }
+        }
+        crate::parallel::set_num_threads(crate::parallel::default_threads()).unwrap();
+        assert!(axpy_dot(&mut [0.0f32; 2], 1.0, &[0.0; 2], &[0.0; 3]).is_err());
     }
 }

@@ -102,3 +102,23 @@ pub fn axpy_<'py>(py: Python<'py>, y: &Bound<'py, PyAny>, alpha: f64, x: &Bound<
         Dtype::F64 => run::<f64>(py, ry[0], rx[0], alpha),
     }
 }
+
+/// `y += alpha * x`, then `z . y` (double-precision accumulation), in one pass; the same
+/// result as `axpy_` followed by `dot`.
+#[pyfunction]
+pub fn axpy_dot<'py>(py: Python<'py>, y: &Bound<'py, PyAny>, alpha: f64, x: &Bound<'py, PyAny>, z: &Bound<'py, PyAny>) -> PyResult<f64> {
+    let (mut g, ry) = Group::first_list(&PyList::new(py, [y])?.into_any(), "y", true)?;
+    let rx = g.like_params(&PyList::new(py, [x])?.into_any(), "x", false)?;
+    let rz = g.like_params(&PyList::new(py, [z])?.into_any(), "z", false)?;
+    g.finish()?;
+    fn run<T: Float + numpy::Element>(py: Python<'_>, y: Raw, x: Raw, z: Raw, alpha: T) -> PyResult<f64> {
+        // SAFETY: `Group` checked dtype `T`, layouts, shapes, and that `y` (written) overlaps
+        // neither `x` nor `z`; the caller's `Group` keeps all three alive.
+        let (y, x, z) = unsafe { (y.slice_mut::<T>(), x.slice::<T>(), z.slice::<T>()) };
+        py.detach(move || reduce::axpy_dot(y, alpha, x, z)).map_err(core_err)
+    }
+    match g.dtype {
+        Dtype::F32 => run::<f32>(py, ry[0], rx[0], rz[0], f32::from_f64(alpha)),
+        Dtype::F64 => run::<f64>(py, ry[0], rx[0], rz[0], alpha),
+    }
+}

@@ -61,7 +61,7 @@ fn default_num_threads() -> usize {
 #[pymodule]
 mod _fastopt {
     #[pymodule_export]
-    use super::clip::{axpy_, clamp_, dot, scale_, total_norm};
+    use super::clip::{axpy_, axpy_dot, clamp_, dot, scale_, total_norm};
     #[pymodule_export]
     use super::nn::{act_backward, act_forward, bn_backward_input, bn_backward_sums, bn_normalize, bn_stats, bn_train_backward, bn_train_forward, cross_entropy, cross_entropy_backward, softmax, softmax_backward};
     #[pymodule_export]
