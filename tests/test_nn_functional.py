@@ -254,7 +254,7 @@ def test_cross_entropy_matches_torch(torch, dtype, reduction, smoothing, shape):
     assert np.asarray(loss).dtype == dtype
     tol = (2e-6, 1e-6) if dtype == np.float32 else (1e-13, 1e-14)
     close(np.asarray(loss, np.float64).reshape(-1), lt.detach().numpy().reshape(-1), *tol, "loss")
-    grad = F.cross_entropy_backward(x, t, go, reduction=reduction, label_smoothing=smoothing)
+    grad = F.cross_entropy_backward(go, x, t, reduction=reduction, label_smoothing=smoothing)
     assert grad.shape == x.shape and grad.dtype == dtype
     close(grad, xt.grad.numpy(), *tol, "grad")
 
@@ -424,6 +424,12 @@ def test_bad_losses_and_batch_norm_input():
         F.cross_entropy(x, np.zeros(4, int), label_smoothing=1.5)
     with pytest.raises(ValueError, match="target"):
         F.mse_loss(x, np.zeros((3, 4)))
+    out = np.full((4, 3), 7.0)
+    with pytest.raises(ValueError, match=r"target\[0\] = 5"):
+        F.cross_entropy_backward(1.0, x, np.array([5, 0, 0, 0]), out=out)
+    with pytest.raises(ValueError, match="grad_output"):
+        F.cross_entropy_backward(np.ones(3), x, np.zeros(4, int), reduction="none", out=out)
+    np.testing.assert_array_equal(out, 7.0)
     rm, rv = np.zeros(3), np.ones(3)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         F.batch_norm(np.ones((1, 3)), rm, rv, training=True)

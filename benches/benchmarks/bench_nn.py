@@ -86,7 +86,7 @@ class CrossEntropy:
 
             def step():
                 F.cross_entropy(x, t)
-                F.cross_entropy_backward(x, t, out=grad)
+                F.cross_entropy_backward(1.0, x, t, out=grad)
         else:
             _need_torch()
             import torch

@@ -401,17 +401,18 @@ def cross_entropy(
 
 
 def cross_entropy_backward(
+    grad_output: Any,
     input: np.ndarray,
     target: np.ndarray,
-    grad_output: Any = 1.0,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     ignore_index: int = -100,
     *,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The gradient of ``cross_entropy`` with respect to the logits, times ``grad_output``
-    (a number for ``'mean'``/``'sum'``, an array of the per-sample shape for ``'none'``)."""
+    """The gradient of ``cross_entropy(input, target, ...)`` with respect to the logits, times
+    ``grad_output`` (a number for ``'mean'``/``'sum'``, e.g. 1.0; an array of the per-sample
+    shape for ``'none'``)."""
     reduction = _reduction(reduction)
     s = _smoothing(label_smoothing)
     x0 = _array(input, "input")
