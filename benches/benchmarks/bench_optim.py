@@ -33,9 +33,12 @@ class _Step:
     optimizer = ""
     kwargs: dict = {}
 
+    def make_problem(self, n):
+        return problem(n)
+
     def setup(self, n, threads, impl):
         set_threads(threads)
-        p0, g = problem(n)
+        p0, g = self.make_problem(n)
         if impl == "fastopt":
             p = fo.Parameter(p0)
             p.grad = g
@@ -171,8 +174,17 @@ class Lamb(_NoNumpyPeer):
 
 
 class Adafactor(_NoNumpyPeer):
+    """On square matrices (the factored path; a vector would take the unfactored one)."""
+
     optimizer = "Adafactor"
     kwargs = {"lr": 1e-2}
+
+    def make_problem(self, n):
+        import math
+
+        side = math.isqrt(n)
+        p, g = problem(side * side)
+        return p.reshape(side, side), g.reshape(side, side)
 
 
 class LBFGS:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 import numpy as np
 
+from .. import _fastopt
 from ..backends import for_arrays
 from .optimizer import Optimizer, _real, check_bool, check_nonnegative
 
@@ -28,10 +30,12 @@ class Adafactor(Optimizer):
     with ``beta2_t = 1 - t**beta2_decay``, update clipping by ``d`` and decoupled weight
     decay.
 
-    The factored statistics need reductions along axes and an outer product, so this update
-    runs as NumPy array operations per tensor (in torch's order of operations) rather than one
-    fused Rust kernel; the arguments are still checked by the Rust layer before anything
-    changes. Unlike torch (which divides by zero), an empty parameter is simply skipped.
+    A parameter of 2 or more dimensions takes three Rust passes (row/column sums of the
+    squared gradient and the parameter's norm; the update's norm, for the clipping by ``d``;
+    the update, weight decay folded in), with only its small row/column vectors updated in
+    NumPy; vectors (biases) use NumPy array operations in torch's order. The arguments are
+    checked by the Rust layer before anything changes. Unlike torch (which divides by zero),
+    an empty parameter is simply skipped.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, beta2_decay: float = -0.8,
@@ -88,20 +92,34 @@ class Adafactor(Optimizer):
         step = float(st["step"])
         one_minus_beta2 = step**decay
         rho = min(lr, 1 / step**0.5)
+        e1 = np.finfo(p.dtype).eps if eps1 is None else eps1
+        if g.ndim > 1:
+            # Three Rust passes over the tensor: row/column sums of g^2 and sum(p^2); the
+            # update's norm; the update itself (weight decay folded in). Only the small
+            # row/column vectors are NumPy.
+            rows, cols = g.shape[-2:]
+            batch = g.size // (rows * cols)
+            row_sq, col_sq = np.empty(batch * rows), np.empty(batch * cols)
+            p_sq = _fastopt.adafactor_sums(g, p, batch, rows, cols, row_sq, col_sq)
+            alpha = max(eps2, math.sqrt(p_sq) / p.size**0.5) * rho
+            # torch: norm(g, dim).square_() / size, in the parameter's dtype.
+            row_mean = np.square(np.sqrt(row_sq).astype(p.dtype)) / t(cols)
+            _lerp_(st["row_var"], row_mean.reshape(st["row_var"].shape), one_minus_beta2)
+            col_mean = np.square(np.sqrt(col_sq).astype(p.dtype)) / t(rows)
+            _lerp_(st["col_var"], col_mean.reshape(st["col_var"].shape), one_minus_beta2)
+            r_mean = np.maximum(st["row_var"].mean(axis=-2, keepdims=True, dtype=p.dtype), t(e1))
+            args = (g, batch, rows, cols, st["row_var"].reshape(-1), st["col_var"].reshape(-1),
+                    np.ascontiguousarray(r_mean.reshape(-1)), e1 * e1)
+            u_sq = _fastopt.adafactor_update(*args)
+            denom = max(1.0, math.sqrt(u_sq) / (g.size**0.5 * d))
+            _fastopt.adafactor_update(*args, param=p, decay=1 - lr * wd if wd != 0 else 1.0, scale=-alpha / denom)
+            return
+        # Vectors (biases): NumPy, in torch's order of operations.
         alpha = max(eps2, float(np.linalg.norm(p.ravel())) / p.size**0.5) * rho
         if wd != 0:
             p *= t(1 - lr * wd)
-        e1 = np.finfo(p.dtype).eps if eps1 is None else eps1
-        if g.ndim > 1:
-            row_mean = np.square(np.linalg.norm(g, axis=-1, keepdims=True)) / t(g.shape[-1])
-            _lerp_(st["row_var"], row_mean, one_minus_beta2)
-            col_mean = np.square(np.linalg.norm(g, axis=-2, keepdims=True)) / t(g.shape[-2])
-            _lerp_(st["col_var"], col_mean, one_minus_beta2)
-            var = st["row_var"] @ st["col_var"]
-            var /= np.maximum(st["row_var"].mean(axis=-2, keepdims=True, dtype=p.dtype), t(e1))
-        else:
-            _lerp_(st["variance"], g * g, one_minus_beta2)
-            var = st["variance"].copy()
+        _lerp_(st["variance"], g * g, one_minus_beta2)
+        var = st["variance"].copy()
         update = t(1) / np.sqrt(np.maximum(var, t(e1 * e1)))
         update *= g
         denom = max(1.0, float(np.linalg.norm(update.ravel())) / (update.size**0.5 * d))

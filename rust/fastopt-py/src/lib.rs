@@ -1,6 +1,7 @@
 //! `fastopt._fastopt`: the compiled module. It converts and checks arguments, releases the
 //! GIL and calls `fastopt-core`; it does no arithmetic of its own.
 
+mod adafactor;
 mod arrays;
 mod clip;
 mod nn;
@@ -60,6 +61,8 @@ fn default_num_threads() -> usize {
 
 #[pymodule]
 mod _fastopt {
+    #[pymodule_export]
+    use super::adafactor::{adafactor_sums, adafactor_update};
     #[pymodule_export]
     use super::clip::{axpy_, axpy_dot, clamp_, dot, scale_, total_norm};
     #[pymodule_export]

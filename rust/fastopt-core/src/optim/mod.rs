@@ -1,5 +1,6 @@
 //! Optimizer steps, in place, following torch.optim's update rules operation by operation.
 
+pub mod adafactor;
 pub mod adagrad;
 pub mod adam;
 pub mod elementwise;
