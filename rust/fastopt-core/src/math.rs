@@ -64,9 +64,6 @@ pub trait Math: Float {
     /// `(p, e)` with `p = self * c` rounded and `p + e` exactly the product (Dekker's
     /// algorithm; no FMA needed, so every SIMD level agrees).
     fn two_prod(self, c: Self) -> (Self, Self);
-    fn copysign(self, sign: Self) -> Self;
-    fn infinity() -> Self;
-    fn nan() -> Self;
 }
 
 macro_rules! impl_math {
@@ -177,19 +174,8 @@ macro_rules! impl_math {
 
                 #[inline(always)]
                 fn erfc<A: Arith>(self) -> $t {
-                    let ax = self.abs();
-                    let small =
-                        1.0 - self * horner::<A, $t, { $m::ERF_A.len() }>(&$m::ERF_A, self * self);
-                    let e = erfc_large::<A>(ax, exp_neg_sq::<A>(ax));
-                    // 1 - erf(x) cancels for x towards 1: the large form takes over from 0.5.
-                    if self < 0.5 && self > -1.0 {
-                        small
-                    } else if self > 0.0 {
-                        e
-                    } else {
-                        // NaN lands here too: 2 - NaN.
-                        2.0 - e
-                    }
+                    // With no correction the derivative terms add an exact zero.
+                    self.erfc_dd::<A>(0.0).0
                 }
 
                 #[inline(always)]
@@ -199,11 +185,13 @@ macro_rules! impl_math {
                     let e = exp_neg_sq::<A>(ax);
                     let big = erfc_large::<A>(ax, e);
                     let small = 1.0 - z * horner::<A, $t, { $m::ERF_A.len() }>(&$m::ERF_A, z * z);
+                    // 1 - erf(z) cancels for z towards 1: the large form takes over from 0.5.
                     let r = if z < 0.5 && z > -1.0 {
                         small
                     } else if z > 0.0 {
                         big
                     } else {
+                        // NaN lands here too: 2 - NaN.
                         2.0 - big
                     };
                     // d erfc(z) / dz = -2/sqrt(pi) exp(-z^2); d exp(-z^2) / dz = -2 z exp(-z^2).
@@ -222,19 +210,6 @@ macro_rules! impl_math {
                     };
                     let ((ah, al), (bh, bl)) = (split(self), split(c));
                     (p, ((ah * bh - p) + ah * bl + al * bh) + al * bl)
-                }
-
-                #[inline(always)]
-                fn copysign(self, sign: $t) -> $t {
-                    $t::copysign(self, sign)
-                }
-                #[inline(always)]
-                fn infinity() -> $t {
-                    $t::INFINITY
-                }
-                #[inline(always)]
-                fn nan() -> $t {
-                    $t::NAN
                 }
             }
 
