@@ -549,16 +549,14 @@ def batch_norm(
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
         mean = np.empty(c, np.float64)
         var = np.empty(c, np.float64)
-        if o is not x and l > 1:
-            # One pass over memory: statistics and normalization per channel, while its
-            # planes are in cache. (For (N, C) two sequential sweeps are faster than
-            # channel blocks strided by rows.)
+        if o is not x:
+            # Statistics and normalization in one Rust call (one pass over memory for L > 1).
             _fastopt.bn_train_forward(x, o, n, c, l, w, b, eps, mean, var)
             invstd = 1.0 / np.sqrt(var + eps)
             mean_t = mean.astype(dt)
         else:
             _fastopt.bn_stats(x, n, c, l, mean, var)
-    if not training or o is x or l == 1:
+    if not training or o is x:
         if training:
             invstd = 1.0 / np.sqrt(var + eps)
         else:
@@ -611,16 +609,9 @@ def batch_norm_backward(
     sum_g = np.empty(c, np.float64)
     sum_gx = np.empty(c, np.float64)
     inv = s.astype(np.float64)
-    if training and l > 1:
-        # One pass over memory: the sums and the input gradient per channel, in cache.
+    if training:
+        # The sums and the input gradient in one Rust call (one pass over memory for L > 1).
         _fastopt.bn_train_backward(g, x, o, n, c, l, m, s, w, sum_g, sum_gx)
-    elif training:
-        count = n * l
-        _fastopt.bn_backward_sums(g, x, m, n, c, l, sum_g, sum_gx)
-        scale = inv * (w.astype(np.float64) if w is not None else 1.0)
-        k = (sum_gx * inv * inv / count).astype(dt)
-        gmean = (sum_g / count).astype(dt)
-        _fastopt.bn_backward_input(g, x, o, n, c, l, m, scale.astype(dt), gmean, k)
     else:
         _fastopt.bn_backward_sums(g, x, m, n, c, l, sum_g, sum_gx)
         scale = inv * (w.astype(np.float64) if w is not None else 1.0)

@@ -277,9 +277,38 @@ impl<T: Float> SimdKernel for Sums<'_, T> {
     }
 }
 
-/// Channels per cache block when `L == 1` (a block of `N x 256` elements stays in L2
-/// between the reduction and the element-wise pass).
+/// Channels per block of the `L == 1` statistics (a block of `N x 256` elements stays in L2
+/// between its two sweeps).
 const CHANNEL_BLOCK: usize = 256;
+
+/// `(x - mean) * scale + shift`: the normalization of one element.
+#[inline(always)]
+fn norm_elem<A: Arith, T: Float>(x: T, m: T, sc: T, sh: T) -> T {
+    A::madd(x - m, sc, sh)
+}
+
+/// `(g - shift - (x - mean) * k) * scale`: the input gradient of one element in training
+/// mode (`shift` = mean of g, `k` = invstd^2 * mean of g (x - mean)).
+#[inline(always)]
+fn grad_elem<T: Float>(g: T, x: T, m: T, sc: T, sh: T, k: T) -> T {
+    (g - sh - (x - m) * k) * sc
+}
+
+/// Forward coefficients of one channel from its statistics: `(mean, scale, shift)` with
+/// `scale = weight / sqrt(var + eps)`, each rounded once to the element type.
+#[inline(always)]
+fn forward_coefs<T: Float>(mean: f64, var: f64, eps: f64, weight: Option<T>, bias: Option<T>) -> (T, T, T) {
+    let inv = 1.0 / (var + eps).sqrt();
+    (T::from_f64(mean), T::from_f64(inv * weight.map_or(1.0, T::to_f64)), bias.unwrap_or(T::ZERO))
+}
+
+/// Backward coefficients of one channel from its sums over M elements:
+/// `(scale, shift, k) = (invstd * weight, sum_g / M, sum_gx * invstd^2 / M)`.
+#[inline(always)]
+fn backward_coefs<T: Float>(sum_g: f64, sum_gx: f64, count: f64, invstd: T, weight: Option<T>) -> (T, T, T) {
+    let inv = invstd.to_f64();
+    (T::from_f64(inv * weight.map_or(1.0, T::to_f64)), T::from_f64(sum_g / count), T::from_f64(sum_gx * inv * inv / count))
+}
 
 /// The output of the fused passes: written by channel, from several threads.
 struct OutPtr<T> {
@@ -310,8 +339,8 @@ impl<T> OutPtr<T> {
     }
 }
 
-/// Training forward or backward of a channel range, reduction and element-wise pass fused
-/// by cache block of channels.
+/// Training forward or backward of a channel range of an `(N, C, L > 1)` tensor: each
+/// channel's reduction, then its element-wise pass while its planes are in cache.
 struct Train<'a, T> {
     ch: Channels<'a, T>,
     out: OutPtr<T>,
@@ -338,77 +367,39 @@ impl<T: Float> SimdKernel for Train<'_, T> {
     fn run<A: Arith>(self) {
         let Train { ch, out, weight, bias, invstd, eps } = self;
         let Channels { x, g, mean, s, c0, out1, out2 } = ch;
-        let w = out1.len();
-        let block = if s.l == 1 { CHANNEL_BLOCK } else { 1 };
         let count = (s.n * s.l) as f64;
-        let (mut mean_b, mut scale_b, mut shift_b, mut k_b) = ([T::ZERO; CHANNEL_BLOCK], [T::ZERO; CHANNEL_BLOCK], [T::ZERO; CHANNEL_BLOCK], [T::ZERO; CHANNEL_BLOCK]);
-        for q0 in (0..w).step_by(block) {
-            let q = (w - q0).min(block);
-            let (o1, o2) = (&mut out1[q0..q0 + q], &mut out2[q0..q0 + q]);
-            let cb = c0 + q0;
-            match g {
+        for k in 0..out1.len() {
+            let c = c0 + k;
+            let (o1, o2) = (&mut out1[k..k + 1], &mut out2[k..k + 1]);
+            let (w, b) = (weight.map(|w| w[c]), bias.map(|b| b[c]));
+            let (m, sc, sh, kk) = match g {
                 None => {
-                    stats_range(x, s, cb, o1, o2);
-                    for k in 0..q {
-                        let inv = 1.0 / (o2[k] + eps).sqrt();
-                        mean_b[k] = T::from_f64(o1[k]);
-                        scale_b[k] = T::from_f64(inv * weight.map_or(1.0, |w| w[cb + k].to_f64()));
-                        shift_b[k] = bias.map_or(T::ZERO, |b| b[cb + k]);
-                    }
+                    stats_range(x, s, c, o1, o2);
+                    let (m, sc, sh) = forward_coefs(o1[0], o2[0], eps, w, b);
+                    (m, sc, sh, T::ZERO)
                 }
                 Some(g) => {
-                    let mean = mean.unwrap_or(&[]);
-                    let invstd = invstd.unwrap_or(&[]);
-                    sums_range(g, x, mean, s, cb, o1, o2);
-                    for k in 0..q {
-                        let inv = invstd[cb + k].to_f64();
-                        mean_b[k] = mean[cb + k];
-                        scale_b[k] = T::from_f64(inv * weight.map_or(1.0, |w| w[cb + k].to_f64()));
-                        shift_b[k] = T::from_f64(o1[k] / count);
-                        k_b[k] = T::from_f64(o2[k] * inv * inv / count);
-                    }
+                    let m = mean.unwrap_or(&[])[c];
+                    sums_range(g, x, mean.unwrap_or(&[]), s, c, o1, o2);
+                    let (sc, sh, kk) = backward_coefs(o1[0], o2[0], count, invstd.unwrap_or(&[])[c], w);
+                    (m, sc, sh, kk)
                 }
-            }
-            // The element-wise pass over the block, while it is in cache.
-            if s.l > 1 {
-                let (m, sc, sh, kk) = (mean_b[0], scale_b[0], shift_b[0], k_b[0]);
-                for i in 0..s.n {
-                    let off = (i * s.c + cb) * s.l;
-                    let xs = &x[off..][..s.l];
-                    // SAFETY: channel `cb` belongs to this work item (Channels splits hand out
-                    // disjoint channel ranges), and this run lies inside `out` (same shape as x).
-                    let o = unsafe { out.run(off, s.l) };
-                    match g {
-                        None => {
-                            for (o, &x) in o.iter_mut().zip(xs) {
-                                *o = A::madd(x - m, sc, sh);
-                            }
-                        }
-                        Some(g) => {
-                            for ((o, &x), &g) in o.iter_mut().zip(xs).zip(&g[off..][..s.l]) {
-                                *o = (g - sh - (x - m) * kk) * sc;
-                            }
+            };
+            for i in 0..s.n {
+                let off = (i * s.c + c) * s.l;
+                let xs = &x[off..][..s.l];
+                // SAFETY: channel `c` belongs to this work item (Channels splits hand out
+                // disjoint channel ranges), and this run lies inside `out` (same shape as x).
+                let o = unsafe { out.run(off, s.l) };
+                match g {
+                    None => {
+                        for (o, &x) in o.iter_mut().zip(xs) {
+                            *o = norm_elem::<A, T>(x, m, sc, sh);
                         }
                     }
-                }
-            } else {
-                let (m, sc, sh, kk) = (&mean_b[..q], &scale_b[..q], &shift_b[..q], &k_b[..q]);
-                for i in 0..s.n {
-                    let off = i * s.c + cb;
-                    let xs = &x[off..][..q];
-                    // SAFETY: as above: channels cb .. cb + q are this item's.
-                    let o = unsafe { out.run(off, q) };
-                    match g {
-                        None => {
-                            for (((o, &x), &m), (&sc, &sh)) in o.iter_mut().zip(xs).zip(m).zip(sc.iter().zip(sh)) {
-                                *o = A::madd(x - m, sc, sh);
-                            }
-                        }
-                        Some(g) => {
-                            let gs = &g[off..][..q];
-                            for ((((o, &x), &g), &m), ((&sc, &sh), &kk)) in o.iter_mut().zip(xs).zip(gs).zip(m).zip(sc.iter().zip(sh).zip(kk)) {
-                                *o = (g - sh - (x - m) * kk) * sc;
-                            }
+                    Some(g) => {
+                        for ((o, &x), &g) in o.iter_mut().zip(xs).zip(&g[off..][..s.l]) {
+                            *o = grad_elem(g, x, m, sc, sh, kk);
                         }
                     }
                 }
@@ -417,9 +408,10 @@ impl<T: Float> SimdKernel for Train<'_, T> {
     }
 }
 
-/// Training forward in one pass over memory: per block of channels, the mean and biased
-/// variance (float64, into `mean`/`var`) and then `out = (x - mean) * invstd * weight + bias`
-/// with `invstd = 1 / sqrt(var + eps)`, while the block is in cache.
+/// Training forward: the mean and biased variance (float64, into `mean`/`var`), then
+/// `out = (x - mean) * invstd * weight + bias` with `invstd = 1 / sqrt(var + eps)`. For
+/// `L > 1` in one pass over memory (each channel normalized while its planes are in cache);
+/// for `(N, C)` as two sequential sweeps (channel blocks strided by rows measured slower).
 #[allow(clippy::too_many_arguments)]
 pub fn train_forward<T: Float>(
     x: &[T],
@@ -441,15 +433,22 @@ pub fn train_forward<T: Float>(
     if let Some(b) = bias {
         s.check_c("bias", b.len())?;
     }
+    if s.l == 1 {
+        stats(x, s, mean, var)?;
+        let coefs: Vec<(T, T, T)> =
+            (0..s.c).map(|c| forward_coefs(mean[c], var[c], eps, weight.map(|w| w[c]), bias.map(|b| b[c]))).collect();
+        let (m, sc, sh) = unzip3(&coefs);
+        return normalize(Some(x), out, s, PerChannel { mean: &m, scale: &sc, shift: &sh, k: None });
+    }
     let out = OutPtr { ptr: out.as_mut_ptr(), len: out.len() };
     let ch = Channels { x, g: None, mean: None, s, c0: 0, out1: mean, out2: var };
     parallel::for_each(vec![Train { ch, out, weight, bias, invstd: None, eps }], simd::dispatch);
     Ok(())
 }
 
-/// Training backward in one pass over memory: per block of channels, `sum(g)` and
-/// `sum(g * (x - mean))` (float64, into `sum_g`/`sum_gx`) and then
-/// `out = (g - sum_g/M - (x - mean) * invstd^2 * sum_gx/M) * invstd * weight` (M = N*L).
+/// Training backward: `sum(g)` and `sum(g * (x - mean))` (float64, into `sum_g`/`sum_gx`),
+/// then `out = (g - sum_g/M - (x - mean) * invstd^2 * sum_gx/M) * invstd * weight`
+/// (M = N*L); one pass over memory for `L > 1`, two sequential sweeps for `(N, C)`.
 #[allow(clippy::too_many_arguments)]
 pub fn train_backward<T: Float>(
     g: &[T],
@@ -472,10 +471,22 @@ pub fn train_backward<T: Float>(
     if let Some(w) = weight {
         s.check_c("weight", w.len())?;
     }
+    if s.l == 1 {
+        backward_sums(g, x, mean, s, sum_g, sum_gx)?;
+        let count = (s.n * s.l) as f64;
+        let coefs: Vec<(T, T, T)> =
+            (0..s.c).map(|c| backward_coefs(sum_g[c], sum_gx[c], count, invstd[c], weight.map(|w| w[c]))).collect();
+        let (sc, sh, k) = unzip3(&coefs);
+        return backward_input(g, x, out, s, PerChannel { mean, scale: &sc, shift: &sh, k: Some(&k) });
+    }
     let out = OutPtr { ptr: out.as_mut_ptr(), len: out.len() };
     let ch = Channels { x, g: Some(g), mean: Some(mean), s, c0: 0, out1: sum_g, out2: sum_gx };
     parallel::for_each(vec![Train { ch, out, weight, bias: None, invstd: Some(invstd), eps: 0.0 }], simd::dispatch);
     Ok(())
+}
+
+fn unzip3<T: Copy>(v: &[(T, T, T)]) -> (Vec<T>, Vec<T>, Vec<T>) {
+    (v.iter().map(|t| t.0).collect(), v.iter().map(|t| t.1).collect(), v.iter().map(|t| t.2).collect())
 }
 
 /// Per-channel mean and biased variance (float64) of `x`, seen as `(N, C, L)`.
@@ -623,12 +634,12 @@ impl<T: Float> SimdKernel for Flat<'_, T> {
                     match av {
                         Some(x) => {
                             for (o, &x) in o.iter_mut().zip(x) {
-                                *o = A::madd(x - m, sc, sh);
+                                *o = norm_elem::<A, T>(x, m, sc, sh);
                             }
                         }
                         None => {
                             for o in o.iter_mut() {
-                                *o = A::madd(*o - m, sc, sh);
+                                *o = norm_elem::<A, T>(*o, m, sc, sh);
                             }
                         }
                     }
@@ -639,7 +650,7 @@ impl<T: Float> SimdKernel for Flat<'_, T> {
                         Some(k) => {
                             let k = k[c];
                             for (o, (&g, &x)) in o.iter_mut().zip(g.iter().zip(x)) {
-                                *o = (g - sh - (x - m) * k) * sc;
+                                *o = grad_elem(g, x, m, sc, sh, k);
                             }
                         }
                         None => {
@@ -661,14 +672,14 @@ impl<T: Float> SimdKernel for Flat<'_, T> {
                             for ((o, &x), (&m, (&sc, &sh))) in
                                 o.iter_mut().zip(x).zip(m.iter().zip(sc.iter().zip(sh)))
                             {
-                                *o = A::madd(x - m, sc, sh);
+                                *o = norm_elem::<A, T>(x, m, sc, sh);
                             }
                         }
                         None => {
                             for (o, (&m, (&sc, &sh))) in
                                 o.iter_mut().zip(m.iter().zip(sc.iter().zip(sh)))
                             {
-                                *o = A::madd(*o - m, sc, sh);
+                                *o = norm_elem::<A, T>(*o, m, sc, sh);
                             }
                         }
                     }
@@ -683,7 +694,7 @@ impl<T: Float> SimdKernel for Flat<'_, T> {
                                 .zip(m.iter().zip(k))
                                 .zip(sc.iter().zip(sh));
                             for (((o, (&g, &x)), (&m, &k)), (&sc, &sh)) in it {
-                                *o = (g - sh - (x - m) * k) * sc;
+                                *o = grad_elem(g, x, m, sc, sh, k);
                             }
                         }
                         None => {
