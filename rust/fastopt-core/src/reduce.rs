@@ -121,6 +121,38 @@ fn lanes<T: Float>(x: &[T], norm: Norm) -> f64 {
     acc.iter().fold(norm.identity(), |a, &b| norm.combine(a, b))
 }
 
+/// Sum in float64 over 8 lanes.
+#[inline(always)]
+pub(crate) fn sum_f64<T: Float>(row: &[T]) -> f64 {
+    let mut acc = [0f64; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for j in 0..8 {
+            acc[j] += c[j].to_f64();
+        }
+    }
+    chunks.remainder().iter().map(|v| v.to_f64()).sum::<f64>() + acc.iter().sum::<f64>()
+}
+
+/// Dot product in float64 over 8 lanes.
+#[inline(always)]
+pub(crate) fn dot_f64<T: Float>(a: &[T], b: &[T]) -> f64 {
+    let mut acc = [0f64; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for j in 0..8 {
+            acc[j] += x[j].to_f64() * y[j].to_f64();
+        }
+    }
+    ca.remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x.to_f64() * y.to_f64())
+        .sum::<f64>()
+        + acc.iter().sum::<f64>()
+}
+
 /// A run of whole blocks of one tensor and the slots of their partials.
 struct Blocks<'a, T> {
     data: &'a [T],

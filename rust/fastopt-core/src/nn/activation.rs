@@ -59,47 +59,51 @@ const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_677_939_946_059_934_4;
 const SQRT_2_PI: f64 = 0.797_884_560_802_865_355_879_892_119_868_8;
 const KAPPA: f64 = 0.044_715;
 
-/// One activation, with its parameters already rounded to the element type.
-#[derive(Clone, Copy)]
-enum Op<T> {
-    Relu,
-    Leaky(T),
-    Elu { neg: T, pos: T, ins: T },
-    Sigmoid,
-    Tanh,
-    Gelu,
-    GeluTanh,
-    Silu,
-    Softplus { beta: T, threshold: T },
-}
-
-impl<T: Math> Op<T> {
-    fn new(a: Act) -> Op<T> {
-        let t = T::from_f64;
-        match a {
-            Act::Relu => Op::Relu,
-            Act::LeakyRelu { slope } => Op::Leaky(t(slope)),
-            // torch rounds alpha * scale to the element type once, as here.
-            Act::Elu {
-                alpha,
-                scale,
-                input_scale,
-            } => Op::Elu {
-                neg: t(alpha * scale),
-                pos: t(scale),
-                ins: t(input_scale),
-            },
-            Act::Sigmoid => Op::Sigmoid,
-            Act::Tanh => Op::Tanh,
-            Act::Gelu => Op::Gelu,
-            Act::GeluTanh => Op::GeluTanh,
-            Act::Silu => Op::Silu,
-            Act::Softplus { beta, threshold } => Op::Softplus {
-                beta: t(beta),
-                threshold: t(threshold),
-            },
+/// Evaluates `$body` with `$op` bound to the kernel of activation `$act` for element type
+/// `$t`, its parameters rounded to `$t` once (torch rounds elu's `alpha * scale` once, too):
+/// one monomorphized kernel per activation, chosen outside the element loop.
+macro_rules! with_op {
+    ($act:expr, $t:ty, $op:ident => $body:expr) => {{
+        let t = <$t>::from_f64;
+        match $act {
+            Act::Relu => {
+                let $op = Relu;
+                $body
+            }
+            Act::LeakyRelu { slope } => {
+                let $op = Leaky(t(slope));
+                $body
+            }
+            Act::Elu { alpha, scale, input_scale } => {
+                let $op = Elu { neg: t(alpha * scale), pos: t(scale), ins: t(input_scale) };
+                $body
+            }
+            Act::Sigmoid => {
+                let $op = Sigmoid;
+                $body
+            }
+            Act::Tanh => {
+                let $op = Tanh;
+                $body
+            }
+            Act::Gelu => {
+                let $op = Gelu;
+                $body
+            }
+            Act::GeluTanh => {
+                let $op = GeluTanh;
+                $body
+            }
+            Act::Silu => {
+                let $op = Silu;
+                $body
+            }
+            Act::Softplus { beta, threshold } => {
+                let $op = Softplus { beta: t(beta), threshold: t(threshold) };
+                $body
+            }
         }
-    }
+    }};
 }
 
 #[inline(always)]
@@ -449,17 +453,7 @@ pub fn forward<T: Math>(act: Act, x: Option<&[T]>, out: &mut [T]) -> Result<(), 
     fn go<T: Math, F: Forward<T>>(x: Option<&[T]>, out: &mut [T], op: F) {
         parallel::for_each(vec![Map { x, out, op }], simd::dispatch);
     }
-    match Op::<T>::new(act) {
-        Op::Relu => go(x, out, Relu),
-        Op::Leaky(s) => go(x, out, Leaky(s)),
-        Op::Elu { neg, pos, ins } => go(x, out, Elu { neg, pos, ins }),
-        Op::Sigmoid => go(x, out, Sigmoid),
-        Op::Tanh => go(x, out, Tanh),
-        Op::Gelu => go(x, out, Gelu),
-        Op::GeluTanh => go(x, out, GeluTanh),
-        Op::Silu => go(x, out, Silu),
-        Op::Softplus { beta, threshold } => go(x, out, Softplus { beta, threshold }),
-    }
+    with_op!(act, T, op => go(x, out, op));
     Ok(())
 }
 
@@ -486,17 +480,7 @@ pub fn backward<T: Math>(
     fn go<T: Math, F: Backward<T>>(g: Option<&[T]>, s: &[T], out: &mut [T], op: F) {
         parallel::for_each(vec![Map2 { g, s, out, op }], simd::dispatch);
     }
-    match Op::<T>::new(act) {
-        Op::Relu => go(grad, saved, out, Relu),
-        Op::Leaky(s) => go(grad, saved, out, Leaky(s)),
-        Op::Elu { neg, pos, ins } => go(grad, saved, out, Elu { neg, pos, ins }),
-        Op::Sigmoid => go(grad, saved, out, Sigmoid),
-        Op::Tanh => go(grad, saved, out, Tanh),
-        Op::Gelu => go(grad, saved, out, Gelu),
-        Op::GeluTanh => go(grad, saved, out, GeluTanh),
-        Op::Silu => go(grad, saved, out, Silu),
-        Op::Softplus { beta, threshold } => go(grad, saved, out, Softplus { beta, threshold }),
-    }
+    with_op!(act, T, op => go(grad, saved, out, op));
     Ok(())
 }
 

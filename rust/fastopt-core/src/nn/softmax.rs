@@ -8,6 +8,7 @@
 use crate::float::{nan_max, Float};
 use crate::math::Math;
 use crate::parallel::{self, Split};
+use crate::reduce::{dot_f64, sum_f64};
 use crate::simd::{self, Arith, SimdKernel};
 use crate::Error;
 
@@ -52,38 +53,6 @@ fn row_max<T: Float>(row: &[T]) -> T {
         m = nan_max(m, a);
     }
     m
-}
-
-/// Sum in float64 over 8 lanes.
-#[inline(always)]
-fn sum64<T: Float>(row: &[T]) -> f64 {
-    let mut acc = [0f64; 8];
-    let mut chunks = row.chunks_exact(8);
-    for c in &mut chunks {
-        for j in 0..8 {
-            acc[j] += c[j].to_f64();
-        }
-    }
-    chunks.remainder().iter().map(|v| v.to_f64()).sum::<f64>() + acc.iter().sum::<f64>()
-}
-
-/// Dot product in float64 over 8 lanes.
-#[inline(always)]
-fn dot64<T: Float>(a: &[T], b: &[T]) -> f64 {
-    let mut acc = [0f64; 8];
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for j in 0..8 {
-            acc[j] += x[j].to_f64() * y[j].to_f64();
-        }
-    }
-    ca.remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x.to_f64() * y.to_f64())
-        .sum::<f64>()
-        + acc.iter().sum::<f64>()
 }
 
 /// Whole `(n, inner)` blocks of the inputs and output.
@@ -173,7 +142,7 @@ fn last_axis<A: Arith, T: Math>(kind: Kind, x: &[T], y: Option<&[T]>, o: &mut [T
             for (o, &v) in o.iter_mut().zip(x) {
                 *o = (v - m).exp::<A>();
             }
-            let s = sum64(o);
+            let s = sum_f64(o);
             if kind == Kind::Softmax {
                 let r = T::from_f64(1.0 / s);
                 for v in o.iter_mut() {
@@ -190,14 +159,14 @@ fn last_axis<A: Arith, T: Math>(kind: Kind, x: &[T], y: Option<&[T]>, o: &mut [T
         }
         Kind::SoftmaxBackward => {
             let y = y.unwrap_or(&[]);
-            let d = T::from_f64(dot64(x, y));
+            let d = T::from_f64(dot_f64(x, y));
             for ((o, &g), &y) in o.iter_mut().zip(x).zip(y) {
                 *o = y * (g - d);
             }
         }
         Kind::LogSoftmaxBackward => {
             let y = y.unwrap_or(&[]);
-            let s = T::from_f64(sum64(x));
+            let s = T::from_f64(sum_f64(x));
             for ((o, &g), &y) in o.iter_mut().zip(x).zip(y) {
                 *o = g - y.exp::<A>() * s;
             }
@@ -429,11 +398,11 @@ impl<T: Math> SimdKernel for CeForward<'_, T> {
             for (e, &v) in e.iter_mut().zip(row) {
                 *e = (v - m).exp::<A>();
             }
-            let lse = m.to_f64() + sum64(&e).ln();
+            let lse = m.to_f64() + sum_f64(&e).ln();
             let nll = lse - row[t as usize].to_f64();
             *loss = if self.smoothing > 0.0 {
                 // -(1/C) sum_c log p_c = lse - mean(x)
-                let smooth = lse - sum64(row) / c as f64;
+                let smooth = lse - sum_f64(row) / c as f64;
                 (1.0 - self.smoothing) * nll + self.smoothing * smooth
             } else {
                 nll
@@ -472,7 +441,7 @@ impl<T: Math> SimdKernel for CeBackward<'_, T> {
             for (e, &v) in g.iter_mut().zip(row) {
                 *e = (v - m).exp::<A>();
             }
-            let r = T::from_f64(1.0 / sum64(g));
+            let r = T::from_f64(1.0 / sum_f64(g));
             let w = T::from_f64(scale);
             for v in g.iter_mut() {
                 *v = (*v * r - off) * w;

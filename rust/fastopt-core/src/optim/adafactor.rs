@@ -15,6 +15,7 @@
 
 use crate::float::Float;
 use crate::parallel::{self, Split};
+use crate::reduce::dot_f64;
 use crate::simd::{self, Arith, SimdKernel};
 use crate::Error;
 
@@ -66,18 +67,6 @@ impl<T: Send + Sync> Split for SumBlock<'_, T> {
     }
 }
 
-#[inline(always)]
-fn sq8<T: Float>(v: &[T]) -> f64 {
-    let mut acc = [0f64; 8];
-    let mut ch = v.chunks_exact(8);
-    for c in &mut ch {
-        for j in 0..8 {
-            acc[j] += c[j].to_f64() * c[j].to_f64();
-        }
-    }
-    ch.remainder().iter().map(|x| x.to_f64() * x.to_f64()).sum::<f64>() + acc.iter().sum::<f64>()
-}
-
 impl<T: Float> SimdKernel for SumBlock<'_, T> {
     #[inline(always)]
     fn run<A: Arith>(self) {
@@ -97,7 +86,7 @@ impl<T: Float> SimdKernel for SumBlock<'_, T> {
             }
             *slot = acc;
         }
-        p_part[0] = sq8(p);
+        p_part[0] = dot_f64(p, p);
     }
 }
 
