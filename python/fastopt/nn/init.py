@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..parameter import FLOAT_DTYPES, Parameter
+from .functional import _number
 
 __all__ = [
     "calculate_gain", "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_",
@@ -55,12 +56,6 @@ def _tensor(tensor: Any) -> np.ndarray:
     if not tensor.flags.writeable:
         raise ValueError("tensor is read-only but is filled in place")
     return tensor
-
-
-def _number(v: Any, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{what} must be a number, got {type(v).__name__}")
-    return float(v)
 
 
 _LINEAR = ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
