@@ -3,17 +3,13 @@ that did something else would make its speed ratios meaningless."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import fastopt as fo
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
-
-from benchmarks import common  # noqa: E402
+from fastopt.bench import nn_peers
+from fastopt.bench import peers as common
 
 PEERS = [
     ("Adam", {"lr": 1e-2}, lambda p, g: common.NumpyAdam(p, g, lr=1e-2)),
@@ -45,8 +41,6 @@ def test_numpy_peer_matches_the_optimizer(name, kw, make):
         opt.step()
     np.testing.assert_allclose(peer_p, w.data, rtol=1e-9, atol=1e-12)
 
-
-from benchmarks import nn_peers  # noqa: E402
 
 
 @pytest.mark.parametrize("name", nn_peers.ACTIVATIONS)

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["lr_schedule"]
+__all__ = ["lr_schedule", "loss_curves", "decision_boundaries", "optimizer_paths"]
 
 
 def _pyplot():
@@ -69,7 +69,106 @@ def lr_schedule(
     if values.ndim == 2 and values.shape[1] > 1:
         ax.legend()
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str | Path) -> Path:
     out = Path(path)
     fig.savefig(out, format="png")
+    import matplotlib.pyplot as plt
+
     plt.close(fig)
     return out
+
+
+def loss_curves(curves: dict[str, Any], path: str | Path, *, xlabel: str = "epoch", ylabel: str = "training loss", title: str | None = None, log: bool = True) -> Path:
+    """One line per entry of ``curves`` (name -> sequence of losses), log scale by default."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=100)
+    for name, values in curves.items():
+        v = np.asarray(values, dtype=np.float64)
+        ax.plot(np.arange(1, len(v) + 1), v, label=name, lw=1.6)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(ncol=2, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def decision_boundaries(
+    predictors: dict[str, Callable[[np.ndarray], np.ndarray]],
+    x: np.ndarray,
+    y: np.ndarray,
+    path: str | Path,
+    *,
+    titles: dict[str, str] | None = None,
+    resolution: int = 150,
+    suptitle: str | None = None,
+) -> Path:
+    """A panel per predictor (name -> f(points (n, 2)) -> probability of class 1): the
+    probability as colour, the 0.5 contour, and the points ``x`` coloured by label ``y``."""
+    plt = _pyplot()
+    n = len(predictors)
+    cols = min(4, n)
+    rows = -(-n // cols)
+    pad = 0.1 * (x.max(axis=0) - x.min(axis=0))
+    lo, hi = x.min(axis=0) - pad, x.max(axis=0) + pad
+    gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], resolution), np.linspace(lo[1], hi[1], resolution))
+    grid = np.stack([gx.ravel(), gy.ravel()], axis=1).astype(x.dtype)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), dpi=100, squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    for ax, (name, predict) in zip(axes.ravel(), predictors.items()):
+        prob = np.asarray(predict(grid), dtype=np.float64).reshape(gx.shape)
+        ax.contourf(gx, gy, prob, levels=np.linspace(0, 1, 11), cmap="RdBu", alpha=0.75)
+        ax.contour(gx, gy, prob, levels=[0.5], colors="k", linewidths=1.0)
+        ax.scatter(x[:, 0], x[:, 1], c=y, cmap="RdBu", edgecolors="k", linewidths=0.3, s=9)
+        ax.set_title((titles or {}).get(name, name), fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def optimizer_paths(
+    f: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    window: tuple[float, float, float, float],
+    paths: dict[str, np.ndarray],
+    path: str | Path,
+    *,
+    title: str = "",
+    minimum: tuple[float, float] | None = None,
+    log_levels: bool = False,
+) -> Path:
+    """Contours of ``f`` over ``window`` (xmin, xmax, ymin, ymax) and each optimizer's path
+    (name -> array (steps + 1, 2)); the start and the ``minimum`` are marked."""
+    plt = _pyplot()
+    x0, x1, y0, y1 = window
+    gx, gy = np.meshgrid(np.linspace(x0, x1, 300), np.linspace(y0, y1, 300))
+    z = f(gx, gy)
+    fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=100)
+    if log_levels:
+        ax.contour(gx, gy, np.log10(z - z.min() + 1e-3), levels=25, cmap="Greys", linewidths=0.6)
+    else:
+        ax.contour(gx, gy, z, levels=25, cmap="Greys", linewidths=0.6)
+    for name, pts in paths.items():
+        pts = np.asarray(pts)
+        ax.plot(pts[:, 0], pts[:, 1], "-", lw=1.4, label=name, marker=".", ms=2.5)
+    first = next(iter(paths.values()), None)
+    if first is not None:
+        ax.plot(*np.asarray(first)[0], "ko", ms=6)
+    if minimum is not None:
+        ax.plot(*minimum, "k*", ms=12)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,129 @@
+"""``fastopt bench``: a quick side-by-side of the main kernels against careful NumPy and torch
+(when installed), in one process, implementations interleaved (see
+:func:`fastopt.bench.peers.interleaved`), as a table of medians and ratios.
+
+The peers live in :mod:`fastopt.bench.peers` (optimizers) and :mod:`fastopt.bench.nn_peers`
+(activations, BatchNorm); the asv suite in ``benches/`` measures against the same code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .. import _fastopt
+from . import nn_peers, peers
+
+__all__ = ["Row", "quick", "format_table"]
+
+
+@dataclass
+class Row:
+    """One kernel: median seconds per call of each implementation (None: not measured)."""
+
+    kernel: str
+    size: str
+    fastopt: float
+    numpy: float | None
+    torch: float | None
+    torch_path: str = ""
+
+
+def _have_torch() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def _optimizer_impls(name: str, kwargs: dict, numpy_step: Callable, n: int, threads: int, have_torch: bool) -> dict:
+    import fastopt as fo
+
+    impls = {}
+    p0, g = peers.problem(n)
+    p = fo.Parameter(p0)
+    p.grad = g
+    impls["fastopt"] = (threads, getattr(fo.optim, name)([p], **kwargs).step)
+    p0, g = peers.problem(n)
+    impls["numpy"] = (1, numpy_step(p0, g))
+    if have_torch:
+        for v in ["default", "foreach"] + (["fused"] if name in peers.TORCH_FUSED else []):
+            p0, g = peers.problem(n)
+            impls[f"torch {v}"] = (threads, peers.torch_optimizer(name, v, p0, g, **kwargs).step)
+    return impls
+
+
+def _activation_impls(name: str, n: int, threads: int, have_torch: bool) -> dict:
+    x = np.random.default_rng(0).standard_normal(n).astype(np.float32) * 3
+    impls = {"fastopt": (threads, nn_peers.fastopt_forward(name, x, np.empty_like(x))),
+             "numpy": (1, nn_peers.numpy_forward(name, x, np.empty_like(x)))}
+    if have_torch:
+        impls["torch out="] = (threads, nn_peers.torch_forward(name, x, np.empty_like(x)))
+    return impls
+
+
+def _batch_norm_impls(shape: tuple, threads: int, have_torch: bool) -> dict:
+    prob = nn_peers.batch_norm_problem(shape)
+    impls = {"fastopt": (threads, nn_peers.fastopt_batch_norm_step(*prob)),
+             "numpy": (1, nn_peers.numpy_batch_norm_step(*prob))}
+    if have_torch:
+        impls["torch aten"] = (threads, nn_peers.torch_batch_norm_step(*prob))
+    return impls
+
+
+def quick(size: int = 1_000_000, threads: int | None = None, rounds: int = 5, block_seconds: float = 0.02,
+          use_torch: bool = True) -> list[Row]:
+    """Measures Adam, SGD with momentum, relu, sigmoid, gelu (float32, ``size`` elements) and
+    BatchNorm training forward+backward on (32, 64, 28, 28), each against careful NumPy and
+    torch's fastest path (best of default/foreach/fused for the optimizers; ATen kernels
+    writing into preallocated outputs for the rest), all at ``threads`` threads (default: the
+    current setting; NumPy is single-threaded). Takes a few seconds."""
+    import fastopt as fo
+
+    threads = fo.get_num_threads() if threads is None else int(threads)
+    have_torch = use_torch and _have_torch()
+    before = fo.get_num_threads()
+    cases: list[tuple[str, str, dict]] = [
+        ("Adam step", f"{size:.0e}", _optimizer_impls("Adam", {"lr": 1e-3}, lambda p, g: peers.NumpyAdam(p, g, lr=1e-3).step, size, threads, have_torch)),
+        ("SGD momentum step", f"{size:.0e}", _optimizer_impls("SGD", {"lr": 1e-3, "momentum": 0.9}, lambda p, g: peers.NumpySGD(p, g, lr=1e-3, momentum=0.9).step, size, threads, have_torch)),
+    ]
+    for act in ("relu", "sigmoid", "gelu_tanh"):
+        cases.append((f"{act} forward", f"{size:.0e}", _activation_impls(act, size, threads, have_torch)))
+    shape = (32, 64, 28, 28)
+    cases.append(("batch_norm train fwd+bwd", "x".join(map(str, shape)), _batch_norm_impls(shape, threads, have_torch)))
+    rows = []
+    try:
+        for kernel, label, impls in cases:
+            t = peers.interleaved(impls, rounds, block_seconds)
+            torch_keys = [k for k in t if k.startswith("torch")]
+            best = min(torch_keys, key=t.__getitem__) if torch_keys else None
+            rows.append(Row(kernel, label, t["fastopt"], t.get("numpy"), t[best] if best else None, best or ""))
+    finally:
+        fo.set_num_threads(before)
+    return rows
+
+
+def format_table(rows: list[Row], threads: int) -> str:
+    """A Markdown table: milliseconds per call and how many times faster fastopt is."""
+    import fastopt as fo
+
+    torch_version = "not installed"
+    if _have_torch():
+        import torch
+
+        torch_version = torch.__version__
+    lines = [
+        f"fastopt {fo.__version__} ({fo.simd_level()}, {threads} threads), numpy {np.__version__}, torch {torch_version}; "
+        f"{platform.machine()}, {_fastopt.default_num_threads()} cores. float32, median ms per call; "
+        "ratios > 1: fastopt is faster.",
+        "",
+        "| kernel | size | fastopt ms | NumPy ms | torch ms (path) | vs NumPy | vs torch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ms = lambda v: f"{v * 1e3:.3f}" if v is not None else "-"
+        ratio = lambda v: f"{v / r.fastopt:.2f}x" if v is not None else "-"
+        torch_cell = f"{ms(r.torch)} ({r.torch_path})" if r.torch is not None else "-"
+        lines.append(f"| {r.kernel} | {r.size} | {ms(r.fastopt)} | {ms(r.numpy)} | {torch_cell} | {ratio(r.numpy)} | {ratio(r.torch)} |")
+    return "\n".join(lines)

@@ -1,0 +1,319 @@
+"""The peers fastopt's optimizer steps are measured against, shared by ``fastopt bench`` and the
+asv suite in ``benches/``: torch's optimizers (default, foreach and fused paths) and careful
+in-place NumPy transcriptions of torch's update rules (preallocated temporaries, no
+allocation per step), plus the interleaved timer. A test checks each NumPy peer computes what
+fastopt computes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+def problem(n: int, dtype=np.float32, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+
+
+def set_threads(threads: int) -> None:
+    import fastopt
+
+    fastopt.set_num_threads(threads)
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+
+
+# torch optimizers with a fused CPU kernel.
+TORCH_FUSED = {"Adam", "AdamW", "SGD", "Adagrad"}
+
+
+def torch_optimizer(name: str, variant: str, p0: np.ndarray, g: np.ndarray, **kw):
+    """A torch optimizer over one tensor; variant 'default' (single-tensor loop, torch's CPU
+    default), 'foreach' or 'fused'. Raises NotImplementedError (asv: skipped) without torch
+    or for a fused variant torch lacks."""
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise NotImplementedError("torch is not installed") from e
+    if variant == "fused" and name not in TORCH_FUSED:
+        raise NotImplementedError(f"torch has no fused {name}")
+    if not hasattr(torch.optim, name):
+        raise NotImplementedError(f"torch has no {name}")
+    tp = torch.nn.Parameter(torch.from_numpy(p0.copy()))
+    tp.grad = torch.from_numpy(g.copy())
+    flags = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[variant]
+    return getattr(torch.optim, name)([tp], **kw, **flags)
+
+
+class NumpyAdam:
+    """Adam written carefully in NumPy: in place, preallocated temporaries, torch's formula."""
+
+    def __init__(self, p, g, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False):
+        self.p, self.g = p, g
+        self.m, self.v, self.tmp = np.zeros_like(p), np.zeros_like(p), np.empty_like(p)
+        self.lr, self.b1, self.b2, self.eps, self.wd, self.decoupled = lr, beta1, beta2, eps, weight_decay, decoupled
+        self.t = 0
+
+    def step(self):
+        self.t += 1
+        p, g, m, v, tmp = self.p, self.g, self.m, self.v, self.tmp
+        if self.wd and self.decoupled:
+            p *= 1 - self.lr * self.wd
+        m *= self.b1
+        np.multiply(g, 1 - self.b1, out=tmp)
+        m += tmp
+        v *= self.b2
+        np.multiply(g, g, out=tmp)
+        tmp *= 1 - self.b2
+        v += tmp
+        bc1 = 1 - self.b1**self.t
+        bc2s = (1 - self.b2**self.t) ** 0.5
+        np.sqrt(v, out=tmp)
+        tmp /= bc2s
+        tmp += self.eps
+        np.divide(m, tmp, out=tmp)
+        tmp *= -self.lr / bc1
+        p += tmp
+
+
+class NumpySGD:
+    """SGD with momentum in NumPy, in place."""
+
+    def __init__(self, p, g, lr=1e-3, momentum=0.9):
+        self.p, self.g, self.lr, self.mom = p, g, lr, momentum
+        self.buf = None
+
+    def step(self):
+        if self.buf is None:
+            self.buf = self.g.copy()
+        else:
+            self.buf *= self.mom
+            self.buf += self.g
+        self.p -= self.lr * self.buf
+
+
+class NumpyAdagrad:
+    """Adagrad in NumPy, in place with a preallocated temporary."""
+
+    def __init__(self, p, g, lr=1e-2, eps=1e-10):
+        self.p, self.g, self.lr, self.eps = p, g, lr, eps
+        self.sum, self.tmp = np.zeros_like(p), np.empty_like(p)
+
+    def step(self):
+        np.multiply(self.g, self.g, out=self.tmp)
+        self.sum += self.tmp
+        np.sqrt(self.sum, out=self.tmp)
+        self.tmp += self.eps
+        np.divide(self.g, self.tmp, out=self.tmp)
+        self.tmp *= -self.lr
+        self.p += self.tmp
+
+
+class NumpyRMSprop:
+    """RMSprop in NumPy, in place with a preallocated temporary."""
+
+    def __init__(self, p, g, lr=1e-2, alpha=0.99, eps=1e-8):
+        self.p, self.g, self.lr, self.alpha, self.eps = p, g, lr, alpha, eps
+        self.sq, self.tmp = np.zeros_like(p), np.empty_like(p)
+
+    def step(self):
+        self.sq *= self.alpha
+        np.multiply(self.g, self.g, out=self.tmp)
+        self.tmp *= 1 - self.alpha
+        self.sq += self.tmp
+        np.sqrt(self.sq, out=self.tmp)
+        self.tmp += self.eps
+        np.divide(self.g, self.tmp, out=self.tmp)
+        self.tmp *= -self.lr
+        self.p += self.tmp
+
+
+class _NumpyBase:
+    """Shared shape of the NumPy peers: in place, one preallocated temporary, step counter."""
+
+    def __init__(self, p, g):
+        self.p, self.g, self.t = p, g, 0
+        self.tmp = np.empty_like(p)
+
+
+class NumpyAdadelta(_NumpyBase):
+    def __init__(self, p, g, lr=1.0, rho=0.9, eps=1e-6):
+        super().__init__(p, g)
+        self.lr, self.rho, self.eps = lr, rho, eps
+        self.sq, self.acc, self.delta = np.zeros_like(p), np.zeros_like(p), np.empty_like(p)
+
+    def step(self):
+        g, tmp, delta = self.g, self.tmp, self.delta
+        self.sq *= self.rho
+        np.multiply(g, g, out=tmp)
+        tmp *= 1 - self.rho
+        self.sq += tmp
+        np.add(self.acc, self.eps, out=delta)
+        np.sqrt(delta, out=delta)
+        np.add(self.sq, self.eps, out=tmp)
+        np.sqrt(tmp, out=tmp)
+        delta /= tmp
+        delta *= g
+        self.acc *= self.rho
+        np.multiply(delta, delta, out=tmp)
+        tmp *= 1 - self.rho
+        self.acc += tmp
+        delta *= -self.lr
+        self.p += delta
+
+
+class NumpyAdamax(_NumpyBase):
+    def __init__(self, p, g, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+        super().__init__(p, g)
+        self.lr, self.b1, self.b2, self.eps = lr, beta1, beta2, eps
+        self.m, self.u = np.zeros_like(p), np.zeros_like(p)
+
+    def step(self):
+        self.t += 1
+        g, tmp = self.g, self.tmp
+        self.m *= self.b1
+        np.multiply(g, 1 - self.b1, out=tmp)
+        self.m += tmp
+        self.u *= self.b2
+        np.abs(g, out=tmp)
+        tmp += self.eps
+        np.maximum(self.u, tmp, out=self.u)
+        np.divide(self.m, self.u, out=tmp)
+        tmp *= -self.lr / (1 - self.b1**self.t)
+        self.p += tmp
+
+
+class NumpyNAdam(_NumpyBase):
+    def __init__(self, p, g, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8, momentum_decay=4e-3):
+        super().__init__(p, g)
+        self.lr, self.b1, self.b2, self.eps, self.md = lr, beta1, beta2, eps, momentum_decay
+        self.m, self.v, self.denom = np.zeros_like(p), np.zeros_like(p), np.empty_like(p)
+        self.mu_product = 1.0
+
+    def step(self):
+        self.t += 1
+        t, g, tmp, denom = self.t, self.g, self.tmp, self.denom
+        mu = self.b1 * (1 - 0.5 * 0.96 ** (t * self.md))
+        mu_next = self.b1 * (1 - 0.5 * 0.96 ** ((t + 1) * self.md))
+        # torch keeps mu_product as a float32 tensor
+        self.mu_product = float(np.float32(self.mu_product) * np.float32(mu))
+        self.m *= self.b1
+        np.multiply(g, 1 - self.b1, out=tmp)
+        self.m += tmp
+        self.v *= self.b2
+        np.multiply(g, g, out=tmp)
+        tmp *= 1 - self.b2
+        self.v += tmp
+        np.divide(self.v, 1 - self.b2**t, out=denom)
+        np.sqrt(denom, out=denom)
+        denom += self.eps
+        np.divide(g, denom, out=tmp)
+        tmp *= -self.lr * (1 - mu) / (1 - self.mu_product)
+        self.p += tmp
+        np.divide(self.m, denom, out=tmp)
+        tmp *= -self.lr * mu_next / (1 - self.mu_product * mu_next)
+        self.p += tmp
+
+
+class NumpyRAdam(_NumpyBase):
+    def __init__(self, p, g, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+        super().__init__(p, g)
+        self.lr, self.b1, self.b2, self.eps = lr, beta1, beta2, eps
+        self.m, self.v, self.denom = np.zeros_like(p), np.zeros_like(p), np.empty_like(p)
+
+    def step(self):
+        self.t += 1
+        t, g, tmp = self.t, self.g, self.tmp
+        self.m *= self.b1
+        np.multiply(g, 1 - self.b1, out=tmp)
+        self.m += tmp
+        self.v *= self.b2
+        np.multiply(g, g, out=tmp)
+        tmp *= 1 - self.b2
+        self.v += tmp
+        bc1, bc2 = 1 - self.b1**t, 1 - self.b2**t
+        rho_inf = 2 / (1 - self.b2) - 1
+        rho_t = rho_inf - 2 * t * self.b2**t / bc2
+        if rho_t > 5:
+            rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+            np.sqrt(self.v, out=self.denom)
+            self.denom += self.eps
+            np.divide(self.m, self.denom, out=tmp)
+            tmp *= -self.lr * rect * bc2**0.5 / bc1
+        else:
+            np.multiply(self.m, -self.lr / bc1, out=tmp)
+        self.p += tmp
+
+
+class NumpyASGD(_NumpyBase):
+    def __init__(self, p, g, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6):
+        super().__init__(p, g)
+        self.lr, self.lambd, self.alpha, self.t0 = lr, lambd, alpha, t0
+        self.ax, self.eta, self.mu = np.zeros_like(p), float(np.float32(lr)), 1.0
+
+    def step(self):
+        self.t += 1
+        self.p *= 1 - self.lambd * self.eta
+        np.multiply(self.g, -self.eta, out=self.tmp)
+        self.p += self.tmp
+        if self.mu != 1:
+            np.subtract(self.p, self.ax, out=self.tmp)
+            self.tmp *= self.mu
+            self.ax += self.tmp
+        else:
+            self.ax[...] = self.p
+        # torch keeps eta and mu as float32 tensors
+        self.eta = float(np.float32(self.lr / (1 + self.lambd * self.lr * self.t) ** self.alpha))
+        self.mu = float(np.float32(1 / max(1, self.t - self.t0)))
+
+
+class NumpyRprop(_NumpyBase):
+    def __init__(self, p, g, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50)):
+        super().__init__(p, g)
+        self.etaminus, self.etaplus = etas
+        self.lo, self.hi = step_sizes
+        self.prev, self.size = np.zeros_like(p), np.full_like(p, lr)
+        self.factor, self.gg = np.empty_like(p), np.empty_like(p)
+
+    def step(self):
+        np.multiply(self.g, self.prev, out=self.tmp)
+        np.sign(self.tmp, out=self.factor)
+        # sign -> etaplus / etaminus / 1, then clamp the step sizes
+        np.copyto(self.factor, self.etaplus, where=self.factor > 0)
+        np.copyto(self.factor, self.etaminus, where=self.factor < 0)
+        np.copyto(self.factor, 1.0, where=self.factor == 0)
+        self.size *= self.factor
+        np.clip(self.size, self.lo, self.hi, out=self.size)
+        np.copyto(self.gg, self.g)
+        np.copyto(self.gg, 0.0, where=self.factor == self.etaminus)
+        np.sign(self.gg, out=self.tmp)
+        self.tmp *= self.size
+        self.p -= self.tmp
+        np.copyto(self.prev, self.gg)
+
+
+def interleaved(impls: dict, rounds: int, block_seconds: float) -> dict:
+    """Median seconds per call of each implementation, measured in turns: ``impls`` maps a
+    key to ``(threads, fn)``; each round runs a block of calls (at least ``block_seconds`` and
+    3 calls, after one untimed call) of every implementation in turn, so slow drifts of a
+    noisy machine hit all of them alike."""
+    import time
+
+    for threads, fn in impls.values():  # allocate state, warm caches
+        set_threads(threads)
+        fn()
+    samples = {k: [] for k in impls}
+    for _ in range(rounds):
+        for key, (threads, fn) in impls.items():
+            set_threads(threads)
+            fn()
+            reps, elapsed = 0, 0.0
+            t0 = time.perf_counter()
+            while elapsed < block_seconds or reps < 3:
+                fn()
+                reps += 1
+                elapsed = time.perf_counter() - t0
+            samples[key].append(elapsed / reps)
+    return {k: float(np.median(v)) for k, v in samples.items()}

@@ -1,0 +1,280 @@
+"""The ``fastopt`` command (also ``python -m fastopt``): ``demo``, ``info`` and ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+import fastopt as fo
+
+USAGE = """usage: fastopt {demo,info,bench} [options]
+
+  demo   train an MLP with BatchNorm on a 2-D dataset with each optimizer; print a table and
+         write figures (loss curves, decision boundaries, paths on 2-D test surfaces)
+  info   version, SIMD level, threads, optional extras present
+  bench  a quick side-by-side of the main kernels against NumPy and torch
+
+`fastopt <command> --help` for a command's options."""
+
+#: Optional packages ``info`` reports: what each one adds.
+EXTRAS = {
+    "matplotlib": "figures (fastopt demo, fastopt.plot)",
+    "tqdm": "progress bars (fastopt demo)",
+    "rich": "progress bars (fastopt demo), if tqdm is absent",
+    "torch": "oracle of the parity tests, peer in fastopt bench",
+    "asv": "the benchmark suite in benches/",
+    "optax": "second oracle of the parity tests",
+    "cupy": "GPU arrays (not used yet)",
+    "mpi4py": "data-parallel training (not used yet)",
+}
+
+
+def _version(pkg: str) -> str | None:
+    if importlib.util.find_spec(pkg) is None:
+        return None
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return "installed"
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+class _Progress:
+    """tqdm if installed, else rich, else nothing (the table rows still print as they finish)."""
+
+    def __init__(self, total: int) -> None:
+        self._bar: Any = None
+        self._rich: Any = None
+        try:
+            from tqdm import tqdm
+
+            # disable=None: no bar when stderr is not a terminal (CI logs stay clean).
+            self._bar = tqdm(total=total, unit="step", leave=False, dynamic_ncols=True, disable=None)
+            return
+        except ImportError:
+            pass
+        try:
+            from rich.progress import Progress
+
+            self._rich = Progress(transient=True)
+            self._rich.start()
+            self._task = self._rich.add_task("training", total=total)
+        except ImportError:
+            pass
+
+    def describe(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.set_description(text)
+        elif self._rich is not None:
+            self._rich.update(self._task, description=text)
+
+    def step(self) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+        elif self._rich is not None:
+            self._rich.advance(self._task)
+
+    def write(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text)
+        elif self._rich is not None:
+            self._rich.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self._rich is not None:
+            self._rich.stop()
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(s: str) -> Any:
+        v = kind(s)
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {s}")
+        return v
+    return parse
+
+
+def _demo_parser() -> argparse.ArgumentParser:
+    from . import data, demo
+
+    d = demo.DemoConfig()
+    ap = argparse.ArgumentParser(
+        prog="fastopt demo",
+        description="Train one MLP (Linear-BatchNorm1d-ReLU x2, then Linear) on a 2-D dataset with each "
+        "optimizer under a cosine schedule; print a table and write PNG figures.",
+    )
+    ap.add_argument("--dataset", choices=sorted(data.DATASETS), default=d.dataset)
+    ap.add_argument("--optimizers", default=",".join(demo.OPTIMIZERS),
+                    help=f"comma-separated, from: {', '.join(demo.OPTIMIZERS)} (default: all)")
+    ap.add_argument("--epochs", type=_positive(int), default=d.epochs)
+    ap.add_argument("--batch-size", type=_positive(int), default=d.batch_size)
+    ap.add_argument("--samples", type=_positive(int), default=d.n_samples, help="points in the dataset (train + test)")
+    ap.add_argument("--noise", type=float, default=d.noise, help="the playground's noise (0 to 0.5)")
+    ap.add_argument("--hidden", type=_positive(int), default=d.hidden)
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--out", type=Path, default=Path("fastopt-demo"), help="directory for the figures and the table")
+    ap.add_argument("--threads", type=_positive(int), help="kernel threads (default: FASTOPT_NUM_THREADS or all cores)")
+    ap.add_argument("--no-figures", action="store_true", help="train and print only")
+    ap.add_argument("--quick", action="store_true", help="15 epochs on 400 points and shorter paths, for CI (seconds)")
+    return ap
+
+
+def demo_main(argv: list[str]) -> int:
+    from . import demo
+
+    ap = _demo_parser()
+    args = ap.parse_args(argv)
+    names = [s.strip() for s in args.optimizers.split(",") if s.strip()]
+    unknown = [s for s in names if s not in demo.OPTIMIZERS]
+    if unknown or not names:
+        ap.error(f"unknown optimizer(s) {unknown}; choose from {', '.join(demo.OPTIMIZERS)}")
+    if not args.noise >= 0:
+        ap.error(f"--noise must be >= 0, got {args.noise}")
+    if args.threads:
+        fo.set_num_threads(args.threads)
+    cfg = demo.DemoConfig(
+        dataset=args.dataset, n_samples=args.samples, noise=args.noise, hidden=args.hidden,
+        epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+    )
+    if args.quick:
+        cfg.epochs, cfg.n_samples = min(cfg.epochs, 15), min(cfg.n_samples, 400)
+    x_train, y_train, x_test, y_test, _ = demo.prepare_data(cfg)
+    if len(x_train) < cfg.batch_size:
+        ap.error(f"--batch-size {cfg.batch_size} is more than the {len(x_train)} training points")
+
+    fo.show_config()
+    steps_per_epoch = len(x_train) // cfg.batch_size
+    print(
+        f"\n{cfg.dataset}: {len(x_train)} training / {len(x_test)} test points, noise {cfg.noise}; "
+        f"MLP 2-{cfg.hidden}-{cfg.hidden}-2 with BatchNorm1d and ReLU, cross-entropy; {cfg.epochs} epochs "
+        f"of batches of {cfg.batch_size} ({cfg.epochs * steps_per_epoch} steps), cosine schedule to 0\n"
+    )
+    header = f"| {'optimizer':<13}| {'lr':>6} | {'train loss':>10} | {'test acc':>8} | {'wall s':>6} | {'steps/s':>7} |"
+    rule = "|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|"
+    print(header)
+    print(rule)
+    progress = _Progress(len(names) * cfg.epochs * steps_per_epoch)
+    results = []
+    splits = (x_train, y_train, x_test, y_test)
+    try:
+        for name in names:
+            progress.describe(name)
+            r = demo.train(name, cfg, splits, on_step=progress.step)
+            results.append(r)
+            progress.write(
+                f"| {name:<13}| {r.lr:>6g} | {r.train_loss:>10.4f} | {r.test_accuracy:>8.1%} | {r.wall_s:>6.2f} | {r.steps_per_s:>7.0f} |"
+            )
+    finally:
+        progress.close()
+    table = [header, rule] + [
+        f"| {r.name:<13}| {r.lr:>6g} | {r.train_loss:>10.4f} | {r.test_accuracy:>8.1%} | {r.wall_s:>6.2f} | {r.steps_per_s:>7.0f} |"
+        for r in results
+    ]
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(
+        f"# fastopt demo\n\n{cfg.dataset}, {len(x_train)} training / {len(x_test)} test points, noise {cfg.noise}, "
+        f"{cfg.epochs} epochs, batch {cfg.batch_size}, seed {cfg.seed}, fastopt {fo.__version__} ({fo.simd_level()}, "
+        f"{fo.get_num_threads()} threads)\n\n" + "\n".join(table) + "\n"
+    )
+    written = [out / "results.md"]
+    if args.no_figures:
+        print(f"\nwrote {', '.join(map(str, written))}")
+        return 0
+    if _version("matplotlib") is None:
+        print(f"\nwrote {written[0]}; figures skipped: matplotlib is not installed (pip install 'fastopt[demo]')")
+        return 0
+    from . import plot
+
+    written.append(plot.loss_curves(
+        {r.name: r.train_curve for r in results}, out / "loss_curves.png",
+        ylabel="training loss (whole training set, eval mode)",
+        title=f"{cfg.dataset}: {cfg.epochs} epochs, cosine schedule",
+    ))
+
+    def predictor(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+        def predict(points: np.ndarray) -> np.ndarray:
+            model.eval()
+            return fo.nn.functional.softmax(model(points), 1)[:, 1]
+        return predict
+
+    written.append(plot.decision_boundaries(
+        {r.name: predictor(r.model) for r in results}, x_test, y_test, out / "decision_boundaries.png",
+        titles={r.name: f"{r.name}: test acc {r.test_accuracy:.1%}" for r in results},
+    ))
+    for key, surface in demo.SURFACES.items():
+        steps = max(20, surface.steps // 4) if args.quick else surface.steps
+        paths = {f"{name} (lr {surface.lrs[name]:g})": demo.trajectory(surface, name, steps) for name in names}
+        written.append(plot.optimizer_paths(
+            surface.f, surface.window, paths, out / f"paths_{key}.png",
+            title=f"{surface.title}, {steps} steps",
+            minimum=surface.minimum, log_levels=surface.log_levels,
+        ))
+    print(f"\nwrote {', '.join(map(str, written))}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- info, bench
+
+
+def info_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="fastopt info", description="Version, SIMD level, threads, optional extras.")
+    ap.parse_args(argv)
+    fo.show_config()
+    print("  optional extras:")
+    for pkg, what in EXTRAS.items():
+        v = _version(pkg)
+        print(f"    {pkg:<11}{v or 'not installed':<16}{what}")
+    return 0
+
+
+def bench_main(argv: list[str]) -> int:
+    from . import bench
+
+    ap = argparse.ArgumentParser(prog="fastopt bench", description=bench.quick.__doc__)
+    ap.add_argument("--size", type=float, default=1e6, help="elements per tensor (default 1e6)")
+    ap.add_argument("--threads", type=_positive(int), help="threads for fastopt and torch (default: the current setting)")
+    ap.add_argument("--rounds", type=_positive(int), default=5)
+    ap.add_argument("--no-torch", action="store_true", help="compare with NumPy only")
+    ap.add_argument("--out", type=Path, help="also write the Markdown table here")
+    args = ap.parse_args(argv)
+    threads = args.threads or fo.get_num_threads()
+    size = int(args.size)
+    if size < 1:
+        ap.error("--size must be at least 1")
+    rows = bench.quick(size, threads, args.rounds, use_torch=not args.no_torch)
+    text = bench.format_table(rows, threads)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+COMMANDS = {"demo": demo_main, "info": info_main, "bench": bench_main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"fastopt: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    return COMMANDS[argv[0]](argv[1:])
