@@ -18,7 +18,44 @@ import numpy as np
 from .. import _fastopt
 from . import nn_peers, peers
 
-__all__ = ["Row", "quick", "format_table"]
+__all__ = ["Row", "quick", "format_table", "Bandwidth", "bandwidth"]
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """What :func:`bandwidth` measured: bytes per second of STREAM's copy and triad."""
+
+    copy: float
+    triad: float
+    threads: int
+    elements: int
+
+    def __str__(self) -> str:
+        return (f"copy {self.copy / 1e9:.1f} GB/s, triad {self.triad / 1e9:.1f} GB/s "
+                f"({self.threads} thread{'s' if self.threads > 1 else ''}, 3 x {self.elements * 4 / 2**20:.0f} MiB)")
+
+
+def bandwidth(threads: int | None = None, elements: int = 1 << 25, repeats: int = 5) -> Bandwidth:
+    """The machine's memory bandwidth as fastopt's kernels see it: STREAM-style copy
+    (``a = b``, counted as 8 bytes per float32 element) and triad (``a = b + s*c``, 12 bytes),
+    over three buffers of ``elements`` float32 each (default 128 MiB each, well past any
+    cache), on ``threads`` threads (default: the current setting) at the current SIMD level;
+    the best of ``repeats`` runs each. A kernel that must move B bytes in t seconds reaches
+    ``B / t / copy`` of the machine. Takes about a second."""
+    import fastopt as fo
+
+    if isinstance(elements, bool) or not isinstance(elements, int) or elements < 1:
+        raise ValueError(f"elements must be a positive int, got {elements!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    before = fo.get_num_threads()
+    threads = before if threads is None else threads
+    fo.set_num_threads(threads)
+    try:
+        copy, triad = _fastopt.bandwidth_probe(elements, repeats)
+    finally:
+        fo.set_num_threads(before)
+    return Bandwidth(copy, triad, threads, elements)
 
 
 @dataclass

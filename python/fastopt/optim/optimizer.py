@@ -45,20 +45,102 @@ def _is_param(x: Any) -> bool:
     return isinstance(x, (Parameter, np.ndarray))
 
 
+class _ParamState(dict):
+    """One parameter's state: a dict that tells its :class:`_State` when it changes, so the
+    optimizer may reuse the lists of state buffers it gathered for the previous step."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner: "_State", *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._owner = owner
+
+    def _changed(self) -> None:
+        self._owner._version += 1
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._changed()
+
+    def __delitem__(self, key: Any) -> None:
+        super().__delitem__(key)
+        self._changed()
+
+    def clear(self) -> None:
+        super().clear()
+        self._changed()
+
+    def pop(self, *args: Any) -> Any:
+        self._changed()
+        return super().pop(*args)
+
+    def popitem(self) -> Any:
+        self._changed()
+        return super().popitem()
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        self._changed()
+        return super().setdefault(key, default)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        super().update(*args, **kwargs)
+        self._changed()
+
+    def __ior__(self, other: Any) -> "_ParamState":
+        self.update(other)
+        return self
+
+    def __reduce__(self) -> Any:
+        # Copies (deepcopy, pickle) stay tracked, by the copy of the owner.
+        return (_ParamState, (self._owner, dict(self)))
+
+
+class _ParamList(list):
+    """A param group's ``'params'``: a list that counts its in-place changes in ``_version``,
+    so the optimizer knows when the buffer lists it gathered for it are stale."""
+
+    __slots__ = ("_version",)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._version = 0
+
+    def __reduce__(self) -> Any:
+        return (_ParamList, (list(self),))
+
+
+def _counting(name: str) -> Callable:
+    method = getattr(list, name)
+
+    def changed(self: _ParamList, *args: Any, **kwargs: Any) -> Any:
+        self._version += 1
+        return method(self, *args, **kwargs)
+
+    changed.__name__ = name
+    return changed
+
+
+for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend", "insert", "pop", "remove", "clear", "sort", "reverse"):
+    setattr(_ParamList, _name, _counting(_name))
+
+
 class _State(MutableMapping):
     """Per-parameter state keyed by the parameter object itself (ndarrays are unhashable,
     so keys are compared by identity). Like torch's ``defaultdict(dict)``, reading a missing
-    key creates an empty dict."""
+    key creates an empty dict. Each parameter's dict counts its changes in ``_version`` (a dict
+    assigned with ``state[p] = d`` is copied into such a dict)."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_version")
 
     def __init__(self) -> None:
-        self._items: dict[int, tuple[Any, dict]] = {}
+        self._items: dict[int, tuple[Any, _ParamState]] = {}
+        self._version = 0
 
     def __getitem__(self, key: Any) -> dict:
         item = self._items.get(id(key))
         if item is None:
-            item = self._items[id(key)] = (key, {})
+            item = self._items[id(key)] = (key, _ParamState(self))
+            self._version += 1
         return item[1]
 
     def get(self, key: Any, default: Any = None) -> Any:
@@ -66,10 +148,12 @@ class _State(MutableMapping):
         return default if item is None else item[1]
 
     def __setitem__(self, key: Any, value: dict) -> None:
-        self._items[id(key)] = (key, value)
+        self._items[id(key)] = (key, value if isinstance(value, _ParamState) and value._owner is self else _ParamState(self, value))
+        self._version += 1
 
     def __delitem__(self, key: Any) -> None:
         del self._items[id(key)]
+        self._version += 1
 
     def __contains__(self, key: object) -> bool:
         return id(key) in self._items
@@ -181,6 +265,8 @@ class Optimizer:
             )
         self.state: _State = _State()
         self.param_groups: list[dict[str, Any]] = []
+        # names -> (param ids, state, state version, buffer lists): see `_buffers`.
+        self._buffer_lists: dict[tuple, tuple] = {}
         param_groups = list(params)
         if len(param_groups) == 0:
             raise ValueError("optimizer got an empty parameter list")
@@ -240,7 +326,7 @@ class Optimizer:
                 + " and ".join(sorted(d.name for d in dtypes))
                 + "; put them in separate param groups"
             )
-        group["params"] = params
+        group["params"] = _ParamList(params)
         for name, default in self.defaults.items():
             if default is required and name not in group:
                 raise ValueError(
@@ -461,11 +547,24 @@ class Optimizer:
         torch's; others: arrays of the param's shape and dtype; zeros or ``fill[name]``).
         Created buffers are not in the state yet: pass them to :meth:`_commit` once the kernel
         has succeeded, so a failed step leaves no trace."""
-        items = self.state._items
+        state = self.state
+        # Fastest path: the same params (by identity) and no change to the state since the
+        # lists were gathered (every change goes through `_State`/`_ParamState`).
+        # A group's own params list (`_ParamList`) counts its changes; a filtered list (some
+        # params without a gradient) is not cached.
+        key = (id(params), params._version) if type(params) is _ParamList else None
+        cached = self._buffer_lists.get(names)
+        if key is not None and cached is not None and cached[0] == key and cached[1] is state and cached[2] == state._version:
+            return cached[3], []
+        items = state._items
         states = [items.get(id(p)) for p in params]
         try:
             # Fast path: every param already has every buffer.
-            return [[st[1][name] for st in states] for name in names], []
+            lists = [[st[1][name] for st in states] for name in names]
+            if key is not None:
+                # Keeps `params` alive with the entry, so its id cannot be reused.
+                self._buffer_lists[names] = (key, state, state._version, lists, params)
+            return lists, []
         except (TypeError, KeyError):
             pass
         out: list[list[np.ndarray]] = [[] for _ in names]

@@ -4,6 +4,7 @@
 //! of a parameter group, run at the SIMD level chosen in [`simd`] and split across threads by
 //! [`parallel`]. The Python bindings live in the `fastopt-py` crate.
 
+pub mod bandwidth;
 pub mod float;
 pub mod math;
 pub mod nn;

@@ -132,7 +132,35 @@ fn as_array<'py>(obj: &Bound<'py, PyAny>, label: Label) -> PyResult<Bound<'py, P
     })
 }
 
+/// As [`as_array`], taking over the caller's reference (no second reference count).
+fn into_array<'py>(obj: Bound<'py, PyAny>, label: Label) -> PyResult<Bound<'py, PyUntypedArray>> {
+    if obj.cast::<PyUntypedArray>().is_err() {
+        return Err(PyTypeError::new_err(format!("{label} must be a numpy.ndarray, got {}", type_name(&obj))));
+    }
+    // SAFETY: the line above checked that `obj` is an ndarray (or a subclass).
+    Ok(unsafe { obj.cast_into_unchecked() })
+}
+
+/// numpy's own descriptors of native float32 and float64, which almost every array of these
+/// dtypes points to: comparing pointers decides the dtype without touching reference counts.
+fn builtin_descrs(py: Python<'_>) -> (usize, usize) {
+    static DESCRS: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    *DESCRS.get_or_init(|| {
+        // The builtin descriptors are immortal singletons inside numpy; their addresses stay valid.
+        (numpy::dtype::<f32>(py).as_ptr() as usize, numpy::dtype::<f64>(py).as_ptr() as usize)
+    })
+}
+
 fn dtype_of(arr: &Bound<'_, PyUntypedArray>) -> Option<Dtype> {
+    // SAFETY: `arr` is a live ndarray and we hold the GIL; this reads its descriptor pointer.
+    let descr = unsafe { (*_PyArray_GET_ITEM_DATA(arr.as_array_ptr())).descr } as usize;
+    let (f32_descr, f64_descr) = builtin_descrs(arr.py());
+    if descr == f32_descr {
+        return Some(Dtype::F32);
+    }
+    if descr == f64_descr {
+        return Some(Dtype::F64);
+    }
     let d = arr.dtype();
     // Native byte order only: `is_native_byteorder` is None for single-byte types and
     // Some(false) for swapped ones.
@@ -156,6 +184,12 @@ fn data_ptr(arr: &Bound<'_, PyUntypedArray>) -> *mut u8 {
     unsafe { (*_PyArray_GET_ITEM_DATA(arr.as_array_ptr())).data.cast() }
 }
 
+/// Slice equality without a `memcmp` call (shapes have a handful of dimensions).
+#[inline]
+fn same_shape(a: &[usize], b: &[usize]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
 fn shape_str(s: &[usize]) -> String {
     match s.len() {
         1 => format!("({},)", s[0]),
@@ -175,11 +209,13 @@ impl<'py> Group<'py> {
     /// (e.g. the gradients of a norm).
     pub fn first_list(obj: &Bound<'py, PyAny>, name: &'static str, written: bool) -> PyResult<(Group<'py>, Vec<Raw>)> {
         let list = items(obj, name)?;
-        let mut g = Group { dtype: Dtype::F32, params: Vec::with_capacity(list.len()), owners: vec![], spans: vec![] };
-        let mut raws = Vec::with_capacity(list.len());
-        for (i, o) in list.iter().enumerate() {
+        let n = list.len();
+        // Most calls check about five arrays per parameter.
+        let mut g = Group { dtype: Dtype::F32, params: Vec::with_capacity(n), owners: Vec::with_capacity(4 * n), spans: Vec::with_capacity(5 * n) };
+        let mut raws = Vec::with_capacity(n);
+        for (i, o) in list.into_iter().enumerate() {
             let label = Label { name, index: i };
-            let arr = as_array(o, label)?;
+            let arr = into_array(o, label)?;
             if i == 0 {
                 g.dtype = dtype_of(&arr).ok_or_else(|| {
                     PyTypeError::new_err(format!(
@@ -226,7 +262,7 @@ impl<'py> Group<'py> {
     fn check(&mut self, arr: Bound<'py, PyUntypedArray>, label: Label, written: bool) -> PyResult<Raw> {
         self.check_dtype(&arr, label)?;
         let want = self.params[label.index].shape();
-        if arr.shape() != want {
+        if !same_shape(arr.shape(), want) {
             return Err(PyValueError::new_err(format!(
                 "{label} has shape {} but params[{}] has shape {}",
                 shape_str(arr.shape()),
@@ -265,9 +301,11 @@ impl<'py> Group<'py> {
     pub fn like_params(&mut self, obj: &Bound<'py, PyAny>, name: &'static str, written: bool) -> PyResult<Vec<Raw>> {
         let list = self.per_param(obj, name)?;
         let mut raws = Vec::with_capacity(list.len());
-        for (i, o) in list.iter().enumerate() {
+        self.owners.reserve(list.len());
+        self.spans.reserve(list.len());
+        for (i, o) in list.into_iter().enumerate() {
             let label = Label { name, index: i };
-            raws.push(self.check(as_array(o, label)?, label, written)?);
+            raws.push(self.check(into_array(o, label)?, label, written)?);
         }
         Ok(raws)
     }
@@ -297,9 +335,9 @@ impl<'py> Group<'py> {
     pub fn steps(&mut self, obj: &Bound<'py, PyAny>, name: &'static str) -> PyResult<Vec<Raw>> {
         let list = self.per_param(obj, name)?;
         let mut raws = Vec::with_capacity(list.len());
-        for (i, o) in list.iter().enumerate() {
+        for (i, o) in list.into_iter().enumerate() {
             let label = Label { name, index: i };
-            let arr = as_array(o, label)?;
+            let arr = into_array(o, label)?;
             if dtype_of(&arr) != Some(Dtype::F32) || arr.len() != 1 {
                 return Err(PyTypeError::new_err(format!(
                     "{label} must be a one-element float32 array (a 0-d step counter), got dtype {} shape {}",
@@ -378,7 +416,18 @@ impl<'py> Group<'py> {
 
     /// Rejects any overlap between an array that is written and any other array of the call.
     pub fn finish(&mut self) -> PyResult<()> {
-        self.spans.sort_unstable_by_key(|s| s.0);
+        // Sort by address through 8-byte keys (address << 16 | index) rather than the 48-byte
+        // spans: over hundreds of small tensors the sort is a large part of the call. User
+        // space addresses fit in 48 bits on every 64-bit platform numpy runs on; past 65536
+        // spans (or bigger addresses) the spans are sorted directly.
+        let n = self.spans.len();
+        if n <= 1 << 16 && self.spans.iter().all(|s| s.0 < 1 << 48) {
+            let mut keys: Vec<u64> = self.spans.iter().enumerate().map(|(i, s)| ((s.0 as u64) << 16) | i as u64).collect();
+            keys.sort_unstable();
+            self.spans = keys.iter().map(|&k| self.spans[(k & 0xffff) as usize]).collect();
+        } else {
+            self.spans.sort_unstable_by_key(|s| s.0);
+        }
         // Sweep in address order, remembering the furthest-reaching span seen so far and the
         // furthest-reaching written one: a span that starts before either ends overlaps it.
         let mut far_any: Option<usize> = None;

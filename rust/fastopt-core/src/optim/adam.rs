@@ -222,12 +222,24 @@ pub(crate) fn adam_step_at<T: Float>(
             (Some(_), false) => return Err(Error(format!("max_exp_avg_sqs[{i}] given with amsgrad=False"))),
         }
     }
+    // The per-tensor constants depend only on the step count, which is usually the same for
+    // every tensor of a group: compute them once per distinct count (four `pow` calls, a third
+    // of the step's cost over many one-element tensors).
+    let mut memo: Option<(f32, Scalars<T>)> = None;
     let chunks: Vec<Chunk<'_, T>> = tensors
         .into_iter()
         .map(|t| {
             *t.step += 1.0;
+            let s = match memo {
+                Some((step, s)) if step == *t.step => s,
+                _ => {
+                    let s = Scalars::new(cfg, *t.step);
+                    memo = Some((*t.step, s));
+                    s
+                }
+            };
             Chunk {
-                s: Scalars::new(cfg, *t.step),
+                s,
                 p: t.param,
                 g: t.grad,
                 m: t.exp_avg,
