@@ -19,6 +19,7 @@ USAGE = """usage: fastopt {demo,info,bench} [options]
          write figures (loss curves, decision boundaries, paths on 2-D test surfaces)
   info   version, SIMD level, threads, optional extras present
   bench  a quick side-by-side of the main kernels against NumPy and torch
+         (--full: every optimizer, many-tensor steps, the memory-bandwidth probe)
 
 `fastopt <command> --help` for a command's options."""
 
@@ -247,7 +248,12 @@ def info_main(argv: list[str]) -> int:
 def bench_main(argv: list[str]) -> int:
     from . import bench
 
-    ap = argparse.ArgumentParser(prog="fastopt bench", description=bench.quick.__doc__)
+    if "--full" in argv:
+        from .bench import report
+
+        return report.main([a for a in argv if a != "--full"])
+    ap = argparse.ArgumentParser(prog="fastopt bench", description=bench.quick.__doc__,
+                                 epilog="fastopt bench --full [--help]: the full report (fastopt.bench.report).")
     ap.add_argument("--size", type=float, default=1e6, help="elements per tensor (default 1e6)")
     ap.add_argument("--threads", type=_positive(int), help="threads for fastopt and torch (default: the current setting)")
     ap.add_argument("--rounds", type=_positive(int), default=5)

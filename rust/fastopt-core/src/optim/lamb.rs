@@ -13,7 +13,7 @@
 
 use crate::float::Float;
 use crate::parallel::{self, Split};
-use crate::reduce::BLOCK;
+use crate::reduce::{dot_f64, BLOCK};
 use crate::simd::{self, Arith, SimdKernel, SimdLevel};
 use crate::{check_len, Error};
 
@@ -89,33 +89,22 @@ impl<T: Float> SimdKernel for Moments<'_, T> {
     #[inline(always)]
     fn run<A: Arith>(self) {
         let k = self.k;
+        // Each block in two vectorizable loops: the moments and the direction r into a
+        // block-sized scratch (in L1), then the float64 sums of p^2 and r^2.
+        let mut r = vec![T::ZERO; BLOCK.min(self.p.len())];
         let blocks = self.p.chunks(BLOCK).zip(self.g.chunks(BLOCK)).zip(self.m.chunks_mut(BLOCK)).zip(self.v.chunks_mut(BLOCK));
         for ((((p, g), m), v), slot) in blocks.zip(self.out.iter_mut()) {
             let n = p.len();
-            let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
-            let (mut pp, mut rr) = ([0.0f64; 8], [0.0f64; 8]);
-            // Element i adds to lane i % 8; whole groups of 8 first, so the loop vectorizes.
-            let mut lane = |i: usize, j: usize, pp: &mut [f64; 8], rr: &mut [f64; 8]| {
+            let (g, m, v, r) = (&g[..n], &mut m[..n], &mut v[..n], &mut r[..n]);
+            for i in 0..n {
                 let gi = g[i] * k.sign;
                 let mi = A::madd(gi, k.one_minus_beta1, m[i] * k.beta1);
                 let vi = A::madd(k.one_minus_beta2 * gi, gi, v[i] * k.beta2);
                 m[i] = mi;
                 v[i] = vi;
-                let r = k.direction(p[i], mi, vi).to_f64();
-                let q = p[i].to_f64();
-                pp[j] += q * q;
-                rr[j] += r * r;
-            };
-            let full = n - n % 8;
-            for base in (0..full).step_by(8) {
-                for j in 0..8 {
-                    lane(base + j, j, &mut pp, &mut rr);
-                }
+                r[i] = k.direction(p[i], mi, vi);
             }
-            for i in full..n {
-                lane(i, i - full, &mut pp, &mut rr);
-            }
-            *slot = (pp.iter().sum(), rr.iter().sum());
+            *slot = (dot_f64(p, p), dot_f64(r, r));
         }
     }
 }

@@ -1,0 +1,277 @@
+"""The full side-by-side report (``fastopt bench --full``, or ``python benches/report.py``):
+fastopt against torch (default, foreach and fused paths) and careful in-place NumPy, in ONE
+process, and against the machine's memory bandwidth.
+
+Implementations are interleaved (each round runs a block of steps of every implementation in
+turn), so slow drifts of a noisy machine hit all of them alike; the figure for each is the
+median over rounds of the per-step time within a block. Sections:
+
+1. the machine: the bandwidth probe (:func:`fastopt.bench.bandwidth`) at 1 and 2 threads;
+2. one float32 tensor per optimizer and size: ns per element of each implementation at 1 and
+   2 threads, the ratio of torch's fastest path (best of its paths and thread counts) to
+   fastopt's best, the ratio to NumPy, and from 1e6 elements the fraction of the probe's copy
+   bandwidth fastopt reaches (the bytes one pass must read and write / time / copy rate);
+3. many tensors per step (Adam): ResNet-50's 161 parameters, 200 small tensors, 161
+   one-element tensors;
+4. every element-wise optimizer at 1e7 elements against Adam, ns per element.
+
+    fastopt bench --full                              # everything, a few minutes
+    fastopt bench --full --sizes 1e3 1e5 --optimizers adam --no-workloads --out report.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .. import _fastopt
+from . import bandwidth
+from .peers import (
+    TORCH_FUSED,
+    NumpyAdadelta,
+    NumpyAdagrad,
+    NumpyAdam,
+    NumpyAdamax,
+    NumpyASGD,
+    NumpyNAdam,
+    NumpyRAdam,
+    NumpyRMSprop,
+    NumpyRprop,
+    NumpySGD,
+    interleaved,
+    problem,
+    torch_optimizer,
+)
+from .workloads import WORKLOADS, make_tensors
+
+#: key -> (fastopt/torch class name, arguments, careful NumPy step factory or None).
+OPTIMIZERS = {
+    "adam": ("Adam", {"lr": 1e-3}, lambda p, g: NumpyAdam(p, g, lr=1e-3).step),
+    "adamw": ("AdamW", {"lr": 1e-3, "weight_decay": 1e-2}, lambda p, g: NumpyAdam(p, g, lr=1e-3, weight_decay=1e-2, decoupled=True).step),
+    "sgd": ("SGD", {"lr": 1e-3, "momentum": 0.9}, lambda p, g: NumpySGD(p, g, lr=1e-3, momentum=0.9).step),
+    "adagrad": ("Adagrad", {"lr": 1e-2}, lambda p, g: NumpyAdagrad(p, g, lr=1e-2).step),
+    "rmsprop": ("RMSprop", {"lr": 1e-2}, lambda p, g: NumpyRMSprop(p, g, lr=1e-2).step),
+    "adamax": ("Adamax", {"lr": 2e-3}, lambda p, g: NumpyAdamax(p, g, lr=2e-3).step),
+    "adadelta": ("Adadelta", {"lr": 1.0}, lambda p, g: NumpyAdadelta(p, g, lr=1.0).step),
+    "nadam": ("NAdam", {"lr": 2e-3}, lambda p, g: NumpyNAdam(p, g, lr=2e-3).step),
+    "radam": ("RAdam", {"lr": 1e-3}, lambda p, g: NumpyRAdam(p, g, lr=1e-3).step),
+    "asgd": ("ASGD", {"lr": 1e-2}, lambda p, g: NumpyASGD(p, g, lr=1e-2).step),
+    "rprop": ("Rprop", {"lr": 1e-2}, lambda p, g: NumpyRprop(p, g, lr=1e-2).step),
+}
+
+#: fastopt-only optimizers compared with Adam in section 4, with their arguments.
+BEYOND_TORCH = {
+    "AdaBound": {"lr": 1e-3},
+    "AMSBound": {"lr": 1e-3},
+    "Lion": {"lr": 1e-4},
+    "AdaBelief": {"lr": 1e-3},
+    "Lamb": {"lr": 1e-3, "weight_decay": 0.01},
+}
+
+#: Arrays one step must read plus those it must write, per element (float32: x 4 bytes), with
+#: the arguments above (no amsgrad, momentum or centering unless named).
+ARRAYS_MOVED = {
+    "SGD": 5, "Adam": 7, "AdamW": 7, "Adagrad": 5, "RMSprop": 5, "Adamax": 7, "Adadelta": 7,
+    "NAdam": 7, "RAdam": 7, "ASGD": 5, "Rprop": 7, "AdaBound": 7, "AMSBound": 9, "Lion": 5,
+    "AdaBelief": 7, "Lamb": 7,
+}
+
+
+def _have_torch() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def _single_impls(name: str, kwargs: dict, numpy_factory, n: int, have_torch: bool) -> dict:
+    """label -> (threads, step); each over its own copy of the same problem."""
+    import fastopt as fo
+
+    out = {}
+    for threads in (1, 2):
+        p0, g = problem(n)
+        p = fo.Parameter(p0)
+        p.grad = g
+        out[f"fastopt {threads}T"] = (threads, getattr(fo.optim, name)([p], **kwargs).step)
+        if have_torch:
+            for v in ["default", "foreach"] + (["fused"] if name in TORCH_FUSED else []):
+                p0, g = problem(n)
+                out[f"torch {v} {threads}T"] = (threads, torch_optimizer(name, v, p0, g, **kwargs).step)
+    if numpy_factory is not None:
+        p0, g = problem(n)
+        out["numpy"] = (1, numpy_factory(p0, g))
+    return out
+
+
+def _workload_impls(shapes: list, have_torch: bool) -> dict:
+    import fastopt as fo
+
+    out = {}
+    for threads in (1, 2):
+        params = []
+        for p0, g in make_tensors(shapes):
+            p = fo.Parameter(p0)
+            p.grad = g
+            params.append(p)
+        out[f"fastopt {threads}T"] = (threads, fo.optim.Adam(params, lr=1e-3).step)
+        if have_torch:
+            import torch
+
+            for v in ("foreach", "fused"):
+                tps = []
+                for p0, g in make_tensors(shapes):
+                    t = torch.nn.Parameter(torch.from_numpy(p0))
+                    t.grad = torch.from_numpy(g)
+                    tps.append(t)
+                out[f"torch {v} {threads}T"] = (threads, torch.optim.Adam(tps, lr=1e-3, **{v: True}).step)
+    return out
+
+
+def _best(times: dict, prefix: str) -> tuple[float, str]:
+    """The fastest time among labels starting with ``prefix`` and its label."""
+    keys = [k for k in times if k.startswith(prefix)]
+    if not keys:
+        return float("nan"), ""
+    k = min(keys, key=times.__getitem__)
+    return times[k], k
+
+
+def _threads_of(label: str) -> int:
+    return 2 if label.endswith("2T") else 1
+
+
+def _fraction(bytes_moved: float, seconds: float, label: str, probe: dict) -> str:
+    bw = probe.get(_threads_of(label))
+    if bw is None or not np.isfinite(seconds):
+        return "-"
+    return f"{bytes_moved / seconds / bw.copy:.0%}"
+
+
+def run(sizes: list[int], optimizers: list[str], rounds: int, block: float, workloads: bool,
+        compare_all: bool, probe_elements: int, log=sys.stderr) -> str:
+    """Runs the report's sections and returns the Markdown text (progress lines go to ``log``)."""
+    import fastopt as fo
+
+    have_torch = _have_torch()
+    torch_version = "not installed"
+    if have_torch:
+        import torch
+
+        torch_version = torch.__version__
+    lines = [
+        f"fastopt {fo.__version__} ({fo.simd_level()}), torch {torch_version}, numpy {np.__version__}; "
+        f"{platform.processor() or platform.machine()}, {_fastopt.default_num_threads()} cores.",
+        "",
+    ]
+    probe = {}
+    if probe_elements:
+        for t in (1, 2):
+            probe[t] = bandwidth(t, elements=probe_elements)
+        lines += [
+            "Memory bandwidth probe (`fastopt.bench.bandwidth`: STREAM copy and triad, float32, best of 5): "
+            + "; ".join(f"{t} thread{'s' if t > 1 else ''}: {probe[t].copy / 1e9:.1f} GB/s copy, "
+                        f"{probe[t].triad / 1e9:.1f} GB/s triad" for t in probe) + ".",
+            "",
+        ]
+        print(lines[-2], file=log, flush=True)
+
+    lines += [f"float32, one tensor, ns per element (median of {rounds} interleaved rounds). \"vs torch\": "
+              "torch's fastest path and thread count over fastopt's best of 1 and 2 threads. "
+              "\"of copy BW\": bytes one step must read and write per second over the probe's copy rate "
+              "at fastopt's best thread count.", ""]
+    for key in optimizers:
+        name, kwargs, numpy_factory = OPTIMIZERS[key]
+        header = ("| N | fastopt 1T | fastopt 2T | torch default | torch foreach | torch fused 1T | torch fused 2T "
+                  "| numpy | vs torch | vs numpy | of copy BW |")
+        lines += [f"#### {name} {kwargs}", "", header, "|" + "---|" * (header.count("|") - 1)]
+        for n in sizes:
+            t = interleaved(_single_impls(name, kwargs, numpy_factory, n, have_torch), rounds, block)
+            ns = {k: v / n * 1e9 for k, v in t.items()}
+            ours, our_key = _best(t, "fastopt")
+            torch_best, _ = _best(t, "torch")
+            cell = lambda k: f"{ns[k]:.3f}" if k in ns else "-"  # noqa: E731
+            best_ns = lambda prefix: f"{_best(ns, prefix)[0]:.3f}" if _best(ns, prefix)[1] else "-"  # noqa: E731
+            frac = _fraction(ARRAYS_MOVED[name] * 4 * n, ours, our_key, probe) if n >= 1_000_000 else "-"
+            lines.append(
+                f"| {n:.0e} | {cell('fastopt 1T')} | {cell('fastopt 2T')} | {best_ns('torch default')} | "
+                f"{best_ns('torch foreach')} | {cell('torch fused 1T')} | {cell('torch fused 2T')} | {cell('numpy')} | "
+                f"**{torch_best / ours:.2f}x** | " + (f"{t['numpy'] / ours:.2f}x" if "numpy" in t else "-") + f" | {frac} |"
+            )
+            print(lines[-1], file=log, flush=True)
+        lines.append("")
+
+    if workloads:
+        header = "| workload | tensors | elements | fastopt 1T | fastopt 2T | torch foreach (best T) | torch fused 1T | torch fused 2T | vs torch | of copy BW |"
+        lines += ["#### Adam over many tensors (one step, microseconds)", "", header, "|" + "---|" * (header.count("|") - 1)]
+        for wname, make in WORKLOADS.items():
+            shapes = make()
+            n = int(sum(np.prod(s) for s in shapes))
+            t = interleaved(_workload_impls(shapes, have_torch), rounds, block)
+            us = {k: v * 1e6 for k, v in t.items()}
+            ours, our_key = _best(t, "fastopt")
+            torch_best, _ = _best(t, "torch")
+            cell = lambda k: f"{us[k]:.1f}" if k in us else "-"  # noqa: E731
+            foreach = _best(us, "torch foreach")[0]
+            frac = _fraction(ARRAYS_MOVED["Adam"] * 4 * n, ours, our_key, probe) if n >= 1_000_000 else "-"
+            lines.append(
+                f"| {wname} | {len(shapes)} | {n:,} | {cell('fastopt 1T')} | {cell('fastopt 2T')} | "
+                f"{foreach:.1f} | {cell('torch fused 1T')} | {cell('torch fused 2T')} | **{torch_best / ours:.2f}x** | {frac} |"
+            )
+            print(lines[-1], file=log, flush=True)
+        lines.append("")
+
+    if compare_all:
+        n = 10_000_000
+        names = [OPTIMIZERS[k][:2] for k in OPTIMIZERS] + list(BEYOND_TORCH.items())
+        impls = {}
+        for name, kwargs in names:
+            for threads in (1, 2):
+                p0, g = problem(n)
+                p = fo.Parameter(p0)
+                p.grad = g
+                impls[f"{name} {threads}T"] = (threads, getattr(fo.optim, name)([p], **kwargs).step)
+        t = interleaved(impls, rounds, block)
+        adam = min(t["Adam 1T"], t["Adam 2T"])
+        lines += ["#### Every element-wise optimizer at 1e7 elements (fastopt, best of 1/2 threads)", "",
+                  "| optimizer | ns per element | vs Adam | of copy BW |", "|---|---|---|---|"]
+        for name, _ in names:
+            best = min(t[f"{name} 1T"], t[f"{name} 2T"])
+            key = f"{name} 1T" if t[f"{name} 1T"] <= t[f"{name} 2T"] else f"{name} 2T"
+            lines.append(f"| {name} | {best / n * 1e9:.3f} | {best / adam:.2f}x | {_fraction(ARRAYS_MOVED[name] * 4 * n, best, key, probe)} |")
+            print(lines[-1], file=log, flush=True)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", type=float, default=[1e3, 1e4, 1e5, 1e6, 1e7])
+    ap.add_argument("--optimizers", nargs="+", default=["adam", "sgd", "adamw"], choices=sorted(OPTIMIZERS) + ["all"])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--block", type=float, default=0.02, help="seconds per block of steps")
+    ap.add_argument("--no-workloads", action="store_true", help="skip the many-tensor section")
+    ap.add_argument("--no-compare-all", action="store_true", help="skip the every-optimizer-vs-Adam section")
+    ap.add_argument("--probe-elements", type=float, default=2**25, help="elements per probe buffer (0: no probe)")
+    ap.add_argument("--out", type=Path, help="also write the Markdown here")
+    return ap
+
+
+def main(argv: list[str] | None = None, prog: str = "fastopt bench --full") -> int:
+    args = _parser(prog).parse_args(argv)
+    optimizers = sorted(OPTIMIZERS) if "all" in args.optimizers else args.optimizers
+    text = run(
+        [int(s) for s in args.sizes], optimizers, args.rounds, args.block,
+        workloads=not args.no_workloads, compare_all=not args.no_compare_all,
+        probe_elements=int(args.probe_elements),
+    )
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
