@@ -72,3 +72,36 @@ def test_bench_quick_table(tmp_path, capsys):
     assert "vs NumPy" in out and md.read_text().strip() == out.strip()
     if cli._version("torch"):
         assert "(torch " in out  # torch's fastest path is named
+
+
+def test_bandwidth_probe_and_its_bad_input():
+    from fastopt import bench
+
+    bw = bench.bandwidth(1, elements=1 << 16, repeats=1)  # small: a smoke run, nothing timed is asserted
+    assert bw.copy > 0 and bw.triad > 0 and bw.threads == 1 and "GB/s" in str(bw)
+    for bad in ({"elements": 0}, {"repeats": 0}, {"elements": 1.5}):
+        with pytest.raises(ValueError, match="must be a positive int"):
+            bench.bandwidth(1, **bad)
+
+
+def test_workload_shapes():
+    import math
+
+    from fastopt.bench.workloads import WORKLOADS, resnet50_shapes
+
+    shapes = resnet50_shapes()
+    assert len(shapes) == 161 and sum(math.prod(s) for s in shapes) == 25_557_032  # torchvision's count
+    small = WORKLOADS["200 small"]()
+    assert len(small) == 200 and all(1_000 <= s[0] <= 100_000 for s in small)
+    assert WORKLOADS["161 x 1 element"]() == [(1,)] * 161
+
+
+def test_full_report_sections(capsys):
+    """The full report's structure on the smallest settings (what it measures is not asserted)."""
+    from fastopt.bench import report
+
+    text = report.run([1000], ["adam"], rounds=1, block=0.0, workloads=False, compare_all=False, probe_elements=1 << 14)
+    assert "Memory bandwidth probe" in text and "#### Adam" in text and "| 1e+03 |" in text
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--full", "--help"])
+    assert e.value.code == 0 and "many tensors" in capsys.readouterr().out

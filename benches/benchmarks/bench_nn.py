@@ -46,6 +46,9 @@ class Activation:
     def time_backward(self, name, n, threads, impl):
         self.backward()
 
+    def peakmem_forward(self, name, n, threads, impl):
+        self.forward()
+
 
 class BatchNormTrain:
     """Training forward + backward (input, weight and bias gradients)."""
@@ -102,3 +105,42 @@ class CrossEntropy:
 
     def time_forward_backward(self, rows, threads, impl):
         self.step()
+
+    def peakmem_forward_backward(self, rows, threads, impl):
+        self.step()
+
+
+class Softmax:
+    """softmax over the last axis of (rows, 1000), forward and backward, into preallocated
+    outputs: fastopt against torch's ATen kernels (`_softmax.out`, `_softmax_backward_data.out`)."""
+
+    params = ([256, 4096], THREADS, ["fastopt", "torch"])
+    param_names = ["rows", "threads", "impl"]
+
+    def setup(self, rows, threads, impl):
+        set_threads(threads)
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((rows, 1000)).astype(np.float32)
+        g = rng.standard_normal((rows, 1000)).astype(np.float32)
+        out, gx = np.empty_like(x), np.empty_like(x)
+        if impl == "fastopt":
+            import fastopt.nn.functional as F
+
+            self.forward = lambda: F.softmax(x, -1, out=out)
+            self.backward = lambda: F.softmax_backward(g, out, -1, out=gx)
+        else:
+            _need_torch()
+            import torch
+
+            a = torch.ops.aten
+            xt, gt, ot, gxt = (torch.from_numpy(v) for v in (x, g, out, gx))
+            self.forward = lambda: a._softmax.out(xt, -1, False, out=ot)
+            self.backward = lambda: a._softmax_backward_data.out(gt, ot, -1, torch.float32, grad_input=gxt)
+        self.forward()
+        self.backward()
+
+    def time_forward(self, rows, threads, impl):
+        self.forward()
+
+    def time_backward(self, rows, threads, impl):
+        self.backward()

@@ -18,28 +18,33 @@ from .common import (
     NumpyRMSprop,
     NumpyRprop,
     NumpySGD,
+    optax_optimizer,
     problem,
     set_threads,
     torch_optimizer,
 )
+from fastopt.bench.workloads import WORKLOADS, make_tensors
 
 IMPLS = ["fastopt", "torch", "torch-foreach", "torch-fused", "numpy"]
+DTYPES = ["float32", "float64"]
 
 
 class _Step:
-    params = (SIZES, THREADS, IMPLS)
-    param_names = ["n", "threads", "impl"]
+    params = (SIZES, THREADS, DTYPES, IMPLS)
+    param_names = ["n", "threads", "dtype", "impl"]
     timeout = 300
     optimizer = ""
     kwargs: dict = {}
 
-    def make_problem(self, n):
-        return problem(n)
+    def make_problem(self, n, dtype="float32"):
+        return problem(n, dtype)
 
-    def setup(self, n, threads, impl):
+    def setup(self, n, threads, dtype, impl):
         set_threads(threads)
-        p0, g = self.make_problem(n)
-        if impl == "fastopt":
+        p0, g = self.make_problem(n, dtype)
+        if impl == "optax":
+            self.step = optax_optimizer(self.optimizer, p0, g, **self.kwargs)
+        elif impl == "fastopt":
             p = fo.Parameter(p0)
             p.grad = g
             self.step = getattr(fo.optim, self.optimizer)([p], **self.kwargs).step
@@ -53,14 +58,18 @@ class _Step:
     def numpy_step(self, p, g):
         raise NotImplementedError
 
-    def time_step(self, n, threads, impl):
+    def time_step(self, n, threads, dtype, impl):
         self.step()
 
-    def peakmem_step(self, n, threads, impl):
+    def peakmem_step(self, n, threads, dtype, impl):
         self.step()
 
 
 class Adam(_Step):
+    """Adam also at 1e8 elements (float32: 1.6 GB of buffers per implementation) and against
+    optax under jax.jit (skipped without jax)."""
+
+    params = (SIZES + [100_000_000], THREADS, DTYPES, IMPLS + ["optax"])
     optimizer = "Adam"
     kwargs = {"lr": 1e-3}
 
@@ -69,6 +78,7 @@ class Adam(_Step):
 
 
 class AdamW(_Step):
+    params = (SIZES, THREADS, DTYPES, IMPLS + ["optax"])
     optimizer = "AdamW"
     kwargs = {"lr": 1e-3, "weight_decay": 1e-2}
 
@@ -77,6 +87,7 @@ class AdamW(_Step):
 
 
 class SGDMomentum(_Step):
+    params = (SIZES, THREADS, DTYPES, IMPLS + ["optax"])
     optimizer = "SGD"
     kwargs = {"lr": 1e-3, "momentum": 0.9}
 
@@ -179,11 +190,11 @@ class Adafactor(_NoNumpyPeer):
     optimizer = "Adafactor"
     kwargs = {"lr": 1e-2}
 
-    def make_problem(self, n):
+    def make_problem(self, n, dtype="float32"):
         import math
 
         side = math.isqrt(n)
-        p, g = problem(side * side)
+        p, g = problem(side * side, dtype)
         return p.reshape(side, side), g.reshape(side, side)
 
 
@@ -236,3 +247,61 @@ class LBFGS:
 
     def time_step(self, n, threads, line_search_fn, impl):
         self.step()
+
+
+class ManyTensors:
+    """One Adam step over a realistic list of tensors (float32): ResNet-50's 161 parameters
+    (25.6M elements), 200 tensors of 1e3..1e5 elements, 161 one-element tensors."""
+
+    params = (list(WORKLOADS), THREADS, ["fastopt", "torch-foreach", "torch-fused"])
+    param_names = ["workload", "threads", "impl"]
+    timeout = 300
+
+    def setup(self, workload, threads, impl):
+        set_threads(threads)
+        tensors = make_tensors(WORKLOADS[workload]())
+        if impl == "fastopt":
+            params = []
+            for p0, g in tensors:
+                p = fo.Parameter(p0)
+                p.grad = g
+                params.append(p)
+            self.step = fo.optim.Adam(params, lr=1e-3).step
+        else:
+            try:
+                import torch
+            except ImportError as e:
+                raise NotImplementedError("torch is not installed") from e
+            tps = []
+            for p0, g in tensors:
+                t = torch.nn.Parameter(torch.from_numpy(p0))
+                t.grad = torch.from_numpy(g)
+                tps.append(t)
+            flag = impl.split("-")[1]
+            self.step = torch.optim.Adam(tps, lr=1e-3, **{flag: True}).step
+        self.step()
+
+    def time_step(self, workload, threads, impl):
+        self.step()
+
+    def peakmem_step(self, workload, threads, impl):
+        self.step()
+
+
+class MemoryBandwidth:
+    """The probe every large-size figure is compared with (GB/s, best of 5)."""
+
+    params = (THREADS,)
+    param_names = ["threads"]
+    unit = "GB/s"
+    timeout = 120
+
+    def track_copy(self, threads):
+        from fastopt.bench import bandwidth
+
+        return bandwidth(threads).copy / 1e9
+
+    def track_triad(self, threads):
+        from fastopt.bench import bandwidth
+
+        return bandwidth(threads).triad / 1e9

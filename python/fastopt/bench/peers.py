@@ -47,6 +47,40 @@ def torch_optimizer(name: str, variant: str, p0: np.ndarray, g: np.ndarray, **kw
     return getattr(torch.optim, name)([tp], **kw, **flags)
 
 
+def optax_optimizer(name: str, p0: np.ndarray, g: np.ndarray, **kw):
+    """A step of optax's version of ``name`` ('Adam', 'AdamW' or 'SGD' with momentum) under
+    ``jax.jit``, parameters and state donated so XLA may update them in place; the step waits
+    for the result. Raises NotImplementedError (asv: skipped) without jax and optax."""
+    try:
+        import jax
+        import jax.numpy as jnp
+        import optax
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise NotImplementedError("jax and optax are not installed") from e
+    lr = kw.get("lr", 1e-3)
+    if name == "Adam":
+        tx = optax.adam(lr)
+    elif name == "AdamW":
+        tx = optax.adamw(lr, weight_decay=kw.get("weight_decay", 1e-2))
+    elif name == "SGD":
+        tx = optax.sgd(lr, momentum=kw.get("momentum") or None)
+    else:
+        raise NotImplementedError(f"no optax peer for {name}")
+    params, grads = jnp.asarray(p0), jnp.asarray(g)
+    state = [params, tx.init(params)]
+
+    def _update(params, opt_state, grads):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    update = jax.jit(_update, donate_argnums=(0, 1))
+
+    def step():
+        state[0], state[1] = update(state[0], state[1], grads)
+        state[0].block_until_ready()
+    return step
+
+
 class NumpyAdam:
     """Adam written carefully in NumPy: in place, preallocated temporaries, torch's formula."""
 

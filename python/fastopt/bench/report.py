@@ -44,6 +44,7 @@ from .peers import (
     NumpyRprop,
     NumpySGD,
     interleaved,
+    optax_optimizer,
     problem,
     torch_optimizer,
 )
@@ -86,6 +87,10 @@ def _have_torch() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
+def _have_optax() -> bool:
+    return importlib.util.find_spec("optax") is not None and importlib.util.find_spec("jax") is not None
+
+
 def _single_impls(name: str, kwargs: dict, numpy_factory, n: int, have_torch: bool) -> dict:
     """label -> (threads, step); each over its own copy of the same problem."""
     import fastopt as fo
@@ -103,6 +108,9 @@ def _single_impls(name: str, kwargs: dict, numpy_factory, n: int, have_torch: bo
     if numpy_factory is not None:
         p0, g = problem(n)
         out["numpy"] = (1, numpy_factory(p0, g))
+    if name in ("Adam", "AdamW", "SGD") and _have_optax():
+        p0, g = problem(n)
+        out["optax"] = (1, optax_optimizer(name, p0, g, **kwargs))
     return out
 
 
@@ -178,14 +186,15 @@ def run(sizes: list[int], optimizers: list[str], rounds: int, block: float, work
         ]
         print(lines[-2], file=log, flush=True)
 
-    lines += [f"float32, one tensor, ns per element (median of {rounds} interleaved rounds). \"vs torch\": "
+    lines += [f"float32, one tensor, ns per element (median of {rounds} interleaved rounds; optax under jax.jit "
+              "with donated buffers, where installed). \"vs torch\": "
               "torch's fastest path and thread count over fastopt's best of 1 and 2 threads. "
               "\"of copy BW\": bytes one step must read and write per second over the probe's copy rate "
               "at fastopt's best thread count.", ""]
     for key in optimizers:
         name, kwargs, numpy_factory = OPTIMIZERS[key]
         header = ("| N | fastopt 1T | fastopt 2T | torch default | torch foreach | torch fused 1T | torch fused 2T "
-                  "| numpy | vs torch | vs numpy | of copy BW |")
+                  "| numpy | optax (jit) | vs torch | vs numpy | vs optax | of copy BW |")
         lines += [f"#### {name} {kwargs}", "", header, "|" + "---|" * (header.count("|") - 1)]
         for n in sizes:
             t = interleaved(_single_impls(name, kwargs, numpy_factory, n, have_torch), rounds, block)
@@ -198,7 +207,8 @@ def run(sizes: list[int], optimizers: list[str], rounds: int, block: float, work
             lines.append(
                 f"| {n:.0e} | {cell('fastopt 1T')} | {cell('fastopt 2T')} | {best_ns('torch default')} | "
                 f"{best_ns('torch foreach')} | {cell('torch fused 1T')} | {cell('torch fused 2T')} | {cell('numpy')} | "
-                f"**{torch_best / ours:.2f}x** | " + (f"{t['numpy'] / ours:.2f}x" if "numpy" in t else "-") + f" | {frac} |"
+                f"{cell('optax')} | **{torch_best / ours:.2f}x** | " + (f"{t['numpy'] / ours:.2f}x" if "numpy" in t else "-")
+                + " | " + (f"{t['optax'] / ours:.2f}x" if "optax" in t else "-") + f" | {frac} |"
             )
             print(lines[-1], file=log, flush=True)
         lines.append("")

@@ -167,6 +167,18 @@ class _State(MutableMapping):
     def __repr__(self) -> str:
         return f"_State({len(self)} parameters)"
 
+    def __reduce__(self) -> Any:
+        # Keys are ids, which a copy (deepcopy, pickle) does not keep: rebuild from the pairs.
+        return (_State._rebuild, ([(k, dict(d)) for k, d in self._items.values()],))
+
+    @staticmethod
+    def _rebuild(pairs: list) -> "_State":
+        state = _State()
+        for key, d in pairs:
+            state[key] = d
+        state._version = 0
+        return state
+
 
 def _real(value: Any, name: str) -> float:
     """`value` as a float, or a TypeError naming the argument."""

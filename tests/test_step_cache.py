@@ -1,0 +1,109 @@
+"""A step reuses the lists of state buffers it gathered for the previous step only while
+nothing they depend on changed: every way of changing the state or a group's params is seen."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+import fastopt as fo
+
+
+def _opt(n=3, cls=fo.optim.Adam, **kw):
+    ps = [fo.Parameter(np.full(4, float(i + 1))) for i in range(n)]
+    for p in ps:
+        p.grad = np.ones(4)
+    opt = cls(ps, lr=0.1, **kw)
+    opt.step()
+    opt.step()  # the second step gathers and caches the lists
+    return opt, ps
+
+
+def _reference(ps_values, state_values, steps):
+    """Adam from the given parameter and state values, as fastopt's functional form."""
+    out = []
+    for p, (m, v, s) in zip(ps_values, state_values):
+        p, m, v, s = p.copy(), m.copy(), v.copy(), np.array(s, np.float32)
+        for _ in range(steps):
+            fo.optim.functional.adam([p], [np.ones(4)], [m], [v], [], [s], lr=0.1)
+        out.append(p)
+    return out
+
+
+def test_replacing_a_state_buffer_is_seen():
+    opt, ps = _opt()
+    new_m = np.full(4, 5.0)
+    opt.state[ps[1]]["exp_avg"] = new_m
+    before = [(p.data.copy(), opt.state[p]["exp_avg"].copy(), opt.state[p]["exp_avg_sq"].copy(), opt.state[p]["step"].copy()) for p in ps]
+    opt.step()
+    assert not np.array_equal(new_m, np.full(4, 5.0))  # the new buffer was updated in place
+    want = _reference([b[0] for b in before], [b[1:] for b in before], 1)
+    for p, w in zip(ps, want):
+        np.testing.assert_array_equal(p.data, w)
+
+
+@pytest.mark.parametrize("how", ["setitem", "update", "del_param", "assign_dict", "pop"])
+def test_every_kind_of_state_change_invalidates(how):
+    opt, ps = _opt()
+    version = opt.state._version
+    st = opt.state[ps[0]]
+    if how == "setitem":
+        st["exp_avg_sq"] = np.zeros(4)
+    elif how == "update":
+        st.update(exp_avg=np.zeros(4))
+    elif how == "del_param":
+        del opt.state[ps[0]]
+    elif how == "assign_dict":
+        opt.state[ps[0]] = {"step": np.zeros((), np.float32), "exp_avg": np.zeros(4), "exp_avg_sq": np.zeros(4)}
+    else:
+        st.pop("exp_avg")
+    assert opt.state._version != version
+    opt.step()  # rebuilds what it needs (a missing buffer is created again)
+    assert opt.state[ps[0]]["exp_avg"].shape == (4,)
+
+
+def test_changing_a_groups_params_in_place_is_seen():
+    opt, ps = _opt()
+    extra = fo.Parameter(np.full(4, 9.0))
+    extra.grad = np.ones(4)
+    opt.param_groups[0]["params"].append(extra)
+    opt.step()
+    assert "exp_avg" in opt.state[extra] and not np.array_equal(extra.data, np.full(4, 9.0))
+    other = fo.Parameter(np.full(4, 7.0))
+    other.grad = np.ones(4)
+    opt.param_groups[0]["params"][0] = other
+    opt.step()
+    assert float(opt.state[other]["step"]) == 1.0
+
+
+def test_load_state_dict_and_copies_use_their_own_buffers():
+    opt, ps = _opt()
+    sd = opt.state_dict()
+    opt.step()
+    old = [opt.state[p]["exp_avg"] for p in ps]
+    frozen = [m.copy() for m in old]
+    opt.load_state_dict(sd)  # a new state object: the cached lists must not be used
+    opt.step()
+    for m, f, p in zip(old, frozen, ps):
+        np.testing.assert_array_equal(m, f)  # the replaced buffers were not touched
+        assert float(opt.state[p]["step"]) == 3.0  # 2 loaded + 1
+    clone = copy.deepcopy(opt)
+    k = next(iter(clone.state))
+    version = clone.state._version
+    clone.state[k]["exp_avg"] = np.zeros(4)  # a copy's state is tracked too
+    assert clone.state._version == version + 1
+    clone.step()
+    assert clone.state[k]["exp_avg"][0] != 0.0
+
+
+def test_parameters_without_gradients_are_skipped_each_step():
+    opt, ps = _opt()
+    ps[1].grad = None
+    before = ps[1].data.copy()
+    opt.step()
+    np.testing.assert_array_equal(ps[1].data, before)
+    ps[1].grad = np.ones(4)
+    opt.step()
+    assert not np.array_equal(ps[1].data, before)
