@@ -197,6 +197,6 @@ def test_typed_surface_lists_every_compiled_function():
     import fastopt._fastopt as ext
 
     stub = (Path(fo.__file__).parent / "_fastopt.pyi").read_text()
-    declared = set(re.findall(r"^def (\w+)\(", stub, flags=re.M))
+    declared = set(re.findall(r"^(?:def|class) (\w+)[(:]", stub, flags=re.M))
     exported = {n for n in dir(ext) if not n.startswith("_") and callable(getattr(ext, n))}
     assert declared == exported, (sorted(exported - declared), sorted(declared - exported))

@@ -107,3 +107,54 @@ def test_parameters_without_gradients_are_skipped_each_step():
     ps[1].grad = np.ones(4)
     opt.step()
     assert not np.array_equal(ps[1].data, before)
+
+
+def test_kernel_check_cache_confirms_only_unchanged_arrays():
+    """After a step, the kernel confirms the same arrays instead of re-checking them; every
+    change to them is still caught (a new array, a flag, a dtype or shape change, a gradient
+    that overlaps the state)."""
+    opt, ps = _opt()
+    # a new params array: used, not the remembered one
+    old = ps[0].data
+    ps[0].data = np.full(4, 3.0)
+    opt.step()
+    assert not np.array_equal(ps[0].data, np.full(4, 3.0)) and np.array_equal(old, old)
+    # read-only state is refused on the confirming path too, and nothing is written
+    m = opt.state[ps[1]]["exp_avg"]
+    snapshot = [p.data.copy() for p in ps]
+    m.flags.writeable = False
+    with pytest.raises(ValueError, match=r"exp_avgs\[1\] is read-only"):
+        opt.step()
+    m.flags.writeable = True
+    assert all(np.array_equal(p.data, s) for p, s in zip(ps, snapshot))
+    # a gradient that shares memory with a state buffer
+    opt.step()
+    ps[2].grad = opt.state[ps[2]]["exp_avg_sq"]
+    with pytest.raises(ValueError, match="share memory"):
+        opt.step()
+    ps[2].grad = np.ones(4)
+    # a gradient of another shape than its parameter
+    opt.step()
+    with pytest.raises(ValueError, match="shape"):
+        opt._run_group(0, opt.param_groups[0], [np.ones(4), np.ones(4), np.ones(5)], False)
+    # a state buffer reshaped in place
+    opt.step()
+    opt.state[ps[0]]["exp_avg"].shape = (2, 2)
+    with pytest.raises(ValueError, match=r"exp_avgs\[0\] has shape \(2, 2\)"):
+        opt.step()
+
+
+def test_check_cache_copies_start_empty():
+    import pickle
+
+    from fastopt import _fastopt
+
+    c = _fastopt.CheckCache()
+    assert type(copy.deepcopy(c)) is _fastopt.CheckCache
+    assert type(pickle.loads(pickle.dumps(c))) is _fastopt.CheckCache
+    opt, ps = _opt()
+    twin = copy.deepcopy(opt)
+    twin.step()
+    opt.step()
+    for p, q in zip(ps, twin.param_groups[0]["params"]):
+        np.testing.assert_array_equal(p.data, q.data)

@@ -64,6 +64,7 @@ class Adam(Optimizer):
             arrays, grads, bufs[1], bufs[2], bufs[3] if amsgrad else None, bufs[0],
             amsgrad, beta1, beta2, group["lr"], group["weight_decay"], group["eps"],
             group["maximize"], group["decoupled_weight_decay"], check_only, grad_scale,
+            self._check_cache(group),
         )
         if not check_only:
             self._commit(created)

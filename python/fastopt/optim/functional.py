@@ -10,7 +10,7 @@ range-checked here (the optimizer classes check them), as in torch.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -36,13 +36,15 @@ def _adam(
     decoupled_weight_decay: bool,
     check_only: bool = False,
     grad_scale: float = 1.0,
+    cache: Any = None,
 ) -> None:
     """The kernel call behind :func:`adam`, :func:`adamw` and the optimizer classes
-    (positional, as it runs once per step)."""
+    (positional, as it runs once per step). ``cache``: a ``_fastopt.CheckCache`` the optimizer
+    keeps per group, so a step over the same arrays confirms instead of re-checking them."""
     # Positional: the compiled function parses keywords slower than it checks a tensor.
     for_arrays(params).adam_step(
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-        lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, grad_scale, check_only,
+        lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, grad_scale, check_only, cache,
     )
 
 

@@ -16,11 +16,13 @@ import copy
 import numbers
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
-from itertools import chain
+from itertools import chain, repeat
+from operator import attrgetter, is_
 from typing import Any
 
 import numpy as np
 
+from .. import _fastopt
 from ..hooks import RemovableHandle, register
 from ..nn.utils import clip_coefficient, get_total_norm
 from ..parameter import FLOAT_DTYPES, Parameter
@@ -43,6 +45,10 @@ def _array_of(p: Any) -> np.ndarray:
 
 def _is_param(x: Any) -> bool:
     return isinstance(x, (Parameter, np.ndarray))
+
+
+_GRAD = attrgetter("_grad")
+_DATA = attrgetter("_data")
 
 
 class _ParamState(dict):
@@ -279,6 +285,8 @@ class Optimizer:
         self.param_groups: list[dict[str, Any]] = []
         # names -> (param ids, state, state version, buffer lists): see `_buffers`.
         self._buffer_lists: dict[tuple, tuple] = {}
+        # id(group) -> (group, the kernel's CheckCache for it): see `_check_cache`.
+        self._check_caches: dict[int, tuple] = {}
         param_groups = list(params)
         if len(param_groups) == 0:
             raise ValueError("optimizer got an empty parameter list")
@@ -502,7 +510,7 @@ class Optimizer:
         """The ``.grad`` of each param of the group (all must be Parameters)."""
         params = group["params"]
         try:
-            return [p._grad for p in params]
+            return list(map(_GRAD, params))
         except AttributeError:
             i = next(i for i, p in enumerate(params) if not isinstance(p, Parameter))
             raise ValueError(
@@ -515,13 +523,17 @@ class Optimizer:
         params = group["params"]
         if grads is None:
             grads = self._own_grads(gi, group)
-        present = [g for g in grads if g is not None]
-        if len(present) != len(grads):
+        # (map over C functions: a Python-level loop here costs about as much as the kernel
+        # call over hundreds of small tensors.)
+        if any(map(is_, grads, repeat(None))):
             params = [p for p, g in zip(params, grads) if g is not None]
-            grads = present
+            grads = [g for g in grads if g is not None]
         if not params:
             return
-        arrays = [p._data if type(p) is Parameter else _array_of(p) for p in params]
+        try:
+            arrays = list(map(_DATA, params))
+        except AttributeError:
+            arrays = [p._data if type(p) is Parameter else _array_of(p) for p in params]
         try:
             if grad_scale == 1.0:
                 self._step_group(group, params, arrays, grads, check_only)
@@ -595,6 +607,17 @@ class Optimizer:
                     created.append((p, name, b))
                 out[k].append(b)
         return out, created
+
+    def _check_cache(self, group: dict) -> Any:
+        """The kernel's record of what it checked for this group last time (it holds the
+        group's arrays until the next step re-checks them)."""
+        entry = self._check_caches.get(id(group))
+        if entry is None or entry[0] is not group:
+            if len(self._check_caches) > 4 * len(self.param_groups):
+                live = {id(g) for g in self.param_groups}
+                self._check_caches = {k: v for k, v in self._check_caches.items() if k in live}
+            entry = self._check_caches[id(group)] = (group, _fastopt.CheckCache())
+        return entry[1]
 
     def _commit(self, created: list[tuple[Any, str, np.ndarray]]) -> None:
         for p, name, b in created:

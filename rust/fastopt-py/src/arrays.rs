@@ -461,3 +461,162 @@ impl<'py> Group<'py> {
 pub fn core_err(e: fastopt_core::Error) -> PyErr {
     PyValueError::new_err(e.0)
 }
+
+/// What a kernel call checked about the arrays that stay the same from step to step (the
+/// parameters and the optimizer's state), kept by the optimizer for its next call: that call
+/// confirms each array is the same object with the same memory, flags, dtype and shape (a
+/// few field reads) instead of checking it again, and checks only the arrays that change
+/// every step (the gradients), each against the remembered written spans by binary search.
+/// Anything different, and the call checks everything as usual and remembers it again.
+#[pyclass(module = "fastopt._fastopt", name = "CheckCache")]
+pub struct CheckCache {
+    inner: std::sync::Mutex<Option<Checked>>,
+}
+
+#[pymethods]
+impl CheckCache {
+    #[new]
+    fn py_new() -> Self {
+        CheckCache { inner: std::sync::Mutex::new(None) }
+    }
+
+    /// A copy (deepcopy, pickle) starts empty: what was checked belongs to the original arrays.
+    fn __deepcopy__(&self, _memo: &Bound<'_, PyAny>) -> Self {
+        Self::py_new()
+    }
+
+    fn __copy__(&self) -> Self {
+        Self::py_new()
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        Ok((slf.get_type().into_any(), PyTuple::empty(slf.py())))
+    }
+
+    /// Forgets what was remembered (the next call checks everything).
+    fn clear(&self) {
+        if let Ok(mut g) = self.inner.lock() {
+            *g = None;
+        }
+    }
+}
+
+/// One remembered array: the object (kept alive by the cache) and what was checked.
+struct Seen {
+    obj: Py<PyAny>,
+    data: usize,
+    descr: usize,
+    flags: i32,
+    shape: Vec<usize>,
+}
+
+pub struct Checked {
+    dtype: Dtype,
+    /// The stable lists of the call, in the order the call passes them.
+    lists: Vec<Vec<Seen>>,
+    /// Every written span of the stable lists, sorted by start (they are disjoint).
+    written: Vec<(usize, usize, Label)>,
+}
+
+const FLAG_BITS: i32 = NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_WRITEABLE;
+
+fn descr_addr(arr: &Bound<'_, PyUntypedArray>) -> usize {
+    // SAFETY: `arr` is a live ndarray and we hold the GIL; this reads its descriptor pointer.
+    unsafe { (*_PyArray_GET_ITEM_DATA(arr.as_array_ptr())).descr as usize }
+}
+
+impl CheckCache {
+    /// The lock, if no other call holds it (a second thread stepping the same group at the
+    /// same time checks everything instead of waiting while it holds the GIL).
+    pub fn try_lock(&self) -> Option<std::sync::MutexGuard<'_, Option<Checked>>> {
+        self.inner.try_lock().ok()
+    }
+}
+
+impl Checked {
+    /// The arrays of `lists` (the same lists, in the same order, as when remembered) if every
+    /// one is the remembered object, unchanged: their `Raw`s per list, and the parameters
+    /// (the first list) for the gradients' shape checks. None on any difference.
+    pub fn confirm<'py>(&self, lists: &[&Bound<'py, PyAny>]) -> Option<(Vec<Vec<Raw>>, Vec<Bound<'py, PyUntypedArray>>)> {
+        if lists.len() != self.lists.len() {
+            return None;
+        }
+        let mut raws = Vec::with_capacity(lists.len());
+        let mut params = Vec::new();
+        for (k, (obj, seen)) in lists.iter().zip(&self.lists).enumerate() {
+            let list = obj.cast::<PyList>().ok()?;
+            if list.len() != seen.len() {
+                return None;
+            }
+            let mut out = Vec::with_capacity(seen.len());
+            for (item, s) in list.iter().zip(seen) {
+                if !item.is(&s.obj) {
+                    return None;
+                }
+                // SAFETY: the identity check above makes `item` the object that was checked to
+                // be an ndarray when it was remembered (an object's type cannot change).
+                let arr: Bound<'py, PyUntypedArray> = unsafe { item.cast_into_unchecked() };
+                if data_ptr(&arr) as usize != s.data || descr_addr(&arr) != s.descr || flags(&arr) & FLAG_BITS != s.flags || !same_shape(arr.shape(), &s.shape) {
+                    return None;
+                }
+                out.push(Raw { data: s.data as *mut u8, len: arr.len() });
+                if k == 0 {
+                    params.push(arr);
+                }
+            }
+            raws.push(out);
+        }
+        Some((raws, params))
+    }
+
+    /// Remembers the stable lists of a call that has passed every check in `group`.
+    pub fn remember(group: &Group<'_>, lists: &[&Bound<'_, PyAny>]) -> Option<Checked> {
+        let mut out = Vec::with_capacity(lists.len());
+        for obj in lists {
+            let list = obj.cast::<PyList>().ok()?;
+            let mut seen = Vec::with_capacity(list.len());
+            for item in list.iter() {
+                let arr = item.cast::<PyUntypedArray>().ok()?;
+                seen.push(Seen {
+                    data: data_ptr(arr) as usize,
+                    descr: descr_addr(arr),
+                    flags: flags(arr) & FLAG_BITS,
+                    shape: arr.shape().to_vec(),
+                    obj: item.clone().unbind(),
+                });
+            }
+            out.push(seen);
+        }
+        // `finish` left the spans sorted by start.
+        let written = group.spans.iter().filter(|s| s.2).map(|s| (s.0, s.1, s.3)).collect();
+        Some(Checked { dtype: group.dtype, lists: out, written })
+    }
+
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// A group for a confirmed call: its dtype and parameters, nothing else checked yet.
+    pub fn group<'py>(&self, params: Vec<Bound<'py, PyUntypedArray>>) -> Group<'py> {
+        Group { dtype: self.dtype, params, owners: vec![], spans: vec![] }
+    }
+
+    /// After the volatile (read-only) lists were checked into `group`: no span of theirs
+    /// overlaps a remembered written span.
+    pub fn finish(&self, group: &Group<'_>) -> PyResult<()> {
+        for &(start, end, _, label) in &group.spans {
+            // Written spans are disjoint and sorted by start, so their ends are sorted too.
+            let k = self.written.partition_point(|w| w.1 <= start);
+            if let Some(&(ws, _, wlabel)) = self.written.get(k) {
+                if ws < end {
+                    let (a, b) = if label.to_string() < wlabel.to_string() { (label, wlabel) } else { (wlabel, label) };
+                    return Err(PyValueError::new_err(format!(
+                        "{a} and {b} share memory, and one of them is updated in place; \
+                         pass separate arrays (e.g. a copy of the gradient)"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}

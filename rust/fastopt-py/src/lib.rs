@@ -75,6 +75,8 @@ mod _fastopt {
     #[pymodule_export]
     use super::adafactor::{adafactor_sums, adafactor_update};
     #[pymodule_export]
+    use super::arrays::CheckCache;
+    #[pymodule_export]
     use super::clip::{axpy_, axpy_dot, clamp_, dot, scale_, total_norm};
     #[pymodule_export]
     use super::nn::{act_backward, act_forward, bn_backward_input, bn_backward_sums, bn_normalize, bn_stats, bn_train_backward, bn_train_forward, cross_entropy, cross_entropy_backward, softmax, softmax_backward};

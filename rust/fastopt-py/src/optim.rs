@@ -1,7 +1,7 @@
 //! Optimizer steps: check every array of a parameter group, then run the core kernel once
 //! over all of them with the GIL released.
 
-use crate::arrays::{core_err, items, Dtype, Group, Raw};
+use crate::arrays::{core_err, items, CheckCache, Checked, Dtype, Group, Raw};
 use fastopt_core::optim::elementwise::{self, ElemTensor};
 use std::collections::HashMap;
 use fastopt_core::optim::{
@@ -21,7 +21,7 @@ use pyo3::prelude::*;
 /// keyword parsing would cost more than checking a tensor.
 #[pyfunction]
 #[pyo3(signature = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-    lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay=false, grad_scale=1.0, check_only=false))]
+    lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay=false, grad_scale=1.0, check_only=false, cache=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn adam_step<'py>(
     py: Python<'py>,
@@ -41,7 +41,36 @@ pub fn adam_step<'py>(
     decoupled_weight_decay: bool,
     grad_scale: f64,
     check_only: bool,
+    cache: Option<&Bound<'py, CheckCache>>,
 ) -> PyResult<()> {
+    let cfg = AdamConfig { lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, grad_scale };
+    // The lists that stay the same between steps (all written), in a fixed order.
+    let mut stable = vec![params, exp_avgs, exp_avg_sqs, state_steps];
+    if amsgrad {
+        match max_exp_avg_sqs {
+            Some(x) => stable.push(x),
+            None => stable.clear(), // an error the full checks report
+        }
+    }
+    // The cache's lock is held until the kernel has run, so its remembered arrays stay alive.
+    let cache = cache.map(|c| c.borrow());
+    let mut guard = cache.as_ref().and_then(|c| c.try_lock());
+    if let Some(checked) = guard.as_ref().and_then(|g| g.as_ref()).filter(|_| !stable.is_empty()) {
+        if let Some((raws, ps)) = checked.confirm(&stable) {
+            let mut g = checked.group(ps);
+            let gr = g.like_params(grads, "grads", false)?;
+            checked.finish(&g)?;
+            if check_only {
+                return Ok(());
+            }
+            let (p, m, v, st) = (&raws[0], &raws[1], &raws[2], &raws[3]);
+            let x = if amsgrad { Some(&raws[4][..]) } else { None };
+            return match checked.dtype() {
+                Dtype::F32 => run_adam::<f32>(py, p, &gr, m, v, x, st, &cfg),
+                Dtype::F64 => run_adam::<f64>(py, p, &gr, m, v, x, st, &cfg),
+            };
+        }
+    }
     let (mut g, p) = Group::new(params)?;
     let gr = g.like_params(grads, "grads", false)?;
     let m = g.like_params(exp_avgs, "exp_avgs", true)?;
@@ -49,10 +78,12 @@ pub fn adam_step<'py>(
     let x = g.optional_like_params(max_exp_avg_sqs, "max_exp_avg_sqs", amsgrad, "amsgrad=True")?;
     let st = g.steps(state_steps, "state_steps")?;
     g.finish()?;
+    if let Some(slot) = guard.as_mut() {
+        **slot = if stable.is_empty() { None } else { Checked::remember(&g, &stable) };
+    }
     if check_only {
         return Ok(());
     }
-    let cfg = AdamConfig { lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, grad_scale };
     match g.dtype {
         Dtype::F32 => run_adam::<f32>(py, &p, &gr, &m, &v, x.as_deref(), &st, &cfg),
         Dtype::F64 => run_adam::<f64>(py, &p, &gr, &m, &v, x.as_deref(), &st, &cfg),
