@@ -139,10 +139,96 @@ pub fn for_each<W: Split>(items: Vec<W>, f: impl Fn(W) + Sync + Send) {
             }
         }
     };
-    pool.in_place_scope(|s| {
-        s.spawn_broadcast(|_, ctx| run(ctx.index() + 1));
-        run(0);
+    // The helpers are asked to join, but never waited for unless they have started: a pool
+    // thread asleep when the call begins takes tens of microseconds to wake on a virtual
+    // machine, and a call that waited for it (as a scope join does) ran slower with two
+    // threads than with one. A helper that starts after the caller has closed the gate
+    // returns without touching anything of this call.
+    let gate = Arc::new(Gate::default());
+    let run_ref: &(dyn Fn(usize) + Sync) = &run;
+    // SAFETY: the 'static lifetime is a lie the gate makes true: a helper dereferences this
+    // pointer only between a successful `enter` and its `exit`, and this function does not
+    // return (or unwind past `_closer`) until `close_and_wait` has seen every entered helper
+    // exit, so `run` and everything it borrows outlive every use.
+    let job = JobPtr(unsafe {
+        std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const (dyn Fn(usize) + Sync + 'static)>(run_ref)
     });
+    let _closer = CloseOnDrop(&gate);
+    let helper_gate = Arc::clone(&gate);
+    pool.spawn_broadcast(move |ctx| {
+        let job = &job;
+        if helper_gate.enter() {
+            // SAFETY: entered and not yet exited: the caller is still inside `for_each` (see
+            // above), so the closure behind the pointer is alive.
+            let run = unsafe { &*job.0 };
+            run(ctx.index() + 1);
+            helper_gate.exit();
+        }
+    });
+    run(0);
+    // `_closer` closes the gate and waits for entered helpers (also when `run` panics).
+}
+
+/// A `'static` pointer to the caller's work closure (see the safety argument in `for_each`).
+struct JobPtr(*const (dyn Fn(usize) + Sync + 'static));
+// SAFETY: the closure is `Sync`, so calling it from another thread through a shared pointer is
+// sound for as long as it lives, which the gate guarantees.
+unsafe impl Send for JobPtr {}
+unsafe impl Sync for JobPtr {}
+
+/// Helpers entering one call's work: a count of those inside, and a closed bit the caller
+/// sets when it has run out of work.
+#[derive(Default)]
+struct Gate {
+    state: std::sync::atomic::AtomicUsize,
+}
+
+const CLOSED: usize = 1 << (usize::BITS - 1);
+
+impl Gate {
+    /// Enters unless closed.
+    fn enter(&self) -> bool {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        let mut s = self.state.load(Acquire);
+        loop {
+            if s & CLOSED != 0 {
+                return false;
+            }
+            match self.state.compare_exchange_weak(s, s + 1, AcqRel, Acquire) {
+                Ok(_) => return true,
+                Err(now) => s = now,
+            }
+        }
+    }
+
+    fn exit(&self) {
+        // Release: the helper's writes are visible to the caller that sees the count drop.
+        self.state.fetch_sub(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Closes, then waits for the helpers inside to leave. They are at most finishing the
+    /// piece they hold (the queues are empty when the caller gets here), so this is short.
+    fn close_and_wait(&self) {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        self.state.fetch_or(CLOSED, AcqRel);
+        let mut spins = 0u32;
+        while self.state.load(Acquire) & !CLOSED != 0 {
+            if spins < 100 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+            spins += 1;
+        }
+    }
+}
+
+struct CloseOnDrop<'a>(&'a Gate);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close_and_wait();
+    }
 }
 
 /// Cuts `items` into `threads` runs of about `total / threads` elements each, in order, each

@@ -263,22 +263,65 @@ impl<T: Float> Split for DotBlocks<'_, T> {
     }
 }
 
+/// Lanes of the dot products: element i of a block adds to lane i % 32, kept as four
+/// accumulators of eight float64 lanes (four independent AVX-512 registers), so the sum is not
+/// one chain of dependent additions (with one accumulator a dot product ran at the adder's
+/// latency). The lanes are summed in order at the end of the block.
+const DOT_LANES: usize = 32;
+
+#[derive(Clone, Copy)]
+struct Lanes([[f64; 8]; 4]);
+
+impl Lanes {
+    #[inline(always)]
+    fn new() -> Self {
+        Lanes([[0.0; 8]; 4])
+    }
+    /// Adds the 32 products `x[j] * y[j]` to lanes j = 0..32 (slices of 32; a plain function,
+    /// not a closure, so it inlines into the `#[target_feature]` wrapper and vectorizes).
+    #[inline(always)]
+    fn add_products<T: Float>(&mut self, x: &[T], y: &[T]) {
+        let (x, y) = (&x[..DOT_LANES], &y[..DOT_LANES]);
+        let [a0, a1, a2, a3] = &mut self.0;
+        for j in 0..8 {
+            a0[j] += x[j].to_f64() * y[j].to_f64();
+            a1[j] += x[8 + j].to_f64() * y[8 + j].to_f64();
+            a2[j] += x[16 + j].to_f64() * y[16 + j].to_f64();
+            a3[j] += x[24 + j].to_f64() * y[24 + j].to_f64();
+        }
+    }
+    #[inline(always)]
+    fn add(&mut self, lane: usize, v: f64) {
+        self.0[lane / 8][lane % 8] += v;
+    }
+    #[inline(always)]
+    fn sum(&self) -> f64 {
+        self.0.iter().flatten().sum()
+    }
+}
+
+/// Adds `a[i] * b[i]` to lane `i % DOT_LANES`, whole rows of lanes first: a block's partial
+/// dot product (the one definition, shared with `axpy_dot`).
+#[inline(always)]
+fn block_dot<T: Float>(a: &[T], b: &[T]) -> f64 {
+    let n = a.len();
+    let b = &b[..n];
+    let mut acc = Lanes::new();
+    let full = n - n % DOT_LANES;
+    for base in (0..full).step_by(DOT_LANES) {
+        acc.add_products(&a[base..], &b[base..]);
+    }
+    for i in full..n {
+        acc.add(i - full, a[i].to_f64() * b[i].to_f64());
+    }
+    acc.sum()
+}
+
 impl<T: Float> SimdKernel for DotBlocks<'_, T> {
     #[inline(always)]
     fn run<A: Arith>(self) {
         for ((slot, a), b) in self.out.iter_mut().zip(self.a.chunks(BLOCK)).zip(self.b.chunks(BLOCK)) {
-            let mut acc = [0.0f64; 8];
-            let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-            let (ra, rb) = (ca.remainder(), cb.remainder());
-            for (x, y) in ca.zip(cb) {
-                for j in 0..8 {
-                    acc[j] += x[j].to_f64() * y[j].to_f64();
-                }
-            }
-            for (j, (x, y)) in ra.iter().zip(rb).enumerate() {
-                acc[j] += x.to_f64() * y.to_f64();
-            }
-            *slot = acc.iter().sum();
+            *slot = block_dot(a, b);
         }
     }
 }
@@ -352,10 +395,29 @@ impl<T: Float> SimdKernel for AxpyDotBlocks<'_, T> {
     fn run<A: Arith>(self) {
         let AxpyDotBlocks { y, x, z, alpha, out } = self;
         for ((slot, y), (x, z)) in out.iter_mut().zip(y.chunks_mut(BLOCK)).zip(x.chunks(BLOCK).zip(z.chunks(BLOCK))) {
-            // The same arithmetic, in the same blocks and order, as `axpy` then `dot`: the
-            // block is still in cache for the second half.
-            Axpy { y: &mut *y, x, alpha }.run::<A>();
-            DotBlocks { a: z, b: &*y, out: std::slice::from_mut(slot) }.run::<A>();
+            // The same arithmetic, in the same blocks, lanes and order, as `axpy` then `dot`,
+            // in one loop: each updated element is multiplied into its lane at once.
+            let n = y.len();
+            let (x, z) = (&x[..n], &z[..n]);
+            let mut acc = Lanes::new();
+            // Runs of 256 elements (L1-resident): the axpy loop, then the run's products into
+            // the lanes. (One loop over both vectorized poorly: the updated row could not be
+            // proven apart from `x`.)
+            for start in (0..n).step_by(256) {
+                let end = (start + 256).min(n);
+                let (yr, xr) = (&mut y[start..end], &x[start..end]);
+                for i in 0..yr.len() {
+                    yr[i] = A::madd(xr[i], alpha, yr[i]);
+                }
+                let full = start + (end - start) / DOT_LANES * DOT_LANES;
+                for base in (start..full).step_by(DOT_LANES) {
+                    acc.add_products(&z[base..], &y[base..]);
+                }
+                for i in full..end {
+                    acc.add(i % DOT_LANES, z[i].to_f64() * y[i].to_f64());
+                }
+            }
+            *slot = acc.sum();
         }
     }
 }
