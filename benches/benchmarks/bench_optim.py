@@ -203,13 +203,16 @@ class LBFGS:
     0.5 sum(a x^2) - b.x in float64, with and without the strong-Wolfe line search. Both
     sides evaluate the loss with the same NumPy code (torch's on NumPy views of its tensors),
     so the difference is the optimizers' own work: the closure stands for the user's model,
-    which is the same whichever optimizer steps it."""
+    which is the same whichever optimizer steps it. Every timed step starts from the same
+    point: ``start='fresh'`` with a new optimizer (its first step, which allocates the
+    history), ``'warm'`` with the optimizer of the previous step (a full history, as in a
+    training loop)."""
 
-    params = ([100_000, 1_000_000], THREADS, [None, "strong_wolfe"], ["fastopt", "torch"])
-    param_names = ["n", "threads", "line_search_fn", "impl"]
+    params = ([100_000, 1_000_000], THREADS, [None, "strong_wolfe"], ["fresh", "warm"], ["fastopt", "torch"])
+    param_names = ["n", "threads", "line_search_fn", "start", "impl"]
     timeout = 300
 
-    def setup(self, n, threads, line_search_fn, impl):
+    def setup(self, n, threads, line_search_fn, start, impl):
         import numpy as np
 
         set_threads(threads)
@@ -218,38 +221,47 @@ class LBFGS:
         b = rng.standard_normal(n)
         x0 = rng.standard_normal(n)
         kw = dict(lr=1, max_iter=20, history_size=10, line_search_fn=line_search_fn)
+        tmp = np.empty(n)
         if impl == "fastopt":
             p = fo.Parameter(x0.copy())
-            opt = fo.optim.LBFGS([p], **kw)
-            tmp = np.empty(n)
+            x = p.data
+            make = lambda: fo.optim.LBFGS([p], **kw)  # noqa: E731
 
-            def closure():
-                np.multiply(a, p.data, out=tmp)
-                loss = 0.5 * float(np.dot(tmp, p.data)) - float(np.dot(b, p.data))
-                np.subtract(tmp, b, out=tmp)
+            def set_grad():
                 p.grad = tmp
-                return loss
         else:
             try:
                 import torch
             except ImportError as e:
                 raise NotImplementedError("torch is not installed") from e
             p = torch.nn.Parameter(torch.from_numpy(x0.copy()))
-            opt = torch.optim.LBFGS([p], **kw)
             x = p.detach().numpy()  # shares p's memory
-            tmp = np.empty(n)
             grad = torch.from_numpy(tmp)
+            make = lambda: torch.optim.LBFGS([p], **kw)  # noqa: E731
 
-            def closure():
-                np.multiply(a, x, out=tmp)
-                loss = 0.5 * float(np.dot(tmp, x)) - float(np.dot(b, x))
-                np.subtract(tmp, b, out=tmp)
+            def set_grad():
                 p.grad = grad
-                return loss
-        self.step = lambda: opt.step(closure)
-        self.x0 = x0
 
-    def time_step(self, n, threads, line_search_fn, impl):
+        def closure():
+            np.multiply(a, x, out=tmp)
+            loss = 0.5 * float(np.dot(tmp, x)) - float(np.dot(b, x))
+            np.subtract(tmp, b, out=tmp)
+            set_grad()
+            return loss
+
+        holder = [make()]
+        if start == "warm":
+            holder[0].step(closure)
+
+        def step():
+            x[...] = x0
+            if start == "fresh":
+                holder[0] = make()
+            holder[0].step(closure)
+        self.step = step
+        self.optimizer = holder
+
+    def time_step(self, n, threads, line_search_fn, start, impl):
         self.step()
 
 
