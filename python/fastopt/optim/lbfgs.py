@@ -285,7 +285,13 @@ class LBFGS(Optimizer):
                 break
             ls_func_evals = 0
             if line_search_fn is not None:
-                x_init = [p.data.copy() for p in self._params]
+                # The line search's starting point, in arrays kept across iterations (a fresh
+                # copy per iteration cost its page faults every time).
+                x_init = self.__dict__.get("_x_init")
+                if x_init is None or any(a.shape != p.data.shape or a.dtype != p.data.dtype for a, p in zip(x_init, self._params)):
+                    x_init = self.__dict__["_x_init"] = [np.empty_like(p.data) for p in self._params]
+                for a, p in zip(x_init, self._params):
+                    np.copyto(a, p.data)
 
                 def obj_func(x, t, d):
                     return self._directional_evaluate(closure, x, t, d)
