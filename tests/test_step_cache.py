@@ -116,9 +116,11 @@ def test_kernel_check_cache_confirms_only_unchanged_arrays():
     opt, ps = _opt()
     # a new params array: used, not the remembered one
     old = ps[0].data
+    frozen = old.copy()
     ps[0].data = np.full(4, 3.0)
     opt.step()
-    assert not np.array_equal(ps[0].data, np.full(4, 3.0)) and np.array_equal(old, old)
+    assert not np.array_equal(ps[0].data, np.full(4, 3.0))  # the new array was stepped
+    np.testing.assert_array_equal(old, frozen)  # the remembered one was not
     # read-only state is refused on the confirming path too, and nothing is written
     m = opt.state[ps[1]]["exp_avg"]
     snapshot = [p.data.copy() for p in ps]
