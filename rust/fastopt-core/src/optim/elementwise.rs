@@ -14,6 +14,9 @@ use crate::{check_len, Error};
 pub const MAX_STATES: usize = 4;
 
 /// The per-element update of one tensor.
+/// The most counters an optimizer keeps per tensor (ASGD: step, eta, mu).
+const MAX_COUNTERS: usize = 3;
+
 pub trait Rule<T: Float>: Copy + Send + Sync {
     /// How many state buffers the rule uses (the first `STATES` of `s`).
     const STATES: usize;
@@ -129,10 +132,41 @@ pub fn run<T: Float, R: Rule<T>>(
             check_len("state", i, s.len(), n)?;
         }
     }
+    // `make` depends only on a tensor's counters (and the call's hyperparameters), and the
+    // counters are usually equal across a group: tensors whose counters match the previous
+    // tensor's reuse its rule and counter updates, so the per-tensor `pow` calls run once per
+    // call (as in `adam_step`). Compared by bits, so a NaN counter is always recomputed.
+    let mut memo: Option<([u32; MAX_COUNTERS], [f32; MAX_COUNTERS], R)> = None;
+    let bits = |c: &[&mut f32]| {
+        let mut b = [0u32; MAX_COUNTERS];
+        for (b, c) in b.iter_mut().zip(c) {
+            *b = c.to_bits();
+        }
+        b
+    };
     let chunks: Vec<Chunk<'_, T, R>> = tensors
         .into_iter()
         .map(|mut t| {
-            let rule = make(&mut t.counters);
+            let before = bits(&t.counters);
+            let rule = match memo {
+                Some((b, after, rule)) if b == before && t.counters.len() <= MAX_COUNTERS => {
+                    for (c, a) in t.counters.iter_mut().zip(after) {
+                        **c = a;
+                    }
+                    rule
+                }
+                _ => {
+                    let rule = make(&mut t.counters);
+                    let mut after = [0f32; MAX_COUNTERS];
+                    for (a, c) in after.iter_mut().zip(t.counters.iter()) {
+                        *a = **c;
+                    }
+                    if t.counters.len() <= MAX_COUNTERS {
+                        memo = Some((before, after, rule));
+                    }
+                    rule
+                }
+            };
             let mut it = t.states.into_iter();
             let mut next = || it.next().unwrap_or(&mut []);
             let s = [next(), next(), next(), next()];
