@@ -33,10 +33,7 @@ pub fn adafactor_sums<'py>(
         let (g, p, r, c) = unsafe { (g.slice::<T>(), p.slice::<T>(), r.slice_mut::<f64>(), c.slice_mut::<f64>()) };
         py.detach(move || adafactor::factored_sums(g, p, f, r, c)).map_err(core_err)
     }
-    match g.dtype {
-        Dtype::F32 => run::<f32>(py, rg, rp, rr, rc, f),
-        Dtype::F64 => run::<f64>(py, rg, rp, rr, rc, f),
-    }
+    by_dtype!(g.dtype, run(py, rg, rp, rr, rc, f))
 }
 
 /// `sum(u**2)` of the update `u = rsqrt(clamp(r * c / row_mean, min=eps1_sq)) * grad`, or, with
@@ -83,8 +80,5 @@ pub fn adafactor_update<'py>(
             }
         }
     }
-    match g.dtype {
-        Dtype::F32 => run::<f32>(py, rg, rr, rc, rm, rp, f, eps1_sq, decay, scale),
-        Dtype::F64 => run::<f64>(py, rg, rr, rc, rm, rp, f, eps1_sq, decay, scale),
-    }
+    by_dtype!(g.dtype, run(py, rg, rr, rc, rm, rp, f, eps1_sq, decay, scale))
 }

@@ -152,8 +152,7 @@ fn builtin_descrs(py: Python<'_>) -> (usize, usize) {
 }
 
 fn dtype_of(arr: &Bound<'_, PyUntypedArray>) -> Option<Dtype> {
-    // SAFETY: `arr` is a live ndarray and we hold the GIL; this reads its descriptor pointer.
-    let descr = unsafe { (*_PyArray_GET_ITEM_DATA(arr.as_array_ptr())).descr } as usize;
+    let descr = descr_addr(arr);
     let (f32_descr, f64_descr) = builtin_descrs(arr.py());
     if descr == f32_descr {
         return Some(Dtype::F32);
@@ -177,6 +176,11 @@ fn dtype_of(arr: &Bound<'_, PyUntypedArray>) -> Option<Dtype> {
 fn flags(arr: &Bound<'_, PyUntypedArray>) -> i32 {
     // SAFETY: `arr` is a live ndarray and we hold the GIL; this reads its flags field.
     unsafe { (*_PyArray_GET_ITEM_DATA(arr.as_array_ptr())).flags }
+}
+
+fn descr_addr(arr: &Bound<'_, PyUntypedArray>) -> usize {
+    // SAFETY: `arr` is a live ndarray and we hold the GIL; this reads its descriptor pointer.
+    unsafe { (*_PyArray_GET_ITEM_DATA(arr.as_array_ptr())).descr as usize }
 }
 
 fn data_ptr(arr: &Bound<'_, PyUntypedArray>) -> *mut u8 {
@@ -440,12 +444,7 @@ impl<'py> Group<'py> {
                 _ => None,
             };
             if let Some(j) = hit {
-                let (a, b) = (self.spans[j].3, self.spans[k].3);
-                let (first, second) = if a.to_string() < b.to_string() { (a, b) } else { (b, a) };
-                return Err(PyValueError::new_err(format!(
-                    "{first} and {second} share memory, and one of them is updated in place; \
-                     pass separate arrays (e.g. a copy of the gradient)"
-                )));
+                return Err(overlap_error(self.spans[j].3, self.spans[k].3));
             }
             if far_any.is_none_or(|a| end > self.spans[a].1) {
                 far_any = Some(k);
@@ -456,6 +455,15 @@ impl<'py> Group<'py> {
         }
         Ok(())
     }
+}
+
+/// Two arrays of a call share memory and one is written; named in a stable order.
+fn overlap_error(a: Label, b: Label) -> PyErr {
+    let (first, second) = if a.to_string() < b.to_string() { (a, b) } else { (b, a) };
+    PyValueError::new_err(format!(
+        "{first} and {second} share memory, and one of them is updated in place; \
+         pass separate arrays (e.g. a copy of the gradient)"
+    ))
 }
 
 pub fn core_err(e: fastopt_core::Error) -> PyErr {
@@ -519,11 +527,6 @@ pub struct Checked {
 }
 
 const FLAG_BITS: i32 = NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_WRITEABLE;
-
-fn descr_addr(arr: &Bound<'_, PyUntypedArray>) -> usize {
-    // SAFETY: `arr` is a live ndarray and we hold the GIL; this reads its descriptor pointer.
-    unsafe { (*_PyArray_GET_ITEM_DATA(arr.as_array_ptr())).descr as usize }
-}
 
 impl CheckCache {
     /// The lock, if no other call holds it (a second thread stepping the same group at the
@@ -609,11 +612,7 @@ impl Checked {
             let k = self.written.partition_point(|w| w.1 <= start);
             if let Some(&(ws, _, wlabel)) = self.written.get(k) {
                 if ws < end {
-                    let (a, b) = if label.to_string() < wlabel.to_string() { (label, wlabel) } else { (wlabel, label) };
-                    return Err(PyValueError::new_err(format!(
-                        "{a} and {b} share memory, and one of them is updated in place; \
-                         pass separate arrays (e.g. a copy of the gradient)"
-                    )));
+                    return Err(overlap_error(label, wlabel));
                 }
             }
         }

@@ -14,10 +14,7 @@ pub fn total_norm<'py>(py: Python<'py>, grads: &Bound<'py, PyAny>, norm_type: f6
     let norm = Norm::from_order(norm_type).map_err(core_err)?;
     let (mut g, raws) = Group::first_list(grads, "grads", false)?;
     g.finish()?;
-    Ok(match g.dtype {
-        Dtype::F32 => run_norm::<f32>(py, &raws, norm),
-        Dtype::F64 => run_norm::<f64>(py, &raws, norm),
-    })
+    Ok(by_dtype!(g.dtype, run_norm(py, &raws, norm)))
 }
 
 fn run_norm<T: Float + numpy::Element>(py: Python<'_>, raws: &[Raw], norm: Norm) -> f64 {
@@ -79,10 +76,7 @@ pub fn dot<'py>(py: Python<'py>, a: &Bound<'py, PyAny>, b: &Bound<'py, PyAny>) -
         let (a, b) = unsafe { (a.slice::<T>(), b.slice::<T>()) };
         py.detach(move || reduce::dot(a, b)).map_err(core_err)
     }
-    match g.dtype {
-        Dtype::F32 => run::<f32>(py, ra[0], rb[0]),
-        Dtype::F64 => run::<f64>(py, ra[0], rb[0]),
-    }
+    by_dtype!(g.dtype, run(py, ra[0], rb[0]))
 }
 
 /// `y += alpha * x` in place (one rounding with FMA, as torch's `add_(x, alpha=)`).

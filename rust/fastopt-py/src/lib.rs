@@ -1,6 +1,17 @@
 //! `fastopt._fastopt`: the compiled module. It converts and checks arguments, releases the
 //! GIL and calls `fastopt-core`; it does no arithmetic of its own.
 
+/// Calls the generic `f::<T>(args)` for the call's element type: `by_dtype!(g.dtype, run(a, b))`
+/// (defined before the modules that use it).
+macro_rules! by_dtype {
+    ($dtype:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        match $dtype {
+            $crate::arrays::Dtype::F32 => $f::<f32>($($arg),*),
+            $crate::arrays::Dtype::F64 => $f::<f64>($($arg),*),
+        }
+    };
+}
+
 mod adafactor;
 mod arrays;
 mod clip;

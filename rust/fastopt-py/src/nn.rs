@@ -42,10 +42,7 @@ pub fn act_forward<'py>(py: Python<'py>, name: &str, x: &Bound<'py, PyAny>, out:
         let (x, out) = unsafe { (x.map(|r| r.slice::<T>()), out.slice_mut::<T>()) };
         py.detach(move || activation::forward(act, x, out)).map_err(core_err)
     }
-    match g.dtype {
-        Dtype::F32 => run::<f32>(py, act, rx, ro),
-        Dtype::F64 => run::<f64>(py, act, rx, ro),
-    }
+    by_dtype!(g.dtype, run(py, act, rx, ro))
 }
 
 /// `out = d act/dx * grad_output` from what the forward saved (its output for relu, sigmoid
@@ -72,10 +69,7 @@ pub fn act_backward<'py>(
         let (gr, s, out) = unsafe { (gr.map(|r| r.slice::<T>()), s.slice::<T>(), out.slice_mut::<T>()) };
         py.detach(move || activation::backward(act, gr, s, out)).map_err(core_err)
     }
-    match g.dtype {
-        Dtype::F32 => run::<f32>(py, act, rg, rs, ro),
-        Dtype::F64 => run::<f64>(py, act, rg, rs, ro),
-    }
+    by_dtype!(g.dtype, run(py, act, rg, rs, ro))
 }
 
 /// softmax (or log_softmax) of `x`, seen as `(outer, n, inner)`, over the middle axis.
@@ -91,10 +85,7 @@ pub fn softmax<'py>(py: Python<'py>, x: &Bound<'py, PyAny>, out: &Bound<'py, PyA
         let (x, out) = unsafe { (x.slice::<T>(), out.slice_mut::<T>()) };
         py.detach(move || sm::softmax(x, out, axis, log)).map_err(core_err)
     }
-    match g.dtype {
-        Dtype::F32 => run::<f32>(py, rx, ro, axis, log),
-        Dtype::F64 => run::<f64>(py, rx, ro, axis, log),
-    }
+    by_dtype!(g.dtype, run(py, rx, ro, axis, log))
 }
 
 /// The input gradient of softmax / log_softmax from `grad_output` and the forward's output.
@@ -120,10 +111,7 @@ pub fn softmax_backward<'py>(
         let (gr, y, out) = unsafe { (gr.slice::<T>(), y.slice::<T>(), out.slice_mut::<T>()) };
         py.detach(move || sm::softmax_backward(gr, y, out, axis, log)).map_err(core_err)
     }
-    match g.dtype {
-        Dtype::F32 => run::<f32>(py, rg, ry, ro, axis, log),
-        Dtype::F64 => run::<f64>(py, rg, ry, ro, axis, log),
-    }
+    by_dtype!(g.dtype, run(py, rg, ry, ro, axis, log))
 }
 
 /// Per-row cross-entropy losses (float64) of logits `(rows, classes)` against int64 targets.
@@ -149,10 +137,7 @@ pub fn cross_entropy<'py>(
         let (x, t, l) = unsafe { (x.slice::<T>(), t.slice::<i64>(), l.slice_mut::<f64>()) };
         py.detach(move || sm::cross_entropy(x, t, c, s, ig, l)).map_err(core_err)
     }
-    match g.dtype {
-        Dtype::F32 => run::<f32>(py, rx, rt, rl, classes, label_smoothing, ignore_index),
-        Dtype::F64 => run::<f64>(py, rx, rt, rl, classes, label_smoothing, ignore_index),
-    }
+    by_dtype!(g.dtype, run(py, rx, rt, rl, classes, label_smoothing, ignore_index))
 }
 
 
@@ -181,10 +166,7 @@ pub fn cross_entropy_backward<'py>(
         let (x, t, sc, o) = unsafe { (x.slice::<T>(), t.slice::<i64>(), sc.slice::<f64>(), o.slice_mut::<T>()) };
         py.detach(move || sm::cross_entropy_backward(x, t, c, s, ig, sc, o)).map_err(core_err)
     }
-    match g.dtype {
-        Dtype::F32 => run::<f32>(py, rx, rt, rs, ro, classes, label_smoothing, ignore_index),
-        Dtype::F64 => run::<f64>(py, rx, rt, rs, ro, classes, label_smoothing, ignore_index),
-    }
+    by_dtype!(g.dtype, run(py, rx, rt, rs, ro, classes, label_smoothing, ignore_index))
 }
 
 /// Per-channel mean and biased variance (float64 outputs) of `x` seen as `(n, c, l)`.
@@ -201,10 +183,7 @@ pub fn bn_stats<'py>(py: Python<'py>, x: &Bound<'py, PyAny>, n: usize, c: usize,
         let (x, m, v) = unsafe { (x.slice::<T>(), m.slice_mut::<f64>(), v.slice_mut::<f64>()) };
         py.detach(move || batchnorm::stats(x, s, m, v)).map_err(core_err)
     }
-    match g.dtype {
-        Dtype::F32 => run::<f32>(py, rx, rm, rv, s),
-        Dtype::F64 => run::<f64>(py, rx, rm, rv, s),
-    }
+    by_dtype!(g.dtype, run(py, rx, rm, rv, s))
 }
 
 /// Per-channel `sum(g)` and `sum(g * (x - mean))` (float64 outputs).
@@ -233,10 +212,7 @@ pub fn bn_backward_sums<'py>(
         let (gr, x, m, a, b) = unsafe { (gr.slice::<T>(), x.slice::<T>(), m.slice::<T>(), a.slice_mut::<f64>(), b.slice_mut::<f64>()) };
         py.detach(move || batchnorm::backward_sums(gr, x, m, s, a, b)).map_err(core_err)
     }
-    match g.dtype {
-        Dtype::F32 => run::<f32>(py, rg, rx, rm, r1, r2, s),
-        Dtype::F64 => run::<f64>(py, rg, rx, rm, r1, r2, s),
-    }
+    by_dtype!(g.dtype, run(py, rg, rx, rm, r1, r2, s))
 }
 
 /// `out = (x - mean[c]) * scale[c] + shift[c]` over `(n, c, l)`; in place when `x is out`.
@@ -267,10 +243,7 @@ pub fn bn_normalize<'py>(
         let p = unsafe { PerChannel { mean: m.slice::<T>(), scale: sc.slice::<T>(), shift: sh.slice::<T>(), k: None } };
         py.detach(move || batchnorm::normalize(x, o, s, p)).map_err(core_err)
     }
-    match g.dtype {
-        Dtype::F32 => run::<f32>(py, rx, ro, rm, rsc, rsh, s),
-        Dtype::F64 => run::<f64>(py, rx, ro, rm, rsc, rsh, s),
-    }
+    by_dtype!(g.dtype, run(py, rx, ro, rm, rsc, rsh, s))
 }
 
 /// `out = (g - shift[c] - (x - mean[c]) * k[c]) * scale[c]`, or `g * scale[c]` when `k` is None.
@@ -309,10 +282,7 @@ pub fn bn_backward_input<'py>(
         let p = unsafe { PerChannel { mean: m.slice::<T>(), scale: sc.slice::<T>(), shift: sh.slice::<T>(), k: k.map(|k| k.slice::<T>()) } };
         py.detach(move || batchnorm::backward_input(gr, x, o, s, p)).map_err(core_err)
     }
-    match g.dtype {
-        Dtype::F32 => run::<f32>(py, rg, rx, ro, rm, rsc, rsh, rk, s),
-        Dtype::F64 => run::<f64>(py, rg, rx, ro, rm, rsc, rsh, rk, s),
-    }
+    by_dtype!(g.dtype, run(py, rg, rx, ro, rm, rsc, rsh, rk, s))
 }
 
 fn opt_vec<'py>(g: &mut Group<'py>, v: Option<&Bound<'py, PyAny>>, name: &'static str, c: usize) -> PyResult<Option<Raw>> {
@@ -356,10 +326,7 @@ pub fn bn_train_forward<'py>(
         let (w, b) = unsafe { (w.map(|r| r.slice::<T>()), b.map(|r| r.slice::<T>())) };
         py.detach(move || batchnorm::train_forward(x, o, s, w, b, eps, m, v)).map_err(core_err)
     }
-    match g.dtype {
-        Dtype::F32 => run::<f32>(py, rx, ro, rw, rb, rm, rv, s, eps),
-        Dtype::F64 => run::<f64>(py, rx, ro, rw, rb, rm, rv, s, eps),
-    }
+    by_dtype!(g.dtype, run(py, rx, ro, rw, rb, rm, rv, s, eps))
 }
 
 /// Training backward, fused: per-channel `sum(g)`, `sum(g * (x - mean))` (float64) and the
@@ -398,8 +365,5 @@ pub fn bn_train_backward<'py>(
         let (w, a, b) = unsafe { (w.map(|r| r.slice::<T>()), a.slice_mut::<f64>(), b.slice_mut::<f64>()) };
         py.detach(move || batchnorm::train_backward(gr, x, o, s, m, i, w, a, b)).map_err(core_err)
     }
-    match g.dtype {
-        Dtype::F32 => run::<f32>(py, rg, rx, ro, rm, ri, rw, r1, r2, s),
-        Dtype::F64 => run::<f64>(py, rg, rx, ro, rm, ri, rw, r1, r2, s),
-    }
+    by_dtype!(g.dtype, run(py, rg, rx, ro, rm, ri, rw, r1, r2, s))
 }

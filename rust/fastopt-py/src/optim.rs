@@ -1,7 +1,7 @@
 //! Optimizer steps: check every array of a parameter group, then run the core kernel once
 //! over all of them with the GIL released.
 
-use crate::arrays::{core_err, items, CheckCache, Checked, Dtype, Group, Raw};
+use crate::arrays::{core_err, items, CheckCache, Checked, Group, Raw};
 use fastopt_core::optim::elementwise::{self, ElemTensor};
 use std::collections::HashMap;
 use fastopt_core::optim::{
@@ -65,10 +65,7 @@ pub fn adam_step<'py>(
             }
             let (p, m, v, st) = (&raws[0], &raws[1], &raws[2], &raws[3]);
             let x = if amsgrad { Some(&raws[4][..]) } else { None };
-            return match checked.dtype() {
-                Dtype::F32 => run_adam::<f32>(py, p, &gr, m, v, x, st, &cfg),
-                Dtype::F64 => run_adam::<f64>(py, p, &gr, m, v, x, st, &cfg),
-            };
+            return by_dtype!(checked.dtype(), run_adam(py, p, &gr, m, v, x, st, &cfg));
         }
     }
     let (mut g, p) = Group::new(params)?;
@@ -84,10 +81,7 @@ pub fn adam_step<'py>(
     if check_only {
         return Ok(());
     }
-    match g.dtype {
-        Dtype::F32 => run_adam::<f32>(py, &p, &gr, &m, &v, x.as_deref(), &st, &cfg),
-        Dtype::F64 => run_adam::<f64>(py, &p, &gr, &m, &v, x.as_deref(), &st, &cfg),
-    }
+    by_dtype!(g.dtype, run_adam(py, &p, &gr, &m, &v, x.as_deref(), &st, &cfg))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -162,10 +156,7 @@ pub fn sgd_step<'py>(
         return Ok(());
     }
     let cfg = SgdConfig { lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale };
-    match g.dtype {
-        Dtype::F32 => run_sgd::<f32>(py, &p, &gr, b.as_deref(), &fresh_buffers, &cfg),
-        Dtype::F64 => run_sgd::<f64>(py, &p, &gr, b.as_deref(), &fresh_buffers, &cfg),
-    }
+    by_dtype!(g.dtype, run_sgd(py, &p, &gr, b.as_deref(), &fresh_buffers, &cfg))
 }
 
 fn run_sgd<T: Float + numpy::Element>(
@@ -221,10 +212,7 @@ pub fn adagrad_step<'py>(
         return Ok(());
     }
     let cfg = AdagradConfig { lr, lr_decay, weight_decay, eps, maximize, grad_scale };
-    match g.dtype {
-        Dtype::F32 => run_adagrad::<f32>(py, &p, &gr, &s, &st, &cfg),
-        Dtype::F64 => run_adagrad::<f64>(py, &p, &gr, &s, &st, &cfg),
-    }
+    by_dtype!(g.dtype, run_adagrad(py, &p, &gr, &s, &st, &cfg))
 }
 
 fn run_adagrad<T: Float + numpy::Element>(py: Python<'_>, p: &[Raw], gr: &[Raw], s: &[Raw], st: &[Raw], cfg: &AdagradConfig) -> PyResult<()> {
@@ -275,10 +263,7 @@ pub fn rmsprop_step<'py>(
         return Ok(());
     }
     let cfg = RmspropConfig { lr, alpha, eps, weight_decay, momentum, centered, maximize, grad_scale };
-    match g.dtype {
-        Dtype::F32 => run_rmsprop::<f32>(py, &p, &gr, &sq, ga.as_deref(), b.as_deref(), &st, &cfg),
-        Dtype::F64 => run_rmsprop::<f64>(py, &p, &gr, &sq, ga.as_deref(), b.as_deref(), &st, &cfg),
-    }
+    by_dtype!(g.dtype, run_rmsprop(py, &p, &gr, &sq, ga.as_deref(), b.as_deref(), &st, &cfg))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -355,10 +340,7 @@ pub fn elementwise_step<'py>(
     if check_only {
         return Ok(());
     }
-    match g.dtype {
-        Dtype::F32 => run_elementwise::<f32>(py, name, &p, &gr, &s, &c, &hyper, grad_scale),
-        Dtype::F64 => run_elementwise::<f64>(py, name, &p, &gr, &s, &c, &hyper, grad_scale),
-    }
+    by_dtype!(g.dtype, run_elementwise(py, name, &p, &gr, &s, &c, &hyper, grad_scale))
 }
 
 /// The state buffers and counters an element-wise optimizer takes, in order.
@@ -430,10 +412,7 @@ pub fn lamb_step<'py>(
         return Ok(());
     }
     let cfg = LambConfig { lr, beta1, beta2, eps, weight_decay, bias_correction, maximize, grad_scale };
-    match g.dtype {
-        Dtype::F32 => run_lamb::<f32>(py, &p, &gr, &m, &v, &st, &cfg),
-        Dtype::F64 => run_lamb::<f64>(py, &p, &gr, &m, &v, &st, &cfg),
-    }
+    by_dtype!(g.dtype, run_lamb(py, &p, &gr, &m, &v, &st, &cfg))
 }
 
 fn run_lamb<T: Float + numpy::Element>(py: Python<'_>, p: &[Raw], gr: &[Raw], m: &[Raw], v: &[Raw], st: &[Raw], cfg: &LambConfig) -> PyResult<()> {
