@@ -135,6 +135,11 @@ def _demo_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _table_row(r: Any) -> str:
+    """One optimizer's line of the demo's table (a `demo.RunResult`)."""
+    return f"| {r.name:<13}| {r.lr:>6g} | {r.train_loss:>10.4f} | {r.test_accuracy:>8.1%} | {r.wall_s:>6.2f} | {r.steps_per_s:>7.0f} |"
+
+
 def demo_main(argv: list[str]) -> int:
     from . import demo
 
@@ -177,15 +182,10 @@ def demo_main(argv: list[str]) -> int:
             progress.describe(name)
             r = demo.train(name, cfg, splits, on_step=progress.step)
             results.append(r)
-            progress.write(
-                f"| {name:<13}| {r.lr:>6g} | {r.train_loss:>10.4f} | {r.test_accuracy:>8.1%} | {r.wall_s:>6.2f} | {r.steps_per_s:>7.0f} |"
-            )
+            progress.write(_table_row(r))
     finally:
         progress.close()
-    table = [header, rule] + [
-        f"| {r.name:<13}| {r.lr:>6g} | {r.train_loss:>10.4f} | {r.test_accuracy:>8.1%} | {r.wall_s:>6.2f} | {r.steps_per_s:>7.0f} |"
-        for r in results
-    ]
+    table = [header, rule] + [_table_row(r) for r in results]
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

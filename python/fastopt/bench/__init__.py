@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import platform
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -74,23 +73,6 @@ def _have_torch() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def _optimizer_impls(name: str, kwargs: dict, numpy_step: Callable, n: int, threads: int, have_torch: bool) -> dict:
-    import fastopt as fo
-
-    impls = {}
-    p0, g = peers.problem(n)
-    p = fo.Parameter(p0)
-    p.grad = g
-    impls["fastopt"] = (threads, getattr(fo.optim, name)([p], **kwargs).step)
-    p0, g = peers.problem(n)
-    impls["numpy"] = (1, numpy_step(p0, g))
-    if have_torch:
-        for v in ["default", "foreach"] + (["fused"] if name in peers.TORCH_FUSED else []):
-            p0, g = peers.problem(n)
-            impls[f"torch {v}"] = (threads, peers.torch_optimizer(name, v, p0, g, **kwargs).step)
-    return impls
-
-
 def _activation_impls(name: str, n: int, threads: int, have_torch: bool) -> dict:
     x = np.random.default_rng(0).standard_normal(n).astype(np.float32) * 3
     impls = {"fastopt": (threads, nn_peers.fastopt_forward(name, x, np.empty_like(x))),
@@ -121,9 +103,11 @@ def quick(size: int = 1_000_000, threads: int | None = None, rounds: int = 5, bl
     threads = fo.get_num_threads() if threads is None else int(threads)
     have_torch = use_torch and _have_torch()
     before = fo.get_num_threads()
+    from .report import OPTIMIZERS, single_step_impls
+
     cases: list[tuple[str, str, dict]] = [
-        ("Adam step", f"{size:.0e}", _optimizer_impls("Adam", {"lr": 1e-3}, lambda p, g: peers.NumpyAdam(p, g, lr=1e-3).step, size, threads, have_torch)),
-        ("SGD momentum step", f"{size:.0e}", _optimizer_impls("SGD", {"lr": 1e-3, "momentum": 0.9}, lambda p, g: peers.NumpySGD(p, g, lr=1e-3, momentum=0.9).step, size, threads, have_torch)),
+        (label, f"{size:.0e}", single_step_impls(*OPTIMIZERS[key], size, have_torch, (threads,), with_optax=False))
+        for label, key in (("Adam step", "adam"), ("SGD momentum step", "sgd"))
     ]
     for act in ("relu", "sigmoid", "gelu_tanh"):
         cases.append((f"{act} forward", f"{size:.0e}", _activation_impls(act, size, threads, have_torch)))
@@ -133,9 +117,10 @@ def quick(size: int = 1_000_000, threads: int | None = None, rounds: int = 5, bl
     try:
         for kernel, label, impls in cases:
             t = peers.interleaved(impls, rounds, block_seconds)
+            ours = next(v for k, v in t.items() if k.startswith("fastopt"))
             torch_keys = [k for k in t if k.startswith("torch")]
             best = min(torch_keys, key=t.__getitem__) if torch_keys else None
-            rows.append(Row(kernel, label, t["fastopt"], t.get("numpy"), t[best] if best else None, best or ""))
+            rows.append(Row(kernel, label, ours, t.get("numpy"), t[best] if best else None, best or ""))
     finally:
         fo.set_num_threads(before)
     return rows

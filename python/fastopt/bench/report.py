@@ -98,12 +98,14 @@ def _have_optax() -> bool:
     return importlib.util.find_spec("optax") is not None and importlib.util.find_spec("jax") is not None
 
 
-def _single_impls(name: str, kwargs: dict, numpy_factory, n: int, have_torch: bool) -> dict:
-    """label -> (threads, step); each over its own copy of the same problem."""
+def single_step_impls(name: str, kwargs: dict, numpy_factory, n: int, have_torch: bool,
+                  threads_list: tuple[int, ...] = (1, 2), with_optax: bool = True) -> dict:
+    """label ("fastopt 2T", "torch fused 1T", "numpy", "optax") -> (threads, step); each over
+    its own copy of the same problem."""
     import fastopt as fo
 
     out = {}
-    for threads in (1, 2):
+    for threads in threads_list:
         p0, g = problem(n)
         p = fo.Parameter(p0)
         p.grad = g
@@ -115,7 +117,7 @@ def _single_impls(name: str, kwargs: dict, numpy_factory, n: int, have_torch: bo
     if numpy_factory is not None:
         p0, g = problem(n)
         out["numpy"] = (1, numpy_factory(p0, g))
-    if name in ("Adam", "AdamW", "SGD") and _have_optax():
+    if with_optax and name in ("Adam", "AdamW", "SGD") and _have_optax():
         p0, g = problem(n)
         out["optax"] = (1, optax_optimizer(name, p0, g, **kwargs))
     return out
@@ -166,9 +168,12 @@ def _fraction(bytes_moved: float, seconds: float, label: str, probe: dict) -> st
 
 
 def run(sizes: list[int], optimizers: list[str], rounds: int, block: float, workloads: bool,
-        compare_all: bool, probe_elements: int, log=sys.stderr) -> str:
-    """Runs the report's sections and returns the Markdown text (progress lines go to ``log``)."""
+        compare_all: bool, probe_elements: int, log=None) -> str:
+    """Runs the report's sections and returns the Markdown text (progress lines go to ``log``,
+    default: the current ``sys.stderr``)."""
     import fastopt as fo
+
+    log = sys.stderr if log is None else log
 
     have_torch = _have_torch()
     torch_version = "not installed"
@@ -206,7 +211,7 @@ def run(sizes: list[int], optimizers: list[str], rounds: int, block: float, work
                   "| numpy | optax (jit) | vs torch | vs numpy | vs optax | of copy BW |")
         lines += [f"#### {name} {kwargs}", "", header, "|" + "---|" * (header.count("|") - 1)]
         for n in sizes:
-            t = interleaved(_single_impls(name, kwargs, numpy_factory, n, have_torch), rounds, block)
+            t = interleaved(single_step_impls(name, kwargs, numpy_factory, n, have_torch), rounds, block)
             ns = {k: v / n * 1e9 for k, v in t.items()}
             ours, our_key = _best(t, "fastopt")
             torch_best, _ = _best(t, "torch")
