@@ -462,9 +462,12 @@ impl<T: Float> Rule<T> for AdaBelief<T> {
 }
 
 /// ASGD (`torch.optim.ASGD`): SGD with decay of the step and a running average `ax` of the
-/// iterates. `eta` and `mu` are torch's per-tensor float32 0-d tensors.
+/// iterates. `eta` and `mu` are torch's per-tensor float32 0-d tensors. `COPY` is the case
+/// where every tensor of the call has `mu == 1` (torch's default until step `t0` = 1e6), in
+/// which torch copies the parameter into `ax`: that variant never reads `ax`, one memory
+/// stream in five less.
 #[derive(Clone, Copy, Debug)]
-struct Asgd<T> {
+struct Asgd<T, const COPY: bool> {
     g: Grad<T>,
     decay: T,
     neg_eta: T,
@@ -472,16 +475,31 @@ struct Asgd<T> {
     average: bool,
 }
 
-impl<T: Float> Rule<T> for Asgd<T> {
+impl<T: Float, const COPY: bool> Rule<T> for Asgd<T, COPY> {
     const STATES: usize = 1;
     #[inline(always)]
     fn update<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
         let g = self.g.read::<A>(&mut p, g);
         let p = A::madd(g, self.neg_eta, p * self.decay);
         // torch: ax.add_(param.sub(ax).mul_(mu)), or a copy when mu is exactly 1
-        s[0] = if self.average { s[0] + (p - s[0]) * self.mu } else { p };
+        s[0] = if !COPY && self.average { s[0] + (p - s[0]) * self.mu } else { p };
         p
     }
+}
+
+/// Runs ASGD with the `COPY` variant chosen by the caller (see [`Asgd`]).
+fn asgd<T: Float, const COPY: bool>(tensors: Vec<ElemTensor<'_, T>>, level: SimdLevel, h: &dyn Hyper, grad_scale: f64) -> Result<(), Error> {
+    let (lr, lambd, alpha, t0) = (h.get("lr")?, h.get("lambd")?, h.get("alpha")?, h.get("t0")?);
+    let g = Grad::new(h, grad_scale, false)?;
+    run(tensors, 3, level, |c| {
+        *c[0] += 1.0;
+        let step = *c[0] as f64;
+        // This step uses the eta and mu of the previous one; then they are renewed.
+        let (eta, mu) = (*c[1] as f64, *c[2] as f64);
+        *c[1] = (lr / (1.0 + lambd * lr * step).powf(alpha)) as f32;
+        *c[2] = (1.0 / (step - t0).max(1.0)) as f32;
+        Asgd::<T, COPY> { g, decay: T::from_f64(1.0 - lambd * eta), neg_eta: T::from_f64(-eta), mu: T::from_f64(mu), average: mu != 1.0 }
+    })
 }
 
 /// Rprop (`torch.optim.Rprop`): per-element step sizes grown by `etaplus` while the gradient
@@ -672,17 +690,12 @@ pub(crate) fn step_at<T: Float>(
             })
         }
         "asgd" => {
-            let (lr, lambd, alpha, t0) = (h.get("lr")?, h.get("lambd")?, h.get("alpha")?, h.get("t0")?);
-            let g = Grad::new(h, grad_scale, false)?;
-            run(tensors, 3, level, |c| {
-                *c[0] += 1.0;
-                let step = *c[0] as f64;
-                // This step uses the eta and mu of the previous one; then they are renewed.
-                let (eta, mu) = (*c[1] as f64, *c[2] as f64);
-                *c[1] = (lr / (1.0 + lambd * lr * step).powf(alpha)) as f32;
-                *c[2] = (1.0 / (step - t0).max(1.0)) as f32;
-                Asgd { g, decay: T::from_f64(1.0 - lambd * eta), neg_eta: T::from_f64(-eta), mu: T::from_f64(mu), average: mu != 1.0 }
-            })
+            // The mu this step uses is the stored one (renewed after the step).
+            if tensors.iter().all(|t| t.counters.get(2).is_some_and(|mu| **mu == 1.0)) {
+                asgd::<T, true>(tensors, level, h, grad_scale)
+            } else {
+                asgd::<T, false>(tensors, level, h, grad_scale)
+            }
         }
         "rprop" => {
             let rule = Rprop {
@@ -785,6 +798,56 @@ mod tests {
     fn adadelta_matches_reference_bitwise() {
         adadelta::<f32>();
         adadelta::<f64>();
+    }
+
+    /// ASGD over a group whose tensors are at different steps (so some average and some copy
+    /// in the same call), across `t0`, against the per-tensor formula.
+    fn asgd_mixed_steps<T: Float>() {
+        let (lr, lambd, alpha, t0) = (0.05, 1e-3, 0.75, 2.0);
+        let h = hyper(&[("lr", lr), ("lambd", lambd), ("alpha", alpha), ("t0", t0), ("weight_decay", 0.0), ("maximize", 0.0)]);
+        for level in available() {
+            let fma = level.fused_multiply_add();
+            let n = 37;
+            let g = data::<T>(n, 6);
+            let mut p = [data::<T>(n, 5), data::<T>(n, 8)];
+            let mut ax = [vec![T::ZERO; n], vec![T::ZERO; n]];
+            // [step, eta, mu] as torch initialises them; the second tensor starts 3 steps on.
+            let mut c = [[0.0f32, lr as f32, 1.0], [3.0, lr as f32, 1.0]];
+            let (mut rp, mut rax, mut rc) = (p.clone(), ax.clone(), c);
+            for _ in 0..5 {
+                let [p0, p1] = &mut p;
+                let [a0, a1] = &mut ax;
+                let [c0, c1] = &mut c;
+                let [s0, e0, m0] = c0;
+                let [s1, e1, m1] = c1;
+                let tensors = vec![
+                    ElemTensor { param: &mut p0[..], grad: &g, states: vec![&mut a0[..]], counters: vec![s0, e0, m0] },
+                    ElemTensor { param: &mut p1[..], grad: &g, states: vec![&mut a1[..]], counters: vec![s1, e1, m1] },
+                ];
+                step_at("asgd", tensors, &h, 1.0, level).unwrap();
+                for k in 0..2 {
+                    rc[k][0] += 1.0;
+                    let step = rc[k][0] as f64;
+                    let (eta, mu) = (rc[k][1] as f64, rc[k][2] as f64);
+                    for i in 0..n {
+                        let q = madd_ref(g[i], T::from_f64(-eta), rp[k][i] * T::from_f64(1.0 - lambd * eta), fma);
+                        rp[k][i] = q;
+                        rax[k][i] = if mu != 1.0 { rax[k][i] + (q - rax[k][i]) * T::from_f64(mu) } else { q };
+                    }
+                    rc[k][1] = (lr / (1.0 + lambd * lr * step).powf(alpha)) as f32;
+                    rc[k][2] = (1.0 / (step - t0).max(1.0)) as f32;
+                }
+                assert_eq!(c, rc);
+                assert!(p == rp && ax == rax, "asgd {level:?}");
+            }
+            assert!(c[1][2] < 1.0 && ax[1] != p[1], "the test must reach the averaging branch");
+        }
+    }
+
+    #[test]
+    fn asgd_mixed_steps_match_formula() {
+        asgd_mixed_steps::<f32>();
+        asgd_mixed_steps::<f64>();
     }
 
     #[test]
