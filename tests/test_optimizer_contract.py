@@ -249,3 +249,43 @@ def test_to_torch_state_dict_copies_and_needs_a_dict(torch):
     assert not np.shares_memory(sd["state"][0]["exp_avg"], tsd["state"][0]["exp_avg"].numpy())
     with pytest.raises(TypeError, match="state_dict must be a dict"):
         fo.optim.to_torch_state_dict([1])
+
+
+OPTIMIZER_NAMES = [n for n in fo.optim.__all__ if isinstance(getattr(fo.optim, n), type) and n != "Optimizer"]
+
+
+@pytest.mark.parametrize("name", OPTIMIZER_NAMES)
+def test_dropping_an_optimizer_frees_its_state_at_once(name):
+    """No reference cycles: the state buffers (often as large as the model) go when the last
+    reference to the optimizer goes, not at some later run of the cyclic garbage collector."""
+    import gc
+    import weakref
+
+    gc.collect()
+    gc.disable()
+    try:
+        p = fo.Parameter(np.linspace(-1.0, 1.0, 12).reshape(3, 4))
+        kw = {"lr": 0.1} if name == "SGD" else {}
+        if name == "SGD":
+            kw["momentum"] = 0.9
+        opt = getattr(fo.optim, name)([p], **kw)
+        sched = fo.optim.lr_scheduler.StepLR(opt, step_size=2) if name != "LBFGS" else None
+
+        def closure():
+            p.grad = 2.0 * p.data
+            return float((p.data**2).sum())
+
+        for _ in range(3):
+            if name == "LBFGS":
+                opt.step(closure)
+            else:
+                closure()
+                opt.step()
+                sched.step()
+        buffers = [v for v in opt.state[p].values() if isinstance(v, np.ndarray) and v.size > 1]
+        assert buffers, f"{name} keeps no array state to watch"
+        refs = [weakref.ref(opt)] + [weakref.ref(b) for b in buffers]
+        del opt, sched, buffers
+        assert [r() is None for r in refs] == [True] * len(refs)
+    finally:
+        gc.enable()

@@ -53,16 +53,19 @@ _DATA = attrgetter("_data")
 
 class _ParamState(dict):
     """One parameter's state: a dict that tells its :class:`_State` when it changes, so the
-    optimizer may reuse the lists of state buffers it gathered for the previous step."""
+    optimizer may reuse the lists of state buffers it gathered for the previous step. It holds
+    the state's change counter (a one-element list), not the state itself: a reference back
+    would make a cycle, and the optimizer's buffers would then wait for the cyclic garbage
+    collector instead of being freed when the optimizer is dropped."""
 
-    __slots__ = ("_owner",)
+    __slots__ = ("_counter",)
 
-    def __init__(self, owner: "_State", *args: Any, **kwargs: Any) -> None:
+    def __init__(self, counter: list, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._owner = owner
+        self._counter = counter
 
     def _changed(self) -> None:
-        self._owner._version += 1
+        self._counter[0] += 1
 
     def __setitem__(self, key: Any, value: Any) -> None:
         super().__setitem__(key, value)
@@ -97,8 +100,8 @@ class _ParamState(dict):
         return self
 
     def __reduce__(self) -> Any:
-        # Copies (deepcopy, pickle) stay tracked, by the copy of the owner.
-        return (_ParamState, (self._owner, dict(self)))
+        # Copies (deepcopy, pickle) stay tracked, by the copy of the counter.
+        return (_ParamState, (self._counter, dict(self)))
 
 
 class _ParamList(list):
@@ -136,17 +139,21 @@ class _State(MutableMapping):
     key creates an empty dict. Each parameter's dict counts its changes in ``_version`` (a dict
     assigned with ``state[p] = d`` is copied into such a dict)."""
 
-    __slots__ = ("_items", "_version")
+    __slots__ = ("_items", "_counter")
 
     def __init__(self) -> None:
         self._items: dict[int, tuple[Any, _ParamState]] = {}
-        self._version = 0
+        self._counter = [0]
+
+    @property
+    def _version(self) -> int:
+        return self._counter[0]
 
     def __getitem__(self, key: Any) -> dict:
         item = self._items.get(id(key))
         if item is None:
-            item = self._items[id(key)] = (key, _ParamState(self))
-            self._version += 1
+            item = self._items[id(key)] = (key, _ParamState(self._counter))
+            self._counter[0] += 1
         return item[1]
 
     def get(self, key: Any, default: Any = None) -> Any:
@@ -154,12 +161,13 @@ class _State(MutableMapping):
         return default if item is None else item[1]
 
     def __setitem__(self, key: Any, value: dict) -> None:
-        self._items[id(key)] = (key, value if isinstance(value, _ParamState) and value._owner is self else _ParamState(self, value))
-        self._version += 1
+        own = isinstance(value, _ParamState) and value._counter is self._counter
+        self._items[id(key)] = (key, value if own else _ParamState(self._counter, value))
+        self._counter[0] += 1
 
     def __delitem__(self, key: Any) -> None:
         del self._items[id(key)]
-        self._version += 1
+        self._counter[0] += 1
 
     def __contains__(self, key: object) -> bool:
         return id(key) in self._items
@@ -182,7 +190,7 @@ class _State(MutableMapping):
         state = _State()
         for key, d in pairs:
             state[key] = d
-        state._version = 0
+        state._counter[0] = 0
         return state
 
 
