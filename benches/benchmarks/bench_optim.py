@@ -244,7 +244,9 @@ class LBFGS:
 
         def closure():
             np.multiply(a, x, out=tmp)
-            loss = 0.5 * float(np.dot(tmp, x)) - float(np.dot(b, x))
+            # einsum, not np.dot: BLAS's threads spin after each call and would take a core
+            # from whichever optimizer runs next (both sides alike, but noisily).
+            loss = 0.5 * float(np.einsum("i,i->", tmp, x)) - float(np.einsum("i,i->", b, x))
             np.subtract(tmp, b, out=tmp)
             set_grad()
             return loss

@@ -82,10 +82,11 @@ BEYOND_TORCH = {
 }
 
 #: Arrays one step must read plus those it must write, per element (float32: x 4 bytes), with
-#: the arguments above (no amsgrad, momentum or centering unless named).
+#: the arguments above (no amsgrad, momentum or centering unless named; ASGD's ``ax`` is
+#: written, not read, while ``mu`` is 1, i.e. before step ``t0``).
 ARRAYS_MOVED = {
     "SGD": 5, "Adam": 7, "AdamW": 7, "Adagrad": 5, "RMSprop": 5, "Adamax": 7, "Adadelta": 7,
-    "NAdam": 7, "RAdam": 7, "ASGD": 5, "Rprop": 7, "AdaBound": 7, "AMSBound": 9, "Lion": 5,
+    "NAdam": 7, "RAdam": 7, "ASGD": 4, "Rprop": 7, "AdaBound": 7, "AMSBound": 9, "Lion": 5,
     "AdaBelief": 7, "Lamb": 7,
 }
 
