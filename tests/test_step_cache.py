@@ -160,3 +160,70 @@ def test_check_cache_copies_start_empty():
     opt.step()
     for p, q in zip(ps, twin.param_groups[0]["params"]):
         np.testing.assert_array_equal(p.data, q.data)
+
+
+# (class, arguments, a state buffer the kernel writes, the name errors give its list)
+CACHED = [
+    (fo.optim.SGD, {"momentum": 0.9}, "momentum_buffer", "momentum_buffer_list"),
+    (fo.optim.Adagrad, {}, "sum", "state_sums"),
+    (fo.optim.RMSprop, {"centered": True, "momentum": 0.5}, "grad_avg", "grad_avgs"),
+    (fo.optim.RMSprop, {"momentum": 0.5}, "momentum_buffer", "momentum_buffer_list"),
+    (fo.optim.Adamax, {}, "exp_inf", "exp_inf"),
+    (fo.optim.NAdam, {}, "exp_avg_sq", "exp_avg_sq"),
+    (fo.optim.ASGD, {"t0": 1}, "ax", "ax"),
+    (fo.optim.Rprop, {}, "step_size", "step_size"),
+    (fo.optim.AMSBound, {}, "max_exp_avg_sq", "max_exp_avg_sq"),
+    (fo.optim.Lion, {}, "exp_avg", "exp_avg"),
+    (fo.optim.Lamb, {}, "exp_avg", "exp_avgs"),
+]
+
+
+@pytest.mark.parametrize("cls,kw,key,label", CACHED, ids=[f"{c.__name__}-{i}" for i, (c, *_) in enumerate(CACHED)])
+def test_every_cached_kernel_confirms_and_still_catches_changes(cls, kw, key, label):
+    """Every optimizer whose kernel keeps a check cache: stepping through it gives the same
+    numbers as checking everything each step, and changes to the remembered arrays are
+    caught on the confirming path (nothing written when one is refused)."""
+    def grads(t):
+        return [np.sin(np.arange(4.0) + t + i) for i in range(3)]
+
+    def run(clear):
+        ps = [fo.Parameter(np.full(4, float(i + 1))) for i in range(3)]
+        opt = cls(ps, lr=0.1, **kw)
+        for t in range(6):
+            if clear:
+                for _, cache in opt._check_caches.values():
+                    cache.clear()
+            opt.step(grads=grads(t))
+        return opt, ps
+
+    opt, ps = run(clear=False)
+    assert [cache.remembers() for _, cache in opt._check_caches.values()] == [True]
+    _, ref = run(clear=True)
+    for p, r in zip(ps, ref):
+        np.testing.assert_array_equal(p.data, r.data)
+    # a new params array is stepped; the remembered one is left alone
+    old = ps[0].data
+    frozen = old.copy()
+    ps[0].data = old.copy()
+    opt.step(grads=grads(7))
+    np.testing.assert_array_equal(old, frozen)
+    assert not np.array_equal(ps[0].data, frozen)
+    # a read-only state buffer is refused, nothing written
+    opt.step(grads=grads(8))
+    buf = opt.state[ps[1]][key]
+    snapshot = [p.data.copy() for p in ps] + [buf.copy()]
+    buf.flags.writeable = False
+    with pytest.raises(ValueError, match=rf"{label}\[1\] is read-only"):
+        opt.step(grads=grads(9))
+    buf.flags.writeable = True
+    for a, s in zip([p.data for p in ps] + [buf], snapshot):
+        np.testing.assert_array_equal(a, s)
+    # a gradient sharing memory with a state buffer
+    opt.step(grads=grads(10))
+    with pytest.raises(ValueError, match="share memory"):
+        opt.step(grads=[np.ones(4), np.ones(4), opt.state[ps[2]][key]])
+    # a state buffer reshaped in place
+    opt.step(grads=grads(11))
+    opt.state[ps[0]][key].shape = (2, 2)
+    with pytest.raises(ValueError, match=rf"{label}\[0\] has shape \(2, 2\)"):
+        opt.step(grads=grads(12))

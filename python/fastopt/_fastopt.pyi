@@ -46,6 +46,7 @@ def sgd_step(
     maximize: bool,
     grad_scale: float = 1.0,
     check_only: bool = False,
+    cache: CheckCache | None = None,
 ) -> None: ...
 def adagrad_step(
     params: Sequence[np.ndarray],
@@ -59,6 +60,7 @@ def adagrad_step(
     maximize: bool,
     grad_scale: float = 1.0,
     check_only: bool = False,
+    cache: CheckCache | None = None,
 ) -> None: ...
 def rmsprop_step(
     params: Sequence[np.ndarray],
@@ -76,6 +78,7 @@ def rmsprop_step(
     maximize: bool,
     grad_scale: float = 1.0,
     check_only: bool = False,
+    cache: CheckCache | None = None,
 ) -> None: ...
 def total_norm(grads: Sequence[np.ndarray], norm_type: float) -> float: ...
 def scale_(arrays: Sequence[np.ndarray], factor: float) -> None: ...
@@ -95,6 +98,7 @@ def lamb_step(
     maximize: bool,
     grad_scale: float = 1.0,
     check_only: bool = False,
+    cache: CheckCache | None = None,
 ) -> None: ...
 def elementwise_step(
     name: str,
@@ -105,6 +109,7 @@ def elementwise_step(
     hyper: dict[str, float],
     grad_scale: float = 1.0,
     check_only: bool = False,
+    cache: CheckCache | None = None,
 ) -> None: ...
 def elementwise_layout(name: str) -> tuple[list[str], list[str]]: ...
 def check_group(params: Sequence[np.ndarray], grads: Sequence[np.ndarray]) -> None: ...
@@ -132,4 +137,5 @@ class CheckCache:
     """What a kernel call checked about a group's parameters and state, for the next call."""
 
     def __init__(self) -> None: ...
+    def remembers(self) -> bool: ...
     def clear(self) -> None: ...

@@ -61,7 +61,7 @@ class Adagrad(Optimizer):
         bufs, created = self._buffers(params, arrays, ("step", "sum"), {"sum": group["initial_accumulator_value"]})
         F._adagrad(
             arrays, grads, bufs[1], bufs[0], group["lr"], group["weight_decay"], group["lr_decay"], group["eps"],
-            group["maximize"], check_only, grad_scale,
+            group["maximize"], check_only, grad_scale, self._check_cache(group),
         )
         if not check_only:
             self._commit(created)

@@ -46,7 +46,9 @@ class _Elementwise(Optimizer):
         states, counters = _layout(kernel)
         bufs, created = self._buffers(params, arrays, counters + states, self._fill_for(group), counters)
         k = len(counters)
-        F._elementwise(kernel, arrays, grads, bufs[k:], bufs[:k], self._hyper(group), check_only, grad_scale)
+        F._elementwise(
+            kernel, arrays, grads, bufs[k:], bufs[:k], self._hyper(group), check_only, grad_scale, self._check_cache(group)
+        )
         if not check_only:
             self._commit(created)
 

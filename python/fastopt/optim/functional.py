@@ -133,10 +133,11 @@ def _sgd(
     maximize: bool,
     check_only: bool = False,
     grad_scale: float = 1.0,
+    cache: Any = None,
 ) -> None:
     for_arrays(params).sgd_step(
         params, grads, buffers, fresh,
-        lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale, check_only,
+        lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale, check_only, cache,
     )
 
 
@@ -169,9 +170,10 @@ def sgd(
 
 
 def _adagrad(params, grads, state_sums, state_steps, lr, weight_decay, lr_decay, eps, maximize,
-             check_only=False, grad_scale=1.0) -> None:
+             check_only=False, grad_scale=1.0, cache=None) -> None:
     for_arrays(params).adagrad_step(
         params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize, grad_scale, check_only,
+        cache,
     )
 
 
@@ -193,10 +195,10 @@ def adagrad(
 
 
 def _rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffer_list, state_steps, lr, alpha, eps,
-             weight_decay, momentum, centered, maximize, check_only=False, grad_scale=1.0) -> None:
+             weight_decay, momentum, centered, maximize, check_only=False, grad_scale=1.0, cache=None) -> None:
     for_arrays(params).rmsprop_step(
         params, grads, square_avgs, grad_avgs, momentum_buffer_list, state_steps,
-        lr, alpha, eps, weight_decay, momentum, centered, maximize, grad_scale, check_only,
+        lr, alpha, eps, weight_decay, momentum, centered, maximize, grad_scale, check_only, cache,
     )
 
 
@@ -224,8 +226,8 @@ def rmsprop(
              lr, alpha, eps, weight_decay, momentum, centered, maximize)
 
 
-def _elementwise(name, params, grads, states, counters, hyper, check_only=False, grad_scale=1.0) -> None:
-    for_arrays(params).elementwise_step(name, params, grads, states, counters, hyper, grad_scale, check_only)
+def _elementwise(name, params, grads, states, counters, hyper, check_only=False, grad_scale=1.0, cache=None) -> None:
+    for_arrays(params).elementwise_step(name, params, grads, states, counters, hyper, grad_scale, check_only, cache)
 
 
 def adamax(params, grads, exp_avgs, exp_infs, state_steps, *, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8,

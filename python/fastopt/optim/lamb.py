@@ -40,7 +40,7 @@ class Lamb(Optimizer):
         b1, b2 = group["betas"]
         for_arrays(arrays).lamb_step(
             arrays, grads, bufs[1], bufs[2], bufs[0], group["lr"], b1, b2, group["eps"], group["weight_decay"],
-            group["bias_correction"], group["maximize"], grad_scale, check_only,
+            group["bias_correction"], group["maximize"], grad_scale, check_only, self._check_cache(group),
         )
         if not check_only:
             self._commit(created)

@@ -57,7 +57,7 @@ class RMSprop(Optimizer):
         F._rmsprop(
             arrays, grads, named["square_avg"], named.get("grad_avg"), named.get("momentum_buffer"), named["step"],
             group["lr"], group["alpha"], group["eps"], group["weight_decay"], momentum, centered, group["maximize"],
-            check_only, grad_scale,
+            check_only, grad_scale, self._check_cache(group),
         )
         if not check_only:
             self._commit(created)

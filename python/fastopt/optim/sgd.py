@@ -65,6 +65,7 @@ class SGD(Optimizer):
         F._sgd(
             arrays, grads, buffers, fresh, group["weight_decay"], momentum, group["lr"],
             group["dampening"], group["nesterov"], group["maximize"], check_only, grad_scale,
+            self._check_cache(group),
         )
         if not check_only:
             self._commit(created)

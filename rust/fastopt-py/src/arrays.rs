@@ -501,6 +501,11 @@ impl CheckCache {
         Ok((slf.get_type().into_any(), PyTuple::empty(slf.py())))
     }
 
+    /// Whether a call's arrays are remembered (the next call with them may confirm them).
+    fn remembers(&self) -> bool {
+        self.inner.lock().map(|g| g.is_some()).unwrap_or(false)
+    }
+
     /// Forgets what was remembered (the next call checks everything).
     fn clear(&self) {
         if let Ok(mut g) = self.inner.lock() {
@@ -533,6 +538,47 @@ impl CheckCache {
     /// same time checks everything instead of waiting while it holds the GIL).
     pub fn try_lock(&self) -> Option<std::sync::MutexGuard<'_, Option<Checked>>> {
         self.inner.try_lock().ok()
+    }
+}
+
+/// A call's hold on its group's [`CheckCache`]: locked until the kernel has run, so the
+/// remembered arrays stay alive (None: no cache, or another thread is using it).
+pub type CacheGuard<'a> = Option<std::sync::MutexGuard<'a, Option<Checked>>>;
+
+/// A call confirmed against its cache: the dtype, the arrays of the stable lists (in the
+/// order given) and the gradients.
+pub struct Confirmed<'py> {
+    pub dtype: Dtype,
+    pub stable: Vec<Vec<Raw>>,
+    pub grads: Vec<Raw>,
+    /// Not read: holds the parameters and gradients for as long as the call uses their `Raw`s.
+    _alive: Group<'py>,
+}
+
+/// The fast path of a call with a cache: when every stable list (params first, then the
+/// state lists, all written) holds the remembered arrays, unchanged, only the gradients are
+/// checked. None: check everything, then [`remember`].
+pub fn confirm<'py>(guard: &CacheGuard<'_>, stable: &[&Bound<'py, PyAny>], grads: &Bound<'py, PyAny>) -> PyResult<Option<Confirmed<'py>>> {
+    let Some(checked) = guard.as_ref().and_then(|g| g.as_ref()) else {
+        return Ok(None);
+    };
+    if stable.is_empty() {
+        return Ok(None);
+    }
+    let Some((raws, params)) = checked.confirm(stable) else {
+        return Ok(None);
+    };
+    let mut group = checked.group(params);
+    let grads = group.like_params(grads, "grads", false)?;
+    checked.finish(&group)?;
+    Ok(Some(Confirmed { dtype: checked.dtype(), stable: raws, grads, _alive: group }))
+}
+
+/// After a call's full checks passed in `group`: remembers its stable lists (none given, as
+/// when a required list is missing: forgets).
+pub fn remember(guard: &mut CacheGuard<'_>, group: &Group<'_>, stable: &[&Bound<'_, PyAny>]) {
+    if let Some(slot) = guard.as_mut() {
+        **slot = if stable.is_empty() { None } else { Checked::remember(group, stable) };
     }
 }
 

@@ -1,7 +1,7 @@
 //! Optimizer steps: check every array of a parameter group, then run the core kernel once
 //! over all of them with the GIL released.
 
-use crate::arrays::{core_err, items, CheckCache, Checked, Group, Raw};
+use crate::arrays::{confirm, core_err, items, remember, CheckCache, Group, Raw};
 use fastopt_core::optim::elementwise::{self, ElemTensor};
 use std::collections::HashMap;
 use fastopt_core::optim::{
@@ -52,21 +52,15 @@ pub fn adam_step<'py>(
             None => stable.clear(), // an error the full checks report
         }
     }
-    // The cache's lock is held until the kernel has run, so its remembered arrays stay alive.
     let cache = cache.map(|c| c.borrow());
     let mut guard = cache.as_ref().and_then(|c| c.try_lock());
-    if let Some(checked) = guard.as_ref().and_then(|g| g.as_ref()).filter(|_| !stable.is_empty()) {
-        if let Some((raws, ps)) = checked.confirm(&stable) {
-            let mut g = checked.group(ps);
-            let gr = g.like_params(grads, "grads", false)?;
-            checked.finish(&g)?;
-            if check_only {
-                return Ok(());
-            }
-            let (p, m, v, st) = (&raws[0], &raws[1], &raws[2], &raws[3]);
-            let x = if amsgrad { Some(&raws[4][..]) } else { None };
-            return by_dtype!(checked.dtype(), run_adam(py, p, &gr, m, v, x, st, &cfg));
+    if let Some(c) = confirm(&guard, &stable, grads)? {
+        if check_only {
+            return Ok(());
         }
+        let s = &c.stable;
+        let x = if amsgrad { Some(&s[4][..]) } else { None };
+        return by_dtype!(c.dtype, run_adam(py, &s[0], &c.grads, &s[1], &s[2], x, &s[3], &cfg));
     }
     let (mut g, p) = Group::new(params)?;
     let gr = g.like_params(grads, "grads", false)?;
@@ -75,9 +69,7 @@ pub fn adam_step<'py>(
     let x = g.optional_like_params(max_exp_avg_sqs, "max_exp_avg_sqs", amsgrad, "amsgrad=True")?;
     let st = g.steps(state_steps, "state_steps")?;
     g.finish()?;
-    if let Some(slot) = guard.as_mut() {
-        **slot = if stable.is_empty() { None } else { Checked::remember(&g, &stable) };
-    }
+    remember(&mut guard, &g, &stable);
     if check_only {
         return Ok(());
     }
@@ -123,7 +115,7 @@ fn run_adam<T: Float + numpy::Element>(
 /// as torch's first step does.
 #[pyfunction]
 #[pyo3(signature = (params, grads, momentum_buffer_list, fresh_buffers,
-    lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale=1.0, check_only=false))]
+    lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale=1.0, check_only=false, cache=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn sgd_step<'py>(
     py: Python<'py>,
@@ -139,10 +131,30 @@ pub fn sgd_step<'py>(
     maximize: bool,
     grad_scale: f64,
     check_only: bool,
+    cache: Option<&Bound<'py, CheckCache>>,
 ) -> PyResult<()> {
+    let cfg = SgdConfig { lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale };
+    let with_momentum = momentum != 0.0;
+    let mut stable = vec![params];
+    if with_momentum {
+        match momentum_buffer_list {
+            Some(b) => stable.push(b),
+            None => stable.clear(), // an error the full checks report
+        }
+    }
+    let cache = cache.map(|c| c.borrow());
+    let mut guard = cache.as_ref().and_then(|c| c.try_lock());
+    if let Some(c) = confirm(&guard, &stable, grads)? {
+        if !with_momentum || fresh_buffers.len() == c.grads.len() {
+            if check_only {
+                return Ok(());
+            }
+            let s = &c.stable;
+            return by_dtype!(c.dtype, run_sgd(py, &s[0], &c.grads, s.get(1).map(|b| &b[..]), &fresh_buffers, &cfg));
+        }
+    }
     let (mut g, p) = Group::new(params)?;
     let gr = g.like_params(grads, "grads", false)?;
-    let with_momentum = momentum != 0.0;
     let b = g.optional_like_params(momentum_buffer_list, "momentum_buffer_list", with_momentum, "momentum != 0")?;
     if with_momentum && fresh_buffers.len() != g.len() {
         return Err(PyValueError::new_err(format!(
@@ -152,10 +164,10 @@ pub fn sgd_step<'py>(
         )));
     }
     g.finish()?;
+    remember(&mut guard, &g, &stable);
     if check_only {
         return Ok(());
     }
-    let cfg = SgdConfig { lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale };
     by_dtype!(g.dtype, run_sgd(py, &p, &gr, b.as_deref(), &fresh_buffers, &cfg))
 }
 
@@ -187,7 +199,7 @@ fn run_sgd<T: Float + numpy::Element>(
 /// One Adagrad step over a parameter group, in place (torch's `_single_tensor_adagrad`).
 #[pyfunction]
 #[pyo3(signature = (params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
-    grad_scale=1.0, check_only=false))]
+    grad_scale=1.0, check_only=false, cache=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn adagrad_step<'py>(
     py: Python<'py>,
@@ -202,16 +214,28 @@ pub fn adagrad_step<'py>(
     maximize: bool,
     grad_scale: f64,
     check_only: bool,
+    cache: Option<&Bound<'py, CheckCache>>,
 ) -> PyResult<()> {
+    let cfg = AdagradConfig { lr, lr_decay, weight_decay, eps, maximize, grad_scale };
+    let stable = [params, state_sums, state_steps];
+    let cache = cache.map(|c| c.borrow());
+    let mut guard = cache.as_ref().and_then(|c| c.try_lock());
+    if let Some(c) = confirm(&guard, &stable, grads)? {
+        if check_only {
+            return Ok(());
+        }
+        let s = &c.stable;
+        return by_dtype!(c.dtype, run_adagrad(py, &s[0], &c.grads, &s[1], &s[2], &cfg));
+    }
     let (mut g, p) = Group::new(params)?;
     let gr = g.like_params(grads, "grads", false)?;
     let s = g.like_params(state_sums, "state_sums", true)?;
     let st = g.steps(state_steps, "state_steps")?;
     g.finish()?;
+    remember(&mut guard, &g, &stable);
     if check_only {
         return Ok(());
     }
-    let cfg = AdagradConfig { lr, lr_decay, weight_decay, eps, maximize, grad_scale };
     by_dtype!(g.dtype, run_adagrad(py, &p, &gr, &s, &st, &cfg))
 }
 
@@ -232,7 +256,7 @@ fn run_adagrad<T: Float + numpy::Element>(py: Python<'_>, p: &[Raw], gr: &[Raw],
 /// `momentum_buffer_list` is needed when `momentum > 0`, `grad_avgs` when `centered`.
 #[pyfunction]
 #[pyo3(signature = (params, grads, square_avgs, grad_avgs, momentum_buffer_list, state_steps,
-    lr, alpha, eps, weight_decay, momentum, centered, maximize, grad_scale=1.0, check_only=false))]
+    lr, alpha, eps, weight_decay, momentum, centered, maximize, grad_scale=1.0, check_only=false, cache=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn rmsprop_step<'py>(
     py: Python<'py>,
@@ -251,7 +275,33 @@ pub fn rmsprop_step<'py>(
     maximize: bool,
     grad_scale: f64,
     check_only: bool,
+    cache: Option<&Bound<'py, CheckCache>>,
 ) -> PyResult<()> {
+    let cfg = RmspropConfig { lr, alpha, eps, weight_decay, momentum, centered, maximize, grad_scale };
+    // params, square_avgs, state_steps, then grad_avgs and momentum buffers when used.
+    let (with_avg, with_momentum) = (centered, momentum > 0.0);
+    let mut stable = vec![params, square_avgs, state_steps];
+    if with_avg {
+        stable.extend(grad_avgs);
+    }
+    if with_momentum {
+        stable.extend(momentum_buffer_list);
+    }
+    if (with_avg && grad_avgs.is_none()) || (with_momentum && momentum_buffer_list.is_none()) {
+        stable.clear(); // an error the full checks report
+    }
+    let cache = cache.map(|c| c.borrow());
+    let mut guard = cache.as_ref().and_then(|c| c.try_lock());
+    if let Some(c) = confirm(&guard, &stable, grads)? {
+        if check_only {
+            return Ok(());
+        }
+        let s = &c.stable;
+        let mut extra = s[3..].iter();
+        let ga = if with_avg { extra.next().map(|a| &a[..]) } else { None };
+        let b = if with_momentum { extra.next().map(|a| &a[..]) } else { None };
+        return by_dtype!(c.dtype, run_rmsprop(py, &s[0], &c.grads, &s[1], ga, b, &s[2], &cfg));
+    }
     let (mut g, p) = Group::new(params)?;
     let gr = g.like_params(grads, "grads", false)?;
     let sq = g.like_params(square_avgs, "square_avgs", true)?;
@@ -259,10 +309,10 @@ pub fn rmsprop_step<'py>(
     let b = g.optional_like_params(momentum_buffer_list, "momentum_buffer_list", momentum > 0.0, "momentum > 0")?;
     let st = g.steps(state_steps, "state_steps")?;
     g.finish()?;
+    remember(&mut guard, &g, &stable);
     if check_only {
         return Ok(());
     }
-    let cfg = RmspropConfig { lr, alpha, eps, weight_decay, momentum, centered, maximize, grad_scale };
     by_dtype!(g.dtype, run_rmsprop(py, &p, &gr, &sq, ga.as_deref(), b.as_deref(), &st, &cfg))
 }
 
@@ -302,7 +352,7 @@ fn run_rmsprop<T: Float + numpy::Element>(
 /// the order `elementwise_layout(name)` gives; `hyper` maps hyperparameter names to numbers
 /// (flags as 0/1).
 #[pyfunction]
-#[pyo3(signature = (name, params, grads, states, counters, hyper, grad_scale=1.0, check_only=false))]
+#[pyo3(signature = (name, params, grads, states, counters, hyper, grad_scale=1.0, check_only=false, cache=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn elementwise_step<'py>(
     py: Python<'py>,
@@ -314,11 +364,10 @@ pub fn elementwise_step<'py>(
     hyper: HashMap<String, f64>,
     grad_scale: f64,
     check_only: bool,
+    cache: Option<&Bound<'py, CheckCache>>,
 ) -> PyResult<()> {
     let (state_names, counter_names) =
         elementwise::layout(name).ok_or_else(|| PyValueError::new_err(format!("unknown element-wise optimizer {name:?}")))?;
-    let (mut g, p) = Group::new(params)?;
-    let gr = g.like_params(grads, "grads", false)?;
     let state_lists = items(states, "states")?;
     let counter_lists = items(counters, "counters")?;
     if state_lists.len() != state_names.len() || counter_lists.len() != counter_names.len() {
@@ -328,6 +377,19 @@ pub fn elementwise_step<'py>(
             counter_lists.len()
         )));
     }
+    let ns = state_lists.len();
+    let stable: Vec<&Bound<'py, PyAny>> = std::iter::once(params).chain(&state_lists).chain(&counter_lists).collect();
+    let cache = cache.map(|c| c.borrow());
+    let mut guard = cache.as_ref().and_then(|c| c.try_lock());
+    if let Some(c) = confirm(&guard, &stable, grads)? {
+        if check_only {
+            return Ok(());
+        }
+        let (s, k) = c.stable[1..].split_at(ns);
+        return by_dtype!(c.dtype, run_elementwise(py, name, &c.stable[0], &c.grads, s, k, &hyper, grad_scale));
+    }
+    let (mut g, p) = Group::new(params)?;
+    let gr = g.like_params(grads, "grads", false)?;
     let mut s = Vec::with_capacity(state_names.len());
     for (list, &n) in state_lists.iter().zip(state_names) {
         s.push(g.like_params(list, n, true)?);
@@ -337,6 +399,7 @@ pub fn elementwise_step<'py>(
         c.push(g.steps(list, n)?);
     }
     g.finish()?;
+    remember(&mut guard, &g, &stable);
     if check_only {
         return Ok(());
     }
@@ -383,7 +446,7 @@ fn run_elementwise<T: Float + numpy::Element>(
 /// One LAMB step over a group, in place (two passes: moments and norms, then the update).
 #[pyfunction]
 #[pyo3(signature = (params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, beta1, beta2, eps, weight_decay,
-    bias_correction, maximize, grad_scale=1.0, check_only=false))]
+    bias_correction, maximize, grad_scale=1.0, check_only=false, cache=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn lamb_step<'py>(
     py: Python<'py>,
@@ -401,17 +464,29 @@ pub fn lamb_step<'py>(
     maximize: bool,
     grad_scale: f64,
     check_only: bool,
+    cache: Option<&Bound<'py, CheckCache>>,
 ) -> PyResult<()> {
+    let cfg = LambConfig { lr, beta1, beta2, eps, weight_decay, bias_correction, maximize, grad_scale };
+    let stable = [params, exp_avgs, exp_avg_sqs, state_steps];
+    let cache = cache.map(|c| c.borrow());
+    let mut guard = cache.as_ref().and_then(|c| c.try_lock());
+    if let Some(c) = confirm(&guard, &stable, grads)? {
+        if check_only {
+            return Ok(());
+        }
+        let s = &c.stable;
+        return by_dtype!(c.dtype, run_lamb(py, &s[0], &c.grads, &s[1], &s[2], &s[3], &cfg));
+    }
     let (mut g, p) = Group::new(params)?;
     let gr = g.like_params(grads, "grads", false)?;
     let m = g.like_params(exp_avgs, "exp_avgs", true)?;
     let v = g.like_params(exp_avg_sqs, "exp_avg_sqs", true)?;
     let st = g.steps(state_steps, "state_steps")?;
     g.finish()?;
+    remember(&mut guard, &g, &stable);
     if check_only {
         return Ok(());
     }
-    let cfg = LambConfig { lr, beta1, beta2, eps, weight_decay, bias_correction, maximize, grad_scale };
     by_dtype!(g.dtype, run_lamb(py, &p, &gr, &m, &v, &st, &cfg))
 }
 
