@@ -13,6 +13,21 @@ use fastopt_core::Float;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+/// The lists of a call that stay the same between steps (params, then written state), which
+/// its check cache remembers: `required`, then each optional list whose flag asks for it.
+/// Empty when an asked-for list is missing (an error the full checks report).
+fn stable_lists<'a, 'py>(required: &[&'a Bound<'py, PyAny>], optional: &[(Option<&'a Bound<'py, PyAny>>, bool)]) -> Vec<&'a Bound<'py, PyAny>> {
+    let mut out = required.to_vec();
+    for &(list, used) in optional {
+        match (list, used) {
+            (Some(l), true) => out.push(l),
+            (None, true) => return vec![],
+            _ => {}
+        }
+    }
+    out
+}
+
 /// One Adam/AdamW step over a parameter group, in place (torch's `_single_tensor_adam`).
 ///
 /// `state_steps` are one-element float32 counters, incremented here. With `check_only`
@@ -44,14 +59,7 @@ pub fn adam_step<'py>(
     cache: Option<&Bound<'py, CheckCache>>,
 ) -> PyResult<()> {
     let cfg = AdamConfig { lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, grad_scale };
-    // The lists that stay the same between steps (all written), in a fixed order.
-    let mut stable = vec![params, exp_avgs, exp_avg_sqs, state_steps];
-    if amsgrad {
-        match max_exp_avg_sqs {
-            Some(x) => stable.push(x),
-            None => stable.clear(), // an error the full checks report
-        }
-    }
+    let stable = stable_lists(&[params, exp_avgs, exp_avg_sqs, state_steps], &[(max_exp_avg_sqs, amsgrad)]);
     let cache = cache.map(|c| c.borrow());
     let mut guard = cache.as_ref().and_then(|c| c.try_lock());
     if let Some(c) = confirm(&guard, &stable, grads)? {
@@ -135,13 +143,7 @@ pub fn sgd_step<'py>(
 ) -> PyResult<()> {
     let cfg = SgdConfig { lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale };
     let with_momentum = momentum != 0.0;
-    let mut stable = vec![params];
-    if with_momentum {
-        match momentum_buffer_list {
-            Some(b) => stable.push(b),
-            None => stable.clear(), // an error the full checks report
-        }
-    }
+    let stable = stable_lists(&[params], &[(momentum_buffer_list, with_momentum)]);
     let cache = cache.map(|c| c.borrow());
     let mut guard = cache.as_ref().and_then(|c| c.try_lock());
     if let Some(c) = confirm(&guard, &stable, grads)? {
@@ -278,18 +280,8 @@ pub fn rmsprop_step<'py>(
     cache: Option<&Bound<'py, CheckCache>>,
 ) -> PyResult<()> {
     let cfg = RmspropConfig { lr, alpha, eps, weight_decay, momentum, centered, maximize, grad_scale };
-    // params, square_avgs, state_steps, then grad_avgs and momentum buffers when used.
     let (with_avg, with_momentum) = (centered, momentum > 0.0);
-    let mut stable = vec![params, square_avgs, state_steps];
-    if with_avg {
-        stable.extend(grad_avgs);
-    }
-    if with_momentum {
-        stable.extend(momentum_buffer_list);
-    }
-    if (with_avg && grad_avgs.is_none()) || (with_momentum && momentum_buffer_list.is_none()) {
-        stable.clear(); // an error the full checks report
-    }
+    let stable = stable_lists(&[params, square_avgs, state_steps], &[(grad_avgs, with_avg), (momentum_buffer_list, with_momentum)]);
     let cache = cache.map(|c| c.borrow());
     let mut guard = cache.as_ref().and_then(|c| c.try_lock());
     if let Some(c) = confirm(&guard, &stable, grads)? {
