@@ -22,6 +22,11 @@ PEERS = [
     ("RAdam", {"lr": 1e-3}, lambda p, g: common.NumpyRAdam(p, g, lr=1e-3)),
     ("ASGD", {"lr": 1e-2, "t0": 5}, lambda p, g: common.NumpyASGD(p, g, lr=1e-2, t0=5)),
     ("Rprop", {"lr": 1e-2}, lambda p, g: common.NumpyRprop(p, g, lr=1e-2)),
+    ("AdaBound", {"lr": 1e-2, "gamma": 1e-1}, lambda p, g: common.NumpyAdaBound(p, g, lr=1e-2, gamma=1e-1)),
+    ("AMSBound", {"lr": 1e-2, "gamma": 1e-1}, lambda p, g: common.NumpyAdaBound(p, g, lr=1e-2, gamma=1e-1, amsbound=True)),
+    ("Lion", {"lr": 1e-3}, lambda p, g: common.NumpyLion(p, g, lr=1e-3)),
+    ("AdaBelief", {"lr": 1e-2}, lambda p, g: common.NumpyAdaBelief(p, g, lr=1e-2)),
+    ("Lamb", {"lr": 1e-2, "weight_decay": 0.01}, lambda p, g: common.NumpyLamb(p, g, lr=1e-2, weight_decay=0.01)),
 ]
 
 
@@ -41,6 +46,33 @@ def test_numpy_peer_matches_the_optimizer(name, kw, make):
         opt.step()
     np.testing.assert_allclose(peer_p, w.data, rtol=1e-9, atol=1e-12)
 
+
+
+OPTAX_PEERS = [
+    ("Adam", {"lr": 1e-2}),
+    ("AdamW", {"lr": 1e-2, "weight_decay": 0.1}),
+    ("SGD", {"lr": 1e-2, "momentum": 0.9}),
+    ("Lion", {"lr": 1e-3}),
+    ("Lamb", {"lr": 1e-2, "weight_decay": 0.01}),
+    ("AdaBelief", {"lr": 1e-2}),
+]
+
+
+@pytest.mark.parametrize("name,kw", OPTAX_PEERS, ids=[p[0] for p in OPTAX_PEERS])
+def test_optax_peer_matches_the_optimizer(name, kw):
+    pytest.importorskip("optax")
+    pytest.importorskip("jax")
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal(1000).astype(np.float32)
+    g = rng.standard_normal(1000).astype(np.float32)
+    step = common.optax_optimizer(name, p0.copy(), g, **kw)
+    w = fo.Parameter(p0.copy())
+    w.grad = g
+    opt = getattr(fo.optim, name)([w], **kw)
+    for _ in range(10):
+        step()
+        opt.step()
+    np.testing.assert_allclose(step.params(), w.data, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", nn_peers.ACTIVATIONS)

@@ -8,11 +8,15 @@ import fastopt as fo
 from .common import (
     SIZES,
     THREADS,
+    NumpyAdaBelief,
+    NumpyAdaBound,
     NumpyAdadelta,
     NumpyAdagrad,
     NumpyAdam,
     NumpyAdamax,
     NumpyASGD,
+    NumpyLamb,
+    NumpyLion,
     NumpyNAdam,
     NumpyRAdam,
     NumpyRMSprop,
@@ -148,19 +152,39 @@ class RAdam(_Step):
         return NumpyRAdam(p, g, **self.kwargs).step
 
 
-class AdaBound(_NoNumpyPeer):
+# Beyond torch (its implementations are skipped): careful NumPy, and optax where it has one.
+class AdaBound(_Step):
     optimizer = "AdaBound"
     kwargs = {"lr": 1e-3}
 
+    def numpy_step(self, p, g):
+        return NumpyAdaBound(p, g, **self.kwargs).step
 
-class Lion(_NoNumpyPeer):
+
+class AMSBound(_Step):
+    optimizer = "AMSBound"
+    kwargs = {"lr": 1e-3}
+
+    def numpy_step(self, p, g):
+        return NumpyAdaBound(p, g, amsbound=True, **self.kwargs).step
+
+
+class Lion(_Step):
+    params = (SIZES, THREADS, DTYPES, IMPLS + ["optax"])
     optimizer = "Lion"
     kwargs = {"lr": 1e-4}
 
+    def numpy_step(self, p, g):
+        return NumpyLion(p, g, **self.kwargs).step
 
-class AdaBelief(_NoNumpyPeer):
+
+class AdaBelief(_Step):
+    params = (SIZES, THREADS, DTYPES, IMPLS + ["optax"])
     optimizer = "AdaBelief"
     kwargs = {"lr": 1e-3}
+
+    def numpy_step(self, p, g):
+        return NumpyAdaBelief(p, g, **self.kwargs).step
 
 
 class ASGD(_Step):
@@ -179,9 +203,13 @@ class Rprop(_Step):
         return NumpyRprop(p, g, **self.kwargs).step
 
 
-class Lamb(_NoNumpyPeer):
+class Lamb(_Step):
+    params = (SIZES, THREADS, DTYPES, IMPLS + ["optax"])
     optimizer = "Lamb"
     kwargs = {"lr": 1e-3, "weight_decay": 0.01}
+
+    def numpy_step(self, p, g):
+        return NumpyLamb(p, g, **self.kwargs).step
 
 
 class Adafactor(_NoNumpyPeer):

@@ -27,6 +27,10 @@ def set_threads(threads: int) -> None:
 
 # torch optimizers with a fused CPU kernel.
 TORCH_FUSED = {"Adam", "AdamW", "SGD", "Adagrad"}
+#: The optimizers torch.optim has among those the benchmarks compare (the others have none).
+IN_TORCH = {"Adam", "AdamW", "SGD", "Adagrad", "RMSprop", "Adamax", "Adadelta", "NAdam", "RAdam", "ASGD", "Rprop"}
+#: The optimizers :func:`optax_optimizer` builds.
+IN_OPTAX = {"Adam", "AdamW", "SGD", "Lion", "Lamb", "AdaBelief"}
 
 
 def torch_optimizer(name: str, variant: str, p0: np.ndarray, g: np.ndarray, **kw):
@@ -48,9 +52,10 @@ def torch_optimizer(name: str, variant: str, p0: np.ndarray, g: np.ndarray, **kw
 
 
 def optax_optimizer(name: str, p0: np.ndarray, g: np.ndarray, **kw):
-    """A step of optax's version of ``name`` ('Adam', 'AdamW' or 'SGD' with momentum) under
-    ``jax.jit``, parameters and state donated so XLA may update them in place; the step waits
-    for the result. Raises NotImplementedError (asv: skipped) without jax and optax."""
+    """A step of optax's version of ``name`` ('Adam', 'AdamW', 'SGD' with momentum, 'Lion',
+    'Lamb' or 'AdaBelief', with fastopt's defaults for the hyperparameters ``kw`` leaves out)
+    under ``jax.jit``, parameters and state donated so XLA may update them in place; the step
+    waits for the result. Raises NotImplementedError (asv: skipped) without jax and optax."""
     try:
         import jax
         import jax.numpy as jnp
@@ -64,9 +69,21 @@ def optax_optimizer(name: str, p0: np.ndarray, g: np.ndarray, **kw):
         tx = optax.adamw(lr, weight_decay=kw.get("weight_decay", 1e-2))
     elif name == "SGD":
         tx = optax.sgd(lr, momentum=kw.get("momentum") or None)
+    elif name == "Lion":
+        b1, b2 = kw.get("betas", (0.9, 0.99))
+        tx = optax.lion(lr, b1=b1, b2=b2, weight_decay=kw.get("weight_decay", 0.0))
+    elif name == "Lamb":
+        b1, b2 = kw.get("betas", (0.9, 0.999))
+        tx = optax.lamb(lr, b1=b1, b2=b2, eps=kw.get("eps", 1e-6), weight_decay=kw.get("weight_decay", 0.0))
+    elif name == "AdaBelief":
+        b1, b2 = kw.get("betas", (0.9, 0.999))
+        eps = kw.get("eps", 1e-16)
+        tx = optax.adabelief(lr, b1=b1, b2=b2, eps=eps, eps_root=eps)
     else:
         raise NotImplementedError(f"no optax peer for {name}")
     params, grads = jnp.asarray(p0), jnp.asarray(g)
+    if params.dtype != p0.dtype:  # float64 without jax_enable_x64 would run in float32
+        raise NotImplementedError(f"jax is not set up for {p0.dtype} (jax_enable_x64)")
     state = [params, tx.init(params)]
 
     def _update(params, opt_state, grads):
@@ -78,6 +95,7 @@ def optax_optimizer(name: str, p0: np.ndarray, g: np.ndarray, **kw):
     def step():
         state[0], state[1] = update(state[0], state[1], grads)
         state[0].block_until_ready()
+    step.params = lambda: np.asarray(state[0])  # for the tests that check the peer
     return step
 
 
@@ -326,6 +344,118 @@ class NumpyRprop(_NumpyBase):
         self.tmp *= self.size
         self.p -= self.tmp
         np.copyto(self.prev, self.gg)
+
+
+class NumpyAdaBound(_NumpyBase):
+    """AdaBound / AMSBound (``amsbound=True``): Adam's step size per element, clipped to bounds
+    that close in on ``final_lr``."""
+
+    def __init__(self, p, g, lr=1e-3, betas=(0.9, 0.999), final_lr=0.1, gamma=1e-3, eps=1e-8, amsbound=False):
+        super().__init__(p, g)
+        self.lr, (self.b1, self.b2), self.final_lr, self.gamma, self.eps = lr, betas, final_lr, gamma, eps
+        self.m, self.v = np.zeros_like(p), np.zeros_like(p)
+        self.vmax = np.zeros_like(p) if amsbound else None
+
+    def step(self):
+        self.t += 1
+        t, g, tmp = self.t, self.g, self.tmp
+        self.m *= self.b1
+        np.multiply(g, 1 - self.b1, out=tmp)
+        self.m += tmp
+        self.v *= self.b2
+        np.multiply(g, g, out=tmp)
+        tmp *= 1 - self.b2
+        self.v += tmp
+        v = self.v
+        if self.vmax is not None:
+            np.maximum(self.vmax, self.v, out=self.vmax)
+            v = self.vmax
+        np.sqrt(v, out=tmp)
+        tmp += self.eps
+        np.divide(self.lr * np.sqrt(1 - self.b2**t) / (1 - self.b1**t), tmp, out=tmp)
+        lower = self.final_lr * (1 - 1 / (self.gamma * t + 1))
+        upper = self.final_lr * (1 + 1 / (self.gamma * t))
+        np.clip(tmp, lower, upper, out=tmp)
+        tmp *= self.m
+        self.p -= tmp
+
+
+class NumpyLion(_NumpyBase):
+    def __init__(self, p, g, lr=1e-4, betas=(0.9, 0.99)):
+        super().__init__(p, g)
+        self.lr, (self.b1, self.b2) = lr, betas
+        self.m, self.tmp2 = np.zeros_like(p), np.empty_like(p)
+
+    def step(self):
+        g, tmp, tmp2 = self.g, self.tmp, self.tmp2
+        # the update's sign uses beta1; the moment then moves with beta2
+        np.multiply(self.m, self.b1, out=tmp)
+        np.multiply(g, 1 - self.b1, out=tmp2)
+        tmp += tmp2
+        np.sign(tmp, out=tmp2)  # (in place, NumPy's sign takes a slow branchy loop)
+        tmp2 *= self.lr
+        self.p -= tmp2
+        self.m *= self.b2
+        np.multiply(g, 1 - self.b2, out=tmp)
+        self.m += tmp
+
+
+class NumpyAdaBelief(_NumpyBase):
+    def __init__(self, p, g, lr=1e-3, betas=(0.9, 0.999), eps=1e-16):
+        super().__init__(p, g)
+        self.lr, (self.b1, self.b2), self.eps = lr, betas, eps
+        self.m, self.s = np.zeros_like(p), np.zeros_like(p)
+
+    def step(self):
+        self.t += 1
+        t, g, tmp = self.t, self.g, self.tmp
+        self.m *= self.b1
+        np.multiply(g, 1 - self.b1, out=tmp)
+        self.m += tmp
+        np.subtract(g, self.m, out=tmp)
+        np.multiply(tmp, tmp, out=tmp)
+        tmp *= 1 - self.b2
+        self.s *= self.b2
+        self.s += tmp
+        self.s += self.eps
+        np.divide(self.s, 1 - self.b2**t, out=tmp)
+        np.sqrt(tmp, out=tmp)
+        tmp += self.eps
+        np.divide(self.m, tmp, out=tmp)
+        tmp *= -self.lr / (1 - self.b1**t)
+        self.p += tmp
+
+
+class NumpyLamb(_NumpyBase):
+    """LAMB: Adam's direction plus weight decay, scaled per tensor by ||p|| / ||r||."""
+
+    def __init__(self, p, g, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0):
+        super().__init__(p, g)
+        self.lr, (self.b1, self.b2), self.eps, self.wd = lr, betas, eps, weight_decay
+        self.m, self.v, self.r = np.zeros_like(p), np.zeros_like(p), np.empty_like(p)
+
+    def step(self):
+        self.t += 1
+        t, g, tmp, r = self.t, self.g, self.tmp, self.r
+        self.m *= self.b1
+        np.multiply(g, 1 - self.b1, out=tmp)
+        self.m += tmp
+        self.v *= self.b2
+        np.multiply(g, g, out=tmp)
+        tmp *= 1 - self.b2
+        self.v += tmp
+        np.divide(self.v, 1 - self.b2**t, out=tmp)
+        np.sqrt(tmp, out=tmp)
+        tmp += self.eps
+        np.divide(self.m, 1 - self.b1**t, out=r)
+        r /= tmp
+        if self.wd:
+            np.multiply(self.p, self.wd, out=tmp)
+            r += tmp
+        pn, rn = float(np.linalg.norm(self.p.ravel())), float(np.linalg.norm(r.ravel()))
+        trust = pn / rn if pn > 0 and rn > 0 else 1.0
+        r *= self.lr * trust
+        self.p -= r
 
 
 def interleaved(impls: dict, rounds: int, block_seconds: float) -> dict:
