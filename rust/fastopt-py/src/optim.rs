@@ -417,21 +417,23 @@ fn run_elementwise<T: Float + numpy::Element>(
     hyper: &HashMap<String, f64>,
     grad_scale: f64,
 ) -> PyResult<()> {
-    let tensors: Vec<ElemTensor<'_, T>> = (0..p.len())
-        .map(|i| {
-            // SAFETY: as in `run_adam`: dtype (counters: float32, one element), layout,
-            // writeability and non-overlap were checked by `Group`, which keeps the arrays
-            // alive for this call.
-            unsafe {
-                ElemTensor {
-                    param: p[i].slice_mut(),
-                    grad: gr[i].slice(),
-                    states: s.iter().map(|list| list[i].slice_mut()).collect(),
-                    counters: c.iter().map(|list| &mut list[i].slice_mut::<f32>()[0]).collect(),
-                }
-            }
-        })
-        .collect();
+    let n = p.len();
+    // Every tensor's state and counter references, tensor by tensor, in two allocations.
+    // SAFETY: as in `run_adam`: dtype (counters: float32, one element), layout, writeability
+    // and non-overlap were checked by `Group`, which keeps the arrays alive for this call.
+    let mut states: Vec<&mut [T]> = (0..n).flat_map(|i| s.iter().map(move |list| unsafe { list[i].slice_mut() })).collect();
+    let mut counters: Vec<&mut f32> =
+        (0..n).flat_map(|i| c.iter().map(move |list| unsafe { &mut list[i].slice_mut::<f32>()[0] })).collect();
+    let (mut s_rest, mut c_rest) = (&mut states[..], &mut counters[..]);
+    let mut tensors: Vec<ElemTensor<'_, T>> = Vec::with_capacity(n);
+    for i in 0..n {
+        let (ts, sr) = std::mem::take(&mut s_rest).split_at_mut(s.len());
+        let (tc, cr) = std::mem::take(&mut c_rest).split_at_mut(c.len());
+        (s_rest, c_rest) = (sr, cr);
+        // SAFETY: as above.
+        let (param, grad) = unsafe { (p[i].slice_mut(), gr[i].slice()) };
+        tensors.push(ElemTensor { param, grad, states: ts, counters: tc });
+    }
     py.detach(move || elementwise::step(name, tensors, hyper, grad_scale)).map_err(core_err)
 }
 

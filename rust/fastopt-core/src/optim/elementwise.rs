@@ -24,12 +24,14 @@ pub trait Rule<T: Float>: Copy + Send + Sync {
     fn update<A: Arith>(&self, p: T, g: T, s: &mut [T; MAX_STATES]) -> T;
 }
 
-/// One tensor of a group: its buffers and its float32 counters (`step` first).
+/// One tensor of a group: its buffers and its float32 counters (`step` first). The state
+/// and counter references are borrowed slices, not owned vectors, so that a caller with many
+/// tensors cuts them from one allocation per call instead of two per tensor.
 pub struct ElemTensor<'a, T> {
     pub param: &'a mut [T],
     pub grad: &'a [T],
-    pub states: Vec<&'a mut [T]>,
-    pub counters: Vec<&'a mut f32>,
+    pub states: &'a mut [&'a mut [T]],
+    pub counters: &'a mut [&'a mut f32],
 }
 
 struct Chunk<'a, T, R> {
@@ -128,7 +130,7 @@ pub fn run<T: Float, R: Rule<T>>(
                 t.counters.len()
             )));
         }
-        for s in &t.states {
+        for s in t.states.iter() {
             check_len("state", i, s.len(), n)?;
         }
     }
@@ -146,8 +148,8 @@ pub fn run<T: Float, R: Rule<T>>(
     };
     let chunks: Vec<Chunk<'_, T, R>> = tensors
         .into_iter()
-        .map(|mut t| {
-            let before = bits(&t.counters);
+        .map(|t| {
+            let before = bits(t.counters);
             let rule = match memo {
                 Some((b, after, rule)) if b == before && t.counters.len() <= MAX_COUNTERS => {
                     for (c, a) in t.counters.iter_mut().zip(after) {
@@ -156,7 +158,7 @@ pub fn run<T: Float, R: Rule<T>>(
                     rule
                 }
                 _ => {
-                    let rule = make(&mut t.counters);
+                    let rule = make(t.counters);
                     let mut after = [0f32; MAX_COUNTERS];
                     for (a, c) in after.iter_mut().zip(t.counters.iter()) {
                         *a = **c;
@@ -167,9 +169,9 @@ pub fn run<T: Float, R: Rule<T>>(
                     rule
                 }
             };
-            let mut it = t.states.into_iter();
-            let mut next = || it.next().unwrap_or(&mut []);
-            let s = [next(), next(), next(), next()];
+            // Moves each state reference out (leaving an empty slice); unused slots stay empty.
+            let mut take = |k: usize| t.states.get_mut(k).map(std::mem::take).unwrap_or_default();
+            let s = [take(0), take(1), take(2), take(3)];
             Chunk { p: t.param, g: t.grad, s, rule }
         })
         .collect();
@@ -741,7 +743,9 @@ mod tests {
                 let mut step = 0.0f32;
                 for _ in 0..3 {
                     let (a, b) = s.split_at_mut(1);
-                    let t = ElemTensor { param: &mut p[off..], grad: &g[off..], states: vec![&mut a[0][off..], &mut b[0][off..]], counters: vec![&mut step] };
+                    let mut states = [&mut a[0][off..], &mut b[0][off..]];
+                    let mut counters = [&mut step];
+                    let t = ElemTensor { param: &mut p[off..], grad: &g[off..], states: &mut states, counters: &mut counters };
                     step_at(name, vec![t], h, 1.0, level).unwrap();
                     reference(&mut rp, &g[off..], &mut rs, step, level.fused_multiply_add());
                 }
@@ -820,9 +824,11 @@ mod tests {
                 let [c0, c1] = &mut c;
                 let [s0, e0, m0] = c0;
                 let [s1, e1, m1] = c1;
+                let (mut st0, mut st1) = ([&mut a0[..]], [&mut a1[..]]);
+                let (mut c0, mut c1) = ([s0, e0, m0], [s1, e1, m1]);
                 let tensors = vec![
-                    ElemTensor { param: &mut p0[..], grad: &g, states: vec![&mut a0[..]], counters: vec![s0, e0, m0] },
-                    ElemTensor { param: &mut p1[..], grad: &g, states: vec![&mut a1[..]], counters: vec![s1, e1, m1] },
+                    ElemTensor { param: &mut p0[..], grad: &g, states: &mut st0, counters: &mut c0 },
+                    ElemTensor { param: &mut p1[..], grad: &g, states: &mut st1, counters: &mut c1 },
                 ];
                 step_at("asgd", tensors, &h, 1.0, level).unwrap();
                 for k in 0..2 {
@@ -854,7 +860,8 @@ mod tests {
     fn wrong_buffer_count_and_unknown_names_are_errors() {
         let (mut p, g, mut s) = (vec![0.0f64; 4], vec![1.0f64; 4], vec![0.0f64; 4]);
         let mut step = 0.0f32;
-        let t = ElemTensor { param: &mut p, grad: &g, states: vec![&mut s], counters: vec![&mut step] };
+        let (mut states, mut counters) = ([&mut s[..]], [&mut step]);
+        let t = ElemTensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters };
         let h = hyper(&[("lr", 0.01), ("beta1", 0.9), ("beta2", 0.999), ("eps", 1e-8), ("weight_decay", 0.0), ("maximize", 0.0)]);
         assert!(step_at("adamax", vec![t], &h, 1.0, SimdLevel::Scalar).unwrap_err().0.contains("2 state buffers"));
         assert_eq!(step, 0.0);
