@@ -99,6 +99,22 @@ def optax_optimizer(name: str, p0: np.ndarray, g: np.ndarray, **kw):
     return step
 
 
+def _ema_(avg, x, beta, tmp):
+    """``avg = beta*avg + (1-beta)*x`` in place (a first moment); ``tmp`` is scratch."""
+    avg *= beta
+    np.multiply(x, 1 - beta, out=tmp)
+    avg += tmp
+
+
+def _ema_product_(avg, x, y, beta, tmp):
+    """``avg = beta*avg + (1-beta)*x*y`` in place (a second moment, ``x = y = g``); ``tmp`` is
+    scratch (left holding ``(1-beta)*x*y``)."""
+    avg *= beta
+    np.multiply(x, y, out=tmp)
+    tmp *= 1 - beta
+    avg += tmp
+
+
 class NumpyAdam:
     """Adam written carefully in NumPy: in place, preallocated temporaries, torch's formula."""
 
@@ -113,13 +129,8 @@ class NumpyAdam:
         p, g, m, v, tmp = self.p, self.g, self.m, self.v, self.tmp
         if self.wd and self.decoupled:
             p *= 1 - self.lr * self.wd
-        m *= self.b1
-        np.multiply(g, 1 - self.b1, out=tmp)
-        m += tmp
-        v *= self.b2
-        np.multiply(g, g, out=tmp)
-        tmp *= 1 - self.b2
-        v += tmp
+        _ema_(m, g, self.b1, tmp)
+        _ema_product_(v, g, g, self.b2, tmp)
         bc1 = 1 - self.b1**self.t
         bc2s = (1 - self.b2**self.t) ** 0.5
         np.sqrt(v, out=tmp)
@@ -171,10 +182,7 @@ class NumpyRMSprop:
         self.sq, self.tmp = np.zeros_like(p), np.empty_like(p)
 
     def step(self):
-        self.sq *= self.alpha
-        np.multiply(self.g, self.g, out=self.tmp)
-        self.tmp *= 1 - self.alpha
-        self.sq += self.tmp
+        _ema_product_(self.sq, self.g, self.g, self.alpha, self.tmp)
         np.sqrt(self.sq, out=self.tmp)
         self.tmp += self.eps
         np.divide(self.g, self.tmp, out=self.tmp)
@@ -198,20 +206,14 @@ class NumpyAdadelta(_NumpyBase):
 
     def step(self):
         g, tmp, delta = self.g, self.tmp, self.delta
-        self.sq *= self.rho
-        np.multiply(g, g, out=tmp)
-        tmp *= 1 - self.rho
-        self.sq += tmp
+        _ema_product_(self.sq, g, g, self.rho, tmp)
         np.add(self.acc, self.eps, out=delta)
         np.sqrt(delta, out=delta)
         np.add(self.sq, self.eps, out=tmp)
         np.sqrt(tmp, out=tmp)
         delta /= tmp
         delta *= g
-        self.acc *= self.rho
-        np.multiply(delta, delta, out=tmp)
-        tmp *= 1 - self.rho
-        self.acc += tmp
+        _ema_product_(self.acc, delta, delta, self.rho, tmp)
         delta *= -self.lr
         self.p += delta
 
@@ -225,9 +227,7 @@ class NumpyAdamax(_NumpyBase):
     def step(self):
         self.t += 1
         g, tmp = self.g, self.tmp
-        self.m *= self.b1
-        np.multiply(g, 1 - self.b1, out=tmp)
-        self.m += tmp
+        _ema_(self.m, g, self.b1, tmp)
         self.u *= self.b2
         np.abs(g, out=tmp)
         tmp += self.eps
@@ -251,13 +251,8 @@ class NumpyNAdam(_NumpyBase):
         mu_next = self.b1 * (1 - 0.5 * 0.96 ** ((t + 1) * self.md))
         # torch keeps mu_product as a float32 tensor
         self.mu_product = float(np.float32(self.mu_product) * np.float32(mu))
-        self.m *= self.b1
-        np.multiply(g, 1 - self.b1, out=tmp)
-        self.m += tmp
-        self.v *= self.b2
-        np.multiply(g, g, out=tmp)
-        tmp *= 1 - self.b2
-        self.v += tmp
+        _ema_(self.m, g, self.b1, tmp)
+        _ema_product_(self.v, g, g, self.b2, tmp)
         np.divide(self.v, 1 - self.b2**t, out=denom)
         np.sqrt(denom, out=denom)
         denom += self.eps
@@ -278,13 +273,8 @@ class NumpyRAdam(_NumpyBase):
     def step(self):
         self.t += 1
         t, g, tmp = self.t, self.g, self.tmp
-        self.m *= self.b1
-        np.multiply(g, 1 - self.b1, out=tmp)
-        self.m += tmp
-        self.v *= self.b2
-        np.multiply(g, g, out=tmp)
-        tmp *= 1 - self.b2
-        self.v += tmp
+        _ema_(self.m, g, self.b1, tmp)
+        _ema_product_(self.v, g, g, self.b2, tmp)
         bc1, bc2 = 1 - self.b1**t, 1 - self.b2**t
         rho_inf = 2 / (1 - self.b2) - 1
         rho_t = rho_inf - 2 * t * self.b2**t / bc2
@@ -359,13 +349,8 @@ class NumpyAdaBound(_NumpyBase):
     def step(self):
         self.t += 1
         t, g, tmp = self.t, self.g, self.tmp
-        self.m *= self.b1
-        np.multiply(g, 1 - self.b1, out=tmp)
-        self.m += tmp
-        self.v *= self.b2
-        np.multiply(g, g, out=tmp)
-        tmp *= 1 - self.b2
-        self.v += tmp
+        _ema_(self.m, g, self.b1, tmp)
+        _ema_product_(self.v, g, g, self.b2, tmp)
         v = self.v
         if self.vmax is not None:
             np.maximum(self.vmax, self.v, out=self.vmax)
@@ -395,9 +380,7 @@ class NumpyLion(_NumpyBase):
         np.sign(tmp, out=tmp2)  # (in place, NumPy's sign takes a slow branchy loop)
         tmp2 *= self.lr
         self.p -= tmp2
-        self.m *= self.b2
-        np.multiply(g, 1 - self.b2, out=tmp)
-        self.m += tmp
+        _ema_(self.m, g, self.b2, tmp)
 
 
 class NumpyAdaBelief(_NumpyBase):
@@ -409,14 +392,9 @@ class NumpyAdaBelief(_NumpyBase):
     def step(self):
         self.t += 1
         t, g, tmp = self.t, self.g, self.tmp
-        self.m *= self.b1
-        np.multiply(g, 1 - self.b1, out=tmp)
-        self.m += tmp
+        _ema_(self.m, g, self.b1, tmp)
         np.subtract(g, self.m, out=tmp)
-        np.multiply(tmp, tmp, out=tmp)
-        tmp *= 1 - self.b2
-        self.s *= self.b2
-        self.s += tmp
+        _ema_product_(self.s, tmp, tmp, self.b2, tmp)
         self.s += self.eps
         np.divide(self.s, 1 - self.b2**t, out=tmp)
         np.sqrt(tmp, out=tmp)
@@ -437,13 +415,8 @@ class NumpyLamb(_NumpyBase):
     def step(self):
         self.t += 1
         t, g, tmp, r = self.t, self.g, self.tmp, self.r
-        self.m *= self.b1
-        np.multiply(g, 1 - self.b1, out=tmp)
-        self.m += tmp
-        self.v *= self.b2
-        np.multiply(g, g, out=tmp)
-        tmp *= 1 - self.b2
-        self.v += tmp
+        _ema_(self.m, g, self.b1, tmp)
+        _ema_product_(self.v, g, g, self.b2, tmp)
         np.divide(self.v, 1 - self.b2**t, out=tmp)
         np.sqrt(tmp, out=tmp)
         tmp += self.eps
