@@ -476,7 +476,7 @@ pub fn core_err(e: fastopt_core::Error) -> PyErr {
 /// few field reads) instead of checking it again, and checks only the arrays that change
 /// every step (the gradients), each against the remembered written spans by binary search.
 /// Anything different, and the call checks everything as usual and remembers it again.
-#[pyclass(module = "fastopt._fastopt", name = "CheckCache")]
+#[pyclass(module = "fastopt._fastopt", name = "CheckCache", frozen)]
 pub struct CheckCache {
     inner: std::sync::Mutex<Option<Checked>>,
 }
@@ -534,10 +534,11 @@ pub struct Checked {
 const FLAG_BITS: i32 = NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_WRITEABLE;
 
 impl CheckCache {
-    /// The lock, if no other call holds it (a second thread stepping the same group at the
-    /// same time checks everything instead of waiting while it holds the GIL).
-    pub fn try_lock(&self) -> Option<std::sync::MutexGuard<'_, Option<Checked>>> {
-        self.inner.try_lock().ok()
+    /// A call's hold on its cache, if it has one and no other call holds it (a second thread
+    /// stepping the same group at the same time checks everything instead of waiting while it
+    /// holds the GIL).
+    pub fn lock<'a>(cache: Option<&'a Bound<'_, CheckCache>>) -> CacheGuard<'a> {
+        cache.and_then(|c| c.get().inner.try_lock().ok())
     }
 }
 

@@ -60,8 +60,7 @@ pub fn adam_step<'py>(
 ) -> PyResult<()> {
     let cfg = AdamConfig { lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, grad_scale };
     let stable = stable_lists(&[params, exp_avgs, exp_avg_sqs, state_steps], &[(max_exp_avg_sqs, amsgrad)]);
-    let cache = cache.map(|c| c.borrow());
-    let mut guard = cache.as_ref().and_then(|c| c.try_lock());
+    let mut guard = CheckCache::lock(cache);
     if let Some(c) = confirm(&guard, &stable, grads)? {
         if check_only {
             return Ok(());
@@ -144,8 +143,7 @@ pub fn sgd_step<'py>(
     let cfg = SgdConfig { lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale };
     let with_momentum = momentum != 0.0;
     let stable = stable_lists(&[params], &[(momentum_buffer_list, with_momentum)]);
-    let cache = cache.map(|c| c.borrow());
-    let mut guard = cache.as_ref().and_then(|c| c.try_lock());
+    let mut guard = CheckCache::lock(cache);
     if let Some(c) = confirm(&guard, &stable, grads)? {
         if !with_momentum || fresh_buffers.len() == c.grads.len() {
             if check_only {
@@ -220,8 +218,7 @@ pub fn adagrad_step<'py>(
 ) -> PyResult<()> {
     let cfg = AdagradConfig { lr, lr_decay, weight_decay, eps, maximize, grad_scale };
     let stable = [params, state_sums, state_steps];
-    let cache = cache.map(|c| c.borrow());
-    let mut guard = cache.as_ref().and_then(|c| c.try_lock());
+    let mut guard = CheckCache::lock(cache);
     if let Some(c) = confirm(&guard, &stable, grads)? {
         if check_only {
             return Ok(());
@@ -282,8 +279,7 @@ pub fn rmsprop_step<'py>(
     let cfg = RmspropConfig { lr, alpha, eps, weight_decay, momentum, centered, maximize, grad_scale };
     let (with_avg, with_momentum) = (centered, momentum > 0.0);
     let stable = stable_lists(&[params, square_avgs, state_steps], &[(grad_avgs, with_avg), (momentum_buffer_list, with_momentum)]);
-    let cache = cache.map(|c| c.borrow());
-    let mut guard = cache.as_ref().and_then(|c| c.try_lock());
+    let mut guard = CheckCache::lock(cache);
     if let Some(c) = confirm(&guard, &stable, grads)? {
         if check_only {
             return Ok(());
@@ -371,8 +367,7 @@ pub fn elementwise_step<'py>(
     }
     let ns = state_lists.len();
     let stable: Vec<&Bound<'py, PyAny>> = std::iter::once(params).chain(&state_lists).chain(&counter_lists).collect();
-    let cache = cache.map(|c| c.borrow());
-    let mut guard = cache.as_ref().and_then(|c| c.try_lock());
+    let mut guard = CheckCache::lock(cache);
     if let Some(c) = confirm(&guard, &stable, grads)? {
         if check_only {
             return Ok(());
@@ -462,8 +457,7 @@ pub fn lamb_step<'py>(
 ) -> PyResult<()> {
     let cfg = LambConfig { lr, beta1, beta2, eps, weight_decay, bias_correction, maximize, grad_scale };
     let stable = [params, exp_avgs, exp_avg_sqs, state_steps];
-    let cache = cache.map(|c| c.borrow());
-    let mut guard = cache.as_ref().and_then(|c| c.try_lock());
+    let mut guard = CheckCache::lock(cache);
     if let Some(c) = confirm(&guard, &stable, grads)? {
         if check_only {
             return Ok(());
