@@ -1,5 +1,14 @@
-"""L-BFGS against torch.optim.LBFGS on convex problems (where rounding differences are not
-amplified), with and without the strong-Wolfe line search; bad input; resumption."""
+"""L-BFGS against torch.optim.LBFGS on convex problems, with and without the strong-Wolfe line
+search; bad input; resumption.
+
+The two implementations compute the same L-BFGS iteration, but their dot products and norms sum
+in different orders (fastopt: SIMD lanes whose width depends on the CPU; torch: its BLAS, which
+differs between vendors), so each inner product differs by up to about n*eps relatively. How
+far that moves the final parameters is a property of the problem and of the iteration (the line
+search's interpolation amplifies it), not of one machine, so the tolerance is measured: the
+same optimizer is rerun with every gradient perturbed by random relative amounts of n*eps, and
+the parameters may differ from torch's by a few times the largest deviation those reruns show
+(never less than the parity bar)."""
 
 from __future__ import annotations
 
@@ -45,6 +54,43 @@ def _run(make_param, make_opt, set_grad, fn, dtype, steps=3):
     return p, opt, losses
 
 
+_BAR = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+def _rounding_sensitivity(kw, fn, dtype, unperturbed, runs=8):
+    """The largest relative deviation (against the buffer's scale) of the final parameters when
+    every gradient the closure returns is perturbed element-wise by N(0, 1) * n * eps relatively,
+    n being the length of the dot products the iteration takes: what a different summation order
+    in either implementation amounts to."""
+    n, eps = len(unperturbed), np.finfo(dtype).eps
+    scale = float(np.max(np.abs(unperturbed))) or 1.0
+    worst = 0.0
+    for seed in range(runs):
+        rng = np.random.default_rng(1000 + seed)
+
+        def perturbed(x, rng=rng):
+            f, g = fn(x)
+            return f, g * (1 + n * eps * rng.standard_normal(g.shape))
+
+        p, _, _ = _run(fo.Parameter, lambda p: fo.optim.LBFGS([p], **kw), lambda p, g: setattr(p, "grad", g),
+                       perturbed, dtype)
+        worst = max(worst, float(np.max(np.abs(p.data.astype(np.float64) - unperturbed))) / scale)
+    return worst
+
+
+def test_rounding_sensitivity_is_measured_not_zero():
+    """The measured tolerance reacts to the problem: the strong-Wolfe quadratic (whose line
+    search interpolates on nearly equal losses) amplifies rounding by orders of magnitude more
+    than fixed-step L-BFGS on the same problem."""
+    kw = dict(history_size=10, max_iter=15)
+    x = lambda ls, lr: _run(fo.Parameter, lambda p: fo.optim.LBFGS([p], lr=lr, line_search_fn=ls, **kw),
+                            lambda p, g: setattr(p, "grad", g), quadratic, np.float64)[0].data
+    wolfe = _rounding_sensitivity(dict(lr=1.0, line_search_fn="strong_wolfe", **kw), quadratic, np.float64,
+                                  x("strong_wolfe", 1.0))
+    fixed = _rounding_sensitivity(dict(lr=0.5, line_search_fn=None, **kw), quadratic, np.float64, x(None, 0.5))
+    assert 0 < fixed < 1e-13 and wolfe > 30 * fixed
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("line_search_fn,lr", [(None, 0.5), ("strong_wolfe", 1.0)])
 @pytest.mark.parametrize("fn", [quadratic, logistic], ids=["quadratic", "logistic"])
@@ -53,7 +99,9 @@ def test_matches_torch(torch, fn, line_search_fn, lr, dtype):
     a, oa, la = _run(fo.Parameter, lambda p: fo.optim.LBFGS([p], **kw), lambda p, g: setattr(p, "grad", g), fn, dtype)
     b, ob, lb = _run(lambda x: torch.nn.Parameter(torch.from_numpy(x)), lambda p: torch.optim.LBFGS([p], **kw),
                      lambda p, g: setattr(p, "grad", torch.from_numpy(g)), fn, dtype)
-    assert_close(a.data, b.detach().numpy(), "params")
+    expected = b.detach().numpy()
+    sensitivity = _rounding_sensitivity(kw, fn, dtype, a.data)
+    assert_close(a.data, expected, "params", tol=max(_BAR[dtype], 4 * sensitivity))
     np.testing.assert_allclose(la, lb, rtol=1e-10 if dtype == np.float64 else 1e-5)
     sa, sb = oa.state[a], ob.state[b]
     assert set(sa) == set(sb)
