@@ -7,7 +7,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import functional as F
-from .optimizer import Optimizer, _array_of, check_bool, check_nonnegative
+from .optimizer import Optimizer, _array_of, check_bool, check_nonnegative, impl_flags
 
 __all__ = ["Adagrad"]
 
@@ -28,6 +28,9 @@ class Adagrad(Optimizer):
         eps: float = 1e-10,
         *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        differentiable: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -37,6 +40,7 @@ class Adagrad(Optimizer):
             initial_accumulator_value=initial_accumulator_value,
             maximize=maximize,
         )
+        defaults.update(impl_flags(foreach=foreach, fused=fused, differentiable=differentiable))
         self._validate_group(defaults)
         super().__init__(params, defaults)
         for group in self.param_groups:

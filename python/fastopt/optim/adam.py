@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from . import functional as F
-from .optimizer import Optimizer, check_betas, check_bool, check_nonnegative
+from .optimizer import Optimizer, check_betas, check_bool, check_nonnegative, impl_flags
 
 __all__ = ["Adam", "AdamW"]
 
@@ -30,6 +30,10 @@ class Adam(Optimizer):
         *,
         maximize: bool = False,
         decoupled_weight_decay: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -40,6 +44,7 @@ class Adam(Optimizer):
             maximize=maximize,
             decoupled_weight_decay=decoupled_weight_decay,
         )
+        defaults.update(impl_flags(foreach=foreach, fused=fused, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
         super().__init__(params, defaults)
 
@@ -84,14 +89,19 @@ class AdamW(Adam):
         amsgrad: bool = False,
         *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
     ) -> None:
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad,
             maximize=maximize, decoupled_weight_decay=True,
+            foreach=foreach, fused=fused, capturable=capturable, differentiable=differentiable,
         )
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = False) -> None:
+        super().load_state_dict(state_dict, strict=strict)
         # As torch: AdamW always decays decoupled, whatever the loaded groups say.
         for group in self.param_groups:
             group["decoupled_weight_decay"] = True

@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 from .. import _fastopt
 from . import functional as F
-from .optimizer import Optimizer, check_betas, check_bool, check_nonnegative
+from .optimizer import Optimizer, check_betas, check_bool, check_nonnegative, impl_flags
 
 __all__ = ["Adamax", "Adadelta", "NAdam", "RAdam", "ASGD", "Rprop", "AdaBound", "AMSBound", "Lion", "AdaBelief"]
 
@@ -86,8 +86,10 @@ class Adamax(_AdamLike):
     _kernel = "adamax"
 
     def __init__(self, params: Iterable[Any], lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0, *, maximize: bool = False) -> None:
+                 eps: float = 1e-8, weight_decay: float = 0, *, maximize: bool = False,
+                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
+        defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
         super().__init__(params, defaults)
 
@@ -99,8 +101,10 @@ class Adadelta(_Elementwise):
     _kernel = "adadelta"
 
     def __init__(self, params: Iterable[Any], lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
-                 weight_decay: float = 0, *, maximize: bool = False) -> None:
+                 weight_decay: float = 0, *, maximize: bool = False,
+                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False) -> None:
         defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
+        defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
         super().__init__(params, defaults)
 
@@ -129,9 +133,11 @@ class NAdam(_AdamLike):
 
     def __init__(self, params: Iterable[Any], lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, momentum_decay: float = 4e-3,
-                 decoupled_weight_decay: bool = False, *, maximize: bool = False) -> None:
+                 decoupled_weight_decay: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+        defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
         super().__init__(params, defaults)
 
@@ -152,9 +158,11 @@ class RAdam(_AdamLike):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, decoupled_weight_decay: bool = False, *,
-                 maximize: bool = False) -> None:
+                 maximize: bool = False,
+                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+        defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
         super().__init__(params, defaults)
 
@@ -168,8 +176,10 @@ class ASGD(_Elementwise):
     _counters = ("step", "eta", "mu")
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
-                 t0: float = 1e6, weight_decay: float = 0, *, maximize: bool = False) -> None:
+                 t0: float = 1e6, weight_decay: float = 0, *, maximize: bool = False,
+                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False) -> None:
         defaults = dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, maximize=maximize)
+        defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
         super().__init__(params, defaults)
 
@@ -196,8 +206,10 @@ class Rprop(_Elementwise):
     _kernel = "rprop"
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, etas: tuple[float, float] = (0.5, 1.2),
-                 step_sizes: tuple[float, float] = (1e-6, 50), *, maximize: bool = False) -> None:
+                 step_sizes: tuple[float, float] = (1e-6, 50), *, maximize: bool = False,
+                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False) -> None:
         defaults = dict(lr=lr, etas=etas, step_sizes=step_sizes, maximize=maximize)
+        defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
         super().__init__(params, defaults)
 

@@ -223,6 +223,44 @@ def check_bool(value: Any, name: str) -> None:
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
 
 
+#: torch's implementation-selection flags and their defaults. fastopt always runs its own fused
+#: kernel: ``foreach`` and ``fused`` are accepted (and kept in the param groups, as torch keeps
+#: them) so that torch code ports unchanged; ``capturable`` and ``differentiable`` change what
+#: torch computes on, so True is refused.
+IMPL_FLAGS: dict[str, Any] = {"foreach": None, "fused": None, "capturable": False, "differentiable": False}
+
+
+def impl_flags(**flags: Any) -> dict[str, Any]:
+    """Checks torch's implementation-selection flags (``foreach``, ``fused``, ``capturable``,
+    ``differentiable``: the ones the torch optimizer takes) and returns them for ``defaults``."""
+    check_impl_flags(flags)
+    return flags
+
+
+def check_impl_flags(group: dict[str, Any]) -> None:
+    """torch's flags in a param group: None or a bool for ``foreach``/``fused`` (not both True,
+    as torch), and ``capturable``/``differentiable`` False."""
+    for name in ("foreach", "fused"):
+        v = group.get(name)
+        if v is not None and not isinstance(v, (bool, np.bool_)):
+            raise TypeError(f"{name} must be None or a bool, got {type(v).__name__}")
+    if group.get("foreach") and group.get("fused"):
+        raise ValueError("`fused` and `foreach` cannot be `True` together.")
+    for name in ("capturable", "differentiable"):
+        v = group.get(name, False)
+        check_bool(v, name)
+    if group.get("capturable"):
+        raise ValueError(
+            "capturable=True is for capturing torch's CUDA step in a CUDA graph; fastopt's kernels run on "
+            "the CPU and take no step counts on a device, so there is nothing to capture (leave it False)"
+        )
+    if group.get("differentiable"):
+        raise ValueError(
+            "differentiable=True records torch's step in its autograd graph; fastopt updates NumPy arrays "
+            "in place and has no autograd, so the step cannot be differentiated (leave it False)"
+        )
+
+
 def _load_value(p: Any, key: str, value: Any, counter: bool) -> Any:
     """A copy of a loaded state value: counters stay 0-d float32 (torch never casts ``step``;
     fastopt's kernels count in float32), floating arrays take the parameter's dtype."""
@@ -366,6 +404,7 @@ class Optimizer:
         present = {id(p) for g in self.param_groups for p in g["params"]}
         if any(id(p) in present for p in params):
             raise ValueError("some parameters appear in more than one parameter group")
+        check_impl_flags(group)
         self._validate_group(group)
         self.param_groups.append(group)
 
@@ -706,6 +745,7 @@ class Optimizer:
             saved["params"] = g["params"]
             for name, default in self.defaults.items():
                 saved.setdefault(name, g.get(name, default))
+            check_impl_flags(saved)
             self._validate_group(saved)
             new_groups.append(saved)
         self.state = new_state

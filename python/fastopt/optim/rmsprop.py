@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from . import functional as F
-from .optimizer import Optimizer, check_bool, check_nonnegative
+from .optimizer import Optimizer, check_bool, check_nonnegative, impl_flags
 
 __all__ = ["RMSprop"]
 
@@ -26,6 +26,9 @@ class RMSprop(Optimizer):
         centered: bool = False,
         *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -36,6 +39,7 @@ class RMSprop(Optimizer):
             weight_decay=weight_decay,
             maximize=maximize,
         )
+        defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
         super().__init__(params, defaults)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from . import functional as F
-from .optimizer import Optimizer, _real, check_bool, check_nonnegative
+from .optimizer import Optimizer, _real, check_bool, check_nonnegative, impl_flags
 
 __all__ = ["SGD"]
 
@@ -29,6 +29,9 @@ class SGD(Optimizer):
         nesterov: bool = False,
         *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        differentiable: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -38,6 +41,7 @@ class SGD(Optimizer):
             nesterov=nesterov,
             maximize=maximize,
         )
+        defaults.update(impl_flags(foreach=foreach, fused=fused, differentiable=differentiable))
         self._validate_group(defaults)
         super().__init__(params, defaults)
 
