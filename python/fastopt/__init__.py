@@ -12,8 +12,9 @@ update rules to rounding::
 
 from __future__ import annotations
 
+import importlib
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from . import _fastopt
 from . import nn, optim
@@ -22,10 +23,31 @@ from .parameter import Parameter
 
 __version__: str = _fastopt.__version__
 
+#: Submodules loaded on first attribute access (PEP 562), so ``import fastopt`` stays light:
+#: ``fastopt.data.spiral(...)`` works without ``import fastopt.data`` first.
+_LAZY = ("backends", "bench", "cli", "data", "demo", "hooks", "plot", "testing")
+
+if TYPE_CHECKING:
+    from . import backends, bench, cli, data, demo, hooks, plot, testing
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 __all__ = [
     "Parameter",
     "nn",
     "optim",
+    "data",
+    "plot",
+    "testing",
+    "bench",
     "save",
     "load",
     "get_num_threads",
