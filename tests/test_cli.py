@@ -21,11 +21,11 @@ def test_demo_quick_writes_table_and_figures(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    for name in demo.OPTIMIZERS:
+    for name in demo.DEFAULT_OPTIMIZERS:
         assert f"| {name:<13}|" in proc.stdout
     assert "test acc" in proc.stdout and "steps/s" in proc.stdout
     table = (out / "results.md").read_text()
-    assert all(name in table for name in demo.OPTIMIZERS)
+    assert all(name in table for name in demo.DEFAULT_OPTIMIZERS)
     for fig in FIGURES:
         data = (out / fig).read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000, fig

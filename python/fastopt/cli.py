@@ -21,7 +21,7 @@ USAGE = """usage: fastopt {demo,info,bench} [options]
   bench  a quick side-by-side of the main kernels against NumPy and torch
          (--full: every optimizer, many-tensor steps, the memory-bandwidth probe)
 
-`fastopt <command> --help` for a command's options."""
+`fastopt <command> --help` for a command's options; `fastopt --version` for the version."""
 
 #: Optional packages ``info`` reports: what each one adds.
 EXTRAS = {
@@ -31,6 +31,7 @@ EXTRAS = {
     "torch": "oracle of the parity tests, peer in fastopt bench",
     "asv": "the benchmark suite in benches/",
     "optax": "second oracle of the parity tests",
+    "sphinx": "building the documentation (docs/)",
     "cupy": "GPU arrays (not used yet)",
     "mpi4py": "data-parallel training (not used yet)",
 }
@@ -119,20 +120,55 @@ def _demo_parser() -> argparse.ArgumentParser:
         description="Train one MLP (Linear-BatchNorm1d-ReLU x2, then Linear) on a 2-D dataset with each "
         "optimizer under a cosine schedule; print a table and write PNG figures.",
     )
-    ap.add_argument("--dataset", choices=sorted(data.DATASETS), default=d.dataset)
-    ap.add_argument("--optimizers", default=",".join(demo.OPTIMIZERS),
-                    help=f"comma-separated, from: {', '.join(demo.OPTIMIZERS)} (default: all)")
-    ap.add_argument("--epochs", type=_positive(int), default=d.epochs)
-    ap.add_argument("--batch-size", type=_positive(int), default=d.batch_size)
-    ap.add_argument("--samples", type=_positive(int), default=d.n_samples, help="points in the dataset (train + test)")
-    ap.add_argument("--noise", type=float, default=d.noise, help="the playground's noise (0 to 0.5)")
-    ap.add_argument("--hidden", type=_positive(int), default=d.hidden)
-    ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--out", type=Path, default=Path("fastopt-demo"), help="directory for the figures and the table")
+    ap.add_argument("--dataset", choices=sorted(data.DATASETS), default=d.dataset,
+                    help="the TensorFlow playground's dataset (default: %(default)s)")
+    ap.add_argument("--optimizers", default=",".join(demo.DEFAULT_OPTIMIZERS),
+                    help=f"comma-separated, case-insensitive, from: {', '.join(demo.REGISTRY)}; "
+                    "'all' for every one (default: %(default)s)")
+    ap.add_argument("--lr", default=None, metavar="LR|NAME=LR,...",
+                    help="the MLP's learning rate: one number for every optimizer, or NAME=LR pairs "
+                    "(default: each optimizer's rate in the table the demo prints)")
+    ap.add_argument("--epochs", type=_positive(int), default=d.epochs, help="passes over the training set (default: %(default)s)")
+    ap.add_argument("--batch-size", type=_positive(int), default=d.batch_size, help="mini-batch size (default: %(default)s)")
+    ap.add_argument("--samples", type=_positive(int), default=d.n_samples,
+                    help="points in the dataset, train + test (default: %(default)s)")
+    ap.add_argument("--noise", type=float, default=d.noise, help="the playground's noise, 0 to 0.5 (default: %(default)s)")
+    ap.add_argument("--hidden", type=_positive(int), default=d.hidden, help="width of the two hidden layers (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=d.seed, help="seed of the data, the weights and the batch order (default: %(default)s)")
+    ap.add_argument("--out", type=Path, default=Path("fastopt-demo"),
+                    help="directory for the figures and the table (default: %(default)s)")
     ap.add_argument("--threads", type=_positive(int), help="kernel threads (default: FASTOPT_NUM_THREADS or all cores)")
     ap.add_argument("--no-figures", action="store_true", help="train and print only")
-    ap.add_argument("--quick", action="store_true", help="25 epochs and shorter paths on the test surfaces, for CI")
+    ap.add_argument("--quick", action="store_true", help="at most 25 epochs and a quarter of the steps on the test surfaces (a smoke run)")
     return ap
+
+
+def _parse_lr(spec: str | None, names: list[str]) -> dict[str, float]:
+    """``--lr``: None (each optimizer's own rate), one positive number for all, or
+    ``NAME=LR`` pairs (names case-insensitive, among the chosen optimizers)."""
+    if spec is None:
+        return {}
+
+    def rate(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise ValueError(f"--lr: {text!r} is not a number") from None
+        if not (v > 0 and np.isfinite(v)):
+            raise ValueError(f"--lr must be positive and finite, got {text}")
+        return v
+
+    if "=" not in spec:
+        v = rate(spec)
+        return {name: v for name in names}
+    by_lower = {n.lower(): n for n in names}
+    out = {}
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        key, eq, value = part.partition("=")
+        if not eq or key.strip().lower() not in by_lower:
+            raise ValueError(f"--lr: {part!r} is not NAME=LR for one of the chosen optimizers ({', '.join(names)})")
+        out[by_lower[key.strip().lower()]] = rate(value.strip())
+    return out
 
 
 def _table_row(r: Any) -> str:
@@ -140,15 +176,22 @@ def _table_row(r: Any) -> str:
     return f"| {r.name:<13}| {r.lr:>6g} | {r.train_loss:>10.4f} | {r.test_accuracy:>8.1%} | {r.wall_s:>6.2f} | {r.steps_per_s:>7.0f} |"
 
 
+def _path_label(surface: Any, name: str) -> str:
+    """An optimizer's legend entry on a surface: its rate there and any option set for it."""
+    extra = "".join(f", {k} {v:g}" for k, v in surface.options.get(name, {}).items())
+    return f"{name} (lr {surface.lrs[name]:g}{extra})"
+
+
 def demo_main(argv: list[str]) -> int:
     from . import demo
 
     ap = _demo_parser()
     args = ap.parse_args(argv)
-    names = [s.strip() for s in args.optimizers.split(",") if s.strip()]
-    unknown = [s for s in names if s not in demo.OPTIMIZERS]
-    if unknown or not names:
-        ap.error(f"unknown optimizer(s) {unknown}; choose from {', '.join(demo.OPTIMIZERS)}")
+    try:
+        names = demo.resolve_names(args.optimizers)
+        lrs = _parse_lr(args.lr, names)
+    except ValueError as e:
+        ap.error(str(e))
     if not args.noise >= 0:
         ap.error(f"--noise must be >= 0, got {args.noise}")
     if args.threads:
@@ -180,7 +223,7 @@ def demo_main(argv: list[str]) -> int:
     try:
         for name in names:
             progress.describe(name)
-            r = demo.train(name, cfg, splits, on_step=progress.step)
+            r = demo.train(name, cfg, splits, on_step=progress.step, lr=lrs.get(name))
             results.append(r)
             progress.write(_table_row(r))
     finally:
@@ -221,11 +264,11 @@ def demo_main(argv: list[str]) -> int:
     ))
     for key, surface in demo.SURFACES.items():
         steps = max(20, surface.steps // 4) if args.quick else surface.steps
-        paths = {f"{name} (lr {surface.lrs[name]:g})": demo.trajectory(surface, name, steps) for name in names}
+        paths = {_path_label(surface, name): demo.trajectory(surface, name, steps) for name in names}
         written.append(plot.optimizer_paths(
             surface.f, surface.window, paths, out / f"paths_{key}.png",
             title=f"{surface.title}, {steps} steps",
-            minimum=surface.minimum, log_levels=surface.log_levels,
+            minima=surface.minima, saddles=surface.saddles, log_levels=surface.log_levels,
         ))
     print(f"\nwrote {', '.join(map(str, written))}")
     return 0
@@ -279,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"fastopt {fo.__version__}")
         return 0
     if argv[0] not in COMMANDS:
         print(f"fastopt: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)

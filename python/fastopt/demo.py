@@ -18,8 +18,8 @@ from . import data, nn, optim
 from .parameter import Parameter
 
 __all__ = [
-    "DemoConfig", "RunResult", "OPTIMIZERS", "SURFACES", "make_model", "prepare_data", "train",
-    "trajectory",
+    "DemoConfig", "Entry", "RunResult", "REGISTRY", "DEFAULT_OPTIMIZERS", "OPTIMIZERS", "SURFACES", "Surface",
+    "make_model", "prepare_data", "resolve_names", "train", "trajectory", "diverged_at",
 ]
 
 
@@ -38,18 +38,81 @@ class DemoConfig:
     dtype: Any = np.float32
 
 
-#: Each optimizer of the demo: ``(make(params, lr), lr)``, the learning rate chosen for the
-#: demo's MLP with BatchNorm (on the 2-D surfaces the rate is searched instead).
-OPTIMIZERS: dict[str, tuple[Callable[[list[Parameter], float], optim.Optimizer], float]] = {
-    "SGD": (lambda p, lr: optim.SGD(p, lr=lr), 0.5),
-    "SGD+momentum": (lambda p, lr: optim.SGD(p, lr=lr, momentum=0.9), 0.05),
-    "Nesterov": (lambda p, lr: optim.SGD(p, lr=lr, momentum=0.9, nesterov=True), 0.05),
-    "Adagrad": (lambda p, lr: optim.Adagrad(p, lr=lr), 0.1),
-    "RMSprop": (lambda p, lr: optim.RMSprop(p, lr=lr), 1e-2),
-    "Adam": (lambda p, lr: optim.Adam(p, lr=lr), 1e-2),
-    "AdamW": (lambda p, lr: optim.AdamW(p, lr=lr, weight_decay=1e-2), 1e-2),
-    "AdaBound": (lambda p, lr: optim.AdaBound(p, lr=lr, final_lr=0.1), 1e-2),
+@dataclass(frozen=True)
+class Entry:
+    """One optimizer the demo can run: its class and options, and the learning rate it trains
+    the demo's MLP with by default (``--lr`` overrides it)."""
+
+    cls: type
+    lr: float
+    options: dict[str, Any] = field(default_factory=dict)
+    closure: bool = False  # LBFGS: stepped with a closure that recomputes loss and gradients
+
+    def make(self, params: list[Any], lr: float, **options: Any) -> optim.Optimizer:
+        """The optimizer over ``params`` at rate ``lr``; ``options`` override the entry's."""
+        return self.cls(params, lr=lr, **{**self.options, **options})
+
+
+#: Every optimizer fastopt has (SGD with and without momentum and Nesterov counted apart), in
+#: the order the demo reports them. The MLP rates of the first eight (the default set) were
+#: chosen by hand; each of the others is the rate with the best test accuracy over the grid
+#: 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1 at the demo's default settings (ties to the larger
+#: rate). On the 2-D surfaces each optimizer has its own rate (:class:`Surface`).
+REGISTRY: dict[str, Entry] = {
+    "SGD": Entry(optim.SGD, 0.5),
+    "SGD+momentum": Entry(optim.SGD, 0.05, {"momentum": 0.9}),
+    "Nesterov": Entry(optim.SGD, 0.05, {"momentum": 0.9, "nesterov": True}),
+    "Adagrad": Entry(optim.Adagrad, 0.1),
+    "RMSprop": Entry(optim.RMSprop, 1e-2),
+    "Adam": Entry(optim.Adam, 1e-2),
+    "AdamW": Entry(optim.AdamW, 1e-2, {"weight_decay": 1e-2}),
+    "AdaBound": Entry(optim.AdaBound, 1e-2, {"final_lr": 0.1}),
+    "AMSBound": Entry(optim.AMSBound, 0.1, {"final_lr": 0.1}),
+    "Adadelta": Entry(optim.Adadelta, 1.0),
+    "Adamax": Entry(optim.Adamax, 0.3),
+    "NAdam": Entry(optim.NAdam, 0.03),
+    "RAdam": Entry(optim.RAdam, 0.03),
+    "ASGD": Entry(optim.ASGD, 1.0),
+    "Rprop": Entry(optim.Rprop, 0.3),
+    "Lion": Entry(optim.Lion, 3e-3),
+    "AdaBelief": Entry(optim.AdaBelief, 0.03),
+    "Lamb": Entry(optim.Lamb, 0.03),
+    "Adafactor": Entry(optim.Adafactor, 1.0),
+    "LBFGS": Entry(optim.LBFGS, 1.0, {"max_iter": 1, "history_size": 10}, closure=True),
 }
+
+#: What ``fastopt demo`` runs unless ``--optimizers`` says otherwise (``--optimizers all``: every
+#: one of :data:`REGISTRY`).
+DEFAULT_OPTIMIZERS: tuple[str, ...] = (
+    "SGD", "SGD+momentum", "Nesterov", "Adagrad", "RMSprop", "Adam", "AdamW", "AdaBound",
+)
+
+#: ``name -> (make(params, lr), lr)`` for every optimizer of :data:`REGISTRY`.
+OPTIMIZERS: dict[str, tuple[Callable[..., optim.Optimizer], float]] = {
+    name: (e.make, e.lr) for name, e in REGISTRY.items()
+}
+
+
+def resolve_names(spec: str) -> list[str]:
+    """The optimizers a comma-separated ``spec`` names, matched case-insensitively against
+    :data:`REGISTRY` (``all``: every one; ``default``: :data:`DEFAULT_OPTIMIZERS`). Raises
+    ValueError naming the unknown ones."""
+    by_lower = {name.lower(): name for name in REGISTRY}
+    names: list[str] = []
+    unknown = []
+    for part in (s.strip() for s in spec.split(",")):
+        if not part:
+            continue
+        key = part.lower()
+        found = list(REGISTRY) if key == "all" else list(DEFAULT_OPTIMIZERS) if key == "default" else (
+            [by_lower[key]] if key in by_lower else None)
+        if found is None:
+            unknown.append(part)
+            continue
+        names += [n for n in found if n not in names]
+    if unknown or not names:
+        raise ValueError(f"unknown optimizer(s) {unknown}; choose from {', '.join(REGISTRY)} (or all)")
+    return names
 
 
 def make_model(cfg: DemoConfig, generator: np.random.Generator | None = None) -> nn.Sequential:
@@ -107,17 +170,23 @@ def train(
     splits: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     make_optimizer: Callable[[list[Parameter]], optim.Optimizer] | None = None,
     on_step: Callable[[], None] | None = None,
+    lr: float | None = None,
 ) -> RunResult:
     """Trains a fresh :func:`make_model` (same initial weights and batch order for every
     optimizer, from ``cfg.seed``) for ``cfg.epochs`` epochs with a cosine schedule stepped
-    once per batch down to 0."""
+    once per batch down to 0, with optimizer ``name`` of :data:`REGISTRY` at its rate (or
+    ``lr``), or with ``make_optimizer(params)``. LBFGS is stepped with a closure that
+    recomputes the mini-batch's loss and gradients."""
     x_train, y_train, x_test, y_test = splits
     model = make_model(cfg)
+    closure_stepped = False
     if make_optimizer is None:
-        make, lr = OPTIMIZERS[name]
-        opt = make(list(model.parameters()), lr)
+        entry = REGISTRY[name]
+        opt = entry.make(list(model.parameters()), entry.lr if lr is None else lr)
+        closure_stepped = entry.closure
     else:
         opt = make_optimizer(list(model.parameters()))
+        closure_stepped = isinstance(opt, optim.LBFGS)
     batches = data.MiniBatches(x_train, y_train, batch_size=cfg.batch_size, shuffle=True, drop_last=True, seed=cfg.seed)
     total = cfg.epochs * len(batches)
     sched = optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
@@ -127,9 +196,18 @@ def train(
     for _ in range(cfg.epochs):
         losses = []
         for xb, yb in batches:
-            loss = criterion(model(xb), yb)
-            model.backward(criterion.backward())
-            opt.step()
+            if closure_stepped:
+                def closure(xb=xb, yb=yb) -> float:
+                    model.zero_grad()
+                    value = criterion(model(xb), yb)
+                    model.backward(criterion.backward())
+                    return float(value)
+
+                loss = opt.step(closure)
+            else:
+                loss = criterion(model(xb), yb)
+                model.backward(criterion.backward())
+                opt.step()
             opt.zero_grad()
             sched.step()
             losses.append(float(loss))
@@ -152,9 +230,13 @@ def train(
 @dataclass(frozen=True)
 class Surface:
     """A 2-D test function with its gradient, a start point, the window to draw, and the
-    learning rate each optimizer of :data:`OPTIMIZERS` runs at (hand-picked so the
-    characteristic behaviour shows: SGD's zigzag across a narrow valley, momentum's
-    overshoot, adaptive methods' per-coordinate steps and quick escape from a saddle)."""
+    learning rate (and any other option) each optimizer of :data:`REGISTRY` runs at there.
+
+    The rates were picked by hand, one per optimizer and surface, so that every method is
+    stable on the surface and shows its characteristic behaviour within ``steps`` steps (SGD's
+    zigzag across a narrow valley, momentum's overshoot, the adaptive methods' per-coordinate
+    steps and quick escape from a saddle); they are printed in each figure's legend.
+    ``caption`` says what the figure shows at these settings, and the tests check it."""
 
     title: str
     f: Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -163,8 +245,15 @@ class Surface:
     window: tuple[float, float, float, float]  # xmin, xmax, ymin, ymax
     lrs: dict[str, float]
     steps: int
-    minimum: tuple[float, float] | None = None
+    minima: tuple[tuple[float, float], ...] = ()
+    saddles: tuple[tuple[float, float], ...] = ()
     log_levels: bool = False
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    caption: str = ""
+
+    @property
+    def minimum(self) -> tuple[float, float] | None:
+        return self.minima[0] if self.minima else None
 
 
 SURFACES: dict[str, Surface] = {
@@ -174,17 +263,30 @@ SURFACES: dict[str, Surface] = {
         lambda x, y: (x, 20.0 * y),
         (-4.5, 1.5), (-5.0, 5.0, -2.0, 2.0),
         {"SGD": 0.09, "SGD+momentum": 0.01, "Nesterov": 0.02, "Adagrad": 1.0, "RMSprop": 0.03,
-         "Adam": 0.2, "AdamW": 0.2, "AdaBound": 0.2},
-        steps=100, minimum=(0.0, 0.0),
+         "Adam": 0.2, "AdamW": 0.2, "AdaBound": 0.2, "AMSBound": 0.2, "Adadelta": 1.0, "Adamax": 0.3,
+         "NAdam": 0.2, "RAdam": 0.2, "ASGD": 0.05, "Rprop": 0.01, "Lion": 0.1, "AdaBelief": 0.2,
+         "Lamb": 0.1, "Adafactor": 0.3, "LBFGS": 0.5},
+        steps=100, minima=((0.0, 0.0),),
+        caption="SGD, at a rate near the largest the steep y direction allows (2/20), zigzags across "
+        "the valley; momentum overshoots in both directions and spirals in; Nesterov damps the y "
+        "oscillation sooner and overshoots the minimum along x; the adaptive methods step equal "
+        "amounts in x and y at first, so they head diagonally to the valley floor.",
     ),
     "saddle": Surface(
         "saddle at (0, 0)  x² - y²/2 + y⁴/4",
         lambda x, y: x**2 - 0.5 * y**2 + 0.25 * y**4,
         lambda x, y: (2.0 * x, -y + y**3),
-        (-1.8, 1e-3), (-2.0, 2.0, -1.6, 1.6),
+        (-1.8, 1e-6), (-2.0, 2.0, -1.6, 1.6),
         {"SGD": 0.1, "SGD+momentum": 0.03, "Nesterov": 0.03, "Adagrad": 0.3, "RMSprop": 0.02,
-         "Adam": 0.05, "AdamW": 0.05, "AdaBound": 0.05},
-        steps=60,
+         "Adam": 0.05, "AdamW": 0.05, "AdaBound": 0.05, "AMSBound": 0.05, "Adadelta": 1.0,
+         "Adamax": 0.05, "NAdam": 0.05, "RAdam": 0.05, "ASGD": 0.1, "Rprop": 0.01, "Lion": 0.03,
+         "AdaBelief": 0.05, "Lamb": 0.03, "Adafactor": 0.05, "LBFGS": 0.1},
+        steps=60, minima=((0.0, 1.0), (0.0, -1.0)), saddles=((0.0, 0.0),),
+        caption="Starting at y = 0.000001, gradient descent and its momentum variants follow the x "
+        "axis into the saddle and are still there after 60 steps (the y gradient, -y, is too small "
+        "to move them: y grows by a factor 1 + lr per step); the adaptive methods divide each "
+        "coordinate's step by its running gradient magnitude, so y moves at the full rate from "
+        "the first step and they leave the saddle for the minimum at (0, 1).",
     ),
     "rosenbrock": Surface(
         "Rosenbrock  (1 - x)² + 100 (y - x²)²",
@@ -192,28 +294,53 @@ SURFACES: dict[str, Surface] = {
         lambda x, y: (-2.0 * (1 - x) - 400.0 * x * (y - x**2), 200.0 * (y - x**2)),
         (-1.2, 1.0), (-2.0, 2.0, -1.0, 3.0),
         {"SGD": 1e-3, "SGD+momentum": 2e-4, "Nesterov": 2e-4, "Adagrad": 0.3, "RMSprop": 3e-3,
-         "Adam": 0.02, "AdamW": 0.02, "AdaBound": 0.02},
-        steps=1000, minimum=(1.0, 1.0), log_levels=True,
+         "Adam": 0.02, "AdamW": 0.02, "AdaBound": 0.02, "AMSBound": 0.02, "Adadelta": 0.5,
+         "Adamax": 0.02, "NAdam": 0.02, "RAdam": 5e-3, "ASGD": 1e-3, "Rprop": 0.01, "Lion": 3e-3,
+         "AdaBelief": 0.02, "Lamb": 0.03, "Adafactor": 0.1, "LBFGS": 0.1},
+        steps=1000, minima=((1.0, 1.0),), log_levels=True,
+        # AdaBound's step size is clipped into bounds that close in on final_lr (scaled by
+        # lr / initial lr); past 2 / (the valley's curvature, about 1000 near the minimum)
+        # the final SGD-like phase diverges, so the surface gets a stable final rate.
+        options={"AdaBound": {"final_lr": 1e-3}, "AMSBound": {"final_lr": 1e-3}},
+        caption="All methods reach the curved valley quickly and then crawl along its floor towards "
+        "(1, 1); plain SGD is limited by the valley's steep walls to a small rate and is slowest. "
+        "AdaBound and AMSBound run with final_lr 0.001 here: their step-size bounds close in on "
+        "final_lr, and the default 0.1 is far above the stable rate 2/1000 of the valley's "
+        "curvature, which sends them off to infinity after about 700 steps.",
     ),
 }
 
 
 def trajectory(surface: Surface, name: str, steps: int | None = None, lr: float | None = None) -> np.ndarray:
-    """The points (steps + 1, 2) optimizer ``name`` (of :data:`OPTIMIZERS`) visits from the
-    surface's start point at the surface's learning rate for it (or ``lr``); a path that
-    blows up ends in NaN."""
-    make = OPTIMIZERS[name][0]
+    """The points (steps + 1, 2) optimizer ``name`` (of :data:`REGISTRY`) visits from the
+    surface's start point at the surface's learning rate and options for it (or ``lr``); a
+    path that blows up (non-finite, or beyond 1e6) ends in NaN from that step on."""
+    entry = REGISTRY[name]
     steps = surface.steps if steps is None else steps
     p = Parameter(np.array(surface.start, np.float64))
-    opt = make([p], surface.lrs[name] if lr is None else lr)
+    opt = entry.make([p], surface.lrs[name] if lr is None else lr, **surface.options.get(name, {}))
     path = np.empty((steps + 1, 2))
     path[0] = p.data
+
+    def closure() -> float:
+        p.grad = np.array(surface.grad(*p.data), np.float64)
+        return float(surface.f(*p.data))
+
     with np.errstate(all="ignore"):
         for t in range(steps):
-            p.grad = np.array(surface.grad(*p.data), np.float64)
-            opt.step()
+            if entry.closure:
+                opt.step(closure)
+            else:
+                closure()
+                opt.step()
             path[t + 1] = p.data
             if not np.all(np.isfinite(p.data)) or np.abs(p.data).max() > 1e6:
                 path[t + 1 :] = np.nan
                 break
     return path
+
+
+def diverged_at(path: np.ndarray) -> int | None:
+    """The step at which a :func:`trajectory` blew up, or None."""
+    bad = np.flatnonzero(~np.isfinite(path).all(axis=1))
+    return int(bad[0]) if bad.size else None

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["lr_schedule", "loss_curves", "decision_boundaries", "optimizer_paths"]
+__all__ = ["lr_schedule", "loss_curves", "decision_boundaries", "optimizer_paths", "path_labels"]
 
 
 def _pyplot():
@@ -137,6 +137,32 @@ def decision_boundaries(
     return _save(fig, path)
 
 
+_STYLES = ("-", "--", "-.", ":")
+
+
+def path_labels(paths: dict[str, np.ndarray], window: tuple[float, float, float, float]) -> list[str]:
+    """The legend entries :func:`optimizer_paths` gives ``paths``: the name, then
+    ``(≈ other)`` where the path stays within 1% of the window of an earlier one, and
+    ``DIVERGED at step k`` where it ends in NaN from step k."""
+    size = np.array([window[1] - window[0], window[3] - window[2]])
+    labels, drawn = [], []
+    for name, pts in paths.items():
+        pts = np.asarray(pts, dtype=np.float64)
+        finite = np.isfinite(pts).all(axis=1)
+        label = name
+        if finite.all():
+            for other, opts in drawn:
+                if len(opts) == len(pts) and np.all(np.abs(opts - pts) <= 0.01 * size):
+                    label += f"  (≈ {other})"
+                    break
+            drawn.append((name, pts))
+        else:
+            label += f"  DIVERGED at step {int(np.flatnonzero(~finite)[0])}"
+        labels.append(label)
+    return labels
+_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "p")
+
+
 def optimizer_paths(
     f: Callable[[np.ndarray, np.ndarray], np.ndarray],
     window: tuple[float, float, float, float],
@@ -146,29 +172,53 @@ def optimizer_paths(
     title: str = "",
     minimum: tuple[float, float] | None = None,
     log_levels: bool = False,
+    minima: tuple[tuple[float, float], ...] = (),
+    saddles: tuple[tuple[float, float], ...] = (),
+    xlabel: str = "x",
+    ylabel: str = "y",
 ) -> Path:
     """Contours of ``f`` over ``window`` (xmin, xmax, ymin, ymax) and each optimizer's path
-    (name -> array (steps + 1, 2)); the start and the ``minimum`` are marked."""
+    (name -> array (steps + 1, 2)), each in its own colour, line style and marker (every tenth
+    of the path) so that paths that lie on top of each other stay distinguishable; a path
+    that stays within 1% of the window of an earlier one says so in the legend (``≈ Adam``).
+    The start, the ``minimum`` / ``minima`` (stars) and ``saddles`` (crosses) are marked. A
+    path that ends in NaN (it diverged, see :func:`fastopt.demo.trajectory`) ends in a red
+    cross at its last point inside the window, and the legend gives the step it diverged at."""
     plt = _pyplot()
     x0, x1, y0, y1 = window
     gx, gy = np.meshgrid(np.linspace(x0, x1, 300), np.linspace(y0, y1, 300))
     z = f(gx, gy)
-    fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
     if log_levels:
         ax.contour(gx, gy, np.log10(z - z.min() + 1e-3), levels=25, cmap="Greys", linewidths=0.6)
     else:
         ax.contour(gx, gy, z, levels=25, cmap="Greys", linewidths=0.6)
-    for name, pts in paths.items():
-        pts = np.asarray(pts)
-        ax.plot(pts[:, 0], pts[:, 1], "-", lw=1.4, label=name, marker=".", ms=2.5)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, ((name, pts), label) in enumerate(zip(paths.items(), path_labels(paths, window))):
+        pts = np.asarray(pts, dtype=np.float64)
+        finite = np.isfinite(pts).all(axis=1)
+        bad = np.flatnonzero(~finite)
+        ok = pts[: bad[0]] if bad.size else pts
+        colour = colours[i % len(colours)]
+        ax.plot(ok[:, 0], ok[:, 1], _STYLES[i % len(_STYLES)], color=colour, lw=1.5, label=label,
+                marker=_MARKERS[i % len(_MARKERS)], ms=4, markevery=max(1, len(pts) // 10), alpha=0.9)
+        if bad.size:
+            inside = np.flatnonzero((ok[:, 0] >= x0) & (ok[:, 0] <= x1) & (ok[:, 1] >= y0) & (ok[:, 1] <= y1))
+            if inside.size:
+                ax.plot(*ok[inside[-1]], "x", color="red", ms=12, mew=3, zorder=5)
     first = next(iter(paths.values()), None)
     if first is not None:
-        ax.plot(*np.asarray(first)[0], "ko", ms=6)
-    if minimum is not None:
-        ax.plot(*minimum, "k*", ms=12)
+        ax.plot(*np.asarray(first)[0], "ko", ms=7, label="start", zorder=6)
+    marks = tuple(minima) + ((tuple(minimum),) if minimum is not None and tuple(minimum) not in minima else ())
+    for i, m in enumerate(marks):
+        ax.plot(*m, "k*", ms=14, zorder=6, label="minimum" if i == 0 else None)
+    for i, sp in enumerate(saddles):
+        ax.plot(*sp, "kP", ms=11, zorder=6, label="saddle point" if i == 0 else None)
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     return _save(fig, path)
