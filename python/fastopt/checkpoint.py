@@ -111,7 +111,15 @@ class _Writer:
 def save(obj: Any, path: str | os.PathLike) -> None:
     """Writes ``obj`` to ``path`` atomically (see the module docstring for what it may hold).
 
-    The old file, if any, stays intact until the new one is complete on disk."""
+    The old file, if any, stays intact until the new one is complete on disk.
+
+    Example:
+
+    >>> w = np.arange(3.0)
+    >>> fo.save({'w': w, 'step': 7}, 'ckpt.fo')
+    >>> fo.load('ckpt.fo')
+    {'w': array([0., 1., 2.]), 'step': 7}
+    """
     writer = _Writer()
     tree = writer.node(obj, "obj")
     header = json.dumps({"format": "fastopt-checkpoint", "version": 1, "tree": tree}, separators=(",", ":")).encode()

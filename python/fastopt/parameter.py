@@ -25,6 +25,17 @@ class Parameter:
     views and references to it see every step. ``grad`` is ``None`` or an ndarray of the same
     shape and dtype; optimizers skip a parameter whose ``grad`` is ``None``.
     NumPy functions accept a Parameter directly (``np.asarray(p)`` is ``p.data``).
+
+    Example:
+
+    >>> a = np.zeros(3, np.float32)
+    >>> p = fo.Parameter(a)
+    >>> p.data is a
+    True
+    >>> p.grad = np.ones(3, np.float32)
+    >>> fo.optim.SGD([p], lr=0.5).step()
+    >>> a  # updated in place
+    array([-0.5, -0.5, -0.5], dtype=float32)
     """
 
     __slots__ = ("_data", "_grad", "__weakref__")

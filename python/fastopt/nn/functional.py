@@ -133,7 +133,13 @@ def _backward(name: str, grad_output: Any, saved: Any, saved_name: str, out: Any
 
 
 def relu(input: np.ndarray, inplace: bool = False, *, out: np.ndarray | None = None) -> np.ndarray:
-    """``max(x, 0)`` (NaN stays NaN)."""
+    """``max(x, 0)`` (NaN stays NaN).
+
+    Example:
+
+    >>> fo.nn.functional.relu(np.array([-1.0, 0.0, 2.0]))
+    array([0., 0., 2.])
+    """
     return _forward("relu", input, out, inplace)
 
 
@@ -214,7 +220,22 @@ def _gelu_name(approximate: Any) -> str:
 
 
 def gelu(input: np.ndarray, approximate: str = "none", *, out: np.ndarray | None = None) -> np.ndarray:
-    """``x * Phi(x)`` (``approximate='none'``, exact normal CDF) or torch's tanh form."""
+    r"""``x * Phi(x)`` (``approximate='none'``, exact normal CDF) or torch's tanh form.
+
+    .. math::
+
+        \mathrm{gelu}(x) = x\,\Phi(x) = \frac{x}{2}\,\mathrm{erfc}\!\left(-\frac{x}{\sqrt 2}\right),
+        \qquad
+        \mathrm{gelu}_{\tanh}(x) = \frac{x}{2}\left(1 + \tanh\!\left(\sqrt{2/\pi}\,(x + 0.044715\,x^3)\right)\right)
+
+    Example:
+
+    >>> x = np.array([-1.0, 0.0, 1.0])
+    >>> np.round(fo.nn.functional.gelu(x), 6)
+    array([-0.158655,  0.      ,  0.841345])
+    >>> np.round(fo.nn.functional.gelu(x, approximate='tanh'), 6)
+    array([-0.158808,  0.      ,  0.841192])
+    """
     return _forward(_gelu_name(approximate), input, out, False)
 
 
@@ -506,7 +527,7 @@ def batch_norm(
     num_batches_tracked: np.ndarray | None = None,
     return_stats: bool = False,
 ) -> Any:
-    """torch's ``batch_norm`` on ``(N, C)``, ``(N, C, L)`` or ``(N, C, H, W)``.
+    r"""torch's ``batch_norm`` on ``(N, C)``, ``(N, C, L)`` or ``(N, C, H, W)``.
 
     Training normalizes with the batch's biased variance and, when running statistics are
     given, updates them in place: ``running = (1 - m) * running + m * batch`` with the
@@ -515,6 +536,27 @@ def batch_norm(
     a momentum it is incremented too, as the BatchNorm modules do. Eval mode normalizes with
     the running statistics. ``return_stats=True`` returns ``(out, mean, invstd)`` (the
     input's dtype) for :func:`batch_norm_backward`.
+
+    In training, per channel :math:`c` over the batch (and spatial) elements:
+
+    .. math::
+
+        y = \frac{x - \mu_c}{\sqrt{\sigma_c^2 + \epsilon}}\,w_c + b_c, \qquad
+        \hat\mu \leftarrow (1 - m)\,\hat\mu + m\,\mu_c, \qquad
+        \hat\sigma^2 \leftarrow (1 - m)\,\hat\sigma^2 + m\,\frac{n}{n - 1}\,\sigma_c^2
+
+    with :math:`\sigma_c^2` the biased batch variance; in eval mode the running statistics
+    :math:`\hat\mu, \hat\sigma^2` take the place of :math:`\mu_c, \sigma_c^2`.
+
+    Example:
+
+    >>> x = np.array([[1.0, 10.0], [3.0, 30.0]])
+    >>> rm, rv = np.zeros(2), np.ones(2)
+    >>> np.round(fo.nn.functional.batch_norm(x, rm, rv, training=True), 4)
+    array([[-1., -1.],
+           [ 1.,  1.]])
+    >>> rm, rv  # momentum 0.1; the running variance is the unbiased one
+    (array([0.2, 2. ]), array([ 1.1, 20.9]))
     """
     x = _array(input, "input")
     n, c, l = _bn_shape(x)

@@ -120,10 +120,20 @@ def clip_grads_with_norm_(parameters: Any, max_norm: float, total_norm: Any) -> 
 
 def clip_grad_norm_(parameters: Any, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False) -> np.floating:
     """Scales the gradients of ``parameters`` in place so that their total ``norm_type`` norm is
-    at most ``max_norm`` (torch.nn.utils.clip_grad_norm_); returns the norm before clipping.
+    at most ``max_norm`` (``torch.nn.utils.clip_grad_norm_``); returns the norm before clipping.
 
     One read pass for the norm and one pass to scale. To clip inside the optimizer's own pass
-    instead, use ``optimizer.step(max_grad_norm=...)``."""
+    instead, use ``optimizer.step(max_grad_norm=...)``.
+
+    Example:
+
+    >>> p = fo.Parameter(np.zeros(2))
+    >>> p.grad = np.array([3.0, 4.0])
+    >>> float(fo.nn.utils.clip_grad_norm_([p], max_norm=1.0))  # the norm before clipping
+    5.0
+    >>> np.round(p.grad, 6)
+    array([0.6, 0.8])
+    """
     if isinstance(parameters, types.GeneratorType):
         parameters = list(parameters)
         if not parameters:

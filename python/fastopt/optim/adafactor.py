@@ -36,6 +36,17 @@ class Adafactor(Optimizer):
     NumPy; vectors (biases) use NumPy array operations in torch's order. The arguments are
     checked by the Rust layer before anything changes. Unlike torch (which divides by zero),
     an empty parameter is simply skipped.
+
+    Example:
+
+    >>> w = fo.Parameter(np.ones((2, 3), np.float32))
+    >>> opt = fo.optim.Adafactor([w], lr=0.1)
+    >>> w.grad = np.full((2, 3), 0.5, np.float32)
+    >>> opt.step()
+    >>> [k for k in sorted(opt.state[w])]  # factored: one variance per row and per column
+    ['col_var', 'row_var', 'step']
+    >>> opt.state[w]['row_var'].shape, opt.state[w]['col_var'].shape
+    ((2, 1), (1, 3))
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, beta2_decay: float = -0.8,

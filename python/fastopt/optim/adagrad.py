@@ -13,10 +13,27 @@ __all__ = ["Adagrad"]
 
 
 class Adagrad(Optimizer):
-    """Adagrad with lr decay, weight decay and an initial accumulator (torch.optim.Adagrad:
+    r"""Adagrad with lr decay, weight decay and an initial accumulator (torch.optim.Adagrad:
     same arguments, defaults, checks, state and update rule). As torch, the state
     (``step``, ``sum`` filled with ``initial_accumulator_value``) exists from construction.
-    Sparse gradients are not supported (NumPy has none)."""
+    Sparse gradients are not supported (NumPy has none).
+
+    .. math::
+
+        s_t = s_{t-1} + g_t^2, \qquad
+        p_t = p_{t-1} - \frac{\mathrm{lr}}{1 + (t-1)\,\mathrm{lr\_decay}}\,\frac{g_t}{\sqrt{s_t} + \epsilon}
+
+    Example:
+
+    >>> w = fo.Parameter(np.zeros(2))
+    >>> opt = fo.optim.Adagrad([w], lr=1.0)
+    >>> w.grad = np.array([2.0, -4.0])
+    >>> opt.step()
+    >>> w.data  # g / sqrt(g^2): one lr per element on the first step
+    array([-1.,  1.])
+    >>> opt.state[w]['sum']
+    array([ 4., 16.])
+    """
 
     def __init__(
         self,

@@ -11,12 +11,37 @@ __all__ = ["Adam", "AdamW"]
 
 
 class Adam(Optimizer):
-    """Adam with bias correction, optional AMSGrad, L2 or decoupled weight decay
+    r"""Adam with bias correction, optional AMSGrad, L2 or decoupled weight decay
     (torch.optim.Adam: same arguments, defaults, checks, state names and update rule).
 
     State per parameter: ``step`` (a 0-d float32 array, as torch), ``exp_avg``,
     ``exp_avg_sq`` and with ``amsgrad`` ``max_exp_avg_sq``. Each step is one fused pass over
     the parameter, its gradient and its state, for all the tensors of a group in one call.
+
+    With gradient :math:`g_t` (plus ``weight_decay * p`` for L2 decay, negated with
+    ``maximize``), at step :math:`t`:
+
+    .. math::
+
+        m_t = m_{t-1} + (1 - \beta_1)(g_t - m_{t-1}), \qquad
+        v_t = \beta_2 v_{t-1} + (1 - \beta_2)\, g_t^2,
+
+        p_t = p_{t-1} - \frac{\mathrm{lr}}{1 - \beta_1^t}\,
+              \frac{m_t}{\sqrt{v_t} / \sqrt{1 - \beta_2^t} + \epsilon}
+
+    (``amsgrad``: :math:`\sqrt{\max_{s \le t} v_s}` in place of :math:`\sqrt{v_t}`; decoupled
+    decay multiplies :math:`p` by :math:`1 - \mathrm{lr}\cdot\mathrm{weight\_decay}` first).
+
+    Example:
+
+    >>> w = fo.Parameter(np.array([1.0, -2.0]))
+    >>> opt = fo.optim.Adam([w], lr=0.1)
+    >>> w.grad = np.array([0.5, -0.5])
+    >>> opt.step()
+    >>> w.data  # the first step moves each element by lr (m/sqrt(v) = sign(g))
+    array([ 0.9, -1.9])
+    >>> sorted(opt.state[w])
+    ['exp_avg', 'exp_avg_sq', 'step']
     """
 
     def __init__(
@@ -76,8 +101,22 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay (torch.optim.AdamW; ``weight_decay`` defaults to 1e-2):
-    the parameter is multiplied by ``1 - lr*weight_decay`` before the Adam update."""
+    r"""Adam with decoupled weight decay (torch.optim.AdamW; ``weight_decay`` defaults to 1e-2):
+    the parameter is multiplied by ``1 - lr*weight_decay`` before the Adam update.
+
+    .. math::
+
+        p \leftarrow p\,(1 - \mathrm{lr}\cdot\lambda), \quad \text{then Adam's update (no L2 term)}.
+
+    Example:
+
+    >>> w = fo.Parameter(np.ones(3, np.float32))
+    >>> opt = fo.optim.AdamW([w], lr=0.1, weight_decay=0.5)
+    >>> w.grad = np.zeros(3, np.float32)
+    >>> opt.step()
+    >>> w.data  # zero gradient: only the decay, 1 - 0.1 * 0.5
+    array([0.95, 0.95, 0.95], dtype=float32)
+    """
 
     def __init__(
         self,

@@ -81,7 +81,20 @@ class _AdamLike(_Elementwise):
 
 class Adamax(_AdamLike):
     """Adamax, Adam's infinity-norm variant (torch.optim.Adamax: arguments, defaults, checks,
-    state ``step``/``exp_avg``/``exp_inf`` and update rule)."""
+    state ``step``/``exp_avg``/``exp_inf`` and update rule).
+
+    Example:
+
+    >>> w = fo.Parameter(np.array([1.0, -1.0]))
+    >>> opt = fo.optim.Adamax([w], lr=0.1)
+    >>> for _ in range(3):
+    ...     w.grad = 2 * w.data  # the gradient of sum(w**2)
+    ...     opt.step()
+    >>> np.round(w.data, 6)
+    array([ 0.715499, -0.715499])
+    >>> sorted(opt.state[w])
+    ['exp_avg', 'exp_inf', 'step']
+    """
 
     _kernel = "adamax"
 
@@ -96,7 +109,20 @@ class Adamax(_AdamLike):
 
 class Adadelta(_Elementwise):
     """Adadelta (torch.optim.Adadelta: arguments, defaults, checks, state
-    ``step``/``square_avg``/``acc_delta`` and update rule)."""
+    ``step``/``square_avg``/``acc_delta`` and update rule).
+
+    Example:
+
+    >>> w = fo.Parameter(np.array([1.0, -1.0]))
+    >>> opt = fo.optim.Adadelta([w], lr=1.0)
+    >>> for _ in range(3):
+    ...     w.grad = 2 * w.data  # the gradient of sum(w**2)
+    ...     opt.step()
+    >>> np.round(w.data, 6)
+    array([ 0.990309, -0.990309])
+    >>> sorted(opt.state[w])
+    ['acc_delta', 'square_avg', 'step']
+    """
 
     _kernel = "adadelta"
 
@@ -125,7 +151,20 @@ class Adadelta(_Elementwise):
 class NAdam(_AdamLike):
     """NAdam, Adam with Nesterov momentum and momentum decay (torch.optim.NAdam: arguments,
     defaults, checks, state ``step``/``mu_product``/``exp_avg``/``exp_avg_sq`` with
-    ``mu_product`` a float32 counter as in torch, and update rule)."""
+    ``mu_product`` a float32 counter as in torch, and update rule).
+
+    Example:
+
+    >>> w = fo.Parameter(np.array([1.0, -1.0]))
+    >>> opt = fo.optim.NAdam([w], lr=0.1)
+    >>> for _ in range(3):
+    ...     w.grad = 2 * w.data  # the gradient of sum(w**2)
+    ...     opt.step()
+    >>> np.round(w.data, 6)
+    array([ 0.752729, -0.752729])
+    >>> sorted(opt.state[w])
+    ['exp_avg', 'exp_avg_sq', 'mu_product', 'step']
+    """
 
     _kernel = "nadam"
     _fill = {"mu_product": 1.0}
@@ -152,7 +191,20 @@ class NAdam(_AdamLike):
 
 class RAdam(_AdamLike):
     """RAdam, Adam with variance rectification (torch.optim.RAdam: arguments, defaults,
-    checks, state ``step``/``exp_avg``/``exp_avg_sq`` and update rule)."""
+    checks, state ``step``/``exp_avg``/``exp_avg_sq`` and update rule).
+
+    Example:
+
+    >>> w = fo.Parameter(np.array([1.0, -1.0]))
+    >>> opt = fo.optim.RAdam([w], lr=0.1)
+    >>> for _ in range(3):
+    ...     w.grad = 2 * w.data  # the gradient of sum(w**2)
+    ...     opt.step()
+    >>> np.round(w.data, 6)
+    array([ 0.462303, -0.462303])
+    >>> sorted(opt.state[w])
+    ['exp_avg', 'exp_avg_sq', 'step']
+    """
 
     _kernel = "radam"
 
@@ -170,7 +222,20 @@ class RAdam(_AdamLike):
 class ASGD(_Elementwise):
     """Averaged SGD (torch.optim.ASGD: arguments, defaults, checks, state
     ``step``/``eta``/``mu``/``ax`` with ``eta`` and ``mu`` float32 counters as in torch, and
-    update rule)."""
+    update rule).
+
+    Example:
+
+    >>> w = fo.Parameter(np.array([1.0, -1.0]))
+    >>> opt = fo.optim.ASGD([w], lr=0.1)
+    >>> for _ in range(3):
+    ...     w.grad = 2 * w.data  # the gradient of sum(w**2)
+    ...     opt.step()
+    >>> np.round(w.data, 6)
+    array([ 0.511984, -0.511984])
+    >>> sorted(opt.state[w])
+    ['ax', 'eta', 'mu', 'step']
+    """
 
     _kernel = "asgd"
     _counters = ("step", "eta", "mu")
@@ -201,7 +266,20 @@ class ASGD(_Elementwise):
 
 class Rprop(_Elementwise):
     """Resilient backpropagation (torch.optim.Rprop: arguments, defaults, checks, state
-    ``step``/``prev``/``step_size`` and update rule)."""
+    ``step``/``prev``/``step_size`` and update rule).
+
+    Example:
+
+    >>> w = fo.Parameter(np.array([1.0, -1.0]))
+    >>> opt = fo.optim.Rprop([w], lr=0.1)
+    >>> for _ in range(3):
+    ...     w.grad = 2 * w.data  # the gradient of sum(w**2)
+    ...     opt.step()
+    >>> np.round(w.data, 6)
+    array([ 0.636, -0.636])
+    >>> sorted(opt.state[w])
+    ['prev', 'step', 'step_size']
+    """
 
     _kernel = "rprop"
 
@@ -239,7 +317,20 @@ class AdaBound(_AdamLike):
     changes it: ``final_lr * lr / base_lr``, ``base_lr`` being the group's lr when it was
     added (kept in the group). State: ``step``, ``exp_avg``, ``exp_avg_sq`` (and
     ``max_exp_avg_sq``). ``decoupled_weight_decay`` (default False) multiplies the parameter by
-    ``1 - lr*wd`` instead of adding L2 decay to the gradient."""
+    ``1 - lr*wd`` instead of adding L2 decay to the gradient.
+
+    Example:
+
+    >>> w = fo.Parameter(np.array([1.0, -1.0]))
+    >>> opt = fo.optim.AdaBound([w], lr=0.1, final_lr=0.1)
+    >>> for _ in range(3):
+    ...     w.grad = 2 * w.data  # the gradient of sum(w**2)
+    ...     opt.step()
+    >>> np.round(w.data, 6)
+    array([ 0.701586, -0.701586])
+    >>> sorted(opt.state[w])
+    ['exp_avg', 'exp_avg_sq', 'step']
+    """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  final_lr: float = 0.1, gamma: float = 1e-3, eps: float = 1e-8, weight_decay: float = 0,
@@ -271,7 +362,20 @@ class AdaBound(_AdamLike):
 
 
 class AMSBound(AdaBound):
-    """AdaBound with AMSGrad's running maximum of the second moment (``amsbound=True``)."""
+    """AdaBound with AMSGrad's running maximum of the second moment (``amsbound=True``).
+
+    Example:
+
+    >>> w = fo.Parameter(np.array([1.0, -1.0]))
+    >>> opt = fo.optim.AMSBound([w], lr=0.1, final_lr=0.1)
+    >>> for _ in range(3):
+    ...     w.grad = 2 * w.data  # the gradient of sum(w**2)
+    ...     opt.step()
+    >>> np.round(w.data, 6)
+    array([ 0.701586, -0.701586])
+    >>> sorted(opt.state[w])
+    ['exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'step']
+    """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  final_lr: float = 0.1, gamma: float = 1e-3, eps: float = 1e-8, weight_decay: float = 0, *,
@@ -284,7 +388,20 @@ class Lion(_Elementwise):
     """Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms"):
     ``p -= lr * sign(beta1*m + (1-beta1)*g)``, then ``m = beta2*m + (1-beta2)*g``, with
     decoupled weight decay. Defaults as the paper's reference (lr 1e-4, betas (0.9, 0.99)).
-    State: ``step``, ``exp_avg``."""
+    State: ``step``, ``exp_avg``.
+
+    Example:
+
+    >>> w = fo.Parameter(np.array([1.0, -1.0]))
+    >>> opt = fo.optim.Lion([w], lr=0.1)
+    >>> for _ in range(3):
+    ...     w.grad = 2 * w.data  # the gradient of sum(w**2)
+    ...     opt.step()
+    >>> np.round(w.data, 6)
+    array([ 0.7, -0.7])
+    >>> sorted(opt.state[w])
+    ['exp_avg', 'step']
+    """
 
     _kernel = "lion"
 
@@ -305,7 +422,20 @@ class Lion(_Elementwise):
 class AdaBelief(_AdamLike):
     """AdaBelief (Zhuang et al., NeurIPS 2020, Algorithm 1): Adam with the second moment of
     ``g - m`` (plus ``eps``), both moments bias-corrected. Decoupled weight decay by default,
-    as the authors' implementation. State: ``step``, ``exp_avg``, ``exp_avg_var``."""
+    as the authors' implementation. State: ``step``, ``exp_avg``, ``exp_avg_var``.
+
+    Example:
+
+    >>> w = fo.Parameter(np.array([1.0, -1.0]))
+    >>> opt = fo.optim.AdaBelief([w], lr=0.1)
+    >>> for _ in range(3):
+    ...     w.grad = 2 * w.data  # the gradient of sum(w**2)
+    ...     opt.step()
+    >>> np.round(w.data, 6)
+    array([ 0.652305, -0.652305])
+    >>> sorted(opt.state[w])
+    ['exp_avg', 'exp_avg_var', 'step']
+    """
 
     _kernel = "adabelief"
 

@@ -16,7 +16,17 @@ class Lamb(Optimizer):
     ratio ``||p|| / ||r||`` (1 when either norm is 0): ``p -= lr * trust * r`` (Algorithm 2 of
     the paper, as optax's ``lamb``). Two passes over memory per step, both in Rust, the norms
     accumulated in double precision independently of the thread count.
-    State: ``step``, ``exp_avg``, ``exp_avg_sq``."""
+    State: ``step``, ``exp_avg``, ``exp_avg_sq``.
+
+    Example:
+
+    >>> w = fo.Parameter(np.array([3.0, 4.0]))
+    >>> opt = fo.optim.Lamb([w], lr=0.1)
+    >>> w.grad = np.array([1.0, 1.0])
+    >>> opt.step()
+    >>> np.round(w.data, 6)  # the Adam direction scaled by the trust ratio ||w|| / ||update||
+    array([2.646447, 3.646447])
+    """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, *, bias_correction: bool = True,

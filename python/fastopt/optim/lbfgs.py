@@ -119,7 +119,19 @@ class LBFGS(Optimizer):
     Parameters must be :class:`fastopt.Parameter` objects whose ``.grad`` the closure sets.
     The vector arithmetic runs on one flat vector: dot products and ``y += a*x`` updates in
     Rust (double-precision dot accumulation, FMA updates as torch's ``add_``), the rest as
-    NumPy operations, in the parameters' dtype as torch's does in theirs."""
+    NumPy operations, in the parameters' dtype as torch's does in theirs.
+
+    Example:
+
+    >>> w = fo.Parameter(np.array([3.0, -1.0]))
+    >>> opt = fo.optim.LBFGS([w], line_search_fn='strong_wolfe')
+    >>> def closure():
+    ...     w.grad = np.array([2.0, 20.0]) * w.data  # f = x^2 + 10 y^2
+    ...     return float(w.data[0] ** 2 + 10 * w.data[1] ** 2)
+    >>> loss = opt.step(closure)
+    >>> np.allclose(w.data, 0.0, atol=1e-6)
+    True
+    """
 
     def __init__(self, params: Iterable[Any], lr: float = 1, max_iter: int = 20, max_eval: int | None = None,
                  tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9, history_size: int = 100,

@@ -433,8 +433,21 @@ class PolynomialLR(LRScheduler):
 
 
 class CosineAnnealingLR(LRScheduler):
-    """Cosine annealing from the initial lr to ``eta_min`` over ``T_max`` steps (and back up,
-    periodically, after that, as torch)."""
+    r"""Cosine annealing from the initial lr to ``eta_min`` over ``T_max`` steps (and back up,
+    periodically, after that, as torch).
+
+    .. math::
+
+        \mathrm{lr}_t = \eta_{\min} + \frac{\mathrm{lr}_0 - \eta_{\min}}{2}
+                        \left(1 + \cos\frac{\pi t}{T_{\max}}\right)
+
+    Example:
+
+    >>> opt = fo.optim.SGD([np.zeros(1)], lr=1.0)
+    >>> sched = fo.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4)
+    >>> [round(sched.lr_at(t)[0], 6) for t in range(5)]
+    [1.0, 0.853553, 0.5, 0.146447, 0.0]
+    """
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0, last_epoch: int = -1) -> None:
         self.T_max = T_max

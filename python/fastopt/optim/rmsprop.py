@@ -11,9 +11,27 @@ __all__ = ["RMSprop"]
 
 
 class RMSprop(Optimizer):
-    """RMSprop with momentum, centering and weight decay (torch.optim.RMSprop: same arguments,
+    r"""RMSprop with momentum, centering and weight decay (torch.optim.RMSprop: same arguments,
     defaults, checks, state names (``step``, ``square_avg``, ``momentum_buffer``, ``grad_avg``)
-    and update rule). One fused pass over each parameter, its gradient and its state."""
+    and update rule). One fused pass over each parameter, its gradient and its state.
+
+    .. math::
+
+        v_t = \alpha v_{t-1} + (1 - \alpha)\, g_t^2, \qquad
+        p_t = p_{t-1} - \mathrm{lr}\,\frac{g_t}{\sqrt{v_t} + \epsilon}
+
+    (``centered``: :math:`\sqrt{v_t - \bar g_t^2}` with :math:`\bar g_t` the running mean of
+    :math:`g`; ``momentum``: the quotient goes through a momentum buffer).
+
+    Example:
+
+    >>> w = fo.Parameter(np.zeros(2))
+    >>> opt = fo.optim.RMSprop([w], lr=0.01, alpha=0.99)
+    >>> w.grad = np.array([1.0, -1.0])
+    >>> opt.step()
+    >>> w.data  # -0.01 * g / sqrt(0.01 * g^2)
+    array([-0.09999999,  0.09999999])
+    """
 
     def __init__(
         self,

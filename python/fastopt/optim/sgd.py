@@ -11,12 +11,34 @@ __all__ = ["SGD"]
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent, optionally with momentum (torch.optim.SGD).
+    r"""Stochastic gradient descent, optionally with momentum (torch.optim.SGD).
 
     Same arguments, defaults, checks and update rule as torch: with momentum the first step
     stores the gradient itself as ``momentum_buffer``; later steps compute
     ``buf = momentum*buf + (1-dampening)*g``; Nesterov uses ``g + momentum*buf``.
     One fused pass over each parameter, its gradient and its buffer.
+
+    With gradient :math:`g_t` (plus ``weight_decay * p``), momentum :math:`\mu` and
+    dampening :math:`\tau`:
+
+    .. math::
+
+        b_1 = g_1, \qquad b_t = \mu\, b_{t-1} + (1 - \tau)\, g_t, \qquad
+        p_t = p_{t-1} - \mathrm{lr}\cdot d_t,
+
+    with :math:`d_t = b_t` (:math:`g_t + \mu b_t` with ``nesterov``; :math:`g_t` without momentum).
+
+    Example:
+
+    >>> w = fo.Parameter(np.zeros(2))
+    >>> opt = fo.optim.SGD([w], lr=0.1, momentum=0.9)
+    >>> for _ in range(2):
+    ...     w.grad = np.ones(2)
+    ...     opt.step()
+    >>> w.data  # -0.1 * 1, then -0.1 * (0.9 * 1 + 1)
+    array([-0.29, -0.29])
+    >>> opt.state[w]['momentum_buffer']
+    array([1.9, 1.9])
     """
 
     def __init__(
