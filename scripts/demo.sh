@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Installs fastopt with its demo extra (building the Rust extension; matplotlib for figures,
-# tqdm for the progress bar) and runs the demo. Options go to `fastopt demo` (--help).
+# Installs fastopt with its demo extra (matplotlib for the figures, tqdm for the progress bar)
+# into the project's virtual environment (.venv, or FASTOPT_VENV; created with PYTHON, default
+# python3), building the Rust extension, and runs the demo. Options go to `fastopt demo`
+# (--help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-"$PY" -m pip install --quiet "maturin>=1.14,<2"
-"$PY" -m pip install --quiet --no-build-isolation -e ".[demo]"
+source scripts/venv.sh
+
+install_fastopt demo
 "$PY" -m fastopt demo "$@"

@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# Installs everything the tests need and runs them all: the Rust core's tests, then pytest.
-# Works on a fresh machine with Rust and Python 3.11+ (torch, ~3 GB, is downloaded once).
+# Installs everything the tests need into the project's virtual environment (.venv, or
+# FASTOPT_VENV; created with PYTHON, default python3) and runs them all: the Rust core's tests,
+# pytest (which also runs the examples of the README, of the docs and of the docstrings, and
+# installs the wheel in a clean environment), and the documentation build with warnings as
+# errors. fastopt is tested as the wheel a release ships (manylinux2014, abi3), built once.
+# Works on a fresh machine with Rust and Python 3.11+; torch (about 4 GB with its CUDA
+# libraries) is downloaded into the environment the first time. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+source scripts/venv.sh
 
-"$PY" -m pip install --quiet "maturin>=1.14,<2"
-# Builds the extension once (release, abi3) and installs the package with its test extras.
-"$PY" -m pip install --quiet --no-build-isolation -e ".[test]"
+install_fastopt test,docs
+export FASTOPT_WHEEL="$WHEEL"
 
 cargo test -p fastopt-core --release
 "$PY" -m pytest -q "$@"
+# The documentation site, warnings as errors.
+rm -rf docs/_build
+"$PY" -m sphinx -W --keep-going -q -b html docs docs/_build/html
+echo "docs built: docs/_build/html/index.html"
