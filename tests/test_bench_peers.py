@@ -11,6 +11,8 @@ import fastopt as fo
 from fastopt.bench import nn_peers
 from fastopt.bench import peers as common
 
+from conftest import run_python
+
 PEERS = [
     ("Adam", {"lr": 1e-2}, lambda p, g: common.NumpyAdam(p, g, lr=1e-2)),
     ("SGD", {"lr": 1e-2, "momentum": 0.9}, lambda p, g: common.NumpySGD(p, g, lr=1e-2, momentum=0.9)),
@@ -102,3 +104,33 @@ def test_batch_norm_peers_compute_what_fastopt_computes(torch, shape):
     for got in ((tg[0].numpy(), tg[1].numpy(), tg[2].numpy()), (ngx, ngw, ngb)):
         for a, e in zip(got, (gx, gw, gb)):
             np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4)
+
+
+def test_benchmarks_of_fastopt_alone_never_import_torch():
+    """asv's peakmem_ rows of fastopt must not count torch: setting the thread count leaves
+    torch unimported, and torch takes the count when a peer imports it."""
+    code = ("import sys\n"
+            "from fastopt.bench import peers\n"
+            "peers.set_threads(1)\n"
+            "assert 'torch' not in sys.modules\n"
+            "try:\n"
+            "    torch = peers.import_torch()\n"
+            "except ImportError:\n"
+            "    print('no torch')\n"
+            "else:\n"
+            "    print(torch.get_num_threads())\n")
+    out = run_python(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() in ("1", "no torch")
+
+
+def test_warm_up_calls_each_function_enough_times():
+    from fastopt.bench.peers import warm_up
+
+    counts = [0, 0]
+    warm_up(lambda: counts.__setitem__(0, counts[0] + 1), lambda: counts.__setitem__(1, counts[1] + 1),
+            calls=4, seconds=0)
+    assert counts == [4, 4]
+    n = [0]
+    warm_up(lambda: n.__setitem__(0, n[0] + 1), calls=1, seconds=0.01)
+    assert n[0] >= 1

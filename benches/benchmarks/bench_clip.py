@@ -7,7 +7,7 @@ import numpy as np
 
 import fastopt as fo
 
-from .common import THREADS, problem, set_threads
+from .common import THREADS, import_torch, problem, set_threads, warm_up
 
 
 class ClipThenAdam:
@@ -32,7 +32,7 @@ class ClipThenAdam:
                 self.step = step
         else:
             try:
-                import torch
+                torch = import_torch()
             except ImportError as e:
                 raise NotImplementedError("torch is not installed") from e
             tp = torch.nn.Parameter(torch.from_numpy(p0))
@@ -43,7 +43,7 @@ class ClipThenAdam:
                 torch.nn.utils.clip_grad_norm_([tp], 1.0)
                 opt.step()
             self.step = step
-        self.step()
+        warm_up(self.step)
 
     def time_clip_and_step(self, n, threads, impl):
         self.step()
@@ -63,13 +63,14 @@ class TotalNorm:
             self.f = lambda: fo.nn.utils.get_total_norm([g])
         elif impl == "torch":
             try:
-                import torch
+                torch = import_torch()
             except ImportError as e:
                 raise NotImplementedError("torch is not installed") from e
             tg = torch.from_numpy(g)
             self.f = lambda: torch.nn.utils.get_total_norm([tg])
         else:
             self.f = lambda: np.sqrt(np.dot(g, g))
+        warm_up(self.f)
 
     def time_total_norm(self, n, threads, impl):
         self.f()

@@ -7,6 +7,8 @@ import numpy as np
 
 import fastopt as fo
 
+from .common import import_torch
+
 SCHEDULERS = {
     "StepLR": lambda m, o: m.StepLR(o, step_size=30, gamma=0.5),
     "CosineAnnealingLR": lambda m, o: m.CosineAnnealingLR(o, T_max=1000),
@@ -22,7 +24,7 @@ class SchedulerStep:
     def setup(self, name, impl):
         if impl == "torch":
             try:
-                import torch
+                torch = import_torch()
             except ImportError as e:
                 raise NotImplementedError("torch is not installed") from e
             opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)

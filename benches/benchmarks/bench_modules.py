@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import THREADS, set_threads
+from .common import THREADS, import_torch, set_threads, warm_up
 
 
 def _problem(batch: int, hidden: int):
@@ -42,7 +42,7 @@ class MLPTrainStep:
                 opt.zero_grad()
         else:
             try:
-                import torch
+                torch = import_torch()
             except ImportError as e:
                 raise NotImplementedError("torch is not installed") from e
             tnn = torch.nn
@@ -59,7 +59,7 @@ class MLPTrainStep:
                 opt.step()
                 opt.zero_grad()
         self.step = step
-        step()
+        warm_up(step)
 
     def time_step(self, batch, hidden, threads, impl):
         self.step()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import nn_peers as P
-from .common import THREADS, set_threads
+from .common import THREADS, import_torch, set_threads, warm_up
 
 
 def _need_torch():
@@ -37,8 +37,7 @@ class Activation:
         saved = P.fastopt_forward(name, x, np.empty_like(x))() if name in P.SAVES_OUTPUT else x
         self.forward = fwd(name, x, out)
         self.backward = bwd(name, g, saved, np.empty_like(x))
-        self.forward()
-        self.backward()
+        warm_up(self.forward, self.backward)
 
     def time_forward(self, name, n, threads, impl):
         self.forward()
@@ -62,7 +61,7 @@ class BatchNormTrain:
             _need_torch()
         set_threads(threads)
         self.step = getattr(P, f"{impl}_batch_norm_step")(*P.batch_norm_problem(shape))
-        self.step()
+        warm_up(self.step)
 
     def time_forward_backward(self, shape, threads, impl):
         self.step()
@@ -92,7 +91,7 @@ class CrossEntropy:
                 F.cross_entropy_backward(1.0, x, t, out=grad)
         else:
             _need_torch()
-            import torch
+            torch = import_torch()
 
             xt = torch.from_numpy(x).requires_grad_(True)
             tt = torch.from_numpy(t)
@@ -101,7 +100,7 @@ class CrossEntropy:
                 xt.grad = None
                 torch.nn.functional.cross_entropy(xt, tt).backward()
         self.step = step
-        step()
+        warm_up(step)
 
     def time_forward_backward(self, rows, threads, impl):
         self.step()
@@ -130,14 +129,13 @@ class Softmax:
             self.backward = lambda: F.softmax_backward(g, out, -1, out=gx)
         else:
             _need_torch()
-            import torch
+            torch = import_torch()
 
             a = torch.ops.aten
             xt, gt, ot, gxt = (torch.from_numpy(v) for v in (x, g, out, gx))
             self.forward = lambda: a._softmax.out(xt, -1, False, out=ot)
             self.backward = lambda: a._softmax_backward_data.out(gt, ot, -1, torch.float32, grad_input=gxt)
-        self.forward()
-        self.backward()
+        warm_up(self.forward, self.backward)
 
     def time_forward(self, rows, threads, impl):
         self.forward()

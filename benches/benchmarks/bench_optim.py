@@ -8,6 +8,7 @@ import fastopt as fo
 from .common import (
     SIZES,
     THREADS,
+    import_torch,
     NumpyAdaBelief,
     NumpyAdaBound,
     NumpyAdadelta,
@@ -26,6 +27,7 @@ from .common import (
     problem,
     set_threads,
     torch_optimizer,
+    warm_up,
 )
 from fastopt.bench.workloads import WORKLOADS, make_tensors
 
@@ -57,7 +59,7 @@ class _Step:
             self.step = torch_optimizer(self.optimizer, variant, p0, g, **self.kwargs).step
         else:
             self.step = self.numpy_step(p0, g)
-        self.step()  # state allocation is not part of a step
+        warm_up(self.step)  # state allocation, page faults and thread start-up are not part of a step
 
     def numpy_step(self, p, g):
         raise NotImplementedError
@@ -259,7 +261,7 @@ class LBFGS:
                 p.grad = tmp
         else:
             try:
-                import torch
+                torch = import_torch()
             except ImportError as e:
                 raise NotImplementedError("torch is not installed") from e
             p = torch.nn.Parameter(torch.from_numpy(x0.copy()))
@@ -290,6 +292,7 @@ class LBFGS:
             holder[0].step(closure)
         self.step = step
         self.optimizer = holder
+        warm_up(step, calls=1, seconds=0)
 
     def time_step(self, n, threads, line_search_fn, start, impl):
         self.step()
@@ -315,7 +318,7 @@ class ManyTensors:
             self.step = fo.optim.Adam(params, lr=1e-3).step
         else:
             try:
-                import torch
+                torch = import_torch()
             except ImportError as e:
                 raise NotImplementedError("torch is not installed") from e
             tps = []
@@ -325,7 +328,7 @@ class ManyTensors:
                 tps.append(t)
             flag = impl.split("-")[1]
             self.step = torch.optim.Adam(tps, lr=1e-3, **{flag: True}).step
-        self.step()
+        warm_up(self.step)
 
     def time_step(self, workload, threads, impl):
         self.step()

@@ -34,6 +34,16 @@ class Bandwidth:
                 f"({self.threads} thread{'s' if self.threads > 1 else ''}, 3 x {self.elements * 4 / 2**20:.0f} MiB)")
 
 
+def _physical_memory() -> int | None:
+    """The machine's physical memory in bytes, where the OS says."""
+    import os
+
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def bandwidth(threads: int | None = None, elements: int = 1 << 25, repeats: int = 5) -> Bandwidth:
     """The machine's memory bandwidth as fastopt's kernels see it: STREAM-style copy
     (``a = b``, counted as 8 bytes per float32 element) and triad (``a = b + s*c``, 12 bytes),
@@ -47,6 +57,12 @@ def bandwidth(threads: int | None = None, elements: int = 1 << 25, repeats: int 
         raise ValueError(f"elements must be a positive int, got {elements!r}")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    memory = _physical_memory()
+    if memory is not None and 3 * 4 * elements > memory // 2:
+        raise ValueError(
+            f"elements={elements} needs 3 buffers of {4 * elements} bytes; this machine has {memory} bytes of "
+            f"memory, and the probe may take at most half of it"
+        )
     before = fo.get_num_threads()
     threads = before if threads is None else threads
     fo.set_num_threads(threads)

@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from .peers import import_torch
+
 import fastopt.nn.functional as F
 
 #: Activations benchmarked, with fastopt's forward / backward (saved = output or input).
@@ -51,7 +53,7 @@ def fastopt_backward(name, g, saved, out):
 
 
 def torch_forward(name, x, out):
-    import torch
+    torch = import_torch()
 
     x, o = torch.from_numpy(x), torch.from_numpy(out)
     nn = torch._C._nn
@@ -71,7 +73,7 @@ def torch_forward(name, x, out):
 
 
 def torch_backward(name, g, saved, out):
-    import torch
+    torch = import_torch()
 
     g, s, o = torch.from_numpy(g), torch.from_numpy(saved), torch.from_numpy(out)
     a = torch.ops.aten
@@ -239,7 +241,7 @@ def fastopt_batch_norm_step(x, g, w, b):
 
 
 def torch_batch_norm_step(x, g, w, b):
-    import torch
+    torch = import_torch()
 
     a = torch.ops.aten
     xt, gt, wt, bt = (torch.from_numpy(v) for v in (x, g, w, b))

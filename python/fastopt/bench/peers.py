@@ -6,6 +6,8 @@ fastopt computes."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 def problem(n: int, dtype=np.float32, seed: int = 0):
@@ -13,16 +15,44 @@ def problem(n: int, dtype=np.float32, seed: int = 0):
     return rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
 
 
+_THREADS: list[int | None] = [None]
+
+
 def set_threads(threads: int) -> None:
+    """Sets fastopt's thread count, and torch's where torch is already imported (a benchmark of
+    fastopt alone never imports torch, so its time and peak memory are fastopt's own);
+    :func:`import_torch` applies the same count when a peer imports torch later."""
     import fastopt
 
     fastopt.set_num_threads(threads)
-    try:
-        import torch
-
+    _THREADS[0] = threads
+    torch = sys.modules.get("torch")
+    if torch is not None:
         torch.set_num_threads(threads)
-    except ImportError:
-        pass
+
+
+def warm_up(*fns, calls: int = 3, seconds: float = 0.05) -> None:
+    """Calls each of ``fns`` in turn until each has run ``calls`` times and ``seconds`` have
+    passed (at most 1000 rounds): first-call costs (allocation of state, page faults, thread
+    pools starting, caches) stay out of a benchmark's timed calls, also in ``asv run --quick``,
+    which times a single call with no warm-up of its own."""
+    import time
+
+    t0 = time.perf_counter()
+    for i in range(1000):
+        for fn in fns:
+            fn()
+        if i + 1 >= calls and time.perf_counter() - t0 >= seconds:
+            break
+
+
+def import_torch():
+    """torch (ImportError without it), at the thread count of the latest :func:`set_threads`."""
+    import torch
+
+    if _THREADS[0] is not None and torch.get_num_threads() != _THREADS[0]:
+        torch.set_num_threads(_THREADS[0])
+    return torch
 
 
 # torch optimizers with a fused CPU kernel.
@@ -38,7 +68,7 @@ def torch_optimizer(name: str, variant: str, p0: np.ndarray, g: np.ndarray, **kw
     default), 'foreach' or 'fused'. Raises NotImplementedError (asv: skipped) without torch
     or for a fused variant torch lacks."""
     try:
-        import torch
+        torch = import_torch()
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise NotImplementedError("torch is not installed") from e
     if variant == "fused" and name not in TORCH_FUSED:
