@@ -51,7 +51,7 @@ install_fastopt() {
         echo "$WHEEL is not manylinux2014 (glibc 2.17) compatible" >&2
         exit 1
     fi
-    echo "Installing $WHEEL with [$1] into $VENV (torch, for the tests, is large: the first time takes a while)..." >&2
+    echo "Installing $WHEEL with [$1] into $VENV (the first time downloads the dependencies: torch, for the tests, is about 4 GB)..." >&2
     "$PY" -m pip install --quiet --force-reinstall --no-deps "$WHEEL"
     "$PY" -m pip install --quiet "$WHEEL[$1]"
 }

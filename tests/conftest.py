@@ -50,6 +50,16 @@ def threads(request):
     fastopt.set_num_threads(before)
 
 
+def run_python(code: str, env: dict | None = None, timeout: int = 120):
+    """Runs ``code`` in a fresh interpreter (this one's), with ``env`` added to the
+    environment; returns the CompletedProcess (text output captured)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
 def assert_close(
     actual: np.ndarray, expected: np.ndarray, what: str = "", scale: float = 0.0, tol: float | None = None
 ) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import fastopt
+from conftest import run_python
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
@@ -75,14 +76,11 @@ def test_docstring_examples_run(name, tmp_path, monkeypatch):
 
 def test_submodules_load_on_attribute_access():
     """``import fastopt as fo; fo.plot`` works without importing the submodule by name (PEP 562)."""
-    import subprocess
-    import sys
-
     code = ("import sys, fastopt as fo\n"
             "assert 'fastopt.data' not in sys.modules\n"
             "print(fo.data.spiral, fo.testing.gradcheck, fo.plot.lr_schedule, fo.bench.bandwidth, fo.demo.REGISTRY)\n"
             "assert 'plot' in dir(fo)\n"
             "try:\n    fo.nonexistent\nexcept AttributeError as e:\n    print(e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = run_python(code)
     assert out.returncode == 0, out.stderr
     assert "module 'fastopt' has no attribute 'nonexistent'" in out.stdout
