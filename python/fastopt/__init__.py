@@ -52,6 +52,7 @@ __all__ = [
     "load",
     "get_num_threads",
     "set_num_threads",
+    "max_num_threads",
     "simd_level",
     "show_config",
     "__version__",
@@ -64,14 +65,61 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Sets the number of threads the kernels use. ``n`` must be an int >= 1.
+    """Sets the number of threads the kernels use: an int from 1 to 4 per core
+    (``fastopt.max_num_threads()``); the previous pool's threads end.
 
     Small calls (under about 32k elements in total) always run on the calling thread.
     Results do not depend on the thread count.
     """
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
+    limit = _fastopt.max_num_threads()
+    if not 1 <= n <= limit:
+        raise ValueError(
+            f"n must be at least 1 and at most {limit} (4 per core, {_fastopt.default_num_threads()} cores here), got {n}"
+        )
     _fastopt.set_num_threads(n)
+
+
+def max_num_threads() -> int:
+    """The most threads :func:`set_num_threads` accepts: 4 per core."""
+    return _fastopt.max_num_threads()
+
+
+def _check_environment() -> None:
+    """Warns about a FASTOPT_NUM_THREADS or FASTOPT_SIMD that the kernels ignore."""
+    import os
+    import warnings
+
+    threads = os.environ.get("FASTOPT_NUM_THREADS")
+    if threads is not None and threads.strip():
+        limit = _fastopt.max_num_threads()
+        try:
+            ok = 1 <= int(threads.strip()) <= limit
+        except ValueError:
+            ok = False
+        if not ok:
+            warnings.warn(
+                f"FASTOPT_NUM_THREADS={threads!r} is not a whole number from 1 to {limit}; "
+                f"using {_fastopt.get_num_threads()} threads",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    simd = os.environ.get("FASTOPT_SIMD")
+    if simd is not None and simd.strip():
+        levels = _fastopt.available_simd_levels()
+        aliases = {"none": "scalar", "baseline": "scalar", "avx-512": "avx512", "avx512f": "avx512"}
+        wanted = simd.strip().lower()
+        if aliases.get(wanted, wanted) not in levels:
+            warnings.warn(
+                f"FASTOPT_SIMD={simd!r} is not one of this CPU's levels ({', '.join(levels)}); "
+                f"using {_fastopt.simd_level()}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+
+_check_environment()
 
 
 def simd_level() -> str:

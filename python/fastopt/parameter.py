@@ -10,6 +10,18 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def as_numpy(value: Any) -> np.ndarray:
+    """``value`` as an ndarray; a torch tensor is read on the CPU without its autograd graph
+    (``requires_grad=True`` is fine) and a bfloat16 one as float32 (exactly: NumPy has no
+    bfloat16), so torch state dicts convert without torch's own errors."""
+    if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
+        t = value.detach().cpu()
+        if str(t.dtype) == "torch.bfloat16":
+            t = t.float()
+        return t.numpy()
+    return np.asarray(value)
+
+
 def _check_float_array(value: Any, what: str) -> np.ndarray:
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{what} must be a numpy.ndarray, got {type(value).__name__}")

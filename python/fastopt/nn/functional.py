@@ -374,6 +374,8 @@ def _ce_layout(input: Any, target: Any) -> tuple[np.ndarray, np.ndarray, tuple, 
         raise TypeError(f"target must be a numpy.ndarray of class indices, got {type(target).__name__}")
     if target.dtype.kind not in "iu":
         raise TypeError(f"target must hold integer class indices, got dtype {target.dtype} (class probabilities are not supported)")
+    if target.dtype == np.uint64 and target.size and int(target.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"target holds {int(target.max())}, which is no class index (uint64 beyond int64's range)")
     if x.ndim == 0:
         raise ValueError("input must have at least 1 dimension (classes)")
     if x.ndim == 1:
@@ -387,6 +389,17 @@ def _ce_layout(input: Any, target: Any) -> tuple[np.ndarray, np.ndarray, tuple, 
     if x.ndim > 2:
         x = np.ascontiguousarray(np.moveaxis(x, 1, -1)).reshape(-1, c)
     return x, np.ascontiguousarray(target, dtype=np.int64).reshape(-1), row_shape, c
+
+
+def _ignore_index(value: Any) -> int:
+    """``ignore_index``: an integer (a bool, a float or a string is refused, never truncated)
+    within int64's range."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"ignore_index must be an int, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if not np.iinfo(np.int64).min <= value <= np.iinfo(np.int64).max:
+        raise ValueError(f"ignore_index must fit in int64, got {value}")
+    return value
 
 
 def _smoothing(label_smoothing: Any) -> float:
@@ -409,9 +422,10 @@ def cross_entropy(
     input's dtype (``'mean'``/``'sum'``) or an array of per-sample losses (``'none'``)."""
     reduction = _reduction(reduction)
     s = _smoothing(label_smoothing)
+    ignore_index = _ignore_index(ignore_index)
     x, t, row_shape, c = _ce_layout(input, target)
     losses = np.empty(t.shape[0], np.float64)
-    _fastopt.cross_entropy(x, t, c, s, int(ignore_index), losses)
+    _fastopt.cross_entropy(x, t, c, s, ignore_index, losses)
     if reduction == "none":
         return losses.astype(x.dtype).reshape(row_shape)
     total = losses.sum()
@@ -436,6 +450,7 @@ def cross_entropy_backward(
     shape for ``'none'``)."""
     reduction = _reduction(reduction)
     s = _smoothing(label_smoothing)
+    ignore_index = _ignore_index(ignore_index)
     x0 = _array(input, "input")
     x, t, row_shape, c = _ce_layout(x0, target)
     valid = t != ignore_index
@@ -452,10 +467,10 @@ def cross_entropy_backward(
     o = _out(x0, out)
     if x0.ndim > 2:
         tmp = np.empty_like(x)
-        _fastopt.cross_entropy_backward(x, t, c, s, int(ignore_index), np.ascontiguousarray(scale), tmp)
+        _fastopt.cross_entropy_backward(x, t, c, s, ignore_index, np.ascontiguousarray(scale), tmp)
         o[...] = np.moveaxis(tmp.reshape(row_shape[:1] + row_shape[1:] + (c,)), -1, 1)
         return o
-    _fastopt.cross_entropy_backward(x, t, c, s, int(ignore_index), np.ascontiguousarray(scale), o.reshape(x.shape))
+    _fastopt.cross_entropy_backward(x, t, c, s, ignore_index, np.ascontiguousarray(scale), o.reshape(x.shape))
     return o
 
 
@@ -579,9 +594,19 @@ def batch_norm(
             raise TypeError("num_batches_tracked must be a one-element integer numpy array")
     if training and momentum is None and rm is not None and num_batches_tracked is None:
         raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
-    for v, name in ((rm, "running_mean"), (rv, "running_var")):
-        if v is not None and training and (not v.flags.writeable):
-            raise ValueError(f"{name} is read-only but is updated in place")
+    # Everything this call will write is checked before the first write (out may be the input).
+    if training and rm is not None:
+        for v, name in ((rm, "running_mean"), (rv, "running_var")):
+            if not v.flags.writeable:
+                raise ValueError(f"{name} is read-only but is updated in place")
+        if num_batches_tracked is not None:
+            if not num_batches_tracked.flags.writeable:
+                raise ValueError("num_batches_tracked is read-only but is updated in place")
+            if int(num_batches_tracked.reshape(-1)[0]) >= np.iinfo(num_batches_tracked.dtype).max:
+                raise ValueError(
+                    f"num_batches_tracked ({num_batches_tracked.dtype}) is at its largest value "
+                    f"{np.iinfo(num_batches_tracked.dtype).max}: counting one more batch would overflow (use int64)"
+                )
     o = _out(x, out)
 
     dt = x.dtype

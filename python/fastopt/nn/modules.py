@@ -24,7 +24,7 @@ from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
-from ..parameter import FLOAT_DTYPES, Parameter
+from ..parameter import FLOAT_DTYPES, Parameter, as_numpy
 from . import functional as F
 from . import init
 
@@ -76,6 +76,28 @@ def _accumulate(p: Parameter, g: np.ndarray) -> None:
 class _IncompatibleKeys(NamedTuple):
     missing_keys: list[str]
     unexpected_keys: list[str]
+
+
+class StateDictKeyError(KeyError, ValueError):
+    """Missing or unexpected keys in ``load_state_dict(strict=True)``: a KeyError (as a key
+    lookup) and a ValueError (as every other bad value fastopt refuses)."""
+
+
+def _converted(key: str, value: Any, dst: np.ndarray) -> np.ndarray:
+    """``value`` (an ndarray, a torch CPU tensor, or anything NumPy converts) as a new array of
+    ``dst``'s dtype and shape; TypeError/ValueError naming ``key`` otherwise."""
+    try:
+        v = as_numpy(value)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"state_dict[{key!r}] cannot be read as an array: {e}") from None
+    if v.dtype.kind not in "biuf":
+        raise TypeError(f"state_dict[{key!r}] has dtype {v.dtype}; a module's arrays take numbers")
+    if v.shape != dst.shape:
+        raise ValueError(f"size mismatch for {key}: the checkpoint has shape {v.shape}, the module {dst.shape}")
+    out = np.empty_like(dst)
+    with np.errstate(all="ignore"):
+        np.copyto(out, v, casting="unsafe")
+    return out
 
 
 class Module:
@@ -248,7 +270,7 @@ class Module:
         missing = [k for k in targets if k not in state_dict]
         unexpected = [k for k in state_dict if k not in targets]
         if strict and (missing or unexpected):
-            raise KeyError(
+            raise StateDictKeyError(
                 f"Error(s) in loading state_dict for {type(self).__name__}: "
                 f"missing keys {missing}, unexpected keys {unexpected}"
             )
@@ -256,15 +278,10 @@ class Module:
         for k, dst in targets.items():
             if k not in state_dict:
                 continue
-            v = state_dict[k]
-            if hasattr(v, "detach"):  # a torch tensor
-                v = v.detach().cpu().numpy()
-            v = np.asarray(v)
-            if v.shape != dst.shape:
-                raise ValueError(f"size mismatch for {k}: the checkpoint has shape {v.shape}, the module {dst.shape}")
-            values[k] = v
+            values[k] = _converted(k, state_dict[k], dst)
+        # Every value is converted and checked above; only now is anything written.
         for k, v in values.items():
-            np.copyto(targets[k], v, casting="unsafe")
+            np.copyto(targets[k], v)
         return _IncompatibleKeys(missing, unexpected)
 
     # -- calling

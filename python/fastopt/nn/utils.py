@@ -9,6 +9,7 @@ gradients' dtype: ``min(1, max_norm * (1 / (total_norm + 1e-6)))``.
 from __future__ import annotations
 
 import math
+import numbers
 import types
 import warnings
 from typing import Any
@@ -145,8 +146,18 @@ def clip_grad_norm_(parameters: Any, max_norm: float, norm_type: float = 2.0, er
 
 
 def clip_grad_value_(parameters: Any, clip_value: float) -> None:
-    """Clamps every gradient element of ``parameters`` into ``[-clip_value, clip_value]``."""
+    """Clamps every gradient element of ``parameters`` into ``[-clip_value, clip_value]``
+    (torch's ``clamp_(min=-clip_value, max=clip_value)``: with a negative ``clip_value`` the
+    bounds cross and every element that is not NaN becomes ``clip_value``, as in torch)."""
     grads = _grads_of(parameters)
+    if isinstance(clip_value, bool) or not isinstance(clip_value, numbers.Real):
+        raise TypeError(f"clip_value must be a real number, got {type(clip_value).__name__}")
     clip_value = float(clip_value)
+    if clip_value < 0:
+        groups = _by_dtype(grads, "grads")  # checks every gradient before any changes
+        for group in groups.values():
+            for g in group:
+                np.copyto(g, clip_value, where=~np.isnan(g))
+        return
     for group in _by_dtype(grads, "grads").values():
         _fastopt.clamp_(group, clip_value)

@@ -72,8 +72,44 @@ class Adafactor(Optimizer):
         check_nonnegative(wd, "weight_decay", f"weight_decay should be >= 0 but is: {wd}")
         check_bool(group["maximize"], "maximize")
 
+    #: Several kernel calls per tensor: a step interrupted between them is not retried.
+    _kernel_counts_calls = False
+
+    @staticmethod
+    def _layout(a: np.ndarray) -> dict[str, tuple]:
+        """The state buffers a parameter of ``a``'s shape has, and their shapes."""
+        if a.ndim > 1:
+            return {"row_var": a.shape[:-1] + (1,), "col_var": a.shape[:-2] + (1,) + a.shape[-1:]}
+        return {"variance": a.shape}
+
+    def _check_state(self, i: int, a: np.ndarray, st: dict) -> None:
+        """Every buffer of an existing state, before any parameter of the group changes."""
+        if "step" not in st:
+            raise ValueError(f"state of params[{i}] has no 'step'")
+        step = np.asarray(st["step"])
+        if step.size != 1 or step.dtype.kind != "f" or not (np.isfinite(step).all() and float(step.reshape(())) >= 0):
+            raise ValueError(f"state of params[{i}]: 'step' must be one finite float >= 0, got {st['step']!r}")
+        if not isinstance(st["step"], np.ndarray) or not st["step"].flags.writeable:
+            raise ValueError(f"state of params[{i}]: 'step' must be a writeable ndarray")
+        for name, shape in self._layout(a).items():
+            b = st.get(name)
+            if b is None:
+                raise ValueError(f"state of params[{i}] has no {name!r} (a parameter of {a.ndim} dimensions needs "
+                                 f"{', '.join(repr(n) for n in self._layout(a))})")
+            if not isinstance(b, np.ndarray) or b.shape != shape or b.dtype != a.dtype:
+                got = f"{b.shape} {b.dtype}" if isinstance(b, np.ndarray) else type(b).__name__
+                raise ValueError(f"state of params[{i}]: {name!r} must be an array of shape {shape} and dtype "
+                                 f"{a.dtype}, got {got}")
+            if not (b.flags.c_contiguous and b.flags.writeable):
+                raise ValueError(f"state of params[{i}]: {name!r} must be C-contiguous and writeable")
+
     def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
         for_arrays(arrays).check_group(arrays, grads)
+        items = self.state._items
+        for i, (p, a) in enumerate(zip(params, arrays)):
+            found = items.get(id(p))
+            if found is not None and found[1]:
+                self._check_state(i, a, found[1])
         if check_only:
             return
         lr, decay, (eps1, eps2), d, wd = (group["lr"], group["beta2_decay"], group["eps"], group["d"],
@@ -82,11 +118,8 @@ class Adafactor(Optimizer):
             st = self.state[p]
             if not st:
                 st["step"] = np.zeros((), np.float32)
-                if a.ndim > 1:
-                    st["row_var"] = np.zeros(a.shape[:-1] + (1,), a.dtype)
-                    st["col_var"] = np.zeros(a.shape[:-2] + (1,) + a.shape[-1:], a.dtype)
-                else:
-                    st["variance"] = np.zeros(a.shape, a.dtype)
+                for name, shape in self._layout(a).items():
+                    st[name] = np.zeros(shape, a.dtype)
             if a.size == 0:
                 st["step"] += np.float32(1)
                 continue

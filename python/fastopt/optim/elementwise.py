@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 from .. import _fastopt
 from . import functional as F
-from .optimizer import Optimizer, check_betas, check_bool, check_nonnegative, impl_flags
+from .optimizer import Optimizer, _real, check_betas, check_bool, check_nonnegative, impl_flags
 
 __all__ = ["Adamax", "Adadelta", "NAdam", "RAdam", "ASGD", "Rprop", "AdaBound", "AMSBound", "Lion", "AdaBelief"]
 
@@ -254,6 +254,7 @@ class ASGD(_Elementwise):
         check_nonnegative(lambd, "lambd", f"Invalid lambd value: {lambd}")
         check_nonnegative(alpha, "alpha", f"Invalid alpha value: {alpha}")
         check_nonnegative(wd, "weight_decay", f"Invalid weight_decay value: {wd}")
+        check_nonnegative(group["t0"], "t0", f"Invalid t0 value: {group['t0']}")
         check_bool(group["maximize"], "maximize")
 
     def _fill_for(self, group):
@@ -297,8 +298,14 @@ class Rprop(_Elementwise):
         for name, pair in (("etas", etas), ("step_sizes", sizes)):
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                 raise TypeError(f"{name} must be a pair of floats, got {pair!r}")
+            for i, v in enumerate(pair):
+                _real(v, f"{name}[{i}]")
         if not 0.0 < etas[0] < 1.0 < etas[1]:
             raise ValueError(f"Invalid eta values: {etas[0]}, {etas[1]}")
+        # torch does not check these; a negative or NaN size would step uphill or poison the
+        # parameters for good.
+        if not 0.0 <= sizes[0] <= sizes[1]:
+            raise ValueError(f"Invalid step_sizes: {sizes[0]}, {sizes[1]} (need 0 <= min <= max, no NaN)")
         check_bool(group["maximize"], "maximize")
 
     def _fill_for(self, group):
@@ -348,7 +355,7 @@ class AdaBound(_AdamLike):
         super()._validate_group(group)
         fl, gamma = group["final_lr"], group["gamma"]
         check_nonnegative(fl, "final_lr", f"Invalid final learning rate: {fl}")
-        if not 0.0 <= gamma < 1.0:
+        if not 0.0 <= _real(gamma, "gamma") < 1.0:
             raise ValueError(f"Invalid gamma parameter: {gamma}")
         check_bool(group["amsbound"], "amsbound")
 

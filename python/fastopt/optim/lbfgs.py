@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _fastopt
 from ..parameter import Parameter
-from .optimizer import Optimizer, check_bool, check_nonnegative
+from .optimizer import Optimizer, check_bool, check_nonnegative, locked
 
 
 def _absmax(a: np.ndarray) -> np.floating:
@@ -137,6 +137,15 @@ class LBFGS(Optimizer):
                  tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9, history_size: int = 100,
                  line_search_fn: str | None = None, *, maximize: bool = False) -> None:
         check_nonnegative(lr, "lr", f"Invalid learning rate: {lr}")
+        for name, value in (("max_iter", max_iter), ("history_size", history_size), ("max_eval", max_eval)):
+            if value is None and name == "max_eval":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        check_nonnegative(tolerance_grad, "tolerance_grad", f"Invalid tolerance_grad: {tolerance_grad}")
+        check_nonnegative(tolerance_change, "tolerance_change", f"Invalid tolerance_change: {tolerance_change}")
         if line_search_fn not in (None, "strong_wolfe"):
             raise ValueError("only 'strong_wolfe' is supported")
         check_bool(maximize, "maximize")
@@ -204,6 +213,7 @@ class LBFGS(Optimizer):
             p.data[...] = data
         return loss, flat_grad
 
+    @locked
     def step(self, closure: Callable[[], Any] | None = None, grads: Any = None, **options: Any) -> Any:  # type: ignore[override]
         """Runs up to ``max_iter`` L-BFGS iterations; ``closure`` (required) re-evaluates the
         model, sets the gradients and returns the loss. Returns the first loss."""

@@ -268,15 +268,38 @@ class MultiplicativeLR(_LambdaMixin, LRScheduler):
             return _group_values(self.optimizer, "lr")
         return [g["lr"] * fn(self.last_epoch) for fn, g in zip(self.lr_lambdas, self.optimizer.param_groups)]
 
+    #: lr_at(t) above this is refused: there is no closed form, only the product of t factors.
+    MAX_LR_AT = 10_000_000
+
     def _closed_form(self, t: int) -> list[float]:
-        # The product of the factors in the order stepping multiplies them.
+        # No closed form exists (lr_lambda is any function): the product of the factors in the
+        # order stepping multiplies them, remembered, so lr_at over a whole schedule costs one
+        # call of lr_lambda per step and group, not one per step squared.
+        if t > self.MAX_LR_AT:
+            raise ValueError(
+                f"MultiplicativeLR.lr_at({t}): the lr after t steps is the product of t factors lr_lambda(1..t) "
+                f"(no closed form); at most {self.MAX_LR_AT} steps are computed"
+            )
+        key = (tuple(map(id, self.lr_lambdas)), tuple(self.base_lrs))
+        memo = self.__dict__.get("_products")
+        if memo is None or memo[0] != key:
+            memo = (key, [[base] for base in self.base_lrs])
+            self.__dict__["_products"] = memo
         out = []
-        for fn, base in zip(self.lr_lambdas, self.base_lrs):
-            lr = base
-            for k in range(1, t + 1):
-                lr = lr * fn(k)
-            out.append(lr)
+        for fn, products in zip(self.lr_lambdas, memo[1]):
+            for k in range(len(products), t + 1):
+                products.append(products[-1] * fn(k))
+            out.append(products[t])
         return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.__dict__.pop("_products", None)  # the lambdas' attributes may have changed
+        super().load_state_dict(state_dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd.pop("_products", None)
+        return sd
 
 
 class StepLR(LRScheduler):
@@ -540,6 +563,8 @@ class CosineAnnealingWarmRestarts(LRScheduler):
     def _closed_form(self, t: int) -> list[float]:
         # Integer steps: walk the cycles (their lengths grow geometrically, so this is
         # O(log t)) instead of torch's floating-point logarithm, which can misplace a boundary.
+        if self.T_mult == 1:
+            return self._cosine(t % self.T_0, self.T_0)
         t_i, t_cur = self.T_0, t
         while t_cur >= t_i:
             t_cur -= t_i

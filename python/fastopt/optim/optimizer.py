@@ -5,7 +5,14 @@ What differs from torch, on purpose:
   the saved dict and the optimizer never share memory.
 - A step either completes for every group or changes nothing: all groups' arguments are
   checked before any array is written, and state created for the step is kept only once the
-  step succeeded.
+  step succeeded. A KeyboardInterrupt (or SystemExit) that arrives while the groups are
+  being written is held back until every group is written and its state committed, then
+  raised; one that arrives before changes nothing.
+- One optimizer is stepped by one thread at a time (a per-optimizer lock covers the step,
+  ``zero_grad``, ``add_param_group`` and ``load_state_dict``); different optimizers step in
+  parallel.
+- The same memory in two param groups (two Parameters over one array, overlapping views) is
+  an error, found when the groups are made and again at each step over several groups.
 - A set of parameters, an in-group duplicate and a non-float parameter are errors.
 - Parameters may be plain ndarrays; their gradients are then passed as ``step(grads=[...])``.
 """
@@ -13,7 +20,9 @@ What differs from torch, on purpose:
 from __future__ import annotations
 
 import copy
+import math
 import numbers
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from itertools import chain, repeat
@@ -25,7 +34,7 @@ import numpy as np
 from .. import _fastopt
 from ..hooks import RemovableHandle, register
 from ..nn.utils import clip_coefficient, get_total_norm
-from ..parameter import FLOAT_DTYPES, Parameter
+from ..parameter import FLOAT_DTYPES, Parameter, as_numpy
 
 __all__ = ["Optimizer", "required"]
 
@@ -195,12 +204,16 @@ class _State(MutableMapping):
 
 
 def _real(value: Any, name: str) -> float:
-    """`value` as a float, or a TypeError naming the argument."""
+    """`value` as a float, or a TypeError/ValueError naming the argument (a one-element array
+    is read as its element; a number too large for a float is refused)."""
     if isinstance(value, bool) or not (
-        isinstance(value, numbers.Real) or (isinstance(value, np.ndarray) and value.size == 1)
+        isinstance(value, numbers.Real) or (isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "iuf")
     ):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    return float(value)
+    try:
+        return float(value.reshape(()) if isinstance(value, np.ndarray) else value)
+    except OverflowError:
+        raise ValueError(f"{name} is too large for a float: {value}") from None
 
 
 def check_nonnegative(value: Any, name: str, message: str) -> None:
@@ -267,9 +280,9 @@ def _load_value(p: Any, key: str, value: Any, counter: bool) -> Any:
     if value is None or isinstance(value, (bool, str)):
         return value
     if counter:
-        return np.array(np.asarray(value), dtype=np.float32, copy=True).reshape(())
+        return np.array(as_numpy(value), dtype=np.float32, copy=True).reshape(())
     if isinstance(value, np.ndarray) or hasattr(value, "__array__"):
-        arr = np.asarray(value)
+        arr = as_numpy(value)
         if arr.dtype.kind == "f":
             return np.array(arr, dtype=_array_of(p).dtype, order="C", copy=True)
         return arr.copy()
@@ -282,16 +295,84 @@ def _plain_group(group: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in group.items():
         if k not in ("params", "param_names") and hasattr(v, "__array__") and not isinstance(v, (list, tuple)):
-            a = np.asarray(v)
+            a = as_numpy(v)
             v = a.item() if a.size == 1 else a.copy()
         out[k] = copy.deepcopy(v)
     return out
+
+
+def _plain_numbers(group: dict[str, Any]) -> None:
+    """One-element numeric arrays of one or more dimensions among a group's options
+    (``lr=np.array([0.1])``) become Python numbers, so the kernels read them as numbers; a 0-d
+    array stays (torch keeps a Tensor lr, and the schedulers fill it in place)."""
+    for k, v in group.items():
+        if k in ("params", "param_names"):
+            continue
+        if isinstance(v, np.ndarray) and v.ndim >= 1 and v.size == 1 and v.dtype.kind in "iuf":
+            group[k] = v.reshape(()).item()
+
+
+def _check_disjoint(groups: list[list[Any]]) -> None:
+    """Raises ValueError if arrays of two different groups share memory (a step would update
+    that memory twice). Sorts the arrays' byte ranges and confirms each overlap of ranges with
+    ``np.shares_memory``: O(n log n) for n arrays."""
+    if len(groups) < 2:
+        return
+    spans = []
+    for gi, params in enumerate(groups):
+        for i, p in enumerate(params):
+            a = _array_of(p)
+            if a.size:
+                lo, hi = np.byte_bounds(a) if hasattr(np, "byte_bounds") else np.lib.array_utils.byte_bounds(a)
+                spans.append((lo, hi, gi, i, a))
+    spans.sort(key=lambda t: t[0])
+    open_spans: list = []
+    for lo, hi, gi, i, a in spans:
+        open_spans = [t for t in open_spans if t[1] > lo]
+        for _, _, gj, j, b in open_spans:
+            if gj != gi and np.shares_memory(a, b):
+                (g1, p1), (g2, p2) = sorted([(gi, i), (gj, j)])
+                raise ValueError(
+                    f"param_groups[{g1}]['params'][{p1}] and param_groups[{g2}]['params'][{p2}] share memory "
+                    "(the same array, or overlapping views of one): a step would update it twice"
+                )
+        open_spans.append((lo, hi, gi, i, a))
+
+
+def _check_step(key: Any, value: Any) -> None:
+    """A loaded ``step`` counter must be a finite number >= 0 (torch raises on the bias
+    correction otherwise; fastopt would silently give inf or NaN parameters)."""
+    try:
+        v = float(np.asarray(value).reshape(()))
+    except (TypeError, ValueError):
+        raise ValueError(f"state[{key!r}]['step'] must be a single number, got {value!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"state[{key!r}]['step'] must be a finite number >= 0, got {v}")
 
 
 def _copy_value(v: Any) -> Any:
     if isinstance(v, np.ndarray):
         return v.copy()
     return copy.deepcopy(v)
+
+
+def locked(method: Callable) -> Callable:
+    """Runs ``method`` holding the optimizer's lock: one thread at a time changes an optimizer
+    (the kernels release the GIL, so two threads could otherwise interleave a step's check,
+    kernel and commit)."""
+    import functools
+
+    @functools.wraps(method)
+    def run(self: "Optimizer", *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return run
+
+
+#: Exceptions that arrive from outside the step (a signal handler's), not from what it
+#: computes: while a step writes, they are held back until it is complete.
+_ASYNC = (KeyboardInterrupt, SystemExit)
 
 
 class Optimizer:
@@ -303,6 +384,9 @@ class Optimizer:
 
     #: State entries that are float32 counters (0-d arrays, as torch's), never cast on load.
     _counters: tuple[str, ...] = ("step",)
+    #: Whether the group's kernel counts its completed calls in the group's CheckCache (every
+    #: fused kernel does; an optimizer whose step is several calls does not).
+    _kernel_counts_calls: bool = True
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         self.defaults = defaults
@@ -327,6 +411,10 @@ class Optimizer:
                 "params must be an iterable of parameters or of param group dicts; "
                 "wrap a single param group in a list"
             )
+        self._lock = threading.RLock()
+        self._pending: list | None = None  # state created for the group being written
+        self._group_wrote = False  # whether the group whose step raised had been written
+        self._disjoint: tuple | None = None  # the arrays last found not to overlap across groups
         self.state: _State = _State()
         self.param_groups: list[dict[str, Any]] = []
         # names -> (param ids, state, state version, buffer lists): see `_buffers`.
@@ -341,8 +429,20 @@ class Optimizer:
         for group in param_groups:
             self.add_param_group(group)
 
+    def __getstate__(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d.pop("_lock", None)
+        d["_pending"] = None
+        d["_disjoint"] = None
+        return d
+
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        self.__dict__.update(d)
+        self._lock = threading.RLock()
+
     # -- param groups ---------------------------------------------------------------------
 
+    @locked
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Adds a group of parameters with its own options (missing ones from ``defaults``).
 
@@ -404,6 +504,8 @@ class Optimizer:
         present = {id(p) for g in self.param_groups for p in g["params"]}
         if any(id(p) in present for p in params):
             raise ValueError("some parameters appear in more than one parameter group")
+        _check_disjoint([g["params"] for g in self.param_groups] + [params])
+        _plain_numbers(group)
         check_impl_flags(group)
         self._validate_group(group)
         self.param_groups.append(group)
@@ -413,12 +515,23 @@ class Optimizer:
 
     # -- gradients ------------------------------------------------------------------------
 
+    @locked
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Resets the gradients of the Parameters (plain-array params have none here).
 
         ``set_to_none=True`` (the default, as torch) drops them; otherwise they are zeroed in
-        place.
+        place (every gradient is checked to be writeable before any is zeroed).
         """
+        check_bool(set_to_none, "set_to_none")
+        if not set_to_none:
+            for gi, group in enumerate(self.param_groups):
+                for i, p in enumerate(group["params"]):
+                    g = p.grad if isinstance(p, Parameter) else None
+                    if g is not None and not g.flags.writeable:
+                        raise ValueError(
+                            f"param_groups[{gi}]['params'][{i}].grad is read-only: it cannot be zeroed in place "
+                            "(use set_to_none=True)"
+                        )
         for group in self.param_groups:
             for p in group["params"]:
                 if isinstance(p, Parameter) and p.grad is not None:
@@ -446,6 +559,7 @@ class Optimizer:
 
     # -- stepping -------------------------------------------------------------------------
 
+    @locked
     def step(
         self,
         closure: Callable[[], Any] | None = None,
@@ -471,11 +585,13 @@ class Optimizer:
         """
         if self._step_pre_hooks or self._step_post_hooks:
             return self._step_with_hooks(closure, grads, max_grad_norm, norm_type, skip_if_nonfinite)
+        if max_grad_norm is not None and not 0.0 <= _real(max_grad_norm, "max_grad_norm"):
+            raise ValueError(f"max_grad_norm must be >= 0 (or None for no clipping), got {max_grad_norm}")
         loss = None if closure is None else closure()
         self._opt_called = True  # read by the schedulers' step-order warning
         groups = self.param_groups
         if len(groups) == 1 and grads is None and max_grad_norm is None and not skip_if_nonfinite:
-            self._run_group(0, groups[0], None, False)
+            self._write_groups([None], 1.0)
             return loss
         per_group = self._split_grads(grads) if grads is not None else [None] * len(groups)
         scale = 1.0
@@ -491,11 +607,45 @@ class Optimizer:
                 scale = float(clip_coefficient(float(max_grad_norm), total))
         if len(groups) > 1:
             # Check every group before writing any, so a bad later group changes nothing.
+            self._check_groups_disjoint()
             for gi, (group, g) in enumerate(zip(groups, per_group)):
                 self._run_group(gi, group, g, True, scale)
-        for gi, (group, g) in enumerate(zip(groups, per_group)):
-            self._run_group(gi, group, g, False, scale)
+        self._write_groups(per_group, scale)
         return loss
+
+    def _write_groups(self, per_group: list, scale: float) -> None:
+        """Runs every group's kernel and commits its new state. A KeyboardInterrupt or
+        SystemExit raised meanwhile (by a signal handler, when the kernel returns) is held back:
+        a group whose kernel had already written is committed, one whose kernel had not yet
+        run is run, and the exception is raised once every group is done. A step is never
+        left half-written."""
+        held: BaseException | None = None
+        gi, retries = 0, 0
+        groups = self.param_groups
+        while gi < len(groups):
+            try:
+                self._run_group(gi, groups[gi], per_group[gi], False, scale)
+            except _ASYNC as e:
+                if held is None:
+                    held = e
+                if self._group_wrote or retries >= 100:
+                    gi, retries = gi + 1, 0
+                else:
+                    retries += 1  # nothing of this group was written: run it again
+                continue
+            gi, retries = gi + 1, 0
+        if held is not None:
+            raise held
+
+    def _check_groups_disjoint(self) -> None:
+        """Raises if two param groups' arrays share memory (checked again only when some
+        group's arrays changed since the last check)."""
+        arrays = tuple(_array_of(p) for g in self.param_groups for p in g["params"])
+        last = self._disjoint
+        if last is not None and len(last) == len(arrays) and all(map(is_, last, arrays)):
+            return
+        _check_disjoint([g["params"] for g in self.param_groups])
+        self._disjoint = arrays
 
     def _step_with_hooks(self, closure: Any, grads: Any, max_grad_norm: Any, norm_type: float, skip: bool) -> Any:
         """torch's order: pre-hooks (which may replace the arguments), the step, post-hooks.
@@ -581,15 +731,43 @@ class Optimizer:
             arrays = list(map(_DATA, params))
         except AttributeError:
             arrays = [p._data if type(p) is Parameter else _array_of(p) for p in params]
+        cache = None if check_only else self._check_cache(group)
+        before = 0 if cache is None else cache.completed()
+        self._pending = None
+        self._group_wrote = False
         try:
             if grad_scale == 1.0:
                 self._step_group(group, params, arrays, grads, check_only)
             else:
                 self._step_group(group, params, arrays, grads, check_only, grad_scale)
         except (TypeError, ValueError) as e:
+            self._settle(cache, before)
+            # An option changed in param_groups since it was checked (a string lr, say) fails
+            # in the kernel without a name: the group's own checks name it.
+            try:
+                check_impl_flags(group)
+                self._validate_group(group)
+            except (TypeError, ValueError) as named:
+                e = named
             if len(self.param_groups) == 1:
-                raise
+                raise e from None
             raise type(e)(f"param_groups[{gi}]: {e}") from None
+        except BaseException:
+            self._settle(cache, before)
+            raise
+
+    def _settle(self, cache: Any, before: int) -> None:
+        """After an exception in a group's step: when its kernel had completed (the kernel
+        counts its completed calls in the group's CheckCache before it returns, so this holds
+        even if the exception came from a signal handler just after), the state it created
+        is committed with it; otherwise nothing was written and the new state is dropped."""
+        pending, self._pending = self._pending, None
+        if self._kernel_counts_calls:
+            self._group_wrote = cache is not None and cache.completed() != before
+        else:  # unknown: take the group as written (never step it twice) and keep its state
+            self._group_wrote = cache is not None
+        if self._group_wrote and pending:
+            self._commit(pending)
 
     def _step_group(
         self,
@@ -653,6 +831,7 @@ class Optimizer:
                         b = np.zeros(a.shape, a.dtype)
                     created.append((p, name, b))
                 out[k].append(b)
+        self._pending = created
         return out, created
 
     def _check_cache(self, group: dict) -> Any:
@@ -669,6 +848,7 @@ class Optimizer:
     def _commit(self, created: list[tuple[Any, str, np.ndarray]]) -> None:
         for p, name, b in created:
             self.state[p][name] = b
+        self._pending = None  # (only once all is in: committing again is harmless)
 
     # -- state dict -----------------------------------------------------------------------
 
@@ -702,6 +882,7 @@ class Optimizer:
                 result = out
         return result
 
+    @locked
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = False) -> None:
         """Loads a ``state_dict()``, by position as torch does: floating buffers are copied and
         cast to their parameter's dtype, ``step`` counters are kept as float32, options are
@@ -719,6 +900,13 @@ class Optimizer:
             if out is not None:
                 state_dict = out
         groups = self.param_groups
+        if not isinstance(state_dict["state"], dict):
+            raise TypeError(f"state_dict['state'] must be a dict (index -> state), got {type(state_dict['state']).__name__}")
+        if not isinstance(state_dict["param_groups"], (list, tuple)):
+            raise TypeError(f"state_dict['param_groups'] must be a list, got {type(state_dict['param_groups']).__name__}")
+        for gi, g in enumerate(state_dict["param_groups"]):
+            if not isinstance(g, dict) or not isinstance(g.get("params"), (list, tuple)):
+                raise TypeError(f"state_dict['param_groups'][{gi}] must be a dict with a 'params' list, got {g!r:.60}")
         saved_groups = [_plain_group(g) for g in state_dict["param_groups"]]
         if len(groups) != len(saved_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
@@ -739,12 +927,17 @@ class Optimizer:
             if k not in id_map:
                 raise ValueError(f"state_dict['state'] has an entry for parameter {k!r}, which no group lists")
             p = id_map[k]
+            if not isinstance(v, dict):
+                raise TypeError(f"state_dict['state'][{k!r}] must be a dict of state values, got {type(v).__name__}")
+            if "step" in v:
+                _check_step(k, v["step"])
             new_state[p] = {key: _load_value(p, key, val, key in self._counters) for key, val in v.items()}
         new_groups = []
         for g, saved in zip(groups, saved_groups):
             saved["params"] = g["params"]
             for name, default in self.defaults.items():
                 saved.setdefault(name, g.get(name, default))
+            _plain_numbers(saved)
             check_impl_flags(saved)
             self._validate_group(saved)
             new_groups.append(saved)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 from . import functional as F
@@ -72,7 +73,8 @@ class SGD(Optimizer):
         check_nonnegative(lr, "lr", f"Invalid learning rate: {lr}")
         check_nonnegative(momentum, "momentum", f"Invalid momentum value: {momentum}")
         check_nonnegative(wd, "weight_decay", f"Invalid weight_decay value: {wd}")
-        _real(group["dampening"], "dampening")
+        if math.isnan(_real(group["dampening"], "dampening")):
+            raise ValueError("Invalid dampening value: nan")
         check_bool(group["nesterov"], "nesterov")
         check_bool(group["maximize"], "maximize")
         if group["nesterov"] and (momentum <= 0 or group["dampening"] != 0):

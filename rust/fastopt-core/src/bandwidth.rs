@@ -97,11 +97,22 @@ pub fn triad(a: &mut [f32], b: &[f32], c: &[f32], s: f32) {
 /// times the last-level cache for a memory figure), `repeats` times each (at least 1), and
 /// returns the best rate of each. The buffers are first written by the same threads that
 /// measure, so their pages are where those threads run.
-pub fn probe(elements: usize, repeats: usize) -> Bandwidth {
+///
+/// Fails, without allocating anything, when three such buffers do not fit in the address
+/// space, and when the allocator refuses them (never an abort).
+pub fn probe(elements: usize, repeats: usize) -> Result<Bandwidth, String> {
     let n = elements.max(1);
-    let mut a = vec![0f32; n];
-    let mut b = vec![0f32; n];
-    let mut c = vec![0f32; n];
+    if n.checked_mul(3 * std::mem::size_of::<f32>()).is_none_or(|total| total > isize::MAX as usize) {
+        return Err(format!("three buffers of {n} float32 elements do not fit in the address space"));
+    }
+    let buffer = || -> Result<Vec<f32>, String> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(n)
+            .map_err(|_| format!("could not allocate {} bytes for a buffer of {n} float32 elements", n * 4))?;
+        v.resize(n, 0f32);
+        Ok(v)
+    };
+    let (mut a, mut b, mut c) = (buffer()?, buffer()?, buffer()?);
     // First touch, on the pool: `vec![0; n]` may leave the pages unmapped.
     triad(&mut b, &a, &a, 0.0);
     triad(&mut c, &a, &a, 0.0);
@@ -119,7 +130,7 @@ pub fn probe(elements: usize, repeats: usize) -> Bandwidth {
     let t_copy = best(&mut || copy(&mut a, &b));
     let t_triad = best(&mut || triad(&mut a, &b, &c, 3.0));
     let bytes = (n * std::mem::size_of::<f32>()) as f64;
-    Bandwidth { copy: 2.0 * bytes / t_copy, triad: 3.0 * bytes / t_triad }
+    Ok(Bandwidth { copy: 2.0 * bytes / t_copy, triad: 3.0 * bytes / t_triad })
 }
 
 #[cfg(test)]
@@ -153,8 +164,14 @@ mod tests {
     #[test]
     fn probe_reports_positive_finite_rates() {
         // No timing is asserted: only that the figures are usable numbers.
-        let bw = probe(1 << 16, 2);
+        let bw = probe(1 << 16, 2).unwrap();
         assert!(bw.copy.is_finite() && bw.copy > 0.0);
         assert!(bw.triad.is_finite() && bw.triad > 0.0);
+    }
+
+    #[test]
+    fn absurd_sizes_are_an_error_not_an_abort() {
+        assert!(probe(usize::MAX / 2, 1).unwrap_err().contains("address space"));
+        assert!(probe(1 << 61, 1).unwrap_err().contains("address space"));
     }
 }

@@ -37,10 +37,12 @@ struct Pool {
 fn state() -> &'static RwLock<Pool> {
     static STATE: OnceLock<RwLock<Pool>> = OnceLock::new();
     STATE.get_or_init(|| {
+        // A value that is not a whole number in 1..=max_threads() is ignored here (the Python
+        // package warns about it when imported).
         let n = std::env::var("FASTOPT_NUM_THREADS")
             .ok()
             .and_then(|s| s.trim().parse::<usize>().ok())
-            .filter(|&n| n >= 1)
+            .filter(|&n| (1..=max_threads()).contains(&n))
             .unwrap_or_else(default_threads);
         RwLock::new(build(n).unwrap_or(Pool { threads: 1, pool: None }))
     })
@@ -68,10 +70,24 @@ pub fn num_threads() -> usize {
     state().read().unwrap_or_else(|e| e.into_inner()).threads
 }
 
-/// Resizes the pool. `n` must be at least 1. On error the old pool stays.
+/// The most threads a pool may have: 4 per core. More only adds waiting (2000 threads made a
+/// 1e6-element step take seconds) and starting 100,000 did not return.
+pub fn max_threads() -> usize {
+    4 * default_threads()
+}
+
+/// Resizes the pool. `n` must be in `1..=max_threads()`. On error the old pool stays. The old
+/// pool's threads end once calls in flight on it are done.
 pub fn set_num_threads(n: usize) -> Result<(), String> {
     if n == 0 {
         return Err("the number of threads must be at least 1".into());
+    }
+    if n > max_threads() {
+        return Err(format!(
+            "{n} threads is more than 4 per core ({} cores here: at most {})",
+            default_threads(),
+            max_threads()
+        ));
     }
     let mut guard = state().write().unwrap_or_else(|e| e.into_inner());
     if guard.threads != n {
@@ -161,12 +177,21 @@ pub fn for_each<W: Split>(items: Vec<W>, f: impl Fn(W) + Sync + Send) {
             // SAFETY: entered and not yet exited: the caller is still inside `for_each` (see
             // above), so the closure behind the pointer is alive.
             let run = unsafe { &*job.0 };
-            run(ctx.index() + 1);
+            // A panic must neither escape into rayon (which aborts the process) nor skip
+            // `exit` (the caller would wait forever): it is handed to the caller instead.
+            if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(ctx.index() + 1))) {
+                helper_gate.record_panic(payload);
+            }
             helper_gate.exit();
         }
     });
     run(0);
-    // `_closer` closes the gate and waits for entered helpers (also when `run` panics).
+    // Close the gate and wait for entered helpers (on unwinding too, through `_closer`), then
+    // re-raise a helper's panic on the calling thread, where the caller can catch it.
+    drop(_closer);
+    if let Some(payload) = gate.take_panic() {
+        std::panic::resume_unwind(payload);
+    }
 }
 
 /// A `'static` pointer to the caller's work closure (see the safety argument in `for_each`).
@@ -181,6 +206,8 @@ unsafe impl Sync for JobPtr {}
 #[derive(Default)]
 struct Gate {
     state: std::sync::atomic::AtomicUsize,
+    /// The first panic a helper caught while running this call's work.
+    panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
 
 const CLOSED: usize = 1 << (usize::BITS - 1);
@@ -199,6 +226,15 @@ impl Gate {
                 Err(now) => s = now,
             }
         }
+    }
+
+    fn record_panic(&self, payload: Box<dyn std::any::Any + Send>) {
+        let mut slot = self.panic.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert(payload);
+    }
+
+    fn take_panic(&self) -> Option<Box<dyn std::any::Any + Send>> {
+        self.panic.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     fn exit(&self) {
@@ -294,6 +330,31 @@ mod tests {
             }
         }
         assert!(set_num_threads(0).is_err());
+        set_num_threads(default_threads()).unwrap();
+    }
+
+    #[test]
+    fn a_panic_in_a_pool_thread_comes_back_to_the_caller() {
+        let _g = crate::test_util::global();
+        set_num_threads(2).unwrap();
+        let mut buf = vec![0u32; SERIAL_BELOW * 4];
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for_each(vec![Cells(&mut buf)], |c: Cells| {
+                let helper = std::thread::current().name().is_some_and(|n| n.starts_with("fastopt-"));
+                if helper {
+                    panic!("a helper's piece failed");
+                }
+                // The caller is slow, so the helper surely starts and takes pieces.
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                c.0.iter_mut().for_each(|x| *x += 1);
+            })
+        }));
+        let payload = result.expect_err("the helper's panic must reach the caller");
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"a helper's piece failed"));
+        // The pool still works afterwards.
+        let mut ok = vec![0u32; SERIAL_BELOW * 2];
+        for_each(vec![Cells(&mut ok)], |c: Cells| c.0.iter_mut().for_each(|x| *x += 1));
+        assert!(ok.iter().all(|&x| x == 1));
         set_num_threads(default_threads()).unwrap();
     }
 

@@ -11,7 +11,7 @@ use numpy::npyffi::objects::_PyArray_GET_ITEM_DATA;
 use numpy::npyffi::{NPY_ARRAY_ALIGNED, NPY_ARRAY_C_CONTIGUOUS, NPY_ARRAY_WRITEABLE, NPY_TYPES};
 use numpy::prelude::*;
 use numpy::PyUntypedArray;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 
@@ -470,6 +470,21 @@ pub fn core_err(e: fastopt_core::Error) -> PyErr {
     PyValueError::new_err(e.0)
 }
 
+/// The one way the binding runs a kernel: with the GIL released, and with any panic (a bug:
+/// kernels report bad input as errors) caught, on the calling thread or handed over from a
+/// pool thread by the core, and turned into a RuntimeError. A panic never reaches Python as
+/// PyO3's PanicException (a BaseException) and never aborts the process.
+pub fn detach<R: Send>(py: Python<'_>, kernel: impl FnOnce() -> R + Send) -> PyResult<R> {
+    py.detach(move || std::panic::catch_unwind(std::panic::AssertUnwindSafe(kernel))).map_err(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        PyRuntimeError::new_err(format!("fastopt: internal error in a kernel ({what}); nothing was committed, please report it"))
+    })
+}
+
 /// What a kernel call checked about the arrays that stay the same from step to step (the
 /// parameters and the optimizer's state), kept by the optimizer for its next call: that call
 /// confirms each array is the same object with the same memory, flags, dtype and shape (a
@@ -479,13 +494,17 @@ pub fn core_err(e: fastopt_core::Error) -> PyErr {
 #[pyclass(module = "fastopt._fastopt", name = "CheckCache", frozen)]
 pub struct CheckCache {
     inner: std::sync::Mutex<Option<Checked>>,
+    /// Kernel calls of this group that completed (counted before the call returns to Python,
+    /// so the optimizer can tell, after an exception raised by a signal handler as the call
+    /// returned, whether the group's arrays were written).
+    completed: std::sync::atomic::AtomicU64,
 }
 
 #[pymethods]
 impl CheckCache {
     #[new]
     fn py_new() -> Self {
-        CheckCache { inner: std::sync::Mutex::new(None) }
+        CheckCache { inner: std::sync::Mutex::new(None), completed: std::sync::atomic::AtomicU64::new(0) }
     }
 
     /// A copy (deepcopy, pickle) starts empty: what was checked belongs to the original arrays.
@@ -506,11 +525,26 @@ impl CheckCache {
         self.inner.lock().map(|g| g.is_some()).unwrap_or(false)
     }
 
+    /// How many kernel calls with this cache have completed (written their arrays).
+    fn completed(&self) -> u64 {
+        self.completed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Forgets what was remembered (the next call checks everything).
     fn clear(&self) {
         if let Ok(mut g) = self.inner.lock() {
             *g = None;
         }
+    }
+}
+
+impl CheckCache {
+    /// Counts a completed kernel call of `result` (an error wrote nothing) and passes it on.
+    pub fn count<R>(cache: Option<&Bound<'_, CheckCache>>, result: PyResult<R>) -> PyResult<R> {
+        if let (Ok(_), Some(cache)) = (&result, cache) {
+            cache.get().completed.fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
+        result
     }
 }
 

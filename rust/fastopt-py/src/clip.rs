@@ -1,6 +1,6 @@
 //! Gradient norms and clipping passes.
 
-use crate::arrays::{core_err, Dtype, Group, Raw};
+use crate::arrays::{Dtype, Group, Raw, core_err, detach};
 use fastopt_core::reduce::{self, Norm};
 use fastopt_core::Float;
 use pyo3::exceptions::PyValueError;
@@ -14,14 +14,14 @@ pub fn total_norm<'py>(py: Python<'py>, grads: &Bound<'py, PyAny>, norm_type: f6
     let norm = Norm::from_order(norm_type).map_err(core_err)?;
     let (mut g, raws) = Group::first_list(grads, "grads", false)?;
     g.finish()?;
-    Ok(by_dtype!(g.dtype, run_norm(py, &raws, norm)))
+    by_dtype!(g.dtype, run_norm(py, &raws, norm))
 }
 
-fn run_norm<T: Float + numpy::Element>(py: Python<'_>, raws: &[Raw], norm: Norm) -> f64 {
+fn run_norm<T: Float + numpy::Element>(py: Python<'_>, raws: &[Raw], norm: Norm) -> PyResult<f64> {
     // SAFETY: `Group` checked dtype `T`, contiguity and alignment; the arrays are only read and
     // the caller's `Group` keeps them alive for this call.
     let slices: Vec<&[T]> = raws.iter().map(|r| unsafe { r.slice::<T>() }).collect();
-    py.detach(move || reduce::total_norm(&slices, norm))
+    detach(py, move || reduce::total_norm(&slices, norm))
 }
 
 /// Multiplies every element of every array by `factor` (rounded to the arrays' dtype), in place.
@@ -33,7 +33,6 @@ pub fn scale_<'py>(py: Python<'py>, arrays: &Bound<'py, PyAny>, factor: f64) -> 
         Dtype::F32 => run_scale::<f32>(py, &raws, f32::from_f64(factor), None),
         Dtype::F64 => run_scale::<f64>(py, &raws, factor, None),
     }
-    Ok(())
 }
 
 /// Clamps every element of every array into `[-clip_value, clip_value]`, in place.
@@ -51,14 +50,13 @@ pub fn clamp_<'py>(py: Python<'py>, arrays: &Bound<'py, PyAny>, clip_value: f64)
         }
         Dtype::F64 => run_scale::<f64>(py, &raws, 1.0, Some((-clip_value, clip_value))),
     }
-    Ok(())
 }
 
-fn run_scale<T: Float + numpy::Element>(py: Python<'_>, raws: &[Raw], factor: T, clamp: Option<(T, T)>) {
+fn run_scale<T: Float + numpy::Element>(py: Python<'_>, raws: &[Raw], factor: T, clamp: Option<(T, T)>) -> PyResult<()> {
     // SAFETY: `Group` checked dtype `T`, layout, writeability and that no two arrays overlap;
     // the caller's `Group` keeps them alive for this call.
     let slices: Vec<&mut [T]> = raws.iter().map(|r| unsafe { r.slice_mut::<T>() }).collect();
-    py.detach(move || match clamp {
+    detach(py, move || match clamp {
         None => reduce::scale(slices, factor),
         Some((lo, hi)) => reduce::clamp(slices, lo, hi),
     })
@@ -74,7 +72,7 @@ pub fn dot<'py>(py: Python<'py>, a: &Bound<'py, PyAny>, b: &Bound<'py, PyAny>) -
         // SAFETY: `Group` checked dtype `T`, layout and shapes; both arrays are only read and
         // are kept alive by the caller's `Group`.
         let (a, b) = unsafe { (a.slice::<T>(), b.slice::<T>()) };
-        py.detach(move || reduce::dot(a, b)).map_err(core_err)
+        detach(py, move || reduce::dot(a, b))?.map_err(core_err)
     }
     by_dtype!(g.dtype, run(py, ra[0], rb[0]))
 }
@@ -89,7 +87,7 @@ pub fn axpy_<'py>(py: Python<'py>, y: &Bound<'py, PyAny>, alpha: f64, x: &Bound<
         // SAFETY: `Group` checked dtype `T`, layout, that `y` is writeable and does not
         // overlap `x`; the caller's `Group` keeps both alive.
         let (y, x) = unsafe { (y.slice_mut::<T>(), x.slice::<T>()) };
-        py.detach(move || reduce::axpy(y, alpha, x)).map_err(core_err)
+        detach(py, move || reduce::axpy(y, alpha, x))?.map_err(core_err)
     }
     match g.dtype {
         Dtype::F32 => run::<f32>(py, ry[0], rx[0], f32::from_f64(alpha)),
@@ -109,7 +107,7 @@ pub fn axpy_dot<'py>(py: Python<'py>, y: &Bound<'py, PyAny>, alpha: f64, x: &Bou
         // SAFETY: `Group` checked dtype `T`, layouts, shapes, and that `y` (written) overlaps
         // neither `x` nor `z`; the caller's `Group` keeps all three alive.
         let (y, x, z) = unsafe { (y.slice_mut::<T>(), x.slice::<T>(), z.slice::<T>()) };
-        py.detach(move || reduce::axpy_dot(y, alpha, x, z)).map_err(core_err)
+        detach(py, move || reduce::axpy_dot(y, alpha, x, z))?.map_err(core_err)
     }
     match g.dtype {
         Dtype::F32 => run::<f32>(py, ry[0], rx[0], rz[0], f32::from_f64(alpha)),

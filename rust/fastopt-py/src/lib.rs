@@ -70,6 +70,12 @@ fn default_num_threads() -> usize {
     parallel::default_threads()
 }
 
+/// The most threads `set_num_threads` accepts (4 per core).
+#[pyfunction]
+fn max_num_threads() -> usize {
+    parallel::max_threads()
+}
+
 /// The memory-bandwidth probe at the current threads: `(copy, triad)` in bytes per second,
 /// best of `repeats` runs over float32 buffers of `elements` elements each (GIL released).
 #[pyfunction]
@@ -77,7 +83,7 @@ fn bandwidth_probe(py: Python<'_>, elements: usize, repeats: usize) -> PyResult<
     if elements == 0 || repeats == 0 {
         return Err(PyValueError::new_err(format!("elements and repeats must be at least 1, got {elements} and {repeats}")));
     }
-    let bw = py.detach(move || bandwidth::probe(elements, repeats));
+    let bw = arrays::detach(py, move || bandwidth::probe(elements, repeats))?.map_err(pyo3::exceptions::PyMemoryError::new_err)?;
     Ok((bw.copy, bw.triad))
 }
 
@@ -94,7 +100,7 @@ mod _fastopt {
     #[pymodule_export]
     use super::optim::{adagrad_step, adam_step, check_group, elementwise_layout, elementwise_step, lamb_step, rmsprop_step, sgd_step};
     #[pymodule_export]
-    use super::{available_simd_levels, bandwidth_probe, default_num_threads, detected_simd_level, get_num_threads, set_num_threads, set_simd_level, simd_level};
+    use super::{available_simd_levels, bandwidth_probe, default_num_threads, detected_simd_level, get_num_threads, max_num_threads, set_num_threads, set_simd_level, simd_level};
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {

@@ -1,7 +1,7 @@
 //! Optimizer steps: check every array of a parameter group, then run the core kernel once
 //! over all of them with the GIL released.
 
-use crate::arrays::{confirm, core_err, items, remember, CheckCache, Group, Raw};
+use crate::arrays::{CheckCache, Group, Raw, confirm, core_err, detach, items, remember};
 use fastopt_core::optim::elementwise::{self, ElemTensor};
 use std::collections::HashMap;
 use fastopt_core::optim::{
@@ -67,7 +67,7 @@ pub fn adam_step<'py>(
         }
         let s = &c.stable;
         let x = if amsgrad { Some(&s[4][..]) } else { None };
-        return by_dtype!(c.dtype, run_adam(py, &s[0], &c.grads, &s[1], &s[2], x, &s[3], &cfg));
+        return CheckCache::count(cache, by_dtype!(c.dtype, run_adam(py, &s[0], &c.grads, &s[1], &s[2], x, &s[3], &cfg)));
     }
     let (mut g, p) = Group::new(params)?;
     let gr = g.like_params(grads, "grads", false)?;
@@ -80,7 +80,7 @@ pub fn adam_step<'py>(
     if check_only {
         return Ok(());
     }
-    by_dtype!(g.dtype, run_adam(py, &p, &gr, &m, &v, x.as_deref(), &st, &cfg))
+    CheckCache::count(cache, by_dtype!(g.dtype, run_adam(py, &p, &gr, &m, &v, x.as_deref(), &st, &cfg)))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -112,7 +112,7 @@ fn run_adam<T: Float + numpy::Element>(
             }
         })
         .collect();
-    py.detach(move || core_adam(tensors, cfg)).map_err(core_err)
+    detach(py, move || core_adam(tensors, cfg))?.map_err(core_err)
 }
 
 /// One SGD step over a parameter group, in place (torch's `_single_tensor_sgd`).
@@ -150,7 +150,7 @@ pub fn sgd_step<'py>(
                 return Ok(());
             }
             let s = &c.stable;
-            return by_dtype!(c.dtype, run_sgd(py, &s[0], &c.grads, s.get(1).map(|b| &b[..]), &fresh_buffers, &cfg));
+            return CheckCache::count(cache, by_dtype!(c.dtype, run_sgd(py, &s[0], &c.grads, s.get(1).map(|b| &b[..]), &fresh_buffers, &cfg)));
         }
     }
     let (mut g, p) = Group::new(params)?;
@@ -168,7 +168,7 @@ pub fn sgd_step<'py>(
     if check_only {
         return Ok(());
     }
-    by_dtype!(g.dtype, run_sgd(py, &p, &gr, b.as_deref(), &fresh_buffers, &cfg))
+    CheckCache::count(cache, by_dtype!(g.dtype, run_sgd(py, &p, &gr, b.as_deref(), &fresh_buffers, &cfg)))
 }
 
 fn run_sgd<T: Float + numpy::Element>(
@@ -193,7 +193,7 @@ fn run_sgd<T: Float + numpy::Element>(
             }
         })
         .collect();
-    py.detach(move || core_sgd(tensors, cfg)).map_err(core_err)
+    detach(py, move || core_sgd(tensors, cfg))?.map_err(core_err)
 }
 
 /// One Adagrad step over a parameter group, in place (torch's `_single_tensor_adagrad`).
@@ -224,7 +224,7 @@ pub fn adagrad_step<'py>(
             return Ok(());
         }
         let s = &c.stable;
-        return by_dtype!(c.dtype, run_adagrad(py, &s[0], &c.grads, &s[1], &s[2], &cfg));
+        return CheckCache::count(cache, by_dtype!(c.dtype, run_adagrad(py, &s[0], &c.grads, &s[1], &s[2], &cfg)));
     }
     let (mut g, p) = Group::new(params)?;
     let gr = g.like_params(grads, "grads", false)?;
@@ -235,7 +235,7 @@ pub fn adagrad_step<'py>(
     if check_only {
         return Ok(());
     }
-    by_dtype!(g.dtype, run_adagrad(py, &p, &gr, &s, &st, &cfg))
+    CheckCache::count(cache, by_dtype!(g.dtype, run_adagrad(py, &p, &gr, &s, &st, &cfg)))
 }
 
 fn run_adagrad<T: Float + numpy::Element>(py: Python<'_>, p: &[Raw], gr: &[Raw], s: &[Raw], st: &[Raw], cfg: &AdagradConfig) -> PyResult<()> {
@@ -248,7 +248,7 @@ fn run_adagrad<T: Float + numpy::Element>(py: Python<'_>, p: &[Raw], gr: &[Raw],
             }
         })
         .collect();
-    py.detach(move || core_adagrad(tensors, cfg)).map_err(core_err)
+    detach(py, move || core_adagrad(tensors, cfg))?.map_err(core_err)
 }
 
 /// One RMSprop step over a parameter group, in place (torch's `_single_tensor_rmsprop`).
@@ -288,7 +288,7 @@ pub fn rmsprop_step<'py>(
         let mut extra = s[3..].iter();
         let ga = if with_avg { extra.next().map(|a| &a[..]) } else { None };
         let b = if with_momentum { extra.next().map(|a| &a[..]) } else { None };
-        return by_dtype!(c.dtype, run_rmsprop(py, &s[0], &c.grads, &s[1], ga, b, &s[2], &cfg));
+        return CheckCache::count(cache, by_dtype!(c.dtype, run_rmsprop(py, &s[0], &c.grads, &s[1], ga, b, &s[2], &cfg)));
     }
     let (mut g, p) = Group::new(params)?;
     let gr = g.like_params(grads, "grads", false)?;
@@ -301,7 +301,7 @@ pub fn rmsprop_step<'py>(
     if check_only {
         return Ok(());
     }
-    by_dtype!(g.dtype, run_rmsprop(py, &p, &gr, &sq, ga.as_deref(), b.as_deref(), &st, &cfg))
+    CheckCache::count(cache, by_dtype!(g.dtype, run_rmsprop(py, &p, &gr, &sq, ga.as_deref(), b.as_deref(), &st, &cfg)))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -331,7 +331,7 @@ fn run_rmsprop<T: Float + numpy::Element>(
             }
         })
         .collect();
-    py.detach(move || core_rmsprop(tensors, cfg)).map_err(core_err)
+    detach(py, move || core_rmsprop(tensors, cfg))?.map_err(core_err)
 }
 
 /// One step of an element-wise optimizer (`fastopt_core::optim::elementwise`) over a group.
@@ -373,7 +373,7 @@ pub fn elementwise_step<'py>(
             return Ok(());
         }
         let (s, k) = c.stable[1..].split_at(ns);
-        return by_dtype!(c.dtype, run_elementwise(py, name, &c.stable[0], &c.grads, s, k, &hyper, grad_scale));
+        return CheckCache::count(cache, by_dtype!(c.dtype, run_elementwise(py, name, &c.stable[0], &c.grads, s, k, &hyper, grad_scale)));
     }
     let (mut g, p) = Group::new(params)?;
     let gr = g.like_params(grads, "grads", false)?;
@@ -390,7 +390,7 @@ pub fn elementwise_step<'py>(
     if check_only {
         return Ok(());
     }
-    by_dtype!(g.dtype, run_elementwise(py, name, &p, &gr, &s, &c, &hyper, grad_scale))
+    CheckCache::count(cache, by_dtype!(g.dtype, run_elementwise(py, name, &p, &gr, &s, &c, &hyper, grad_scale)))
 }
 
 /// The state buffers and counters an element-wise optimizer takes, in order.
@@ -429,7 +429,7 @@ fn run_elementwise<T: Float + numpy::Element>(
         let (param, grad) = unsafe { (p[i].slice_mut(), gr[i].slice()) };
         tensors.push(ElemTensor { param, grad, states: ts, counters: tc });
     }
-    py.detach(move || elementwise::step(name, tensors, hyper, grad_scale)).map_err(core_err)
+    detach(py, move || elementwise::step(name, tensors, hyper, grad_scale))?.map_err(core_err)
 }
 
 /// One LAMB step over a group, in place (two passes: moments and norms, then the update).
@@ -463,7 +463,7 @@ pub fn lamb_step<'py>(
             return Ok(());
         }
         let s = &c.stable;
-        return by_dtype!(c.dtype, run_lamb(py, &s[0], &c.grads, &s[1], &s[2], &s[3], &cfg));
+        return CheckCache::count(cache, by_dtype!(c.dtype, run_lamb(py, &s[0], &c.grads, &s[1], &s[2], &s[3], &cfg)));
     }
     let (mut g, p) = Group::new(params)?;
     let gr = g.like_params(grads, "grads", false)?;
@@ -475,7 +475,7 @@ pub fn lamb_step<'py>(
     if check_only {
         return Ok(());
     }
-    by_dtype!(g.dtype, run_lamb(py, &p, &gr, &m, &v, &st, &cfg))
+    CheckCache::count(cache, by_dtype!(g.dtype, run_lamb(py, &p, &gr, &m, &v, &st, &cfg)))
 }
 
 fn run_lamb<T: Float + numpy::Element>(py: Python<'_>, p: &[Raw], gr: &[Raw], m: &[Raw], v: &[Raw], st: &[Raw], cfg: &LambConfig) -> PyResult<()> {
@@ -494,7 +494,7 @@ fn run_lamb<T: Float + numpy::Element>(py: Python<'_>, p: &[Raw], gr: &[Raw], m:
             }
         })
         .collect();
-    py.detach(move || core_lamb(tensors, cfg)).map_err(core_err)
+    detach(py, move || core_lamb(tensors, cfg))?.map_err(core_err)
 }
 
 /// Checks a group's params and grads as the kernels do (dtype, layout, writeability, shapes,

@@ -21,11 +21,16 @@ pub struct Shape {
 }
 
 impl Shape {
+    #[cfg(test)]
     fn len(self) -> usize {
         self.n * self.c * self.l
     }
+    /// `n * c * l`, or None where it overflows (no array has that many elements).
+    fn checked_len(self) -> Option<usize> {
+        self.n.checked_mul(self.c)?.checked_mul(self.l)
+    }
     fn check(self, what: &str, len: usize) -> Result<(), Error> {
-        if len != self.len() {
+        if Some(len) != self.checked_len() {
             return Err(Error(format!(
                 "{what} has {len} elements, not {} x {} x {}",
                 self.n, self.c, self.l
@@ -775,6 +780,15 @@ pub fn backward_input<T: Float>(
 mod tests {
     use super::*;
     use crate::test_util::data;
+
+    #[test]
+    fn a_shape_whose_size_overflows_is_an_error() {
+        // (1 + 2**63) * 2 * 8 wraps to 16 in unchecked arithmetic.
+        let x = vec![0f32; 16];
+        let (mut m, mut v) = (vec![0.0; 2], vec![0.0; 2]);
+        let s = Shape { n: 1 + (1usize << 63), c: 2, l: 8 };
+        assert!(stats(&x, s, &mut m, &mut v).is_err());
+    }
 
     #[test]
     fn stats_are_stable_and_thread_independent() {

@@ -21,11 +21,12 @@ pub struct Axis {
 }
 
 impl Axis {
-    fn len(self) -> usize {
-        self.outer * self.n * self.inner
+    /// `outer * n * inner`, or None where it overflows (no array has that many elements).
+    fn checked_len(self) -> Option<usize> {
+        self.outer.checked_mul(self.n)?.checked_mul(self.inner)
     }
     fn check(self, what: &str, len: usize) -> Result<(), Error> {
-        if self.len() != len {
+        if self.checked_len() != Some(len) {
             return Err(Error(format!(
                 "{what} has {len} elements, not {} x {} x {}",
                 self.outer, self.n, self.inner
@@ -526,7 +527,7 @@ fn check_ce(
     per_row: usize,
     what: &str,
 ) -> Result<(), Error> {
-    if classes == 0 || xlen != rows * classes {
+    if classes == 0 || Some(xlen) != rows.checked_mul(classes) {
         return Err(Error(format!(
             "input has {xlen} elements, not {rows} rows x {classes} classes"
         )));
@@ -589,7 +590,7 @@ mod tests {
                 inner: 1,
             },
         ] {
-            let x: Vec<f64> = data::<f64>(a.len(), 9).iter().map(|v| v * 10.0).collect();
+            let x: Vec<f64> = data::<f64>(a.checked_len().unwrap(), 9).iter().map(|v| v * 10.0).collect();
             for log in [false, true] {
                 let mut out = vec![0.0; x.len()];
                 softmax(&x, &mut out, a, log).unwrap();
@@ -601,7 +602,7 @@ mod tests {
                     );
                 }
                 // backward against the explicit Jacobian-vector product
-                let g: Vec<f64> = data::<f64>(a.len(), 10);
+                let g: Vec<f64> = data::<f64>(a.checked_len().unwrap(), 10);
                 let mut gx = vec![0.0; x.len()];
                 softmax_backward(&g, &out, &mut gx, a, log).unwrap();
                 let h = 1e-6;

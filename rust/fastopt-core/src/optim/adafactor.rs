@@ -28,14 +28,25 @@ pub struct Factored {
 }
 
 impl Factored {
-    fn check(self, what: &str, len: usize, expected: usize) -> Result<(), Error> {
-        if len != expected {
-            return Err(Error(format!("{what} has {len} elements, not {expected} for {} x {} x {}", self.batch, self.rows, self.cols)));
+    /// `expected` is None where the size it stands for overflows (no array has that many
+    /// elements).
+    fn check(self, what: &str, len: usize, expected: Option<usize>) -> Result<(), Error> {
+        if Some(len) != expected {
+            return Err(Error(format!(
+                "{what} has {len} elements, not the {} x {} x {} the shape asks",
+                self.batch, self.rows, self.cols
+            )));
         }
         Ok(())
     }
-    fn len(self) -> usize {
-        self.batch * self.rows * self.cols
+    fn len(self) -> Option<usize> {
+        self.batch.checked_mul(self.rows)?.checked_mul(self.cols)
+    }
+    fn per_row(self) -> Option<usize> {
+        self.batch.checked_mul(self.rows)
+    }
+    fn per_col(self) -> Option<usize> {
+        self.batch.checked_mul(self.cols)
     }
 }
 
@@ -96,9 +107,9 @@ impl<T: Float> SimdKernel for SumBlock<'_, T> {
 pub fn factored_sums<T: Float>(g: &[T], p: &[T], f: Factored, row_sq: &mut [f64], col_sq: &mut [f64]) -> Result<f64, Error> {
     f.check("grad", g.len(), f.len())?;
     f.check("param", p.len(), f.len())?;
-    f.check("row_sq", row_sq.len(), f.batch * f.rows)?;
-    f.check("col_sq", col_sq.len(), f.batch * f.cols)?;
-    if f.len() == 0 {
+    f.check("row_sq", row_sq.len(), f.per_row())?;
+    f.check("col_sq", col_sq.len(), f.per_col())?;
+    if g.is_empty() {
         col_sq.iter_mut().for_each(|v| *v = 0.0);
         row_sq.iter_mut().for_each(|v| *v = 0.0);
         return Ok(0.0);
@@ -231,9 +242,9 @@ impl<T: Float> SimdKernel for Rows<'_, T> {
 }
 
 fn check_stats<T>(f: Factored, s: &Stats<'_, T>) -> Result<(), Error> {
-    f.check("row_var", s.row_var.len(), f.batch * f.rows)?;
-    f.check("col_var", s.col_var.len(), f.batch * f.cols)?;
-    f.check("row_mean", s.row_mean.len(), f.batch)
+    f.check("row_var", s.row_var.len(), f.per_row())?;
+    f.check("col_var", s.col_var.len(), f.per_col())?;
+    f.check("row_mean", s.row_mean.len(), Some(f.batch))
 }
 
 /// `sum(u^2)` over the tensor (see the module docs); per-row partials summed in row order,
@@ -241,7 +252,7 @@ fn check_stats<T>(f: Factored, s: &Stats<'_, T>) -> Result<(), Error> {
 pub fn factored_update_sq<T: Float>(g: &[T], f: Factored, s: Stats<'_, T>) -> Result<f64, Error> {
     f.check("grad", g.len(), f.len())?;
     check_stats(f, &s)?;
-    if f.len() == 0 {
+    if g.is_empty() {
         return Ok(0.0);
     }
     let mut u_sq = vec![0f64; f.batch * f.rows];
@@ -256,7 +267,7 @@ pub fn factored_apply<T: Float>(p: &mut [T], g: &[T], f: Factored, s: Stats<'_, 
     f.check("param", p.len(), f.len())?;
     f.check("grad", g.len(), f.len())?;
     check_stats(f, &s)?;
-    if f.len() == 0 {
+    if g.is_empty() {
         return Ok(());
     }
     let rows = Rows { g, p: Some(p), u_sq: &mut [], row0: 0, f, s, decay, scale };
@@ -272,8 +283,8 @@ mod tests {
     #[test]
     fn passes_match_a_direct_transcription() {
         let f = Factored { batch: 2, rows: 5, cols: 19 };
-        let g: Vec<f64> = data(f.len(), 1);
-        let p: Vec<f64> = data(f.len(), 2);
+        let g: Vec<f64> = data(f.len().unwrap(), 1);
+        let p: Vec<f64> = data(f.len().unwrap(), 2);
         let (mut rs, mut cs) = (vec![0.0; 10], vec![0.0; 38]);
         let psq = factored_sums(&g, &p, f, &mut rs, &mut cs).unwrap();
         assert!((psq - p.iter().map(|v| v * v).sum::<f64>()).abs() < 1e-12);
@@ -318,8 +329,8 @@ mod tests {
     fn same_results_at_any_thread_count() {
         let _g = crate::test_util::global();
         let f = Factored { batch: 3, rows: 150, cols: 301 };
-        let g: Vec<f32> = data(f.len(), 4);
-        let p: Vec<f32> = data(f.len(), 5);
+        let g: Vec<f32> = data(f.len().unwrap(), 4);
+        let p: Vec<f32> = data(f.len().unwrap(), 5);
         let rv: Vec<f32> = (0..450).map(|i| 0.5 + i as f32 * 0.01).collect();
         let cv: Vec<f32> = (0..903).map(|i| 0.25 + i as f32 * 0.001).collect();
         let rm = vec![1.0f32, 2.0, 0.5];

@@ -521,21 +521,30 @@ impl<T: Float> Rule<T> for Rprop<T> {
     fn update<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
         let g = self.g.read::<A>(&mut p, g);
         let prod = g * s[0];
+        // torch takes sign(g * prev) and maps 1 -> etaplus, -1 -> etaminus, 0 -> 1; its CPU
+        // sign(NaN) is 0, so a NaN product (a NaN or infinite gradient element) keeps the
+        // step size, and sign(NaN) = 0 below leaves the parameter as it is for that step.
         let factor = if prod > T::ZERO {
             self.etaplus
         } else if prod < T::ZERO {
             self.etaminus
-        } else if prod == T::ZERO {
-            T::ONE
         } else {
-            prod // NaN stays NaN, as torch's masked assignments leave it
+            T::ONE
         };
         let size = s[1] * factor;
         let size = if size < self.min { self.min } else if size > self.max { self.max } else { size };
         s[1] = size;
         let g = if prod < T::ZERO { T::ZERO } else { g };
         s[0] = g;
-        let sign = if g > T::ZERO { T::ONE } else if g < T::ZERO { -T::ONE } else { g };
+        let sign = if g > T::ZERO {
+            T::ONE
+        } else if g < T::ZERO {
+            -T::ONE
+        } else if g == T::ZERO {
+            g // keeps the sign of zero, as torch's sign(+-0)
+        } else {
+            T::ZERO // NaN: torch's CPU sign(NaN) is 0
+        };
         p - sign * size
     }
 }
