@@ -552,6 +552,11 @@ def test_errors_name_the_argument():
         fo.optim.Rprop([np.ones(2)], etas=("a", "b"))
     with pytest.raises(TypeError, match="gamma must be a real number"):
         fo.optim.AdaBound([np.ones(2)], gamma=None)
+    for cls in (fo.optim.Adam, fo.optim.SGD, fo.optim.Lion, fo.optim.Adafactor):
+        opt = cls([np.ones(3)], lr=0.1)
+        opt.param_groups[0]["lr"] = "0.1"  # set after construction: found at the step, by name
+        with pytest.raises(TypeError, match="lr must be a real number, got str"):
+            opt.step(grads=[np.ones(3)])
     v = np.ones(2)
     o = fo.optim.SGD([v], lr=np.array([0.5]))
     o.step(grads=[np.ones(2)])
