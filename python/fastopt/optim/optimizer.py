@@ -623,6 +623,7 @@ class Optimizer:
         gi, retries = 0, 0
         groups = self.param_groups
         while gi < len(groups):
+            self._group_wrote = False
             try:
                 self._run_group(gi, groups[gi], per_group[gi], False, scale)
             except _ASYNC as e:
