@@ -121,3 +121,13 @@ def test_version_and_help_show_defaults(capsys):
         cli.main(["demo", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
     assert "(default: 100)" in text and "(default: spiral)" in text and "(default: fastopt-demo)" in text
+
+
+def test_the_gallery_shows_each_surface_with_its_caption():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    page = (root / "docs" / "demo.md").read_text()
+    for key, surface in demo.SURFACES.items():
+        assert surface.caption in page, key
+        assert (root / "docs" / "gallery" / f"paths_{key}.png").exists()
