@@ -87,36 +87,12 @@ def max_num_threads() -> int:
 
 
 def _check_environment() -> None:
-    """Warns about a FASTOPT_NUM_THREADS or FASTOPT_SIMD that the kernels ignore."""
-    import os
+    """Warns about a FASTOPT_NUM_THREADS or FASTOPT_SIMD that the kernels ignore (the core,
+    which reads them, says which and why)."""
     import warnings
 
-    threads = os.environ.get("FASTOPT_NUM_THREADS")
-    if threads is not None and threads.strip():
-        limit = _fastopt.max_num_threads()
-        try:
-            ok = 1 <= int(threads.strip()) <= limit
-        except ValueError:
-            ok = False
-        if not ok:
-            warnings.warn(
-                f"FASTOPT_NUM_THREADS={threads!r} is not a whole number from 1 to {limit}; "
-                f"using {_fastopt.get_num_threads()} threads",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-    simd = os.environ.get("FASTOPT_SIMD")
-    if simd is not None and simd.strip():
-        levels = _fastopt.available_simd_levels()
-        aliases = {"none": "scalar", "baseline": "scalar", "avx-512": "avx512", "avx512f": "avx512"}
-        wanted = simd.strip().lower()
-        if aliases.get(wanted, wanted) not in levels:
-            warnings.warn(
-                f"FASTOPT_SIMD={simd!r} is not one of this CPU's levels ({', '.join(levels)}); "
-                f"using {_fastopt.simd_level()}",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+    for problem in _fastopt.environment_problems():
+        warnings.warn(problem, RuntimeWarning, stacklevel=3)
 
 
 _check_environment()

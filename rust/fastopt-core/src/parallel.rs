@@ -37,15 +37,29 @@ struct Pool {
 fn state() -> &'static RwLock<Pool> {
     static STATE: OnceLock<RwLock<Pool>> = OnceLock::new();
     STATE.get_or_init(|| {
-        // A value that is not a whole number in 1..=max_threads() is ignored here (the Python
-        // package warns about it when imported).
-        let n = std::env::var("FASTOPT_NUM_THREADS")
-            .ok()
-            .and_then(|s| s.trim().parse::<usize>().ok())
-            .filter(|&n| (1..=max_threads()).contains(&n))
-            .unwrap_or_else(default_threads);
+        // A value that is not a whole number in 1..=max_threads() is ignored (see env_problem).
+        let n = env_request().and_then(|(_, n)| n).unwrap_or_else(default_threads);
         RwLock::new(build(n).unwrap_or(Pool { threads: 1, pool: None }))
     })
+}
+
+/// A non-blank `FASTOPT_NUM_THREADS`: the text, and the thread count it gives if usable.
+fn env_request() -> Option<(String, Option<usize>)> {
+    let s = std::env::var("FASTOPT_NUM_THREADS").ok().filter(|s| !s.trim().is_empty())?;
+    let n = s.trim().parse::<usize>().ok().filter(|n| (1..=max_threads()).contains(n));
+    Some((s, n))
+}
+
+/// Why `FASTOPT_NUM_THREADS` is ignored, if it is set and is not a usable thread count.
+pub fn env_problem() -> Option<String> {
+    match env_request()? {
+        (_, Some(_)) => None,
+        (s, None) => Some(format!(
+            "FASTOPT_NUM_THREADS='{s}' is not a whole number from 1 to {}; using {} threads",
+            max_threads(),
+            num_threads()
+        )),
+    }
 }
 
 /// The number of cores this process may use.

@@ -119,18 +119,30 @@ pub fn level() -> SimdLevel {
     if v != 0 {
         return SimdLevel::from_u8(v);
     }
-    let chosen = match std::env::var("FASTOPT_SIMD") {
-        Ok(s) if !s.trim().is_empty() => match SimdLevel::parse(&s) {
-            Some(l) if available().contains(&l) => l,
-            // An unknown or unsupported request falls back to the best supported level: an
-            // environment variable must never make a kernel run instructions the CPU lacks.
-            _ => detected(),
-        },
-        _ => detected(),
-    };
+    // An unknown or unsupported request falls back to the best supported level: an
+    // environment variable must never make a kernel run instructions the CPU lacks.
+    let chosen = env_request().and_then(|(_, l)| l).unwrap_or_else(detected);
     // Another thread may have raced us; both computed the same value.
     ACTIVE.store(chosen as u8, Ordering::Relaxed);
     chosen
+}
+
+/// A non-blank `FASTOPT_SIMD`: the text, and the level it asks for if this CPU has it.
+fn env_request() -> Option<(String, Option<SimdLevel>)> {
+    let s = std::env::var("FASTOPT_SIMD").ok().filter(|s| !s.trim().is_empty())?;
+    let l = SimdLevel::parse(&s).filter(|l| available().contains(l));
+    Some((s, l))
+}
+
+/// Why `FASTOPT_SIMD` is ignored, if it is set and is not one of this CPU's levels.
+pub fn env_problem() -> Option<String> {
+    match env_request()? {
+        (_, Some(_)) => None,
+        (s, None) => {
+            let names: Vec<&str> = available().iter().map(|l| l.name()).collect();
+            Some(format!("FASTOPT_SIMD='{s}' is not one of this CPU's levels ({}); using {}", names.join(", "), level().name()))
+        }
+    }
 }
 
 /// Forces a level. Fails (and changes nothing) when the CPU does not support it.

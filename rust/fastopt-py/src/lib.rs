@@ -70,6 +70,13 @@ fn default_num_threads() -> usize {
     parallel::default_threads()
 }
 
+/// What the kernels ignore of `FASTOPT_NUM_THREADS` and `FASTOPT_SIMD`, one message each
+/// (the package warns with them when imported).
+#[pyfunction]
+fn environment_problems() -> Vec<String> {
+    [parallel::env_problem(), simd::env_problem()].into_iter().flatten().collect()
+}
+
 /// The most threads `set_num_threads` accepts (4 per core).
 #[pyfunction]
 fn max_num_threads() -> usize {
@@ -100,7 +107,7 @@ mod _fastopt {
     #[pymodule_export]
     use super::optim::{adagrad_step, adam_step, check_group, elementwise_layout, elementwise_step, lamb_step, rmsprop_step, sgd_step};
     #[pymodule_export]
-    use super::{available_simd_levels, bandwidth_probe, default_num_threads, detected_simd_level, get_num_threads, max_num_threads, set_num_threads, set_simd_level, simd_level};
+    use super::{available_simd_levels, bandwidth_probe, default_num_threads, detected_simd_level, environment_problems, get_num_threads, max_num_threads, set_num_threads, set_simd_level, simd_level};
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
