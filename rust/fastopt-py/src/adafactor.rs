@@ -1,7 +1,7 @@
 //! Adafactor's factored passes (see `fastopt_core::optim::adafactor`): argument checks and
 //! GIL release. The small row/column vectors are updated in Python.
 
-use crate::arrays::{Dtype, Group, Raw, core_err, detach};
+use crate::arrays::{Dtype, Group, Raw, run_core};
 use fastopt_core::optim::adafactor::{self, Factored, Stats};
 use fastopt_core::Float;
 use numpy::Element;
@@ -31,7 +31,7 @@ pub fn adafactor_sums<'py>(
         // SAFETY: `Group` checked dtypes, layouts and that the written outputs overlap nothing;
         // the caller's `Group` keeps the arrays alive.
         let (g, p, r, c) = unsafe { (g.slice::<T>(), p.slice::<T>(), r.slice_mut::<f64>(), c.slice_mut::<f64>()) };
-        detach(py, move || adafactor::factored_sums(g, p, f, r, c))?.map_err(core_err)
+        run_core(py, move || adafactor::factored_sums(g, p, f, r, c))
     }
     by_dtype!(g.dtype, run(py, rg, rp, rr, rc, f))
 }
@@ -71,11 +71,11 @@ pub fn adafactor_update<'py>(
         let (g, r, c, m) = unsafe { (g.slice::<T>(), r.slice::<T>(), c.slice::<T>(), m.slice::<T>()) };
         let s = Stats { row_var: r, col_var: c, row_mean: m, eps1_sq: T::from_f64(e) };
         match p {
-            None => detach(py, move || adafactor::factored_update_sq(g, f, s))?.map_err(core_err),
+            None => run_core(py, move || adafactor::factored_update_sq(g, f, s)),
             Some(p) => {
                 // SAFETY: as above; `param` was checked writeable and non-overlapping.
                 let p = unsafe { p.slice_mut::<T>() };
-                detach(py, move || adafactor::factored_apply(p, g, f, s, T::from_f64(decay), T::from_f64(scale)))?.map_err(core_err)?;
+                run_core(py, move || adafactor::factored_apply(p, g, f, s, T::from_f64(decay), T::from_f64(scale)))?;
                 Ok(0.0)
             }
         }

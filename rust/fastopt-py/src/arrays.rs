@@ -485,6 +485,11 @@ pub fn detach<R: Send>(py: Python<'_>, kernel: impl FnOnce() -> R + Send) -> PyR
     })
 }
 
+/// [`detach`] for a core kernel: its `Error` (input it refuses) becomes a ValueError.
+pub fn run_core<R: Send>(py: Python<'_>, kernel: impl FnOnce() -> Result<R, fastopt_core::Error> + Send) -> PyResult<R> {
+    detach(py, kernel)?.map_err(core_err)
+}
+
 /// What a kernel call checked about the arrays that stay the same from step to step (the
 /// parameters and the optimizer's state), kept by the optimizer for its next call: that call
 /// confirms each array is the same object with the same memory, flags, dtype and shape (a

@@ -1,6 +1,6 @@
 //! Gradient norms and clipping passes.
 
-use crate::arrays::{Dtype, Group, Raw, core_err, detach};
+use crate::arrays::{Dtype, Group, Raw, core_err, detach, run_core};
 use fastopt_core::reduce::{self, Norm};
 use fastopt_core::Float;
 use pyo3::exceptions::PyValueError;
@@ -72,7 +72,7 @@ pub fn dot<'py>(py: Python<'py>, a: &Bound<'py, PyAny>, b: &Bound<'py, PyAny>) -
         // SAFETY: `Group` checked dtype `T`, layout and shapes; both arrays are only read and
         // are kept alive by the caller's `Group`.
         let (a, b) = unsafe { (a.slice::<T>(), b.slice::<T>()) };
-        detach(py, move || reduce::dot(a, b))?.map_err(core_err)
+        run_core(py, move || reduce::dot(a, b))
     }
     by_dtype!(g.dtype, run(py, ra[0], rb[0]))
 }
@@ -87,7 +87,7 @@ pub fn axpy_<'py>(py: Python<'py>, y: &Bound<'py, PyAny>, alpha: f64, x: &Bound<
         // SAFETY: `Group` checked dtype `T`, layout, that `y` is writeable and does not
         // overlap `x`; the caller's `Group` keeps both alive.
         let (y, x) = unsafe { (y.slice_mut::<T>(), x.slice::<T>()) };
-        detach(py, move || reduce::axpy(y, alpha, x))?.map_err(core_err)
+        run_core(py, move || reduce::axpy(y, alpha, x))
     }
     match g.dtype {
         Dtype::F32 => run::<f32>(py, ry[0], rx[0], f32::from_f64(alpha)),
@@ -107,7 +107,7 @@ pub fn axpy_dot<'py>(py: Python<'py>, y: &Bound<'py, PyAny>, alpha: f64, x: &Bou
         // SAFETY: `Group` checked dtype `T`, layouts, shapes, and that `y` (written) overlaps
         // neither `x` nor `z`; the caller's `Group` keeps all three alive.
         let (y, x, z) = unsafe { (y.slice_mut::<T>(), x.slice::<T>(), z.slice::<T>()) };
-        detach(py, move || reduce::axpy_dot(y, alpha, x, z))?.map_err(core_err)
+        run_core(py, move || reduce::axpy_dot(y, alpha, x, z))
     }
     match g.dtype {
         Dtype::F32 => run::<f32>(py, ry[0], rx[0], rz[0], f32::from_f64(alpha)),

@@ -3,7 +3,7 @@
 //! (`fastopt/nn/functional.py`); here every array is checked for dtype, layout, length and
 //! overlap before anything is written.
 
-use crate::arrays::{Dtype, Group, Raw, core_err, detach};
+use crate::arrays::{Dtype, Group, Raw, run_core};
 use fastopt_core::math::Math;
 use fastopt_core::nn::activation::{self, Act};
 use fastopt_core::nn::batchnorm::{self, PerChannel, Shape};
@@ -40,7 +40,7 @@ pub fn act_forward<'py>(py: Python<'py>, name: &str, x: &Bound<'py, PyAny>, out:
         // SAFETY: `Group` checked dtype `T`, layout and that `out` (written) overlaps no
         // other array; the arrays are kept alive by the caller's `Group` for this call.
         let (x, out) = unsafe { (x.map(|r| r.slice::<T>()), out.slice_mut::<T>()) };
-        detach(py, move || activation::forward(act, x, out))?.map_err(core_err)
+        run_core(py, move || activation::forward(act, x, out))
     }
     by_dtype!(g.dtype, run(py, act, rx, ro))
 }
@@ -67,7 +67,7 @@ pub fn act_backward<'py>(
     fn run<T: Math + Element>(py: Python<'_>, act: Act, gr: Option<Raw>, s: Raw, out: Raw) -> PyResult<()> {
         // SAFETY: as in `act_forward`.
         let (gr, s, out) = unsafe { (gr.map(|r| r.slice::<T>()), s.slice::<T>(), out.slice_mut::<T>()) };
-        detach(py, move || activation::backward(act, gr, s, out))?.map_err(core_err)
+        run_core(py, move || activation::backward(act, gr, s, out))
     }
     by_dtype!(g.dtype, run(py, act, rg, rs, ro))
 }
@@ -83,7 +83,7 @@ pub fn softmax<'py>(py: Python<'py>, x: &Bound<'py, PyAny>, out: &Bound<'py, PyA
     fn run<T: Math + Element>(py: Python<'_>, x: Raw, out: Raw, axis: Axis, log: bool) -> PyResult<()> {
         // SAFETY: as in `act_forward`.
         let (x, out) = unsafe { (x.slice::<T>(), out.slice_mut::<T>()) };
-        detach(py, move || sm::softmax(x, out, axis, log))?.map_err(core_err)
+        run_core(py, move || sm::softmax(x, out, axis, log))
     }
     by_dtype!(g.dtype, run(py, rx, ro, axis, log))
 }
@@ -109,7 +109,7 @@ pub fn softmax_backward<'py>(
     fn run<T: Math + Element>(py: Python<'_>, gr: Raw, y: Raw, out: Raw, axis: Axis, log: bool) -> PyResult<()> {
         // SAFETY: as in `act_forward`.
         let (gr, y, out) = unsafe { (gr.slice::<T>(), y.slice::<T>(), out.slice_mut::<T>()) };
-        detach(py, move || sm::softmax_backward(gr, y, out, axis, log))?.map_err(core_err)
+        run_core(py, move || sm::softmax_backward(gr, y, out, axis, log))
     }
     by_dtype!(g.dtype, run(py, rg, ry, ro, axis, log))
 }
@@ -135,7 +135,7 @@ pub fn cross_entropy<'py>(
         // SAFETY: `Group` checked the dtypes (`T`, int64, float64), layouts and that `losses`
         // (written) overlaps nothing; the caller's `Group` keeps the arrays alive.
         let (x, t, l) = unsafe { (x.slice::<T>(), t.slice::<i64>(), l.slice_mut::<f64>()) };
-        detach(py, move || sm::cross_entropy(x, t, c, s, ig, l))?.map_err(core_err)
+        run_core(py, move || sm::cross_entropy(x, t, c, s, ig, l))
     }
     by_dtype!(g.dtype, run(py, rx, rt, rl, classes, label_smoothing, ignore_index))
 }
@@ -164,7 +164,7 @@ pub fn cross_entropy_backward<'py>(
     fn run<T: Math + Element>(py: Python<'_>, x: Raw, t: Raw, sc: Raw, o: Raw, c: usize, s: f64, ig: i64) -> PyResult<()> {
         // SAFETY: as in `cross_entropy`; `out` is the only array written.
         let (x, t, sc, o) = unsafe { (x.slice::<T>(), t.slice::<i64>(), sc.slice::<f64>(), o.slice_mut::<T>()) };
-        detach(py, move || sm::cross_entropy_backward(x, t, c, s, ig, sc, o))?.map_err(core_err)
+        run_core(py, move || sm::cross_entropy_backward(x, t, c, s, ig, sc, o))
     }
     by_dtype!(g.dtype, run(py, rx, rt, rs, ro, classes, label_smoothing, ignore_index))
 }
@@ -181,7 +181,7 @@ pub fn bn_stats<'py>(py: Python<'py>, x: &Bound<'py, PyAny>, n: usize, c: usize,
     fn run<T: Math + Element>(py: Python<'_>, x: Raw, m: Raw, v: Raw, s: Shape) -> PyResult<()> {
         // SAFETY: `Group` checked dtypes, layouts and that the written outputs overlap nothing.
         let (x, m, v) = unsafe { (x.slice::<T>(), m.slice_mut::<f64>(), v.slice_mut::<f64>()) };
-        detach(py, move || batchnorm::stats(x, s, m, v))?.map_err(core_err)
+        run_core(py, move || batchnorm::stats(x, s, m, v))
     }
     by_dtype!(g.dtype, run(py, rx, rm, rv, s))
 }
@@ -210,7 +210,7 @@ pub fn bn_backward_sums<'py>(
     fn run<T: Math + Element>(py: Python<'_>, gr: Raw, x: Raw, m: Raw, a: Raw, b: Raw, s: Shape) -> PyResult<()> {
         // SAFETY: as in `bn_stats`.
         let (gr, x, m, a, b) = unsafe { (gr.slice::<T>(), x.slice::<T>(), m.slice::<T>(), a.slice_mut::<f64>(), b.slice_mut::<f64>()) };
-        detach(py, move || batchnorm::backward_sums(gr, x, m, s, a, b))?.map_err(core_err)
+        run_core(py, move || batchnorm::backward_sums(gr, x, m, s, a, b))
     }
     by_dtype!(g.dtype, run(py, rg, rx, rm, r1, r2, s))
 }
@@ -241,7 +241,7 @@ pub fn bn_normalize<'py>(
         // SAFETY: as in `bn_stats`; `out` is the only array written.
         let (x, o) = unsafe { (x.map(|r| r.slice::<T>()), o.slice_mut::<T>()) };
         let p = unsafe { PerChannel { mean: m.slice::<T>(), scale: sc.slice::<T>(), shift: sh.slice::<T>(), k: None } };
-        detach(py, move || batchnorm::normalize(x, o, s, p))?.map_err(core_err)
+        run_core(py, move || batchnorm::normalize(x, o, s, p))
     }
     by_dtype!(g.dtype, run(py, rx, ro, rm, rsc, rsh, s))
 }
@@ -280,7 +280,7 @@ pub fn bn_backward_input<'py>(
         // SAFETY: as in `bn_stats`; `out` is the only array written.
         let (gr, x, o) = unsafe { (gr.slice::<T>(), x.slice::<T>(), o.slice_mut::<T>()) };
         let p = unsafe { PerChannel { mean: m.slice::<T>(), scale: sc.slice::<T>(), shift: sh.slice::<T>(), k: k.map(|k| k.slice::<T>()) } };
-        detach(py, move || batchnorm::backward_input(gr, x, o, s, p))?.map_err(core_err)
+        run_core(py, move || batchnorm::backward_input(gr, x, o, s, p))
     }
     by_dtype!(g.dtype, run(py, rg, rx, ro, rm, rsc, rsh, rk, s))
 }
@@ -324,7 +324,7 @@ pub fn bn_train_forward<'py>(
         // `var`) overlap nothing; the caller's `Group` keeps every array alive.
         let (x, o, m, v) = unsafe { (x.slice::<T>(), o.slice_mut::<T>(), m.slice_mut::<f64>(), v.slice_mut::<f64>()) };
         let (w, b) = unsafe { (w.map(|r| r.slice::<T>()), b.map(|r| r.slice::<T>())) };
-        detach(py, move || batchnorm::train_forward(x, o, s, w, b, eps, m, v))?.map_err(core_err)
+        run_core(py, move || batchnorm::train_forward(x, o, s, w, b, eps, m, v))
     }
     by_dtype!(g.dtype, run(py, rx, ro, rw, rb, rm, rv, s, eps))
 }
@@ -363,7 +363,7 @@ pub fn bn_train_backward<'py>(
         // SAFETY: as in `bn_train_forward`; the written arrays are `out`, `sum_g`, `sum_gx`.
         let (gr, x, o, m, i) = unsafe { (gr.slice::<T>(), x.slice::<T>(), o.slice_mut::<T>(), m.slice::<T>(), i.slice::<T>()) };
         let (w, a, b) = unsafe { (w.map(|r| r.slice::<T>()), a.slice_mut::<f64>(), b.slice_mut::<f64>()) };
-        detach(py, move || batchnorm::train_backward(gr, x, o, s, m, i, w, a, b))?.map_err(core_err)
+        run_core(py, move || batchnorm::train_backward(gr, x, o, s, m, i, w, a, b))
     }
     by_dtype!(g.dtype, run(py, rg, rx, ro, rm, ri, rw, r1, r2, s))
 }

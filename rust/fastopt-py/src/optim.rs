@@ -1,7 +1,7 @@
 //! Optimizer steps: check every array of a parameter group, then run the core kernel once
 //! over all of them with the GIL released.
 
-use crate::arrays::{CheckCache, Group, Raw, confirm, core_err, detach, items, remember};
+use crate::arrays::{CheckCache, Group, Raw, confirm, items, remember, run_core};
 use fastopt_core::optim::elementwise::{self, ElemTensor};
 use std::collections::HashMap;
 use fastopt_core::optim::{
@@ -112,7 +112,7 @@ fn run_adam<T: Float + numpy::Element>(
             }
         })
         .collect();
-    detach(py, move || core_adam(tensors, cfg))?.map_err(core_err)
+    run_core(py, move || core_adam(tensors, cfg))
 }
 
 /// One SGD step over a parameter group, in place (torch's `_single_tensor_sgd`).
@@ -193,7 +193,7 @@ fn run_sgd<T: Float + numpy::Element>(
             }
         })
         .collect();
-    detach(py, move || core_sgd(tensors, cfg))?.map_err(core_err)
+    run_core(py, move || core_sgd(tensors, cfg))
 }
 
 /// One Adagrad step over a parameter group, in place (torch's `_single_tensor_adagrad`).
@@ -248,7 +248,7 @@ fn run_adagrad<T: Float + numpy::Element>(py: Python<'_>, p: &[Raw], gr: &[Raw],
             }
         })
         .collect();
-    detach(py, move || core_adagrad(tensors, cfg))?.map_err(core_err)
+    run_core(py, move || core_adagrad(tensors, cfg))
 }
 
 /// One RMSprop step over a parameter group, in place (torch's `_single_tensor_rmsprop`).
@@ -331,7 +331,7 @@ fn run_rmsprop<T: Float + numpy::Element>(
             }
         })
         .collect();
-    detach(py, move || core_rmsprop(tensors, cfg))?.map_err(core_err)
+    run_core(py, move || core_rmsprop(tensors, cfg))
 }
 
 /// One step of an element-wise optimizer (`fastopt_core::optim::elementwise`) over a group.
@@ -429,7 +429,7 @@ fn run_elementwise<T: Float + numpy::Element>(
         let (param, grad) = unsafe { (p[i].slice_mut(), gr[i].slice()) };
         tensors.push(ElemTensor { param, grad, states: ts, counters: tc });
     }
-    detach(py, move || elementwise::step(name, tensors, hyper, grad_scale))?.map_err(core_err)
+    run_core(py, move || elementwise::step(name, tensors, hyper, grad_scale))
 }
 
 /// One LAMB step over a group, in place (two passes: moments and norms, then the update).
@@ -494,7 +494,7 @@ fn run_lamb<T: Float + numpy::Element>(py: Python<'_>, p: &[Raw], gr: &[Raw], m:
             }
         })
         .collect();
-    detach(py, move || core_lamb(tensors, cfg))?.map_err(core_err)
+    run_core(py, move || core_lamb(tensors, cfg))
 }
 
 /// Checks a group's params and grads as the kernels do (dtype, layout, writeability, shapes,
