@@ -18,7 +18,7 @@ from . import data, nn, optim
 from .parameter import Parameter
 
 __all__ = [
-    "DemoConfig", "Entry", "RunResult", "REGISTRY", "DEFAULT_OPTIMIZERS", "OPTIMIZERS", "SURFACES", "Surface",
+    "DemoConfig", "Entry", "RunResult", "REGISTRY", "DEFAULT_OPTIMIZERS", "SURFACES", "Surface",
     "make_model", "prepare_data", "resolve_names", "train", "trajectory", "diverged_at",
 ]
 
@@ -86,11 +86,6 @@ REGISTRY: dict[str, Entry] = {
 DEFAULT_OPTIMIZERS: tuple[str, ...] = (
     "SGD", "SGD+momentum", "Nesterov", "Adagrad", "RMSprop", "Adam", "AdamW", "AdaBound",
 )
-
-#: ``name -> (make(params, lr), lr)`` for every optimizer of :data:`REGISTRY`.
-OPTIMIZERS: dict[str, tuple[Callable[..., optim.Optimizer], float]] = {
-    name: (e.make, e.lr) for name, e in REGISTRY.items()
-}
 
 
 def resolve_names(spec: str) -> list[str]:

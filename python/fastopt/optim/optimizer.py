@@ -20,6 +20,7 @@ What differs from torch, on purpose:
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import numbers
 import threading
@@ -236,16 +237,13 @@ def check_bool(value: Any, name: str) -> None:
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
 
 
-#: torch's implementation-selection flags and their defaults. fastopt always runs its own fused
-#: kernel: ``foreach`` and ``fused`` are accepted (and kept in the param groups, as torch keeps
-#: them) so that torch code ports unchanged; ``capturable`` and ``differentiable`` change what
-#: torch computes on, so True is refused.
-IMPL_FLAGS: dict[str, Any] = {"foreach": None, "fused": None, "capturable": False, "differentiable": False}
-
-
 def impl_flags(**flags: Any) -> dict[str, Any]:
     """Checks torch's implementation-selection flags (``foreach``, ``fused``, ``capturable``,
-    ``differentiable``: the ones the torch optimizer takes) and returns them for ``defaults``."""
+    ``differentiable``: the ones the torch optimizer takes) and returns them for ``defaults``.
+
+    fastopt always runs its own fused kernel: ``foreach`` and ``fused`` are accepted (and kept
+    in the param groups, as torch keeps them) so that torch code ports unchanged;
+    ``capturable`` and ``differentiable`` change what torch computes on, so True is refused."""
     check_impl_flags(flags)
     return flags
 
@@ -312,6 +310,10 @@ def _plain_numbers(group: dict[str, Any]) -> None:
             group[k] = v.reshape(()).item()
 
 
+#: (lo, hi) byte addresses of an array's memory (moved out of NumPy's namespace in 2.0).
+_byte_bounds = np.byte_bounds if hasattr(np, "byte_bounds") else np.lib.array_utils.byte_bounds
+
+
 def _check_disjoint(groups: list[list[Any]]) -> None:
     """Raises ValueError if arrays of two different groups share memory (a step would update
     that memory twice). Sorts the arrays' byte ranges and confirms each overlap of ranges with
@@ -323,7 +325,7 @@ def _check_disjoint(groups: list[list[Any]]) -> None:
         for i, p in enumerate(params):
             a = _array_of(p)
             if a.size:
-                lo, hi = np.byte_bounds(a) if hasattr(np, "byte_bounds") else np.lib.array_utils.byte_bounds(a)
+                lo, hi = _byte_bounds(a)
                 spans.append((lo, hi, gi, i, a))
     spans.sort(key=lambda t: t[0])
     open_spans: list = []
@@ -360,7 +362,6 @@ def locked(method: Callable) -> Callable:
     """Runs ``method`` holding the optimizer's lock: one thread at a time changes an optimizer
     (the kernels release the GIL, so two threads could otherwise interleave a step's check,
     kernel and commit)."""
-    import functools
 
     @functools.wraps(method)
     def run(self: "Optimizer", *args: Any, **kwargs: Any) -> Any:
@@ -506,12 +507,17 @@ class Optimizer:
             raise ValueError("some parameters appear in more than one parameter group")
         _check_disjoint([g["params"] for g in self.param_groups] + [params])
         _plain_numbers(group)
-        check_impl_flags(group)
-        self._validate_group(group)
+        self._check_options(group)
         self.param_groups.append(group)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         """Raises if an option of ``group`` is out of range (subclasses)."""
+
+    def _check_options(self, group: dict[str, Any]) -> None:
+        """Every check of a group's options: torch's implementation flags, then the
+        optimizer's own (``_validate_group``)."""
+        check_impl_flags(group)
+        self._validate_group(group)
 
     # -- gradients ------------------------------------------------------------------------
 
@@ -756,8 +762,7 @@ class Optimizer:
             # An option changed in param_groups since it was checked (a string lr, say) fails
             # in the kernel without a name: the group's own checks name it.
             try:
-                check_impl_flags(group)
-                self._validate_group(group)
+                self._check_options(group)
             except (TypeError, ValueError) as named:
                 e = named
             if len(self.param_groups) == 1:
@@ -948,9 +953,7 @@ class Optimizer:
             saved["params"] = g["params"]
             for name, default in self.defaults.items():
                 saved.setdefault(name, g.get(name, default))
-            _plain_numbers(saved)
-            check_impl_flags(saved)
-            self._validate_group(saved)
+            self._check_options(saved)
             new_groups.append(saved)
         self.state = new_state
         self.param_groups = new_groups
