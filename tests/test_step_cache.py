@@ -168,12 +168,12 @@ CACHED = [
     (fo.optim.Adagrad, {}, "sum", "state_sums"),
     (fo.optim.RMSprop, {"centered": True, "momentum": 0.5}, "grad_avg", "grad_avgs"),
     (fo.optim.RMSprop, {"momentum": 0.5}, "momentum_buffer", "momentum_buffer_list"),
-    (fo.optim.Adamax, {}, "exp_inf", "exp_inf"),
-    (fo.optim.NAdam, {}, "exp_avg_sq", "exp_avg_sq"),
-    (fo.optim.ASGD, {"t0": 1}, "ax", "ax"),
-    (fo.optim.Rprop, {}, "step_size", "step_size"),
-    (fo.optim.AMSBound, {}, "max_exp_avg_sq", "max_exp_avg_sq"),
-    (fo.optim.Lion, {}, "exp_avg", "exp_avg"),
+    (fo.optim.Adamax, {}, "exp_inf", "exp_infs"),
+    (fo.optim.NAdam, {}, "exp_avg_sq", "exp_avg_sqs"),
+    (fo.optim.ASGD, {"t0": 1}, "ax", "axs"),
+    (fo.optim.Rprop, {}, "step_size", "step_size_ops"),
+    (fo.optim.AMSBound, {}, "max_exp_avg_sq", "max_exp_avg_sqs"),
+    (fo.optim.Lion, {}, "exp_avg", "exp_avgs"),
     (fo.optim.Lamb, {}, "exp_avg", "exp_avgs"),
 ]
 

@@ -16,68 +16,20 @@ def default_num_threads() -> int: ...
 def max_num_threads() -> int: ...
 def environment_problems() -> list[str]: ...
 def bandwidth_probe(elements: int, repeats: int) -> tuple[float, float]: ...
-def adam_step(
+class Rule:
+    def __init__(self, name: str, /, **hyper: float) -> None: ...
+    @property
+    def name(self) -> str: ...
+    def layout(self) -> tuple[list[str], list[str], list[str]]: ...
+
+def rule_names() -> list[str]: ...
+def step(
+    rule: Rule,
     params: Sequence[np.ndarray],
     grads: Sequence[np.ndarray],
-    exp_avgs: Sequence[np.ndarray],
-    exp_avg_sqs: Sequence[np.ndarray],
-    max_exp_avg_sqs: Sequence[np.ndarray] | None,
-    state_steps: Sequence[np.ndarray],
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    amsgrad: bool,
-    maximize: bool,
-    decoupled_weight_decay: bool = False,
-    grad_scale: float = 1.0,
-    check_only: bool = False,
-    cache: CheckCache | None = None,
-) -> None: ...
-def sgd_step(
-    params: Sequence[np.ndarray],
-    grads: Sequence[np.ndarray],
-    momentum_buffer_list: Sequence[np.ndarray] | None,
-    fresh_buffers: Sequence[bool],
-    lr: float,
-    momentum: float,
-    dampening: float,
-    weight_decay: float,
-    nesterov: bool,
-    maximize: bool,
-    grad_scale: float = 1.0,
-    check_only: bool = False,
-    cache: CheckCache | None = None,
-) -> None: ...
-def adagrad_step(
-    params: Sequence[np.ndarray],
-    grads: Sequence[np.ndarray],
-    state_sums: Sequence[np.ndarray],
-    state_steps: Sequence[np.ndarray],
-    lr: float,
-    lr_decay: float,
-    weight_decay: float,
-    eps: float,
-    maximize: bool,
-    grad_scale: float = 1.0,
-    check_only: bool = False,
-    cache: CheckCache | None = None,
-) -> None: ...
-def rmsprop_step(
-    params: Sequence[np.ndarray],
-    grads: Sequence[np.ndarray],
-    square_avgs: Sequence[np.ndarray],
-    grad_avgs: Sequence[np.ndarray] | None,
-    momentum_buffer_list: Sequence[np.ndarray] | None,
-    state_steps: Sequence[np.ndarray],
-    lr: float,
-    alpha: float,
-    eps: float,
-    weight_decay: float,
-    momentum: float,
-    centered: bool,
-    maximize: bool,
+    states: Sequence[Sequence[np.ndarray]],
+    counters: Sequence[Sequence[np.ndarray]],
+    fresh: Sequence[bool] | None = None,
     grad_scale: float = 1.0,
     check_only: bool = False,
     cache: CheckCache | None = None,
@@ -85,35 +37,6 @@ def rmsprop_step(
 def total_norm(grads: Sequence[np.ndarray], norm_type: float) -> float: ...
 def scale_(arrays: Sequence[np.ndarray], factor: float) -> None: ...
 def clamp_(arrays: Sequence[np.ndarray], clip_value: float) -> None: ...
-def lamb_step(
-    params: Sequence[np.ndarray],
-    grads: Sequence[np.ndarray],
-    exp_avgs: Sequence[np.ndarray],
-    exp_avg_sqs: Sequence[np.ndarray],
-    state_steps: Sequence[np.ndarray],
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    bias_correction: bool,
-    maximize: bool,
-    grad_scale: float = 1.0,
-    check_only: bool = False,
-    cache: CheckCache | None = None,
-) -> None: ...
-def elementwise_step(
-    name: str,
-    params: Sequence[np.ndarray],
-    grads: Sequence[np.ndarray],
-    states: Sequence[Sequence[np.ndarray]],
-    counters: Sequence[Sequence[np.ndarray]],
-    hyper: dict[str, float],
-    grad_scale: float = 1.0,
-    check_only: bool = False,
-    cache: CheckCache | None = None,
-) -> None: ...
-def elementwise_layout(name: str) -> tuple[list[str], list[str]]: ...
 def check_group(params: Sequence[np.ndarray], grads: Sequence[np.ndarray]) -> None: ...
 def dot(a: np.ndarray, b: np.ndarray) -> float: ...
 def axpy_(y: np.ndarray, alpha: float, x: np.ndarray) -> None: ...

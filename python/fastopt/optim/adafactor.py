@@ -8,7 +8,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .. import _fastopt
-from ..backends import for_arrays
+from .. import _fastopt
 from .optimizer import Optimizer, _real, check_bool, check_nonnegative
 
 __all__ = ["Adafactor"]
@@ -104,7 +104,7 @@ class Adafactor(Optimizer):
                 raise ValueError(f"state of params[{i}]: {name!r} must be C-contiguous and writeable")
 
     def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
-        for_arrays(arrays).check_group(arrays, grads)
+        _fastopt.check_group(arrays, grads)
         items = self.state._items
         for i, (p, a) in enumerate(zip(params, arrays)):
             found = items.get(id(p))

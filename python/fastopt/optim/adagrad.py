@@ -6,7 +6,6 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import functional as F
 from .optimizer import Optimizer, _array_of, check_bool, check_nonnegative, impl_flags
 
 __all__ = ["Adagrad"]
@@ -78,11 +77,11 @@ class Adagrad(Optimizer):
         check_nonnegative(eps, "eps", f"Invalid epsilon value: {eps}")
         check_bool(group["maximize"], "maximize")
 
-    def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
-        bufs, created = self._buffers(params, arrays, ("step", "sum"), {"sum": group["initial_accumulator_value"]})
-        F._adagrad(
-            arrays, grads, bufs[1], bufs[0], group["lr"], group["weight_decay"], group["lr_decay"], group["eps"],
-            group["maximize"], check_only, grad_scale, self._check_cache(group),
-        )
-        if not check_only:
-            self._commit(created)
+    _rule = "adagrad"
+
+    def _hyper(self, g):
+        return dict(lr=g["lr"], lr_decay=g["lr_decay"], weight_decay=g["weight_decay"], eps=g["eps"],
+                    maximize=g["maximize"])
+
+    def _fill(self, group):
+        return {"sum": group["initial_accumulator_value"]}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from . import functional as F
 from .optimizer import Optimizer, check_betas, check_bool, check_nonnegative, impl_flags
 
 __all__ = ["Adam", "AdamW"]
@@ -83,22 +82,12 @@ class Adam(Optimizer):
         check_bool(group["maximize"], "maximize")
         check_bool(group["decoupled_weight_decay"], "decoupled_weight_decay")
 
-    def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
-        amsgrad = group["amsgrad"]
-        names = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsgrad else ("step", "exp_avg", "exp_avg_sq")
-        bufs, created = self._buffers(params, arrays, names)
-        beta1, beta2 = group["betas"]
-        # Options go to the kernel as they are: they were validated when the group was added
-        # or loaded, and the kernel rejects a later non-number with a TypeError naming it.
-        F._adam(
-            arrays, grads, bufs[1], bufs[2], bufs[3] if amsgrad else None, bufs[0],
-            amsgrad, beta1, beta2, group["lr"], group["weight_decay"], group["eps"],
-            group["maximize"], group["decoupled_weight_decay"], check_only, grad_scale,
-            self._check_cache(group),
-        )
-        if not check_only:
-            self._commit(created)
+    _rule = "adam"
 
+    def _hyper(self, g):
+        beta1, beta2 = g["betas"]
+        return dict(lr=g["lr"], beta1=beta1, beta2=beta2, eps=g["eps"], weight_decay=g["weight_decay"],
+                    amsgrad=g["amsgrad"], maximize=g["maximize"], decoupled_weight_decay=g["decoupled_weight_decay"])
 
 class AdamW(Adam):
     r"""Adam with decoupled weight decay (torch.optim.AdamW; ``weight_decay`` defaults to 1e-2):

@@ -6,51 +6,19 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from .. import _fastopt
-from . import functional as F
 from .optimizer import Optimizer, _real, check_betas, check_bool, check_nonnegative, impl_flags
 
 __all__ = ["Adamax", "Adadelta", "NAdam", "RAdam", "ASGD", "Rprop", "AdaBound", "AMSBound", "Lion", "AdaBelief"]
 
 
-_LAYOUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
-
-
-def _layout(kernel: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(state buffers, counters) of a kernel, asked of the compiled module once."""
-    found = _LAYOUTS.get(kernel)
-    if found is None:
-        states, counters = _fastopt.elementwise_layout(kernel)
-        found = _LAYOUTS[kernel] = (tuple(states), tuple(counters))
-    return found
-
-
 class _Elementwise(Optimizer):
-    """Runs the kernel named ``_kernel``; subclasses give the hyperparameters by name."""
+    """An optimizer whose rule is ``_rule``; subclasses give the hyperparameters by name."""
 
-    _kernel = ""
-    _fill: dict[str, float] = {}
+    _fill_values: dict[str, float] = {}
 
-    def _hyper(self, group: dict[str, Any]) -> dict[str, float]:
-        raise NotImplementedError
-
-    def _kernel_for(self, group: dict[str, Any]) -> str:
-        return self._kernel
-
-    def _fill_for(self, group: dict[str, Any]) -> dict[str, float]:
+    def _fill(self, group: dict[str, Any]) -> dict[str, float]:
         """Initial values of new state (default zeros)."""
-        return self._fill
-
-    def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
-        kernel = self._kernel_for(group)
-        states, counters = _layout(kernel)
-        bufs, created = self._buffers(params, arrays, counters + states, self._fill_for(group), counters)
-        k = len(counters)
-        F._elementwise(
-            kernel, arrays, grads, bufs[k:], bufs[:k], self._hyper(group), check_only, grad_scale, self._check_cache(group)
-        )
-        if not check_only:
-            self._commit(created)
+        return self._fill_values
 
 
 def _adam_like_checks(group: dict[str, Any]) -> None:
@@ -96,7 +64,7 @@ class Adamax(_AdamLike):
     ['exp_avg', 'exp_inf', 'step']
     """
 
-    _kernel = "adamax"
+    _rule = "adamax"
 
     def __init__(self, params: Iterable[Any], lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, *, maximize: bool = False,
@@ -124,7 +92,7 @@ class Adadelta(_Elementwise):
     ['acc_delta', 'square_avg', 'step']
     """
 
-    _kernel = "adadelta"
+    _rule = "adadelta"
 
     def __init__(self, params: Iterable[Any], lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
                  weight_decay: float = 0, *, maximize: bool = False,
@@ -166,8 +134,8 @@ class NAdam(_AdamLike):
     ['exp_avg', 'exp_avg_sq', 'mu_product', 'step']
     """
 
-    _kernel = "nadam"
-    _fill = {"mu_product": 1.0}
+    _rule = "nadam"
+    _fill_values = {"mu_product": 1.0}
     _counters = ("step", "mu_product")
 
     def __init__(self, params: Iterable[Any], lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -206,7 +174,7 @@ class RAdam(_AdamLike):
     ['exp_avg', 'exp_avg_sq', 'step']
     """
 
-    _kernel = "radam"
+    _rule = "radam"
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, decoupled_weight_decay: bool = False, *,
@@ -237,7 +205,7 @@ class ASGD(_Elementwise):
     ['ax', 'eta', 'mu', 'step']
     """
 
-    _kernel = "asgd"
+    _rule = "asgd"
     _counters = ("step", "eta", "mu")
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
@@ -257,7 +225,7 @@ class ASGD(_Elementwise):
         check_nonnegative(group["t0"], "t0", f"Invalid t0 value: {group['t0']}")
         check_bool(group["maximize"], "maximize")
 
-    def _fill_for(self, group):
+    def _fill(self, group):
         return {"eta": group["lr"], "mu": 1.0}
 
     def _hyper(self, g):
@@ -282,7 +250,7 @@ class Rprop(_Elementwise):
     ['prev', 'step', 'step_size']
     """
 
-    _kernel = "rprop"
+    _rule = "rprop"
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, etas: tuple[float, float] = (0.5, 1.2),
                  step_sizes: tuple[float, float] = (1e-6, 50), *, maximize: bool = False,
@@ -308,12 +276,12 @@ class Rprop(_Elementwise):
             raise ValueError(f"Invalid step_sizes: {sizes[0]}, {sizes[1]} (need 0 <= min <= max, no NaN)")
         check_bool(group["maximize"], "maximize")
 
-    def _fill_for(self, group):
+    def _fill(self, group):
         return {"step_size": group["lr"]}
 
     def _hyper(self, g):
         return dict(etaminus=g["etas"][0], etaplus=g["etas"][1], step_size_min=g["step_sizes"][0],
-                    step_size_max=g["step_sizes"][1], weight_decay=0.0, maximize=g["maximize"])
+                    step_size_max=g["step_sizes"][1], maximize=g["maximize"])
 
 
 class AdaBound(_AdamLike):
@@ -359,7 +327,7 @@ class AdaBound(_AdamLike):
             raise ValueError(f"Invalid gamma parameter: {gamma}")
         check_bool(group["amsbound"], "amsbound")
 
-    def _kernel_for(self, group):
+    def _rule_name(self, group):
         return "amsbound" if group["amsbound"] else "adabound"
 
     def _hyper(self, g):
@@ -410,7 +378,7 @@ class Lion(_Elementwise):
     ['exp_avg', 'step']
     """
 
-    _kernel = "lion"
+    _rule = "lion"
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, maximize: bool = False) -> None:
@@ -444,7 +412,7 @@ class AdaBelief(_AdamLike):
     ['exp_avg', 'exp_avg_var', 'step']
     """
 
-    _kernel = "adabelief"
+    _rule = "adabelief"
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-16, weight_decay: float = 0, *, decoupled_weight_decay: bool = True,

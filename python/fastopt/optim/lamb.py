@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from ..backends import for_arrays
 from .optimizer import Optimizer, check_betas, check_bool, check_nonnegative
 
 __all__ = ["Lamb"]
@@ -45,12 +44,9 @@ class Lamb(Optimizer):
         check_bool(group["bias_correction"], "bias_correction")
         check_bool(group["maximize"], "maximize")
 
-    def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
-        bufs, created = self._buffers(params, arrays, ("step", "exp_avg", "exp_avg_sq"))
-        b1, b2 = group["betas"]
-        for_arrays(arrays).lamb_step(
-            arrays, grads, bufs[1], bufs[2], bufs[0], group["lr"], b1, b2, group["eps"], group["weight_decay"],
-            group["bias_correction"], group["maximize"], grad_scale, check_only, self._check_cache(group),
-        )
-        if not check_only:
-            self._commit(created)
+    _rule = "lamb"
+
+    def _hyper(self, g):
+        beta1, beta2 = g["betas"]
+        return dict(lr=g["lr"], beta1=beta1, beta2=beta2, eps=g["eps"], weight_decay=g["weight_decay"],
+                    bias_correction=g["bias_correction"], maximize=g["maximize"])

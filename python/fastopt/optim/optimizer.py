@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .. import _fastopt
+from . import functional as F
 from ..hooks import RemovableHandle, register
 from ..nn.utils import clip_coefficient, get_total_norm
 from ..parameter import FLOAT_DTYPES, Parameter, as_numpy
@@ -418,8 +419,10 @@ class Optimizer:
         self._disjoint: tuple | None = None  # the arrays last found not to overlap across groups
         self.state: _State = _State()
         self.param_groups: list[dict[str, Any]] = []
-        # names -> (param ids, state, state version, buffer lists): see `_buffers`.
+        # (names, id(params)) -> (param ids, state, state version, buffer lists): see `_buffers`.
         self._buffer_lists: dict[tuple, tuple] = {}
+        # id(group) -> (group, rule name, hyperparameters, Rule, layout): see `_rule_of`.
+        self._rules: dict[int, tuple] = {}
         # id(group) -> (group, the kernel's CheckCache for it): see `_check_cache`.
         self._check_caches: dict[int, tuple] = {}
         param_groups = list(params)
@@ -435,11 +438,13 @@ class Optimizer:
         d.pop("_lock", None)
         d["_pending"] = None
         d["_disjoint"] = None
+        d["_rules"] = {}
         return d
 
     def __setstate__(self, d: dict[str, Any]) -> None:
         self.__dict__.update(d)
         self._lock = threading.RLock()
+        self.__dict__.setdefault("_rules", {})
 
     # -- param groups ---------------------------------------------------------------------
 
@@ -785,6 +790,41 @@ class Optimizer:
         if self._group_wrote and pending:
             self._commit(pending)
 
+    #: The engine rule (``fastopt._fastopt.Rule``) this optimizer steps its groups with; a
+    #: subclass with its own ``_step_group`` (LBFGS, Adafactor) leaves it empty.
+    _rule = ""
+    #: Whether the rule reads which state buffers were just created (SGD's first step).
+    _needs_fresh = False
+
+    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
+        """The rule's hyperparameters for ``group``, by the engine's names."""
+        raise NotImplementedError
+
+    def _rule_name(self, group: dict[str, Any]) -> str:
+        return self._rule
+
+    def _fill(self, group: dict[str, Any]) -> dict[str, float] | None:
+        """Initial values of new state buffers, by name (default: zeros)."""
+        return None
+
+    def _rule_of(self, group: dict[str, Any]) -> tuple:
+        """The group's ``Rule`` and its layout, built again only when an option changed
+        (a scheduler's new ``lr``, say)."""
+        name, hyper = self._rule_name(group), self._hyper(group)
+        entry = self._rules.get(id(group))
+        if entry is not None and entry[0] is group and entry[1] == name and entry[2] == hyper:
+            return entry[3], entry[4]
+        rule = F.Rule(name, **hyper)
+        states, _, counters = rule.layout()
+        layout = (tuple(counters) + tuple(states), len(counters))
+        if len(self._rules) > 4 * len(self.param_groups):
+            live = {id(g) for g in self.param_groups}
+            self._rules = {k: v for k, v in self._rules.items() if k in live}
+        # A 0-d array option (an lr a scheduler fills in place) is compared by its value then.
+        frozen = {k: float(v) if isinstance(v, np.ndarray) else v for k, v in hyper.items()}
+        self._rules[id(group)] = (group, name, frozen, rule, layout)
+        return rule, layout
+
     def _step_group(
         self,
         group: dict[str, Any],
@@ -797,7 +837,15 @@ class Optimizer:
         """Updates the ``params`` of ``group`` (those with a gradient) in one kernel call,
         multiplying every gradient element by ``grad_scale`` as it is read. With
         ``check_only``, checks the arguments and writes nothing (no state either)."""
-        raise NotImplementedError
+        rule, (names, k) = self._rule_of(group)
+        bufs, created = self._buffers(params, arrays, names, self._fill(group), names[:k])
+        fresh = None
+        if self._needs_fresh and created and len(names) > k:
+            new = {id(b) for _, _, b in created}
+            fresh = [id(b) in new for b in bufs[k]]
+        F._step(rule, arrays, grads, bufs[k:], bufs[:k], fresh, grad_scale, check_only, self._check_cache(group))
+        if not check_only:
+            self._commit(created)
 
     def _buffers(
         self,
@@ -818,7 +866,8 @@ class Optimizer:
         # A group's own params list (`_ParamList`) counts its changes; a filtered list (some
         # params without a gradient) is not cached.
         key = (id(params), params._version) if type(params) is _ParamList else None
-        cached = self._buffer_lists.get(names)
+        # Keyed by the params list too: each group has its own lists.
+        cached = self._buffer_lists.get((names, id(params)))
         if key is not None and cached is not None and cached[0] == key and cached[1] is state and cached[2] == state._version:
             return cached[3], []
         items = state._items
@@ -828,7 +877,9 @@ class Optimizer:
             lists = [[st[1][name] for st in states] for name in names]
             if key is not None:
                 # Keeps `params` alive with the entry, so its id cannot be reused.
-                self._buffer_lists[names] = (key, state, state._version, lists, params)
+                if len(self._buffer_lists) > 4 * len(self.param_groups) + 8:
+                    self._buffer_lists.clear()
+                self._buffer_lists[(names, id(params))] = (key, state, state._version, lists, params)
             return lists, []
         except (TypeError, KeyError):
             pass

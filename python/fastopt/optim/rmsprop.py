@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from . import functional as F
 from .optimizer import Optimizer, check_bool, check_nonnegative, impl_flags
 
 __all__ = ["RMSprop"]
@@ -71,15 +70,8 @@ class RMSprop(Optimizer):
         check_bool(group["centered"], "centered")
         check_bool(group["maximize"], "maximize")
 
-    def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
-        momentum, centered = group["momentum"], group["centered"]
-        names = ("step", "square_avg") + (("momentum_buffer",) if momentum > 0 else ()) + (("grad_avg",) if centered else ())
-        bufs, created = self._buffers(params, arrays, names)
-        named = dict(zip(names, bufs))
-        F._rmsprop(
-            arrays, grads, named["square_avg"], named.get("grad_avg"), named.get("momentum_buffer"), named["step"],
-            group["lr"], group["alpha"], group["eps"], group["weight_decay"], momentum, centered, group["maximize"],
-            check_only, grad_scale, self._check_cache(group),
-        )
-        if not check_only:
-            self._commit(created)
+    _rule = "rmsprop"
+
+    def _hyper(self, g):
+        return dict(lr=g["lr"], alpha=g["alpha"], eps=g["eps"], weight_decay=g["weight_decay"], momentum=g["momentum"],
+                    centered=g["centered"], maximize=g["maximize"])

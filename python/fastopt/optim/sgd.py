@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-from . import functional as F
 from .optimizer import Optimizer, _real, check_bool, check_nonnegative, impl_flags
 
 __all__ = ["SGD"]
@@ -80,20 +79,9 @@ class SGD(Optimizer):
         if group["nesterov"] and (momentum <= 0 or group["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
-    def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
-        momentum = group["momentum"]
-        buffers, fresh, created = None, [], []
-        if momentum != 0:
-            (buffers,), created = self._buffers(params, arrays, ("momentum_buffer",))
-            if created:
-                new = {id(b) for _, _, b in created}
-                fresh = [id(b) in new for b in buffers]
-            else:
-                fresh = [False] * len(buffers)
-        F._sgd(
-            arrays, grads, buffers, fresh, group["weight_decay"], momentum, group["lr"],
-            group["dampening"], group["nesterov"], group["maximize"], check_only, grad_scale,
-            self._check_cache(group),
-        )
-        if not check_only:
-            self._commit(created)
+    _rule = "sgd"
+    _needs_fresh = True
+
+    def _hyper(self, g):
+        return dict(lr=g["lr"], momentum=g["momentum"], dampening=g["dampening"], weight_decay=g["weight_decay"],
+                    nesterov=g["nesterov"], maximize=g["maximize"])

@@ -15,13 +15,36 @@ pub mod simd;
 
 pub use float::Float;
 
-/// A caller error the kernels detect before writing anything.
+/// A caller error the kernels detect before writing anything. Each names the argument it is
+/// about, in the caller's words (`grads[3]`, `lr`); the binding maps the kind to a Python
+/// exception type in one place.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Error(pub String);
+pub enum Error {
+    /// A bad value: a length that does not match, a missing or unexpected buffer, an
+    /// argument out of its range (Python: ValueError).
+    Value(String),
+    /// An argument of the wrong kind: an unknown or missing hyperparameter, an unknown
+    /// optimizer (Python: TypeError).
+    Type(String),
+}
+
+impl Error {
+    pub fn value(msg: impl Into<String>) -> Error {
+        Error::Value(msg.into())
+    }
+    pub fn type_error(msg: impl Into<String>) -> Error {
+        Error::Type(msg.into())
+    }
+    pub fn message(&self) -> &str {
+        match self {
+            Error::Value(m) | Error::Type(m) => m,
+        }
+    }
+}
 
 impl core::fmt::Display for Error {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.message())
     }
 }
 
@@ -30,7 +53,7 @@ impl std::error::Error for Error {}
 /// Checks that `len` equals the parameter's length, naming the buffer otherwise.
 pub(crate) fn check_len(what: &str, index: usize, len: usize, expected: usize) -> Result<(), Error> {
     if len != expected {
-        return Err(Error(format!(
+        return Err(Error::value(format!(
             "{what}[{index}] has {len} elements but params[{index}] has {expected}"
         )));
     }

@@ -34,7 +34,7 @@ impl Norm {
             x if x == f64::NEG_INFINITY => Norm::NegInf,
             x if x == 0.0 => Norm::Zero,
             x if x > 0.0 && x.is_finite() => Norm::P(x),
-            x => return Err(Error(format!("norm_type must be positive, 0, inf or -inf, got {x}"))),
+            x => return Err(Error::value(format!("norm_type must be positive, 0, inf or -inf, got {x}"))),
         })
     }
 
@@ -330,7 +330,7 @@ impl<T: Float> SimdKernel for DotBlocks<'_, T> {
 /// blocks (the same result whatever the thread count).
 pub fn dot<T: Float>(a: &[T], b: &[T]) -> Result<f64, Error> {
     if a.len() != b.len() {
-        return Err(Error(format!("dot of {} and {} elements", a.len(), b.len())));
+        return Err(Error::value(format!("dot of {} and {} elements", a.len(), b.len())));
     }
     let mut partials = vec![0.0f64; a.len().div_ceil(BLOCK)];
     parallel::for_each(vec![DotBlocks { a, b, out: &mut partials }], simd::dispatch);
@@ -426,7 +426,7 @@ impl<T: Float> SimdKernel for AxpyDotBlocks<'_, T> {
 /// [`axpy`] followed by [`dot`] (L-BFGS's two-loop recursion alternates the two).
 pub fn axpy_dot<T: Float>(y: &mut [T], alpha: T, x: &[T], z: &[T]) -> Result<f64, Error> {
     if y.len() != x.len() || y.len() != z.len() {
-        return Err(Error(format!("axpy_dot of {}, {} and {} elements", y.len(), x.len(), z.len())));
+        return Err(Error::value(format!("axpy_dot of {}, {} and {} elements", y.len(), x.len(), z.len())));
     }
     let mut partials = vec![0.0f64; y.len().div_ceil(BLOCK)];
     parallel::for_each(vec![AxpyDotBlocks { y, x, z, alpha, out: &mut partials }], simd::dispatch);
@@ -436,7 +436,7 @@ pub fn axpy_dot<T: Float>(y: &mut [T], alpha: T, x: &[T], z: &[T]) -> Result<f64
 /// `y += alpha * x` in place (torch's `y.add_(x, alpha=alpha)`: one rounding with FMA).
 pub fn axpy<T: Float>(y: &mut [T], alpha: T, x: &[T]) -> Result<(), Error> {
     if y.len() != x.len() {
-        return Err(Error(format!("axpy of {} and {} elements", y.len(), x.len())));
+        return Err(Error::value(format!("axpy of {} and {} elements", y.len(), x.len())));
     }
     parallel::for_each(vec![Axpy { y, x, alpha }], simd::dispatch);
     Ok(())
@@ -461,6 +461,7 @@ mod tests {
 
     #[test]
     fn norms_match_a_naive_reference_and_ignore_thread_count() {
+        let _lock = crate::test_util::global();
         let sizes = [0usize, 1, 7, 8, 9, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 5, 70_000];
         let ts: Vec<Vec<f64>> = sizes.iter().enumerate().map(|(i, &n)| data::<f64>(n, i as u64 + 1)).collect();
         let slices: Vec<&[f64]> = ts.iter().map(|t| t.as_slice()).collect();
@@ -484,6 +485,7 @@ mod tests {
 
     #[test]
     fn dot_and_axpy() {
+        let _lock = crate::test_util::global();
         let n = 3 * BLOCK + 13;
         let (a, b) = (data::<f64>(n, 1), data::<f64>(n, 2));
         let want: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();

@@ -127,15 +127,21 @@ fn type_name(obj: &Bound<'_, PyAny>) -> String {
 }
 
 fn as_array<'py>(obj: &Bound<'py, PyAny>, label: Label) -> PyResult<Bound<'py, PyUntypedArray>> {
-    obj.cast::<PyUntypedArray>().map(|a| a.clone()).map_err(|_| {
-        PyTypeError::new_err(format!("{label} must be a numpy.ndarray, got {}", type_name(obj)))
-    })
+    obj.cast::<PyUntypedArray>().map(|a| a.clone()).map_err(|_| not_an_array(obj, label))
+}
+
+fn not_an_array(obj: &Bound<'_, PyAny>, label: Label) -> PyErr {
+    let module = obj.get_type().module().map(|m| m.to_string()).unwrap_or_default();
+    if module.starts_with("cupy") {
+        return PyTypeError::new_err(format!("{label} is a CuPy array: CuPy arrays are not supported yet, fastopt's kernels take numpy.ndarray"));
+    }
+    PyTypeError::new_err(format!("{label} must be a numpy.ndarray, got {}", type_name(obj)))
 }
 
 /// As [`as_array`], taking over the caller's reference (no second reference count).
 fn into_array<'py>(obj: Bound<'py, PyAny>, label: Label) -> PyResult<Bound<'py, PyUntypedArray>> {
     if obj.cast::<PyUntypedArray>().is_err() {
-        return Err(PyTypeError::new_err(format!("{label} must be a numpy.ndarray, got {}", type_name(&obj))));
+        return Err(not_an_array(&obj, label));
     }
     // SAFETY: the line above checked that `obj` is an ndarray (or a subclass).
     Ok(unsafe { obj.cast_into_unchecked() })
@@ -466,8 +472,12 @@ fn overlap_error(a: Label, b: Label) -> PyErr {
     ))
 }
 
+/// The one place a core error becomes a Python exception.
 pub fn core_err(e: fastopt_core::Error) -> PyErr {
-    PyValueError::new_err(e.0)
+    match e {
+        fastopt_core::Error::Value(m) => PyValueError::new_err(m),
+        fastopt_core::Error::Type(m) => PyTypeError::new_err(m),
+    }
 }
 
 /// The one way the binding runs a kernel: with the GIL released, and with any panic (a bug:
@@ -485,7 +495,8 @@ pub fn detach<R: Send>(py: Python<'_>, kernel: impl FnOnce() -> R + Send) -> PyR
     })
 }
 
-/// [`detach`] for a core kernel: its `Error` (input it refuses) becomes a ValueError.
+/// [`detach`] for a core kernel: its `Error` (input it refuses) becomes a ValueError or a
+/// TypeError ([`core_err`]).
 pub fn run_core<R: Send>(py: Python<'_>, kernel: impl FnOnce() -> Result<R, fastopt_core::Error> + Send) -> PyResult<R> {
     detach(py, kernel)?.map_err(core_err)
 }

@@ -105,7 +105,7 @@ mod _fastopt {
     #[pymodule_export]
     use super::nn::{act_backward, act_forward, bn_backward_input, bn_backward_sums, bn_normalize, bn_stats, bn_train_backward, bn_train_forward, cross_entropy, cross_entropy_backward, softmax, softmax_backward};
     #[pymodule_export]
-    use super::optim::{adagrad_step, adam_step, check_group, elementwise_layout, elementwise_step, lamb_step, rmsprop_step, sgd_step};
+    use super::optim::{check_group, rule_names, step, Rule};
     #[pymodule_export]
     use super::{available_simd_levels, bandwidth_probe, default_num_threads, detected_simd_level, environment_problems, get_num_threads, max_num_threads, set_num_threads, set_simd_level, simd_level};
 

@@ -438,7 +438,7 @@ impl<T: Math, F: Backward<T>> SimdKernel for Map2<'_, T, F> {
 
 fn check(what: &str, len: usize, out: usize) -> Result<(), Error> {
     if len != out {
-        return Err(Error(format!(
+        return Err(Error::value(format!(
             "{what} has {len} elements but out has {out}"
         )));
     }

@@ -31,7 +31,7 @@ impl Shape {
     }
     fn check(self, what: &str, len: usize) -> Result<(), Error> {
         if Some(len) != self.checked_len() {
-            return Err(Error(format!(
+            return Err(Error::value(format!(
                 "{what} has {len} elements, not {} x {} x {}",
                 self.n, self.c, self.l
             )));
@@ -40,7 +40,7 @@ impl Shape {
     }
     fn check_c(self, what: &str, len: usize) -> Result<(), Error> {
         if len != self.c {
-            return Err(Error(format!(
+            return Err(Error::value(format!(
                 "{what} has {len} elements but there are {} channels",
                 self.c
             )));

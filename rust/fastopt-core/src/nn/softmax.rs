@@ -27,7 +27,7 @@ impl Axis {
     }
     fn check(self, what: &str, len: usize) -> Result<(), Error> {
         if self.checked_len() != Some(len) {
-            return Err(Error(format!(
+            return Err(Error::value(format!(
                 "{what} has {len} elements, not {} x {} x {}",
                 self.outer, self.n, self.inner
             )));
@@ -308,7 +308,7 @@ pub fn softmax_backward<T: Math>(
 fn check_targets(target: &[i64], classes: usize, ignore_index: i64) -> Result<(), Error> {
     for (i, &t) in target.iter().enumerate() {
         if t != ignore_index && (t < 0 || t as u64 >= classes as u64) {
-            return Err(Error(format!("target[{i}] = {t} is out of range for {classes} classes (and is not ignore_index={ignore_index})")));
+            return Err(Error::value(format!("target[{i}] = {t} is out of range for {classes} classes (and is not ignore_index={ignore_index})")));
         }
     }
     Ok(())
@@ -496,7 +496,7 @@ pub fn cross_entropy_backward<T: Math>(
 ) -> Result<(), Error> {
     check_ce(x.len(), target.len(), classes, scale.len(), "scale")?;
     if grad.len() != x.len() {
-        return Err(Error(format!(
+        return Err(Error::value(format!(
             "out has {} elements but input has {}",
             grad.len(),
             x.len()
@@ -528,12 +528,12 @@ fn check_ce(
     what: &str,
 ) -> Result<(), Error> {
     if classes == 0 || Some(xlen) != rows.checked_mul(classes) {
-        return Err(Error(format!(
+        return Err(Error::value(format!(
             "input has {xlen} elements, not {rows} rows x {classes} classes"
         )));
     }
     if per_row != rows {
-        return Err(Error(format!(
+        return Err(Error::value(format!(
             "{what} has {per_row} elements but there are {rows} rows"
         )));
     }

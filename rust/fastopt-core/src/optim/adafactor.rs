@@ -32,7 +32,7 @@ impl Factored {
     /// elements).
     fn check(self, what: &str, len: usize, expected: Option<usize>) -> Result<(), Error> {
         if Some(len) != expected {
-            return Err(Error(format!(
+            return Err(Error::value(format!(
                 "{what} has {len} elements, not the {} x {} x {} the shape asks",
                 self.batch, self.rows, self.cols
             )));

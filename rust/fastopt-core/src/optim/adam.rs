@@ -16,27 +16,25 @@
 //! `bc2 = 1 - beta2**step`, `sqrt(bc2) = bc2**0.5` and the step size are computed in double
 //! precision with `pow`, as Python computes them, then rounded to the element type.
 
+use super::engine::{self, bias_correction, next_step, pow_half, Grad, Lerp, Rule, Storage, Tensor, MAX_STATES};
+use super::hyper::hyper;
 use crate::float::{nan_max, Float};
-use crate::parallel::{self, split_opt, Split};
-use crate::simd::{self, Arith, SimdKernel, SimdLevel};
-use crate::{check_len, Error};
+use crate::simd::{Arith, SimdLevel};
+use crate::Error;
 
-/// Hyperparameters of one parameter group.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AdamConfig {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-    pub amsgrad: bool,
-    pub maximize: bool,
-    /// AdamW: multiply the parameter by `1 - lr * weight_decay` instead of adding
-    /// `weight_decay * param` to the gradient.
-    pub decoupled_weight_decay: bool,
-    /// Every gradient element is multiplied by this (rounded to the element type) as it is
-    /// read: gradient clipping folded into the step. 1.0 leaves gradients as they are.
-    pub grad_scale: f64,
+hyper! {
+    /// Adam's hyperparameters (AdamW: `decoupled_weight_decay`: multiply the parameter by
+    /// `1 - lr * weight_decay` instead of adding `weight_decay * param` to the gradient).
+    AdamConfig for "adam" {
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+        amsgrad: bool,
+        maximize: bool,
+        decoupled_weight_decay: bool,
+    }
 }
 
 impl Default for AdamConfig {
@@ -50,218 +48,105 @@ impl Default for AdamConfig {
             amsgrad: false,
             maximize: false,
             decoupled_weight_decay: false,
-            grad_scale: 1.0,
         }
     }
 }
 
-/// One tensor's buffers. All slices have the parameter's length; `max_exp_avg_sq` is present
-/// exactly when `amsgrad` is set.
-pub struct AdamTensor<'a, T> {
-    pub param: &'a mut [T],
-    pub grad: &'a [T],
-    pub exp_avg: &'a mut [T],
-    pub exp_avg_sq: &'a mut [T],
-    pub max_exp_avg_sq: Option<&'a mut [T]>,
-    /// torch's `state['step']`, a float32 counter; incremented by the step.
-    pub step: &'a mut f32,
+/// State buffers (torch's names, then the functional API's list names) and counters.
+pub fn layout(h: &AdamConfig) -> (&'static [(&'static str, &'static str)], &'static [&'static str]) {
+    const PLAIN: &[(&str, &str)] = &[("exp_avg", "exp_avgs"), ("exp_avg_sq", "exp_avg_sqs")];
+    const AMS: &[(&str, &str)] = &[("exp_avg", "exp_avgs"), ("exp_avg_sq", "exp_avg_sqs"), ("max_exp_avg_sq", "max_exp_avg_sqs")];
+    (if h.amsgrad { AMS } else { PLAIN }, &["step"])
 }
 
 /// The per-tensor constants of one step, already rounded to the element type.
 #[derive(Clone, Copy, Debug)]
-struct Scalars<T> {
-    sign: T,
-    weight_decay: T,
-    decay: T,
-    lerp_small: bool,
-    lerp_coef: T,
+struct Adam<T, const AMS: bool, const L2: bool> {
+    g: Grad<T>,
+    lerp: Lerp<T>,
     beta2: T,
     one_minus_beta2: T,
     bc2_sqrt: T,
     inv_bc2_sqrt: T,
     eps: T,
     neg_step_size: T,
-    l2: bool,
 }
 
-impl<T: Float> Scalars<T> {
-    fn new(cfg: &AdamConfig, step: f32) -> Self {
-        let step = step as f64;
-        // `black_box` keeps `pow(x, 0.5)` a call to the C library's pow, as Python's
-        // `x ** 0.5` is, instead of being rewritten into sqrt.
-        let half = core::hint::black_box(0.5f64);
-        let bc1 = 1.0 - cfg.beta1.powf(step);
-        let bc2 = 1.0 - cfg.beta2.powf(step);
-        let step_size = cfg.lr / bc1;
-        let decays = cfg.weight_decay != 0.0;
-        let weight = T::from_f64(1.0 - cfg.beta1);
-        let lerp_small = weight.to_f64().abs() < 0.5;
-        Scalars {
-            // g * (±scale) rounds exactly like (g * scale) negated: clip-then-step bit for bit.
-            sign: if cfg.maximize { -T::from_f64(cfg.grad_scale) } else { T::from_f64(cfg.grad_scale) },
-            weight_decay: T::from_f64(cfg.weight_decay),
-            decay: if decays && cfg.decoupled_weight_decay {
-                T::from_f64(1.0 - cfg.lr * cfg.weight_decay)
-            } else {
-                T::ONE
-            },
-            lerp_small,
-            lerp_coef: if lerp_small { weight } else { weight - T::ONE },
-            beta2: T::from_f64(cfg.beta2),
-            one_minus_beta2: T::from_f64(1.0 - cfg.beta2),
-            bc2_sqrt: T::from_f64(bc2.powf(half)),
-            inv_bc2_sqrt: T::ONE / T::from_f64(bc2.powf(half)),
-            eps: T::from_f64(cfg.eps),
-            neg_step_size: T::from_f64(-step_size),
-            l2: decays && !cfg.decoupled_weight_decay,
-        }
-    }
-}
-
-struct Chunk<'a, T> {
-    p: &'a mut [T],
-    g: &'a [T],
-    m: &'a mut [T],
-    v: &'a mut [T],
-    vmax: Option<&'a mut [T]>,
-    s: Scalars<T>,
-}
-
-impl<T: Float> Split for Chunk<'_, T> {
-    fn len(&self) -> usize {
-        self.p.len()
-    }
-    fn split_at(self, mid: usize) -> (Self, Self) {
-        let (p0, p1) = self.p.split_at_mut(mid);
-        let (g0, g1) = self.g.split_at(mid);
-        let (m0, m1) = self.m.split_at_mut(mid);
-        let (v0, v1) = self.v.split_at_mut(mid);
-        let (x0, x1) = split_opt(self.vmax, mid);
-        (
-            Chunk { p: p0, g: g0, m: m0, v: v0, vmax: x0, s: self.s },
-            Chunk { p: p1, g: g1, m: m1, v: v1, vmax: x1, s: self.s },
-        )
-    }
-}
-
-impl<T: Float> SimdKernel for Chunk<'_, T> {
+impl<T: Float, const AMS: bool, const L2: bool> Rule<T> for Adam<T, AMS, L2> {
+    const STATES: usize = 2 + AMS as usize;
     #[inline(always)]
-    fn run<A: Arith>(self) {
-        let s = self.s;
-        match (self.vmax, s.l2) {
-            (Some(x), true) => body::<T, A, true, true>(self.p, self.g, self.m, self.v, x, &s),
-            (Some(x), false) => body::<T, A, true, false>(self.p, self.g, self.m, self.v, x, &s),
-            (None, true) => body::<T, A, false, true>(self.p, self.g, self.m, self.v, &mut [], &s),
-            (None, false) => body::<T, A, false, false>(self.p, self.g, self.m, self.v, &mut [], &s),
-        }
-    }
-}
-
-#[inline(always)]
-fn body<T: Float, A: Arith, const AMS: bool, const L2: bool>(
-    p: &mut [T],
-    g: &[T],
-    m: &mut [T],
-    v: &mut [T],
-    vmax: &mut [T],
-    s: &Scalars<T>,
-) {
-    let n = p.len();
-    // Equal lengths up front let LLVM drop the bounds checks and vectorize.
-    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
-    let vmax = if AMS { &mut vmax[..n] } else { vmax };
-    for i in 0..n {
-        let mut pi = p[i];
-        let mut gi = g[i] * s.sign;
-        if L2 {
-            gi = A::madd(pi, s.weight_decay, gi);
-        } else {
-            pi = pi * s.decay;
-        }
-        let mi = m[i];
-        let base = if s.lerp_small { mi } else { gi };
-        let mi = A::madd(s.lerp_coef, gi - mi, base);
+    fn update<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
+        let g = if L2 { self.g.with_l2::<A>(p, g) } else { self.g.decoupled(&mut p, g) };
+        let m = self.lerp.apply::<A>(s[0], g);
+        s[0] = m;
         // torch's addcmul `v*beta2 + (1-beta2)*g*g`: its vectorized kernel is compiled with FMA
         // contraction, so the sum and the last product round once.
-        let vi = A::madd(s.one_minus_beta2 * gi, gi, v[i] * s.beta2);
-        let vu = if AMS {
-            let x = nan_max(vmax[i], vi);
-            vmax[i] = x;
-            x
+        let v = A::madd(self.one_minus_beta2 * g, g, s[1] * self.beta2);
+        s[1] = v;
+        let v = if AMS {
+            s[2] = nan_max(s[2], v);
+            s[2]
         } else {
-            vi
+            v
         };
         // `sqrt(v) / sqrt(bc2)`, correctly rounded, without a division (see `div_by_const`).
-        let denom = A::div_by_const(vu.sqrt(), s.bc2_sqrt, s.inv_bc2_sqrt) + s.eps;
-        p[i] = pi + s.neg_step_size * mi / denom;
-        m[i] = mi;
-        v[i] = vi;
+        let denom = A::div_by_const(v.sqrt(), self.bc2_sqrt, self.inv_bc2_sqrt) + self.eps;
+        p + self.neg_step_size * m / denom
     }
+}
+
+fn run<P: Storage, S: Storage<Arith = P::Arith>, const AMS: bool, const L2: bool>(
+    h: &AdamConfig,
+    tensors: Vec<Tensor<'_, P, S>>,
+    grad_scale: f64,
+    level: SimdLevel,
+) -> Result<(), Error> {
+    let g = Grad::new(h.maximize, grad_scale, h.weight_decay, h.decoupled_weight_decay, h.lr);
+    let names: Vec<&str> = layout(h).0.iter().map(|s| s.1).collect();
+    engine::run(tensors, &names, 1, level, |c, _| {
+        let step = next_step(c);
+        let bc2_sqrt = P::Arith::from_f64(pow_half(bias_correction(h.beta2, step)));
+        Adam::<P::Arith, AMS, L2> {
+            g,
+            lerp: Lerp::new(1.0 - h.beta1),
+            beta2: P::Arith::from_f64(h.beta2),
+            one_minus_beta2: P::Arith::from_f64(1.0 - h.beta2),
+            bc2_sqrt,
+            inv_bc2_sqrt: P::Arith::ONE / bc2_sqrt,
+            eps: P::Arith::from_f64(h.eps),
+            neg_step_size: P::Arith::from_f64(-(h.lr / bias_correction(h.beta1, step))),
+        }
+    })
 }
 
 /// One Adam/AdamW step over every tensor of a parameter group, in place. Checks every
 /// tensor before touching any.
-pub fn adam_step<T: Float>(tensors: Vec<AdamTensor<'_, T>>, cfg: &AdamConfig) -> Result<(), Error> {
-    adam_step_at(tensors, cfg, simd::level())
-}
-
-pub(crate) fn adam_step_at<T: Float>(
-    tensors: Vec<AdamTensor<'_, T>>,
-    cfg: &AdamConfig,
+pub fn step<P: Storage, S: Storage<Arith = P::Arith>>(
+    h: &AdamConfig,
+    tensors: Vec<Tensor<'_, P, S>>,
+    grad_scale: f64,
     level: SimdLevel,
 ) -> Result<(), Error> {
-    for (i, t) in tensors.iter().enumerate() {
-        let n = t.param.len();
-        check_len("grads", i, t.grad.len(), n)?;
-        check_len("exp_avgs", i, t.exp_avg.len(), n)?;
-        check_len("exp_avg_sqs", i, t.exp_avg_sq.len(), n)?;
-        match (&t.max_exp_avg_sq, cfg.amsgrad) {
-            (Some(x), true) => check_len("max_exp_avg_sqs", i, x.len(), n)?,
-            (None, false) => {}
-            (None, true) => return Err(Error(format!("max_exp_avg_sqs[{i}] is required with amsgrad=True"))),
-            (Some(_), false) => return Err(Error(format!("max_exp_avg_sqs[{i}] given with amsgrad=False"))),
-        }
+    let l2 = h.weight_decay != 0.0 && !h.decoupled_weight_decay;
+    match (h.amsgrad, l2) {
+        (true, true) => run::<P, S, true, true>(h, tensors, grad_scale, level),
+        (true, false) => run::<P, S, true, false>(h, tensors, grad_scale, level),
+        (false, true) => run::<P, S, false, true>(h, tensors, grad_scale, level),
+        (false, false) => run::<P, S, false, false>(h, tensors, grad_scale, level),
     }
-    // The per-tensor constants depend only on the step count, which is usually the same for
-    // every tensor of a group: compute them once per distinct count (four `pow` calls, a third
-    // of the step's cost over many one-element tensors).
-    let mut memo: Option<(f32, Scalars<T>)> = None;
-    let chunks: Vec<Chunk<'_, T>> = tensors
-        .into_iter()
-        .map(|t| {
-            *t.step += 1.0;
-            let s = match memo {
-                Some((step, s)) if step == *t.step => s,
-                _ => {
-                    let s = Scalars::new(cfg, *t.step);
-                    memo = Some((*t.step, s));
-                    s
-                }
-            };
-            Chunk {
-                s,
-                p: t.param,
-                g: t.grad,
-                m: t.exp_avg,
-                v: t.exp_avg_sq,
-                vmax: t.max_exp_avg_sq,
-            }
-        })
-        .collect();
-    parallel::for_each(chunks, |c| simd::dispatch_at(level, c));
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::optim::Config;
     use crate::simd::available;
     use crate::test_util::{data, lerp_ref, madd_ref, misaligned_lengths};
 
     /// torch's single-tensor loop, one whole-array operation after another (as separate
     /// passes, the way torch runs them), in double precision for the scalars.
     #[allow(clippy::too_many_arguments)]
-    fn reference<T: Float>(
+    fn reference<T: Float + Storage<Arith = T>>(
         p: &mut [T],
         g: &[T],
         m: &mut [T],
@@ -269,11 +154,12 @@ mod tests {
         vmax: Option<&mut [T]>,
         step: &mut f32,
         c: &AdamConfig,
+        grad_scale: f64,
         fma: bool,
     ) {
         *step += 1.0;
         let t = *step as f64;
-        let scale = T::from_f64(c.grad_scale);
+        let scale = T::from_f64(grad_scale);
         let mut grad: Vec<T> = g.iter().map(|&x| if c.maximize { -(x * scale) } else { x * scale }).collect();
         if c.weight_decay != 0.0 {
             if c.decoupled_weight_decay {
@@ -315,13 +201,13 @@ mod tests {
         }
     }
 
-    fn configs() -> Vec<AdamConfig> {
+    fn configs() -> Vec<(AdamConfig, f64)> {
         let mut out = vec![];
         for amsgrad in [false, true] {
             for maximize in [false, true] {
                 for (wd, dec) in [(0.0, false), (0.1, false), (0.1, true)] {
                     for (beta1, grad_scale) in [(0.9, 1.0), (0.3, 0.37)] {
-                        out.push(AdamConfig {
+                        let cfg = AdamConfig {
                             lr: 0.01,
                             beta1,
                             beta2: 0.99,
@@ -330,8 +216,8 @@ mod tests {
                             amsgrad,
                             maximize,
                             decoupled_weight_decay: dec,
-                            grad_scale,
-                        });
+                        };
+                        out.push((cfg, grad_scale));
                     }
                 }
             }
@@ -339,9 +225,9 @@ mod tests {
         out
     }
 
-    fn check<T: Float>() {
+    fn check<T: Float + Storage<Arith = T>>() {
         for level in available() {
-            for cfg in configs() {
+            for (cfg, scale) in configs() {
                 for (len, off) in misaligned_lengths() {
                     let total = len + off;
                     let mut p = data::<T>(total, 1);
@@ -352,15 +238,13 @@ mod tests {
                     let (mut rp, mut rm, mut rv, mut rx) = (p.clone(), m.clone(), v.clone(), x.clone());
                     let (mut step, mut rstep) = (3.0f32, 3.0f32);
                     for _ in 0..3 {
-                        let t = AdamTensor {
-                            param: &mut p[off..],
-                            grad: &g[off..],
-                            exp_avg: &mut m[off..],
-                            exp_avg_sq: &mut v[off..],
-                            max_exp_avg_sq: if cfg.amsgrad { Some(&mut x[off..]) } else { None },
-                            step: &mut step,
-                        };
-                        adam_step_at(vec![t], &cfg, level).unwrap();
+                        let mut states: Vec<&mut [T]> = vec![&mut m[off..], &mut v[off..]];
+                        if cfg.amsgrad {
+                            states.push(&mut x[off..]);
+                        }
+                        let mut counters = [&mut step];
+                        let t = Tensor { param: &mut p[off..], grad: &g[off..], states: &mut states, counters: &mut counters, fresh: false };
+                        super::step(&cfg, vec![t], scale, level).unwrap();
                         reference(
                             &mut rp[off..],
                             &g[off..],
@@ -369,6 +253,7 @@ mod tests {
                             if cfg.amsgrad { Some(&mut rx[off..]) } else { None },
                             &mut rstep,
                             &cfg,
+                            scale,
                             level.fused_multiply_add(),
                         );
                     }
@@ -394,30 +279,34 @@ mod tests {
     }
 
     #[test]
-    fn public_entry_point_checks_before_writing() {
+    fn checks_before_writing() {
         let mut p = vec![1.0f32; 4];
         let g = vec![1.0f32; 3];
         let (mut m, mut v) = (vec![0.0f32; 4], vec![0.0f32; 4]);
         let mut step = 0.0;
-        let t = AdamTensor { param: &mut p, grad: &g, exp_avg: &mut m, exp_avg_sq: &mut v, max_exp_avg_sq: None, step: &mut step };
-        let err = adam_step(vec![t], &AdamConfig::default()).unwrap_err();
-        assert!(err.0.contains("grads[0]"), "{err}");
+        let (mut states, mut counters) = ([&mut m[..], &mut v[..]], [&mut step]);
+        let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, fresh: false };
+        let err = Config::Adam(AdamConfig::default()).step(vec![t], 1.0).unwrap_err();
+        assert!(err.message().contains("grads[0]"), "{err}");
         assert_eq!(step, 0.0);
         assert!(p.iter().all(|&x| x == 1.0));
     }
 
     #[test]
     fn thread_count_does_not_change_results() {
+        let _lock = crate::test_util::global();
         let n = crate::parallel::SERIAL_BELOW * 3 + 17;
         let run = |threads: usize| {
             crate::parallel::set_num_threads(threads).unwrap();
+            assert_eq!(crate::parallel::num_threads(), threads);
             let mut p = data::<f32>(n, 1);
             let g = data::<f32>(n, 2);
             let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
             let mut step = 0.0;
             for _ in 0..2 {
-                let t = AdamTensor { param: &mut p, grad: &g, exp_avg: &mut m, exp_avg_sq: &mut v, max_exp_avg_sq: None, step: &mut step };
-                adam_step(vec![t], &AdamConfig::default()).unwrap();
+                let (mut states, mut counters) = ([&mut m[..], &mut v[..]], [&mut step]);
+                let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, fresh: false };
+                Config::Adam(AdamConfig::default()).step(vec![t], 1.0).unwrap();
             }
             p
         };

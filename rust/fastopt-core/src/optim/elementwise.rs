@@ -1,273 +1,73 @@
-//! The shared machinery of element-wise optimizers: a per-tensor [`Rule`] (its constants
-//! computed from the hyperparameters and the tensor's float32 counters, such as `step`)
-//! applied in one fused pass to every element, with up to [`MAX_STATES`] state buffers, the
-//! same chunking, threading and SIMD dispatch as every kernel.
+//! The element-wise optimizers beyond the four classics, each a [`Rule`] of the engine: torch's
+//! Adamax, Adadelta, NAdam, RAdam, ASGD and Rprop, and beyond torch AdaBound/AMSBound, Lion and
+//! AdaBelief.
 //!
-//! Each optimizer here follows torch's single-tensor loop operation by operation; the
-//! reference in the tests below runs torch's sequence of whole-array operations instead.
+//! Each follows torch's single-tensor loop operation by operation (or the authors' reference
+//! code); the reference in the tests below runs torch's sequence of whole-array operations.
 
+use super::engine::{self, bias_correction, next_step, pow_half, Grad, Lerp, Rule, Storage, Tensor, MAX_STATES};
+use super::hyper::hyper;
 use crate::float::{nan_max, Float};
-use crate::parallel::{self, Split};
-use crate::simd::{self, Arith, SimdKernel, SimdLevel};
-use crate::{check_len, Error};
+use crate::simd::{Arith, SimdLevel};
+use crate::Error;
 
-pub const MAX_STATES: usize = 4;
-
-/// The per-element update of one tensor.
-/// The most counters an optimizer keeps per tensor (ASGD: step, eta, mu).
-const MAX_COUNTERS: usize = 3;
-
-pub trait Rule<T: Float>: Copy + Send + Sync {
-    /// How many state buffers the rule uses (the first `STATES` of `s`).
-    const STATES: usize;
-    /// The new parameter value; updates `s` in place.
-    fn update<A: Arith>(&self, p: T, g: T, s: &mut [T; MAX_STATES]) -> T;
+hyper! {
+    /// Adamax's hyperparameters.
+    AdamaxConfig for "adamax" { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, maximize: bool }
 }
-
-/// One tensor of a group: its buffers and its float32 counters (`step` first). The state
-/// and counter references are borrowed slices, not owned vectors, so that a caller with many
-/// tensors cuts them from one allocation per call instead of two per tensor.
-pub struct ElemTensor<'a, T> {
-    pub param: &'a mut [T],
-    pub grad: &'a [T],
-    pub states: &'a mut [&'a mut [T]],
-    pub counters: &'a mut [&'a mut f32],
+hyper! {
+    /// Adadelta's hyperparameters.
+    AdadeltaConfig for "adadelta" { lr: f64, rho: f64, eps: f64, weight_decay: f64, maximize: bool }
 }
-
-struct Chunk<'a, T, R> {
-    p: &'a mut [T],
-    g: &'a [T],
-    s: [&'a mut [T]; MAX_STATES],
-    rule: R,
-}
-
-/// Splits a used state buffer; an unused (empty) one stays empty on both sides.
-fn cut<T>(x: &mut [T], mid: usize) -> (&mut [T], &mut [T]) {
-    if x.is_empty() {
-        (&mut [], &mut [])
-    } else {
-        x.split_at_mut(mid)
+hyper! {
+    /// NAdam's hyperparameters.
+    NadamConfig for "nadam" {
+        lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, momentum_decay: f64,
+        decoupled_weight_decay: bool, maximize: bool,
     }
 }
-
-impl<T: Float, R: Rule<T>> Split for Chunk<'_, T, R> {
-    fn len(&self) -> usize {
-        self.p.len()
-    }
-    fn split_at(self, mid: usize) -> (Self, Self) {
-        let (p0, p1) = self.p.split_at_mut(mid);
-        let (g0, g1) = self.g.split_at(mid);
-        let [a, b, c, d] = self.s;
-        let ((a0, a1), (b0, b1), (c0, c1), (d0, d1)) = (cut(a, mid), cut(b, mid), cut(c, mid), cut(d, mid));
-        (Chunk { p: p0, g: g0, s: [a0, b0, c0, d0], rule: self.rule }, Chunk { p: p1, g: g1, s: [a1, b1, c1, d1], rule: self.rule })
+hyper! {
+    /// RAdam's hyperparameters (AdaBelief takes the same).
+    RadamConfig for "radam" {
+        lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, decoupled_weight_decay: bool, maximize: bool,
     }
 }
-
-impl<T: Float, R: Rule<T>> SimdKernel for Chunk<'_, T, R> {
-    #[inline(always)]
-    fn run<A: Arith>(self) {
-        let [a, b, c, d] = self.s;
-        body::<T, A, R>(self.p, self.g, a, b, c, d, &self.rule);
+hyper! {
+    /// AdaBound's and AMSBound's hyperparameters.
+    AdaBoundConfig for "adabound" {
+        lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, final_lr: f64, gamma: f64,
+        decoupled_weight_decay: bool, maximize: bool,
     }
 }
-
-/// Separate `&mut` slices (not an array of them) so that LLVM knows they do not alias.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn body<T: Float, A: Arith, R: Rule<T>>(p: &mut [T], g: &[T], s0: &mut [T], s1: &mut [T], s2: &mut [T], s3: &mut [T], rule: &R) {
-    let n = p.len();
-    let g = &g[..n];
-    let s0 = if R::STATES > 0 { &mut s0[..n] } else { s0 };
-    let s1 = if R::STATES > 1 { &mut s1[..n] } else { s1 };
-    let s2 = if R::STATES > 2 { &mut s2[..n] } else { s2 };
-    let s3 = if R::STATES > 3 { &mut s3[..n] } else { s3 };
-    for i in 0..n {
-        let mut st = [T::ZERO; MAX_STATES];
-        if R::STATES > 0 {
-            st[0] = s0[i];
-        }
-        if R::STATES > 1 {
-            st[1] = s1[i];
-        }
-        if R::STATES > 2 {
-            st[2] = s2[i];
-        }
-        if R::STATES > 3 {
-            st[3] = s3[i];
-        }
-        p[i] = rule.update::<A>(p[i], g[i], &mut st);
-        if R::STATES > 0 {
-            s0[i] = st[0];
-        }
-        if R::STATES > 1 {
-            s1[i] = st[1];
-        }
-        if R::STATES > 2 {
-            s2[i] = st[2];
-        }
-        if R::STATES > 3 {
-            s3[i] = st[3];
-        }
-    }
+hyper! {
+    /// Lion's hyperparameters (its weight decay is always decoupled).
+    LionConfig for "lion" { lr: f64, beta1: f64, beta2: f64, weight_decay: f64, maximize: bool }
+}
+hyper! {
+    /// ASGD's hyperparameters.
+    AsgdConfig for "asgd" { lr: f64, lambd: f64, alpha: f64, t0: f64, weight_decay: f64, maximize: bool }
+}
+hyper! {
+    /// Rprop's hyperparameters (`lr` only fills the initial step sizes, outside the kernel).
+    RpropConfig for "rprop" { etaminus: f64, etaplus: f64, step_size_min: f64, step_size_max: f64, maximize: bool }
 }
 
-/// Checks every tensor, builds each tensor's rule from its counters (which `make` updates,
-/// e.g. `step += 1`), then runs the pass over all tensors.
-pub fn run<T: Float, R: Rule<T>>(
-    tensors: Vec<ElemTensor<'_, T>>,
-    counters: usize,
-    level: SimdLevel,
-    mut make: impl FnMut(&mut [&mut f32]) -> R,
-) -> Result<(), Error> {
-    for (i, t) in tensors.iter().enumerate() {
-        let n = t.param.len();
-        check_len("grads", i, t.grad.len(), n)?;
-        if t.states.len() != R::STATES || t.counters.len() != counters {
-            return Err(Error(format!(
-                "params[{i}]: expected {} state buffers and {counters} counters, got {} and {}",
-                R::STATES,
-                t.states.len(),
-                t.counters.len()
-            )));
-        }
-        for s in t.states.iter() {
-            check_len("state", i, s.len(), n)?;
-        }
-    }
-    // `make` depends only on a tensor's counters (and the call's hyperparameters), and the
-    // counters are usually equal across a group: tensors whose counters match the previous
-    // tensor's reuse its rule and counter updates, so the per-tensor `pow` calls run once per
-    // call (as in `adam_step`). Compared by bits, so a NaN counter is always recomputed.
-    let mut memo: Option<([u32; MAX_COUNTERS], [f32; MAX_COUNTERS], R)> = None;
-    let bits = |c: &[&mut f32]| {
-        let mut b = [0u32; MAX_COUNTERS];
-        for (b, c) in b.iter_mut().zip(c) {
-            *b = c.to_bits();
-        }
-        b
-    };
-    let chunks: Vec<Chunk<'_, T, R>> = tensors
-        .into_iter()
-        .map(|t| {
-            let before = bits(t.counters);
-            let rule = match memo {
-                Some((b, after, rule)) if b == before && t.counters.len() <= MAX_COUNTERS => {
-                    for (c, a) in t.counters.iter_mut().zip(after) {
-                        **c = a;
-                    }
-                    rule
-                }
-                _ => {
-                    let rule = make(t.counters);
-                    let mut after = [0f32; MAX_COUNTERS];
-                    for (a, c) in after.iter_mut().zip(t.counters.iter()) {
-                        *a = **c;
-                    }
-                    if t.counters.len() <= MAX_COUNTERS {
-                        memo = Some((before, after, rule));
-                    }
-                    rule
-                }
-            };
-            // Moves each state reference out (leaving an empty slice); unused slots stay empty.
-            let mut take = |k: usize| t.states.get_mut(k).map(std::mem::take).unwrap_or_default();
-            let s = [take(0), take(1), take(2), take(3)];
-            Chunk { p: t.param, g: t.grad, s, rule }
-        })
-        .collect();
-    parallel::for_each(chunks, |c| simd::dispatch_at(level, c));
-    Ok(())
-}
+type Layout = (&'static [(&'static str, &'static str)], &'static [&'static str]);
 
-/// Hyperparameters by name, as the Python layer passes them.
-pub trait Hyper {
-    fn get(&self, name: &str) -> Result<f64, Error>;
-    fn flag(&self, name: &str) -> Result<bool, Error> {
-        Ok(self.get(name)? != 0.0)
-    }
-}
+pub const ADAMAX: Layout = (&[("exp_avg", "exp_avgs"), ("exp_inf", "exp_infs")], &["step"]);
+pub const ADADELTA: Layout = (&[("square_avg", "square_avgs"), ("acc_delta", "acc_deltas")], &["step"]);
+pub const NADAM: Layout = (&[("exp_avg", "exp_avgs"), ("exp_avg_sq", "exp_avg_sqs")], &["step", "mu_product"]);
+pub const RADAM: Layout = (&[("exp_avg", "exp_avgs"), ("exp_avg_sq", "exp_avg_sqs")], &["step"]);
+pub const ADABOUND: Layout = RADAM;
+pub const AMSBOUND: Layout =
+    (&[("exp_avg", "exp_avgs"), ("exp_avg_sq", "exp_avg_sqs"), ("max_exp_avg_sq", "max_exp_avg_sqs")], &["step"]);
+pub const LION: Layout = (&[("exp_avg", "exp_avgs")], &["step"]);
+pub const ADABELIEF: Layout = (&[("exp_avg", "exp_avgs"), ("exp_avg_var", "exp_avg_vars")], &["step"]);
+pub const ASGD: Layout = (&[("ax", "axs")], &["step", "eta", "mu"]);
+pub const RPROP: Layout = (&[("prev", "prevs"), ("step_size", "step_size_ops")], &["step"]);
 
-impl Hyper for std::collections::HashMap<String, f64> {
-    fn get(&self, name: &str) -> Result<f64, Error> {
-        self.get(name).copied().ok_or_else(|| Error(format!("missing hyperparameter {name:?}")))
-    }
-}
-
-/// The element-wise optimizers by name: the state buffers (in order) and counters each
-/// needs. The Python layer allocates them; [`step`] runs one.
-pub fn layout(name: &str) -> Option<(&'static [&'static str], &'static [&'static str])> {
-    Some(match name {
-        "adamax" => (&["exp_avg", "exp_inf"], &["step"]),
-        "adadelta" => (&["square_avg", "acc_delta"], &["step"]),
-        "nadam" => (&["exp_avg", "exp_avg_sq"], &["step", "mu_product"]),
-        "radam" => (&["exp_avg", "exp_avg_sq"], &["step"]),
-        "adabound" => (&["exp_avg", "exp_avg_sq"], &["step"]),
-        "amsbound" => (&["exp_avg", "exp_avg_sq", "max_exp_avg_sq"], &["step"]),
-        "lion" => (&["exp_avg"], &["step"]),
-        "adabelief" => (&["exp_avg", "exp_avg_var"], &["step"]),
-        "asgd" => (&["ax"], &["step", "eta", "mu"]),
-        "rprop" => (&["prev", "step_size"], &["step"]),
-        _ => return None,
-    })
-}
-
-/// One step of the element-wise optimizer `name` over a group.
-pub fn step<T: Float>(name: &str, tensors: Vec<ElemTensor<'_, T>>, h: &dyn Hyper, grad_scale: f64) -> Result<(), Error> {
-    step_at(name, tensors, h, grad_scale, simd::level())
-}
-
-/// The gradient as the rules read it: scaled (clipping) and negated (maximize), then with L2
-/// weight decay added, as torch's `grad.add(param, alpha=wd)`.
-#[derive(Clone, Copy, Debug)]
-struct Grad<T> {
-    sign: T,
-    weight_decay: T,
-    l2: bool,
-    /// Decoupled decay: `p * (1 - lr * wd)` before the update (1 when off).
-    decay: T,
-}
-
-impl<T: Float> Grad<T> {
-    fn new(h: &dyn Hyper, grad_scale: f64, decoupled: bool) -> Result<Self, Error> {
-        let scale = T::from_f64(grad_scale);
-        let wd = h.get("weight_decay")?;
-        Ok(Grad {
-            sign: if h.flag("maximize")? { -scale } else { scale },
-            weight_decay: T::from_f64(wd),
-            l2: wd != 0.0 && !decoupled,
-            decay: if wd != 0.0 && decoupled { T::from_f64(1.0 - h.get("lr")? * wd) } else { T::ONE },
-        })
-    }
-
-    #[inline(always)]
-    fn read<A: Arith>(&self, p: &mut T, g: T) -> T {
-        let g = g * self.sign;
-        if self.l2 {
-            A::madd(*p, self.weight_decay, g)
-        } else {
-            *p = *p * self.decay;
-            g
-        }
-    }
-}
-
-/// torch's `lerp(start, end, w)` constants for a fixed weight.
-#[derive(Clone, Copy, Debug)]
-struct Lerp<T> {
-    small: bool,
-    coef: T,
-}
-
-impl<T: Float> Lerp<T> {
-    fn new(weight: f64) -> Self {
-        let w = T::from_f64(weight);
-        let small = w.to_f64().abs() < 0.5;
-        Lerp { small, coef: if small { w } else { w - T::ONE } }
-    }
-    #[inline(always)]
-    fn apply<A: Arith>(&self, start: T, end: T) -> T {
-        A::madd(self.coef, end - start, if self.small { start } else { end })
-    }
+fn names(l: Layout) -> Vec<&'static str> {
+    l.0.iter().map(|s| s.1).collect()
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -489,21 +289,6 @@ impl<T: Float, const COPY: bool> Rule<T> for Asgd<T, COPY> {
     }
 }
 
-/// Runs ASGD with the `COPY` variant chosen by the caller (see [`Asgd`]).
-fn asgd<T: Float, const COPY: bool>(tensors: Vec<ElemTensor<'_, T>>, level: SimdLevel, h: &dyn Hyper, grad_scale: f64) -> Result<(), Error> {
-    let (lr, lambd, alpha, t0) = (h.get("lr")?, h.get("lambd")?, h.get("alpha")?, h.get("t0")?);
-    let g = Grad::new(h, grad_scale, false)?;
-    run(tensors, 3, level, |c| {
-        *c[0] += 1.0;
-        let step = *c[0] as f64;
-        // This step uses the eta and mu of the previous one; then they are renewed.
-        let (eta, mu) = (*c[1] as f64, *c[2] as f64);
-        *c[1] = (lr / (1.0 + lambd * lr * step).powf(alpha)) as f32;
-        *c[2] = (1.0 / (step - t0).max(1.0)) as f32;
-        Asgd::<T, COPY> { g, decay: T::from_f64(1.0 - lambd * eta), neg_eta: T::from_f64(-eta), mu: T::from_f64(mu), average: mu != 1.0 }
-    })
-}
-
 /// Rprop (`torch.optim.Rprop`): per-element step sizes grown by `etaplus` while the gradient
 /// keeps its sign and shrunk by `etaminus` when it flips (the gradient is then ignored once).
 #[derive(Clone, Copy, Debug)]
@@ -549,180 +334,180 @@ impl<T: Float> Rule<T> for Rprop<T> {
     }
 }
 
-fn adabound<T: Float, const AMS: bool>(
-    tensors: Vec<ElemTensor<'_, T>>,
-    h: &dyn Hyper,
-    grad_scale: f64,
-    level: SimdLevel,
-) -> Result<(), Error> {
-    let (lr, b1, b2, eps) = (h.get("lr")?, h.get("beta1")?, h.get("beta2")?, h.get("eps")?);
-    let (final_lr, gamma) = (h.get("final_lr")?, h.get("gamma")?);
-    let g = Grad::new(h, grad_scale, h.flag("decoupled_weight_decay")?)?;
-    run(tensors, 1, level, |c| {
-        *c[0] += 1.0;
-        let step = *c[0] as f64;
-        let (bc1, bc2) = (1.0 - b1.powf(step), 1.0 - b2.powf(step));
-        AdaBound::<T, AMS> {
+
+pub fn adamax<P: Storage, S: Storage<Arith = P::Arith>>(h: &AdamaxConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
+    let g = Grad::new(h.maximize, grad_scale, h.weight_decay, false, h.lr);
+    engine::run(tensors, &names(ADAMAX), 1, level, |c, _| {
+        let clr = h.lr / bias_correction(h.beta1, next_step(c));
+        Adamax { g, lerp: Lerp::new(1.0 - h.beta1), beta2: P::Arith::from_f64(h.beta2), eps: P::Arith::from_f64(h.eps), neg_clr: P::Arith::from_f64(-clr) }
+    })
+}
+
+pub fn adadelta<P: Storage, S: Storage<Arith = P::Arith>>(h: &AdadeltaConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
+    let rule = Adadelta {
+        g: Grad::new(h.maximize, grad_scale, h.weight_decay, false, h.lr),
+        rho: P::Arith::from_f64(h.rho),
+        one_minus_rho: P::Arith::from_f64(1.0 - h.rho),
+        eps: P::Arith::from_f64(h.eps),
+        neg_lr: P::Arith::from_f64(-h.lr),
+    };
+    engine::run(tensors, &names(ADADELTA), 1, level, |c, _| {
+        next_step(c);
+        rule
+    })
+}
+
+pub fn nadam<P: Storage, S: Storage<Arith = P::Arith>>(h: &NadamConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
+    let (lr, b1, md) = (h.lr, h.beta1, h.momentum_decay);
+    let g = Grad::new(h.maximize, grad_scale, h.weight_decay, h.decoupled_weight_decay, h.lr);
+    engine::run(tensors, &names(NADAM), 2, level, |c, _| {
+        let step = next_step(c);
+        let bc2 = bias_correction(h.beta2, step);
+        let mu = b1 * (1.0 - 0.5 * 0.96f64.powf(step * md));
+        let mu_next = b1 * (1.0 - 0.5 * 0.96f64.powf((step + 1.0) * md));
+        // torch multiplies the float32 `mu_product` tensor by the number in float32.
+        *c[1] *= mu as f32;
+        let mp = *c[1] as f64;
+        let mp_next = mp * mu_next;
+        let bc2_t = P::Arith::from_f64(bc2);
+        Nadam {
             g,
-            beta1: T::from_f64(b1),
-            one_minus_beta1: T::from_f64(1.0 - b1),
-            beta2: T::from_f64(b2),
-            one_minus_beta2: T::from_f64(1.0 - b2),
-            eps: T::from_f64(eps),
-            step_size: T::from_f64(lr * bc2.sqrt() / bc1),
-            lower: T::from_f64(final_lr * (1.0 - 1.0 / (gamma * step + 1.0))),
-            upper: T::from_f64(final_lr * (1.0 + 1.0 / (gamma * step))),
+            lerp: Lerp::new(1.0 - b1),
+            beta2: P::Arith::from_f64(h.beta2),
+            one_minus_beta2: P::Arith::from_f64(1.0 - h.beta2),
+            bc2: bc2_t,
+            inv_bc2: P::Arith::ONE / bc2_t,
+            eps: P::Arith::from_f64(h.eps),
+            c_grad: P::Arith::from_f64(-lr * (1.0 - mu) / (1.0 - mp)),
+            c_avg: P::Arith::from_f64(-lr * mu_next / (1.0 - mp_next)),
         }
     })
 }
 
-pub(crate) fn step_at<T: Float>(
-    name: &str,
-    tensors: Vec<ElemTensor<'_, T>>,
-    h: &dyn Hyper,
-    grad_scale: f64,
-    level: SimdLevel,
-) -> Result<(), Error> {
-    let half = core::hint::black_box(0.5f64);
-    match name {
-        "adamax" => {
-            let (lr, b1, b2, eps) = (h.get("lr")?, h.get("beta1")?, h.get("beta2")?, h.get("eps")?);
-            let g = Grad::new(h, grad_scale, false)?;
-            run(tensors, 1, level, |c| {
-                *c[0] += 1.0;
-                let clr = lr / (1.0 - b1.powf(*c[0] as f64));
-                Adamax { g, lerp: Lerp::new(1.0 - b1), beta2: T::from_f64(b2), eps: T::from_f64(eps), neg_clr: T::from_f64(-clr) }
-            })
+pub fn radam<P: Storage, S: Storage<Arith = P::Arith>>(h: &RadamConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
+    let (b1, b2) = (h.beta1, h.beta2);
+    let g = Grad::new(h.maximize, grad_scale, h.weight_decay, h.decoupled_weight_decay, h.lr);
+    engine::run(tensors, &names(RADAM), 1, level, |c, _| {
+        let step = next_step(c);
+        let bc1 = bias_correction(b1, step);
+        let bc2 = bias_correction(b2, step);
+        let rho_inf = 2.0 / (1.0 - b2) - 1.0;
+        let rho_t = rho_inf - 2.0 * step * b2.powf(step) / bc2;
+        let rectified = rho_t > 5.0;
+        let rect = if rectified {
+            pow_half((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+        } else {
+            1.0
+        };
+        let bc1_t = P::Arith::from_f64(bc1);
+        Radam {
+            g,
+            lerp: Lerp::new(1.0 - b1),
+            beta2: P::Arith::from_f64(b2),
+            one_minus_beta2: P::Arith::from_f64(1.0 - b2),
+            bc1: bc1_t,
+            inv_bc1: P::Arith::ONE / bc1_t,
+            lr: P::Arith::from_f64(h.lr),
+            rectified,
+            bc2_sqrt: P::Arith::from_f64(pow_half(bc2)),
+            eps: P::Arith::from_f64(h.eps),
+            rect: P::Arith::from_f64(rect),
         }
-        "adadelta" => {
-            let (lr, rho, eps) = (h.get("lr")?, h.get("rho")?, h.get("eps")?);
-            let g = Grad::new(h, grad_scale, false)?;
-            let rule = Adadelta { g, rho: T::from_f64(rho), one_minus_rho: T::from_f64(1.0 - rho), eps: T::from_f64(eps), neg_lr: T::from_f64(-lr) };
-            run(tensors, 1, level, |c| {
-                *c[0] += 1.0;
-                rule
-            })
+    })
+}
+
+pub fn adabound<P: Storage, S: Storage<Arith = P::Arith>, const AMS: bool>(h: &AdaBoundConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
+    let (b1, b2) = (h.beta1, h.beta2);
+    let g = Grad::new(h.maximize, grad_scale, h.weight_decay, h.decoupled_weight_decay, h.lr);
+    let layout = if AMS { AMSBOUND } else { ADABOUND };
+    engine::run(tensors, &names(layout), 1, level, |c, _| {
+        let step = next_step(c);
+        let (bc1, bc2) = (bias_correction(b1, step), bias_correction(b2, step));
+        AdaBound::<P::Arith, AMS> {
+            g,
+            beta1: P::Arith::from_f64(b1),
+            one_minus_beta1: P::Arith::from_f64(1.0 - b1),
+            beta2: P::Arith::from_f64(b2),
+            one_minus_beta2: P::Arith::from_f64(1.0 - b2),
+            eps: P::Arith::from_f64(h.eps),
+            step_size: P::Arith::from_f64(h.lr * bc2.sqrt() / bc1),
+            lower: P::Arith::from_f64(h.final_lr * (1.0 - 1.0 / (h.gamma * step + 1.0))),
+            upper: P::Arith::from_f64(h.final_lr * (1.0 + 1.0 / (h.gamma * step))),
         }
-        "nadam" => {
-            let (lr, b1, b2, eps, md) = (h.get("lr")?, h.get("beta1")?, h.get("beta2")?, h.get("eps")?, h.get("momentum_decay")?);
-            let g = Grad::new(h, grad_scale, h.flag("decoupled_weight_decay")?)?;
-            run(tensors, 2, level, |c| {
-                *c[0] += 1.0;
-                let step = *c[0] as f64;
-                let bc2 = 1.0 - b2.powf(step);
-                let mu = b1 * (1.0 - 0.5 * 0.96f64.powf(step * md));
-                let mu_next = b1 * (1.0 - 0.5 * 0.96f64.powf((step + 1.0) * md));
-                // torch multiplies the float32 `mu_product` tensor by the number in float32.
-                *c[1] *= mu as f32;
-                let mp = *c[1] as f64;
-                let mp_next = mp * mu_next;
-                let bc2_t = T::from_f64(bc2);
-                Nadam {
-                    g,
-                    lerp: Lerp::new(1.0 - b1),
-                    beta2: T::from_f64(b2),
-                    one_minus_beta2: T::from_f64(1.0 - b2),
-                    bc2: bc2_t,
-                    inv_bc2: T::ONE / bc2_t,
-                    eps: T::from_f64(eps),
-                    c_grad: T::from_f64(-lr * (1.0 - mu) / (1.0 - mp)),
-                    c_avg: T::from_f64(-lr * mu_next / (1.0 - mp_next)),
-                }
-            })
+    })
+}
+
+pub fn lion<P: Storage, S: Storage<Arith = P::Arith>>(h: &LionConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
+    let rule = Lion {
+        g: Grad::new(h.maximize, grad_scale, h.weight_decay, true, h.lr),
+        beta1: P::Arith::from_f64(h.beta1),
+        one_minus_beta1: P::Arith::from_f64(1.0 - h.beta1),
+        beta2: P::Arith::from_f64(h.beta2),
+        one_minus_beta2: P::Arith::from_f64(1.0 - h.beta2),
+        neg_lr: P::Arith::from_f64(-h.lr),
+    };
+    engine::run(tensors, &names(LION), 1, level, |c, _| {
+        next_step(c);
+        rule
+    })
+}
+
+pub fn adabelief<P: Storage, S: Storage<Arith = P::Arith>>(h: &RadamConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
+    let (b1, b2) = (h.beta1, h.beta2);
+    let g = Grad::new(h.maximize, grad_scale, h.weight_decay, h.decoupled_weight_decay, h.lr);
+    engine::run(tensors, &names(ADABELIEF), 1, level, |c, _| {
+        let step = next_step(c);
+        let bc1 = bias_correction(b1, step);
+        let bc2 = P::Arith::from_f64(bias_correction(b2, step));
+        AdaBelief {
+            g,
+            beta1: P::Arith::from_f64(b1),
+            one_minus_beta1: P::Arith::from_f64(1.0 - b1),
+            beta2: P::Arith::from_f64(b2),
+            one_minus_beta2: P::Arith::from_f64(1.0 - b2),
+            eps: P::Arith::from_f64(h.eps),
+            bc2,
+            inv_bc2: P::Arith::ONE / bc2,
+            neg_step_size: P::Arith::from_f64(-h.lr / bc1),
         }
-        "radam" => {
-            let (lr, b1, b2, eps) = (h.get("lr")?, h.get("beta1")?, h.get("beta2")?, h.get("eps")?);
-            let g = Grad::new(h, grad_scale, h.flag("decoupled_weight_decay")?)?;
-            run(tensors, 1, level, |c| {
-                *c[0] += 1.0;
-                let step = *c[0] as f64;
-                let bc1 = 1.0 - b1.powf(step);
-                let bc2 = 1.0 - b2.powf(step);
-                let rho_inf = 2.0 / (1.0 - b2) - 1.0;
-                let rho_t = rho_inf - 2.0 * step * b2.powf(step) / bc2;
-                let rectified = rho_t > 5.0;
-                let rect = if rectified {
-                    ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)).powf(half)
-                } else {
-                    1.0
-                };
-                let bc1_t = T::from_f64(bc1);
-                Radam {
-                    g,
-                    lerp: Lerp::new(1.0 - b1),
-                    beta2: T::from_f64(b2),
-                    one_minus_beta2: T::from_f64(1.0 - b2),
-                    bc1: bc1_t,
-                    inv_bc1: T::ONE / bc1_t,
-                    lr: T::from_f64(lr),
-                    rectified,
-                    bc2_sqrt: T::from_f64(bc2.powf(half)),
-                    eps: T::from_f64(eps),
-                    rect: T::from_f64(rect),
-                }
-            })
-        }
-        "adabound" => adabound::<T, false>(tensors, h, grad_scale, level),
-        "amsbound" => adabound::<T, true>(tensors, h, grad_scale, level),
-        "lion" => {
-            let (lr, b1, b2) = (h.get("lr")?, h.get("beta1")?, h.get("beta2")?);
-            let rule = Lion {
-                g: Grad::new(h, grad_scale, true)?,
-                beta1: T::from_f64(b1),
-                one_minus_beta1: T::from_f64(1.0 - b1),
-                beta2: T::from_f64(b2),
-                one_minus_beta2: T::from_f64(1.0 - b2),
-                neg_lr: T::from_f64(-lr),
-            };
-            run(tensors, 1, level, |c| {
-                *c[0] += 1.0;
-                rule
-            })
-        }
-        "adabelief" => {
-            let (lr, b1, b2, eps) = (h.get("lr")?, h.get("beta1")?, h.get("beta2")?, h.get("eps")?);
-            let g = Grad::new(h, grad_scale, h.flag("decoupled_weight_decay")?)?;
-            run(tensors, 1, level, |c| {
-                *c[0] += 1.0;
-                let step = *c[0] as f64;
-                let bc1 = 1.0 - b1.powf(step);
-                let bc2 = T::from_f64(1.0 - b2.powf(step));
-                AdaBelief {
-                    g,
-                    beta1: T::from_f64(b1),
-                    one_minus_beta1: T::from_f64(1.0 - b1),
-                    beta2: T::from_f64(b2),
-                    one_minus_beta2: T::from_f64(1.0 - b2),
-                    eps: T::from_f64(eps),
-                    bc2,
-                    inv_bc2: T::ONE / bc2,
-                    neg_step_size: T::from_f64(-lr / bc1),
-                }
-            })
-        }
-        "asgd" => {
-            // The mu this step uses is the stored one (renewed after the step).
-            if tensors.iter().all(|t| t.counters.get(2).is_some_and(|mu| **mu == 1.0)) {
-                asgd::<T, true>(tensors, level, h, grad_scale)
-            } else {
-                asgd::<T, false>(tensors, level, h, grad_scale)
-            }
-        }
-        "rprop" => {
-            let rule = Rprop {
-                g: Grad::new(h, grad_scale, false)?,
-                etaminus: T::from_f64(h.get("etaminus")?),
-                etaplus: T::from_f64(h.get("etaplus")?),
-                min: T::from_f64(h.get("step_size_min")?),
-                max: T::from_f64(h.get("step_size_max")?),
-            };
-            run(tensors, 1, level, |c| {
-                *c[0] += 1.0;
-                rule
-            })
-        }
-        other => Err(Error(format!("unknown element-wise optimizer {other:?}"))),
+    })
+}
+
+/// ASGD, with the `COPY` variant (see [`Asgd`]) when every tensor's stored `mu` (the one this
+/// step uses; renewed after it) is exactly 1.
+pub fn asgd<P: Storage, S: Storage<Arith = P::Arith>>(h: &AsgdConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
+    if tensors.iter().all(|t| t.counters.get(2).is_some_and(|mu| **mu == 1.0)) {
+        asgd_as::<P, S, true>(h, tensors, grad_scale, level)
+    } else {
+        asgd_as::<P, S, false>(h, tensors, grad_scale, level)
     }
+}
+
+fn asgd_as<P: Storage, S: Storage<Arith = P::Arith>, const COPY: bool>(h: &AsgdConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
+    let (lr, lambd, alpha, t0) = (h.lr, h.lambd, h.alpha, h.t0);
+    let g = Grad::new(h.maximize, grad_scale, h.weight_decay, false, h.lr);
+    engine::run(tensors, &names(ASGD), 3, level, |c, _| {
+        let step = next_step(c);
+        // This step uses the eta and mu of the previous one; then they are renewed.
+        let (eta, mu) = (*c[1] as f64, *c[2] as f64);
+        *c[1] = (lr / (1.0 + lambd * lr * step).powf(alpha)) as f32;
+        *c[2] = (1.0 / (step - t0).max(1.0)) as f32;
+        Asgd::<P::Arith, COPY> { g, decay: P::Arith::from_f64(1.0 - lambd * eta), neg_eta: P::Arith::from_f64(-eta), mu: P::Arith::from_f64(mu), average: mu != 1.0 }
+    })
+}
+
+pub fn rprop<P: Storage, S: Storage<Arith = P::Arith>>(h: &RpropConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
+    let rule = Rprop {
+        g: Grad::new(h.maximize, grad_scale, 0.0, false, 0.0),
+        etaminus: P::Arith::from_f64(h.etaminus),
+        etaplus: P::Arith::from_f64(h.etaplus),
+        min: P::Arith::from_f64(h.step_size_min),
+        max: P::Arith::from_f64(h.step_size_max),
+    };
+    engine::run(tensors, &names(RPROP), 1, level, |c, _| {
+        next_step(c);
+        rule
+    })
 }
 
 #[cfg(test)]
@@ -730,17 +515,17 @@ mod tests {
     use super::*;
     use crate::simd::available;
     use crate::test_util::{data, lerp_ref, madd_ref, misaligned_lengths};
-    use std::collections::HashMap;
+    use crate::optim::Config;
 
-    fn hyper(pairs: &[(&str, f64)]) -> HashMap<String, f64> {
-        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    fn hyper<'a>(pairs: &'a [(&'a str, f64)]) -> &'a [(&'a str, f64)] {
+        pairs
     }
 
     /// Runs `name` three times over a misaligned sub-slice at every level and checks it
     /// against `reference`, torch's sequence of whole-array operations.
-    fn check<T: Float>(
+    fn check<T: Float + Storage<Arith = T>>(
         name: &str,
-        h: &HashMap<String, f64>,
+        h: &[(&str, f64)],
         reference: impl Fn(&mut [T], &[T], &mut [Vec<T>], f32, bool),
     ) {
         for level in available() {
@@ -754,8 +539,8 @@ mod tests {
                     let (a, b) = s.split_at_mut(1);
                     let mut states = [&mut a[0][off..], &mut b[0][off..]];
                     let mut counters = [&mut step];
-                    let t = ElemTensor { param: &mut p[off..], grad: &g[off..], states: &mut states, counters: &mut counters };
-                    step_at(name, vec![t], h, 1.0, level).unwrap();
+                    let t = Tensor { param: &mut p[off..], grad: &g[off..], states: &mut states, counters: &mut counters, fresh: false };
+                    Config::new(name, h).unwrap().step_at(vec![t], 1.0, level).unwrap();
                     reference(&mut rp, &g[off..], &mut rs, step, level.fused_multiply_add());
                 }
                 let same = |a: &[T], b: &[T]| a.iter().zip(b).all(|(x, y)| x == y || (x.is_nan() && y.is_nan()));
@@ -765,7 +550,7 @@ mod tests {
         }
     }
 
-    fn adamax<T: Float>() {
+    fn adamax<T: Float + Storage<Arith = T>>() {
         let h = hyper(&[("lr", 0.01), ("beta1", 0.9), ("beta2", 0.999), ("eps", 1e-8), ("weight_decay", 0.1), ("maximize", 1.0)]);
         check::<T>("adamax", &h, |p, g, s, step, fma| {
             let grad: Vec<T> = g.iter().zip(p.iter()).map(|(&x, &pi)| madd_ref(pi, T::from_f64(0.1), -x, fma)).collect();
@@ -782,7 +567,7 @@ mod tests {
         });
     }
 
-    fn adadelta<T: Float>() {
+    fn adadelta<T: Float + Storage<Arith = T>>() {
         let h = hyper(&[("lr", 0.5), ("rho", 0.9), ("eps", 1e-6), ("weight_decay", 0.0), ("maximize", 0.0)]);
         check::<T>("adadelta", &h, |p, g, s, _step, fma| {
             let (rho, c) = (T::from_f64(0.9), T::from_f64(1.0 - 0.9));
@@ -815,9 +600,9 @@ mod tests {
 
     /// ASGD over a group whose tensors are at different steps (so some average and some copy
     /// in the same call), across `t0`, against the per-tensor formula.
-    fn asgd_mixed_steps<T: Float>() {
+    fn asgd_mixed_steps<T: Float + Storage<Arith = T>>() {
         let (lr, lambd, alpha, t0) = (0.05, 1e-3, 0.75, 2.0);
-        let h = hyper(&[("lr", lr), ("lambd", lambd), ("alpha", alpha), ("t0", t0), ("weight_decay", 0.0), ("maximize", 0.0)]);
+        let h = &[("lr", lr), ("lambd", lambd), ("alpha", alpha), ("t0", t0), ("weight_decay", 0.0), ("maximize", 0.0)];
         for level in available() {
             let fma = level.fused_multiply_add();
             let n = 37;
@@ -836,10 +621,10 @@ mod tests {
                 let (mut st0, mut st1) = ([&mut a0[..]], [&mut a1[..]]);
                 let (mut c0, mut c1) = ([s0, e0, m0], [s1, e1, m1]);
                 let tensors = vec![
-                    ElemTensor { param: &mut p0[..], grad: &g, states: &mut st0, counters: &mut c0 },
-                    ElemTensor { param: &mut p1[..], grad: &g, states: &mut st1, counters: &mut c1 },
+                    Tensor { param: &mut p0[..], grad: &g, states: &mut st0, counters: &mut c0, fresh: false },
+                    Tensor { param: &mut p1[..], grad: &g, states: &mut st1, counters: &mut c1, fresh: false },
                 ];
-                step_at("asgd", tensors, &h, 1.0, level).unwrap();
+                Config::new("asgd", h).unwrap().step_at(tensors, 1.0, level).unwrap();
                 for k in 0..2 {
                     rc[k][0] += 1.0;
                     let step = rc[k][0] as f64;
@@ -870,12 +655,17 @@ mod tests {
         let (mut p, g, mut s) = (vec![0.0f64; 4], vec![1.0f64; 4], vec![0.0f64; 4]);
         let mut step = 0.0f32;
         let (mut states, mut counters) = ([&mut s[..]], [&mut step]);
-        let t = ElemTensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters };
-        let h = hyper(&[("lr", 0.01), ("beta1", 0.9), ("beta2", 0.999), ("eps", 1e-8), ("weight_decay", 0.0), ("maximize", 0.0)]);
-        assert!(step_at("adamax", vec![t], &h, 1.0, SimdLevel::Scalar).unwrap_err().0.contains("2 state buffers"));
+        let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, fresh: false };
+        let h = [("lr", 0.01), ("beta1", 0.9), ("beta2", 0.999), ("eps", 1e-8), ("weight_decay", 0.0), ("maximize", 0.0)];
+        let err = Config::new("adamax", &h).unwrap().step_at(vec![t], 1.0, SimdLevel::Scalar).unwrap_err();
+        assert!(matches!(err, Error::Value(_)) && err.message().contains("exp_infs"), "{err}");
         assert_eq!(step, 0.0);
-        assert!(step_at::<f64>("bogus", vec![], &h, 1.0, SimdLevel::Scalar).is_err());
-        assert!(step_at::<f64>("adamax", vec![], &hyper(&[]), 1.0, SimdLevel::Scalar).unwrap_err().0.contains("missing hyperparameter"));
-        assert_eq!(layout("nadam").unwrap().1, &["step", "mu_product"]);
+        assert!(matches!(Config::new("bogus", &h), Err(Error::Type(_))));
+        let err = Config::new("adamax", &h[1..]).unwrap_err();
+        assert!(matches!(err, Error::Type(_)) && err.message().contains("missing hyperparameter \"lr\""), "{err}");
+        let extra = [&h[..], &[("bogus", 5.0)]].concat();
+        let err = Config::new("adamax", &extra).unwrap_err();
+        assert!(matches!(err, Error::Type(_)) && err.message().contains("unexpected hyperparameter \"bogus\""), "{err}");
+        assert_eq!(Config::new("nadam", &[("lr", 0.0), ("beta1", 0.0), ("beta2", 0.0), ("eps", 0.0), ("weight_decay", 0.0), ("momentum_decay", 0.0), ("decoupled_weight_decay", 0.0), ("maximize", 0.0)]).unwrap().layout().1, &["step", "mu_product"]);
     }
 }

@@ -11,22 +11,25 @@
 //! p = p - lr * trust * r,   trust = ||p|| / ||r||  (1 if either norm is 0)
 //! ```
 
+use super::engine::{bias_correction, next_step, Grad};
+use super::hyper::hyper;
 use crate::float::Float;
 use crate::parallel::{self, Split};
 use crate::reduce::{dot_f64, BLOCK};
 use crate::simd::{self, Arith, SimdKernel, SimdLevel};
 use crate::{check_len, Error};
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LambConfig {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-    pub bias_correction: bool,
-    pub maximize: bool,
-    pub grad_scale: f64,
+hyper! {
+    /// LAMB's hyperparameters.
+    LambConfig for "lamb" {
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+        bias_correction: bool,
+        maximize: bool,
+    }
 }
 
 pub struct LambTensor<'a, T> {
@@ -39,7 +42,7 @@ pub struct LambTensor<'a, T> {
 
 #[derive(Clone, Copy, Debug)]
 struct Scalars<T> {
-    sign: T,
+    g: Grad<T>,
     beta1: T,
     one_minus_beta1: T,
     beta2: T,
@@ -97,7 +100,7 @@ impl<T: Float> SimdKernel for Moments<'_, T> {
             let n = p.len();
             let (g, m, v, r) = (&g[..n], &mut m[..n], &mut v[..n], &mut r[..n]);
             for i in 0..n {
-                let gi = g[i] * k.sign;
+                let gi = k.g.plain(g[i]);
                 let mi = A::madd(gi, k.one_minus_beta1, m[i] * k.beta1);
                 let vi = A::madd(k.one_minus_beta2 * gi, gi, v[i] * k.beta2);
                 m[i] = mi;
@@ -142,18 +145,18 @@ impl<T: Float> SimdKernel for Apply<'_, T> {
 }
 
 /// One LAMB step over every tensor of a group, in place.
-pub fn lamb_step<T: Float>(tensors: Vec<LambTensor<'_, T>>, cfg: &LambConfig) -> Result<(), Error> {
-    lamb_step_at(tensors, cfg, simd::level())
+pub fn lamb_step<T: Float>(tensors: Vec<LambTensor<'_, T>>, cfg: &LambConfig, grad_scale: f64) -> Result<(), Error> {
+    lamb_step_at(tensors, cfg, grad_scale, simd::level())
 }
 
-pub(crate) fn lamb_step_at<T: Float>(tensors: Vec<LambTensor<'_, T>>, cfg: &LambConfig, level: SimdLevel) -> Result<(), Error> {
+pub(crate) fn lamb_step_at<T: Float>(tensors: Vec<LambTensor<'_, T>>, cfg: &LambConfig, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
     for (i, t) in tensors.iter().enumerate() {
         let n = t.param.len();
         check_len("grads", i, t.grad.len(), n)?;
         check_len("exp_avgs", i, t.exp_avg.len(), n)?;
         check_len("exp_avg_sqs", i, t.exp_avg_sq.len(), n)?;
     }
-    let scale = T::from_f64(cfg.grad_scale);
+    let g = Grad::new(cfg.maximize, grad_scale, 0.0, false, cfg.lr);
     let counts: Vec<usize> = tensors.iter().map(|t| t.param.len().div_ceil(BLOCK)).collect();
     let mut partials = vec![(0.0f64, 0.0f64); counts.iter().sum()];
     let mut scalars = Vec::with_capacity(tensors.len());
@@ -161,11 +164,11 @@ pub(crate) fn lamb_step_at<T: Float>(tensors: Vec<LambTensor<'_, T>>, cfg: &Lamb
     let mut bufs = Vec::with_capacity(tensors.len());
     let mut outs = Vec::with_capacity(tensors.len());
     for (t, &n) in tensors.into_iter().zip(&counts) {
-        *t.step += 1.0;
-        let step = *t.step as f64;
-        let (bc1, bc2) = if cfg.bias_correction { (1.0 - cfg.beta1.powf(step), 1.0 - cfg.beta2.powf(step)) } else { (1.0, 1.0) };
+        let step = next_step(&mut [&mut *t.step]);
+        let (bc1, bc2) =
+            if cfg.bias_correction { (bias_correction(cfg.beta1, step), bias_correction(cfg.beta2, step)) } else { (1.0, 1.0) };
         scalars.push(Scalars {
-            sign: if cfg.maximize { -scale } else { scale },
+            g,
             beta1: T::from_f64(cfg.beta1),
             one_minus_beta1: T::from_f64(1.0 - cfg.beta1),
             beta2: T::from_f64(cfg.beta2),
@@ -212,8 +215,9 @@ mod tests {
 
     #[test]
     fn trust_ratio_and_thread_independence() {
+        let _lock = crate::test_util::global();
         let n = 3 * BLOCK + 11;
-        let cfg = LambConfig { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-6, weight_decay: 0.01, bias_correction: true, maximize: false, grad_scale: 1.0 };
+        let cfg = LambConfig { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-6, weight_decay: 0.01, bias_correction: true, maximize: false };
         let mut results = vec![];
         for threads in [1, 2] {
             crate::parallel::set_num_threads(threads).unwrap();
@@ -222,7 +226,7 @@ mod tests {
                 let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
                 let mut step = 0.0f32;
                 let t = LambTensor { param: &mut p, grad: &g, exp_avg: &mut m, exp_avg_sq: &mut v, step: &mut step };
-                lamb_step_at(vec![t], &cfg, level).unwrap();
+                lamb_step_at(vec![t], &cfg, 1.0, level).unwrap();
                 results.push((level, p));
             }
         }

@@ -9,192 +9,126 @@
 //! otherwise:     p = p + (-lr * g) / avg
 //! ```
 
+use super::engine::{self, next_step, Grad, Lerp, Rule, Storage, Tensor, MAX_STATES};
+use super::hyper::hyper;
 use crate::float::Float;
-use crate::parallel::{self, split_opt, Split};
-use crate::simd::{self, Arith, SimdKernel, SimdLevel};
-use crate::{check_len, Error};
+use crate::simd::{Arith, SimdLevel};
+use crate::Error;
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RmspropConfig {
-    pub lr: f64,
-    pub alpha: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-    pub momentum: f64,
-    pub centered: bool,
-    pub maximize: bool,
-    /// Multiplies every gradient element as it is read (clipping folded into the step).
-    pub grad_scale: f64,
+hyper! {
+    /// RMSprop's hyperparameters.
+    RmspropConfig for "rmsprop" {
+        lr: f64,
+        alpha: f64,
+        eps: f64,
+        weight_decay: f64,
+        momentum: f64,
+        centered: bool,
+        maximize: bool,
+    }
 }
 
 impl Default for RmspropConfig {
     fn default() -> Self {
-        RmspropConfig { lr: 1e-2, alpha: 0.99, eps: 1e-8, weight_decay: 0.0, momentum: 0.0, centered: false, maximize: false, grad_scale: 1.0 }
+        RmspropConfig { lr: 1e-2, alpha: 0.99, eps: 1e-8, weight_decay: 0.0, momentum: 0.0, centered: false, maximize: false }
     }
 }
 
-/// `momentum_buffer` is present exactly when `momentum > 0`, `grad_avg` when `centered`.
-pub struct RmspropTensor<'a, T> {
-    pub param: &'a mut [T],
-    pub grad: &'a [T],
-    pub square_avg: &'a mut [T],
-    pub momentum_buffer: Option<&'a mut [T]>,
-    pub grad_avg: Option<&'a mut [T]>,
-    pub step: &'a mut f32,
+/// `square_avg`, then `momentum_buffer` when `momentum > 0`, then `grad_avg` when `centered`.
+pub fn layout(h: &RmspropConfig) -> (&'static [(&'static str, &'static str)], &'static [&'static str]) {
+    const SQ: (&str, &str) = ("square_avg", "square_avgs");
+    const BUF: (&str, &str) = ("momentum_buffer", "momentum_buffer_list");
+    const GA: (&str, &str) = ("grad_avg", "grad_avgs");
+    let states: &'static [(&str, &str)] = match (h.momentum > 0.0, h.centered) {
+        (true, true) => &[SQ, BUF, GA],
+        (true, false) => &[SQ, BUF],
+        (false, true) => &[SQ, GA],
+        (false, false) => &[SQ],
+    };
+    (states, &["step"])
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Scalars<T> {
-    sign: T,
-    weight_decay: T,
-    l2: bool,
+struct Rmsprop<T, const MOM: bool, const CEN: bool, const L2: bool> {
+    g: Grad<T>,
     alpha: T,
     one_minus_alpha: T,
-    lerp_small: bool,
-    lerp_coef: T,
+    lerp: Lerp<T>,
     eps: T,
     momentum: T,
     neg_lr: T,
 }
 
-struct Chunk<'a, T> {
-    p: &'a mut [T],
-    g: &'a [T],
-    sq: &'a mut [T],
-    buf: Option<&'a mut [T]>,
-    ga: Option<&'a mut [T]>,
-    k: Scalars<T>,
-}
-
-impl<T: Float> Split for Chunk<'_, T> {
-    fn len(&self) -> usize {
-        self.p.len()
-    }
-    fn split_at(self, mid: usize) -> (Self, Self) {
-        let (p0, p1) = self.p.split_at_mut(mid);
-        let (g0, g1) = self.g.split_at(mid);
-        let (s0, s1) = self.sq.split_at_mut(mid);
-        let (b0, b1) = split_opt(self.buf, mid);
-        let (a0, a1) = split_opt(self.ga, mid);
-        (
-            Chunk { p: p0, g: g0, sq: s0, buf: b0, ga: a0, k: self.k },
-            Chunk { p: p1, g: g1, sq: s1, buf: b1, ga: a1, k: self.k },
-        )
-    }
-}
-
-impl<T: Float> SimdKernel for Chunk<'_, T> {
+impl<T: Float, const MOM: bool, const CEN: bool, const L2: bool> Rule<T> for Rmsprop<T, MOM, CEN, L2> {
+    const STATES: usize = 1 + MOM as usize + CEN as usize;
     #[inline(always)]
-    fn run<A: Arith>(self) {
-        let k = self.k;
-        macro_rules! go {
-            ($mom:expr, $cen:expr, $buf:expr, $ga:expr) => {
-                if k.l2 {
-                    body::<T, A, $mom, $cen, true>(self.p, self.g, self.sq, $buf, $ga, &k)
-                } else {
-                    body::<T, A, $mom, $cen, false>(self.p, self.g, self.sq, $buf, $ga, &k)
-                }
-            };
-        }
-        match (self.buf, self.ga) {
-            (Some(b), Some(a)) => go!(true, true, b, a),
-            (Some(b), None) => go!(true, false, b, &mut []),
-            (None, Some(a)) => go!(false, true, &mut [], a),
-            (None, None) => go!(false, false, &mut [], &mut []),
+    fn update<A: Arith>(&self, p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
+        let g = if L2 { self.g.with_l2::<A>(p, g) } else { self.g.plain(g) };
+        let sq = A::madd(self.one_minus_alpha * g, g, s[0] * self.alpha);
+        s[0] = sq;
+        let avg = if CEN {
+            let k = 1 + MOM as usize;
+            let a = self.lerp.apply::<A>(s[k], g);
+            s[k] = a;
+            A::madd(-a, a, sq).sqrt()
+        } else {
+            sq.sqrt()
+        };
+        let avg = avg + self.eps;
+        if MOM {
+            let b = s[1] * self.momentum + g / avg;
+            s[1] = b;
+            A::madd(b, self.neg_lr, p)
+        } else {
+            p + self.neg_lr * g / avg
         }
     }
 }
 
-#[inline(always)]
-fn body<T: Float, A: Arith, const MOM: bool, const CEN: bool, const L2: bool>(
-    p: &mut [T],
-    g: &[T],
-    sq: &mut [T],
-    buf: &mut [T],
-    ga: &mut [T],
-    k: &Scalars<T>,
-) {
-    let n = p.len();
-    let (g, sq) = (&g[..n], &mut sq[..n]);
-    let buf = if MOM { &mut buf[..n] } else { buf };
-    let ga = if CEN { &mut ga[..n] } else { ga };
-    for i in 0..n {
-        let pi = p[i];
-        let mut gi = g[i] * k.sign;
-        if L2 {
-            gi = A::madd(pi, k.weight_decay, gi);
-        }
-        let si = A::madd(k.one_minus_alpha * gi, gi, sq[i] * k.alpha);
-        sq[i] = si;
-        let avg = if CEN {
-            let a = ga[i];
-            let base = if k.lerp_small { a } else { gi };
-            let a = A::madd(k.lerp_coef, gi - a, base);
-            ga[i] = a;
-            A::madd(-a, a, si).sqrt()
-        } else {
-            si.sqrt()
-        };
-        let avg = avg + k.eps;
-        if MOM {
-            let b = buf[i] * k.momentum + gi / avg;
-            buf[i] = b;
-            p[i] = A::madd(b, k.neg_lr, pi);
-        } else {
-            p[i] = pi + k.neg_lr * gi / avg;
-        }
-    }
+fn run<P: Storage, S: Storage<Arith = P::Arith>, const MOM: bool, const CEN: bool, const L2: bool>(
+    h: &RmspropConfig,
+    tensors: Vec<Tensor<'_, P, S>>,
+    grad_scale: f64,
+    level: SimdLevel,
+) -> Result<(), Error> {
+    let rule = Rmsprop::<P::Arith, MOM, CEN, L2> {
+        g: Grad::new(h.maximize, grad_scale, h.weight_decay, false, h.lr),
+        alpha: P::Arith::from_f64(h.alpha),
+        one_minus_alpha: P::Arith::from_f64(1.0 - h.alpha),
+        lerp: Lerp::new(1.0 - h.alpha),
+        eps: P::Arith::from_f64(h.eps),
+        momentum: P::Arith::from_f64(h.momentum),
+        neg_lr: P::Arith::from_f64(-h.lr),
+    };
+    let names: Vec<&str> = layout(h).0.iter().map(|s| s.1).collect();
+    engine::run(tensors, &names, 1, level, |c, _| {
+        next_step(c);
+        rule
+    })
 }
 
 /// One RMSprop step over every tensor of a parameter group, in place.
-pub fn rmsprop_step<T: Float>(tensors: Vec<RmspropTensor<'_, T>>, cfg: &RmspropConfig) -> Result<(), Error> {
-    rmsprop_step_at(tensors, cfg, simd::level())
-}
-
-pub(crate) fn rmsprop_step_at<T: Float>(
-    tensors: Vec<RmspropTensor<'_, T>>,
-    cfg: &RmspropConfig,
+pub fn step<P: Storage, S: Storage<Arith = P::Arith>>(
+    h: &RmspropConfig,
+    tensors: Vec<Tensor<'_, P, S>>,
+    grad_scale: f64,
     level: SimdLevel,
 ) -> Result<(), Error> {
-    for (i, t) in tensors.iter().enumerate() {
-        let n = t.param.len();
-        check_len("grads", i, t.grad.len(), n)?;
-        check_len("square_avgs", i, t.square_avg.len(), n)?;
-        match (&t.momentum_buffer, cfg.momentum > 0.0) {
-            (Some(b), true) => check_len("momentum_buffer_list", i, b.len(), n)?,
-            (None, false) => {}
-            _ => return Err(Error(format!("momentum_buffer_list[{i}] must be given exactly when momentum > 0"))),
-        }
-        match (&t.grad_avg, cfg.centered) {
-            (Some(a), true) => check_len("grad_avgs", i, a.len(), n)?,
-            (None, false) => {}
-            _ => return Err(Error(format!("grad_avgs[{i}] must be given exactly when centered=True"))),
-        }
+    macro_rules! go {
+        ($mom:expr, $cen:expr) => {
+            if h.weight_decay != 0.0 {
+                run::<P, S, $mom, $cen, true>(h, tensors, grad_scale, level)
+            } else {
+                run::<P, S, $mom, $cen, false>(h, tensors, grad_scale, level)
+            }
+        };
     }
-    let scale = T::from_f64(cfg.grad_scale);
-    let weight = T::from_f64(1.0 - cfg.alpha);
-    let lerp_small = weight.to_f64().abs() < 0.5;
-    let k = Scalars {
-        sign: if cfg.maximize { -scale } else { scale },
-        weight_decay: T::from_f64(cfg.weight_decay),
-        l2: cfg.weight_decay != 0.0,
-        alpha: T::from_f64(cfg.alpha),
-        one_minus_alpha: weight,
-        lerp_small,
-        lerp_coef: if lerp_small { weight } else { weight - T::ONE },
-        eps: T::from_f64(cfg.eps),
-        momentum: T::from_f64(cfg.momentum),
-        neg_lr: T::from_f64(-cfg.lr),
-    };
-    let chunks: Vec<Chunk<'_, T>> = tensors
-        .into_iter()
-        .map(|t| {
-            *t.step += 1.0;
-            Chunk { p: t.param, g: t.grad, sq: t.square_avg, buf: t.momentum_buffer, ga: t.grad_avg, k }
-        })
-        .collect();
-    parallel::for_each(chunks, |c| simd::dispatch_at(level, c));
-    Ok(())
+    match (h.momentum > 0.0, h.centered) {
+        (true, true) => go!(true, true),
+        (true, false) => go!(true, false),
+        (false, true) => go!(false, true),
+        (false, false) => go!(false, false),
+    }
 }
 
 #[cfg(test)]
@@ -203,13 +137,13 @@ mod tests {
     use crate::simd::available;
     use crate::test_util::{data, lerp_ref, madd_ref, misaligned_lengths};
 
-    fn check<T: Float>() {
+    fn check<T: Float + Storage<Arith = T>>() {
         for level in available() {
             let fma = level.fused_multiply_add();
             for (momentum, centered, wd, maximize, alpha) in
                 [(0.0, false, 0.0, false, 0.99), (0.9, false, 0.1, true, 0.9), (0.0, true, 0.0, false, 0.3), (0.5, true, 0.05, false, 0.99)]
             {
-                let cfg = RmspropConfig { lr: 0.01, alpha, eps: 1e-8, weight_decay: wd, momentum, centered, maximize, grad_scale: 1.0 };
+                let cfg = RmspropConfig { lr: 0.01, alpha, eps: 1e-8, weight_decay: wd, momentum, centered, maximize };
                 for (len, off) in misaligned_lengths() {
                     let total = len + off;
                     let (mut p, g) = (data::<T>(total, 3), data::<T>(total, 4));
@@ -217,15 +151,16 @@ mod tests {
                     let (mut rp, mut rsq, mut rbuf, mut rga) = (p.clone(), sq.clone(), buf.clone(), ga.clone());
                     let mut step = 0.0f32;
                     for _ in 0..3 {
-                        let t = RmspropTensor {
-                            param: &mut p[off..],
-                            grad: &g[off..],
-                            square_avg: &mut sq[off..],
-                            momentum_buffer: if momentum > 0.0 { Some(&mut buf[off..]) } else { None },
-                            grad_avg: if centered { Some(&mut ga[off..]) } else { None },
-                            step: &mut step,
-                        };
-                        rmsprop_step_at(vec![t], &cfg, level).unwrap();
+                        let mut states: Vec<&mut [T]> = vec![&mut sq[off..]];
+                        if momentum > 0.0 {
+                            states.push(&mut buf[off..]);
+                        }
+                        if centered {
+                            states.push(&mut ga[off..]);
+                        }
+                        let mut counters = [&mut step];
+                        let t = Tensor { param: &mut p[off..], grad: &g[off..], states: &mut states, counters: &mut counters, fresh: false };
+                        super::step(&cfg, vec![t], 1.0, level).unwrap();
                         // torch's loop, one whole-array operation at a time
                         let mut grad: Vec<T> = g[off..].iter().map(|&x| if maximize { -x } else { x }).collect();
                         if wd != 0.0 {

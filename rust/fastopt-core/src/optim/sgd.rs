@@ -10,45 +10,40 @@
 //! p   = p + (-lr) * g
 //! ```
 
+use super::engine::{self, Grad, Rule, Storage, Tensor, MAX_STATES};
+use super::hyper::hyper;
 use crate::float::Float;
-use crate::parallel::{self, split_opt, Split};
-use crate::simd::{self, Arith, SimdKernel, SimdLevel};
-use crate::{check_len, Error};
+use crate::simd::{Arith, SimdLevel};
+use crate::Error;
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SgdConfig {
-    pub lr: f64,
-    pub momentum: f64,
-    pub dampening: f64,
-    pub weight_decay: f64,
-    pub nesterov: bool,
-    pub maximize: bool,
-    /// Every gradient element is multiplied by this as it is read (clipping folded into the
-    /// step); 1.0 leaves gradients as they are.
-    pub grad_scale: f64,
+hyper! {
+    /// SGD's hyperparameters.
+    SgdConfig for "sgd" {
+        lr: f64,
+        momentum: f64,
+        dampening: f64,
+        weight_decay: f64,
+        nesterov: bool,
+        maximize: bool,
+    }
 }
 
 impl Default for SgdConfig {
     fn default() -> Self {
-        SgdConfig { lr: 1e-3, momentum: 0.0, dampening: 0.0, weight_decay: 0.0, nesterov: false, maximize: false, grad_scale: 1.0 }
+        SgdConfig { lr: 1e-3, momentum: 0.0, dampening: 0.0, weight_decay: 0.0, nesterov: false, maximize: false }
     }
 }
 
-/// One tensor's buffers. `momentum_buffer` is present exactly when `momentum != 0`;
-/// `fresh_buffer` says it was just created, so this step fills it with the gradient
-/// (torch's first step clones the gradient, without dampening).
-pub struct SgdTensor<'a, T> {
-    pub param: &'a mut [T],
-    pub grad: &'a [T],
-    pub momentum_buffer: Option<&'a mut [T]>,
-    pub fresh_buffer: bool,
+/// The momentum buffer exists exactly when `momentum != 0`; SGD keeps no counter. A tensor
+/// whose buffer was just created (`fresh`) has it set to the gradient, as torch's first step
+/// clones the gradient (without dampening).
+pub fn layout(h: &SgdConfig) -> (&'static [(&'static str, &'static str)], &'static [&'static str]) {
+    (if h.momentum != 0.0 { &[("momentum_buffer", "momentum_buffer_list")] } else { &[] }, &[])
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Scalars<T> {
-    sign: T,
-    weight_decay: T,
-    l2: bool,
+struct Sgd<T, const MOM: bool, const L2: bool> {
+    g: Grad<T>,
     momentum: T,
     one_minus_dampening: T,
     nesterov: bool,
@@ -56,92 +51,53 @@ struct Scalars<T> {
     neg_lr: T,
 }
 
-struct Chunk<'a, T> {
-    p: &'a mut [T],
-    g: &'a [T],
-    buf: Option<&'a mut [T]>,
-    s: Scalars<T>,
-}
-
-impl<T: Float> Split for Chunk<'_, T> {
-    fn len(&self) -> usize {
-        self.p.len()
-    }
-    fn split_at(self, mid: usize) -> (Self, Self) {
-        let (p0, p1) = self.p.split_at_mut(mid);
-        let (g0, g1) = self.g.split_at(mid);
-        let (b0, b1) = split_opt(self.buf, mid);
-        (Chunk { p: p0, g: g0, buf: b0, s: self.s }, Chunk { p: p1, g: g1, buf: b1, s: self.s })
-    }
-}
-
-impl<T: Float> SimdKernel for Chunk<'_, T> {
+impl<T: Float, const MOM: bool, const L2: bool> Rule<T> for Sgd<T, MOM, L2> {
+    const STATES: usize = MOM as usize;
     #[inline(always)]
-    fn run<A: Arith>(self) {
-        let s = self.s;
-        match (self.buf, s.l2) {
-            (Some(b), true) => body::<T, A, true, true>(self.p, self.g, b, &s),
-            (Some(b), false) => body::<T, A, true, false>(self.p, self.g, b, &s),
-            (None, true) => body::<T, A, false, true>(self.p, self.g, &mut [], &s),
-            (None, false) => body::<T, A, false, false>(self.p, self.g, &mut [], &s),
+    fn update<A: Arith>(&self, p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
+        let mut g = if L2 { self.g.with_l2::<A>(p, g) } else { self.g.plain(g) };
+        if MOM {
+            let decayed = s[0] * self.momentum;
+            let b = if self.fresh { g } else { A::madd(g, self.one_minus_dampening, decayed) };
+            s[0] = b;
+            g = if self.nesterov { A::madd(b, self.momentum, g) } else { b };
         }
+        A::madd(g, self.neg_lr, p)
     }
 }
 
-#[inline(always)]
-fn body<T: Float, A: Arith, const MOM: bool, const L2: bool>(p: &mut [T], g: &[T], buf: &mut [T], s: &Scalars<T>) {
-    let n = p.len();
-    let g = &g[..n];
-    let buf = if MOM { &mut buf[..n] } else { buf };
-    for i in 0..n {
-        let pi = p[i];
-        let mut gi = g[i] * s.sign;
-        if L2 {
-            gi = A::madd(pi, s.weight_decay, gi);
-        }
-        if MOM {
-            let decayed = buf[i] * s.momentum;
-            let b = if s.fresh { gi } else { A::madd(gi, s.one_minus_dampening, decayed) };
-            buf[i] = b;
-            gi = if s.nesterov { A::madd(b, s.momentum, gi) } else { b };
-        }
-        p[i] = A::madd(gi, s.neg_lr, pi);
-    }
+fn run<P: Storage, S: Storage<Arith = P::Arith>, const MOM: bool, const L2: bool>(
+    h: &SgdConfig,
+    tensors: Vec<Tensor<'_, P, S>>,
+    grad_scale: f64,
+    level: SimdLevel,
+) -> Result<(), Error> {
+    let base = Sgd::<P::Arith, MOM, L2> {
+        g: Grad::new(h.maximize, grad_scale, h.weight_decay, false, h.lr),
+        momentum: P::Arith::from_f64(h.momentum),
+        one_minus_dampening: P::Arith::from_f64(1.0 - h.dampening),
+        nesterov: h.nesterov,
+        fresh: false,
+        neg_lr: P::Arith::from_f64(-h.lr),
+    };
+    let names: Vec<&str> = layout(h).0.iter().map(|s| s.1).collect();
+    engine::run(tensors, &names, 0, level, |_, fresh| Sgd { fresh, ..base })
 }
 
 /// One SGD step over every tensor of a parameter group, in place. Checks every tensor
 /// before touching any.
-pub fn sgd_step<T: Float>(tensors: Vec<SgdTensor<'_, T>>, cfg: &SgdConfig) -> Result<(), Error> {
-    sgd_step_at(tensors, cfg, simd::level())
-}
-
-pub(crate) fn sgd_step_at<T: Float>(tensors: Vec<SgdTensor<'_, T>>, cfg: &SgdConfig, level: SimdLevel) -> Result<(), Error> {
-    let with_momentum = cfg.momentum != 0.0;
-    for (i, t) in tensors.iter().enumerate() {
-        check_len("grads", i, t.grad.len(), t.param.len())?;
-        match (&t.momentum_buffer, with_momentum) {
-            (Some(b), true) => check_len("momentum_buffer_list", i, b.len(), t.param.len())?,
-            (None, false) => {}
-            (None, true) => return Err(Error(format!("momentum_buffer_list[{i}] is required with momentum != 0"))),
-            (Some(_), false) => return Err(Error(format!("momentum_buffer_list[{i}] given with momentum=0"))),
-        }
+pub fn step<P: Storage, S: Storage<Arith = P::Arith>>(
+    h: &SgdConfig,
+    tensors: Vec<Tensor<'_, P, S>>,
+    grad_scale: f64,
+    level: SimdLevel,
+) -> Result<(), Error> {
+    match (h.momentum != 0.0, h.weight_decay != 0.0) {
+        (true, true) => run::<P, S, true, true>(h, tensors, grad_scale, level),
+        (true, false) => run::<P, S, true, false>(h, tensors, grad_scale, level),
+        (false, true) => run::<P, S, false, true>(h, tensors, grad_scale, level),
+        (false, false) => run::<P, S, false, false>(h, tensors, grad_scale, level),
     }
-    let base = Scalars {
-        sign: if cfg.maximize { -T::from_f64(cfg.grad_scale) } else { T::from_f64(cfg.grad_scale) },
-        weight_decay: T::from_f64(cfg.weight_decay),
-        l2: cfg.weight_decay != 0.0,
-        momentum: T::from_f64(cfg.momentum),
-        one_minus_dampening: T::from_f64(1.0 - cfg.dampening),
-        nesterov: cfg.nesterov,
-        fresh: false,
-        neg_lr: T::from_f64(-cfg.lr),
-    };
-    let chunks: Vec<Chunk<'_, T>> = tensors
-        .into_iter()
-        .map(|t| Chunk { s: Scalars { fresh: t.fresh_buffer, ..base }, p: t.param, g: t.grad, buf: t.momentum_buffer })
-        .collect();
-    parallel::for_each(chunks, |c| simd::dispatch_at(level, c));
-    Ok(())
 }
 
 #[cfg(test)]
@@ -151,8 +107,8 @@ mod tests {
     use crate::test_util::{data, madd_ref, misaligned_lengths};
 
     /// torch's single-tensor loop, as separate whole-array operations.
-    fn reference<T: Float>(p: &mut [T], g: &[T], buf: &mut Option<Vec<T>>, c: &SgdConfig, fma: bool) {
-        let scale = T::from_f64(c.grad_scale);
+    fn reference<T: Float + Storage<Arith = T>>(p: &mut [T], g: &[T], buf: &mut Option<Vec<T>>, c: &SgdConfig, grad_scale: f64, fma: bool) {
+        let scale = T::from_f64(grad_scale);
         let mut grad: Vec<T> = g.iter().map(|&x| if c.maximize { -(x * scale) } else { x * scale }).collect();
         if c.weight_decay != 0.0 {
             let wd = T::from_f64(c.weight_decay);
@@ -186,7 +142,7 @@ mod tests {
         }
     }
 
-    fn check<T: Float>() {
+    fn check<T: Float + Storage<Arith = T>>() {
         let mut cfgs = vec![];
         for momentum in [0.0, 0.9] {
             for dampening in [0.0, 0.3] {
@@ -196,14 +152,14 @@ mod tests {
                     }
                     for weight_decay in [0.0, 0.05] {
                         for (maximize, grad_scale) in [(false, 1.0), (true, 1.0), (false, 0.37)] {
-                            cfgs.push(SgdConfig { lr: 0.1, momentum, dampening, weight_decay, nesterov, maximize, grad_scale });
+                            cfgs.push((SgdConfig { lr: 0.1, momentum, dampening, weight_decay, nesterov, maximize }, grad_scale));
                         }
                     }
                 }
             }
         }
         for level in available() {
-            for cfg in &cfgs {
+            for (cfg, scale) in &cfgs {
                 for (len, off) in misaligned_lengths() {
                     let total = len + off;
                     let mut p = data::<T>(total, 7);
@@ -212,14 +168,10 @@ mod tests {
                     let mut buf = vec![T::ZERO; total];
                     let mut rbuf: Option<Vec<T>> = None;
                     for k in 0..3 {
-                        let t = SgdTensor {
-                            param: &mut p[off..],
-                            grad: &g[off..],
-                            momentum_buffer: if cfg.momentum != 0.0 { Some(&mut buf[off..]) } else { None },
-                            fresh_buffer: k == 0,
-                        };
-                        sgd_step_at(vec![t], cfg, level).unwrap();
-                        reference(&mut rp[off..], &g[off..], &mut rbuf, cfg, level.fused_multiply_add());
+                        let mut states: Vec<&mut [T]> = if cfg.momentum != 0.0 { vec![&mut buf[off..]] } else { vec![] };
+                        let t = Tensor { param: &mut p[off..], grad: &g[off..], states: &mut states, counters: &mut [], fresh: k == 0 };
+                        super::step(cfg, vec![t], *scale, level).unwrap();
+                        reference(&mut rp[off..], &g[off..], &mut rbuf, cfg, *scale, level.fused_multiply_add());
                     }
                     assert!(p.iter().zip(&rp).all(|(a, b)| a == b), "param {level:?} {cfg:?} len {len} off {off}");
                     if let Some(rb) = &rbuf {
@@ -244,9 +196,10 @@ mod tests {
     fn missing_buffer_is_an_error_not_a_panic() {
         let mut p = vec![1.0f64; 3];
         let g = vec![1.0f64; 3];
-        let t = SgdTensor { param: &mut p, grad: &g, momentum_buffer: None, fresh_buffer: true };
+        let t: Tensor<'_, f64> = Tensor { param: &mut p, grad: &g, states: &mut [], counters: &mut [], fresh: true };
         let cfg = SgdConfig { momentum: 0.9, ..Default::default() };
-        assert!(sgd_step(vec![t], &cfg).unwrap_err().0.contains("momentum_buffer_list[0]"));
+        let err = step(&cfg, vec![t], 1.0, crate::simd::level()).unwrap_err();
+        assert!(err.message().contains("momentum_buffer_list"), "{err}");
         assert_eq!(p, vec![1.0; 3]);
     }
 }
