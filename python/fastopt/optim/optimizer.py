@@ -421,7 +421,7 @@ class Optimizer:
         self.param_groups: list[dict[str, Any]] = []
         # (names, id(params)) -> (param ids, state, state version, buffer lists): see `_buffers`.
         self._buffer_lists: dict[tuple, tuple] = {}
-        # id(group) -> (group, rule name, hyperparameters, Rule, layout): see `_rule_of`.
+        # id(group) -> (group, its values, (rule name, hyperparameters), Rule, layout): see `_rule_of`.
         self._rules: dict[int, tuple] = {}
         # id(group) -> (group, the kernel's CheckCache for it): see `_check_cache`.
         self._check_caches: dict[int, tuple] = {}
@@ -810,19 +810,29 @@ class Optimizer:
     def _rule_of(self, group: dict[str, Any]) -> tuple:
         """The group's ``Rule`` and its layout, built again only when an option changed
         (a scheduler's new ``lr``, say)."""
-        name, hyper = self._rule_name(group), self._hyper(group)
         entry = self._rules.get(id(group))
-        if entry is not None and entry[0] is group and entry[1] == name and entry[2] == hyper:
-            return entry[3], entry[4]
+        if entry is not None and entry[0] is group:
+            # Fast path: the group's values are the ones the rule was built from (compared by
+            # identity, then by value: one C-level list comparison).
+            if entry[1] is not None and entry[1] == list(group.values()):
+                return entry[3], entry[4]
+            name, hyper = self._rule_name(group), self._hyper(group)
+            if entry[2] == (name, hyper):
+                return entry[3], entry[4]
+        else:
+            name, hyper = self._rule_name(group), self._hyper(group)
         rule = F.Rule(name, **hyper)
         states, _, counters = rule.layout()
-        layout = (tuple(counters) + tuple(states), len(counters))
+        layout = (tuple(counters) + tuple(states), len(counters), tuple(counters))
         if len(self._rules) > 4 * len(self.param_groups):
             live = {id(g) for g in self.param_groups}
             self._rules = {k: v for k, v in self._rules.items() if k in live}
-        # A 0-d array option (an lr a scheduler fills in place) is compared by its value then.
+        values = list(group.values())
+        # An option held in a 0-d array (an lr a scheduler fills in place) cannot be told
+        # unchanged by identity: such a group takes the slow path, comparing by value.
+        fast = None if any(isinstance(v, np.ndarray) for v in values) else values
         frozen = {k: float(v) if isinstance(v, np.ndarray) else v for k, v in hyper.items()}
-        self._rules[id(group)] = (group, name, frozen, rule, layout)
+        self._rules[id(group)] = (group, fast, (name, frozen), rule, layout)
         return rule, layout
 
     def _step_group(
@@ -837,14 +847,15 @@ class Optimizer:
         """Updates the ``params`` of ``group`` (those with a gradient) in one kernel call,
         multiplying every gradient element by ``grad_scale`` as it is read. With
         ``check_only``, checks the arguments and writes nothing (no state either)."""
-        rule, (names, k) = self._rule_of(group)
-        bufs, created = self._buffers(params, arrays, names, self._fill(group), names[:k])
+        rule, (names, k, counters) = self._rule_of(group)
+        bufs, created = self._buffers(params, arrays, names, self._fill(group), counters)
         fresh = None
         if self._needs_fresh and created and len(names) > k:
             new = {id(b) for _, _, b in created}
             fresh = [id(b) in new for b in bufs[k]]
-        F._step(rule, arrays, grads, bufs[k:], bufs[:k], fresh, grad_scale, check_only, self._check_cache(group))
-        if not check_only:
+        # (the compiled call directly: this runs once per group and step)
+        F._kernels.step(rule, arrays, grads, bufs[k:], bufs[:k], fresh, grad_scale, check_only, self._check_cache(group))
+        if created and not check_only:
             self._commit(created)
 
     def _buffers(
