@@ -227,3 +227,29 @@ def test_every_cached_kernel_confirms_and_still_catches_changes(cls, kw, key, la
     opt.state[ps[0]][key].shape = (2, 2)
     with pytest.raises(ValueError, match=rf"{label}\[0\] has shape \(2, 2\)"):
         opt.step(grads=grads(12))
+
+
+@pytest.mark.parametrize("cls", [fo.optim.Adam, fo.optim.NAdam, fo.optim.SGD])
+def test_buffer_lists_are_cached_per_group(cls):
+    """Each group keeps its own gathered state lists: with two groups, a step reuses both
+    groups' lists (they used to evict each other, so every step gathered them again)."""
+    ps = [fo.Parameter(np.zeros(3)) for _ in range(4)]
+    kw = {"momentum": 0.9} if cls is fo.optim.SGD else {}
+    opt = cls([{"params": ps[:2]}, {"params": ps[2:]}], lr=0.1, **kw)
+    gathered = []
+    real = opt._buffers
+
+    def spy(*args):
+        out = real(*args)
+        gathered.append(out[0])
+        return out
+
+    opt._buffers = spy
+    for _ in range(3):
+        for p in ps:
+            p.grad = np.ones(3)
+        opt.step()
+    # (each step runs every group twice: a check pass, then the write pass)
+    first, second = gathered[-4], gathered[-3]
+    assert gathered[-2] is first and gathered[-1] is second and first is not second
+    assert gathered[-6] is first and gathered[-5] is second

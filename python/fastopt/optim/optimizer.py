@@ -421,7 +421,7 @@ class Optimizer:
         self.param_groups: list[dict[str, Any]] = []
         # (names, id(params)) -> (param ids, state, state version, buffer lists): see `_buffers`.
         self._buffer_lists: dict[tuple, tuple] = {}
-        # id(group) -> (group, its values, (rule name, hyperparameters), Rule, layout): see `_rule_of`.
+        # id(group) -> (group, its values, (rule name, hyperparameters), Rule, layout, cache): see `_rule_of`.
         self._rules: dict[int, tuple] = {}
         # id(group) -> (group, the kernel's CheckCache for it): see `_check_cache`.
         self._check_caches: dict[int, tuple] = {}
@@ -659,7 +659,11 @@ class Optimizer:
     def _check_groups_disjoint(self) -> None:
         """Raises if two param groups' arrays share memory (checked again only when some
         group's arrays changed since the last check)."""
-        arrays = tuple(_array_of(p) for g in self.param_groups for p in g["params"])
+        params = list(chain.from_iterable(g["params"] for g in self.param_groups))
+        try:
+            arrays = tuple(map(_DATA, params))  # (all Parameters: no Python-level loop)
+        except AttributeError:
+            arrays = tuple(map(_array_of, params))
         last = self._disjoint
         if last is not None and len(last) == len(arrays) and all(map(is_, last, arrays)):
             return
@@ -808,32 +812,28 @@ class Optimizer:
         return None
 
     def _rule_of(self, group: dict[str, Any]) -> tuple:
-        """The group's ``Rule`` and its layout, built again only when an option changed
-        (a scheduler's new ``lr``, say)."""
+        """``(group, values, key, rule, names, counters, cache)`` for the group: its ``Rule``,
+        the state buffers and counters it takes (``names``, counters first), what it was built
+        from, and the group's ``CheckCache`` (the same object for the group's lifetime). Built again only when an option changed (a scheduler's new ``lr``, say);
+        ``_step_group`` checks ``values`` itself, inline."""
+        name, hyper = self._rule_name(group), self._hyper(group)
         entry = self._rules.get(id(group))
-        if entry is not None and entry[0] is group:
-            # Fast path: the group's values are the ones the rule was built from (compared by
-            # identity, then by value: one C-level list comparison).
-            if entry[1] is not None and entry[1] == list(group.values()):
-                return entry[3], entry[4]
-            name, hyper = self._rule_name(group), self._hyper(group)
-            if entry[2] == (name, hyper):
-                return entry[3], entry[4]
-        else:
-            name, hyper = self._rule_name(group), self._hyper(group)
+        if entry is not None and entry[0] is group and entry[2] == (name, hyper):
+            return entry
         rule = F.Rule(name, **hyper)
         states, _, counters = rule.layout()
-        layout = (tuple(counters) + tuple(states), len(counters), tuple(counters))
         if len(self._rules) > 4 * len(self.param_groups):
             live = {id(g) for g in self.param_groups}
             self._rules = {k: v for k, v in self._rules.items() if k in live}
         values = list(group.values())
-        # An option held in a 0-d array (an lr a scheduler fills in place) cannot be told
-        # unchanged by identity: such a group takes the slow path, comparing by value.
+        # The fast check compares the group's values by identity, then by value; an option
+        # held in a 0-d array (an lr a scheduler fills in place) cannot be told unchanged by
+        # identity: such a group always compares its hyperparameters by value.
         fast = None if any(isinstance(v, np.ndarray) for v in values) else values
         frozen = {k: float(v) if isinstance(v, np.ndarray) else v for k, v in hyper.items()}
-        self._rules[id(group)] = (group, fast, (name, frozen), rule, layout)
-        return rule, layout
+        names = tuple(counters) + tuple(states)
+        entry = self._rules[id(group)] = (group, fast, (name, frozen), rule, names, tuple(counters), self._check_cache(group))
+        return entry
 
     def _step_group(
         self,
@@ -847,14 +847,19 @@ class Optimizer:
         """Updates the ``params`` of ``group`` (those with a gradient) in one kernel call,
         multiplying every gradient element by ``grad_scale`` as it is read. With
         ``check_only``, checks the arguments and writes nothing (no state either)."""
-        rule, (names, k, counters) = self._rule_of(group)
-        bufs, created = self._buffers(params, arrays, names, self._fill(group), counters)
+        entry = self._rules.get(id(group))
+        # (the usual case inline: the group's values are those the rule was built from)
+        if entry is None or entry[0] is not group or entry[1] is None or entry[1] != list(group.values()):
+            entry = self._rule_of(group)
+        _, _, _, rule, names, counters, cache = entry
+        bufs, created = self._buffers(params, arrays, names, counters, group)
+        k = len(counters)
         fresh = None
-        if self._needs_fresh and created and len(names) > k:
+        if created and self._needs_fresh and len(names) > k:
             new = {id(b) for _, _, b in created}
             fresh = [id(b) in new for b in bufs[k]]
         # (the compiled call directly: this runs once per group and step)
-        F._kernels.step(rule, arrays, grads, bufs[k:], bufs[:k], fresh, grad_scale, check_only, self._check_cache(group))
+        F._kernels.step(rule, arrays, grads, bufs[k:], bufs[:k], fresh, grad_scale, check_only, cache)
         if created and not check_only:
             self._commit(created)
 
@@ -863,14 +868,14 @@ class Optimizer:
         params: list[Any],
         arrays: list[np.ndarray],
         names: tuple[str, ...],
-        fill: dict[str, float] | None = None,
-        counters: tuple[str, ...] = ("step",),
+        counters: tuple[str, ...],
+        group: dict[str, Any],
     ) -> tuple[list[list[np.ndarray]], list[tuple[Any, str, np.ndarray]]]:
         """For each name, the list of every param's state buffer of that name, and the
         buffers that had to be created (``counters`` such as ``'step'``: 0-d float32 arrays, as
-        torch's; others: arrays of the param's shape and dtype; zeros or ``fill[name]``).
-        Created buffers are not in the state yet: pass them to :meth:`_commit` once the kernel
-        has succeeded, so a failed step leaves no trace."""
+        torch's; others: arrays of the param's shape and dtype; zeros or ``self._fill(group)``'s
+        value). Created buffers are not in the state yet: pass them to :meth:`_commit` once the
+        kernel has succeeded, so a failed step leaves no trace."""
         state = self.state
         # Fastest path: the same params (by identity) and no change to the state since the
         # lists were gathered (every change goes through `_State`/`_ParamState`).
@@ -896,6 +901,7 @@ class Optimizer:
             pass
         out: list[list[np.ndarray]] = [[] for _ in names]
         created = []
+        fill = self._fill(group)
         for p, a, st in zip(params, arrays, states):
             d = st[1] if st is not None else {}
             for k, name in enumerate(names):

@@ -142,11 +142,19 @@ pub fn split_opt<T>(x: Option<&mut [T]>, mid: usize) -> (Option<&mut [T]>, Optio
 /// large enough.
 pub fn for_each<W: Split>(items: Vec<W>, f: impl Fn(W) + Sync + Send) {
     let total: usize = items.iter().map(Split::len).sum();
+    for_each_of(total, items, f)
+}
+
+/// [`for_each`] over items made as they are needed, `total` elements in all: a call below
+/// [`SERIAL_BELOW`] runs each item as it is made, without collecting them (many tiny
+/// tensors).
+pub fn for_each_of<W: Split>(total: usize, items: impl IntoIterator<Item = W>, f: impl Fn(W) + Sync + Send) {
     let pool = if total >= SERIAL_BELOW { current_pool() } else { None };
     let Some(pool) = pool else {
         items.into_iter().filter(|w| !w.is_empty()).for_each(f);
         return;
     };
+    let items: Vec<W> = items.into_iter().collect();
     let threads = pool.current_num_threads() + 1;
     let parts = partition(items, total, threads);
     let run = |t: usize| {

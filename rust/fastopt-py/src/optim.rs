@@ -153,9 +153,12 @@ fn run<T: Float + numpy::Element + fastopt_core::optim::Storage<Arith = T>>(
     // element), is C-contiguous and aligned, that written arrays are writeable and that no
     // written array overlaps any other array of this call; the caller's `Group` keeps every
     // array alive until this function returns.
-    let mut states: Vec<&mut [T]> = (0..n).flat_map(|i| s.iter().map(move |list| unsafe { list[i].slice_mut() })).collect();
-    let mut counters: Vec<&mut f32> =
-        (0..n).flat_map(|i| c.iter().map(move |list| unsafe { &mut list[i].slice_mut::<f32>()[0] })).collect();
+    let mut states: Vec<&mut [T]> = Vec::with_capacity(n * s.len());
+    let mut counters: Vec<&mut f32> = Vec::with_capacity(n * c.len());
+    for i in 0..n {
+        states.extend(s.iter().map(|list| unsafe { list[i].slice_mut() }));
+        counters.extend(c.iter().map(|list| unsafe { &mut list[i].slice_mut::<f32>()[0] }));
+    }
     let (mut s_rest, mut c_rest) = (&mut states[..], &mut counters[..]);
     let mut tensors: Vec<Tensor<'_, T>> = Vec::with_capacity(n);
     for i in 0..n {

@@ -102,7 +102,7 @@ struct Chunk<'a, P, S, R> {
     p: &'a mut [P],
     g: &'a [P],
     s: [&'a mut [S]; MAX_STATES],
-    rule: R,
+    rule: &'a R,
 }
 
 /// Splits a used state buffer; an unused (empty) one stays empty on both sides.
@@ -131,7 +131,7 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>> SimdKernel for
     #[inline(always)]
     fn run<A: Arith>(self) {
         let [a, b, c, d] = self.s;
-        body::<P, S, A, R>(self.p, self.g, a, b, c, d, &self.rule);
+        body::<P, S, A, R>(self.p, self.g, a, b, c, d, self.rule);
     }
 }
 
@@ -195,8 +195,10 @@ pub fn run<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
     level: SimdLevel,
     mut make: impl FnMut(&mut [&mut f32], bool) -> R,
 ) -> Result<(), Error> {
+    let mut total = 0;
     for (i, t) in tensors.iter().enumerate() {
         let n = t.param.len();
+        total += n;
         check_len("grads", i, t.grad.len(), n)?;
         if t.states.len() != R::STATES || t.counters.len() != counters || counters > MAX_COUNTERS {
             return Err(Error::value(format!(
@@ -212,43 +214,41 @@ pub fn run<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
     // `make` depends only on a tensor's counters and `fresh` (and the call's
     // hyperparameters), which are usually equal across a group: tensors whose counters match
     // the previous tensor's reuse its rule and counter updates, so the per-tensor `pow` calls
-    // run once per call. Compared by bits, so a NaN counter is always recomputed.
-    let mut memo: Option<([u32; MAX_COUNTERS], bool, [f32; MAX_COUNTERS], R)> = None;
-    let bits = |c: &[&mut f32]| {
-        let mut b = [0u32; MAX_COUNTERS];
-        for (b, c) in b.iter_mut().zip(c) {
+    // run once per call. Compared by bits, so a NaN counter is always recomputed. Each
+    // distinct rule is kept once and the pieces of work refer to it.
+    let mut rules: Vec<R> = Vec::with_capacity(1);
+    let mut which: Vec<usize> = Vec::with_capacity(tensors.len());
+    let mut memo: Option<([u32; MAX_COUNTERS], bool, [f32; MAX_COUNTERS])> = None;
+    let mut tensors = tensors;
+    for t in tensors.iter_mut() {
+        let mut before = [0u32; MAX_COUNTERS];
+        for (b, c) in before.iter_mut().zip(t.counters.iter()) {
             *b = c.to_bits();
         }
-        b
-    };
-    let chunks: Vec<Chunk<'_, P, S, R>> = tensors
-        .into_iter()
-        .map(|t| {
-            let before = bits(t.counters);
-            let rule = match memo {
-                Some((b, fresh, after, rule)) if b == before && fresh == t.fresh => {
-                    for (c, a) in t.counters.iter_mut().zip(after) {
-                        **c = a;
-                    }
-                    rule
+        match memo {
+            Some((b, fresh, after)) if b == before && fresh == t.fresh => {
+                for (c, a) in t.counters.iter_mut().zip(after) {
+                    **c = a;
                 }
-                _ => {
-                    let rule = make(t.counters, t.fresh);
-                    let mut after = [0f32; MAX_COUNTERS];
-                    for (a, c) in after.iter_mut().zip(t.counters.iter()) {
-                        *a = **c;
-                    }
-                    memo = Some((before, t.fresh, after, rule));
-                    rule
+            }
+            _ => {
+                rules.push(make(t.counters, t.fresh));
+                let mut after = [0f32; MAX_COUNTERS];
+                for (a, c) in after.iter_mut().zip(t.counters.iter()) {
+                    *a = **c;
                 }
-            };
-            // Moves each state reference out (leaving an empty slice); unused slots stay empty.
-            let mut take = |k: usize| t.states.get_mut(k).map(std::mem::take).unwrap_or_default();
-            let s = [take(0), take(1), take(2), take(3)];
-            Chunk { p: t.param, g: t.grad, s, rule }
-        })
-        .collect();
-    parallel::for_each(chunks, |c| simd::dispatch_at(level, c));
+                memo = Some((before, t.fresh, after));
+            }
+        }
+        which.push(rules.len() - 1);
+    }
+    let chunks = tensors.into_iter().zip(which).map(|(t, k)| {
+        // Moves each state reference out (leaving an empty slice); unused slots stay empty.
+        let mut take = |k: usize| t.states.get_mut(k).map(std::mem::take).unwrap_or_default();
+        let s = [take(0), take(1), take(2), take(3)];
+        Chunk { p: t.param, g: t.grad, s, rule: &rules[k] }
+    });
+    parallel::for_each_of(total, chunks, |c| simd::dispatch_at(level, c));
     Ok(())
 }
 

@@ -30,133 +30,90 @@ use crate::{check_len, Error};
 /// API (which error messages use).
 pub type StateName = (&'static str, &'static str);
 
-/// One group's configuration of a single-pass optimizer: which rule, with which
-/// hyperparameters. Built once per group (and again when an option changes).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Config {
-    Sgd(SgdConfig),
-    Adam(AdamConfig),
-    Adagrad(AdagradConfig),
-    Rmsprop(RmspropConfig),
-    Adamax(AdamaxConfig),
-    Adadelta(AdadeltaConfig),
-    Nadam(NadamConfig),
-    Radam(RadamConfig),
-    AdaBound(AdaBoundConfig),
-    AmsBound(AdaBoundConfig),
-    Lion(LionConfig),
-    AdaBelief(RadamConfig),
-    Asgd(AsgdConfig),
-    Rprop(RpropConfig),
-    /// Two passes (moments and norms, then the update); runs on identity storage only.
-    Lamb(LambConfig),
+/// Declares every rule once: its `Config` variant, hyperparameter type, name, layout (state
+/// buffers and counters, which may depend on the hyperparameters) and step function.
+macro_rules! rules {
+    ($($(#[$doc:meta])* $variant:ident($cfg:ty) = $name:literal, $layout:expr, $step:expr;)*) => {
+        /// One group's configuration of an optimizer: which rule, with which hyperparameters.
+        /// Built once per group (and again when an option changes).
+        #[derive(Clone, Copy, Debug, PartialEq)]
+        pub enum Config {
+            $($(#[$doc])* $variant($cfg)),*
+        }
+
+        /// Every rule's name, as [`Config::new`] takes it.
+        pub const RULES: &[&str] = &[$($name),*];
+
+        impl Config {
+            /// The configuration of rule `name` from `(hyperparameter, value)` pairs (flags as
+            /// 0/1): every hyperparameter of the rule must be given, and nothing else.
+            pub fn new(name: &str, pairs: &[(&str, f64)]) -> Result<Config, Error> {
+                match name {
+                    $($name => Ok(Config::$variant(<$cfg>::from_pairs(pairs)?)),)*
+                    other => Err(Error::type_error(format!("unknown optimizer rule {other:?} (rules: {RULES:?})"))),
+                }
+            }
+
+            /// The rule's name.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(Config::$variant(_) => $name),*
+                }
+            }
+
+            /// The state buffers (in the order a step takes them) and the float32 counters
+            /// each tensor needs with these hyperparameters.
+            pub fn layout(&self) -> Layout {
+                match self {
+                    $(Config::$variant(h) => ($layout)(h)),*
+                }
+            }
+
+            /// [`Config::step`] at a given SIMD level.
+            pub fn step_at<P: Storage, S: Storage<Arith = P::Arith>>(
+                &self,
+                tensors: Vec<Tensor<'_, P, S>>,
+                grad_scale: f64,
+                level: SimdLevel,
+            ) -> Result<(), Error> {
+                match self {
+                    $(Config::$variant(h) => ($step)(h, tensors, grad_scale, level)),*
+                }
+            }
+        }
+    };
 }
 
-/// Every rule's name, as [`Config::new`] takes it.
-pub const RULES: &[&str] =
-    &["sgd", "adam", "adagrad", "rmsprop", "adamax", "adadelta", "nadam", "radam", "adabound", "amsbound", "lion", "adabelief", "asgd", "rprop", "lamb"];
+/// A rule's state buffers (torch's state key, the functional API's list name) and counters.
+pub type Layout = (&'static [StateName], &'static [&'static str]);
+
+use elementwise as e;
+
+rules! {
+    Sgd(SgdConfig) = "sgd", sgd::layout, sgd::step;
+    Adam(AdamConfig) = "adam", adam::layout, adam::step;
+    Adagrad(AdagradConfig) = "adagrad", adagrad::layout, adagrad::step;
+    Rmsprop(RmspropConfig) = "rmsprop", rmsprop::layout, rmsprop::step;
+    Adamax(AdamaxConfig) = "adamax", |_| e::ADAMAX, e::adamax;
+    Adadelta(AdadeltaConfig) = "adadelta", |_| e::ADADELTA, e::adadelta;
+    Nadam(NadamConfig) = "nadam", |_| e::NADAM, e::nadam;
+    Radam(RadamConfig) = "radam", |_| e::RADAM, e::radam;
+    AdaBound(AdaBoundConfig) = "adabound", |_| e::ADABOUND, e::adabound::<P, S, false>;
+    AmsBound(AdaBoundConfig) = "amsbound", |_| e::AMSBOUND, e::adabound::<P, S, true>;
+    Lion(LionConfig) = "lion", |_| e::LION, e::lion;
+    AdaBelief(RadamConfig) = "adabelief", |_| e::ADABELIEF, e::adabelief;
+    Asgd(AsgdConfig) = "asgd", |_| e::ASGD, e::asgd;
+    Rprop(RpropConfig) = "rprop", |_| e::RPROP, e::rprop;
+    /// Two passes (moments and norms, then the update); runs on identity storage only.
+    Lamb(LambConfig) = "lamb", |_| e::RADAM, lamb;
+}
 
 impl Config {
-    /// The configuration of rule `name` from `(hyperparameter, value)` pairs (flags as 0/1):
-    /// every hyperparameter of the rule must be given, and nothing else.
-    pub fn new(name: &str, pairs: &[(&str, f64)]) -> Result<Config, Error> {
-        Ok(match name {
-            "sgd" => Config::Sgd(SgdConfig::from_pairs(pairs)?),
-            "adam" => Config::Adam(AdamConfig::from_pairs(pairs)?),
-            "adagrad" => Config::Adagrad(AdagradConfig::from_pairs(pairs)?),
-            "rmsprop" => Config::Rmsprop(RmspropConfig::from_pairs(pairs)?),
-            "adamax" => Config::Adamax(AdamaxConfig::from_pairs(pairs)?),
-            "adadelta" => Config::Adadelta(AdadeltaConfig::from_pairs(pairs)?),
-            "nadam" => Config::Nadam(NadamConfig::from_pairs(pairs)?),
-            "radam" => Config::Radam(RadamConfig::from_pairs(pairs)?),
-            "adabound" => Config::AdaBound(AdaBoundConfig::from_pairs(pairs)?),
-            "amsbound" => Config::AmsBound(AdaBoundConfig::from_pairs(pairs)?),
-            "lion" => Config::Lion(LionConfig::from_pairs(pairs)?),
-            "adabelief" => Config::AdaBelief(RadamConfig::from_pairs(pairs)?),
-            "asgd" => Config::Asgd(AsgdConfig::from_pairs(pairs)?),
-            "rprop" => Config::Rprop(RpropConfig::from_pairs(pairs)?),
-            "lamb" => Config::Lamb(LambConfig::from_pairs(pairs)?),
-            other => return Err(Error::type_error(format!("unknown optimizer rule {other:?} (rules: {RULES:?})"))),
-        })
-    }
-
-    /// The rule's name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Config::Sgd(_) => "sgd",
-            Config::Adam(_) => "adam",
-            Config::Adagrad(_) => "adagrad",
-            Config::Rmsprop(_) => "rmsprop",
-            Config::Adamax(_) => "adamax",
-            Config::Adadelta(_) => "adadelta",
-            Config::Nadam(_) => "nadam",
-            Config::Radam(_) => "radam",
-            Config::AdaBound(_) => "adabound",
-            Config::AmsBound(_) => "amsbound",
-            Config::Lion(_) => "lion",
-            Config::AdaBelief(_) => "adabelief",
-            Config::Asgd(_) => "asgd",
-            Config::Rprop(_) => "rprop",
-            Config::Lamb(_) => "lamb",
-        }
-    }
-
-    /// The state buffers (in the order a step takes them) and the float32 counters each
-    /// tensor needs with these hyperparameters.
-    pub fn layout(&self) -> (&'static [StateName], &'static [&'static str]) {
-        use elementwise as e;
-        match self {
-            Config::Sgd(h) => sgd::layout(h),
-            Config::Adam(h) => adam::layout(h),
-            Config::Adagrad(h) => adagrad::layout(h),
-            Config::Rmsprop(h) => rmsprop::layout(h),
-            Config::Adamax(_) => e::ADAMAX,
-            Config::Adadelta(_) => e::ADADELTA,
-            Config::Nadam(_) => e::NADAM,
-            Config::Radam(_) => e::RADAM,
-            Config::AdaBound(_) => e::ADABOUND,
-            Config::AmsBound(_) => e::AMSBOUND,
-            Config::Lion(_) => e::LION,
-            Config::AdaBelief(_) => e::ADABELIEF,
-            Config::Asgd(_) => e::ASGD,
-            Config::Rprop(_) => e::RPROP,
-            Config::Lamb(_) => e::RADAM,
-        }
-    }
-
     /// One step over every tensor of a group, in place, each gradient element multiplied by
     /// `grad_scale` as it is read (clipping folded into the step; 1 leaves it as it is).
     /// Checks every tensor before touching any.
     pub fn step<P: Storage, S: Storage<Arith = P::Arith>>(&self, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64) -> Result<(), Error> {
         self.step_at(tensors, grad_scale, simd::level())
-    }
-
-    /// [`Config::step`] at a given SIMD level.
-    pub fn step_at<P: Storage, S: Storage<Arith = P::Arith>>(
-        &self,
-        tensors: Vec<Tensor<'_, P, S>>,
-        grad_scale: f64,
-        level: SimdLevel,
-    ) -> Result<(), Error> {
-        use elementwise as e;
-        let (t, s, l) = (tensors, grad_scale, level);
-        match self {
-            Config::Sgd(h) => sgd::step(h, t, s, l),
-            Config::Adam(h) => adam::step(h, t, s, l),
-            Config::Adagrad(h) => adagrad::step(h, t, s, l),
-            Config::Rmsprop(h) => rmsprop::step(h, t, s, l),
-            Config::Adamax(h) => e::adamax(h, t, s, l),
-            Config::Adadelta(h) => e::adadelta(h, t, s, l),
-            Config::Nadam(h) => e::nadam(h, t, s, l),
-            Config::Radam(h) => e::radam(h, t, s, l),
-            Config::AdaBound(h) => e::adabound::<P, S, false>(h, t, s, l),
-            Config::AmsBound(h) => e::adabound::<P, S, true>(h, t, s, l),
-            Config::Lion(h) => e::lion(h, t, s, l),
-            Config::AdaBelief(h) => e::adabelief(h, t, s, l),
-            Config::Asgd(h) => e::asgd(h, t, s, l),
-            Config::Rprop(h) => e::rprop(h, t, s, l),
-            Config::Lamb(h) => lamb(h, t, s, l),
-        }
     }
 }
 
