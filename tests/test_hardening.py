@@ -183,7 +183,7 @@ def test_an_interrupt_never_leaves_a_half_committed_step(monkeypatch, name, kw, 
     opt = getattr(fo.optim, name)([{"params": [ws[0]]}, {"params": [ws[1]]}], lr=0.1, **kw)
     ref_opt = getattr(fo.optim, name)([{"params": [ref[0]]}, {"params": [ref[1]]}], lr=0.1, **kw)
     fake = _InterruptAfterKernel(before)  # the first kernel call of the step is interrupted
-    monkeypatch.setattr(OF, "_kernels", fake)
+    monkeypatch.setattr(fo.optim._engine, "_kernels", fake)
     with pytest.raises(KeyboardInterrupt):
         opt.step(grads=[g, g])
     monkeypatch.undo()

@@ -8,8 +8,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from .. import _fastopt
-from .. import _fastopt
-from .optimizer import Optimizer, _real, check_bool, check_nonnegative
+from ._options import check_bool, check_nonnegative, real
+from .optimizer import Optimizer
 
 __all__ = ["Adafactor"]
 
@@ -59,15 +59,15 @@ class Adafactor(Optimizer):
     def _validate_group(self, group):
         lr, decay, eps, d, wd = group["lr"], group["beta2_decay"], group["eps"], group["d"], group["weight_decay"]
         check_nonnegative(lr, "lr", f"Learning rate should be >= 0 but is: {lr}")
-        if not 0.0 >= _real(decay, "beta2_decay"):
+        if not 0.0 >= real(decay, "beta2_decay"):
             raise ValueError(f"beta2_decay should be <= 0 but is: {decay}")
         if not isinstance(eps, (tuple, list)) or len(eps) != 2:
             raise TypeError(f"eps must be a pair (eps1 or None, eps2), got {eps!r}")
-        if eps[0] is not None and not 0.0 <= _real(eps[0], "eps[0]"):
+        if eps[0] is not None and not 0.0 <= real(eps[0], "eps[0]"):
             raise ValueError(f"epsilon1 should be >= 0 but is: {eps[0]}")
-        if not 0.0 <= _real(eps[1], "eps[1]"):
+        if not 0.0 <= real(eps[1], "eps[1]"):
             raise ValueError(f"epsilon2 should be >= 0 but is: {eps[1]}")
-        if not 1.0 <= _real(d, "d"):
+        if not 1.0 <= real(d, "d"):
             raise ValueError(f"Clipping threshold d should be >= 1 but is: {d}")
         check_nonnegative(wd, "weight_decay", f"weight_decay should be >= 0 but is: {wd}")
         check_bool(group["maximize"], "maximize")

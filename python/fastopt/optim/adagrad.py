@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .optimizer import Optimizer, _array_of, check_bool, check_nonnegative, impl_flags
+from ._engine import Rule
+from ._engine import step as _step
+from .optimizer import Optimizer, _array_of, impl_flags
 
 __all__ = ["Adagrad"]
 
@@ -67,15 +69,7 @@ class Adagrad(Optimizer):
                     "sum": np.full(a.shape, group["initial_accumulator_value"], a.dtype),
                 }
 
-    def _validate_group(self, group: dict[str, Any]) -> None:
-        lr, lr_decay, wd = group["lr"], group["lr_decay"], group["weight_decay"]
-        init, eps = group["initial_accumulator_value"], group["eps"]
-        check_nonnegative(lr, "lr", f"Invalid learning rate: {lr}")
-        check_nonnegative(lr_decay, "lr_decay", f"Invalid lr_decay value: {lr_decay}")
-        check_nonnegative(wd, "weight_decay", f"Invalid weight_decay value: {wd}")
-        check_nonnegative(init, "initial_accumulator_value", f"Invalid initial_accumulator_value value: {init}")
-        check_nonnegative(eps, "eps", f"Invalid epsilon value: {eps}")
-        check_bool(group["maximize"], "maximize")
+    _options = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize")
 
     _rule = "adagrad"
 
@@ -85,3 +79,21 @@ class Adagrad(Optimizer):
 
     def _fill(self, group):
         return {"sum": group["initial_accumulator_value"]}
+
+
+def adagrad(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    state_sums: Sequence[np.ndarray],
+    state_steps: Sequence[np.ndarray],
+    *,
+    lr: float = 1e-2,
+    weight_decay: float = 0.0,
+    lr_decay: float = 0.0,
+    eps: float = 1e-10,
+    maximize: bool = False,
+) -> None:
+    """Adagrad (torch.optim.adagrad.adagrad): ``sum += g*g``, ``p -= clr * g / (sqrt(sum) + eps)``
+    with ``clr = lr / (1 + (step - 1) * lr_decay)``; increments ``state_steps`` in place."""
+    rule = Rule("adagrad", lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, maximize=maximize)
+    _step(rule, params, grads, [state_sums], [state_steps])

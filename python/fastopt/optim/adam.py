@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
-from .optimizer import Optimizer, check_betas, check_bool, check_nonnegative, impl_flags
+import numpy as np
+
+from ._engine import Rule
+from ._engine import step as _step
+from .optimizer import Optimizer, impl_flags
 
 __all__ = ["Adam", "AdamW"]
 
@@ -72,15 +76,7 @@ class Adam(Optimizer):
         self._validate_group(defaults)
         super().__init__(params, defaults)
 
-    def _validate_group(self, group: dict[str, Any]) -> None:
-        lr, eps, betas, wd = group["lr"], group["eps"], group["betas"], group["weight_decay"]
-        check_nonnegative(lr, "lr", f"Invalid learning rate: {lr}")
-        check_nonnegative(eps, "eps", f"Invalid epsilon value: {eps}")
-        check_betas(betas)
-        check_nonnegative(wd, "weight_decay", f"Invalid weight_decay value: {wd}")
-        check_bool(group["amsgrad"], "amsgrad")
-        check_bool(group["maximize"], "maximize")
-        check_bool(group["decoupled_weight_decay"], "decoupled_weight_decay")
+    _options = ("lr", "eps", "betas", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay")
 
     _rule = "adam"
 
@@ -133,3 +129,58 @@ class AdamW(Adam):
         # As torch: AdamW always decays decoupled, whatever the loaded groups say.
         for group in self.param_groups:
             group["decoupled_weight_decay"] = True
+
+
+def adam(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    exp_avgs: Sequence[np.ndarray],
+    exp_avg_sqs: Sequence[np.ndarray],
+    max_exp_avg_sqs: Sequence[np.ndarray] | None,
+    state_steps: Sequence[np.ndarray],
+    *,
+    amsgrad: bool = False,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    eps: float = 1e-8,
+    maximize: bool = False,
+    decoupled_weight_decay: bool = False,
+) -> None:
+    """Adam (torch.optim.adam.adam): updates ``params``, ``exp_avgs``, ``exp_avg_sqs``,
+    ``max_exp_avg_sqs`` (with ``amsgrad``; may be empty otherwise) and increments
+    ``state_steps`` (one-element float32 arrays, torch's ``state['step']``) in place.
+
+    Per element, as torch: ``m = lerp(m, g, 1-beta1)``, ``v = beta2*v + (1-beta2)*g*g``,
+    ``p += -lr/(1-beta1**t) * m / (sqrt(v)/sqrt(1-beta2**t) + eps)``; ``weight_decay`` adds
+    ``wd*p`` to the gradient, or with ``decoupled_weight_decay`` multiplies ``p`` by
+    ``1 - lr*wd`` first (AdamW).
+    """
+    rule = Rule("adam", lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
+    if amsgrad and (max_exp_avg_sqs is None or (isinstance(max_exp_avg_sqs, (list, tuple)) and not max_exp_avg_sqs and params)):
+        raise ValueError("max_exp_avg_sqs is required with amsgrad=True")
+    states = [exp_avgs, exp_avg_sqs, max_exp_avg_sqs] if amsgrad else [exp_avgs, exp_avg_sqs]
+    _step(rule, params, grads, states, [state_steps])
+
+
+def adamw(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    exp_avgs: Sequence[np.ndarray],
+    exp_avg_sqs: Sequence[np.ndarray],
+    max_exp_avg_sqs: Sequence[np.ndarray] | None,
+    state_steps: Sequence[np.ndarray],
+    *,
+    amsgrad: bool = False,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-2,
+    eps: float = 1e-8,
+    maximize: bool = False,
+) -> None:
+    """AdamW (torch.optim.adamw.adamw): :func:`adam` with decoupled weight decay."""
+    adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad=amsgrad, beta1=beta1,
+         beta2=beta2, lr=lr, weight_decay=weight_decay, eps=eps, maximize=maximize, decoupled_weight_decay=True)

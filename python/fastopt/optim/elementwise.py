@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from .optimizer import Optimizer, _real, check_betas, check_bool, check_nonnegative, impl_flags
+from ._engine import Rule
+from ._engine import step as _step
+from ._options import real
+from .optimizer import Optimizer, impl_flags
 
 __all__ = ["Adamax", "Adadelta", "NAdam", "RAdam", "ASGD", "Rprop", "AdaBound", "AMSBound", "Lion", "AdaBelief"]
-
 
 class _Elementwise(Optimizer):
     """An optimizer whose rule is ``_rule``; subclasses give the hyperparameters by name."""
@@ -20,24 +22,11 @@ class _Elementwise(Optimizer):
         """Initial values of new state (default zeros)."""
         return self._fill_values
 
-
-def _adam_like_checks(group: dict[str, Any]) -> None:
-    lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-    check_nonnegative(lr, "lr", f"Invalid learning rate: {lr}")
-    check_nonnegative(eps, "eps", f"Invalid epsilon value: {eps}")
-    check_betas(group["betas"])
-    check_nonnegative(wd, "weight_decay", f"Invalid weight_decay value: {wd}")
-    check_bool(group["maximize"], "maximize")
-
-
 class _AdamLike(_Elementwise):
     """Optimizers with Adam's options (lr, betas, eps, weight_decay, maximize, and
-    decoupled_weight_decay where they have it): shared checks and hyperparameters."""
+    decoupled_weight_decay where they have it): shared hyperparameters."""
 
-    def _validate_group(self, group):
-        _adam_like_checks(group)
-        if "decoupled_weight_decay" in group:
-            check_bool(group["decoupled_weight_decay"], "decoupled_weight_decay")
+    _options = ("lr", "eps", "betas", "weight_decay", "maximize")
 
     def _hyper(self, g):
         h = dict(lr=g["lr"], beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"], weight_decay=g["weight_decay"],
@@ -45,7 +34,6 @@ class _AdamLike(_Elementwise):
         if "decoupled_weight_decay" in g:
             h["decoupled_weight_decay"] = g["decoupled_weight_decay"]
         return h
-
 
 class Adamax(_AdamLike):
     """Adamax, Adam's infinity-norm variant (torch.optim.Adamax: arguments, defaults, checks,
@@ -74,7 +62,6 @@ class Adamax(_AdamLike):
         self._validate_group(defaults)
         super().__init__(params, defaults)
 
-
 class Adadelta(_Elementwise):
     """Adadelta (torch.optim.Adadelta: arguments, defaults, checks, state
     ``step``/``square_avg``/``acc_delta`` and update rule).
@@ -102,19 +89,14 @@ class Adadelta(_Elementwise):
         self._validate_group(defaults)
         super().__init__(params, defaults)
 
-    def _validate_group(self, group):
-        lr, rho, eps, wd = group["lr"], group["rho"], group["eps"], group["weight_decay"]
-        check_nonnegative(lr, "lr", f"Invalid learning rate: {lr}")
-        check_nonnegative(rho, "rho", f"Invalid rho value: {rho}")
-        if rho > 1.0:
-            raise ValueError(f"Invalid rho value: {rho}")
-        check_nonnegative(eps, "eps", f"Invalid epsilon value: {eps}")
-        check_nonnegative(wd, "weight_decay", f"Invalid weight_decay value: {wd}")
-        check_bool(group["maximize"], "maximize")
+    _options = ("lr", "rho", "eps", "weight_decay", "maximize")
+
+    def _validate_extra(self, group):
+        if group["rho"] > 1.0:
+            raise ValueError(f"Invalid rho value: {group['rho']}")
 
     def _hyper(self, g):
         return dict(lr=g["lr"], rho=g["rho"], eps=g["eps"], weight_decay=g["weight_decay"], maximize=g["maximize"])
-
 
 class NAdam(_AdamLike):
     """NAdam, Adam with Nesterov momentum and momentum decay (torch.optim.NAdam: arguments,
@@ -148,14 +130,10 @@ class NAdam(_AdamLike):
         self._validate_group(defaults)
         super().__init__(params, defaults)
 
-    def _validate_group(self, group):
-        super()._validate_group(group)
-        md = group["momentum_decay"]
-        check_nonnegative(md, "momentum_decay", f"Invalid momentum_decay value: {md}")
+    _options = _AdamLike._options + ("momentum_decay", "decoupled_weight_decay")
 
     def _hyper(self, g):
         return dict(super()._hyper(g), momentum_decay=g["momentum_decay"])
-
 
 class RAdam(_AdamLike):
     """RAdam, Adam with variance rectification (torch.optim.RAdam: arguments, defaults,
@@ -186,6 +164,7 @@ class RAdam(_AdamLike):
         self._validate_group(defaults)
         super().__init__(params, defaults)
 
+    _options = _AdamLike._options + ("decoupled_weight_decay",)
 
 class ASGD(_Elementwise):
     """Averaged SGD (torch.optim.ASGD: arguments, defaults, checks, state
@@ -216,14 +195,7 @@ class ASGD(_Elementwise):
         self._validate_group(defaults)
         super().__init__(params, defaults)
 
-    def _validate_group(self, group):
-        lr, lambd, alpha, wd = group["lr"], group["lambd"], group["alpha"], group["weight_decay"]
-        check_nonnegative(lr, "lr", f"Invalid learning rate: {lr}")
-        check_nonnegative(lambd, "lambd", f"Invalid lambd value: {lambd}")
-        check_nonnegative(alpha, "alpha", f"Invalid alpha value: {alpha}")
-        check_nonnegative(wd, "weight_decay", f"Invalid weight_decay value: {wd}")
-        check_nonnegative(group["t0"], "t0", f"Invalid t0 value: {group['t0']}")
-        check_bool(group["maximize"], "maximize")
+    _options = ("lr", "lambd", "alpha", "weight_decay", "t0", "maximize")
 
     def _fill(self, group):
         return {"eta": group["lr"], "mu": 1.0}
@@ -231,7 +203,6 @@ class ASGD(_Elementwise):
     def _hyper(self, g):
         return dict(lr=g["lr"], lambd=g["lambd"], alpha=g["alpha"], t0=g["t0"], weight_decay=g["weight_decay"],
                     maximize=g["maximize"])
-
 
 class Rprop(_Elementwise):
     """Resilient backpropagation (torch.optim.Rprop: arguments, defaults, checks, state
@@ -260,21 +231,21 @@ class Rprop(_Elementwise):
         self._validate_group(defaults)
         super().__init__(params, defaults)
 
-    def _validate_group(self, group):
-        lr, etas, sizes = group["lr"], group["etas"], group["step_sizes"]
-        check_nonnegative(lr, "lr", f"Invalid learning rate: {lr}")
+    _options = ("lr", "maximize")
+
+    def _validate_extra(self, group):
+        etas, sizes = group["etas"], group["step_sizes"]
         for name, pair in (("etas", etas), ("step_sizes", sizes)):
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                 raise TypeError(f"{name} must be a pair of floats, got {pair!r}")
             for i, v in enumerate(pair):
-                _real(v, f"{name}[{i}]")
+                real(v, f"{name}[{i}]")
         if not 0.0 < etas[0] < 1.0 < etas[1]:
             raise ValueError(f"Invalid eta values: {etas[0]}, {etas[1]}")
         # torch does not check these; a negative or NaN size would step uphill or poison the
         # parameters for good.
         if not 0.0 <= sizes[0] <= sizes[1]:
             raise ValueError(f"Invalid step_sizes: {sizes[0]}, {sizes[1]} (need 0 <= min <= max, no NaN)")
-        check_bool(group["maximize"], "maximize")
 
     def _fill(self, group):
         return {"step_size": group["lr"]}
@@ -282,7 +253,6 @@ class Rprop(_Elementwise):
     def _hyper(self, g):
         return dict(etaminus=g["etas"][0], etaplus=g["etas"][1], step_size_min=g["step_sizes"][0],
                     step_size_max=g["step_sizes"][1], maximize=g["maximize"])
-
 
 class AdaBound(_AdamLike):
     """AdaBound (Luo et al., ICLR 2019): Adam whose per-element step size is clamped into
@@ -319,13 +289,12 @@ class AdaBound(_AdamLike):
         super().add_param_group(param_group)
         self.param_groups[-1].setdefault("base_lr", self.param_groups[-1]["lr"])
 
-    def _validate_group(self, group):
-        super()._validate_group(group)
-        fl, gamma = group["final_lr"], group["gamma"]
-        check_nonnegative(fl, "final_lr", f"Invalid final learning rate: {fl}")
-        if not 0.0 <= _real(gamma, "gamma") < 1.0:
+    _options = _AdamLike._options + ("final_lr", "amsbound", "decoupled_weight_decay")
+
+    def _validate_extra(self, group):
+        gamma = group["gamma"]
+        if not 0.0 <= real(gamma, "gamma") < 1.0:
             raise ValueError(f"Invalid gamma parameter: {gamma}")
-        check_bool(group["amsbound"], "amsbound")
 
     def _rule_name(self, group):
         return "amsbound" if group["amsbound"] else "adabound"
@@ -334,7 +303,6 @@ class AdaBound(_AdamLike):
         base = g.get("base_lr", g["lr"])
         final_lr = g["final_lr"] * g["lr"] / base if base else g["final_lr"]
         return dict(super()._hyper(g), final_lr=final_lr, gamma=g["gamma"])
-
 
 class AMSBound(AdaBound):
     """AdaBound with AMSGrad's running maximum of the second moment (``amsbound=True``).
@@ -357,7 +325,6 @@ class AMSBound(AdaBound):
                  decoupled_weight_decay: bool = False, maximize: bool = False) -> None:
         super().__init__(params, lr, betas, final_lr, gamma, eps, weight_decay, True,
                          decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
-
 
 class Lion(_Elementwise):
     """Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms"):
@@ -386,13 +353,11 @@ class Lion(_Elementwise):
         self._validate_group(defaults)
         super().__init__(params, defaults)
 
-    def _validate_group(self, group):
-        _adam_like_checks(dict(group, eps=0.0))
+    _options = ("lr", "betas", "weight_decay", "maximize")
 
     def _hyper(self, g):
         return dict(lr=g["lr"], beta1=g["betas"][0], beta2=g["betas"][1], weight_decay=g["weight_decay"],
                     maximize=g["maximize"])
-
 
 class AdaBelief(_AdamLike):
     """AdaBelief (Zhuang et al., NeurIPS 2020, Algorithm 1): Adam with the second moment of
@@ -421,3 +386,80 @@ class AdaBelief(_AdamLike):
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
         self._validate_group(defaults)
         super().__init__(params, defaults)
+
+    _options = _AdamLike._options + ("decoupled_weight_decay",)
+
+def adamax(params, grads, exp_avgs, exp_infs, state_steps, *, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+           weight_decay=0.0, maximize=False) -> None:
+    """Adamax (torch.optim.adamax.adamax): ``exp_inf = max(beta2*exp_inf, |g| + eps)``,
+    ``p -= lr / (1 - beta1**t) * exp_avg / exp_inf``."""
+    rule = Rule("adamax", lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize)
+    _step(rule, params, grads, [exp_avgs, exp_infs], [state_steps])
+
+def adadelta(params, grads, square_avgs, acc_deltas, state_steps, *, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0,
+             maximize=False) -> None:
+    """Adadelta (torch.optim.adadelta.adadelta)."""
+    rule = Rule("adadelta", lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
+    _step(rule, params, grads, [square_avgs, acc_deltas], [state_steps])
+
+def nadam(params, grads, exp_avgs, exp_avg_sqs, mu_products, state_steps, *, lr=2e-3, beta1=0.9, beta2=0.999,
+          eps=1e-8, weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False) -> None:
+    """NAdam (torch.optim.nadam.nadam); ``mu_products`` are 0-d float32 arrays, as torch's."""
+    rule = Rule("nadam", lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+    _step(rule, params, grads, [exp_avgs, exp_avg_sqs], [state_steps, mu_products])
+
+def radam(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+          weight_decay=0.0, decoupled_weight_decay=False, maximize=False) -> None:
+    """RAdam (torch.optim.radam.radam): Adam with the variance rectification term."""
+    rule = Rule("radam", lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+    _step(rule, params, grads, [exp_avgs, exp_avg_sqs], [state_steps])
+
+def asgd(params, grads, axs, mus, etas, state_steps, *, lambd=1e-4, lr=1e-2, t0=1e6, alpha=0.75, weight_decay=0.0,
+         maximize=False) -> None:
+    """ASGD (torch.optim.asgd.asgd): ``p = p * (1 - lambd*eta) - eta*g``, ``ax`` the running
+    average of ``p`` from step ``t0``; ``mus``, ``etas`` and ``state_steps`` are 0-d float32
+    arrays, renewed in place (torch's order of arguments)."""
+    rule = Rule("asgd", lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, maximize=maximize)
+    _step(rule, params, grads, [axs], [state_steps, etas, mus])
+
+def rprop(params, grads, prevs, step_size_ops, state_steps, *, step_size_min=1e-6, step_size_max=50.0,
+          etaminus=0.5, etaplus=1.2, maximize=False) -> None:
+    """Rprop (torch.optim.rprop.rprop): per-element step sizes grown by ``etaplus`` while the
+    gradient keeps its sign, shrunk by ``etaminus`` when it flips; ``p -= sign(g) * size``."""
+    rule = Rule("rprop", etaminus=etaminus, etaplus=etaplus, step_size_min=step_size_min,
+                step_size_max=step_size_max, maximize=maximize)
+    _step(rule, params, grads, [prevs, step_size_ops], [state_steps])
+
+def adabound(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+             weight_decay=0.0, final_lr=0.1, gamma=1e-3, decoupled_weight_decay=False, maximize=False) -> None:
+    """AdaBound (:class:`fastopt.optim.AdaBound`): Adam whose per-element step size is clipped
+    into bounds converging to ``final_lr``."""
+    rule = Rule("adabound", lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, final_lr=final_lr,
+                gamma=gamma, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+    _step(rule, params, grads, [exp_avgs, exp_avg_sqs], [state_steps])
+
+def amsbound(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr=1e-3, beta1=0.9,
+             beta2=0.999, eps=1e-8, weight_decay=0.0, final_lr=0.1, gamma=1e-3, decoupled_weight_decay=False,
+             maximize=False) -> None:
+    """AMSBound (:class:`fastopt.optim.AMSBound`): :func:`adabound` with the running maximum of
+    the second moment."""
+    rule = Rule("amsbound", lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, final_lr=final_lr,
+                gamma=gamma, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+    _step(rule, params, grads, [exp_avgs, exp_avg_sqs, max_exp_avg_sqs], [state_steps])
+
+def lion(params, grads, exp_avgs, state_steps, *, lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0.0,
+         maximize=False) -> None:
+    """Lion (:class:`fastopt.optim.Lion`): ``p -= lr * sign(beta1*m + (1-beta1)*g)``, then
+    ``m = beta2*m + (1-beta2)*g``, with decoupled weight decay."""
+    rule = Rule("lion", lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, maximize=maximize)
+    _step(rule, params, grads, [exp_avgs], [state_steps])
+
+def adabelief(params, grads, exp_avgs, exp_avg_vars, state_steps, *, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-16,
+              weight_decay=0.0, decoupled_weight_decay=False, maximize=False) -> None:
+    """AdaBelief (:class:`fastopt.optim.AdaBelief`): Adam whose second moment tracks
+    ``(g - m)**2``."""
+    rule = Rule("adabelief", lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+    _step(rule, params, grads, [exp_avgs, exp_avg_vars], [state_steps])

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from .optimizer import Optimizer, check_betas, check_bool, check_nonnegative
+from ._engine import Rule
+from ._engine import step as _step
+from .optimizer import Optimizer
 
 __all__ = ["Lamb"]
-
 
 class Lamb(Optimizer):
     """LAMB: Adam's bias-corrected direction plus decoupled weight decay,
@@ -35,14 +36,7 @@ class Lamb(Optimizer):
         self._validate_group(defaults)
         super().__init__(params, defaults)
 
-    def _validate_group(self, group):
-        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-        check_nonnegative(lr, "lr", f"Invalid learning rate: {lr}")
-        check_nonnegative(eps, "eps", f"Invalid epsilon value: {eps}")
-        check_betas(group["betas"])
-        check_nonnegative(wd, "weight_decay", f"Invalid weight_decay value: {wd}")
-        check_bool(group["bias_correction"], "bias_correction")
-        check_bool(group["maximize"], "maximize")
+    _options = ("lr", "eps", "betas", "weight_decay", "bias_correction", "maximize")
 
     _rule = "lamb"
 
@@ -50,3 +44,11 @@ class Lamb(Optimizer):
         beta1, beta2 = g["betas"]
         return dict(lr=g["lr"], beta1=beta1, beta2=beta2, eps=g["eps"], weight_decay=g["weight_decay"],
                     bias_correction=g["bias_correction"], maximize=g["maximize"])
+
+def lamb(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-6,
+         weight_decay=0.0, bias_correction=True, maximize=False) -> None:
+    """LAMB (:class:`fastopt.optim.Lamb`): Adam's direction plus decoupled weight decay, scaled
+    per tensor by the trust ratio ``||p|| / ||r||``."""
+    rule = Rule("lamb", lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                bias_correction=bias_correction, maximize=maximize)
+    _step(rule, params, grads, [exp_avgs, exp_avg_sqs], [state_steps])

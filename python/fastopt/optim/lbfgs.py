@@ -9,7 +9,8 @@ import numpy as np
 
 from .. import _fastopt
 from ..parameter import Parameter
-from .optimizer import Optimizer, check_bool, check_nonnegative, locked
+from ._options import CHECKS, check_bool, check_nonnegative
+from .optimizer import Optimizer, locked
 
 
 def _absmax(a: np.ndarray) -> np.floating:
@@ -136,7 +137,7 @@ class LBFGS(Optimizer):
     def __init__(self, params: Iterable[Any], lr: float = 1, max_iter: int = 20, max_eval: int | None = None,
                  tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9, history_size: int = 100,
                  line_search_fn: str | None = None, *, maximize: bool = False) -> None:
-        check_nonnegative(lr, "lr", f"Invalid learning rate: {lr}")
+        CHECKS["lr"](lr, "lr")
         for name, value in (("max_iter", max_iter), ("history_size", history_size), ("max_eval", max_eval)):
             if value is None and name == "max_eval":
                 continue

@@ -22,10 +22,9 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import numbers
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable
 from itertools import chain, repeat
 from operator import attrgetter, is_
 from typing import Any
@@ -33,7 +32,9 @@ from typing import Any
 import numpy as np
 
 from .. import _fastopt
-from . import functional as F
+from . import _engine
+from ._options import check_bool, real, validate
+from ._state import _ParamList, _ParamState, _State  # noqa: F401 (_ParamState: pickles made before the move)
 from ..hooks import RemovableHandle, register
 from ..nn.utils import clip_coefficient, get_total_norm
 from ..parameter import FLOAT_DTYPES, Parameter, as_numpy
@@ -60,182 +61,6 @@ def _is_param(x: Any) -> bool:
 
 _GRAD = attrgetter("_grad")
 _DATA = attrgetter("_data")
-
-
-class _ParamState(dict):
-    """One parameter's state: a dict that tells its :class:`_State` when it changes, so the
-    optimizer may reuse the lists of state buffers it gathered for the previous step. It holds
-    the state's change counter (a one-element list), not the state itself: a reference back
-    would make a cycle, and the optimizer's buffers would then wait for the cyclic garbage
-    collector instead of being freed when the optimizer is dropped."""
-
-    __slots__ = ("_counter",)
-
-    def __init__(self, counter: list, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._counter = counter
-
-    def _changed(self) -> None:
-        self._counter[0] += 1
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        super().__setitem__(key, value)
-        self._changed()
-
-    def __delitem__(self, key: Any) -> None:
-        super().__delitem__(key)
-        self._changed()
-
-    def clear(self) -> None:
-        super().clear()
-        self._changed()
-
-    def pop(self, *args: Any) -> Any:
-        self._changed()
-        return super().pop(*args)
-
-    def popitem(self) -> Any:
-        self._changed()
-        return super().popitem()
-
-    def setdefault(self, key: Any, default: Any = None) -> Any:
-        self._changed()
-        return super().setdefault(key, default)
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        super().update(*args, **kwargs)
-        self._changed()
-
-    def __ior__(self, other: Any) -> "_ParamState":
-        self.update(other)
-        return self
-
-    def __reduce__(self) -> Any:
-        # Copies (deepcopy, pickle) stay tracked, by the copy of the counter.
-        return (_ParamState, (self._counter, dict(self)))
-
-
-class _ParamList(list):
-    """A param group's ``'params'``: a list that counts its in-place changes in ``_version``,
-    so the optimizer knows when the buffer lists it gathered for it are stale."""
-
-    __slots__ = ("_version",)
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self._version = 0
-
-    def __reduce__(self) -> Any:
-        return (_ParamList, (list(self),))
-
-
-def _counting(name: str) -> Callable:
-    method = getattr(list, name)
-
-    def changed(self: _ParamList, *args: Any, **kwargs: Any) -> Any:
-        self._version += 1
-        return method(self, *args, **kwargs)
-
-    changed.__name__ = name
-    return changed
-
-
-for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend", "insert", "pop", "remove", "clear", "sort", "reverse"):
-    setattr(_ParamList, _name, _counting(_name))
-
-
-class _State(MutableMapping):
-    """Per-parameter state keyed by the parameter object itself (ndarrays are unhashable,
-    so keys are compared by identity). Like torch's ``defaultdict(dict)``, reading a missing
-    key creates an empty dict. Each parameter's dict counts its changes in ``_version`` (a dict
-    assigned with ``state[p] = d`` is copied into such a dict)."""
-
-    __slots__ = ("_items", "_counter")
-
-    def __init__(self) -> None:
-        self._items: dict[int, tuple[Any, _ParamState]] = {}
-        self._counter = [0]
-
-    @property
-    def _version(self) -> int:
-        return self._counter[0]
-
-    def __getitem__(self, key: Any) -> dict:
-        item = self._items.get(id(key))
-        if item is None:
-            item = self._items[id(key)] = (key, _ParamState(self._counter))
-            self._counter[0] += 1
-        return item[1]
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        item = self._items.get(id(key))
-        return default if item is None else item[1]
-
-    def __setitem__(self, key: Any, value: dict) -> None:
-        own = isinstance(value, _ParamState) and value._counter is self._counter
-        self._items[id(key)] = (key, value if own else _ParamState(self._counter, value))
-        self._counter[0] += 1
-
-    def __delitem__(self, key: Any) -> None:
-        del self._items[id(key)]
-        self._counter[0] += 1
-
-    def __contains__(self, key: object) -> bool:
-        return id(key) in self._items
-
-    def __iter__(self) -> Iterator[Any]:
-        return (k for k, _ in list(self._items.values()))
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __repr__(self) -> str:
-        return f"_State({len(self)} parameters)"
-
-    def __reduce__(self) -> Any:
-        # Keys are ids, which a copy (deepcopy, pickle) does not keep: rebuild from the pairs.
-        return (_State._rebuild, ([(k, dict(d)) for k, d in self._items.values()],))
-
-    @staticmethod
-    def _rebuild(pairs: list) -> "_State":
-        state = _State()
-        for key, d in pairs:
-            state[key] = d
-        state._counter[0] = 0
-        return state
-
-
-def _real(value: Any, name: str) -> float:
-    """`value` as a float, or a TypeError/ValueError naming the argument (a one-element array
-    is read as its element; a number too large for a float is refused)."""
-    if isinstance(value, bool) or not (
-        isinstance(value, numbers.Real) or (isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "iuf")
-    ):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    try:
-        return float(value.reshape(()) if isinstance(value, np.ndarray) else value)
-    except OverflowError:
-        raise ValueError(f"{name} is too large for a float: {value}") from None
-
-
-def check_nonnegative(value: Any, name: str, message: str) -> None:
-    """torch's ``if not 0.0 <= value: raise ValueError(message)`` (NaN is rejected too)."""
-    if not 0.0 <= _real(value, name):
-        raise ValueError(message)
-
-
-def check_betas(betas: Any) -> None:
-    """torch's checks of a ``betas`` pair, each in [0, 1)."""
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise TypeError(f"betas must be a pair of floats, got {betas!r}")
-    for i, b in enumerate(betas):
-        if not 0.0 <= _real(b, f"betas[{i}]") < 1.0:
-            raise ValueError(f"Invalid beta parameter at index {i}: {b}")
-
-
-def check_bool(value: Any, name: str) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
 
 
 def impl_flags(**flags: Any) -> dict[str, Any]:
@@ -515,8 +340,17 @@ class Optimizer:
         self._check_options(group)
         self.param_groups.append(group)
 
+    #: The options every group has, each checked by its shared check (``_options.CHECKS``).
+    _options: tuple[str, ...] = ()
+
     def _validate_group(self, group: dict[str, Any]) -> None:
-        """Raises if an option of ``group`` is out of range (subclasses)."""
+        """Raises if an option of ``group`` is out of range: the shared check of each of
+        ``_options``, then the optimizer's own ``_validate_extra``."""
+        validate(group, self._options)
+        self._validate_extra(group)
+
+    def _validate_extra(self, group: dict[str, Any]) -> None:
+        """Checks of this optimizer's own that no shared check covers (subclasses)."""
 
     def _check_options(self, group: dict[str, Any]) -> None:
         """Every check of a group's options: torch's implementation flags, then the
@@ -596,7 +430,7 @@ class Optimizer:
         with self._lock:  # (inline: a decorator's extra call costs a tenth of a small step)
             if self._step_pre_hooks or self._step_post_hooks:
                 return self._step_with_hooks(closure, grads, max_grad_norm, norm_type, skip_if_nonfinite)
-            if max_grad_norm is not None and not 0.0 <= _real(max_grad_norm, "max_grad_norm"):
+            if max_grad_norm is not None and not 0.0 <= real(max_grad_norm, "max_grad_norm"):
                 raise ValueError(f"max_grad_norm must be >= 0 (or None for no clipping), got {max_grad_norm}")
             loss = None if closure is None else closure()
             self._opt_called = True  # read by the schedulers' step-order warning
@@ -820,7 +654,7 @@ class Optimizer:
         entry = self._rules.get(id(group))
         if entry is not None and entry[0] is group and entry[2] == (name, hyper):
             return entry
-        rule = F.Rule(name, **hyper)
+        rule = _engine.Rule(name, **hyper)
         states, _, counters = rule.layout()
         if len(self._rules) > 4 * len(self.param_groups):
             live = {id(g) for g in self.param_groups}
@@ -859,7 +693,7 @@ class Optimizer:
             new = {id(b) for _, _, b in created}
             fresh = [id(b) in new for b in bufs[k]]
         # (the compiled call directly: this runs once per group and step)
-        F._kernels.step(rule, arrays, grads, bufs[k:], bufs[:k], fresh, grad_scale, check_only, cache)
+        _engine._kernels.step(rule, arrays, grads, bufs[k:], bufs[:k], fresh, grad_scale, check_only, cache)
         if created and not check_only:
             self._commit(created)
 

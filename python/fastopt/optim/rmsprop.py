@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
-from .optimizer import Optimizer, check_bool, check_nonnegative, impl_flags
+import numpy as np
+
+from ._engine import Rule
+from ._engine import step as _step
+from .optimizer import Optimizer, impl_flags
 
 __all__ = ["RMSprop"]
 
@@ -60,18 +64,40 @@ class RMSprop(Optimizer):
         self._validate_group(defaults)
         super().__init__(params, defaults)
 
-    def _validate_group(self, group: dict[str, Any]) -> None:
-        lr, eps, mom, wd, alpha = group["lr"], group["eps"], group["momentum"], group["weight_decay"], group["alpha"]
-        check_nonnegative(lr, "lr", f"Invalid learning rate: {lr}")
-        check_nonnegative(eps, "eps", f"Invalid epsilon value: {eps}")
-        check_nonnegative(mom, "momentum", f"Invalid momentum value: {mom}")
-        check_nonnegative(wd, "weight_decay", f"Invalid weight_decay value: {wd}")
-        check_nonnegative(alpha, "alpha", f"Invalid alpha value: {alpha}")
-        check_bool(group["centered"], "centered")
-        check_bool(group["maximize"], "maximize")
+    _options = ("lr", "eps", "momentum", "weight_decay", "alpha", "centered", "maximize")
 
     _rule = "rmsprop"
 
     def _hyper(self, g):
         return dict(lr=g["lr"], alpha=g["alpha"], eps=g["eps"], weight_decay=g["weight_decay"], momentum=g["momentum"],
                     centered=g["centered"], maximize=g["maximize"])
+
+
+def rmsprop(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    square_avgs: Sequence[np.ndarray],
+    grad_avgs: Sequence[np.ndarray] | None,
+    momentum_buffer_list: Sequence[np.ndarray] | None,
+    state_steps: Sequence[np.ndarray],
+    *,
+    lr: float = 1e-2,
+    alpha: float = 0.99,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    centered: bool = False,
+    maximize: bool = False,
+) -> None:
+    """RMSprop (torch.optim.rmsprop.rmsprop): ``sq = alpha*sq + (1-alpha)*g*g``; the step divides
+    by ``sqrt(sq) + eps`` (centered: ``sqrt(sq - ga*ga) + eps`` with ``ga`` a running mean of
+    ``g``), through a momentum buffer when ``momentum > 0``. ``grad_avgs`` is needed with
+    ``centered``, ``momentum_buffer_list`` with ``momentum > 0``; ``state_steps`` count."""
+    rule = Rule("rmsprop", lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                centered=centered, maximize=maximize)
+    if centered and grad_avgs is None:
+        raise ValueError("grad_avgs is required with centered=True")
+    if momentum > 0 and momentum_buffer_list is None:
+        raise ValueError("momentum_buffer_list is required with momentum > 0")
+    states = [square_avgs] + ([momentum_buffer_list] if momentum > 0 else []) + ([grad_avgs] if centered else [])
+    _step(rule, params, grads, states, [state_steps])

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
-from .optimizer import Optimizer, _real, check_bool, check_nonnegative, impl_flags
+import numpy as np
+
+from ._engine import Rule
+from ._engine import step as _step
+from ._options import real
+from .optimizer import Optimizer, impl_flags
 
 __all__ = ["SGD"]
 
@@ -67,16 +72,12 @@ class SGD(Optimizer):
         self._validate_group(defaults)
         super().__init__(params, defaults)
 
-    def _validate_group(self, group: dict[str, Any]) -> None:
-        lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
-        check_nonnegative(lr, "lr", f"Invalid learning rate: {lr}")
-        check_nonnegative(momentum, "momentum", f"Invalid momentum value: {momentum}")
-        check_nonnegative(wd, "weight_decay", f"Invalid weight_decay value: {wd}")
-        if math.isnan(_real(group["dampening"], "dampening")):
+    _options = ("lr", "momentum", "weight_decay", "nesterov", "maximize")
+
+    def _validate_extra(self, group: dict[str, Any]) -> None:
+        if math.isnan(real(group["dampening"], "dampening")):
             raise ValueError("Invalid dampening value: nan")
-        check_bool(group["nesterov"], "nesterov")
-        check_bool(group["maximize"], "maximize")
-        if group["nesterov"] and (momentum <= 0 or group["dampening"] != 0):
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
     _rule = "sgd"
@@ -85,3 +86,50 @@ class SGD(Optimizer):
     def _hyper(self, g):
         return dict(lr=g["lr"], momentum=g["momentum"], dampening=g["dampening"], weight_decay=g["weight_decay"],
                     nesterov=g["nesterov"], maximize=g["maximize"])
+
+
+def _new_buffers(params: Sequence[np.ndarray], buffers: Sequence[np.ndarray | None]) -> tuple[list, list[bool]]:
+    """Zero-filled buffers where ``buffers`` has None, and which ones are new."""
+    if not isinstance(buffers, (list, tuple)):
+        raise TypeError(f"momentum_buffer_list must be a list, got {type(buffers).__name__}")
+    if len(buffers) != len(params):
+        raise ValueError(f"momentum_buffer_list has {len(buffers)} entries but params has {len(params)}")
+    out, fresh = [], []
+    for p, b in zip(params, buffers):
+        if b is None and isinstance(p, np.ndarray):
+            b = np.zeros(p.shape, p.dtype)
+            fresh.append(True)
+        else:
+            fresh.append(False)
+        out.append(b)
+    return out, fresh
+
+
+def sgd(
+    params: Sequence[np.ndarray],
+    d_p_list: Sequence[np.ndarray],
+    momentum_buffer_list: list[np.ndarray | None],
+    *,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    lr: float = 1e-3,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+) -> None:
+    """SGD (torch.optim.sgd.sgd): updates ``params`` in place.
+
+    With ``momentum != 0``, ``momentum_buffer_list`` has one entry per parameter; a ``None``
+    entry is replaced (in the list) by a new buffer holding the gradient, as torch's first
+    step does, and existing buffers are updated in place.
+    """
+    buffers, fresh = None, []
+    if momentum != 0:
+        buffers, fresh = _new_buffers(params, momentum_buffer_list)
+    rule = Rule("sgd", lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+                maximize=maximize)
+    _step(rule, params, d_p_list, [buffers] if buffers is not None else [], [], fresh or None)
+    if buffers is not None:
+        for i, new in enumerate(fresh):
+            if new:
+                momentum_buffer_list[i] = buffers[i]
