@@ -3,12 +3,12 @@ array (params, grads, state) exactly as it was."""
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
 
 import fastopt as fo
+from fastopt.optim import registry
 from fastopt.optim import functional as F
 
 
@@ -44,26 +44,7 @@ def make(cls=fo.optim.Adam, n=2, dtype=np.float32, steps=1, **kw):
     return ps, opt
 
 
-OPTIMIZERS = [
-    (fo.optim.Adam, {}),
-    (fo.optim.AdamW, {"amsgrad": True}),
-    (fo.optim.SGD, {"lr": 0.1, "momentum": 0.9}),
-    (fo.optim.SGD, {"lr": 0.1}),
-    (fo.optim.Adagrad, {"initial_accumulator_value": 0.1}),
-    (fo.optim.RMSprop, {"momentum": 0.9, "centered": True}),
-    (fo.optim.Adamax, {}),
-    (fo.optim.Adadelta, {}),
-    (fo.optim.NAdam, {"decoupled_weight_decay": True, "weight_decay": 0.1}),
-    (fo.optim.RAdam, {}),
-    (fo.optim.AdaBound, {}),
-    (fo.optim.AMSBound, {}),
-    (fo.optim.Lion, {"weight_decay": 0.1}),
-    (fo.optim.AdaBelief, {}),
-    (fo.optim.ASGD, {"t0": 1}),
-    (fo.optim.Rprop, {}),
-    (fo.optim.Lamb, {"weight_decay": 0.01}),
-    (fo.optim.Adafactor, {"weight_decay": 0.01}),
-]
+OPTIMIZERS = [(getattr(fo.optim, n), kw) for n, kw in registry.configs()]
 
 
 def _raises(exc, match, fn):
@@ -241,41 +222,7 @@ class TestConstruction:
 
     @pytest.mark.parametrize(
         "cls,kw,exc,msg",
-        [
-            (fo.optim.Adam, {"lr": -1e-3}, ValueError, "Invalid learning rate: -0.001"),
-            (fo.optim.Adam, {"lr": math.nan}, ValueError, "Invalid learning rate: nan"),
-            (fo.optim.Adam, {"lr": "0.1"}, TypeError, "lr must be a real number"),
-            (fo.optim.Adam, {"eps": -1.0}, ValueError, "Invalid epsilon value: -1.0"),
-            (fo.optim.Adam, {"betas": (1.0, 0.999)}, ValueError, "Invalid beta parameter at index 0: 1.0"),
-            (fo.optim.Adam, {"betas": (0.9, -0.1)}, ValueError, "Invalid beta parameter at index 1: -0.1"),
-            (fo.optim.Adam, {"betas": 0.9}, TypeError, "betas must be a pair"),
-            (fo.optim.AdamW, {"weight_decay": -0.1}, ValueError, "Invalid weight_decay value: -0.1"),
-            (fo.optim.Adam, {"amsgrad": "yes"}, TypeError, "amsgrad must be a bool"),
-            (fo.optim.SGD, {"lr": -0.1}, ValueError, "Invalid learning rate: -0.1"),
-            (fo.optim.SGD, {"momentum": -0.5}, ValueError, "Invalid momentum value: -0.5"),
-            (fo.optim.SGD, {"weight_decay": -1}, ValueError, "Invalid weight_decay value: -1"),
-            (fo.optim.SGD, {"nesterov": True}, ValueError, "Nesterov momentum requires a momentum and zero dampening"),
-            (fo.optim.SGD, {"nesterov": True, "momentum": 0.9, "dampening": 0.1}, ValueError, "Nesterov momentum requires"),
-            (fo.optim.Adagrad, {"lr_decay": -0.1}, ValueError, "Invalid lr_decay value: -0.1"),
-            (fo.optim.Adagrad, {"initial_accumulator_value": -1.0}, ValueError, "Invalid initial_accumulator_value value: -1.0"),
-            (fo.optim.Adagrad, {"eps": -1e-3}, ValueError, "Invalid epsilon value: -0.001"),
-            (fo.optim.RMSprop, {"alpha": -0.5}, ValueError, "Invalid alpha value: -0.5"),
-            (fo.optim.RMSprop, {"momentum": -0.5}, ValueError, "Invalid momentum value: -0.5"),
-            (fo.optim.RMSprop, {"centered": 1}, TypeError, "centered must be a bool"),
-            (fo.optim.Adamax, {"betas": (0.9, 1.0)}, ValueError, "Invalid beta parameter at index 1: 1.0"),
-            (fo.optim.Adadelta, {"rho": 1.5}, ValueError, "Invalid rho value: 1.5"),
-            (fo.optim.NAdam, {"momentum_decay": -1.0}, ValueError, "Invalid momentum_decay value: -1.0"),
-            (fo.optim.RAdam, {"eps": -1.0}, ValueError, "Invalid epsilon value: -1.0"),
-            (fo.optim.AdaBound, {"final_lr": -0.1}, ValueError, "Invalid final learning rate: -0.1"),
-            (fo.optim.AdaBound, {"gamma": 1.0}, ValueError, "Invalid gamma parameter: 1.0"),
-            (fo.optim.Lion, {"betas": (1.2, 0.9)}, ValueError, "Invalid beta parameter at index 0: 1.2"),
-            (fo.optim.AdaBelief, {"weight_decay": -1}, ValueError, "Invalid weight_decay value: -1"),
-            (fo.optim.ASGD, {"lambd": -1.0}, ValueError, "Invalid lambd value: -1.0"),
-            (fo.optim.Rprop, {"etas": (1.2, 0.5)}, ValueError, "Invalid eta values: 1.2, 0.5"),
-            (fo.optim.Adafactor, {"beta2_decay": 0.5}, ValueError, "beta2_decay should be <= 0 but is: 0.5"),
-            (fo.optim.Adafactor, {"d": 0.5}, ValueError, "Clipping threshold d should be >= 1 but is: 0.5"),
-            (fo.optim.Adafactor, {"eps": (-1.0, 1e-3)}, ValueError, "epsilon1 should be >= 0 but is: -1.0"),
-        ],
+        [(getattr(fo.optim, s.name), kw, exc, msg) for s in registry.OPTIMIZERS for kw, exc, msg in s.bad],
     )
     def test_hyperparameters(self, cls, kw, exc, msg):
         with pytest.raises(exc, match=msg.replace("(", r"\(").replace(")", r"\)")):

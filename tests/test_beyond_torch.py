@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fastopt as fo
+from fastopt.optim import registry
 from conftest import assert_close
 
 STEPS = 100
@@ -151,11 +152,7 @@ def test_adabound_final_lr_follows_a_scheduler():
     assert fresh.param_groups[0]["base_lr"] == 1e-2
 
 
-ALL = [
-    fo.optim.SGD, fo.optim.Adam, fo.optim.AdamW, fo.optim.Adagrad, fo.optim.RMSprop, fo.optim.Adadelta,
-    fo.optim.Adamax, fo.optim.NAdam, fo.optim.RAdam, fo.optim.AdaBound, fo.optim.AMSBound, fo.optim.Lion,
-    fo.optim.AdaBelief, fo.optim.ASGD, fo.optim.Rprop, fo.optim.Lamb, fo.optim.Adafactor,
-]
+ALL = [getattr(fo.optim, s.name) for s in registry.OPTIMIZERS if not s.closure]
 
 
 def quadratic(x):

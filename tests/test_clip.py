@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fastopt as fo
+from fastopt.optim import registry
 from conftest import assert_close
 
 NORMS = [2.0, 1.0, math.inf, -math.inf, 0.0, 3.0, 0.5]
@@ -123,25 +124,7 @@ def test_bad_input():
         fo.nn.utils.clip_grad_value_({a}, 1.0)
 
 
-STEP_CASES = [
-    (fo.optim.Adam, {"lr": 0.01, "amsgrad": True, "weight_decay": 0.1}),
-    (fo.optim.AdamW, {"lr": 0.01, "maximize": True}),
-    (fo.optim.SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
-    (fo.optim.SGD, {"lr": 0.05, "momentum": 0.9, "dampening": 0.2, "weight_decay": 0.01}),
-    (fo.optim.Adagrad, {"lr": 0.05, "lr_decay": 0.01, "weight_decay": 0.01, "initial_accumulator_value": 0.1}),
-    (fo.optim.RMSprop, {"lr": 0.01, "momentum": 0.9, "centered": True, "maximize": True}),
-    (fo.optim.Adamax, {"lr": 0.01}),
-    (fo.optim.NAdam, {"lr": 0.01, "weight_decay": 0.1}),
-    (fo.optim.RAdam, {"lr": 0.01}),
-    (fo.optim.Adadelta, {"lr": 0.5}),
-    (fo.optim.AdaBound, {"lr": 0.01, "weight_decay": 0.1}),
-    (fo.optim.Lion, {"lr": 0.01, "maximize": True}),
-    (fo.optim.AdaBelief, {"lr": 0.01}),
-    (fo.optim.ASGD, {"lr": 0.01, "t0": 3}),
-    (fo.optim.Rprop, {"lr": 0.01}),
-    (fo.optim.Lamb, {"lr": 0.01, "weight_decay": 0.01}),
-    (fo.optim.Adafactor, {"lr": 0.01, "maximize": True}),
-]
+STEP_CASES = [(getattr(fo.optim, n), kw) for n, kw in registry.configs()]
 
 
 def _build(cls, kw, dtype):

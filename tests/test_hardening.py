@@ -18,7 +18,6 @@ import pytest
 import fastopt as fo
 from fastopt import _fastopt, checkpoint
 from fastopt.nn import functional as F
-from fastopt.optim import functional as OF
 
 from conftest import run_python
 

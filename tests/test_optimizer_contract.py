@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fastopt as fo
+from fastopt.optim import registry
 from conftest import assert_close
 
 
@@ -158,21 +159,7 @@ def test_lr_as_0d_array_gives_identical_results(cls):
     assert runs[0].tobytes() == runs[1].tobytes()
 
 
-TORCH_CASES = [
-    ("SGD", {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
-    ("SGD", {"lr": 0.05}),
-    ("Adam", {"lr": 0.01, "amsgrad": True, "weight_decay": 0.1}),
-    ("AdamW", {"lr": 0.01, "maximize": True}),
-    ("Adagrad", {"lr": 0.1, "lr_decay": 0.01, "initial_accumulator_value": 0.1, "weight_decay": 0.05}),
-    ("RMSprop", {"lr": 0.01, "momentum": 0.9, "centered": True, "maximize": True}),
-    ("Adamax", {"lr": 0.01, "weight_decay": 0.1}),
-    ("Adadelta", {"lr": 0.5}),
-    ("NAdam", {"lr": 0.01, "weight_decay": 0.1}),
-    ("RAdam", {"lr": 0.01, "decoupled_weight_decay": True, "weight_decay": 0.1}),
-    ("ASGD", {"lr": 0.01, "t0": 5, "weight_decay": 0.1}),
-    ("Rprop", {"lr": 0.01}),
-    ("Adafactor", {"lr": 0.01, "weight_decay": 0.01}),
-]
+TORCH_CASES = [(n, kw) for n, kw in registry.configs(torch_only=True)]
 
 
 def _grads(step, shapes, dtype=np.float64):

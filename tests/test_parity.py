@@ -11,12 +11,12 @@ are compared. torch's results are computed once per configuration and reused.
 from __future__ import annotations
 
 import functools
-import itertools
 
 import numpy as np
 import pytest
 
 import fastopt as fo
+from fastopt.optim import registry
 from conftest import assert_close
 
 STEPS = 100
@@ -24,75 +24,10 @@ SMALL_SHAPES = [(), (0,), (1,), (7,), (31,), (1023,), (33, 31)]
 LARGE_SHAPES = [(2**20 + 3,)]
 
 
-def _adam_configs():
-    out = []
-    for cls, amsgrad, maximize, wd in itertools.product(
-        ["Adam", "AdamW"], [False, True], [False, True], [0.0, 0.1]
-    ):
-        out.append((cls, dict(lr=1e-2, amsgrad=amsgrad, maximize=maximize, weight_decay=wd)))
-    out.append(("Adam", {}))  # all defaults
-    out.append(("AdamW", {}))
-    out.append(("Adam", dict(lr=3e-2, betas=(0.5, 0.9), eps=1e-6)))  # |1-beta1| >= 0.5: other lerp form
-    out.append(("AdamW", dict(lr=3e-2, betas=(0.0, 0.5), weight_decay=0.3, amsgrad=True)))
-    return out
-
-
-def _sgd_configs():
-    out = [("SGD", {})]
-    for momentum, dampening, nesterov, wd, maximize in itertools.product(
-        [0.0, 0.9], [0.0, 0.5], [False, True], [0.0, 0.1], [False, True]
-    ):
-        if nesterov and (momentum == 0 or dampening != 0):
-            continue
-        if momentum == 0 and dampening != 0:
-            continue
-        out.append(
-            (
-                "SGD",
-                dict(lr=1e-2, momentum=momentum, dampening=dampening, nesterov=nesterov,
-                     weight_decay=wd, maximize=maximize),
-            )
-        )
-    return out
-
-
-def _adagrad_configs():
-    out = [("Adagrad", {})]
-    for lr_decay, init, wd, maximize in itertools.product([0.0, 0.01], [0.0, 0.1], [0.0, 0.1], [False, True]):
-        out.append(("Adagrad", dict(lr=0.05, lr_decay=lr_decay, initial_accumulator_value=init, weight_decay=wd,
-                                    maximize=maximize, eps=1e-10)))
-    return out
-
-
-def _rmsprop_configs():
-    out = [("RMSprop", {})]
-    for momentum, centered, wd, maximize in itertools.product([0.0, 0.9], [False, True], [0.0, 0.1], [False, True]):
-        out.append(("RMSprop", dict(lr=1e-2, momentum=momentum, centered=centered, weight_decay=wd, maximize=maximize)))
-    out.append(("RMSprop", dict(lr=1e-2, alpha=0.3, centered=True)))  # |1-alpha| >= 0.5: other lerp form
-    return out
-
-
-def _elementwise_configs():
-    out = [("Adamax", {}), ("Adadelta", {}), ("NAdam", {}), ("RAdam", {})]
-    for wd, maximize in itertools.product([0.0, 0.1], [False, True]):
-        out.append(("Adamax", dict(lr=1e-2, weight_decay=wd, maximize=maximize)))
-        out.append(("Adadelta", dict(lr=0.5, rho=0.9, weight_decay=wd, maximize=maximize)))
-        for decoupled in (False, True):
-            out.append(("NAdam", dict(lr=1e-2, weight_decay=wd, decoupled_weight_decay=decoupled, maximize=maximize,
-                                      momentum_decay=4e-3)))
-            out.append(("RAdam", dict(lr=1e-2, weight_decay=wd, decoupled_weight_decay=decoupled, maximize=maximize)))
-    out.append(("Adamax", dict(lr=3e-2, betas=(0.5, 0.9))))  # |1-beta1| >= 0.5: other lerp form
-    out.append(("RAdam", dict(lr=1e-2, betas=(0.9, 0.9))))  # rectification starts early
-    out.append(("NAdam", dict(lr=1e-2, betas=(0.3, 0.99), momentum_decay=0.1)))
-    out += [("ASGD", {}), ("Rprop", {})]
-    for wd, maximize in itertools.product([0.0, 0.1], [False, True]):
-        out.append(("ASGD", dict(lr=1e-2, weight_decay=wd, maximize=maximize, t0=20)))
-        out.append(("Rprop", dict(lr=1e-2, etas=(0.3, 1.5), step_sizes=(1e-3, 0.05), maximize=maximize)))
-    out.append(("ASGD", dict(lr=5e-2, lambd=1e-3, alpha=0.5, t0=5)))
-    return out
-
-
-CONFIGS = _adam_configs() + _sgd_configs() + _adagrad_configs() + _rmsprop_configs() + _elementwise_configs()
+# Every torch optimizer's parity configurations, from the registry (Adafactor and L-BFGS
+# have their own tests below and in test_lbfgs.py).
+CONFIGS = [(spec.name, kw) for spec in registry.OPTIMIZERS if spec.name not in ("Adafactor", "LBFGS")
+           for kw in spec.parity]
 IDS = [f"{c}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}" for c, kw in CONFIGS]
 
 
@@ -306,12 +241,7 @@ def test_results_do_not_depend_on_thread_count(cls_name, kwargs, dtype):
 # Adafactor: torch divides by zero on an empty parameter, so its shapes leave (0,) out and
 # add a 3-D one (factored statistics over the last two axes).
 ADAFACTOR_SHAPES = [(), (1,), (7,), (1023,), (33, 31), (3, 4, 5)]
-ADAFACTOR_CONFIGS = [
-    {},
-    dict(lr=0.05, weight_decay=0.1, maximize=True, d=1.5),
-    dict(beta2_decay=-0.5, eps=(1e-20, 1e-2)),
-    dict(lr=1e-3, eps=(1e-30, 1e-3), weight_decay=0.01),
-]
+ADAFACTOR_CONFIGS = list(registry.by_name("Adafactor").parity)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -6,28 +6,11 @@ import numpy as np
 import pytest
 
 import fastopt as fo
+from fastopt.optim import registry
 
-CASES = [
-    (fo.optim.Adam, {"lr": 1e-2, "amsgrad": True, "weight_decay": 0.1}),
-    (fo.optim.AdamW, {"lr": 1e-2}),
-    (fo.optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
-    (fo.optim.SGD, {"lr": 0.1}),
-]
-MORE_CASES = CASES + [
-    (fo.optim.Adagrad, {"lr": 0.1, "lr_decay": 0.01, "initial_accumulator_value": 0.1}),
-    (fo.optim.RMSprop, {"lr": 0.01, "momentum": 0.9, "centered": True}),
-    (fo.optim.Adamax, {"lr": 0.01}),
-    (fo.optim.Adadelta, {"lr": 0.5}),
-    (fo.optim.NAdam, {"lr": 0.01, "decoupled_weight_decay": True, "weight_decay": 0.1}),
-    (fo.optim.RAdam, {"lr": 0.01}),
-    (fo.optim.AMSBound, {"lr": 0.01}),
-    (fo.optim.Lion, {"lr": 0.01, "weight_decay": 0.1}),
-    (fo.optim.AdaBelief, {"lr": 0.01}),
-    (fo.optim.ASGD, {"lr": 0.01, "t0": 2}),
-    (fo.optim.Rprop, {"lr": 0.01}),
-    (fo.optim.Lamb, {"lr": 0.01, "weight_decay": 0.01}),
-    (fo.optim.Adafactor, {"lr": 0.01, "weight_decay": 0.01}),
-]
+MORE_CASES = [(getattr(fo.optim, n), kw) for n, kw in registry.configs()]
+# (the torch-exchange tests: optimizers whose state torch loads as it is)
+CASES = [(cls, kw) for cls, kw in MORE_CASES if cls in (fo.optim.Adam, fo.optim.AdamW, fo.optim.SGD)]
 
 
 def grads_for(step, params, dtype):

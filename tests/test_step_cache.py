@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import fastopt as fo
+from fastopt.optim import registry
 
 
 def _opt(n=3, cls=fo.optim.Adam, **kw):
@@ -163,19 +164,7 @@ def test_check_cache_copies_start_empty():
 
 
 # (class, arguments, a state buffer the kernel writes, the name errors give its list)
-CACHED = [
-    (fo.optim.SGD, {"momentum": 0.9}, "momentum_buffer", "momentum_buffer_list"),
-    (fo.optim.Adagrad, {}, "sum", "state_sums"),
-    (fo.optim.RMSprop, {"centered": True, "momentum": 0.5}, "grad_avg", "grad_avgs"),
-    (fo.optim.RMSprop, {"momentum": 0.5}, "momentum_buffer", "momentum_buffer_list"),
-    (fo.optim.Adamax, {}, "exp_inf", "exp_infs"),
-    (fo.optim.NAdam, {}, "exp_avg_sq", "exp_avg_sqs"),
-    (fo.optim.ASGD, {"t0": 1}, "ax", "axs"),
-    (fo.optim.Rprop, {}, "step_size", "step_size_ops"),
-    (fo.optim.AMSBound, {}, "max_exp_avg_sq", "max_exp_avg_sqs"),
-    (fo.optim.Lion, {}, "exp_avg", "exp_avgs"),
-    (fo.optim.Lamb, {}, "exp_avg", "exp_avgs"),
-]
+CACHED = [(getattr(fo.optim, s.name), s.configs[0], *s.written) for s in registry.OPTIMIZERS if s.written]
 
 
 @pytest.mark.parametrize("cls,kw,key,label", CACHED, ids=[f"{c.__name__}-{i}" for i, (c, *_) in enumerate(CACHED)])
@@ -188,7 +177,7 @@ def test_every_cached_kernel_confirms_and_still_catches_changes(cls, kw, key, la
 
     def run(clear):
         ps = [fo.Parameter(np.full(4, float(i + 1))) for i in range(3)]
-        opt = cls(ps, lr=0.1, **kw)
+        opt = cls(ps, **{"lr": 0.1, **kw})
         for t in range(6):
             if clear:
                 for _, cache in opt._check_caches.values():

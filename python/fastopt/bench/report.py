@@ -63,37 +63,39 @@ from .peers import (
     problem,
     torch_optimizer,
 )
+from ..optim import registry as _registry
 from .workloads import WORKLOADS, make_tensors
 
-#: key -> (fastopt/torch class name, arguments, careful NumPy step factory or None).
+#: Careful NumPy implementations of each optimizer's step (the peers beside torch).
+_NUMPY = {
+    "Adam": lambda kw: lambda p, g: NumpyAdam(p, g, **kw).step,
+    "AdamW": lambda kw: lambda p, g: NumpyAdam(p, g, decoupled=True, **kw).step,
+    "SGD": lambda kw: lambda p, g: NumpySGD(p, g, **kw).step,
+    "Adagrad": lambda kw: lambda p, g: NumpyAdagrad(p, g, **kw).step,
+    "RMSprop": lambda kw: lambda p, g: NumpyRMSprop(p, g, **kw).step,
+    "Adamax": lambda kw: lambda p, g: NumpyAdamax(p, g, **kw).step,
+    "Adadelta": lambda kw: lambda p, g: NumpyAdadelta(p, g, **kw).step,
+    "NAdam": lambda kw: lambda p, g: NumpyNAdam(p, g, **kw).step,
+    "RAdam": lambda kw: lambda p, g: NumpyRAdam(p, g, **kw).step,
+    "ASGD": lambda kw: lambda p, g: NumpyASGD(p, g, **kw).step,
+    "Rprop": lambda kw: lambda p, g: NumpyRprop(p, g, **kw).step,
+    "AdaBound": lambda kw: lambda p, g: NumpyAdaBound(p, g, **kw).step,
+    "AMSBound": lambda kw: lambda p, g: NumpyAdaBound(p, g, amsbound=True, **kw).step,
+    "Lion": lambda kw: lambda p, g: NumpyLion(p, g, **kw).step,
+    "AdaBelief": lambda kw: lambda p, g: NumpyAdaBelief(p, g, **kw).step,
+    "Lamb": lambda kw: lambda p, g: NumpyLamb(p, g, **kw).step,
+}
+
+#: key -> (fastopt/torch class name, arguments, careful NumPy step factory), for every
+#: optimizer the registry gives benchmark arguments (fastopt.optim.registry).
 OPTIMIZERS = {
-    "adam": ("Adam", {"lr": 1e-3}, lambda p, g: NumpyAdam(p, g, lr=1e-3).step),
-    "adamw": ("AdamW", {"lr": 1e-3, "weight_decay": 1e-2}, lambda p, g: NumpyAdam(p, g, lr=1e-3, weight_decay=1e-2, decoupled=True).step),
-    "sgd": ("SGD", {"lr": 1e-3, "momentum": 0.9}, lambda p, g: NumpySGD(p, g, lr=1e-3, momentum=0.9).step),
-    "adagrad": ("Adagrad", {"lr": 1e-2}, lambda p, g: NumpyAdagrad(p, g, lr=1e-2).step),
-    "rmsprop": ("RMSprop", {"lr": 1e-2}, lambda p, g: NumpyRMSprop(p, g, lr=1e-2).step),
-    "adamax": ("Adamax", {"lr": 2e-3}, lambda p, g: NumpyAdamax(p, g, lr=2e-3).step),
-    "adadelta": ("Adadelta", {"lr": 1.0}, lambda p, g: NumpyAdadelta(p, g, lr=1.0).step),
-    "nadam": ("NAdam", {"lr": 2e-3}, lambda p, g: NumpyNAdam(p, g, lr=2e-3).step),
-    "radam": ("RAdam", {"lr": 1e-3}, lambda p, g: NumpyRAdam(p, g, lr=1e-3).step),
-    "asgd": ("ASGD", {"lr": 1e-2}, lambda p, g: NumpyASGD(p, g, lr=1e-2).step),
-    "rprop": ("Rprop", {"lr": 1e-2}, lambda p, g: NumpyRprop(p, g, lr=1e-2).step),
-    # beyond torch: against careful NumPy, and optax where it has the optimizer
-    "adabound": ("AdaBound", {"lr": 1e-3}, lambda p, g: NumpyAdaBound(p, g, lr=1e-3).step),
-    "amsbound": ("AMSBound", {"lr": 1e-3}, lambda p, g: NumpyAdaBound(p, g, lr=1e-3, amsbound=True).step),
-    "lion": ("Lion", {"lr": 1e-4}, lambda p, g: NumpyLion(p, g, lr=1e-4).step),
-    "adabelief": ("AdaBelief", {"lr": 1e-3}, lambda p, g: NumpyAdaBelief(p, g, lr=1e-3).step),
-    "lamb": ("Lamb", {"lr": 1e-3, "weight_decay": 0.01}, lambda p, g: NumpyLamb(p, g, lr=1e-3, weight_decay=0.01).step),
+    s.name.lower(): (s.name, dict(s.bench), _NUMPY[s.name](dict(s.bench))) for s in _registry.OPTIMIZERS if s.bench
 }
 
 #: Arrays one step must read plus those it must write, per element (float32: x 4 bytes), with
 #: the arguments above (no amsgrad, momentum or centering unless named; ASGD's ``ax`` is
 #: written, not read, while ``mu`` is 1, i.e. before step ``t0``).
-ARRAYS_MOVED = {
-    "SGD": 5, "Adam": 7, "AdamW": 7, "Adagrad": 5, "RMSprop": 5, "Adamax": 7, "Adadelta": 7,
-    "NAdam": 7, "RAdam": 7, "ASGD": 4, "Rprop": 7, "AdaBound": 7, "AMSBound": 9, "Lion": 5,
-    "AdaBelief": 7, "Lamb": 7,
-}
+ARRAYS_MOVED = {s.name: s.moved for s in _registry.OPTIMIZERS if s.bench}
 
 
 def _have_torch() -> bool:
