@@ -44,3 +44,16 @@ def test_benchmark_cases_come_from_the_registry():
         spec = registry.by_name(name)
         assert kwargs == spec.bench and ARRAYS_MOVED[name] == spec.moved
     assert {n for n, *_ in OPTIMIZERS.values()} == {s.name for s in registry.OPTIMIZERS if s.bench}
+
+
+@pytest.mark.parametrize("spec", registry.OPTIMIZERS, ids=lambda s: s.name)
+def test_docstring_has_the_maths_the_arguments_and_an_example(spec):
+    doc = getattr(fo.optim, spec.name).__doc__
+    assert ".. math::" in doc
+    assert "\nArguments:\n" in doc and ">>> " in doc
+
+
+@pytest.mark.parametrize("name", fo.optim.functional.__all__)
+def test_every_functional_form_has_an_example(name):
+    doc = getattr(fo.optim.functional, name).__doc__
+    assert ">>> " in doc and "F." in doc

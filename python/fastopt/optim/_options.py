@@ -4,12 +4,13 @@ their checks when a group is added or loaded, then the optimizer's own ``_valida
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["CHECKS", "validate", "real", "check_bool", "check_betas", "check_nonnegative"]
+__all__ = ["CHECKS", "DOCS", "arguments_section", "validate", "real", "check_bool", "check_betas", "check_nonnegative"]
 
 
 def real(value: Any, name: str) -> float:
@@ -77,3 +78,58 @@ def validate(group: dict[str, Any], options: tuple[str, ...]) -> None:
     """Runs the check of each of ``options`` on the group's value."""
     for name in options:
         CHECKS[name](group[name], name)
+
+
+#: What each option means, written once for every optimizer that takes it (an optimizer
+#: whose option means something else says so in its ``_option_docs``).
+DOCS: dict[str, str] = {
+    "params": "the parameters: an iterable of :class:`~fastopt.Parameter` objects or float arrays, of "
+              "``(name, parameter)`` pairs, or of param-group dicts (a ``'params'`` list and options)",
+    "lr": "learning rate",
+    "betas": "coefficients of the running averages of the gradient and of its square (``beta1``, ``beta2``)",
+    "eps": "term added to the denominator for numerical stability",
+    "weight_decay": "weight decay: ``weight_decay * param`` added to the gradient (L2), or with "
+                    "``decoupled_weight_decay`` the parameter multiplied by ``1 - lr * weight_decay``",
+    "decoupled_weight_decay": "decay the parameter directly (AdamW style) instead of adding an L2 term to the gradient",
+    "maximize": "maximize the objective (step along the gradient instead of against it)",
+    "momentum": "momentum factor",
+    "dampening": "dampening of the gradient's contribution to the momentum",
+    "nesterov": "use Nesterov momentum",
+    "amsgrad": "use the running maximum of the second moment (AMSGrad)",
+    "amsbound": "use the running maximum of the second moment (AMSBound)",
+    "lr_decay": "learning-rate decay: step ``t`` uses ``lr / (1 + (t - 1) * lr_decay)``",
+    "initial_accumulator_value": "initial value of the sum of squared gradients",
+    "alpha": "smoothing constant of the running average of the squared gradient",
+    "centered": "divide by the estimated variance of the gradient (its second moment minus its mean squared)",
+    "rho": "coefficient of the running averages of the squared gradient and squared update",
+    "momentum_decay": "momentum decay (``psi``): the momentum coefficient at step ``t`` is "
+                      "``beta1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))``",
+    "lambd": "decay term",
+    "t0": "step at which averaging starts",
+    "etas": "multiplicative decrease and increase factors of the step sizes (``etaminus``, ``etaplus``)",
+    "step_sizes": "minimal and maximal step size",
+    "final_lr": "the SGD learning rate the bounds converge to (scaled with ``lr`` by schedulers)",
+    "gamma": "convergence speed of the bounds",
+    "bias_correction": "divide the moments by ``1 - beta**t``",
+    "beta2_decay": "decay rate of the second-moment coefficient: ``beta2_t = 1 - t ** beta2_decay``",
+    "d": "clipping threshold of the update's root mean square",
+    "foreach": "accepted for compatibility with torch (fastopt always runs one fused kernel)",
+    "fused": "accepted for compatibility with torch (fastopt always runs one fused kernel)",
+    "capturable": "torch's CUDA-graph option: only False is supported",
+    "differentiable": "torch's autograd option: only False is supported",
+}
+
+
+def arguments_section(cls: type, overrides: dict[str, str]) -> str:
+    """The "Arguments" section of an optimizer's docstring, from its ``__init__`` signature and
+    :data:`DOCS` (with ``overrides``)."""
+    lines = ["Arguments:", ""]
+    for p in inspect.signature(cls.__init__).parameters.values():  # type: ignore[misc]
+        if p.name == "self":
+            continue
+        doc = overrides.get(p.name) or DOCS.get(p.name)
+        if doc is None:
+            raise TypeError(f"{cls.__name__}: option {p.name!r} has no description in DOCS or _option_docs")
+        default = "" if p.default is inspect.Parameter.empty else f" (default ``{p.default!r}``)"
+        lines.append(f"- ``{p.name}``{default}: {doc}")
+    return "\n".join(lines)

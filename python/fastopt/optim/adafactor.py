@@ -24,7 +24,7 @@ def _lerp_(start: np.ndarray, end: np.ndarray, weight: float) -> None:
 
 
 class Adafactor(Optimizer):
-    """Adafactor (Shazeer & Stern, 2018) with torch.optim.Adafactor's arguments, defaults,
+    r"""Adafactor (Shazeer & Stern, 2018) with torch.optim.Adafactor's arguments, defaults,
     checks, state (``step``; ``row_var``/``col_var`` for parameters of 2 or more dimensions,
     ``variance`` otherwise) and update rule: a relative step size, factored second moments
     with ``beta2_t = 1 - t**beta2_decay``, update clipping by ``d`` and decoupled weight
@@ -37,6 +37,25 @@ class Adafactor(Optimizer):
     checked by the Rust layer before anything changes. Unlike torch (which divides by zero),
     an empty parameter is simply skipped.
 
+
+    With gradient :math:`G_t` (negated with ``maximize``), at step :math:`t`, for a matrix
+    (the last two axes; vectors keep a full second moment :math:`V_t` instead):
+
+    .. math::
+
+        \beta_{2,t} = 1 - t^{c}, \qquad
+        \rho_t = \min\bigl(\mathrm{lr},\ 1/\sqrt t\bigr), \qquad
+        \alpha_t = \max\bigl(\epsilon_2,\ \mathrm{RMS}(P_{t-1})\bigr)\,\rho_t,
+
+        R_t = \beta_{2,t} R_{t-1} + (1 - \beta_{2,t})\,\mathrm{mean}_{\text{cols}}(G_t^2), \qquad
+        C_t = \beta_{2,t} C_{t-1} + (1 - \beta_{2,t})\,\mathrm{mean}_{\text{rows}}(G_t^2),
+
+        U_t = \frac{G_t}{\sqrt{\max\bigl(R_t C_t / \mathrm{mean}(R_t),\ \epsilon_1^2\bigr)}}, \qquad
+        P_t = P_{t-1}(1 - \mathrm{lr}\cdot\lambda)
+              - \frac{\alpha_t}{\max\bigl(1,\ \mathrm{RMS}(U_t)/d\bigr)}\, U_t
+
+    (:math:`c` is ``beta2_decay``; :math:`R` and :math:`C` are ``row_var`` and ``col_var``).
+
     Example:
 
     >>> w = fo.Parameter(np.ones((2, 3), np.float32))
@@ -48,6 +67,12 @@ class Adafactor(Optimizer):
     >>> opt.state[w]['row_var'].shape, opt.state[w]['col_var'].shape
     ((2, 1), (1, 3))
     """
+
+    _option_docs = {
+        "eps": "``(eps1, eps2)``: eps1 (None: the dtype's smallest normal) keeps the second moment "
+               "positive; eps2 scales the step by the parameter's root mean square, at least eps2",
+        "lr": "learning rate (relative: multiplied by ``max(eps2, rms(param))``)",
+    }
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, beta2_decay: float = -0.8,
                  eps: tuple[float | None, float] = (None, 1e-3), d: float = 1.0, weight_decay: float = 0.0, *,

@@ -94,6 +94,16 @@ def adagrad(
     maximize: bool = False,
 ) -> None:
     """Adagrad (torch.optim.adagrad.adagrad): ``sum += g*g``, ``p -= clr * g / (sqrt(sum) + eps)``
-    with ``clr = lr / (1 + (step - 1) * lr_decay)``; increments ``state_steps`` in place."""
+    with ``clr = lr / (1 + (step - 1) * lr_decay)``; increments ``state_steps`` in place.
+
+    Example:
+
+    >>> F = fo.optim.functional
+    >>> p, g = np.array([1.0, -2.0]), np.array([0.5, -0.5])
+    >>> s, step = np.zeros(2), np.zeros((), np.float32)
+    >>> F.adagrad([p], [g], [s], [step], lr=0.1)
+    >>> np.round(p, 6)
+    array([ 0.9, -1.9])
+    """
     rule = Rule("adagrad", lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, maximize=maximize)
     _step(rule, params, grads, [state_sums], [state_steps])

@@ -156,6 +156,15 @@ def adam(
     ``p += -lr/(1-beta1**t) * m / (sqrt(v)/sqrt(1-beta2**t) + eps)``; ``weight_decay`` adds
     ``wd*p`` to the gradient, or with ``decoupled_weight_decay`` multiplies ``p`` by
     ``1 - lr*wd`` first (AdamW).
+
+    Example:
+
+    >>> F = fo.optim.functional
+    >>> p, g = np.array([1.0, -2.0]), np.array([0.5, -0.5])
+    >>> m, v, step = np.zeros(2), np.zeros(2), np.zeros((), np.float32)
+    >>> F.adam([p], [g], [m], [v], None, [step], lr=0.1)
+    >>> np.round(p, 6)
+    array([ 0.9, -1.9])
     """
     rule = Rule("adam", lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                 maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
@@ -181,6 +190,16 @@ def adamw(
     eps: float = 1e-8,
     maximize: bool = False,
 ) -> None:
-    """AdamW (torch.optim.adamw.adamw): :func:`adam` with decoupled weight decay."""
+    """AdamW (torch.optim.adamw.adamw): :func:`adam` with decoupled weight decay.
+
+    Example:
+
+    >>> F = fo.optim.functional
+    >>> p, g = np.array([1.0, -2.0]), np.array([0.5, -0.5])
+    >>> m, v, step = np.zeros(2), np.zeros(2), np.zeros((), np.float32)
+    >>> F.adamw([p], [g], [m], [v], None, [step], lr=0.1, weight_decay=0.5)
+    >>> np.round(p, 6)
+    array([ 0.85, -1.8 ])
+    """
     adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad=amsgrad, beta1=beta1,
          beta2=beta2, lr=lr, weight_decay=weight_decay, eps=eps, maximize=maximize, decoupled_weight_decay=True)

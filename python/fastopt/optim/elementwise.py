@@ -36,8 +36,19 @@ class _AdamLike(_Elementwise):
         return h
 
 class Adamax(_AdamLike):
-    """Adamax, Adam's infinity-norm variant (torch.optim.Adamax: arguments, defaults, checks,
+    r"""Adamax, Adam's infinity-norm variant (torch.optim.Adamax: arguments, defaults, checks,
     state ``step``/``exp_avg``/``exp_inf`` and update rule).
+
+
+    With gradient :math:`g_t` (plus ``weight_decay * p``, negated with ``maximize``), at step :math:`t`:
+
+    .. math::
+
+        m_t = \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+        u_t = \max(\beta_2 u_{t-1},\ |g_t| + \epsilon), \qquad
+        p_t = p_{t-1} - \frac{\mathrm{lr}}{1 - \beta_1^t} \frac{m_t}{u_t}
+
+    (:math:`u` is ``exp_inf``; :math:`m` is updated with torch's ``lerp``).
 
     Example:
 
@@ -63,8 +74,20 @@ class Adamax(_AdamLike):
         super().__init__(params, defaults)
 
 class Adadelta(_Elementwise):
-    """Adadelta (torch.optim.Adadelta: arguments, defaults, checks, state
+    r"""Adadelta (torch.optim.Adadelta: arguments, defaults, checks, state
     ``step``/``square_avg``/``acc_delta`` and update rule).
+
+
+    With gradient :math:`g_t` (plus ``weight_decay * p``, negated with ``maximize``):
+
+    .. math::
+
+        v_t = \rho v_{t-1} + (1 - \rho) g_t^2, \qquad
+        \Delta_t = \frac{\sqrt{u_{t-1} + \epsilon}}{\sqrt{v_t + \epsilon}}\, g_t, \qquad
+        u_t = \rho u_{t-1} + (1 - \rho) \Delta_t^2, \qquad
+        p_t = p_{t-1} - \mathrm{lr}\, \Delta_t
+
+    (:math:`v` is ``square_avg``, :math:`u` is ``acc_delta``).
 
     Example:
 
@@ -99,9 +122,27 @@ class Adadelta(_Elementwise):
         return dict(lr=g["lr"], rho=g["rho"], eps=g["eps"], weight_decay=g["weight_decay"], maximize=g["maximize"])
 
 class NAdam(_AdamLike):
-    """NAdam, Adam with Nesterov momentum and momentum decay (torch.optim.NAdam: arguments,
+    r"""NAdam, Adam with Nesterov momentum and momentum decay (torch.optim.NAdam: arguments,
     defaults, checks, state ``step``/``mu_product``/``exp_avg``/``exp_avg_sq`` with
     ``mu_product`` a float32 counter as in torch, and update rule).
+
+
+    With gradient :math:`g_t` (plus ``weight_decay * p`` for L2 decay, negated with
+    ``maximize``), at step :math:`t`, with :math:`\psi` = ``momentum_decay``:
+
+    .. math::
+
+        \mu_t = \beta_1 \bigl(1 - \tfrac12\, 0.96^{t\psi}\bigr), \qquad
+        m_t = \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+        v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2,
+
+        p_t = p_{t-1}
+          - \mathrm{lr}\, \frac{1 - \mu_t}{1 - \prod_{i \le t} \mu_i} \frac{g_t}{\sqrt{\hat v_t} + \epsilon}
+          - \mathrm{lr}\, \frac{\mu_{t+1}}{1 - \prod_{i \le t+1} \mu_i} \frac{m_t}{\sqrt{\hat v_t} + \epsilon},
+        \qquad \hat v_t = \frac{v_t}{1 - \beta_2^t}
+
+    (``mu_product`` holds :math:`\prod_{i \le t} \mu_i` in float32, as torch; decoupled decay
+    multiplies :math:`p` by :math:`1 - \mathrm{lr}\cdot\mathrm{weight\_decay}` first).
 
     Example:
 
@@ -136,8 +177,23 @@ class NAdam(_AdamLike):
         return dict(super()._hyper(g), momentum_decay=g["momentum_decay"])
 
 class RAdam(_AdamLike):
-    """RAdam, Adam with variance rectification (torch.optim.RAdam: arguments, defaults,
+    r"""RAdam, Adam with variance rectification (torch.optim.RAdam: arguments, defaults,
     checks, state ``step``/``exp_avg``/``exp_avg_sq`` and update rule).
+
+
+    With gradient :math:`g_t` (plus ``weight_decay * p`` for L2 decay, negated with
+    ``maximize``), at step :math:`t`, after Adam's moments :math:`m_t, v_t`:
+
+    .. math::
+
+        \rho_\infty = \frac{2}{1 - \beta_2} - 1, \qquad
+        \rho_t = \rho_\infty - \frac{2 t \beta_2^t}{1 - \beta_2^t}, \qquad
+        \hat m_t = \frac{m_t}{1 - \beta_1^t},
+
+        p_t = p_{t-1} - \mathrm{lr}\, \hat m_t\, r_t \frac{\sqrt{1 - \beta_2^t}}{\sqrt{v_t} + \epsilon}
+        \ \text{ if } \rho_t > 5, \quad
+        r_t = \sqrt{\frac{(\rho_t - 4)(\rho_t - 2)\rho_\infty}{(\rho_\infty - 4)(\rho_\infty - 2)\rho_t}};
+        \qquad p_t = p_{t-1} - \mathrm{lr}\, \hat m_t \ \text{ otherwise.}
 
     Example:
 
@@ -167,9 +223,23 @@ class RAdam(_AdamLike):
     _options = _AdamLike._options + ("decoupled_weight_decay",)
 
 class ASGD(_Elementwise):
-    """Averaged SGD (torch.optim.ASGD: arguments, defaults, checks, state
+    r"""Averaged SGD (torch.optim.ASGD: arguments, defaults, checks, state
     ``step``/``eta``/``mu``/``ax`` with ``eta`` and ``mu`` float32 counters as in torch, and
     update rule).
+
+
+    With gradient :math:`g_t` (plus ``weight_decay * p``, negated with ``maximize``), at step
+    :math:`t`, with the stored :math:`\eta_t` and :math:`\mu_t`:
+
+    .. math::
+
+        p_t = p_{t-1} (1 - \lambda \eta_t) - \eta_t g_t, \qquad
+        a_t = a_{t-1} + \mu_t (p_t - a_{t-1}) \ (\text{a copy of } p_t \text{ while } \mu_t = 1),
+
+        \eta_{t+1} = \frac{\mathrm{lr}}{(1 + \lambda\, \mathrm{lr}\, t)^\alpha}, \qquad
+        \mu_{t+1} = \frac{1}{\max(1,\ t - t_0)}
+
+    (:math:`a` is ``ax``, the averaged parameters).
 
     Example:
 
@@ -183,6 +253,8 @@ class ASGD(_Elementwise):
     >>> sorted(opt.state[w])
     ['ax', 'eta', 'mu', 'step']
     """
+
+    _option_docs = {"alpha": "power of the step-size decay ``eta = lr / (1 + lambd * lr * t) ** alpha``"}
 
     _rule = "asgd"
     _counters = ("step", "eta", "mu")
@@ -205,8 +277,21 @@ class ASGD(_Elementwise):
                     maximize=g["maximize"])
 
 class Rprop(_Elementwise):
-    """Resilient backpropagation (torch.optim.Rprop: arguments, defaults, checks, state
+    r"""Resilient backpropagation (torch.optim.Rprop: arguments, defaults, checks, state
     ``step``/``prev``/``step_size`` and update rule).
+
+
+    With gradient :math:`g_t` (negated with ``maximize``) and the previous one :math:`g_{t-1}`
+    (``prev``), per element:
+
+    .. math::
+
+        s_t = \operatorname{clip}\Bigl(s_{t-1} \cdot
+          \begin{cases} \eta_+ & g_t g_{t-1} > 0 \\ \eta_- & g_t g_{t-1} < 0 \\ 1 & \text{otherwise} \end{cases},
+          \ s_{\min},\ s_{\max}\Bigr), \qquad
+        p_t = p_{t-1} - \operatorname{sign}(g_t)\, s_t
+
+    where a gradient whose sign flipped is taken as 0 for this step (and stored as ``prev``).
 
     Example:
 
@@ -255,7 +340,7 @@ class Rprop(_Elementwise):
                     step_size_max=g["step_sizes"][1], maximize=g["maximize"])
 
 class AdaBound(_AdamLike):
-    """AdaBound (Luo et al., ICLR 2019): Adam whose per-element step size is clamped into
+    r"""AdaBound (Luo et al., ICLR 2019): Adam whose per-element step size is clamped into
     ``[final_lr * (1 - 1/(gamma*t + 1)), final_lr * (1 + 1/(gamma*t))]``, so it moves from
     Adam towards SGD with lr ``final_lr``; ``amsbound=True`` is AMSBound (AMSGrad's maximum).
     As in the authors' implementation, ``final_lr`` follows the group's lr when a scheduler
@@ -263,6 +348,22 @@ class AdaBound(_AdamLike):
     added (kept in the group). State: ``step``, ``exp_avg``, ``exp_avg_sq`` (and
     ``max_exp_avg_sq``). ``decoupled_weight_decay`` (default False) multiplies the parameter by
     ``1 - lr*wd`` instead of adding L2 decay to the gradient.
+
+
+    With gradient :math:`g_t` (plus ``weight_decay * p`` for L2 decay, negated with
+    ``maximize``), at step :math:`t`:
+
+    .. math::
+
+        m_t = \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+        v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2,
+
+        \eta_t = \operatorname{clip}\Bigl(\frac{\mathrm{lr}\sqrt{1 - \beta_2^t}}{(1 - \beta_1^t)(\sqrt{v_t} + \epsilon)},\
+          \eta^{\mathrm{final}}\bigl(1 - \tfrac{1}{\gamma t + 1}\bigr),\
+          \eta^{\mathrm{final}}\bigl(1 + \tfrac{1}{\gamma t}\bigr)\Bigr), \qquad
+        p_t = p_{t-1} - \eta_t m_t
+
+    (AMSBound: :math:`\max_{s \le t} v_s` in place of :math:`v_t`).
 
     Example:
 
@@ -305,7 +406,16 @@ class AdaBound(_AdamLike):
         return dict(super()._hyper(g), final_lr=final_lr, gamma=g["gamma"])
 
 class AMSBound(AdaBound):
-    """AdaBound with AMSGrad's running maximum of the second moment (``amsbound=True``).
+    r"""AdaBound with AMSGrad's running maximum of the second moment (``amsbound=True``).
+
+
+    AdaBound's update (see :class:`AdaBound`) with :math:`\hat v_t = \max(\hat v_{t-1}, v_t)`
+    in place of :math:`v_t`:
+
+    .. math::
+
+        \eta_t = \operatorname{clip}\Bigl(\frac{\mathrm{lr}\sqrt{1 - \beta_2^t}}{(1 - \beta_1^t)(\sqrt{\hat v_t} + \epsilon)},\
+          \eta_l(t),\ \eta_u(t)\Bigr), \qquad p_t = p_{t-1} - \eta_t m_t
 
     Example:
 
@@ -327,10 +437,19 @@ class AMSBound(AdaBound):
                          decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
 
 class Lion(_Elementwise):
-    """Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms"):
+    r"""Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms"):
     ``p -= lr * sign(beta1*m + (1-beta1)*g)``, then ``m = beta2*m + (1-beta2)*g``, with
     decoupled weight decay. Defaults as the paper's reference (lr 1e-4, betas (0.9, 0.99)).
     State: ``step``, ``exp_avg``.
+
+
+    With gradient :math:`g_t` (negated with ``maximize``):
+
+    .. math::
+
+        p_t = p_{t-1} (1 - \mathrm{lr}\cdot\lambda)
+              - \mathrm{lr}\,\operatorname{sign}\bigl(\beta_1 m_{t-1} + (1 - \beta_1) g_t\bigr), \qquad
+        m_t = \beta_2 m_{t-1} + (1 - \beta_2) g_t
 
     Example:
 
@@ -344,6 +463,12 @@ class Lion(_Elementwise):
     >>> sorted(opt.state[w])
     ['exp_avg', 'step']
     """
+
+    _option_docs = {
+        "betas": "``beta1`` interpolates momentum and gradient for the update's sign; ``beta2`` is "
+                 "the momentum's coefficient",
+        "weight_decay": "decoupled weight decay: the parameter is multiplied by ``1 - lr * weight_decay``",
+    }
 
     _rule = "lion"
 
@@ -360,9 +485,22 @@ class Lion(_Elementwise):
                     maximize=g["maximize"])
 
 class AdaBelief(_AdamLike):
-    """AdaBelief (Zhuang et al., NeurIPS 2020, Algorithm 1): Adam with the second moment of
+    r"""AdaBelief (Zhuang et al., NeurIPS 2020, Algorithm 1): Adam with the second moment of
     ``g - m`` (plus ``eps``), both moments bias-corrected. Decoupled weight decay by default,
     as the authors' implementation. State: ``step``, ``exp_avg``, ``exp_avg_var``.
+
+
+    With gradient :math:`g_t` (plus ``weight_decay * p`` for L2 decay, negated with
+    ``maximize``), at step :math:`t`:
+
+    .. math::
+
+        m_t = \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+        s_t = \beta_2 s_{t-1} + (1 - \beta_2)(g_t - m_t)^2 + \epsilon,
+
+        p_t = p_{t-1} - \frac{\mathrm{lr}}{1 - \beta_1^t} \frac{m_t}{\sqrt{s_t / (1 - \beta_2^t)} + \epsilon}
+
+    (:math:`s` is ``exp_avg_var``).
 
     Example:
 
@@ -392,26 +530,66 @@ class AdaBelief(_AdamLike):
 def adamax(params, grads, exp_avgs, exp_infs, state_steps, *, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8,
            weight_decay=0.0, maximize=False) -> None:
     """Adamax (torch.optim.adamax.adamax): ``exp_inf = max(beta2*exp_inf, |g| + eps)``,
-    ``p -= lr / (1 - beta1**t) * exp_avg / exp_inf``."""
+    ``p -= lr / (1 - beta1**t) * exp_avg / exp_inf``.
+
+    Example:
+
+    >>> F = fo.optim.functional
+    >>> p, g = np.array([1.0, -2.0]), np.array([0.5, -0.5])
+    >>> m, u, step = np.zeros(2), np.zeros(2), np.zeros((), np.float32)
+    >>> F.adamax([p], [g], [m], [u], [step], lr=0.1)
+    >>> np.round(p, 6)
+    array([ 0.9, -1.9])
+    """
     rule = Rule("adamax", lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize)
     _step(rule, params, grads, [exp_avgs, exp_infs], [state_steps])
 
 def adadelta(params, grads, square_avgs, acc_deltas, state_steps, *, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0,
              maximize=False) -> None:
-    """Adadelta (torch.optim.adadelta.adadelta)."""
+    """Adadelta (torch.optim.adadelta.adadelta).
+
+    Example:
+
+    >>> F = fo.optim.functional
+    >>> p, g = np.array([1.0, -2.0]), np.array([0.5, -0.5])
+    >>> v, u, step = np.zeros(2), np.zeros(2), np.zeros((), np.float32)
+    >>> F.adadelta([p], [g], [v], [u], [step], lr=1.0)
+    >>> np.round(p, 6)
+    array([ 0.996838, -1.996838])
+    """
     rule = Rule("adadelta", lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
     _step(rule, params, grads, [square_avgs, acc_deltas], [state_steps])
 
 def nadam(params, grads, exp_avgs, exp_avg_sqs, mu_products, state_steps, *, lr=2e-3, beta1=0.9, beta2=0.999,
           eps=1e-8, weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False) -> None:
-    """NAdam (torch.optim.nadam.nadam); ``mu_products`` are 0-d float32 arrays, as torch's."""
+    """NAdam (torch.optim.nadam.nadam); ``mu_products`` are 0-d float32 arrays, as torch's.
+
+    Example:
+
+    >>> F = fo.optim.functional
+    >>> p, g = np.array([1.0, -2.0]), np.array([0.5, -0.5])
+    >>> m, v, step, mu = np.zeros(2), np.zeros(2), np.zeros((), np.float32), np.ones((), np.float32)
+    >>> F.nadam([p], [g], [m], [v], [mu], [step], lr=0.1)
+    >>> np.round(p, 6)
+    array([ 0.894355, -1.894355])
+    """
     rule = Rule("nadam", lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                 momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
     _step(rule, params, grads, [exp_avgs, exp_avg_sqs], [state_steps, mu_products])
 
 def radam(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
           weight_decay=0.0, decoupled_weight_decay=False, maximize=False) -> None:
-    """RAdam (torch.optim.radam.radam): Adam with the variance rectification term."""
+    """RAdam (torch.optim.radam.radam): Adam with the variance rectification term.
+
+    Example:
+
+    >>> F = fo.optim.functional
+    >>> p, g = np.array([1.0, -2.0]), np.array([0.5, -0.5])
+    >>> m, v, step = np.zeros(2), np.zeros(2), np.zeros((), np.float32)
+    >>> F.radam([p], [g], [m], [v], [step], lr=0.1)
+    >>> np.round(p, 6)
+    array([ 0.95, -1.95])
+    """
     rule = Rule("radam", lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                 decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
     _step(rule, params, grads, [exp_avgs, exp_avg_sqs], [state_steps])
@@ -420,14 +598,34 @@ def asgd(params, grads, axs, mus, etas, state_steps, *, lambd=1e-4, lr=1e-2, t0=
          maximize=False) -> None:
     """ASGD (torch.optim.asgd.asgd): ``p = p * (1 - lambd*eta) - eta*g``, ``ax`` the running
     average of ``p`` from step ``t0``; ``mus``, ``etas`` and ``state_steps`` are 0-d float32
-    arrays, renewed in place (torch's order of arguments)."""
+    arrays, renewed in place (torch's order of arguments).
+
+    Example:
+
+    >>> F = fo.optim.functional
+    >>> p, g = np.array([1.0, -2.0]), np.array([0.5, -0.5])
+    >>> ax, mu, eta, step = np.zeros(2), np.ones((), np.float32), np.full((), 0.1, np.float32), np.zeros((), np.float32)
+    >>> F.asgd([p], [g], [ax], [mu], [eta], [step], lr=0.1)
+    >>> np.round(p, 6)
+    array([ 0.94999, -1.94998])
+    """
     rule = Rule("asgd", lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, maximize=maximize)
     _step(rule, params, grads, [axs], [state_steps, etas, mus])
 
 def rprop(params, grads, prevs, step_size_ops, state_steps, *, step_size_min=1e-6, step_size_max=50.0,
           etaminus=0.5, etaplus=1.2, maximize=False) -> None:
     """Rprop (torch.optim.rprop.rprop): per-element step sizes grown by ``etaplus`` while the
-    gradient keeps its sign, shrunk by ``etaminus`` when it flips; ``p -= sign(g) * size``."""
+    gradient keeps its sign, shrunk by ``etaminus`` when it flips; ``p -= sign(g) * size``.
+
+    Example:
+
+    >>> F = fo.optim.functional
+    >>> p, g = np.array([1.0, -2.0]), np.array([0.5, -0.5])
+    >>> prev, size, step = np.zeros(2), np.full(2, 0.1), np.zeros((), np.float32)
+    >>> F.rprop([p], [g], [prev], [size], [step])
+    >>> np.round(p, 6)
+    array([ 0.9, -1.9])
+    """
     rule = Rule("rprop", etaminus=etaminus, etaplus=etaplus, step_size_min=step_size_min,
                 step_size_max=step_size_max, maximize=maximize)
     _step(rule, params, grads, [prevs, step_size_ops], [state_steps])
@@ -435,7 +633,17 @@ def rprop(params, grads, prevs, step_size_ops, state_steps, *, step_size_min=1e-
 def adabound(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
              weight_decay=0.0, final_lr=0.1, gamma=1e-3, decoupled_weight_decay=False, maximize=False) -> None:
     """AdaBound (:class:`fastopt.optim.AdaBound`): Adam whose per-element step size is clipped
-    into bounds converging to ``final_lr``."""
+    into bounds converging to ``final_lr``.
+
+    Example:
+
+    >>> F = fo.optim.functional
+    >>> p, g = np.array([1.0, -2.0]), np.array([0.5, -0.5])
+    >>> m, v, step = np.zeros(2), np.zeros(2), np.zeros((), np.float32)
+    >>> F.adabound([p], [g], [m], [v], [step], lr=0.1)
+    >>> np.round(p, 6)
+    array([ 0.9, -1.9])
+    """
     rule = Rule("adabound", lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, final_lr=final_lr,
                 gamma=gamma, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
     _step(rule, params, grads, [exp_avgs, exp_avg_sqs], [state_steps])
@@ -444,7 +652,17 @@ def amsbound(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
              beta2=0.999, eps=1e-8, weight_decay=0.0, final_lr=0.1, gamma=1e-3, decoupled_weight_decay=False,
              maximize=False) -> None:
     """AMSBound (:class:`fastopt.optim.AMSBound`): :func:`adabound` with the running maximum of
-    the second moment."""
+    the second moment.
+
+    Example:
+
+    >>> F = fo.optim.functional
+    >>> p, g = np.array([1.0, -2.0]), np.array([0.5, -0.5])
+    >>> m, v, vmax, step = np.zeros(2), np.zeros(2), np.zeros(2), np.zeros((), np.float32)
+    >>> F.amsbound([p], [g], [m], [v], [vmax], [step], lr=0.1)
+    >>> np.round(p, 6)
+    array([ 0.9, -1.9])
+    """
     rule = Rule("amsbound", lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, final_lr=final_lr,
                 gamma=gamma, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
     _step(rule, params, grads, [exp_avgs, exp_avg_sqs, max_exp_avg_sqs], [state_steps])
@@ -452,14 +670,34 @@ def amsbound(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
 def lion(params, grads, exp_avgs, state_steps, *, lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0.0,
          maximize=False) -> None:
     """Lion (:class:`fastopt.optim.Lion`): ``p -= lr * sign(beta1*m + (1-beta1)*g)``, then
-    ``m = beta2*m + (1-beta2)*g``, with decoupled weight decay."""
+    ``m = beta2*m + (1-beta2)*g``, with decoupled weight decay.
+
+    Example:
+
+    >>> F = fo.optim.functional
+    >>> p, g = np.array([1.0, -2.0]), np.array([0.5, -0.5])
+    >>> m, step = np.zeros(2), np.zeros((), np.float32)
+    >>> F.lion([p], [g], [m], [step], lr=0.1)
+    >>> np.round(p, 6)
+    array([ 0.9, -1.9])
+    """
     rule = Rule("lion", lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, maximize=maximize)
     _step(rule, params, grads, [exp_avgs], [state_steps])
 
 def adabelief(params, grads, exp_avgs, exp_avg_vars, state_steps, *, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-16,
               weight_decay=0.0, decoupled_weight_decay=False, maximize=False) -> None:
     """AdaBelief (:class:`fastopt.optim.AdaBelief`): Adam whose second moment tracks
-    ``(g - m)**2``."""
+    ``(g - m)**2``.
+
+    Example:
+
+    >>> F = fo.optim.functional
+    >>> p, g = np.array([1.0, -2.0]), np.array([0.5, -0.5])
+    >>> m, s, step = np.zeros(2), np.zeros(2), np.zeros((), np.float32)
+    >>> F.adabelief([p], [g], [m], [s], [step], lr=0.1)
+    >>> np.round(p, 6)
+    array([ 0.888889, -1.888889])
+    """
     rule = Rule("adabelief", lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                 decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
     _step(rule, params, grads, [exp_avgs, exp_avg_vars], [state_steps])

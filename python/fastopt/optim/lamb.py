@@ -11,12 +11,26 @@ from .optimizer import Optimizer
 __all__ = ["Lamb"]
 
 class Lamb(Optimizer):
-    """LAMB: Adam's bias-corrected direction plus decoupled weight decay,
+    r"""LAMB: Adam's bias-corrected direction plus decoupled weight decay,
     ``r = m_hat / (sqrt(v_hat) + eps) + weight_decay * p``, scaled per tensor by the trust
     ratio ``||p|| / ||r||`` (1 when either norm is 0): ``p -= lr * trust * r`` (Algorithm 2 of
     the paper, as optax's ``lamb``). Two passes over memory per step, both in Rust, the norms
     accumulated in double precision independently of the thread count.
     State: ``step``, ``exp_avg``, ``exp_avg_sq``.
+
+
+    With gradient :math:`g_t` (negated with ``maximize``), at step :math:`t`, per tensor:
+
+    .. math::
+
+        m_t = \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+        v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2, \qquad
+        r_t = \frac{m_t / (1 - \beta_1^t)}{\sqrt{v_t / (1 - \beta_2^t)} + \epsilon} + \lambda p_{t-1},
+
+        p_t = p_{t-1} - \mathrm{lr}\, \frac{\lVert p_{t-1} \rVert}{\lVert r_t \rVert}\, r_t
+
+    (the trust ratio is 1 when either norm is 0; ``bias_correction=False`` drops the
+    :math:`1 - \beta^t` factors).
 
     Example:
 
@@ -27,6 +41,8 @@ class Lamb(Optimizer):
     >>> np.round(w.data, 6)  # the Adam direction scaled by the trust ratio ||w|| / ||update||
     array([2.646447, 3.646447])
     """
+
+    _option_docs = {"weight_decay": "decoupled weight decay, added to the update direction before the trust ratio"}
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, *, bias_correction: bool = True,
@@ -48,7 +64,17 @@ class Lamb(Optimizer):
 def lamb(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-6,
          weight_decay=0.0, bias_correction=True, maximize=False) -> None:
     """LAMB (:class:`fastopt.optim.Lamb`): Adam's direction plus decoupled weight decay, scaled
-    per tensor by the trust ratio ``||p|| / ||r||``."""
+    per tensor by the trust ratio ``||p|| / ||r||``.
+
+    Example:
+
+    >>> F = fo.optim.functional
+    >>> p, g = np.array([1.0, -2.0]), np.array([0.5, -0.5])
+    >>> m, v, step = np.zeros(2), np.zeros(2), np.zeros((), np.float32)
+    >>> F.lamb([p], [g], [m], [v], [step], lr=0.1)
+    >>> np.round(p, 6)
+    array([ 0.841886, -1.841886])
+    """
     rule = Rule("lamb", lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                 bias_correction=bias_correction, maximize=maximize)
     _step(rule, params, grads, [exp_avgs, exp_avg_sqs], [state_steps])

@@ -112,7 +112,7 @@ def _strong_wolfe(obj_func, x, t, d, f, g, gtd, c1=1e-4, c2=0.9, tolerance_chang
 
 
 class LBFGS(Optimizer):
-    """L-BFGS (torch.optim.LBFGS: arguments, defaults, one param group, ``step(closure)``
+    r"""L-BFGS (torch.optim.LBFGS: arguments, defaults, one param group, ``step(closure)``
     evaluating the closure up to ``max_eval`` times, ``line_search_fn=None|'strong_wolfe'``,
     and the same state: ``d``, ``t``, ``old_dirs``, ``old_stps``, ``ro``, ``H_diag``,
     ``prev_flat_grad``, ``prev_loss``, ``func_evals``, ``n_iter``).
@@ -121,6 +121,22 @@ class LBFGS(Optimizer):
     The vector arithmetic runs on one flat vector: dot products and ``y += a*x`` updates in
     Rust (double-precision dot accumulation, FMA updates as torch's ``add_``), the rest as
     NumPy operations, in the parameters' dtype as torch's does in theirs.
+
+
+    With the flat gradient :math:`g_k` and the last ``history_size`` pairs
+    :math:`s_i = x_{i+1} - x_i`, :math:`y_i = g_{i+1} - g_i`, the direction is
+    :math:`d_k = -H_k g_k`, :math:`H_k` applied by the two-loop recursion:
+
+    .. math::
+
+        q \leftarrow g_k;\quad \text{for } i = k-1, \dots, k-m:\ \
+        a_i = \rho_i s_i^\top q,\ q \leftarrow q - a_i y_i, \qquad \rho_i = \frac{1}{y_i^\top s_i},
+
+        r \leftarrow \frac{s_{k-1}^\top y_{k-1}}{y_{k-1}^\top y_{k-1}}\, q;\quad
+        \text{for } i = k-m, \dots, k-1:\ \ r \leftarrow r + s_i (a_i - \rho_i y_i^\top r), \qquad d_k = -r,
+
+    then :math:`x_{k+1} = x_k + t\, d_k` with :math:`t = \mathrm{lr}` (the first iteration:
+    :math:`\min(1, 1/\lVert g \rVert_1)\,\mathrm{lr}`) or the strong-Wolfe line search's step.
 
     Example:
 
@@ -133,6 +149,16 @@ class LBFGS(Optimizer):
     >>> np.allclose(w.data, 0.0, atol=1e-6)
     True
     """
+
+    _option_docs = {
+        "lr": "learning rate (the step along the search direction; with a line search, its first trial)",
+        "max_iter": "maximal number of iterations per ``step``",
+        "max_eval": "maximal number of closure evaluations per ``step`` (default ``max_iter * 1.25``)",
+        "tolerance_grad": "stop when the largest absolute gradient element is at most this",
+        "tolerance_change": "stop when the step or the change of the loss is at most this",
+        "history_size": "number of past updates kept to approximate the inverse Hessian",
+        "line_search_fn": "``None`` (fixed step ``lr``) or ``'strong_wolfe'``",
+    }
 
     def __init__(self, params: Iterable[Any], lr: float = 1, max_iter: int = 20, max_eval: int | None = None,
                  tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9, history_size: int = 100,

@@ -20,6 +20,8 @@ What differs from torch, on purpose:
 from __future__ import annotations
 
 import copy
+import inspect
+import re
 import functools
 import math
 import threading
@@ -33,7 +35,7 @@ import numpy as np
 
 from .. import _fastopt
 from . import _engine
-from ._options import check_bool, real, validate
+from ._options import arguments_section, check_bool, real, validate
 from ._state import _ParamList, _ParamState, _State  # noqa: F401 (_ParamState: pickles made before the move)
 from ..hooks import RemovableHandle, register
 from ..nn.utils import clip_coefficient, get_total_norm
@@ -214,6 +216,19 @@ class Optimizer:
     #: Whether the group's kernel counts its completed calls in the group's CheckCache (every
     #: fused kernel does; an optimizer whose step is several calls does not).
     _kernel_counts_calls: bool = True
+
+    #: Descriptions of options that mean something else here than in ``_options.DOCS``.
+    _option_docs: dict[str, str] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Appends the "Arguments" section to each optimizer's docstring, built from its
+        signature and the one table of option descriptions (``_options.DOCS``)."""
+        super().__init_subclass__(**kwargs)
+        if cls.__name__.startswith("_") or "__init__" not in cls.__dict__ or not cls.__doc__ or "Arguments:" in cls.__doc__:
+            return
+        doc, section = re.sub(r"\n{3,}", "\n\n", inspect.cleandoc(cls.__doc__)), arguments_section(cls, cls._option_docs)
+        at = doc.find("\nExample:")  # (before the example)
+        cls.__doc__ = doc + "\n\n" + section if at < 0 else doc[:at] + "\n" + section + "\n" + doc[at:]
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         self.defaults = defaults

@@ -92,7 +92,17 @@ def rmsprop(
     """RMSprop (torch.optim.rmsprop.rmsprop): ``sq = alpha*sq + (1-alpha)*g*g``; the step divides
     by ``sqrt(sq) + eps`` (centered: ``sqrt(sq - ga*ga) + eps`` with ``ga`` a running mean of
     ``g``), through a momentum buffer when ``momentum > 0``. ``grad_avgs`` is needed with
-    ``centered``, ``momentum_buffer_list`` with ``momentum > 0``; ``state_steps`` count."""
+    ``centered``, ``momentum_buffer_list`` with ``momentum > 0``; ``state_steps`` count.
+
+    Example:
+
+    >>> F = fo.optim.functional
+    >>> p, g = np.array([1.0, -2.0]), np.array([0.5, -0.5])
+    >>> sq, step = np.zeros(2), np.zeros((), np.float32)
+    >>> F.rmsprop([p], [g], [sq], None, None, [step], lr=0.01)
+    >>> np.round(p, 6)
+    array([ 0.9, -1.9])
+    """
     rule = Rule("rmsprop", lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                 centered=centered, maximize=maximize)
     if centered and grad_avgs is None:

@@ -122,6 +122,15 @@ def sgd(
     With ``momentum != 0``, ``momentum_buffer_list`` has one entry per parameter; a ``None``
     entry is replaced (in the list) by a new buffer holding the gradient, as torch's first
     step does, and existing buffers are updated in place.
+
+    Example:
+
+    >>> F = fo.optim.functional
+    >>> p, g = np.array([1.0, -2.0]), np.array([0.5, -0.5])
+    >>> bufs = [None]  # torch's first step: the buffer becomes a copy of the gradient
+    >>> F.sgd([p], [g], bufs, lr=0.1, momentum=0.9)
+    >>> np.round(p, 6)
+    array([ 0.95, -1.95])
     """
     buffers, fresh = None, []
     if momentum != 0:
