@@ -200,3 +200,67 @@ def test_typed_surface_lists_every_compiled_function():
     declared = set(re.findall(r"^(?:def|class) (\w+)[(:]", stub, flags=re.M))
     exported = {n for n in dir(ext) if not n.startswith("_") and callable(getattr(ext, n))}
     assert declared == exported, (sorted(exported - declared), sorted(declared - exported))
+
+
+def _stub_signatures():
+    """name -> [(parameter, kind, default as source or None)] for every function and method
+    the stub declares (methods as ``Class.method``; ``self`` left out)."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse((Path(fo.__file__).parent / "_fastopt.pyi").read_text())
+    out = {}
+
+    def params(fn):
+        a = fn.args
+        rows = [(p.arg, "positional_only", None) for p in a.posonlyargs]
+        rows += [(p.arg, "positional_or_keyword", None) for p in a.args]
+        defaults = a.defaults
+        for i, d in enumerate(defaults):
+            k = len(rows) - len(defaults) + i
+            rows[k] = (rows[k][0], rows[k][1], ast.unparse(d))
+        if a.vararg:
+            rows.append((a.vararg.arg, "var_positional", None))
+        rows += [(p.arg, "keyword_only", None if d is None else ast.unparse(d)) for p, d in zip(a.kwonlyargs, a.kw_defaults)]
+        if a.kwarg:
+            rows.append((a.kwarg.arg, "var_keyword", None))
+        return [r for r in rows if r[0] != "self"]
+
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            out[node.name] = params(node)
+        elif isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and not any(
+                    isinstance(d, ast.Name) and d.id == "property" for d in item.decorator_list
+                ):
+                    out[f"{node.name}.{item.name}"] = params(item)
+    return out
+
+
+def test_stub_signatures_match_the_compiled_module():
+    """Not only the names: every stub function's parameters (names, order, kind, defaults)
+    are those the compiled function takes."""
+    import inspect
+
+    import fastopt._fastopt as ext
+
+    checked = 0
+    for name, declared in _stub_signatures().items():
+        owner, _, attr = name.rpartition(".")
+        obj = getattr(getattr(ext, owner), attr) if owner else getattr(ext, name)
+        if owner and attr == "__init__":
+            obj = getattr(ext, owner)  # a pyclass's constructor signature is the class's
+        try:
+            real = inspect.signature(obj)
+        except (TypeError, ValueError):
+            continue  # (no text signature: nothing to compare)
+        got = [(p.name, p.kind.name.lower(), None if p.default is p.empty else repr(p.default))
+               for p in real.parameters.values() if p.name != "self"]
+        assert [(n, k) for n, k, _ in got] == [(n, k) for n, k, _ in declared], name
+        for (n, _, d_real), (_, _, d_stub) in zip(got, declared):
+            assert (d_real is None) == (d_stub is None), f"{name}: {n} default"
+            if d_real is not None and d_stub != "...":
+                assert eval(d_real) == eval(d_stub), f"{name}: {n} = {d_real} (stub: {d_stub})"
+        checked += 1
+    assert checked >= 30
