@@ -111,6 +111,10 @@ class Module:
     """
 
     training: bool
+    _parameters: OrderedDict[str, Any]
+    _buffers: OrderedDict[str, Any]
+    _modules: OrderedDict[str, Any]
+    _cache: Any
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())

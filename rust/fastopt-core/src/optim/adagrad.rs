@@ -7,7 +7,7 @@
 //! p   = p + (-clr * g) / (sqrt(sum) + eps),   clr = lr / (1 + (step - 1) * lr_decay)
 //! ```
 
-use super::engine::{self, next_step, Grad, Rule, Storage, Tensor, MAX_STATES};
+use super::engine::{self, Layout, next_step, Grad, Rule, Storage, Tensor, MAX_STATES};
 use super::hyper::hyper;
 use crate::float::Float;
 use crate::simd::{Arith, SimdLevel};
@@ -15,13 +15,7 @@ use crate::Error;
 
 hyper! {
     /// Adagrad's hyperparameters.
-    AdagradConfig for "adagrad" {
-        lr: f64,
-        lr_decay: f64,
-        weight_decay: f64,
-        eps: f64,
-        maximize: bool,
-    }
+    AdagradConfig for "adagrad" { lr: f64, lr_decay: f64, weight_decay: f64, eps: f64, maximize: bool }
 }
 
 impl Default for AdagradConfig {
@@ -30,7 +24,7 @@ impl Default for AdagradConfig {
     }
 }
 
-pub fn layout(_: &AdagradConfig) -> (&'static [(&'static str, &'static str)], &'static [&'static str]) {
+pub fn layout(_: &AdagradConfig) -> Layout {
     (&[("sum", "state_sums")], &["step"])
 }
 
@@ -59,7 +53,7 @@ fn run<P: Storage, S: Storage<Arith = P::Arith>, const L2: bool>(
     level: SimdLevel,
 ) -> Result<(), Error> {
     let g = Grad::new(h.maximize, grad_scale, h.weight_decay, false, h.lr);
-    engine::run(tensors, &["state_sums"], 1, level, |c, _| {
+    engine::run(tensors, layout(h), level, |c, _| {
         let step = next_step(c);
         let clr = h.lr / (1.0 + (step - 1.0) * h.lr_decay);
         Adagrad::<P::Arith, L2> { g, eps: P::Arith::from_f64(h.eps), neg_clr: P::Arith::from_f64(-clr) }

@@ -16,7 +16,7 @@
 //! `bc2 = 1 - beta2**step`, `sqrt(bc2) = bc2**0.5` and the step size are computed in double
 //! precision with `pow`, as Python computes them, then rounded to the element type.
 
-use super::engine::{self, bias_correction, next_step, pow_half, Grad, Lerp, Rule, Storage, Tensor, MAX_STATES};
+use super::engine::{self, Layout, bias_correction, next_step, pow_half, Grad, Lerp, Rule, Storage, Tensor, MAX_STATES};
 use super::hyper::hyper;
 use crate::float::{nan_max, Float};
 use crate::simd::{Arith, SimdLevel};
@@ -25,16 +25,7 @@ use crate::Error;
 hyper! {
     /// Adam's hyperparameters (AdamW: `decoupled_weight_decay`: multiply the parameter by
     /// `1 - lr * weight_decay` instead of adding `weight_decay * param` to the gradient).
-    AdamConfig for "adam" {
-        lr: f64,
-        beta1: f64,
-        beta2: f64,
-        eps: f64,
-        weight_decay: f64,
-        amsgrad: bool,
-        maximize: bool,
-        decoupled_weight_decay: bool,
-    }
+    AdamConfig for "adam" { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, amsgrad: bool, maximize: bool, decoupled_weight_decay: bool }
 }
 
 impl Default for AdamConfig {
@@ -53,7 +44,7 @@ impl Default for AdamConfig {
 }
 
 /// State buffers (torch's names, then the functional API's list names) and counters.
-pub fn layout(h: &AdamConfig) -> (&'static [(&'static str, &'static str)], &'static [&'static str]) {
+pub fn layout(h: &AdamConfig) -> Layout {
     const PLAIN: &[(&str, &str)] = &[("exp_avg", "exp_avgs"), ("exp_avg_sq", "exp_avg_sqs")];
     const AMS: &[(&str, &str)] = &[("exp_avg", "exp_avgs"), ("exp_avg_sq", "exp_avg_sqs"), ("max_exp_avg_sq", "max_exp_avg_sqs")];
     (if h.amsgrad { AMS } else { PLAIN }, &["step"])
@@ -102,8 +93,7 @@ fn run<P: Storage, S: Storage<Arith = P::Arith>, const AMS: bool, const L2: bool
     level: SimdLevel,
 ) -> Result<(), Error> {
     let g = Grad::new(h.maximize, grad_scale, h.weight_decay, h.decoupled_weight_decay, h.lr);
-    let names: Vec<&str> = layout(h).0.iter().map(|s| s.1).collect();
-    engine::run(tensors, &names, 1, level, |c, _| {
+    engine::run(tensors, layout(h), level, |c, _| {
         let step = next_step(c);
         let bc2_sqrt = P::Arith::from_f64(pow_half(bias_correction(h.beta2, step)));
         Adam::<P::Arith, AMS, L2> {

@@ -5,7 +5,7 @@
 //! Each follows torch's single-tensor loop operation by operation (or the authors' reference
 //! code); the reference in the tests below runs torch's sequence of whole-array operations.
 
-use super::engine::{self, bias_correction, next_step, pow_half, Grad, Lerp, Rule, Storage, Tensor, MAX_STATES};
+use super::engine::{self, bias_correction, next_step, pow_half, Grad, Layout, Lerp, Rule, Storage, Tensor, MAX_STATES};
 use super::hyper::hyper;
 use crate::float::{nan_max, Float};
 use crate::simd::{Arith, SimdLevel};
@@ -14,45 +14,21 @@ use crate::Error;
 hyper! {
     /// Adamax's hyperparameters.
     AdamaxConfig for "adamax" { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, maximize: bool }
-}
-hyper! {
     /// Adadelta's hyperparameters.
     AdadeltaConfig for "adadelta" { lr: f64, rho: f64, eps: f64, weight_decay: f64, maximize: bool }
-}
-hyper! {
     /// NAdam's hyperparameters.
-    NadamConfig for "nadam" {
-        lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, momentum_decay: f64,
-        decoupled_weight_decay: bool, maximize: bool,
-    }
-}
-hyper! {
+    NadamConfig for "nadam" { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, momentum_decay: f64, decoupled_weight_decay: bool, maximize: bool }
     /// RAdam's hyperparameters (AdaBelief takes the same).
-    RadamConfig for "radam" {
-        lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, decoupled_weight_decay: bool, maximize: bool,
-    }
-}
-hyper! {
+    RadamConfig for "radam" { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, decoupled_weight_decay: bool, maximize: bool }
     /// AdaBound's and AMSBound's hyperparameters.
-    AdaBoundConfig for "adabound" {
-        lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, final_lr: f64, gamma: f64,
-        decoupled_weight_decay: bool, maximize: bool,
-    }
-}
-hyper! {
+    AdaBoundConfig for "adabound" { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, final_lr: f64, gamma: f64, decoupled_weight_decay: bool, maximize: bool }
     /// Lion's hyperparameters (its weight decay is always decoupled).
     LionConfig for "lion" { lr: f64, beta1: f64, beta2: f64, weight_decay: f64, maximize: bool }
-}
-hyper! {
     /// ASGD's hyperparameters.
     AsgdConfig for "asgd" { lr: f64, lambd: f64, alpha: f64, t0: f64, weight_decay: f64, maximize: bool }
-}
-hyper! {
     /// Rprop's hyperparameters (`lr` only fills the initial step sizes, outside the kernel).
     RpropConfig for "rprop" { etaminus: f64, etaplus: f64, step_size_min: f64, step_size_max: f64, maximize: bool }
 }
-
-type Layout = (&'static [(&'static str, &'static str)], &'static [&'static str]);
 
 pub const ADAMAX: Layout = (&[("exp_avg", "exp_avgs"), ("exp_inf", "exp_infs")], &["step"]);
 pub const ADADELTA: Layout = (&[("square_avg", "square_avgs"), ("acc_delta", "acc_deltas")], &["step"]);
@@ -65,10 +41,6 @@ pub const LION: Layout = (&[("exp_avg", "exp_avgs")], &["step"]);
 pub const ADABELIEF: Layout = (&[("exp_avg", "exp_avgs"), ("exp_avg_var", "exp_avg_vars")], &["step"]);
 pub const ASGD: Layout = (&[("ax", "axs")], &["step", "eta", "mu"]);
 pub const RPROP: Layout = (&[("prev", "prevs"), ("step_size", "step_size_ops")], &["step"]);
-
-fn names(l: Layout) -> Vec<&'static str> {
-    l.0.iter().map(|s| s.1).collect()
-}
 
 #[derive(Clone, Copy, Debug)]
 struct Adamax<T> {
@@ -337,7 +309,7 @@ impl<T: Float> Rule<T> for Rprop<T> {
 
 pub fn adamax<P: Storage, S: Storage<Arith = P::Arith>>(h: &AdamaxConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
     let g = Grad::new(h.maximize, grad_scale, h.weight_decay, false, h.lr);
-    engine::run(tensors, &names(ADAMAX), 1, level, |c, _| {
+    engine::run(tensors, ADAMAX, level, |c, _| {
         let clr = h.lr / bias_correction(h.beta1, next_step(c));
         Adamax { g, lerp: Lerp::new(1.0 - h.beta1), beta2: P::Arith::from_f64(h.beta2), eps: P::Arith::from_f64(h.eps), neg_clr: P::Arith::from_f64(-clr) }
     })
@@ -351,7 +323,7 @@ pub fn adadelta<P: Storage, S: Storage<Arith = P::Arith>>(h: &AdadeltaConfig, te
         eps: P::Arith::from_f64(h.eps),
         neg_lr: P::Arith::from_f64(-h.lr),
     };
-    engine::run(tensors, &names(ADADELTA), 1, level, |c, _| {
+    engine::run(tensors, ADADELTA, level, |c, _| {
         next_step(c);
         rule
     })
@@ -360,7 +332,7 @@ pub fn adadelta<P: Storage, S: Storage<Arith = P::Arith>>(h: &AdadeltaConfig, te
 pub fn nadam<P: Storage, S: Storage<Arith = P::Arith>>(h: &NadamConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
     let (lr, b1, md) = (h.lr, h.beta1, h.momentum_decay);
     let g = Grad::new(h.maximize, grad_scale, h.weight_decay, h.decoupled_weight_decay, h.lr);
-    engine::run(tensors, &names(NADAM), 2, level, |c, _| {
+    engine::run(tensors, NADAM, level, |c, _| {
         let step = next_step(c);
         let bc2 = bias_correction(h.beta2, step);
         let mu = b1 * (1.0 - 0.5 * 0.96f64.powf(step * md));
@@ -387,7 +359,7 @@ pub fn nadam<P: Storage, S: Storage<Arith = P::Arith>>(h: &NadamConfig, tensors:
 pub fn radam<P: Storage, S: Storage<Arith = P::Arith>>(h: &RadamConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
     let (b1, b2) = (h.beta1, h.beta2);
     let g = Grad::new(h.maximize, grad_scale, h.weight_decay, h.decoupled_weight_decay, h.lr);
-    engine::run(tensors, &names(RADAM), 1, level, |c, _| {
+    engine::run(tensors, RADAM, level, |c, _| {
         let step = next_step(c);
         let bc1 = bias_correction(b1, step);
         let bc2 = bias_correction(b2, step);
@@ -420,7 +392,7 @@ pub fn adabound<P: Storage, S: Storage<Arith = P::Arith>, const AMS: bool>(h: &A
     let (b1, b2) = (h.beta1, h.beta2);
     let g = Grad::new(h.maximize, grad_scale, h.weight_decay, h.decoupled_weight_decay, h.lr);
     let layout = if AMS { AMSBOUND } else { ADABOUND };
-    engine::run(tensors, &names(layout), 1, level, |c, _| {
+    engine::run(tensors, layout, level, |c, _| {
         let step = next_step(c);
         let (bc1, bc2) = (bias_correction(b1, step), bias_correction(b2, step));
         AdaBound::<P::Arith, AMS> {
@@ -446,7 +418,7 @@ pub fn lion<P: Storage, S: Storage<Arith = P::Arith>>(h: &LionConfig, tensors: V
         one_minus_beta2: P::Arith::from_f64(1.0 - h.beta2),
         neg_lr: P::Arith::from_f64(-h.lr),
     };
-    engine::run(tensors, &names(LION), 1, level, |c, _| {
+    engine::run(tensors, LION, level, |c, _| {
         next_step(c);
         rule
     })
@@ -455,7 +427,7 @@ pub fn lion<P: Storage, S: Storage<Arith = P::Arith>>(h: &LionConfig, tensors: V
 pub fn adabelief<P: Storage, S: Storage<Arith = P::Arith>>(h: &RadamConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
     let (b1, b2) = (h.beta1, h.beta2);
     let g = Grad::new(h.maximize, grad_scale, h.weight_decay, h.decoupled_weight_decay, h.lr);
-    engine::run(tensors, &names(ADABELIEF), 1, level, |c, _| {
+    engine::run(tensors, ADABELIEF, level, |c, _| {
         let step = next_step(c);
         let bc1 = bias_correction(b1, step);
         let bc2 = P::Arith::from_f64(bias_correction(b2, step));
@@ -486,7 +458,7 @@ pub fn asgd<P: Storage, S: Storage<Arith = P::Arith>>(h: &AsgdConfig, tensors: V
 fn asgd_as<P: Storage, S: Storage<Arith = P::Arith>, const COPY: bool>(h: &AsgdConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
     let (lr, lambd, alpha, t0) = (h.lr, h.lambd, h.alpha, h.t0);
     let g = Grad::new(h.maximize, grad_scale, h.weight_decay, false, h.lr);
-    engine::run(tensors, &names(ASGD), 3, level, |c, _| {
+    engine::run(tensors, ASGD, level, |c, _| {
         let step = next_step(c);
         // This step uses the eta and mu of the previous one; then they are renewed.
         let (eta, mu) = (*c[1] as f64, *c[2] as f64);
@@ -504,7 +476,7 @@ pub fn rprop<P: Storage, S: Storage<Arith = P::Arith>>(h: &RpropConfig, tensors:
         min: P::Arith::from_f64(h.step_size_min),
         max: P::Arith::from_f64(h.step_size_max),
     };
-    engine::run(tensors, &names(RPROP), 1, level, |c, _| {
+    engine::run(tensors, RPROP, level, |c, _| {
         next_step(c);
         rule
     })
@@ -516,10 +488,6 @@ mod tests {
     use crate::simd::available;
     use crate::test_util::{data, lerp_ref, madd_ref, misaligned_lengths};
     use crate::optim::Config;
-
-    fn hyper<'a>(pairs: &'a [(&'a str, f64)]) -> &'a [(&'a str, f64)] {
-        pairs
-    }
 
     /// Runs `name` three times over a misaligned sub-slice at every level and checks it
     /// against `reference`, torch's sequence of whole-array operations.
@@ -551,8 +519,8 @@ mod tests {
     }
 
     fn adamax<T: Float + Storage<Arith = T>>() {
-        let h = hyper(&[("lr", 0.01), ("beta1", 0.9), ("beta2", 0.999), ("eps", 1e-8), ("weight_decay", 0.1), ("maximize", 1.0)]);
-        check::<T>("adamax", &h, |p, g, s, step, fma| {
+        let h = &[("lr", 0.01), ("beta1", 0.9), ("beta2", 0.999), ("eps", 1e-8), ("weight_decay", 0.1), ("maximize", 1.0)];
+        check::<T>("adamax", h, |p, g, s, step, fma| {
             let grad: Vec<T> = g.iter().zip(p.iter()).map(|(&x, &pi)| madd_ref(pi, T::from_f64(0.1), -x, fma)).collect();
             for (m, &gi) in s[0].iter_mut().zip(&grad) {
                 *m = lerp_ref(*m, gi, T::from_f64(1.0 - 0.9), fma);
@@ -568,8 +536,8 @@ mod tests {
     }
 
     fn adadelta<T: Float + Storage<Arith = T>>() {
-        let h = hyper(&[("lr", 0.5), ("rho", 0.9), ("eps", 1e-6), ("weight_decay", 0.0), ("maximize", 0.0)]);
-        check::<T>("adadelta", &h, |p, g, s, _step, fma| {
+        let h = &[("lr", 0.5), ("rho", 0.9), ("eps", 1e-6), ("weight_decay", 0.0), ("maximize", 0.0)];
+        check::<T>("adadelta", h, |p, g, s, _step, fma| {
             let (rho, c) = (T::from_f64(0.9), T::from_f64(1.0 - 0.9));
             let eps = T::from_f64(1e-6);
             for (sq, &gi) in s[0].iter_mut().zip(g) {

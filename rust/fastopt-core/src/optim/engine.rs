@@ -41,41 +41,37 @@ pub trait Storage: Copy + Send + Sync + 'static {
     fn as_arith_ref(x: &[Self]) -> Option<&[Self::Arith]>;
 }
 
-impl Storage for f32 {
-    type Arith = f32;
-    #[inline(always)]
-    fn load(self) -> f32 {
-        self
-    }
-    #[inline(always)]
-    fn store(x: f32) -> f32 {
-        x
-    }
-    fn as_arith(x: &mut [f32]) -> Option<&mut [f32]> {
-        Some(x)
-    }
-    fn as_arith_ref(x: &[f32]) -> Option<&[f32]> {
-        Some(x)
-    }
+/// Storage that is its own arithmetic type: load and store are the identity.
+macro_rules! identity_storage {
+    ($($t:ty),*) => {$(
+        impl Storage for $t {
+            type Arith = $t;
+            #[inline(always)]
+            fn load(self) -> $t {
+                self
+            }
+            #[inline(always)]
+            fn store(x: $t) -> $t {
+                x
+            }
+            fn as_arith(x: &mut [$t]) -> Option<&mut [$t]> {
+                Some(x)
+            }
+            fn as_arith_ref(x: &[$t]) -> Option<&[$t]> {
+                Some(x)
+            }
+        }
+    )*};
 }
 
-impl Storage for f64 {
-    type Arith = f64;
-    #[inline(always)]
-    fn load(self) -> f64 {
-        self
-    }
-    #[inline(always)]
-    fn store(x: f64) -> f64 {
-        x
-    }
-    fn as_arith(x: &mut [f64]) -> Option<&mut [f64]> {
-        Some(x)
-    }
-    fn as_arith_ref(x: &[f64]) -> Option<&[f64]> {
-        Some(x)
-    }
-}
+identity_storage!(f32, f64);
+
+/// A state buffer's key in torch's `state` dict and the name of its list in the functional
+/// API (which error messages use).
+pub type StateName = (&'static str, &'static str);
+
+/// A rule's state buffers, in the order a step takes them, and its float32 counters.
+pub type Layout = (&'static [StateName], &'static [&'static str]);
 
 /// The per-element update of one tensor, with its per-tensor constants.
 pub trait Rule<T: Float>: Copy + Send + Sync {
@@ -156,42 +152,24 @@ fn body<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>>(
     let s3 = if R::STATES > 3 { &mut s3[..n] } else { s3 };
     for i in 0..n {
         let mut st = [<P::Arith as Float>::ZERO; MAX_STATES];
-        if R::STATES > 0 {
-            st[0] = s0[i].load();
-        }
-        if R::STATES > 1 {
-            st[1] = s1[i].load();
-        }
-        if R::STATES > 2 {
-            st[2] = s2[i].load();
-        }
-        if R::STATES > 3 {
-            st[3] = s3[i].load();
-        }
+        if R::STATES > 0 { st[0] = s0[i].load() }
+        if R::STATES > 1 { st[1] = s1[i].load() }
+        if R::STATES > 2 { st[2] = s2[i].load() }
+        if R::STATES > 3 { st[3] = s3[i].load() }
         p[i] = P::store(rule.update::<A>(p[i].load(), g[i].load(), &mut st));
-        if R::STATES > 0 {
-            s0[i] = S::store(st[0]);
-        }
-        if R::STATES > 1 {
-            s1[i] = S::store(st[1]);
-        }
-        if R::STATES > 2 {
-            s2[i] = S::store(st[2]);
-        }
-        if R::STATES > 3 {
-            s3[i] = S::store(st[3]);
-        }
+        if R::STATES > 0 { s0[i] = S::store(st[0]) }
+        if R::STATES > 1 { s1[i] = S::store(st[1]) }
+        if R::STATES > 2 { s2[i] = S::store(st[2]) }
+        if R::STATES > 3 { s3[i] = S::store(st[3]) }
     }
 }
 
-/// Checks every tensor against the layout (`states` buffers named as in `names`, `counters`
-/// counters), then builds each tensor's rule with `make(counters, fresh)` (which updates the
-/// counters, e.g. `step += 1`) and runs the pass over all tensors. Nothing is written when a
-/// check fails.
+/// Checks every tensor against the layout, then builds each tensor's rule with
+/// `make(counters, fresh)` (which updates the counters, e.g. `step += 1`) and runs the pass
+/// over all tensors. Nothing is written when a check fails.
 pub fn run<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
     tensors: Vec<Tensor<'_, P, S>>,
-    names: &[&str],
-    counters: usize,
+    (states, counters): Layout,
     level: SimdLevel,
     mut make: impl FnMut(&mut [&mut f32], bool) -> R,
 ) -> Result<(), Error> {
@@ -200,15 +178,16 @@ pub fn run<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
         let n = t.param.len();
         total += n;
         check_len("grads", i, t.grad.len(), n)?;
-        if t.states.len() != R::STATES || t.counters.len() != counters || counters > MAX_COUNTERS {
+        if t.states.len() != R::STATES || states.len() != R::STATES || t.counters.len() != counters.len() || counters.len() > MAX_COUNTERS {
+            let lists: Vec<&str> = states.iter().map(|s| s.1).collect();
             return Err(Error::value(format!(
-                "params[{i}]: expected the state buffers {names:?} and {counters} counters, got {} buffers and {} counters",
+                "params[{i}]: expected the state buffers {lists:?} and the counters {counters:?}, got {} buffers and {} counters",
                 t.states.len(),
                 t.counters.len()
             )));
         }
-        for (s, name) in t.states.iter().zip(names) {
-            check_len(name, i, s.len(), n)?;
+        for (s, name) in t.states.iter().zip(states) {
+            check_len(name.1, i, s.len(), n)?;
         }
     }
     // `make` depends only on a tensor's counters and `fresh` (and the call's
@@ -250,11 +229,6 @@ pub fn run<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
     });
     parallel::for_each_of(total, chunks, |c| simd::dispatch_at(level, c));
     Ok(())
-}
-
-/// The SIMD level the entry points run at (tests call the `_at` forms with each level).
-pub fn level() -> SimdLevel {
-    simd::level()
 }
 
 /// The gradient prologue every rule starts with: the gradient scaled (clipping folded into

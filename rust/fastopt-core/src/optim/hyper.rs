@@ -44,10 +44,10 @@ pub fn take<V: HyperValue>(opt: &str, pairs: &[(&str, f64)], name: &str) -> Resu
         .ok_or_else(|| Error::type_error(format!("{opt}: missing hyperparameter {name:?}")))
 }
 
-/// Declares an optimizer's hyperparameters: a `Copy` struct with public fields, `NAMES`, and
-/// `from_pairs`, which takes every field by name and nothing else.
+/// Declares optimizers' hyperparameters: for each, a `Copy` struct with public fields, `NAMES`,
+/// and `from_pairs`, which takes every field by name and nothing else.
 macro_rules! hyper {
-    ($(#[$doc:meta])* $name:ident for $opt:literal { $($field:ident : $ty:ty),* $(,)? }) => {
+    ($($(#[$doc:meta])* $name:ident for $opt:literal { $($field:ident : $ty:ty),* $(,)? })*) => {$(
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, PartialEq)]
         pub struct $name {
@@ -62,7 +62,7 @@ macro_rules! hyper {
                 Ok($name { $($field: $crate::optim::hyper::take($opt, pairs, stringify!($field))?),* })
             }
         }
-    };
+    )*};
 }
 
 pub(crate) use hyper;

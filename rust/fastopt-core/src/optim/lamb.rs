@@ -21,15 +21,7 @@ use crate::{check_len, Error};
 
 hyper! {
     /// LAMB's hyperparameters.
-    LambConfig for "lamb" {
-        lr: f64,
-        beta1: f64,
-        beta2: f64,
-        eps: f64,
-        weight_decay: f64,
-        bias_correction: bool,
-        maximize: bool,
-    }
+    LambConfig for "lamb" { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, bias_correction: bool, maximize: bool }
 }
 
 pub struct LambTensor<'a, T> {

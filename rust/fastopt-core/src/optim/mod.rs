@@ -18,17 +18,13 @@ pub mod sgd;
 pub use adagrad::AdagradConfig;
 pub use adam::AdamConfig;
 pub use elementwise::{AdaBoundConfig, AdadeltaConfig, AdamaxConfig, AsgdConfig, LionConfig, NadamConfig, RadamConfig, RpropConfig};
-pub use engine::{Storage, Tensor};
+pub use engine::{Layout, StateName, Storage, Tensor};
 pub use lamb::{lamb_step, LambConfig, LambTensor};
 pub use rmsprop::RmspropConfig;
 pub use sgd::SgdConfig;
 
 use crate::simd::{self, SimdLevel};
 use crate::{check_len, Error};
-
-/// A state buffer's key in torch's `state` dict and the name of its list in the functional
-/// API (which error messages use).
-pub type StateName = (&'static str, &'static str);
 
 /// Declares every rule once: its `Config` variant, hyperparameter type, name, layout (state
 /// buffers and counters, which may depend on the hyperparameters) and step function.
@@ -83,9 +79,6 @@ macro_rules! rules {
         }
     };
 }
-
-/// A rule's state buffers (torch's state key, the functional API's list name) and counters.
-pub type Layout = (&'static [StateName], &'static [&'static str]);
 
 use elementwise as e;
 

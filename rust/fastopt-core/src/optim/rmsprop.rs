@@ -9,7 +9,7 @@
 //! otherwise:     p = p + (-lr * g) / avg
 //! ```
 
-use super::engine::{self, next_step, Grad, Lerp, Rule, Storage, Tensor, MAX_STATES};
+use super::engine::{self, Layout, next_step, Grad, Lerp, Rule, Storage, Tensor, MAX_STATES};
 use super::hyper::hyper;
 use crate::float::Float;
 use crate::simd::{Arith, SimdLevel};
@@ -17,15 +17,7 @@ use crate::Error;
 
 hyper! {
     /// RMSprop's hyperparameters.
-    RmspropConfig for "rmsprop" {
-        lr: f64,
-        alpha: f64,
-        eps: f64,
-        weight_decay: f64,
-        momentum: f64,
-        centered: bool,
-        maximize: bool,
-    }
+    RmspropConfig for "rmsprop" { lr: f64, alpha: f64, eps: f64, weight_decay: f64, momentum: f64, centered: bool, maximize: bool }
 }
 
 impl Default for RmspropConfig {
@@ -35,7 +27,7 @@ impl Default for RmspropConfig {
 }
 
 /// `square_avg`, then `momentum_buffer` when `momentum > 0`, then `grad_avg` when `centered`.
-pub fn layout(h: &RmspropConfig) -> (&'static [(&'static str, &'static str)], &'static [&'static str]) {
+pub fn layout(h: &RmspropConfig) -> Layout {
     const SQ: (&str, &str) = ("square_avg", "square_avgs");
     const BUF: (&str, &str) = ("momentum_buffer", "momentum_buffer_list");
     const GA: (&str, &str) = ("grad_avg", "grad_avgs");
@@ -100,8 +92,7 @@ fn run<P: Storage, S: Storage<Arith = P::Arith>, const MOM: bool, const CEN: boo
         momentum: P::Arith::from_f64(h.momentum),
         neg_lr: P::Arith::from_f64(-h.lr),
     };
-    let names: Vec<&str> = layout(h).0.iter().map(|s| s.1).collect();
-    engine::run(tensors, &names, 1, level, |c, _| {
+    engine::run(tensors, layout(h), level, |c, _| {
         next_step(c);
         rule
     })

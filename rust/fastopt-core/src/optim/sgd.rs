@@ -10,7 +10,7 @@
 //! p   = p + (-lr) * g
 //! ```
 
-use super::engine::{self, Grad, Rule, Storage, Tensor, MAX_STATES};
+use super::engine::{self, Layout, Grad, Rule, Storage, Tensor, MAX_STATES};
 use super::hyper::hyper;
 use crate::float::Float;
 use crate::simd::{Arith, SimdLevel};
@@ -18,14 +18,7 @@ use crate::Error;
 
 hyper! {
     /// SGD's hyperparameters.
-    SgdConfig for "sgd" {
-        lr: f64,
-        momentum: f64,
-        dampening: f64,
-        weight_decay: f64,
-        nesterov: bool,
-        maximize: bool,
-    }
+    SgdConfig for "sgd" { lr: f64, momentum: f64, dampening: f64, weight_decay: f64, nesterov: bool, maximize: bool }
 }
 
 impl Default for SgdConfig {
@@ -37,7 +30,7 @@ impl Default for SgdConfig {
 /// The momentum buffer exists exactly when `momentum != 0`; SGD keeps no counter. A tensor
 /// whose buffer was just created (`fresh`) has it set to the gradient, as torch's first step
 /// clones the gradient (without dampening).
-pub fn layout(h: &SgdConfig) -> (&'static [(&'static str, &'static str)], &'static [&'static str]) {
+pub fn layout(h: &SgdConfig) -> Layout {
     (if h.momentum != 0.0 { &[("momentum_buffer", "momentum_buffer_list")] } else { &[] }, &[])
 }
 
@@ -80,8 +73,7 @@ fn run<P: Storage, S: Storage<Arith = P::Arith>, const MOM: bool, const L2: bool
         fresh: false,
         neg_lr: P::Arith::from_f64(-h.lr),
     };
-    let names: Vec<&str> = layout(h).0.iter().map(|s| s.1).collect();
-    engine::run(tensors, &names, 0, level, |_, fresh| Sgd { fresh, ..base })
+    engine::run(tensors, layout(h), level, |_, fresh| Sgd { fresh, ..base })
 }
 
 /// One SGD step over every tensor of a parameter group, in place. Checks every tensor
