@@ -15,6 +15,7 @@ export FASTOPT_WHEEL="$WHEEL"
 
 cargo test -p fastopt-core --release
 "$PY" -m pytest -q "$@"
+"$PY" -m mypy  # the package against its type annotations and the compiled module's stub
 # The documentation site, warnings as errors.
 rm -rf docs/_build
 "$PY" -m sphinx -W --keep-going -q -b html docs docs/_build/html

@@ -51,7 +51,7 @@ class _ParamState(dict):
         super().update(*args, **kwargs)
         self._changed()
 
-    def __ior__(self, other: Any) -> "_ParamState":
+    def __ior__(self, other: Any) -> "_ParamState":  # type: ignore[misc]  # (dict.__ior__ is overloaded)
         self.update(other)
         return self
 
@@ -118,7 +118,7 @@ class _State(MutableMapping):
 
     def __setitem__(self, key: Any, value: dict) -> None:
         own = isinstance(value, _ParamState) and value._counter is self._counter
-        self._items[id(key)] = (key, value if own else _ParamState(self._counter, value))
+        self._items[id(key)] = (key, value if own else _ParamState(self._counter, value))  # type: ignore[assignment]
         self._counter[0] += 1
 
     def __delitem__(self, key: Any) -> None:

@@ -170,7 +170,7 @@ def adam(
                 maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
     if amsgrad and (max_exp_avg_sqs is None or (isinstance(max_exp_avg_sqs, (list, tuple)) and not max_exp_avg_sqs and params)):
         raise ValueError("max_exp_avg_sqs is required with amsgrad=True")
-    states = [exp_avgs, exp_avg_sqs, max_exp_avg_sqs] if amsgrad else [exp_avgs, exp_avg_sqs]
+    states: list[Any] = [exp_avgs, exp_avg_sqs, max_exp_avg_sqs] if amsgrad else [exp_avgs, exp_avg_sqs]
     _step(rule, params, grads, states, [state_steps])
 
 

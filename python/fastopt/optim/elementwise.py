@@ -26,7 +26,7 @@ class _AdamLike(_Elementwise):
     """Optimizers with Adam's options (lr, betas, eps, weight_decay, maximize, and
     decoupled_weight_decay where they have it): shared hyperparameters."""
 
-    _options = ("lr", "eps", "betas", "weight_decay", "maximize")
+    _options: tuple[str, ...] = ("lr", "eps", "betas", "weight_decay", "maximize")
 
     def _hyper(self, g):
         h = dict(lr=g["lr"], beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"], weight_decay=g["weight_decay"],

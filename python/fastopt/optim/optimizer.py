@@ -460,7 +460,7 @@ class Optimizer:
                         self._write_groups([None], 1.0)
                     raise e
                 return loss
-            per_group = self._split_grads(grads) if grads is not None else [None] * len(groups)
+            per_group: list[Any] = self._split_grads(grads) if grads is not None else [None] * len(groups)
             scale = 1.0
             if max_grad_norm is not None or skip_if_nonfinite:
                 if grads is None:
@@ -736,7 +736,7 @@ class Optimizer:
         if key is not None and cached is not None and cached[0] == key and cached[1] is state and cached[2] == state._version:
             return cached[3], []
         items = state._items
-        states = [items.get(id(p)) for p in params]
+        states: list[Any] = [items.get(id(p)) for p in params]
         try:
             # Fast path: every param already has every buffer.
             lists = [[st[1][name] for st in states] for name in names]

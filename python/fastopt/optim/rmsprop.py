@@ -109,5 +109,5 @@ def rmsprop(
         raise ValueError("grad_avgs is required with centered=True")
     if momentum > 0 and momentum_buffer_list is None:
         raise ValueError("momentum_buffer_list is required with momentum > 0")
-    states = [square_avgs] + ([momentum_buffer_list] if momentum > 0 else []) + ([grad_avgs] if centered else [])
+    states: list[Any] = [square_avgs] + ([momentum_buffer_list] if momentum > 0 else []) + ([grad_avgs] if centered else [])
     _step(rule, params, grads, states, [state_steps])

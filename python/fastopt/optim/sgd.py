@@ -132,7 +132,8 @@ def sgd(
     >>> np.round(p, 6)
     array([ 0.95, -1.95])
     """
-    buffers, fresh = None, []
+    buffers: list | None = None
+    fresh: list[bool] = []
     if momentum != 0:
         buffers, fresh = _new_buffers(params, momentum_buffer_list)
     rule = Rule("sgd", lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
