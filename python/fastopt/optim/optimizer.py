@@ -260,7 +260,7 @@ class Optimizer:
         self.state: _State = _State()
         self.param_groups: list[dict[str, Any]] = []
         # (names, id(params)) -> (param ids, state, state version, buffer lists): see `_buffers`.
-        self._buffer_lists: dict[tuple, tuple] = {}
+        self._buffer_lists: dict[int, tuple] = {}
         # id(group) -> (group, its values, (rule name, hyperparameters), Rule, layout, cache): see `_rule_of`.
         self._rules: dict[int, tuple] = {}
         # id(group) -> (group, the kernel's CheckCache for it): see `_check_cache`.
@@ -730,21 +730,22 @@ class Optimizer:
         # lists were gathered (every change goes through `_State`/`_ParamState`).
         # A group's own params list (`_ParamList`) counts its changes; a filtered list (some
         # params without a gradient) is not cached.
-        key = (id(params), params._version) if type(params) is _ParamList else None
-        # Keyed by the params list too: each group has its own lists.
-        cached = self._buffer_lists.get((names, id(params)))
-        if key is not None and cached is not None and cached[0] == key and cached[1] is state and cached[2] == state._version:
-            return cached[3], []
+        # Keyed by the params list (each group has its own lists), then checked for the names.
+        tracked = type(params) is _ParamList
+        cached = self._buffer_lists.get(id(params)) if tracked else None
+        if (cached is not None and cached[0] is params and cached[1] == params._version and cached[2] is state
+                and cached[3] == state._version and cached[4] == names):
+            return cached[5], []
         items = state._items
         states: list[Any] = [items.get(id(p)) for p in params]
         try:
             # Fast path: every param already has every buffer.
             lists = [[st[1][name] for st in states] for name in names]
-            if key is not None:
+            if tracked:
                 # Keeps `params` alive with the entry, so its id cannot be reused.
                 if len(self._buffer_lists) > 4 * len(self.param_groups) + 8:
                     self._buffer_lists.clear()
-                self._buffer_lists[(names, id(params))] = (key, state, state._version, lists, params)
+                self._buffer_lists[id(params)] = (params, params._version, state, state._version, names, lists)
             return lists, []
         except (TypeError, KeyError):
             pass
