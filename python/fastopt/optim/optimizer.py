@@ -259,7 +259,7 @@ class Optimizer:
         self._disjoint: tuple | None = None  # the arrays last found not to overlap across groups
         self.state: _State = _State()
         self.param_groups: list[dict[str, Any]] = []
-        # (names, id(params)) -> (param ids, state, state version, buffer lists): see `_buffers`.
+        # id(params) -> (params, its version, state, state version, names, buffer lists): see `_buffers`.
         self._buffer_lists: dict[int, tuple] = {}
         # id(group) -> (group, its values, (rule name, hyperparameters), Rule, layout, cache): see `_rule_of`.
         self._rules: dict[int, tuple] = {}
@@ -731,8 +731,8 @@ class Optimizer:
         # A group's own params list (`_ParamList`) counts its changes; a filtered list (some
         # params without a gradient) is not cached.
         # Keyed by the params list (each group has its own lists), then checked for the names.
-        tracked = type(params) is _ParamList
-        cached = self._buffer_lists.get(id(params)) if tracked else None
+        tracked = params if type(params) is _ParamList else None
+        cached = self._buffer_lists.get(id(params)) if tracked is not None else None
         if (cached is not None and cached[0] is params and cached[1] == params._version and cached[2] is state
                 and cached[3] == state._version and cached[4] == names):
             return cached[5], []
@@ -741,11 +741,11 @@ class Optimizer:
         try:
             # Fast path: every param already has every buffer.
             lists = [[st[1][name] for st in states] for name in names]
-            if tracked:
+            if tracked is not None:
                 # Keeps `params` alive with the entry, so its id cannot be reused.
                 if len(self._buffer_lists) > 4 * len(self.param_groups) + 8:
                     self._buffer_lists.clear()
-                self._buffer_lists[id(params)] = (params, params._version, state, state._version, names, lists)
+                self._buffer_lists[id(params)] = (params, tracked._version, state, state._version, names, lists)
             return lists, []
         except (TypeError, KeyError):
             pass
