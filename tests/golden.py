@@ -1,12 +1,16 @@
 """Bit-for-bit record of every optimizer's long-run results, to keep refactors honest.
 
 For each optimizer configuration and dtype, :func:`digest` runs 40 steps (deterministic
-gradients that depend on the parameters and the step; every fifth step with gradient clipping
-folded into the update, so ``grad_scale`` is exercised) over tensors of several shapes,
+gradients that depend on the parameters and the step, made with IEEE-exact operations only,
+so they are the same on every machine; every fifth step with gradient clipping folded into
+the update, so ``grad_scale`` is exercised) over tensors of several shapes,
 one of them large enough to be split across threads, and returns the SHA-256 of the final
 parameters and every state buffer. ``tests/data/golden_steps.json`` holds the digests at
 the scalar level and at the FMA levels (AVX2, AVX-512 and NEON give identical results), so
 any change to the arithmetic, however small, fails ``test_golden.py``.
+
+Adafactor is not recorded: part of its rule runs as NumPy operations (``np.linalg.norm``
+through the BLAS), whose summation order depends on the machine's BLAS kernel.
 
 Regenerate only for an intended change of results:
 ``python tests/golden.py --write`` (then say why in the commit).
@@ -54,8 +58,6 @@ CONFIGS: list[tuple[str, dict]] = [
     ("Lion", dict(lr=1e-3, weight_decay=0.1)),
     ("AdaBelief", dict(lr=1e-2, weight_decay=0.1)),
     ("Lamb", dict(lr=1e-2, weight_decay=0.01)),
-    ("Adafactor", dict(lr=1e-2)),
-    ("Adafactor", dict(lr=1e-2, weight_decay=0.1, maximize=True)),
 ]
 
 
@@ -64,7 +66,8 @@ def key(name: str, kwargs: dict, dtype: str) -> str:
     return f"{name}({opts})/{dtype}"
 
 
-def digest(name: str, kwargs: dict, dtype: str) -> str:
+def digest(name: str, kwargs: dict, dtype_name: str) -> str:
+    dtype = np.dtype(dtype_name).type
     rng = np.random.default_rng(1234)
     params = [fo.Parameter(rng.standard_normal(s).astype(dtype)) for s in SHAPES]
     noise = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
@@ -72,7 +75,10 @@ def digest(name: str, kwargs: dict, dtype: str) -> str:
     for t in range(STEPS):
         for p, z in zip(params, noise):
             # depends on the parameter (so any difference grows) and on the step
-            p.grad = np.asarray(np.tanh(p.data * 1.5) + z * np.asarray(np.cos(t), dtype), dtype)
+            # a bounded function of the parameter plus noise scaled by a rational sequence:
+            # +, *, / and abs only (numpy's tanh and cos differ between SIMD builds)
+            c = np.asarray(((t * 37) % 11 - 5) / 5, dtype)
+            p.grad = np.asarray(p.data * dtype(1.5) / (dtype(1) + np.abs(p.data)) + z * c, dtype)
         if t % 5 == 4:
             opt.step(max_grad_norm=1.0)
         else:

@@ -281,3 +281,19 @@ class TestFunctional:
             fo.set_num_threads(2.0)
         with pytest.raises(ValueError, match="level must be one of"):
             fo._fastopt.set_simd_level("sse9")
+
+
+def test_single_array_kernels_name_their_own_arguments():
+    """They said ``params[0]`` of arguments called ``a`` and ``b``."""
+    from fastopt import _fastopt
+
+    with pytest.raises(ValueError, match=r"^b has shape \(4,\) but a has shape \(3,\)$"):
+        _fastopt.dot(np.zeros(3), np.zeros(4))
+    y = np.zeros(3)
+    with pytest.raises(ValueError, match=r"^x has shape \(2,\) but y has shape \(3,\)$"):
+        _fastopt.axpy_(y, 1.0, np.zeros(2))
+    with pytest.raises(TypeError, match=r"^x has dtype float32 but must be float64"):
+        _fastopt.axpy_(y, 1.0, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="x and y share memory"):
+        _fastopt.axpy_(y, 1.0, y)
+    assert (y == 0).all()

@@ -200,7 +200,7 @@ fn same_shape(a: &[usize], b: &[usize]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
-fn shape_str(s: &[usize]) -> String {
+pub(crate) fn shape_str(s: &[usize]) -> String {
     match s.len() {
         1 => format!("({},)", s[0]),
         _ => format!("({})", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),

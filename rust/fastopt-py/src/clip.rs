@@ -1,11 +1,12 @@
 //! Gradient norms and clipping passes.
 
-use crate::arrays::{Dtype, Group, Raw, core_err, detach, run_core};
+use crate::arrays::{core_err, detach, run_core, shape_str, Dtype, Group, Raw};
 use fastopt_core::reduce::{self, Norm};
 use fastopt_core::Float;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyList;
+use numpy::PyUntypedArray;
+use numpy::prelude::*;
 
 /// The `norm_type` norm of all elements of all `grads` (one float32/float64 dtype per call),
 /// accumulated in double precision; the same whatever the thread count.
@@ -65,9 +66,8 @@ fn run_scale<T: Float + numpy::Element>(py: Python<'_>, raws: &[Raw], factor: T,
 /// The dot product of two arrays of the same shape and dtype, accumulated in double precision.
 #[pyfunction]
 pub fn dot<'py>(py: Python<'py>, a: &Bound<'py, PyAny>, b: &Bound<'py, PyAny>) -> PyResult<f64> {
-    let (mut g, ra) = Group::first_list(&PyList::new(py, [a])?.into_any(), "a", false)?;
-    let rb = g.like_params(&PyList::new(py, [b])?.into_any(), "b", false)?;
-    g.finish()?;
+    let (g, r) = same_shape(&[(a, "a", false), (b, "b", false)])?;
+    let (ra, rb) = (&r[..1], &r[1..]);
     fn run<T: Float + numpy::Element>(py: Python<'_>, a: Raw, b: Raw) -> PyResult<f64> {
         // SAFETY: `Group` checked dtype `T`, layout and shapes; both arrays are only read and
         // are kept alive by the caller's `Group`.
@@ -80,9 +80,8 @@ pub fn dot<'py>(py: Python<'py>, a: &Bound<'py, PyAny>, b: &Bound<'py, PyAny>) -
 /// `y += alpha * x` in place (one rounding with FMA, as torch's `add_(x, alpha=)`).
 #[pyfunction]
 pub fn axpy_<'py>(py: Python<'py>, y: &Bound<'py, PyAny>, alpha: f64, x: &Bound<'py, PyAny>) -> PyResult<()> {
-    let (mut g, ry) = Group::first_list(&PyList::new(py, [y])?.into_any(), "y", true)?;
-    let rx = g.like_params(&PyList::new(py, [x])?.into_any(), "x", false)?;
-    g.finish()?;
+    let (g, r) = same_shape(&[(y, "y", true), (x, "x", false)])?;
+    let (ry, rx) = (&r[..1], &r[1..]);
     fn run<T: Float + numpy::Element>(py: Python<'_>, y: Raw, x: Raw, alpha: T) -> PyResult<()> {
         // SAFETY: `Group` checked dtype `T`, layout, that `y` is writeable and does not
         // overlap `x`; the caller's `Group` keeps both alive.
@@ -99,10 +98,8 @@ pub fn axpy_<'py>(py: Python<'py>, y: &Bound<'py, PyAny>, alpha: f64, x: &Bound<
 /// result as `axpy_` followed by `dot`.
 #[pyfunction]
 pub fn axpy_dot<'py>(py: Python<'py>, y: &Bound<'py, PyAny>, alpha: f64, x: &Bound<'py, PyAny>, z: &Bound<'py, PyAny>) -> PyResult<f64> {
-    let (mut g, ry) = Group::first_list(&PyList::new(py, [y])?.into_any(), "y", true)?;
-    let rx = g.like_params(&PyList::new(py, [x])?.into_any(), "x", false)?;
-    let rz = g.like_params(&PyList::new(py, [z])?.into_any(), "z", false)?;
-    g.finish()?;
+    let (g, r) = same_shape(&[(y, "y", true), (x, "x", false), (z, "z", false)])?;
+    let (ry, rx, rz) = (&r[..1], &r[1..2], &r[2..]);
     fn run<T: Float + numpy::Element>(py: Python<'_>, y: Raw, x: Raw, z: Raw, alpha: T) -> PyResult<f64> {
         // SAFETY: `Group` checked dtype `T`, layouts, shapes, and that `y` (written) overlaps
         // neither `x` nor `z`; the caller's `Group` keeps all three alive.
@@ -113,4 +110,24 @@ pub fn axpy_dot<'py>(py: Python<'py>, y: &Bound<'py, PyAny>, alpha: f64, x: &Bou
         Dtype::F32 => run::<f32>(py, ry[0], rx[0], rz[0], f32::from_f64(alpha)),
         Dtype::F64 => run::<f64>(py, ry[0], rx[0], rz[0], alpha),
     }
+}
+
+/// Single arrays of one call that must have the first one's shape and dtype: checked as the
+/// kernels check (layout, writeability, no overlap with a written one), errors naming the
+/// caller's arguments (`b has shape (4,) but a has shape (3,)`).
+fn same_shape<'py>(arrays: &[(&Bound<'py, PyAny>, &'static str, bool)]) -> PyResult<(Group<'py>, Vec<Raw>)> {
+    let (first, first_name, written) = arrays[0];
+    let (mut g, raw) = Group::single(first, first_name, written)?;
+    let shape: Vec<usize> = first.cast::<PyUntypedArray>().map(|a| a.shape().to_vec()).unwrap_or_default();
+    let mut raws = vec![raw];
+    for &(obj, name, written) in &arrays[1..] {
+        if let Ok(arr) = obj.cast::<PyUntypedArray>() {
+            if arr.shape() != shape.as_slice() {
+                return Err(PyValueError::new_err(format!("{name} has shape {} but {first_name} has shape {}", shape_str(arr.shape()), shape_str(&shape))));
+            }
+        }
+        raws.push(g.array(obj, name, written, Some(&shape), None)?);
+    }
+    g.finish()?;
+    Ok((g, raws))
 }
