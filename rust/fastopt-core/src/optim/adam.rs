@@ -16,7 +16,7 @@
 //! `bc2 = 1 - beta2**step`, `sqrt(bc2) = bc2**0.5` and the step size are computed in double
 //! precision with `pow`, as Python computes them, then rounded to the element type.
 
-use super::engine::{self, Layout, bias_correction, next_step, pow_half, Grad, Lerp, Rule, Storage, Tensor, MAX_STATES};
+use super::engine::{self, Layout, bias_correction, Ema, next_step, pow_half, Grad, Lerp, Rule, Storage, Tensor, MAX_STATES};
 use super::hyper::hyper;
 use crate::float::{nan_max, Float};
 use crate::simd::{Arith, SimdLevel};
@@ -55,8 +55,7 @@ pub fn layout(h: &AdamConfig) -> Layout {
 struct Adam<T, const AMS: bool, const L2: bool> {
     g: Grad<T>,
     lerp: Lerp<T>,
-    beta2: T,
-    one_minus_beta2: T,
+    v: Ema<T>,
     bc2_sqrt: T,
     inv_bc2_sqrt: T,
     eps: T,
@@ -72,7 +71,7 @@ impl<T: Float, const AMS: bool, const L2: bool> Rule<T> for Adam<T, AMS, L2> {
         s[0] = m;
         // torch's addcmul `v*beta2 + (1-beta2)*g*g`: its vectorized kernel is compiled with FMA
         // contraction, so the sum and the last product round once.
-        let v = A::madd(self.one_minus_beta2 * g, g, s[1] * self.beta2);
+        let v = self.v.square::<A>(s[1], g);
         s[1] = v;
         let v = if AMS {
             s[2] = nan_max(s[2], v);
@@ -99,8 +98,7 @@ fn run<P: Storage, S: Storage<Arith = P::Arith>, const AMS: bool, const L2: bool
         Adam::<P::Arith, AMS, L2> {
             g,
             lerp: Lerp::new(1.0 - h.beta1),
-            beta2: P::Arith::from_f64(h.beta2),
-            one_minus_beta2: P::Arith::from_f64(1.0 - h.beta2),
+            v: Ema::new(h.beta2),
             bc2_sqrt,
             inv_bc2_sqrt: P::Arith::ONE / bc2_sqrt,
             eps: P::Arith::from_f64(h.eps),

@@ -5,7 +5,7 @@
 //! Each follows torch's single-tensor loop operation by operation (or the authors' reference
 //! code); the reference in the tests below runs torch's sequence of whole-array operations.
 
-use super::engine::{self, bias_correction, next_step, pow_half, Grad, Layout, Lerp, Rule, Storage, Tensor, MAX_STATES};
+use super::engine::{self, bias_correction, next_step, pow_half, Ema, Grad, Layout, Lerp, Rule, Storage, Tensor, MAX_STATES};
 use super::hyper::hyper;
 use crate::float::{nan_max, Float};
 use crate::simd::{Arith, SimdLevel};
@@ -65,8 +65,7 @@ impl<T: Float> Rule<T> for Adamax<T> {
 #[derive(Clone, Copy, Debug)]
 struct Adadelta<T> {
     g: Grad<T>,
-    rho: T,
-    one_minus_rho: T,
+    rho: Ema<T>,
     eps: T,
     neg_lr: T,
 }
@@ -76,11 +75,11 @@ impl<T: Float> Rule<T> for Adadelta<T> {
     #[inline(always)]
     fn update<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
         let g = self.g.read::<A>(&mut p, g);
-        let sq = A::madd(self.one_minus_rho * g, g, s[0] * self.rho);
+        let sq = self.rho.square::<A>(s[0], g);
         s[0] = sq;
         let std = (sq + self.eps).sqrt();
         let delta = (s[1] + self.eps).sqrt() / std * g;
-        s[1] = A::madd(self.one_minus_rho * delta, delta, s[1] * self.rho);
+        s[1] = self.rho.square::<A>(s[1], delta);
         A::madd(delta, self.neg_lr, p)
     }
 }
@@ -89,8 +88,7 @@ impl<T: Float> Rule<T> for Adadelta<T> {
 struct Nadam<T> {
     g: Grad<T>,
     lerp: Lerp<T>,
-    beta2: T,
-    one_minus_beta2: T,
+    v: Ema<T>,
     bc2: T,
     inv_bc2: T,
     eps: T,
@@ -104,7 +102,7 @@ impl<T: Float> Rule<T> for Nadam<T> {
     fn update<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
         let g = self.g.read::<A>(&mut p, g);
         s[0] = self.lerp.apply::<A>(s[0], g);
-        s[1] = A::madd(self.one_minus_beta2 * g, g, s[1] * self.beta2);
+        s[1] = self.v.square::<A>(s[1], g);
         let denom = A::div_by_const(s[1], self.bc2, self.inv_bc2).sqrt() + self.eps;
         let p = p + self.c_grad * g / denom;
         p + self.c_avg * s[0] / denom
@@ -115,8 +113,7 @@ impl<T: Float> Rule<T> for Nadam<T> {
 struct Radam<T> {
     g: Grad<T>,
     lerp: Lerp<T>,
-    beta2: T,
-    one_minus_beta2: T,
+    v: Ema<T>,
     bc1: T,
     inv_bc1: T,
     lr: T,
@@ -132,7 +129,7 @@ impl<T: Float> Rule<T> for Radam<T> {
     fn update<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
         let g = self.g.read::<A>(&mut p, g);
         s[0] = self.lerp.apply::<A>(s[0], g);
-        s[1] = A::madd(self.one_minus_beta2 * g, g, s[1] * self.beta2);
+        s[1] = self.v.square::<A>(s[1], g);
         let corrected = A::div_by_const(s[0], self.bc1, self.inv_bc1);
         let update = if self.rectified {
             // torch: `bc2 ** 0.5 / (sqrt(v) + eps)` is a reciprocal times the number.
@@ -150,10 +147,8 @@ impl<T: Float> Rule<T> for Radam<T> {
 #[derive(Clone, Copy, Debug)]
 struct AdaBound<T, const AMS: bool> {
     g: Grad<T>,
-    beta1: T,
-    one_minus_beta1: T,
-    beta2: T,
-    one_minus_beta2: T,
+    m: Ema<T>,
+    v: Ema<T>,
     eps: T,
     step_size: T,
     lower: T,
@@ -165,8 +160,8 @@ impl<T: Float, const AMS: bool> Rule<T> for AdaBound<T, AMS> {
     #[inline(always)]
     fn update<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
         let g = self.g.read::<A>(&mut p, g);
-        s[0] = A::madd(g, self.one_minus_beta1, s[0] * self.beta1);
-        s[1] = A::madd(self.one_minus_beta2 * g, g, s[1] * self.beta2);
+        s[0] = self.m.mean::<A>(s[0], g);
+        s[1] = self.v.square::<A>(s[1], g);
         let v = if AMS {
             s[2] = nan_max(s[2], s[1]);
             s[2]
@@ -186,10 +181,8 @@ impl<T: Float, const AMS: bool> Rule<T> for AdaBound<T, AMS> {
 #[derive(Clone, Copy, Debug)]
 struct Lion<T> {
     g: Grad<T>,
-    beta1: T,
-    one_minus_beta1: T,
-    beta2: T,
-    one_minus_beta2: T,
+    m: Ema<T>,
+    v: Ema<T>,
     neg_lr: T,
 }
 
@@ -198,10 +191,10 @@ impl<T: Float> Rule<T> for Lion<T> {
     #[inline(always)]
     fn update<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
         let g = self.g.read::<A>(&mut p, g);
-        let c = A::madd(g, self.one_minus_beta1, s[0] * self.beta1);
+        let c = self.m.mean::<A>(s[0], g);
         // torch.sign: -1, 0 (keeping the zero's sign) or 1; NaN stays NaN.
         let sign = if c > T::ZERO { T::ONE } else if c < T::ZERO { -T::ONE } else { c };
-        s[0] = A::madd(g, self.one_minus_beta2, s[0] * self.beta2);
+        s[0] = self.v.mean::<A>(s[0], g);
         A::madd(sign, self.neg_lr, p)
     }
 }
@@ -211,10 +204,8 @@ impl<T: Float> Rule<T> for Lion<T> {
 #[derive(Clone, Copy, Debug)]
 struct AdaBelief<T> {
     g: Grad<T>,
-    beta1: T,
-    one_minus_beta1: T,
-    beta2: T,
-    one_minus_beta2: T,
+    m: Ema<T>,
+    v: Ema<T>,
     eps: T,
     bc2: T,
     inv_bc2: T,
@@ -226,10 +217,10 @@ impl<T: Float> Rule<T> for AdaBelief<T> {
     #[inline(always)]
     fn update<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
         let g = self.g.read::<A>(&mut p, g);
-        let m = A::madd(g, self.one_minus_beta1, s[0] * self.beta1);
+        let m = self.m.mean::<A>(s[0], g);
         s[0] = m;
         let r = g - m;
-        s[1] = A::madd(self.one_minus_beta2 * r, r, s[1] * self.beta2) + self.eps;
+        s[1] = self.v.square::<A>(s[1], r) + self.eps;
         let denom = A::div_by_const(s[1], self.bc2, self.inv_bc2).sqrt() + self.eps;
         p + self.neg_step_size * m / denom
     }
@@ -318,8 +309,7 @@ pub fn adamax<P: Storage, S: Storage<Arith = P::Arith>>(h: &AdamaxConfig, tensor
 pub fn adadelta<P: Storage, S: Storage<Arith = P::Arith>>(h: &AdadeltaConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
     let rule = Adadelta {
         g: Grad::new(h.maximize, grad_scale, h.weight_decay, false, h.lr),
-        rho: P::Arith::from_f64(h.rho),
-        one_minus_rho: P::Arith::from_f64(1.0 - h.rho),
+        rho: Ema::new(h.rho),
         eps: P::Arith::from_f64(h.eps),
         neg_lr: P::Arith::from_f64(-h.lr),
     };
@@ -345,8 +335,7 @@ pub fn nadam<P: Storage, S: Storage<Arith = P::Arith>>(h: &NadamConfig, tensors:
         Nadam {
             g,
             lerp: Lerp::new(1.0 - b1),
-            beta2: P::Arith::from_f64(h.beta2),
-            one_minus_beta2: P::Arith::from_f64(1.0 - h.beta2),
+            v: Ema::new(h.beta2),
             bc2: bc2_t,
             inv_bc2: P::Arith::ONE / bc2_t,
             eps: P::Arith::from_f64(h.eps),
@@ -375,8 +364,7 @@ pub fn radam<P: Storage, S: Storage<Arith = P::Arith>>(h: &RadamConfig, tensors:
         Radam {
             g,
             lerp: Lerp::new(1.0 - b1),
-            beta2: P::Arith::from_f64(b2),
-            one_minus_beta2: P::Arith::from_f64(1.0 - b2),
+            v: Ema::new(b2),
             bc1: bc1_t,
             inv_bc1: P::Arith::ONE / bc1_t,
             lr: P::Arith::from_f64(h.lr),
@@ -397,10 +385,8 @@ pub fn adabound<P: Storage, S: Storage<Arith = P::Arith>, const AMS: bool>(h: &A
         let (bc1, bc2) = (bias_correction(b1, step), bias_correction(b2, step));
         AdaBound::<P::Arith, AMS> {
             g,
-            beta1: P::Arith::from_f64(b1),
-            one_minus_beta1: P::Arith::from_f64(1.0 - b1),
-            beta2: P::Arith::from_f64(b2),
-            one_minus_beta2: P::Arith::from_f64(1.0 - b2),
+            m: Ema::new(b1),
+            v: Ema::new(b2),
             eps: P::Arith::from_f64(h.eps),
             step_size: P::Arith::from_f64(h.lr * bc2.sqrt() / bc1),
             lower: P::Arith::from_f64(h.final_lr * (1.0 - 1.0 / (h.gamma * step + 1.0))),
@@ -412,10 +398,8 @@ pub fn adabound<P: Storage, S: Storage<Arith = P::Arith>, const AMS: bool>(h: &A
 pub fn lion<P: Storage, S: Storage<Arith = P::Arith>>(h: &LionConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
     let rule = Lion {
         g: Grad::new(h.maximize, grad_scale, h.weight_decay, true, h.lr),
-        beta1: P::Arith::from_f64(h.beta1),
-        one_minus_beta1: P::Arith::from_f64(1.0 - h.beta1),
-        beta2: P::Arith::from_f64(h.beta2),
-        one_minus_beta2: P::Arith::from_f64(1.0 - h.beta2),
+        m: Ema::new(h.beta1),
+        v: Ema::new(h.beta2),
         neg_lr: P::Arith::from_f64(-h.lr),
     };
     engine::run(tensors, LION, level, |c, _| {
@@ -433,10 +417,8 @@ pub fn adabelief<P: Storage, S: Storage<Arith = P::Arith>>(h: &RadamConfig, tens
         let bc2 = P::Arith::from_f64(bias_correction(b2, step));
         AdaBelief {
             g,
-            beta1: P::Arith::from_f64(b1),
-            one_minus_beta1: P::Arith::from_f64(1.0 - b1),
-            beta2: P::Arith::from_f64(b2),
-            one_minus_beta2: P::Arith::from_f64(1.0 - b2),
+            m: Ema::new(b1),
+            v: Ema::new(b2),
             eps: P::Arith::from_f64(h.eps),
             bc2,
             inv_bc2: P::Arith::ONE / bc2,

@@ -17,8 +17,8 @@
 //! is one more `Storage` implementation, not a copy of the rules.
 //!
 //! The building blocks shared by the rules are here too: the gradient prologue ([`Grad`]:
-//! clipping scale, maximize, L2 or decoupled weight decay), torch's `lerp` ([`Lerp`]) and the
-//! bias corrections ([`bias_correction`]).
+//! clipping scale, maximize, L2 or decoupled weight decay), torch's `lerp` ([`Lerp`]), the
+//! moments' running averages ([`Ema`]) and the bias corrections ([`bias_correction`]).
 
 use crate::float::Float;
 use crate::parallel::{self, Split};
@@ -305,6 +305,31 @@ impl<T: Float> Lerp<T> {
     #[inline(always)]
     pub fn apply<A: Arith>(&self, start: T, end: T) -> T {
         A::madd(self.coef, end - start, if self.small { start } else { end })
+    }
+}
+
+/// A running average with coefficient `beta`, as torch updates its moments: `s * beta`, then
+/// `(1 - beta) * x` (or `(1 - beta) * x * x`) added with one rounding for the last product and
+/// the sum at the FMA levels (torch's `add_(x, alpha=1-beta)` and `addcmul_`).
+#[derive(Clone, Copy, Debug)]
+pub struct Ema<T> {
+    pub beta: T,
+    pub one_minus: T,
+}
+
+impl<T: Float> Ema<T> {
+    pub fn new(beta: f64) -> Self {
+        Ema { beta: T::from_f64(beta), one_minus: T::from_f64(1.0 - beta) }
+    }
+    /// `beta * s + (1 - beta) * x`.
+    #[inline(always)]
+    pub fn mean<A: Arith>(&self, s: T, x: T) -> T {
+        A::madd(x, self.one_minus, s * self.beta)
+    }
+    /// `beta * s + (1 - beta) * x * x`.
+    #[inline(always)]
+    pub fn square<A: Arith>(&self, s: T, x: T) -> T {
+        A::madd(self.one_minus * x, x, s * self.beta)
     }
 }
 

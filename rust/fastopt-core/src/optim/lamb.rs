@@ -11,7 +11,7 @@
 //! p = p - lr * trust * r,   trust = ||p|| / ||r||  (1 if either norm is 0)
 //! ```
 
-use super::engine::{bias_correction, next_step, Grad};
+use super::engine::{bias_correction, next_step, Ema, Grad};
 use super::hyper::hyper;
 use crate::float::Float;
 use crate::parallel::{self, Split};
@@ -35,10 +35,8 @@ pub struct LambTensor<'a, T> {
 #[derive(Clone, Copy, Debug)]
 struct Scalars<T> {
     g: Grad<T>,
-    beta1: T,
-    one_minus_beta1: T,
-    beta2: T,
-    one_minus_beta2: T,
+    m: Ema<T>,
+    v: Ema<T>,
     inv_bc1: T,
     inv_bc2: T,
     eps: T,
@@ -93,8 +91,8 @@ impl<T: Float> SimdKernel for Moments<'_, T> {
             let (g, m, v, r) = (&g[..n], &mut m[..n], &mut v[..n], &mut r[..n]);
             for i in 0..n {
                 let gi = k.g.plain(g[i]);
-                let mi = A::madd(gi, k.one_minus_beta1, m[i] * k.beta1);
-                let vi = A::madd(k.one_minus_beta2 * gi, gi, v[i] * k.beta2);
+                let mi = k.m.mean::<A>(m[i], gi);
+                let vi = k.v.square::<A>(v[i], gi);
                 m[i] = mi;
                 v[i] = vi;
                 r[i] = k.direction(p[i], mi, vi);
@@ -161,10 +159,8 @@ pub(crate) fn lamb_step_at<T: Float>(tensors: Vec<LambTensor<'_, T>>, cfg: &Lamb
             if cfg.bias_correction { (bias_correction(cfg.beta1, step), bias_correction(cfg.beta2, step)) } else { (1.0, 1.0) };
         scalars.push(Scalars {
             g,
-            beta1: T::from_f64(cfg.beta1),
-            one_minus_beta1: T::from_f64(1.0 - cfg.beta1),
-            beta2: T::from_f64(cfg.beta2),
-            one_minus_beta2: T::from_f64(1.0 - cfg.beta2),
+            m: Ema::new(cfg.beta1),
+            v: Ema::new(cfg.beta2),
             inv_bc1: T::from_f64(1.0 / bc1),
             inv_bc2: T::from_f64(1.0 / bc2),
             eps: T::from_f64(cfg.eps),

@@ -9,7 +9,7 @@
 //! otherwise:     p = p + (-lr * g) / avg
 //! ```
 
-use super::engine::{self, Layout, next_step, Grad, Lerp, Rule, Storage, Tensor, MAX_STATES};
+use super::engine::{self, Layout, Ema, next_step, Grad, Lerp, Rule, Storage, Tensor, MAX_STATES};
 use super::hyper::hyper;
 use crate::float::Float;
 use crate::simd::{Arith, SimdLevel};
@@ -43,8 +43,7 @@ pub fn layout(h: &RmspropConfig) -> Layout {
 #[derive(Clone, Copy, Debug)]
 struct Rmsprop<T, const MOM: bool, const CEN: bool, const L2: bool> {
     g: Grad<T>,
-    alpha: T,
-    one_minus_alpha: T,
+    sq: Ema<T>,
     lerp: Lerp<T>,
     eps: T,
     momentum: T,
@@ -56,7 +55,7 @@ impl<T: Float, const MOM: bool, const CEN: bool, const L2: bool> Rule<T> for Rms
     #[inline(always)]
     fn update<A: Arith>(&self, p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
         let g = if L2 { self.g.with_l2::<A>(p, g) } else { self.g.plain(g) };
-        let sq = A::madd(self.one_minus_alpha * g, g, s[0] * self.alpha);
+        let sq = self.sq.square::<A>(s[0], g);
         s[0] = sq;
         let avg = if CEN {
             let k = 1 + MOM as usize;
@@ -85,8 +84,7 @@ fn run<P: Storage, S: Storage<Arith = P::Arith>, const MOM: bool, const CEN: boo
 ) -> Result<(), Error> {
     let rule = Rmsprop::<P::Arith, MOM, CEN, L2> {
         g: Grad::new(h.maximize, grad_scale, h.weight_decay, false, h.lr),
-        alpha: P::Arith::from_f64(h.alpha),
-        one_minus_alpha: P::Arith::from_f64(1.0 - h.alpha),
+        sq: Ema::new(h.alpha),
         lerp: Lerp::new(1.0 - h.alpha),
         eps: P::Arith::from_f64(h.eps),
         momentum: P::Arith::from_f64(h.momentum),
