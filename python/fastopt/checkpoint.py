@@ -90,7 +90,7 @@ class _Writer:
         dtype = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
         a = a.astype(dtype, copy=False)
         offset = self.size
-        data = memoryview(a).cast("B") if a.size else b""
+        data = a.data.cast("B") if a.size else b""
         self.chunks.append(data)
         self.size += len(data)
         pad = _pad(self.size)
@@ -289,7 +289,7 @@ def _load(f: Any, size: int, path: Any) -> Any:
     for arr, offset, nbytes in plan.arrays:
         if nbytes:
             f.seek(base + offset)
-            view = memoryview(arr.reshape(-1).view(np.uint8))
+            view = arr.reshape(-1).view(np.uint8).data
             if f.readinto(view) != nbytes:
                 raise _corrupt(path, "truncated (the file shrank while it was read)")
         if arr.dtype.byteorder not in ("=", "|"):

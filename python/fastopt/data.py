@@ -31,6 +31,13 @@ def _matrix(x: Any, what: str = "x") -> np.ndarray:
 
 class _Fitted:
     _fitted_attr = "mean_"
+    mean_: Any
+
+    def fit(self, x: np.ndarray) -> "_Fitted":
+        raise NotImplementedError
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
     def _check_fitted(self, x: np.ndarray) -> None:
         if getattr(self, self._fitted_attr, None) is None:
@@ -88,8 +95,8 @@ class PCAWhitener(_Fitted):
         self.n_components = n_components
         self.eps = float(eps)
         self.mean_: np.ndarray | None = None
-        self.components_: np.ndarray | None = None
-        self.explained_variance_: np.ndarray | None = None
+        self.components_: Any = None
+        self.explained_variance_: Any = None
 
     def fit(self, x: np.ndarray) -> "PCAWhitener":
         x = _matrix(x)

@@ -145,7 +145,8 @@ def path_labels(paths: dict[str, np.ndarray], window: tuple[float, float, float,
     ``(≈ other)`` where the path stays within 1% of the window of an earlier one, and
     ``DIVERGED at step k`` where it ends in NaN from step k."""
     size = np.array([window[1] - window[0], window[3] - window[2]])
-    labels, drawn = [], []
+    labels: list = []
+    drawn: list = []
     for name, pts in paths.items():
         pts = np.asarray(pts, dtype=np.float64)
         finite = np.isfinite(pts).all(axis=1)

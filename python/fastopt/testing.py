@@ -129,7 +129,7 @@ def gradcheck(
         wrt = [i for i, a in enumerate(args) if isinstance(a, np.ndarray) and a.dtype == np.float64]
         param_names = []
 
-        def run(perturb=None, v=None):
+        def run(perturb: tuple[str, int, tuple, float] | None = None, v: Any = None):
             _init._default_rng.bit_generator.state = copy.deepcopy(default_state)
             a = [x.copy() if isinstance(x, np.ndarray) else x for x in args]
             if perturb is not None:
@@ -159,7 +159,7 @@ def gradcheck(
         shape = dict(template.named_parameters())[n].shape
         targets.append((f"parameter {n!r}", "param", j, shape, grads_p[j]))
 
-    worst = (-1.0, "", (), 0.0, 0.0)
+    worst: tuple[float, str, tuple[int, ...], float, float] = (-1.0, "", (), 0.0, 0.0)
     checked = 0
     for name, kind, i, shape, analytic in targets:
         if analytic is None:
@@ -184,7 +184,7 @@ def gradcheck(
         ok=bool(score <= 1.0),
         checked=checked,
         worst_name=name,
-        worst_index=tuple(int(t) for t in idx),
+        worst_index=tuple(int(i) for i in idx),
         analytic=ana,
         numeric=num,
         abs_error=abs_err,

@@ -125,7 +125,7 @@ def optax_optimizer(name: str, p0: np.ndarray, g: np.ndarray, **kw):
     def step():
         state[0], state[1] = update(state[0], state[1], grads)
         state[0].block_until_ready()
-    step.params = lambda: np.asarray(state[0])  # for the tests that check the peer
+    step.params = lambda: np.asarray(state[0])  # type: ignore[attr-defined]  # for the tests that check the peer
     return step
 
 
@@ -471,7 +471,7 @@ def interleaved(impls: dict, rounds: int, block_seconds: float) -> dict:
     for threads, fn in impls.values():  # allocate state, warm caches
         set_threads(threads)
         fn()
-    samples = {k: [] for k in impls}
+    samples: dict[str, list[float]] = {k: [] for k in impls}
     for _ in range(rounds):
         for key, (threads, fn) in impls.items():
             set_threads(threads)

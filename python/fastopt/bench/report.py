@@ -35,6 +35,7 @@ import os
 import platform
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -112,7 +113,7 @@ def single_step_impls(name: str, kwargs: dict, numpy_factory, n: int, have_torch
     its own copy of the same problem."""
     import fastopt as fo
 
-    out = {}
+    out: dict[str, tuple[int, Any]] = {}
     for threads in threads_list:
         p0, g = problem(n)
         p = fo.Parameter(p0)
@@ -134,7 +135,7 @@ def single_step_impls(name: str, kwargs: dict, numpy_factory, n: int, have_torch
 def _workload_impls(shapes: list, have_torch: bool) -> dict:
     import fastopt as fo
 
-    out = {}
+    out: dict[str, tuple[int, Any]] = {}
     for threads in (1, 2):
         params = []
         for p0, g in make_tensors(shapes):
@@ -151,7 +152,8 @@ def _workload_impls(shapes: list, have_torch: bool) -> dict:
                     t = torch.nn.Parameter(torch.from_numpy(p0))
                     t.grad = torch.from_numpy(g)
                     tps.append(t)
-                out[f"torch {v} {threads}T"] = (threads, torch.optim.Adam(tps, lr=1e-3, **{v: True}).step)
+                flag: dict[str, Any] = {v: True}
+                out[f"torch {v} {threads}T"] = (threads, torch.optim.Adam(tps, lr=1e-3, **flag).step)
     return out
 
 
@@ -219,10 +221,10 @@ def run(sizes: list[int], optimizers: list[str], rounds: int, block: float, work
                   "| numpy | optax (jit) | vs torch | vs numpy | vs optax | of copy BW |")
         lines += [f"#### {name} {kwargs}", "", header, "|" + "---|" * (header.count("|") - 1)]
         for n in sizes:
-            t = interleaved(single_step_impls(name, kwargs, numpy_factory, n, have_torch), rounds, block)
-            ns = {k: v / n * 1e9 for k, v in t.items()}
-            ours, our_key = _best(t, "fastopt")
-            torch_best, _ = _best(t, "torch")
+            times = interleaved(single_step_impls(name, kwargs, numpy_factory, n, have_torch), rounds, block)
+            ns = {k: v / n * 1e9 for k, v in times.items()}
+            ours, our_key = _best(times, "fastopt")
+            torch_best, _ = _best(times, "torch")
             cell = lambda k: f"{ns[k]:.3f}" if k in ns else "-"  # noqa: E731
             best_ns = lambda prefix: f"{_best(ns, prefix)[0]:.3f}" if _best(ns, prefix)[1] else "-"  # noqa: E731
             frac = _fraction(ARRAYS_MOVED[name] * 4 * n, ours, our_key, probe) if n >= 10_000_000 else "-"
@@ -230,8 +232,8 @@ def run(sizes: list[int], optimizers: list[str], rounds: int, block: float, work
                 f"| {n:.0e} | {cell('fastopt 1T')} | {cell('fastopt 2T')} | {best_ns('torch default')} | "
                 f"{best_ns('torch foreach')} | {cell('torch fused 1T')} | {cell('torch fused 2T')} | {cell('numpy')} | "
                 f"{cell('optax')} | " + (f"**{torch_best / ours:.2f}x**" if torch_best == torch_best else "-") + " | "
-                + (f"{t['numpy'] / ours:.2f}x" if "numpy" in t else "-")
-                + " | " + (f"{t['optax'] / ours:.2f}x" if "optax" in t else "-") + f" | {frac} |"
+                + (f"{times['numpy'] / ours:.2f}x" if "numpy" in times else "-")
+                + " | " + (f"{times['optax'] / ours:.2f}x" if "optax" in times else "-") + f" | {frac} |"
             )
             print(lines[-1], file=log, flush=True)
         lines.append("")
@@ -242,10 +244,10 @@ def run(sizes: list[int], optimizers: list[str], rounds: int, block: float, work
         for wname, make in WORKLOADS.items():
             shapes = make()
             n = int(sum(np.prod(s) for s in shapes))
-            t = interleaved(_workload_impls(shapes, have_torch), rounds, block)
-            us = {k: v * 1e6 for k, v in t.items()}
-            ours, our_key = _best(t, "fastopt")
-            torch_best, _ = _best(t, "torch")
+            times = interleaved(_workload_impls(shapes, have_torch), rounds, block)
+            us = {k: v * 1e6 for k, v in times.items()}
+            ours, our_key = _best(times, "fastopt")
+            torch_best, _ = _best(times, "torch")
             cell = lambda k: f"{us[k]:.1f}" if k in us else "-"  # noqa: E731
             foreach = _best(us, "torch foreach")[0]
             frac = _fraction(ARRAYS_MOVED["Adam"] * 4 * n, ours, our_key, probe) if n >= 10_000_000 else "-"
@@ -266,13 +268,13 @@ def run(sizes: list[int], optimizers: list[str], rounds: int, block: float, work
                 p = fo.Parameter(p0)
                 p.grad = g
                 impls[f"{name} {threads}T"] = (threads, getattr(fo.optim, name)([p], **kwargs).step)
-        t = interleaved(impls, rounds, block)
-        adam = min(t["Adam 1T"], t["Adam 2T"])
+        times = interleaved(impls, rounds, block)
+        adam = min(times["Adam 1T"], times["Adam 2T"])
         lines += ["#### Every element-wise optimizer at 1e7 elements (fastopt, best of 1/2 threads)", "",
                   "| optimizer | ns per element | vs Adam | of copy BW |", "|---|---|---|---|"]
         for name, _ in names:
-            best = min(t[f"{name} 1T"], t[f"{name} 2T"])
-            key = f"{name} 1T" if t[f"{name} 1T"] <= t[f"{name} 2T"] else f"{name} 2T"
+            best = min(times[f"{name} 1T"], times[f"{name} 2T"])
+            key = f"{name} 1T" if times[f"{name} 1T"] <= times[f"{name} 2T"] else f"{name} 2T"
             lines.append(f"| {name} | {best / n * 1e9:.3f} | {best / adam:.2f}x | {_fraction(ARRAYS_MOVED[name] * 4 * n, best, key, probe)} |")
             print(lines[-1], file=log, flush=True)
         lines.append("")

@@ -460,9 +460,9 @@ def cross_entropy_backward(
             raise ValueError(f"grad_output has shape {go.shape} but the per-sample losses have shape {row_shape}")
         scale = np.where(valid, go.reshape(-1), 0.0)
     else:
-        go = _number(grad_output, "grad_output") if not isinstance(grad_output, np.ndarray) else float(grad_output)
+        go_: float = _number(grad_output, "grad_output") if not isinstance(grad_output, np.ndarray) else float(grad_output)
         count = int(np.count_nonzero(valid))
-        w = go if reduction == "sum" else (go / count if count else np.nan)
+        w = go_ if reduction == "sum" else (go_ / count if count else np.nan)
         scale = np.where(valid, w, 0.0)
     o = _out(x0, out)
     if x0.ndim > 2:
@@ -499,8 +499,8 @@ def mse_loss_backward(grad_output: Any, input: np.ndarray, target: np.ndarray, r
         np.multiply(o, 2, out=o)
         np.multiply(o, g, out=o)
     else:
-        g = _number(grad_output, "grad_output") if not isinstance(grad_output, np.ndarray) else float(grad_output)
-        factor = 2.0 * g / (x.size if reduction == "mean" and x.size else 1)
+        g_: float = _number(grad_output, "grad_output") if not isinstance(grad_output, np.ndarray) else float(grad_output)
+        factor = 2.0 * g_ / (x.size if reduction == "mean" and x.size else 1)
         np.multiply(o, x.dtype.type(factor), out=o)
     return o
 
@@ -576,8 +576,9 @@ def batch_norm(
     x = _array(input, "input")
     n, c, l = _bn_shape(x)
     eps = _number(eps, "eps")
-    rm = _per_channel(running_mean, "running_mean", c, x.dtype, required=not training)
-    rv = _per_channel(running_var, "running_var", c, x.dtype, required=not training)
+    # (both given or both None: _per_channel requires them when not training)
+    rm: Any = _per_channel(running_mean, "running_mean", c, x.dtype, required=not training)
+    rv: Any = _per_channel(running_var, "running_var", c, x.dtype, required=not training)
     if (rm is None) != (rv is None):
         raise ValueError("running_mean and running_var must be given together")
     w = _per_channel(weight, "weight", c, x.dtype, required=False)
@@ -637,7 +638,8 @@ def batch_norm(
     if training and rm is not None:
         if num_batches_tracked is not None:
             num_batches_tracked[...] += 1
-        factor = momentum if momentum is not None else 1.0 / float(num_batches_tracked.reshape(-1)[0])
+        counted: Any = num_batches_tracked  # (given when momentum is None: checked above)
+        factor = momentum if momentum is not None else 1.0 / float(counted.reshape(-1)[0])
         rm[...] = (1.0 - factor) * rm.astype(np.float64) + factor * mean
         rv[...] = (1.0 - factor) * rv.astype(np.float64) + factor * var * (count / (count - 1))
     if return_stats:
@@ -663,8 +665,8 @@ def batch_norm_backward(
     x = _like(g, input, "input", "grad_output")
     n, c, l = _bn_shape(g)
     dt = g.dtype
-    m = _per_channel(mean, "mean", c, dt)
-    s = _per_channel(invstd, "invstd", c, dt)
+    m: Any = _per_channel(mean, "mean", c, dt)
+    s: Any = _per_channel(invstd, "invstd", c, dt)
     if m.dtype != dt or s.dtype != dt:
         raise TypeError(f"mean and invstd must have the dtype of grad_output ({dt})")
     w = _per_channel(weight, "weight", c, dt, required=False)

@@ -303,7 +303,7 @@ class Module:
             raise RuntimeError(f"{type(self).__name__}.backward was called before forward")
         return self._cache
 
-    def _grad_output(self, grad_output: Any, like: np.ndarray) -> np.ndarray:
+    def _grad_output(self, grad_output: Any, like: Any) -> np.ndarray:
         if not isinstance(grad_output, np.ndarray):
             raise TypeError(f"{type(self).__name__}: grad_output must be a numpy.ndarray, got {type(grad_output).__name__}")
         if grad_output.shape != like.shape:
@@ -399,6 +399,8 @@ class _Activation(Module):
 
     _saves_output = False
     _inplace_ok = False
+    _fn: Any
+    _bwd: Any
 
     def __init__(self, inplace: bool = False) -> None:
         super().__init__()
@@ -539,6 +541,9 @@ class PReLU(Module):
 
 class _BatchNorm(Module):
     _dims: tuple[int, ...] = ()
+    running_mean: Any
+    running_var: Any
+    num_batches_tracked: Any
 
     def __init__(
         self,
@@ -616,8 +621,8 @@ class _BatchNorm(Module):
         w = self.weight.data if self.weight is not None else None
         gx, gw, gb = F.batch_norm_backward(g, x, mean, invstd, w, training=use_batch)
         if self.weight is not None:
-            _accumulate(self.weight, gw)
-            _accumulate(self.bias, gb)
+            _accumulate(self.weight, gw)  # type: ignore[arg-type]  # (given with weight)
+            _accumulate(self.bias, gb)  # type: ignore[arg-type]
         return gx
 
     def extra_repr(self) -> str:
@@ -649,6 +654,8 @@ class Dropout(Module):
     ``1 / (1 - p)`` (torch's inverted dropout); the identity in eval mode. The mask is drawn
     from ``generator`` (a ``numpy.random.Generator``; default: :mod:`fastopt.nn.init`'s,
     seeded by ``manual_seed``)."""
+
+    _generator: Any
 
     def __init__(self, p: float = 0.5, inplace: bool = False, *, generator: Any = None) -> None:
         super().__init__()

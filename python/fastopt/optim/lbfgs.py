@@ -241,7 +241,7 @@ class LBFGS(Optimizer):
         return loss, flat_grad
 
     @locked
-    def step(self, closure: Callable[[], Any] | None = None, grads: Any = None, **options: Any) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None, grads: Any = None, **options: Any) -> Any:
         """Runs up to ``max_iter`` L-BFGS iterations; ``closure`` (required) re-evaluates the
         model, sets the gradients and returns the loss. Returns the first loss."""
         if closure is None or not callable(closure):
@@ -265,9 +265,15 @@ class LBFGS(Optimizer):
         flat_grad = self._gather_flat_grad()
         if _absmax(flat_grad) <= tolerance_grad:
             return orig_loss
-        d, t = state.get("d"), state.get("t")
-        old_dirs, old_stps, ro = state.get("old_dirs"), state.get("old_stps"), state.get("ro")
-        H_diag, prev_flat_grad, prev_loss = state.get("H_diag"), state.get("prev_flat_grad"), state.get("prev_loss")
+        # (None before the first iteration, which sets them before any use)
+        d: Any = state.get("d")
+        t: Any = state.get("t")
+        old_dirs: Any = state.get("old_dirs")
+        old_stps: Any = state.get("old_stps")
+        ro: Any = state.get("ro")
+        H_diag: Any = state.get("H_diag")
+        prev_flat_grad: Any = state.get("prev_flat_grad")
+        prev_loss: Any = state.get("prev_loss")
         n_iter = 0
         while n_iter < max_iter:
             n_iter += 1

@@ -217,6 +217,11 @@ class Optimizer:
     #: fused kernel does; an optimizer whose step is several calls does not).
     _kernel_counts_calls: bool = True
 
+    #: Set by the first learning-rate scheduler made for this optimizer (torch's step-order
+    #: warning counts optimizer steps from then on).
+    _tracked_by_scheduler = False
+    _opt_called = False
+
     #: Descriptions of options that mean something else here than in ``_options.DOCS``.
     _option_docs: dict[str, str] = {}
 
