@@ -297,3 +297,24 @@ def test_single_array_kernels_name_their_own_arguments():
     with pytest.raises(ValueError, match="x and y share memory"):
         _fastopt.axpy_(y, 1.0, y)
     assert (y == 0).all()
+
+
+def test_a_rule_refuses_unknown_missing_and_non_numeric_hyperparameters_when_built():
+    """The typed configuration is checked once, when it is built, not at the step."""
+    from fastopt import _fastopt
+
+    full = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
+                decoupled_weight_decay=False)
+    assert _fastopt.Rule("adam", **full).name == "adam"
+    with pytest.raises(TypeError, match=r'^adam: unexpected hyperparameter "bogus"'):
+        _fastopt.Rule("adam", bogus=5, **full)
+    with pytest.raises(TypeError, match=r'^adam: missing hyperparameter "eps"'):
+        _fastopt.Rule("adam", **{k: v for k, v in full.items() if k != "eps"})
+    with pytest.raises(TypeError, match=r'^adam: hyperparameter "lr" must be a number, got str'):
+        _fastopt.Rule("adam", **dict(full, lr="0.1"))
+    with pytest.raises(TypeError, match=r'^unknown optimizer rule "adamx"'):
+        _fastopt.Rule("adamx", **full)
+    # Rprop takes no weight_decay (it needed a dummy one before)
+    with pytest.raises(TypeError, match="unexpected hyperparameter \"weight_decay\""):
+        _fastopt.Rule("rprop", etaminus=0.5, etaplus=1.2, step_size_min=1e-6, step_size_max=50.0, maximize=False,
+                      weight_decay=0.0)
