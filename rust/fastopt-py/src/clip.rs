@@ -126,7 +126,8 @@ fn same_shape<'py>(arrays: &[(&Bound<'py, PyAny>, &'static str, bool)]) -> PyRes
                 return Err(PyValueError::new_err(format!("{name} has shape {} but {first_name} has shape {}", shape_str(arr.shape()), shape_str(&shape))));
             }
         }
-        raws.push(g.array(obj, name, written, Some(&shape), None)?);
+        // (the shape was checked just above, naming the first array)
+        raws.push(g.array(obj, name, written, None, None)?);
     }
     g.finish()?;
     Ok((g, raws))

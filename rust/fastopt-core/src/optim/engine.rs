@@ -173,12 +173,14 @@ pub fn run<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
     level: SimdLevel,
     mut make: impl FnMut(&mut [&mut f32], bool) -> R,
 ) -> Result<(), Error> {
+    // (the declared layout against the rule: the same for every tensor)
+    let bad_layout = states.len() != R::STATES || counters.len() > MAX_COUNTERS;
     let mut total = 0;
     for (i, t) in tensors.iter().enumerate() {
         let n = t.param.len();
         total += n;
         check_len("grads", i, t.grad.len(), n)?;
-        if t.states.len() != R::STATES || states.len() != R::STATES || t.counters.len() != counters.len() || counters.len() > MAX_COUNTERS {
+        if bad_layout || t.states.len() != states.len() || t.counters.len() != counters.len() {
             let lists: Vec<&str> = states.iter().map(|s| s.1).collect();
             return Err(Error::value(format!(
                 "params[{i}]: expected the state buffers {lists:?} and the counters {counters:?}, got {} buffers and {} counters",

@@ -24,7 +24,7 @@ pub use rmsprop::RmspropConfig;
 pub use sgd::SgdConfig;
 
 use crate::simd::{self, SimdLevel};
-use crate::{check_len, Error};
+use crate::Error;
 
 /// Declares every rule once: its `Config` variant, hyperparameter type, name, layout (state
 /// buffers and counters, which may depend on the hyperparameters) and step function.
@@ -115,7 +115,7 @@ fn lamb<P: Storage, S: Storage<Arith = P::Arith>>(h: &LambConfig, tensors: Vec<T
     let unsupported = || Error::type_error("lamb runs on float32 and float64 buffers only");
     let mut out = Vec::with_capacity(tensors.len());
     for (i, t) in tensors.into_iter().enumerate() {
-        check_len("grads", i, t.grad.len(), t.param.len())?;
+        // (lengths: lamb_step_at checks them all before writing)
         let ([m, v], [step]) = (t.states, t.counters) else {
             return Err(Error::value(format!("params[{i}]: lamb takes two state buffers (exp_avgs, exp_avg_sqs) and one counter")));
         };
