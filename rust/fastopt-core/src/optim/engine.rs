@@ -22,6 +22,7 @@
 
 use crate::float::Float;
 use crate::parallel::{self, Split};
+use crate::reduce::{dot_f64, BLOCK};
 use crate::simd::{self, Arith, SimdKernel, SimdLevel};
 use crate::{check_len, Error};
 
@@ -35,10 +36,6 @@ pub trait Storage: Copy + Send + Sync + 'static {
     type Arith: Float;
     fn load(self) -> Self::Arith;
     fn store(x: Self::Arith) -> Self;
-    /// The buffer as its arithmetic type, when the storage is that type (multi-pass
-    /// optimizers that are not generic over storage, such as LAMB, run on these only).
-    fn as_arith(x: &mut [Self]) -> Option<&mut [Self::Arith]>;
-    fn as_arith_ref(x: &[Self]) -> Option<&[Self::Arith]>;
 }
 
 /// Storage that is its own arithmetic type: load and store are the identity.
@@ -53,12 +50,6 @@ macro_rules! identity_storage {
             #[inline(always)]
             fn store(x: $t) -> $t {
                 x
-            }
-            fn as_arith(x: &mut [$t]) -> Option<&mut [$t]> {
-                Some(x)
-            }
-            fn as_arith_ref(x: &[$t]) -> Option<&[$t]> {
-                Some(x)
             }
         }
     )*};
@@ -77,8 +68,18 @@ pub type Layout = (&'static [StateName], &'static [&'static str]);
 pub trait Rule<T: Float>: Copy + Send + Sync {
     /// How many state buffers the rule uses (the first `STATES` of `s`).
     const STATES: usize;
+    /// Which buffers the rule changes: bit 0 the parameter, bit `1 + k` state buffer `k`.
+    /// A pass that only reads some of them (LAMB's second pass reads the moments) does not
+    /// write them back, so it moves only the bytes it must.
+    const WRITES: u32 = !0;
     /// The new parameter value; updates `s` in place.
     fn update<A: Arith>(&self, p: T, g: T, s: &mut [T; MAX_STATES]) -> T;
+    /// For a reducing pass ([`sweep`]): the two values whose squares the pass sums, from the
+    /// parameter before the update, the gradient and the state after it.
+    #[inline(always)]
+    fn squares<A: Arith>(&self, _p: T, _g: T, _s: &[T; MAX_STATES]) -> [T; 2] {
+        [T::ZERO; 2]
+    }
 }
 
 /// One tensor of a group: its buffers and its float32 counters (`step` first). The state
@@ -94,10 +95,13 @@ pub struct Tensor<'a, P, S = P> {
     pub fresh: bool,
 }
 
-struct Chunk<'a, P, S, R> {
+/// A piece of one tensor's pass. With `SUMS`, the piece is whole blocks of [`BLOCK`]
+/// elements (the last one may be short) and `out` holds one pair of partial sums per block.
+struct Chunk<'a, P, S, R, const SUMS: bool> {
     p: &'a mut [P],
     g: &'a [P],
     s: [&'a mut [S]; MAX_STATES],
+    out: &'a mut [(f64, f64)],
     rule: &'a R,
 }
 
@@ -110,39 +114,66 @@ fn cut<T>(x: &mut [T], mid: usize) -> (&mut [T], &mut [T]) {
     }
 }
 
-impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>> Split for Chunk<'_, P, S, R> {
+impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bool> Split for Chunk<'_, P, S, R, SUMS> {
     fn len(&self) -> usize {
         self.p.len()
     }
     fn split_at(self, mid: usize) -> (Self, Self) {
+        // A reducing pass cuts only between blocks, so that its sums do not depend on the split.
+        let (mid, blocks) = if SUMS {
+            let blocks = mid.div_ceil(BLOCK).min(self.out.len());
+            ((blocks * BLOCK).min(self.p.len()), blocks)
+        } else {
+            (mid, 0)
+        };
         let (p0, p1) = self.p.split_at_mut(mid);
         let (g0, g1) = self.g.split_at(mid);
+        let (o0, o1) = self.out.split_at_mut(blocks);
         let [a, b, c, d] = self.s;
         let ((a0, a1), (b0, b1), (c0, c1), (d0, d1)) = (cut(a, mid), cut(b, mid), cut(c, mid), cut(d, mid));
-        (Chunk { p: p0, g: g0, s: [a0, b0, c0, d0], rule: self.rule }, Chunk { p: p1, g: g1, s: [a1, b1, c1, d1], rule: self.rule })
+        (
+            Chunk { p: p0, g: g0, s: [a0, b0, c0, d0], out: o0, rule: self.rule },
+            Chunk { p: p1, g: g1, s: [a1, b1, c1, d1], out: o1, rule: self.rule },
+        )
     }
 }
 
-impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>> SimdKernel for Chunk<'_, P, S, R> {
+impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bool> SimdKernel for Chunk<'_, P, S, R, SUMS> {
     #[inline(always)]
     fn run<A: Arith>(self) {
-        let [a, b, c, d] = self.s;
-        body::<P, S, A, R>(self.p, self.g, a, b, c, d, self.rule);
+        let Chunk { p, g, s: [a, b, c, d], out, rule } = self;
+        if !SUMS {
+            body::<P, S, A, R, false>(p, g, [a, b, c, d], rule, (&mut [], &mut []));
+            return;
+        }
+        // Block by block: the update, with the values to square into two block-sized scratch
+        // buffers (in L1), then their float64 sums of squares (`reduce::dot_f64`'s order).
+        let zero = <P::Arith as Float>::ZERO;
+        let mut sq = (vec![zero; BLOCK.min(p.len())], vec![zero; BLOCK.min(p.len())]);
+        let (mut p, mut g, mut s) = (p, g, [a, b, c, d]);
+        for slot in out.iter_mut() {
+            let n = BLOCK.min(p.len());
+            let (p0, p1) = std::mem::take(&mut p).split_at_mut(n);
+            let (g0, g1) = g.split_at(n);
+            let [a, b, c, d] = s;
+            let ((a0, a1), (b0, b1), (c0, c1), (d0, d1)) = (cut(a, n), cut(b, n), cut(c, n), cut(d, n));
+            let (x, y) = (&mut sq.0[..n], &mut sq.1[..n]);
+            body::<P, S, A, R, true>(p0, g0, [a0, b0, c0, d0], rule, (&mut *x, &mut *y));
+            *slot = (dot_f64(x, x), dot_f64(y, y));
+            (p, g, s) = (p1, g1, [a1, b1, c1, d1]);
+        }
     }
 }
 
-/// Separate `&mut` slices (not an array of them) so that LLVM knows they do not alias; equal
-/// lengths up front let it drop the bounds checks and vectorize.
+/// The loop of a pass. Separate `&mut` slices (not an array of them) so that LLVM knows
+/// they do not alias; equal lengths up front let it drop the bounds checks and vectorize.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn body<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>>(
+fn body<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>, const SUMS: bool>(
     p: &mut [P],
     g: &[P],
-    s0: &mut [S],
-    s1: &mut [S],
-    s2: &mut [S],
-    s3: &mut [S],
+    [s0, s1, s2, s3]: [&mut [S]; MAX_STATES],
     rule: &R,
+    (x, y): (&mut [P::Arith], &mut [P::Arith]),
 ) {
     let n = p.len();
     let g = &g[..n];
@@ -150,17 +181,24 @@ fn body<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>>(
     let s1 = if R::STATES > 1 { &mut s1[..n] } else { s1 };
     let s2 = if R::STATES > 2 { &mut s2[..n] } else { s2 };
     let s3 = if R::STATES > 3 { &mut s3[..n] } else { s3 };
+    let (x, y) = if SUMS { (&mut x[..n], &mut y[..n]) } else { (x, y) };
+    let w = |k: u32| R::WRITES & (1 << k) != 0;
     for i in 0..n {
         let mut st = [<P::Arith as Float>::ZERO; MAX_STATES];
         if R::STATES > 0 { st[0] = s0[i].load() }
         if R::STATES > 1 { st[1] = s1[i].load() }
         if R::STATES > 2 { st[2] = s2[i].load() }
         if R::STATES > 3 { st[3] = s3[i].load() }
-        p[i] = P::store(rule.update::<A>(p[i].load(), g[i].load(), &mut st));
-        if R::STATES > 0 { s0[i] = S::store(st[0]) }
-        if R::STATES > 1 { s1[i] = S::store(st[1]) }
-        if R::STATES > 2 { s2[i] = S::store(st[2]) }
-        if R::STATES > 3 { s3[i] = S::store(st[3]) }
+        let (old, gi) = (p[i].load(), g[i].load());
+        let new = rule.update::<A>(old, gi, &mut st);
+        if w(0) { p[i] = P::store(new) }
+        if SUMS {
+            [x[i], y[i]] = rule.squares::<A>(old, gi, &st);
+        }
+        if R::STATES > 0 && w(1) { s0[i] = S::store(st[0]) }
+        if R::STATES > 1 && w(2) { s1[i] = S::store(st[1]) }
+        if R::STATES > 2 && w(3) { s2[i] = S::store(st[2]) }
+        if R::STATES > 3 && w(4) { s3[i] = S::store(st[3]) }
     }
 }
 
@@ -168,11 +206,54 @@ fn body<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>>(
 /// `make(counters, fresh)` (which updates the counters, e.g. `step += 1`) and runs the pass
 /// over all tensors. Nothing is written when a check fails.
 pub fn run<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
-    tensors: Vec<Tensor<'_, P, S>>,
-    (states, counters): Layout,
+    mut tensors: Vec<Tensor<'_, P, S>>,
+    layout: Layout,
     level: SimdLevel,
-    mut make: impl FnMut(&mut [&mut f32], bool) -> R,
+    make: impl FnMut(&mut [&mut f32], bool) -> R,
 ) -> Result<(), Error> {
+    let total = check::<P, S, R>(&tensors, layout)?;
+    let (rules, which) = rules_of(&mut tensors, make);
+    pass::<P, S, R, false>(&mut tensors, &rules, &which, total, level, &mut []);
+    Ok(())
+}
+
+/// A reducing pass, the first of a multi-pass optimizer: as [`run`], and returns for each
+/// tensor the sums of squares of the two values the rule's [`Rule::squares`] gives, in
+/// float64 over fixed blocks of [`BLOCK`] elements merged in order, so the same whatever the
+/// thread count. The tensors stay borrowed for the later passes ([`apply`]).
+pub fn sweep<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
+    tensors: &mut [Tensor<'_, P, S>],
+    layout: Layout,
+    level: SimdLevel,
+    make: impl FnMut(&mut [&mut f32], bool) -> R,
+) -> Result<Vec<(f64, f64)>, Error> {
+    let total = check::<P, S, R>(tensors, layout)?;
+    let (rules, which) = rules_of(tensors, make);
+    let counts: Vec<usize> = tensors.iter().map(|t| t.param.len().div_ceil(BLOCK)).collect();
+    let mut partials = vec![(0.0, 0.0); counts.iter().sum()];
+    pass::<P, S, R, true>(tensors, &rules, &which, total, level, &mut partials);
+    let mut rest = &partials[..];
+    Ok(counts
+        .iter()
+        .map(|&n| {
+            let (mine, tail) = rest.split_at(n);
+            rest = tail;
+            mine.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y))
+        })
+        .collect())
+}
+
+/// A later pass of a multi-pass optimizer over tensors a [`sweep`] has checked: `rules[i]`
+/// (built from the sums) applied to tensor `i`.
+pub fn apply<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(tensors: &mut [Tensor<'_, P, S>], rules: &[R], level: SimdLevel) {
+    let total = tensors.iter().map(|t| t.param.len()).sum();
+    let which: Vec<usize> = (0..tensors.len()).collect();
+    pass::<P, S, R, false>(tensors, rules, &which[..rules.len().min(which.len())], total, level, &mut []);
+}
+
+/// The lengths of every tensor's buffers and counters against the layout; the number of
+/// elements in all.
+fn check<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(tensors: &[Tensor<'_, P, S>], (states, counters): Layout) -> Result<usize, Error> {
     // (the declared layout against the rule: the same for every tensor)
     let bad_layout = states.len() != R::STATES || counters.len() > MAX_COUNTERS;
     let mut total = 0;
@@ -192,15 +273,22 @@ pub fn run<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
             check_len(name.1, i, s.len(), n)?;
         }
     }
-    // `make` depends only on a tensor's counters and `fresh` (and the call's
-    // hyperparameters), which are usually equal across a group: tensors whose counters match
-    // the previous tensor's reuse its rule and counter updates, so the per-tensor `pow` calls
-    // run once per call. Compared by bits, so a NaN counter is always recomputed. Each
-    // distinct rule is kept once and the pieces of work refer to it.
+    Ok(total)
+}
+
+/// Each distinct rule once, and which one each tensor takes.
+///
+/// `make` depends only on a tensor's counters and `fresh` (and the call's hyperparameters),
+/// which are usually equal across a group: tensors whose counters match the previous
+/// tensor's reuse its rule and counter updates, so the per-tensor `pow` calls run once per
+/// call. Compared by bits, so a NaN counter is always recomputed.
+fn rules_of<P: Storage, S: Storage<Arith = P::Arith>, R>(
+    tensors: &mut [Tensor<'_, P, S>],
+    mut make: impl FnMut(&mut [&mut f32], bool) -> R,
+) -> (Vec<R>, Vec<usize>) {
     let mut rules: Vec<R> = Vec::with_capacity(1);
     let mut which: Vec<usize> = Vec::with_capacity(tensors.len());
     let mut memo: Option<([u32; MAX_COUNTERS], bool, [f32; MAX_COUNTERS])> = None;
-    let mut tensors = tensors;
     for t in tensors.iter_mut() {
         let mut before = [0u32; MAX_COUNTERS];
         for (b, c) in before.iter_mut().zip(t.counters.iter()) {
@@ -223,14 +311,30 @@ pub fn run<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
         }
         which.push(rules.len() - 1);
     }
-    let chunks = tensors.into_iter().zip(which).map(|(t, k)| {
-        // Moves each state reference out (leaving an empty slice); unused slots stay empty.
-        let mut take = |k: usize| t.states.get_mut(k).map(std::mem::take).unwrap_or_default();
-        let s = [take(0), take(1), take(2), take(3)];
-        Chunk { p: t.param, g: t.grad, s, rule: &rules[k] }
+    (rules, which)
+}
+
+/// One pass of `rules[which[i]]` over tensor `i` (for each `i < which.len()`), split across
+/// threads; with `SUMS`, `partials` holds each tensor's blocks' sums in turn.
+fn pass<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bool>(
+    tensors: &mut [Tensor<'_, P, S>],
+    rules: &[R],
+    which: &[usize],
+    total: usize,
+    level: SimdLevel,
+    partials: &mut [(f64, f64)],
+) {
+    let mut rest = partials;
+    let chunks = tensors.iter_mut().zip(which).map(|(t, &k)| {
+        // Unused slots stay empty.
+        let mut it = t.states.iter_mut().map(|s| &mut **s);
+        let s = [(); MAX_STATES].map(|_| it.next().unwrap_or_default());
+        let blocks = if SUMS { t.param.len().div_ceil(BLOCK) } else { 0 };
+        let (out, tail) = std::mem::take(&mut rest).split_at_mut(blocks);
+        rest = tail;
+        Chunk::<P, S, R, SUMS> { p: &mut *t.param, g: t.grad, s, out, rule: &rules[k] }
     });
     parallel::for_each_of(total, chunks, |c| simd::dispatch_at(level, c));
-    Ok(())
 }
 
 /// The gradient prologue every rule starts with: the gradient scaled (clipping folded into
@@ -350,4 +454,71 @@ pub fn pow_half(x: f64) -> f64 {
 pub fn next_step(c: &mut [&mut f32]) -> f64 {
     *c[0] += 1.0;
     *c[0] as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::data;
+
+    /// Writes only its second state buffer (`p + g`); tries to change the others.
+    #[derive(Clone, Copy)]
+    struct Touch;
+
+    impl Rule<f64> for Touch {
+        const STATES: usize = 2;
+        const WRITES: u32 = 0b100;
+        fn update<A: Arith>(&self, p: f64, g: f64, s: &mut [f64; MAX_STATES]) -> f64 {
+            s[0] = -1.0;
+            s[1] = p + g;
+            p * 2.0
+        }
+        fn squares<A: Arith>(&self, p: f64, _g: f64, s: &[f64; MAX_STATES]) -> [f64; 2] {
+            [p, s[1]]
+        }
+    }
+
+    const LAYOUT: Layout = (&[("a", "a_list"), ("b", "b_list")], &["step"]);
+
+    #[test]
+    fn a_sweep_writes_only_what_the_rule_declares_and_sums_the_same_at_any_thread_count() {
+        let _g = crate::test_util::global();
+        let sizes = [9 * BLOCK + 5, 3, 0]; // (above parallel::SERIAL_BELOW: split across threads)
+        let mut results = vec![];
+        for threads in [1, 2, 3] {
+            parallel::set_num_threads(threads).unwrap();
+            let mut ps: Vec<Vec<f64>> = sizes.iter().map(|&n| data(n, n as u64)).collect();
+            let gs: Vec<Vec<f64>> = sizes.iter().map(|&n| data(n, n as u64 + 7)).collect();
+            let mut a: Vec<Vec<f64>> = sizes.iter().map(|&n| vec![0.5; n]).collect();
+            let mut b: Vec<Vec<f64>> = sizes.iter().map(|&n| vec![0.0; n]).collect();
+            let mut counts = vec![0f32; sizes.len()];
+            let mut states: Vec<[&mut [f64]; 2]> = a.iter_mut().zip(b.iter_mut()).map(|(x, y)| [&mut x[..], &mut y[..]]).collect();
+            let mut counters: Vec<[&mut f32; 1]> = counts.iter_mut().map(|c| [c]).collect();
+            let mut tensors: Vec<Tensor<'_, f64>> = ps
+                .iter_mut()
+                .zip(&gs)
+                .zip(states.iter_mut())
+                .zip(counters.iter_mut())
+                .map(|(((p, g), s), c)| Tensor { param: &mut p[..], grad: &g[..], states: &mut s[..], counters: &mut c[..], fresh: false })
+                .collect();
+            let sums = sweep(&mut tensors, LAYOUT, simd::level(), |c, _| {
+                next_step(c);
+                Touch
+            })
+            .unwrap();
+            drop(tensors);
+            for k in 0..sizes.len() {
+                assert_eq!(ps[k], data::<f64>(sizes[k], sizes[k] as u64), "the parameter is not written");
+                assert!(a[k].iter().all(|&x| x == 0.5), "nor the first state");
+                let want: Vec<f64> = ps[k].iter().zip(&gs[k]).map(|(p, g)| p + g).collect();
+                assert_eq!(b[k], want);
+                let (pp, bb): (f64, f64) = (ps[k].iter().map(|x| x * x).sum(), want.iter().map(|x| x * x).sum());
+                assert!((sums[k].0 - pp).abs() <= 1e-12 * pp && (sums[k].1 - bb).abs() <= 1e-12 * bb);
+            }
+            assert!(counts.iter().all(|&c| c == 1.0));
+            results.push(sums.iter().map(|(x, y)| (x.to_bits(), y.to_bits())).collect::<Vec<_>>());
+        }
+        parallel::set_num_threads(parallel::default_threads()).unwrap();
+        assert!(results.windows(2).all(|w| w[0] == w[1]));
+    }
 }

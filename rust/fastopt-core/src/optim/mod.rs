@@ -2,8 +2,8 @@
 //!
 //! Every single-pass optimizer is a rule of the [`engine`]; [`Config`] names them all, holds
 //! one group's typed hyperparameters, says which state buffers and counters a tensor needs
-//! ([`Config::layout`]) and runs a step ([`Config::step`]). Multi-pass optimizers (LAMB,
-//! Adafactor) use the engine's building blocks for each pass.
+//! ([`Config::layout`]) and runs a step ([`Config::step`]). Multi-pass optimizers run each
+//! pass on the engine's driver (LAMB: [`engine::sweep`], then [`engine::apply`]).
 
 pub mod adafactor;
 pub mod adagrad;
@@ -19,7 +19,7 @@ pub use adagrad::AdagradConfig;
 pub use adam::AdamConfig;
 pub use elementwise::{AdaBoundConfig, AdadeltaConfig, AdamaxConfig, AsgdConfig, LionConfig, NadamConfig, RadamConfig, RpropConfig};
 pub use engine::{Layout, StateName, Storage, Tensor};
-pub use lamb::{lamb_step, LambConfig, LambTensor};
+pub use lamb::LambConfig;
 pub use rmsprop::RmspropConfig;
 pub use sgd::SgdConfig;
 
@@ -97,8 +97,8 @@ rules! {
     AdaBelief(RadamConfig) = "adabelief", |_| e::ADABELIEF, e::adabelief;
     Asgd(AsgdConfig) = "asgd", |_| e::ASGD, e::asgd;
     Rprop(RpropConfig) = "rprop", |_| e::RPROP, e::rprop;
-    /// Two passes (moments and norms, then the update); runs on identity storage only.
-    Lamb(LambConfig) = "lamb", |_| e::RADAM, lamb;
+    /// Two passes: moments and norms, then the update.
+    Lamb(LambConfig) = "lamb", |_| lamb::LAYOUT, lamb::step;
 }
 
 impl Config {
@@ -108,24 +108,4 @@ impl Config {
     pub fn step<P: Storage, S: Storage<Arith = P::Arith>>(&self, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64) -> Result<(), Error> {
         self.step_at(tensors, grad_scale, simd::level())
     }
-}
-
-/// LAMB over the engine's tensors, viewed as their arithmetic type.
-fn lamb<P: Storage, S: Storage<Arith = P::Arith>>(h: &LambConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
-    let unsupported = || Error::type_error("lamb runs on float32 and float64 buffers only");
-    let mut out = Vec::with_capacity(tensors.len());
-    for (i, t) in tensors.into_iter().enumerate() {
-        // (lengths: lamb_step_at checks them all before writing)
-        let ([m, v], [step]) = (t.states, t.counters) else {
-            return Err(Error::value(format!("params[{i}]: lamb takes two state buffers (exp_avgs, exp_avg_sqs) and one counter")));
-        };
-        out.push(LambTensor {
-            param: P::as_arith(t.param).ok_or_else(unsupported)?,
-            grad: P::as_arith_ref(t.grad).ok_or_else(unsupported)?,
-            exp_avg: S::as_arith(std::mem::take(m)).ok_or_else(unsupported)?,
-            exp_avg_sq: S::as_arith(std::mem::take(v)).ok_or_else(unsupported)?,
-            step: &mut **step,
-        });
-    }
-    lamb::lamb_step_at(out, h, grad_scale, level)
 }
