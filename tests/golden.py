@@ -9,9 +9,6 @@ parameters and every state buffer. ``tests/data/golden_steps.json`` holds the di
 the scalar level and at the FMA levels (AVX2, AVX-512 and NEON give identical results), so
 any change to the arithmetic, however small, fails ``test_golden.py``.
 
-Adafactor is not recorded: part of its rule runs as NumPy operations (``np.linalg.norm``
-through the BLAS), whose summation order depends on the machine's BLAS kernel.
-
 Regenerate only for an intended change of results:
 ``python tests/golden.py --write`` (then say why in the commit).
 """
@@ -58,6 +55,8 @@ CONFIGS: list[tuple[str, dict]] = [
     ("Lion", dict(lr=1e-3, weight_decay=0.1)),
     ("AdaBelief", dict(lr=1e-2, weight_decay=0.1)),
     ("Lamb", dict(lr=1e-2, weight_decay=0.01)),
+    ("Adafactor", dict(lr=1e-2, weight_decay=0.01)),
+    ("Adafactor", dict(lr=0.05, beta2_decay=-0.5, d=1.5, eps=(1e-20, 1e-2), maximize=True)),
 ]
 
 

@@ -228,6 +228,13 @@ class Adafactor(_NoNumpyPeer):
         return p.reshape(side, side), g.reshape(side, side)
 
 
+class AdafactorVector(_NoNumpyPeer):
+    """On one vector (the unfactored path: a full second moment, as biases take)."""
+
+    optimizer = "Adafactor"
+    kwargs = {"lr": 1e-2}
+
+
 class LBFGS:
     """One LBFGS step (max_iter=20, history 10) on an ill-conditioned quadratic
     0.5 sum(a x^2) - b.x in float64, with and without the strong-Wolfe line search. Both

@@ -31,3 +31,9 @@ def step(
     ``CheckCache``."""
     # Positional: the compiled function parses keywords slower than it checks a tensor.
     _kernels.step(rule, params, grads, states, counters, fresh, grad_scale, check_only, cache)
+
+
+def adafactor_step(*args: Any, **kwargs: Any) -> None:
+    """Adafactor's step (its state is not shaped like its parameters, so it is not a
+    ``Rule``): see :func:`fastopt.optim.adafactor.adafactor`."""
+    _kernels.adafactor_step(*args, **kwargs)

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .. import _fastopt
+from . import _engine
 from ._options import check_bool, check_nonnegative, real
 from .optimizer import Optimizer
 
-__all__ = ["Adafactor"]
-
-
-def _lerp_(start: np.ndarray, end: np.ndarray, weight: float) -> None:
-    """torch's lerp_ with a scalar weight (its two forms), in place, in start's dtype."""
-    w = start.dtype.type(weight)
-    if abs(w) < 0.5:
-        start += w * (end - start)
-    else:
-        start[...] = end - (end - start) * (start.dtype.type(1) - w)
+__all__ = ["Adafactor", "adafactor"]
 
 
 class Adafactor(Optimizer):
@@ -30,13 +20,12 @@ class Adafactor(Optimizer):
     with ``beta2_t = 1 - t**beta2_decay``, update clipping by ``d`` and decoupled weight
     decay.
 
-    A parameter of 2 or more dimensions takes three Rust passes (row/column sums of the
-    squared gradient and the parameter's norm; the update's norm, for the clipping by ``d``;
-    the update, weight decay folded in), with only its small row/column vectors updated in
-    NumPy; vectors (biases) use NumPy array operations in torch's order. The arguments are
-    checked by the Rust layer before anything changes. Unlike torch (which divides by zero),
-    an empty parameter is simply skipped.
-
+    The whole rule runs in Rust, one call per group: a parameter of 2 or more dimensions
+    takes three passes (row/column sums of the squared gradient and the parameter's norm;
+    the update's norm, for the clipping by ``d``; the update, weight decay folded in), a
+    vector two (the variance and both norms; the update). Every array is checked before
+    anything changes. Unlike torch (which divides by zero), an empty parameter only counts
+    the step.
 
     With gradient :math:`G_t` (negated with ``maximize``), at step :math:`t`, for a matrix
     (the last two axes; vectors keep a full second moment :math:`V_t` instead):
@@ -97,9 +86,6 @@ class Adafactor(Optimizer):
         check_nonnegative(wd, "weight_decay", f"weight_decay should be >= 0 but is: {wd}")
         check_bool(group["maximize"], "maximize")
 
-    #: Several kernel calls per tensor: a step interrupted between them is not retried.
-    _kernel_counts_calls = False
-
     @staticmethod
     def _layout(a: np.ndarray) -> dict[str, tuple]:
         """The state buffers a parameter of ``a``'s shape has, and their shapes."""
@@ -108,88 +94,81 @@ class Adafactor(Optimizer):
         return {"variance": a.shape}
 
     def _check_state(self, i: int, a: np.ndarray, st: dict) -> None:
-        """Every buffer of an existing state, before any parameter of the group changes."""
+        """An existing state's step and keys, before any parameter of the group changes (the
+        kernel checks the buffers' shapes, dtypes and layout)."""
         if "step" not in st:
             raise ValueError(f"state of params[{i}] has no 'step'")
         step = np.asarray(st["step"])
         if step.size != 1 or step.dtype.kind != "f" or not (np.isfinite(step).all() and float(step.reshape(())) >= 0):
             raise ValueError(f"state of params[{i}]: 'step' must be one finite float >= 0, got {st['step']!r}")
-        if not isinstance(st["step"], np.ndarray) or not st["step"].flags.writeable:
-            raise ValueError(f"state of params[{i}]: 'step' must be a writeable ndarray")
-        for name, shape in self._layout(a).items():
-            b = st.get(name)
-            if b is None:
+        for name in self._layout(a):
+            if name not in st:
                 raise ValueError(f"state of params[{i}] has no {name!r} (a parameter of {a.ndim} dimensions needs "
                                  f"{', '.join(repr(n) for n in self._layout(a))})")
-            if not isinstance(b, np.ndarray) or b.shape != shape or b.dtype != a.dtype:
-                got = f"{b.shape} {b.dtype}" if isinstance(b, np.ndarray) else type(b).__name__
-                raise ValueError(f"state of params[{i}]: {name!r} must be an array of shape {shape} and dtype "
-                                 f"{a.dtype}, got {got}")
-            if not (b.flags.c_contiguous and b.flags.writeable):
-                raise ValueError(f"state of params[{i}]: {name!r} must be C-contiguous and writeable")
 
     def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
-        _fastopt.check_group(arrays, grads)
         items = self.state._items
         for i, (p, a) in enumerate(zip(params, arrays)):
             found = items.get(id(p))
             if found is not None and found[1]:
                 self._check_state(i, a, found[1])
-        if check_only:
-            return
-        lr, decay, (eps1, eps2), d, wd = (group["lr"], group["beta2_decay"], group["eps"], group["d"],
-                                          group["weight_decay"])
-        for p, a, g in zip(params, arrays, grads):
-            st = self.state[p]
+        states, created = [], []
+        for p, a in zip(params, arrays):
+            found = items.get(id(p))
+            st = found[1] if found is not None else None
             if not st:
-                st["step"] = np.zeros((), np.float32)
-                for name, shape in self._layout(a).items():
-                    st[name] = np.zeros(shape, a.dtype)
-            if a.size == 0:
-                st["step"] += np.float32(1)
-                continue
-            self._update(a, g, st, lr, decay, eps1, eps2, d, wd, group["maximize"], grad_scale)
+                # Committed only once the kernel has run, so a failed step leaves no trace.
+                st = {"step": np.zeros((), np.float32)}
+                st.update({name: np.zeros(shape, a.dtype) for name, shape in self._layout(a).items()})
+                created.extend((p, name, b) for name, b in st.items())
+            states.append(st)
+        self._pending = created
+        (eps1, eps2) = group["eps"]
+        _engine.adafactor_step(arrays, grads, [st.get("row_var") for st in states], [st.get("col_var") for st in states],
+                               [st.get("variance") for st in states], [st["step"] for st in states], lr=group["lr"],
+                               beta2_decay=group["beta2_decay"], eps1=eps1, eps2=eps2, d=group["d"],
+                               weight_decay=group["weight_decay"], maximize=group["maximize"], grad_scale=grad_scale,
+                               check_only=check_only, cache=None if check_only else self._check_cache(group))
+        if created and not check_only:
+            self._commit(created)
 
-    @staticmethod
-    def _update(p, g, st, lr, decay, eps1, eps2, d, wd, maximize, grad_scale):
-        t = p.dtype.type
-        if grad_scale != 1.0:
-            g = g * t(grad_scale)
-        if maximize:
-            g = -g
-        st["step"] += np.float32(1)
-        step = float(st["step"])
-        one_minus_beta2 = step**decay
-        rho = min(lr, 1 / step**0.5)
-        e1 = np.finfo(p.dtype).eps if eps1 is None else eps1
-        if g.ndim > 1:
-            # Three Rust passes over the tensor: row/column sums of g^2 and sum(p^2); the
-            # update's norm; the update itself (weight decay folded in). Only the small
-            # row/column vectors are NumPy.
-            rows, cols = g.shape[-2:]
-            batch = g.size // (rows * cols)
-            row_sq, col_sq = np.empty(batch * rows), np.empty(batch * cols)
-            p_sq = _fastopt.adafactor_sums(g, p, batch, rows, cols, row_sq, col_sq)
-            alpha = max(eps2, math.sqrt(p_sq) / p.size**0.5) * rho
-            # torch: norm(g, dim).square_() / size, in the parameter's dtype.
-            row_mean = np.square(np.sqrt(row_sq).astype(p.dtype)) / t(cols)
-            _lerp_(st["row_var"], row_mean.reshape(st["row_var"].shape), one_minus_beta2)
-            col_mean = np.square(np.sqrt(col_sq).astype(p.dtype)) / t(rows)
-            _lerp_(st["col_var"], col_mean.reshape(st["col_var"].shape), one_minus_beta2)
-            r_mean = np.maximum(st["row_var"].mean(axis=-2, keepdims=True, dtype=p.dtype), t(e1))
-            args = (g, batch, rows, cols, st["row_var"].reshape(-1), st["col_var"].reshape(-1),
-                    np.ascontiguousarray(r_mean.reshape(-1)), e1 * e1)
-            u_sq = _fastopt.adafactor_update(*args)
-            denom = max(1.0, math.sqrt(u_sq) / (g.size**0.5 * d))
-            _fastopt.adafactor_update(*args, param=p, decay=1 - lr * wd if wd != 0 else 1.0, scale=-alpha / denom)
-            return
-        # Vectors (biases): NumPy, in torch's order of operations.
-        alpha = max(eps2, float(np.linalg.norm(p.ravel())) / p.size**0.5) * rho
-        if wd != 0:
-            p *= t(1 - lr * wd)
-        _lerp_(st["variance"], g * g, one_minus_beta2)
-        var = st["variance"].copy()
-        update = t(1) / np.sqrt(np.maximum(var, t(e1 * e1)))
-        update *= g
-        denom = max(1.0, float(np.linalg.norm(update.ravel())) / (update.size**0.5 * d))
-        p += update * t(-alpha / denom)
+def adafactor(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    row_vars: Sequence[np.ndarray | None],
+    col_vars: Sequence[np.ndarray | None],
+    variances: Sequence[np.ndarray | None],
+    state_steps: Sequence[np.ndarray],
+    *,
+    d: float = 1.0,
+    lr: float = 1e-2,
+    beta2_decay: float = -0.8,
+    weight_decay: float = 0.0,
+    eps1: float | None = None,
+    eps2: float = 1e-3,
+    maximize: bool = False,
+    grad_scale: float = 1.0,
+    check_only: bool = False,
+) -> None:
+    """Adafactor (torch.optim.adafactor.adafactor; see :class:`fastopt.optim.Adafactor` for
+    the maths): for a parameter of 2 or more dimensions and shape ``(..., rows, cols)``,
+    ``row_vars[i]`` has shape ``(..., rows, 1)`` and ``col_vars[i]`` ``(..., 1, cols)``
+    (``variances[i]`` may be None); otherwise ``variances[i]`` has the parameter's shape.
+    Increments ``state_steps`` in place. ``grad_scale`` multiplies every gradient as it is
+    read; with ``check_only`` every argument is checked and nothing changes.
+
+    Example:
+
+    >>> F = fo.optim.functional
+    >>> p, g = np.ones((2, 3)), np.full((2, 3), 0.5)
+    >>> r, c, step = np.zeros((2, 1)), np.zeros((1, 3)), np.zeros((), np.float32)
+    >>> F.adafactor([p], [g], [r], [c], [None], [step], lr=0.1)
+    >>> np.round(p, 4)  # step 1: rho = min(lr, 1) = 0.1, times rms(p) = 1, update rms clipped to 1
+    array([[0.9, 0.9, 0.9],
+           [0.9, 0.9, 0.9]])
+    >>> r.ravel(), c.ravel()  # mean squares of the rows and the columns (beta2_1 = 0)
+    (array([0.25, 0.25]), array([0.25, 0.25, 0.25]))
+    """
+    _engine.adafactor_step(params, grads, row_vars, col_vars, variances, state_steps, lr=lr, beta2_decay=beta2_decay,
+                           eps1=eps1, eps2=eps2, d=d, weight_decay=weight_decay, maximize=maximize,
+                           grad_scale=grad_scale, check_only=check_only, cache=None)

@@ -12,6 +12,7 @@ Each function lives in its optimizer's module, beside the class; this module gat
 
 from __future__ import annotations
 
+from .adafactor import adafactor
 from .adagrad import adagrad
 from .adam import adam, adamw
 from .elementwise import adabelief, adabound, adadelta, adamax, amsbound, asgd, lion, nadam, radam, rprop
@@ -19,5 +20,5 @@ from .lamb import lamb
 from .rmsprop import rmsprop
 from .sgd import sgd
 
-__all__ = ["adabelief", "adabound", "adadelta", "adagrad", "adam", "adamax", "adamw", "amsbound", "asgd", "lamb", "lion",
+__all__ = ["adabelief", "adabound", "adafactor", "adadelta", "adagrad", "adam", "adamax", "adamw", "amsbound", "asgd", "lamb", "lion",
            "nadam", "radam", "rmsprop", "rprop", "sgd"]

@@ -19,6 +19,8 @@ pub trait Float:
 {
     const ZERO: Self;
     const ONE: Self;
+    /// The machine epsilon (the gap between 1 and the next value).
+    const EPSILON: Self;
     /// Rounds a double to this type (round-to-nearest, as a C cast).
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
@@ -34,6 +36,7 @@ macro_rules! impl_float {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
+            const EPSILON: Self = <$t>::EPSILON;
             #[inline(always)]
             fn from_f64(x: f64) -> Self {
                 x as $t

@@ -1,84 +1,98 @@
-//! Adafactor's factored passes (see `fastopt_core::optim::adafactor`): argument checks and
-//! GIL release. The small row/column vectors are updated in Python.
+//! Adafactor's step (see `fastopt_core::optim::adafactor`): its state is not shaped like its
+//! parameters (one variance per row and per column of a matrix), so it has its own entry
+//! point beside the engine's `step`. Checks every array, then runs the whole rule with the
+//! GIL released.
 
-use crate::arrays::{Dtype, Group, Raw, run_core};
-use fastopt_core::optim::adafactor::{self, Factored, Stats};
-use fastopt_core::Float;
+use crate::arrays::{run_core, CheckCache, Group, Raw};
+use fastopt_core::optim::adafactor::{self, AdafactorConfig, AdafactorTensor, Factored, Variance};
+use fastopt_core::{simd, Float};
 use numpy::Element;
 use pyo3::prelude::*;
 
-/// Row and column sums of `grad**2` (float64, into `row_sq` / `col_sq`) of `grad` seen as
-/// `(batch, rows, cols)`; returns `sum(param**2)`.
+/// One Adafactor step over a parameter group, in place (torch.optim.adafactor's functional
+/// arguments). For a parameter of 2 or more dimensions of shape ``(..., rows, cols)``,
+/// ``row_vars[i]`` has shape ``(..., rows, 1)`` and ``col_vars[i]`` ``(..., 1, cols)``
+/// (``variances[i]`` is ignored and may be None); otherwise ``variances[i]`` has the
+/// parameter's shape (the other two are ignored). ``state_steps``: one-element float32
+/// counters. ``eps1`` None: the dtype's machine epsilon. With ``check_only`` every argument is
+/// checked and nothing is written. ``cache``: the group's ``CheckCache``, which counts the
+/// completed call (its arrays are checked every time).
 #[pyfunction]
+#[pyo3(signature = (params, grads, row_vars, col_vars, variances, state_steps, *, lr, beta2_decay, eps1, eps2, d, weight_decay, maximize, grad_scale=1.0, check_only=false, cache=None))]
 #[allow(clippy::too_many_arguments)]
-pub fn adafactor_sums<'py>(
+pub fn adafactor_step<'py>(
     py: Python<'py>,
-    grad: &Bound<'py, PyAny>,
-    param: &Bound<'py, PyAny>,
-    batch: usize,
-    rows: usize,
-    cols: usize,
-    row_sq: &Bound<'py, PyAny>,
-    col_sq: &Bound<'py, PyAny>,
-) -> PyResult<f64> {
-    let (mut g, rg) = Group::single(grad, "grad", false)?;
-    let rp = g.array(param, "param", false, None, None)?;
-    let rr = g.array(row_sq, "row_sq", true, None, Some(Dtype::F64))?;
-    let rc = g.array(col_sq, "col_sq", true, None, Some(Dtype::F64))?;
-    g.finish()?;
-    let f = Factored { batch, rows, cols };
-    fn run<T: Float + Element>(py: Python<'_>, g: Raw, p: Raw, r: Raw, c: Raw, f: Factored) -> PyResult<f64> {
-        // SAFETY: `Group` checked dtypes, layouts and that the written outputs overlap nothing;
-        // the caller's `Group` keeps the arrays alive.
-        let (g, p, r, c) = unsafe { (g.slice::<T>(), p.slice::<T>(), r.slice_mut::<f64>(), c.slice_mut::<f64>()) };
-        run_core(py, move || adafactor::factored_sums(g, p, f, r, c))
+    params: &Bound<'py, PyAny>,
+    grads: &Bound<'py, PyAny>,
+    row_vars: &Bound<'py, PyAny>,
+    col_vars: &Bound<'py, PyAny>,
+    variances: &Bound<'py, PyAny>,
+    state_steps: &Bound<'py, PyAny>,
+    lr: f64,
+    beta2_decay: f64,
+    eps1: Option<f64>,
+    eps2: f64,
+    d: f64,
+    weight_decay: f64,
+    maximize: bool,
+    grad_scale: f64,
+    check_only: bool,
+    cache: Option<&Bound<'py, CheckCache>>,
+) -> PyResult<()> {
+    let cfg = AdafactorConfig { lr, beta2_decay, eps1, eps2, d, weight_decay, maximize };
+    let (mut g, p) = Group::new(params)?;
+    let gr = g.like_params(grads, "grads", false)?;
+    let (rows, cols, fulls) = (g.entries(row_vars, "row_vars")?, g.entries(col_vars, "col_vars")?, g.entries(variances, "variances")?);
+    let mut vars = Vec::with_capacity(g.len());
+    for (i, ((r, c), v)) in rows.into_iter().zip(cols).zip(fulls).enumerate() {
+        let shape = g.param_shape(i).to_vec();
+        vars.push(match shape.len() {
+            0 | 1 => State::Full(g.item(v, "variances", i, &shape, true)?),
+            k => {
+                let (lead, last) = shape.split_at(k - 2);
+                let f = Factored { batch: lead.iter().product(), rows: last[0], cols: last[1] };
+                let row = [lead, &[f.rows, 1]].concat();
+                let col = [lead, &[1, f.cols]].concat();
+                State::Factored(f, g.item(r, "row_vars", i, &row, true)?, g.item(c, "col_vars", i, &col, true)?)
+            }
+        });
     }
-    by_dtype!(g.dtype, run(py, rg, rp, rr, rc, f))
+    let steps = g.steps(state_steps, "state_steps")?;
+    g.finish()?;
+    if check_only {
+        return Ok(());
+    }
+    CheckCache::count(cache, by_dtype!(g.dtype, run(py, &cfg, &p, &gr, &vars, &steps, grad_scale)))
 }
 
-/// `sum(u**2)` of the update `u = rsqrt(clamp(r * c / row_mean, min=eps1_sq)) * grad`, or, with
-/// `param` given, `param = param * decay + scale * u` in place (returning 0).
-#[pyfunction]
-#[pyo3(signature = (grad, batch, rows, cols, row_var, col_var, row_mean, eps1_sq, param=None, decay=1.0, scale=0.0))]
-#[allow(clippy::too_many_arguments)]
-pub fn adafactor_update<'py>(
-    py: Python<'py>,
-    grad: &Bound<'py, PyAny>,
-    batch: usize,
-    rows: usize,
-    cols: usize,
-    row_var: &Bound<'py, PyAny>,
-    col_var: &Bound<'py, PyAny>,
-    row_mean: &Bound<'py, PyAny>,
-    eps1_sq: f64,
-    param: Option<&Bound<'py, PyAny>>,
-    decay: f64,
-    scale: f64,
-) -> PyResult<f64> {
-    let (mut g, rg) = Group::single(grad, "grad", false)?;
-    let rr = g.array(row_var, "row_var", false, None, None)?;
-    let rc = g.array(col_var, "col_var", false, None, None)?;
-    let rm = g.array(row_mean, "row_mean", false, None, None)?;
-    let rp = match param {
-        Some(p) => Some(g.array(p, "param", true, None, None)?),
-        None => None,
-    };
-    g.finish()?;
-    let f = Factored { batch, rows, cols };
-    #[allow(clippy::too_many_arguments)]
-    fn run<T: Float + Element>(py: Python<'_>, g: Raw, r: Raw, c: Raw, m: Raw, p: Option<Raw>, f: Factored, e: f64, decay: f64, scale: f64) -> PyResult<f64> {
-        // SAFETY: as in `adafactor_sums`; `param` is the only array written.
-        let (g, r, c, m) = unsafe { (g.slice::<T>(), r.slice::<T>(), c.slice::<T>(), m.slice::<T>()) };
-        let s = Stats { row_var: r, col_var: c, row_mean: m, eps1_sq: T::from_f64(e) };
-        match p {
-            None => run_core(py, move || adafactor::factored_update_sq(g, f, s)),
-            Some(p) => {
-                // SAFETY: as above; `param` was checked writeable and non-overlapping.
-                let p = unsafe { p.slice_mut::<T>() };
-                run_core(py, move || adafactor::factored_apply(p, g, f, s, T::from_f64(decay), T::from_f64(scale)))?;
-                Ok(0.0)
-            }
-        }
-    }
-    by_dtype!(g.dtype, run(py, rg, rr, rc, rm, rp, f, eps1_sq, decay, scale))
+/// A parameter's checked state arrays.
+enum State {
+    Factored(Factored, Raw, Raw),
+    Full(Raw),
+}
+
+fn run<T: Float + Element + fastopt_core::optim::Storage<Arith = T>>(
+    py: Python<'_>,
+    cfg: &AdafactorConfig,
+    p: &[Raw],
+    gr: &[Raw],
+    vars: &[State],
+    steps: &[Raw],
+    grad_scale: f64,
+) -> PyResult<()> {
+    // SAFETY: `Group` checked that each array has dtype `T` (steps: float32, one element), is
+    // C-contiguous and aligned, that written arrays are writeable and that no written array
+    // overlaps any other array of this call; the caller's `Group` keeps every array alive
+    // until this function returns.
+    let tensors: Vec<AdafactorTensor<'_, T>> = (0..p.len())
+        .map(|i| unsafe {
+            let var = match vars[i] {
+                State::Full(v) => Variance::Full(v.slice_mut()),
+                State::Factored(f, r, c) => Variance::Factored { f, row_var: r.slice_mut(), col_var: c.slice_mut() },
+            };
+            AdafactorTensor { param: p[i].slice_mut(), grad: gr[i].slice(), var, step: &mut steps[i].slice_mut::<f32>()[0] }
+        })
+        .collect();
+    let cfg = *cfg;
+    run_core(py, move || adafactor::step(&cfg, tensors, grad_scale, simd::level()))
 }

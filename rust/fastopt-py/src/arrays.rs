@@ -285,6 +285,36 @@ impl<'py> Group<'py> {
         Ok(raw)
     }
 
+    /// The shape of `params[index]`.
+    pub fn param_shape(&self, index: usize) -> &[usize] {
+        self.params[index].shape()
+    }
+
+    /// The items of a list with one entry per parameter (arrays, or None where the caller
+    /// allows it), unchecked: see [`Group::item`].
+    pub fn entries(&self, obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        self.per_param(obj, name)
+    }
+
+    /// Entry `index` of list `name`: an array of the call's dtype with the shape `shape`
+    /// that parameter's state needs.
+    pub fn item(&mut self, obj: Bound<'py, PyAny>, name: &'static str, index: usize, shape: &[usize], written: bool) -> PyResult<Raw> {
+        let label = Label { name, index };
+        let arr = into_array(obj, label)?;
+        self.check_dtype(&arr, label)?;
+        if !same_shape(arr.shape(), shape) {
+            return Err(PyValueError::new_err(format!(
+                "{label} has shape {} but params[{index}] (shape {}) needs shape {}",
+                shape_str(arr.shape()),
+                shape_str(self.param_shape(index)),
+                shape_str(shape)
+            )));
+        }
+        let raw = self.check_layout(&arr, label, self.dtype.itemsize(), written)?;
+        self.owners.push(arr);
+        Ok(raw)
+    }
+
     fn check_layout(&mut self, arr: &Bound<'py, PyUntypedArray>, label: Label, itemsize: usize, written: bool) -> PyResult<Raw> {
         let f = flags(arr);
         if f & NPY_ARRAY_C_CONTIGUOUS == 0 {

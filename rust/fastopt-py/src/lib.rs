@@ -97,7 +97,7 @@ fn bandwidth_probe(py: Python<'_>, elements: usize, repeats: usize) -> PyResult<
 #[pymodule]
 mod _fastopt {
     #[pymodule_export]
-    use super::adafactor::{adafactor_sums, adafactor_update};
+    use super::adafactor::adafactor_step;
     #[pymodule_export]
     use super::arrays::CheckCache;
     #[pymodule_export]
@@ -105,7 +105,7 @@ mod _fastopt {
     #[pymodule_export]
     use super::nn::{act_backward, act_forward, bn_backward_input, bn_backward_sums, bn_normalize, bn_stats, bn_train_backward, bn_train_forward, cross_entropy, cross_entropy_backward, softmax, softmax_backward};
     #[pymodule_export]
-    use super::optim::{check_group, rule_names, step, Rule};
+    use super::optim::{rule_names, step, Rule};
     #[pymodule_export]
     use super::{available_simd_levels, bandwidth_probe, default_num_threads, detected_simd_level, environment_problems, get_num_threads, max_num_threads, set_num_threads, set_simd_level, simd_level};
 

@@ -171,13 +171,3 @@ fn run<T: Float + numpy::Element + fastopt_core::optim::Storage<Arith = T>>(
     }
     run_core(py, move || cfg.step(tensors, grad_scale))
 }
-
-/// Checks a group's params and grads as the kernels do (dtype, layout, writeability, shapes,
-/// overlap) without changing anything: for optimizers whose update runs as array
-/// operations outside a fused kernel.
-#[pyfunction]
-pub fn check_group<'py>(params: &Bound<'py, PyAny>, grads: &Bound<'py, PyAny>) -> PyResult<()> {
-    let (mut g, _) = Group::new(params)?;
-    g.like_params(grads, "grads", false)?;
-    g.finish()
-}
