@@ -318,3 +318,34 @@ def test_a_rule_refuses_unknown_missing_and_non_numeric_hyperparameters_when_bui
     with pytest.raises(TypeError, match="unexpected hyperparameter \"weight_decay\""):
         _fastopt.Rule("rprop", etaminus=0.5, etaplus=1.2, step_size_min=1e-6, step_size_max=50.0, maximize=False,
                       weight_decay=0.0)
+
+
+def test_functional_adafactor_names_the_argument_and_writes_nothing():
+    p, g = np.ones((2, 3), np.float32), np.full((2, 3), 0.5, np.float32)
+    v = np.ones(4, np.float32)
+    q, h = np.ones(4, np.float32), np.full(4, 0.5, np.float32)
+    r, c, step, step2 = np.zeros((2, 1), np.float32), np.zeros((1, 3), np.float32), np.zeros((), np.float32), np.zeros((), np.float32)
+    before = [a.copy() for a in (p, q, r, c, v, step, step2)]
+    cases = [
+        (dict(col_vars=[np.zeros((3, 1), np.float32), None]), ValueError,
+         r"col_vars\[0\] has shape \(3, 1\) but params\[0\] \(shape \(2, 3\)\) needs shape \(1, 3\)"),
+        (dict(variances=[None, np.ones(4)]), TypeError, r"variances\[1\] has dtype float64"),
+        (dict(variances=[None, None]), TypeError, r"variances\[1\] must be a numpy.ndarray, got NoneType"),
+        (dict(grads=[g, g]), ValueError, r"grads\[1\] has shape \(2, 3\) but params\[1\] has shape \(4,\)"),
+        (dict(state_steps=[step, np.zeros(2, np.float32)]), TypeError, r"state_steps\[1\] must be a one-element float32"),
+        (dict(variances=[None, h]), ValueError, r"grads\[1\] and variances\[1\] share memory"),
+    ]
+    for change, exc, msg in cases:
+        args = dict(params=[p, q], grads=[g, h], row_vars=[r, None], col_vars=[c, None], variances=[None, v],
+                    state_steps=[step, step2])
+        args.update(change)
+        with pytest.raises(exc, match=msg):
+            F.adafactor(**args, lr=0.1)
+        assert all(np.array_equal(a, b) for a, b in zip((p, q, r, c, v, step, step2), before))
+    F.adafactor([p, q], [g, h], [r, None], [c, None], [None, v], [step, step2], lr=0.1, check_only=True)
+    assert all(np.array_equal(a, b) for a, b in zip((p, q, r, c, v, step, step2), before))
+    with pytest.raises(TypeError, match="bogus"):
+        fo._fastopt.adafactor_step([p], [g], [r], [c], [None], [step], lr=0.1, beta2_decay=-0.8, eps1=None, eps2=1e-3,
+                                   d=1.0, weight_decay=0.0, maximize=False, bogus=1)
+    F.adafactor([p, q], [g, h], [r, None], [c, None], [None, v], [step, step2], lr=0.1)
+    assert float(step) == float(step2) == 1.0 and not np.array_equal(p, before[0]) and not np.array_equal(q, before[1])
