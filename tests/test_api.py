@@ -264,3 +264,47 @@ def test_stub_signatures_match_the_compiled_module():
                 assert eval(d_real) == eval(d_stub), f"{name}: {n} = {d_real} (stub: {d_stub})"
         checked += 1
     assert checked >= 30
+
+
+class _Interface:
+    """Another library's CPU array, exporting only ``__array_interface__``."""
+
+    def __init__(self, a):
+        self._a = a
+        self.__array_interface__ = a.__array_interface__
+
+
+class _DLPack:
+    """Another library's CPU array, exporting only DLPack."""
+
+    def __init__(self, a):
+        self._a = a
+
+    def __dlpack__(self, **kwargs):
+        return self._a.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()
+
+
+@pytest.mark.parametrize("wrap", [_Interface, _DLPack], ids=["array_interface", "dlpack"])
+def test_arrays_of_other_libraries_are_updated_in_place(wrap):
+    mem = np.ones(4, np.float32)
+    opt = fo.optim.SGD([wrap(mem)], lr=0.5)
+    opt.step(grads=[wrap(np.full(4, 2.0, np.float32))])
+    np.testing.assert_array_equal(mem, np.zeros(4, np.float32))  # the library's own memory moved
+    ro = np.ones(4, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match=r"params\[0\] \(_" + wrap.__name__[1:] + r"\) is read-only"):
+        fo.optim.SGD([wrap(ro)], lr=0.5)
+    with pytest.raises(TypeError, match=r"params\[0\] is object: optimizers take"):
+        fo.optim.SGD([object()], lr=0.5)
+
+
+def test_a_torch_tensor_points_to_fastopt_torch():
+    class Parameter:  # (stands for torch.nn.Parameter: only its module matters)
+        pass
+
+    Parameter.__module__ = "torch.nn.parameter"
+    with pytest.raises(TypeError, match=r"params\[0\] is a torch Parameter: fastopt.torch.Adam is this optimizer"):
+        fo.optim.Adam([Parameter()])

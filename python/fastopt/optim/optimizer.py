@@ -61,6 +61,33 @@ def _is_param(x: Any) -> bool:
     return isinstance(x, (Parameter, np.ndarray))
 
 
+_PLAIN_GRADS = {np.ndarray, type(None)}
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _borrow(x: Any, what: str, written: bool) -> np.ndarray:
+    """An array of another CPU library (one exporting ``__array_interface__`` or DLPack) as
+    an ndarray over the same memory. Written arrays must be writeable and are never copied."""
+    if hasattr(x, "__array_interface__"):
+        a = np.asarray(x)
+        if a.__array_interface__["data"][0] != x.__array_interface__["data"][0]:
+            raise TypeError(f"{what} ({type(x).__name__}) could not be used without a copy")
+    elif hasattr(x, "__dlpack__"):
+        try:
+            a = np.from_dlpack(x)
+        except (BufferError, RuntimeError, TypeError, ValueError) as e:
+            raise TypeError(f"{what} ({type(x).__name__}) could not be shared through DLPack: {e}") from None
+    else:
+        raise TypeError(f"{what} is {type(x).__name__}: optimizers take fastopt Parameters, numpy arrays, or "
+                        "CPU arrays that export __array_interface__ or DLPack")
+    if written and not a.flags.writeable:
+        raise ValueError(f"{what} ({type(x).__name__}) is read-only but is updated in place")
+    return a
+
+
 _GRAD = attrgetter("_grad")
 _DATA = attrgetter("_data")
 
@@ -329,10 +356,13 @@ class Optimizer:
             )
         for i, p in enumerate(params):
             if not _is_param(p):
-                raise TypeError(
-                    "optimizer can only optimize Parameters or numpy arrays, "
-                    f"but params[{i}] is {type(p).__name__}"
-                )
+                if _is_torch(p):
+                    raise TypeError(
+                        f"params[{i}] is a torch {type(p).__name__}: fastopt.torch.{type(self).__name__} is this "
+                        "optimizer for torch tensors (a torch.optim.Optimizer updating them in place)"
+                    )
+                # Another library's array: a view of its memory (the group holds the view).
+                p = params[i] = _borrow(p, f"params[{i}]", written=True)
             a = _array_of(p)
             if a.dtype not in FLOAT_DTYPES:
                 raise TypeError(f"params[{i}] has dtype {a.dtype}; optimizers take float32 or float64")
@@ -420,6 +450,11 @@ class Optimizer:
             n = len(group["params"])
             out.append(list(grads[start : start + n]))
             start += n
+        if not set(map(type, grads)) <= _PLAIN_GRADS:
+            for row in out:
+                for i, g in enumerate(row):
+                    if g is not None and not isinstance(g, np.ndarray):
+                        row[i] = _borrow(g, "a gradient", written=False)  # (only read)
         return out
 
     # -- stepping -------------------------------------------------------------------------

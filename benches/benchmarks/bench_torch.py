@@ -1,0 +1,93 @@
+"""fastopt.torch against torch.optim on torch models (CPU, float32): the optimizer step alone
+and the whole training step (forward, backward, step) of a small model with many tensors,
+and Adam over ResNet-50's 161 parameter shapes.
+
+``impl``: ``fastopt.torch`` (fastopt's kernels as a torch.optim.Optimizer), or torch's
+single-tensor loop (``torch``), ``torch-foreach`` and ``torch-fused``."""
+
+from __future__ import annotations
+
+from .common import THREADS, import_torch, set_threads, warm_up
+from fastopt.bench.workloads import resnet50_shapes
+
+IMPLS = ["fastopt.torch", "torch", "torch-foreach", "torch-fused"]
+
+
+def _optimizer(torch, impl, params, name="Adam", **kw):
+    if impl == "fastopt.torch":
+        import fastopt.torch
+
+        return getattr(fastopt.torch, name)(params, **kw)
+    flag = {"torch": {"foreach": False}, "torch-foreach": {"foreach": True}, "torch-fused": {"fused": True}}[impl]
+    return getattr(torch.optim, name)(params, **kw, **flag)
+
+
+class SmallModel:
+    """An MLP of 20 blocks (Linear 32x32, LayerNorm, Tanh): 82 tensors of 32 to 1024
+    elements, a batch of 64. ``time_step``: the optimizer step alone (the same gradient
+    tensors every call); ``time_train_step``: zero_grad, forward, backward and step (new
+    gradient tensors every call, as ``zero_grad()`` sets them to None); ``time_forward_backward``:
+    the same without the step, so that the difference is the optimizer's part of a training
+    step."""
+
+    params = (IMPLS, THREADS)
+    param_names = ["impl", "threads"]
+
+    def setup(self, impl, threads):
+        set_threads(threads)
+        try:
+            torch = import_torch()
+        except ImportError:
+            raise NotImplementedError("torch is not installed")
+        torch.manual_seed(0)
+        layers = []
+        for _ in range(20):
+            layers += [torch.nn.Linear(32, 32), torch.nn.LayerNorm(32), torch.nn.Tanh()]
+        self.model = torch.nn.Sequential(*layers, torch.nn.Linear(32, 1))
+        self.opt = _optimizer(torch, impl, self.model.parameters(), lr=1e-4)
+        self.x, self.y = torch.randn(64, 32), torch.randn(64, 1)
+        self.train_step()
+        warm_up(self.opt.step, self.train_step)
+
+    def forward_backward(self):
+        self.opt.zero_grad()
+        loss = ((self.model(self.x) - self.y) ** 2).mean()
+        loss.backward()
+
+    def train_step(self):
+        self.forward_backward()
+        self.opt.step()
+
+    def time_step(self, impl, threads):
+        self.opt.step()
+
+    def time_train_step(self, impl, threads):
+        self.train_step()
+
+    def time_forward_backward(self, impl, threads):
+        self.forward_backward()
+
+
+class ResNet50Shapes:
+    """Adam over tensors of ResNet-50's 161 parameter shapes (25.6 M elements), gradients
+    set once."""
+
+    params = (IMPLS, THREADS)
+    param_names = ["impl", "threads"]
+    timeout = 300
+
+    def setup(self, impl, threads):
+        set_threads(threads)
+        try:
+            torch = import_torch()
+        except ImportError:
+            raise NotImplementedError("torch is not installed")
+        gen = torch.Generator().manual_seed(0)
+        self.params_ = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in resnet50_shapes()]
+        for p in self.params_:
+            p.grad = torch.randn(p.shape, generator=gen) * 1e-3
+        self.opt = _optimizer(torch, impl, self.params_, lr=1e-4)
+        warm_up(self.opt.step)
+
+    def time_step(self, impl, threads):
+        self.opt.step()

@@ -1,0 +1,276 @@
+"""fastopt's optimizers as ``torch.optim.Optimizer`` subclasses for CPU tensors.
+
+One changed import moves a torch training loop onto fastopt's kernels::
+
+    from fastopt.torch import Adam          # instead of: from torch.optim import Adam
+    opt = Adam(model.parameters(), lr=1e-3)
+
+``fastopt.torch.<Name>`` exists for every optimizer of :mod:`fastopt.optim`, with its
+arguments. Each is a real ``torch.optim.Optimizer``: it takes ``model.parameters()``, named
+parameters or param-group dicts, and ``torch.optim.lr_scheduler``, ``torch.amp.GradScaler``,
+``torch.nn.utils.clip_grad_norm_``, step and state-dict hooks, ``zero_grad``,
+``state_dict()`` and ``load_state_dict()`` work on it as on torch's own. Its state has
+torch's layout and keys, so a state dict moves between ``torch.optim.<Name>`` and
+``fastopt.torch.<Name>`` in both directions.
+
+The kernels update the tensors' memory in place, without a copy: parameters must be CPU,
+contiguous, float32 or float64 tensors (anything else is refused with the tensor's index
+and name, never silently copied); state tensors share their memory with the kernels' arrays.
+Gradients are only read (a non-contiguous gradient is read through a contiguous copy).
+
+Where it helps: a step over small and many tensors, where torch's per-tensor work dominates
+(161 tensors of 64 elements: Adam 12x faster than torch's ``foreach`` path here). Where it
+does not: GPU tensors (refused), and tensors of 1e7 elements and more, where both move the
+same bytes at the memory's bandwidth.
+
+This module imports torch; ``import fastopt`` does not.
+"""
+
+from __future__ import annotations
+
+import inspect
+from operator import attrgetter, is_
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from . import optim as _optim
+from .parameter import Parameter as _FastParameter
+
+__all__ = [name for name in _optim.__all__ if isinstance(getattr(_optim, name), type)
+           and issubclass(getattr(_optim, name), _optim.Optimizer) and name != "Optimizer"]
+
+_DTYPES = (torch.float32, torch.float64)
+_data_ptr = torch.Tensor.data_ptr
+_is_contiguous = torch.Tensor.is_contiguous
+_numpy = torch.Tensor.numpy
+_GRAD = attrgetter("grad")
+
+
+def _to_numpy(v: Any) -> Any:
+    """A state value as the kernels take it: tensors as NumPy views of their memory (made
+    contiguous first), lists and tuples element by element, anything else as it is."""
+    if isinstance(v, torch.Tensor):
+        if v.device.type != "cpu":
+            v = v.cpu()
+        return v.detach().contiguous().numpy()
+    if isinstance(v, (list, tuple)):
+        return type(v)(_to_numpy(x) for x in v)
+    return v
+
+
+def _to_torch(v: Any) -> Any:
+    """A state value as torch keeps it: arrays as tensors sharing their memory."""
+    if isinstance(v, np.ndarray):
+        return torch.from_numpy(v)
+    if isinstance(v, (list, tuple)):
+        return type(v)(_to_torch(x) for x in v)
+    return v
+
+
+class Optimizer(torch.optim.Optimizer):
+    """Base of ``fastopt.torch.<Name>``: a ``torch.optim.Optimizer`` whose step runs
+    fastopt's optimizer ``_fastopt_class`` on NumPy views of the tensors.
+
+    torch's ``param_groups`` and ``state`` are the source of truth: options changed in a
+    group (by a scheduler, say) take effect at the next step, and the state tensors share
+    memory with the arrays the kernels update.
+    """
+
+    _fastopt_class: type = _optim.Optimizer
+
+    def __init__(self, params: Iterable[Any], *args: Any, **kwargs: Any) -> None:
+        # The fastopt class checks the arguments and says what the defaults are.
+        probe = self._fastopt_class([_FastParameter(np.zeros(1))], *args, **kwargs)
+        self._args, self._kwargs = args, kwargs
+        self._inner: Any = None
+        self._built: list = []  # what the inner optimizer was built from: see `_sync`
+        super().__init__(params, dict(probe.defaults))
+        self._build()
+
+    # -- the inner fastopt optimizer ---------------------------------------------------------
+
+    @staticmethod
+    def _options(group: dict) -> dict:
+        return {k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v)
+                for k, v in group.items() if k not in ("params", "param_names")}
+
+    def _check_tensor(self, gi: int, i: int, p: Any) -> None:
+        group = self.param_groups[gi]
+        names = group.get("param_names")
+        where = f"param_groups[{gi}]['params'][{i}]" + (f" ({names[i]!r})" if names else "")
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"{where} is a {type(p).__name__}, not a torch tensor")
+        if p.device.type != "cpu":
+            raise ValueError(f"{where} is on {p.device}: fastopt.torch updates CPU tensors in place "
+                             "(use torch.optim for tensors on other devices)")
+        if p.dtype not in _DTYPES:
+            raise TypeError(f"{where} has dtype {p.dtype}; fastopt's kernels take float32 or float64 tensors")
+        if p.is_sparse or p.layout != torch.strided:
+            raise ValueError(f"{where} is not a strided tensor (layout {p.layout})")
+        if not p.is_contiguous():
+            raise ValueError(f"{where} is not contiguous: the kernels update memory in place and would have "
+                             "to update a copy (make the tensor contiguous before building the optimizer)")
+
+    def _build(self) -> None:
+        """(Re)builds the inner optimizer over views of the current tensors and hands it
+        torch's state (tensors become views of the same memory)."""
+        groups = []
+        for gi, group in enumerate(self.param_groups):
+            for i, p in enumerate(group["params"]):
+                self._check_tensor(gi, i, p)
+            fps = [_FastParameter(p.detach().numpy()) for p in group["params"]]
+            groups.append({**self._options(group), "params": fps})
+        inner = self._fastopt_class(groups, *self._args, **self._kwargs)
+        self._inner = inner
+        #: Whether the optimizer evaluates the closure itself, several times (LBFGS).
+        self._closure_steps = isinstance(inner, _optim.LBFGS)
+        self._pairs = [(p, fp) for group, ig in zip(self.param_groups, inner.param_groups)
+                       for p, fp in zip(group["params"], ig["params"])]
+        self._params = [p for p, _ in self._pairs]
+        self._grad_views: tuple | None = None
+        for p, fp in self._pairs:
+            st = self.state.get(p)
+            if st:
+                inner.state[fp] = {k: _to_numpy(v) for k, v in st.items()}
+        self._mirror()
+        self._built = self._signature()
+
+    def _signature(self) -> list:
+        """What the inner optimizer depends on, per group: the group, its params, the
+        params' memory and the group's options."""
+        return [[group, tuple(group["params"]), tuple(map(_data_ptr, group["params"])), self._options(group)]
+                for group in self.param_groups]
+
+    def _sync(self) -> None:
+        """Brings the inner optimizer up to date with torch's param_groups: options changed
+        in a group (a scheduler's lr) are copied over; new groups, params or memory (a
+        parameter whose ``.data`` was replaced) rebuild it. Cheap when nothing changed."""
+        built, groups = self._built, self.param_groups
+        if len(built) == len(groups):
+            for gi, (entry, group) in enumerate(zip(built, groups)):
+                p = group["params"]
+                if (entry[0] is not group or len(entry[1]) != len(p) or not all(map(is_, entry[1], p))
+                        or tuple(map(_data_ptr, p)) != entry[2]):
+                    break
+                now = self._options(group)
+                if now != entry[3]:
+                    self._inner.param_groups[gi].update(now)
+                    entry[3] = now
+            else:
+                return
+        self._build()
+
+    def _mirror(self) -> None:
+        """torch's state from the inner optimizer's (tensors sharing the arrays' memory)."""
+        inner_state = self._inner.state
+        for p, fp in self._pairs:
+            st = inner_state.get(fp)
+            if st:
+                self.state[p] = {k: _to_torch(v) for k, v in st.items()}
+        self._mirrored = inner_state._version
+
+    # -- torch.optim.Optimizer ------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        if getattr(self, "_inner", None) is not None:
+            try:
+                self._build()
+            except Exception:
+                self.param_groups.pop()
+                self._build()
+                raise
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One update of every parameter that has a gradient, by fastopt's kernels; returns
+        the closure's loss (the closure runs with gradients enabled; the update itself is
+        no autograd operation)."""
+        self._sync()
+        inner = self._inner
+        if self._closure_steps:
+            if closure is None:
+                raise RuntimeError(f"{type(self).__name__} requires a closure that re-evaluates the model and "
+                                   "returns the loss")
+            first: list = []
+            inner.step(self._closure_for_lbfgs(closure, first))
+            self._mirror()  # (its state holds lists it changes in place)
+            return first[0]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        inner.step(None, self._grads())
+        if inner.state._version != self._mirrored:
+            self._mirror()
+        return loss
+
+    def _grads(self) -> list:
+        """Every parameter's gradient as a NumPy view (None where it has none). The views of
+        the previous step are reused while the gradient tensors are the same objects
+        (``zero_grad(set_to_none=False)``, or gradients set once)."""
+        tensors = list(map(_GRAD, self._params))
+        cached = self._grad_views
+        if cached is not None and len(cached[0]) == len(tensors) and all(map(is_, cached[0], tensors)):
+            return cached[1]
+        try:
+            if not all(map(_is_contiguous, tensors)):
+                raise TypeError
+            views = list(map(_numpy, tensors))  # (fails on None, sparse and non-CPU tensors)
+        except (TypeError, RuntimeError):
+            views = [self._grad_of(p) for p in self._params]
+        self._grad_views = (tensors, views)
+        return views
+
+    def _grad_of(self, p: torch.Tensor) -> np.ndarray | None:
+        g = p.grad
+        if g is None:
+            return None
+        if g.is_sparse:
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        if not g.is_contiguous():
+            g = g.contiguous()  # (only read: the copy changes nothing the caller sees)
+        return g.numpy()
+
+    def _closure_for_lbfgs(self, closure: Callable[[], Any], first: list) -> Callable[[], float]:
+        """The closure as fastopt's LBFGS calls it: the loss as a float, the gradients handed
+        over; the first loss is kept in ``first`` (torch's LBFGS returns it)."""
+        def evaluate() -> float:
+            with torch.enable_grad():
+                loss = closure()
+            if not first:
+                first.append(loss)
+            for p, fp in self._pairs:
+                fp.grad = self._grad_of(p)
+            return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+
+        return evaluate
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's ``load_state_dict`` (from ``torch.optim.<Name>`` or ``fastopt.torch.<Name>``);
+        the kernels then work on the loaded state."""
+        super().load_state_dict(state_dict)
+        self._build()
+
+
+def _make(name: str) -> type:
+    fast = getattr(_optim, name)
+    doc = (f"fastopt's :class:`fastopt.optim.{name}` as a ``torch.optim.Optimizer`` over CPU tensors "
+           f"(same arguments; see :mod:`fastopt.torch`).\n\n"
+           f"Example:\n\n"
+           f">>> import torch\n"
+           f">>> import fastopt.torch\n"
+           f">>> model = torch.nn.Linear(3, 2)\n"
+           f">>> opt = fastopt.torch.{name}(model.parameters()"
+           + (", lr=0.01" if "lr" in inspect.signature(fast.__init__).parameters else "") + ")\n"
+           f">>> isinstance(opt, torch.optim.Optimizer)\nTrue\n")
+    sig = inspect.signature(fast.__init__)
+    sig = sig.replace(parameters=list(sig.parameters.values())[1:])  # (without self)
+    return type(name, (Optimizer,), {"_fastopt_class": fast, "__doc__": doc, "__module__": __name__,
+                                     "__qualname__": name, "__signature__": sig})
+
+
+for _name in __all__:
+    globals()[_name] = _make(_name)
+del _name

@@ -1,0 +1,295 @@
+"""fastopt.torch: fastopt's optimizers as torch.optim.Optimizer subclasses on torch models.
+
+Oracles: torch.optim.<Name>(foreach=False) on the same model and batches (optimizers torch
+has), and fastopt.optim.<Name> replaying the same gradients on NumPy copies (every
+optimizer: the torch wrapper must add nothing to the arithmetic, bit for bit)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastopt as fo
+from fastopt.optim import registry
+
+SPECS = [s for s in registry.OPTIMIZERS if not s.closure]
+TORCH_SPECS = [s for s in SPECS if s.torch]
+
+
+def _mlp(torch, dtype):
+    # (no bias before a BatchNorm: its gradient would be rounding noise, which normalising
+    # optimizers turn into steps of full size)
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 16, bias=False), torch.nn.BatchNorm1d(16), torch.nn.Tanh(),
+                               torch.nn.Linear(16, 3)).to(dtype)
+
+
+def _cnn(torch):
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1, bias=False), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 3))
+
+
+def _batches(torch, n, shape, dtype, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, *shape, generator=g, dtype=dtype), torch.randn(8, 3, generator=g, dtype=dtype))
+            for _ in range(n)]
+
+
+def _train(torch, model, opt, batches, *, scheduler=None, scaler=None, clip=None, record=None, start=0):
+    losses = []
+    for x, y in batches[start:]:
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if record is not None:
+            record.append([None if p.grad is None else p.grad.detach().numpy().copy() for p in model.parameters()])
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        if scheduler is not None:
+            scheduler.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def _params(model):
+    return [p.detach().numpy().copy() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("spec", TORCH_SPECS, ids=[s.name for s in TORCH_SPECS])
+def test_trains_a_torch_mlp_as_torch_does(torch, spec):
+    import fastopt.torch as ft
+
+    kwargs = dict(spec.configs[0])
+    batches = _batches(torch, 100, (6,), torch.float64)
+    runs = []
+    for cls, extra in ((getattr(torch.optim, spec.torch), {"foreach": False} if spec.name != "Adafactor" else {}),
+                       (getattr(ft, spec.name), {})):
+        model = _mlp(torch, torch.float64)
+        opt = cls(model.parameters(), **kwargs, **extra)
+        runs.append((_train(torch, model, opt, batches, clip=1.0), _params(model)))
+    (la, pa), (lb, pb) = runs
+    np.testing.assert_allclose(lb, la, rtol=1e-8, atol=1e-12)
+    for a, b in zip(pa, pb):
+        np.testing.assert_allclose(b, a, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+def test_adds_nothing_to_fastopts_arithmetic(torch, spec):
+    """The same gradients through fastopt.optim on NumPy copies: bit-identical parameters
+    and state (float32, with a scheduler changing lr mid-run)."""
+    import fastopt.torch as ft
+
+    kwargs = dict(spec.configs[0])
+    model = _cnn(torch)
+    start = _params(model)
+    opt = getattr(ft, spec.name)(model.parameters(), **kwargs)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 7, 0.5)
+    grads: list = []
+    _train(torch, model, opt, _batches(torch, 20, (2, 5, 5), torch.float32), scheduler=sched, record=grads)
+    arrays = [fo.Parameter(a) for a in start]
+    ref = getattr(fo.optim, spec.name)(arrays, **kwargs)
+    ref_sched = fo.optim.lr_scheduler.StepLR(ref, 7, 0.5)
+    for g in grads:
+        ref.step(grads=g)
+        ref_sched.step()
+    for p, a in zip(model.parameters(), arrays):
+        assert p.detach().numpy().tobytes() == a.data.tobytes()
+        st, rst = opt.state[p], ref.state[a]
+        assert set(st) == set(rst)
+        for k in st:
+            assert np.asarray(st[k]).tobytes() == np.asarray(rst[k]).tobytes(), k
+
+
+def test_lbfgs_with_a_closure_as_torch(torch):
+    import fastopt.torch as ft
+
+    results = []
+    for cls in (torch.optim.LBFGS, ft.LBFGS):
+        model = _mlp(torch, torch.float64).eval()
+        x, y = _batches(torch, 1, (6,), torch.float64)[0]
+        opt = cls(model.parameters(), lr=0.5, max_iter=10, history_size=5, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = ((model(x) - y) ** 2).mean()
+            loss.backward()
+            return loss
+
+        losses = [opt.step(closure).item() for _ in range(5)]  # (torch's LBFGS returns the first loss tensor)
+        results.append((losses, _params(model), opt.state_dict()["state"][0]["n_iter"]))
+    (la, pa, na), (lb, pb, nb) = results
+    np.testing.assert_allclose(lb, la, rtol=1e-9)
+    assert na == nb
+    for a, b in zip(pa, pb):
+        np.testing.assert_allclose(b, a, rtol=1e-7, atol=1e-12)
+
+
+def test_grad_scaler_and_scheduler(torch):
+    import fastopt.torch as ft
+
+    batches = _batches(torch, 30, (2, 5, 5), torch.float32)
+    runs = []
+    for cls, extra in ((torch.optim.AdamW, {"foreach": False}), (ft.AdamW, {})):
+        model = _cnn(torch)
+        opt = cls(model.parameters(), lr=1e-2, weight_decay=0.1, **extra)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=30)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+        runs.append((_train(torch, model, opt, batches, scheduler=sched, scaler=scaler), _params(model)))
+    (la, pa), (lb, pb) = runs
+    np.testing.assert_allclose(lb, la, rtol=2e-5)
+    for a, b in zip(pa, pb):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD", "RMSprop", "Adagrad"])
+def test_state_dict_moves_between_torch_and_fastopt_mid_run(torch, name):
+    import fastopt.torch as ft
+
+    kwargs = {"lr": 1e-2, "momentum": 0.9} if name in ("SGD", "RMSprop") else {"lr": 1e-2}
+    batches = _batches(torch, 40, (6,), torch.float64)
+    # the reference: torch all the way
+    model = _mlp(torch, torch.float64)
+    opt = getattr(torch.optim, name)(model.parameters(), **kwargs, foreach=False)
+    _train(torch, model, opt, batches)
+    want = _params(model)
+    for first, second in ((getattr(torch.optim, name), getattr(ft, name)), (getattr(ft, name), getattr(torch.optim, name))):
+        model = _mlp(torch, torch.float64)
+        a = first(model.parameters(), **kwargs)
+        _train(torch, model, a, batches[:20])
+        b = second(model.parameters(), **kwargs)
+        b.load_state_dict(a.state_dict())
+        _train(torch, model, b, batches, start=20)
+        for x, y in zip(_params(model), want):
+            np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12)
+        st = b.state_dict()["state"][0]
+        assert "step" not in st or st["step"] == 40
+
+
+def test_tied_frozen_gradless_and_view_parameters(torch):
+    import fastopt.torch as ft
+
+    def build():
+        torch.manual_seed(3)
+        emb = torch.nn.Embedding(5, 4)
+        head = torch.nn.Linear(4, 5, bias=False)
+        head.weight = emb.weight  # weight tying: one parameter, listed once
+        frozen = torch.nn.Linear(4, 4)
+        frozen.requires_grad_(False)
+        unused = torch.nn.Parameter(torch.ones(3))
+        base = torch.arange(10.0)
+        view = torch.nn.Parameter(base[2:6])  # a parameter sharing the memory of another tensor
+        return emb, head, frozen, unused, view, base
+
+    results = []
+    for make in (lambda ps: torch.optim.Adam(ps, lr=0.1, foreach=False), lambda ps: ft.Adam(ps, lr=0.1)):
+        emb, head, frozen, unused, view, base = build()
+        params = list(dict.fromkeys([*emb.parameters(), *head.parameters(), *frozen.parameters(), unused, view]))
+        opt = make(params)
+        for t in range(5):
+            opt.zero_grad()
+            idx = torch.tensor([t % 5, (t + 2) % 5])
+            loss = head(frozen(emb(idx))).square().mean() + (view * view).sum()
+            loss.backward()
+            opt.step()
+        results.append([emb.weight.detach().clone(), frozen.weight.detach().clone(), unused.detach().clone(),
+                        base.clone(), len(opt.state)])
+    a, b = results
+    for x, y in zip(a[:4], b[:4]):
+        np.testing.assert_allclose(y.numpy(), x.numpy(), rtol=1e-6, atol=1e-7)
+    assert a[4] == b[4]  # state only for the parameters that had gradients
+    assert not np.array_equal(b[3].numpy()[2:6], np.arange(2.0, 6.0))  # the view's base moved with it
+
+
+def test_follows_a_parameter_whose_data_is_replaced(torch):
+    import fastopt.torch as ft
+
+    model = torch.nn.Linear(3, 2)
+    opt = ft.SGD(model.parameters(), lr=0.1)
+    model.double()  # replaces each parameter's .data with new (float64) memory
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()
+    for p, b in zip(model.parameters(), before):
+        np.testing.assert_allclose(p.detach().numpy(), (b - 0.1).numpy())
+
+
+def test_tensors_it_cannot_update_in_place_are_refused_by_name(torch):
+    import fastopt.torch as ft
+
+    model = torch.nn.Linear(4, 3)
+    with pytest.raises(ValueError, match=r"params'\]\[0\] \('weight'\) is not contiguous"):
+        ft.Adam([{"params": [torch.nn.Parameter(torch.zeros(4, 3).t())], "param_names": ["weight"]}])
+    with pytest.raises(TypeError, match=r"params'\]\[0\] has dtype torch.bfloat16"):
+        ft.Adam([torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))])
+    with pytest.raises(ValueError, match=r"params'\]\[0\] is on meta"):
+        ft.Adam([torch.nn.Parameter(torch.zeros(3, device="meta"))])
+    with pytest.raises(ValueError, match="Invalid learning rate"):
+        ft.Adam(model.parameters(), lr=-1.0)
+    opt = ft.Adam([model.weight], lr=0.1)
+    with pytest.raises(ValueError, match="Invalid beta parameter"):
+        opt.add_param_group({"params": [model.bias], "betas": (2.0, 0.9)})
+    assert len(opt.param_groups) == 1
+    p = torch.nn.Parameter(torch.zeros(4))
+    p.grad = torch.zeros(4).to_sparse()
+    with pytest.raises(RuntimeError, match="sparse"):
+        ft.Adam([p]).step()
+    with pytest.raises(RuntimeError, match="closure"):
+        ft.LBFGS(model.parameters()).step()
+
+
+def test_hooks_zero_grad_and_a_later_group(torch):
+    import fastopt.torch as ft
+
+    model = torch.nn.Linear(3, 2)
+    opt = ft.SGD([model.weight], lr=0.1, momentum=0.9)
+    calls = []
+    opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
+    opt.add_param_group({"params": [model.bias], "lr": 0.5})
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    b = model.bias.detach().clone()
+    opt.step()
+    assert calls == ["pre", "post"]
+    np.testing.assert_allclose(model.bias.detach().numpy(), (b - 0.5).numpy(), rtol=1e-6)
+    opt.zero_grad()
+    assert model.weight.grad is None and model.bias.grad is None
+    assert set(opt.state_dict()["state"]) == {0, 1}
+    assert isinstance(opt, torch.optim.Optimizer)
+
+
+def test_import_fastopt_does_not_import_torch(torch):
+    from conftest import run_python
+
+    r = run_python("import sys, fastopt; assert 'torch' not in sys.modules; fastopt.optim.Adam; "
+                   "opt = fastopt.torch.Adam(sys.modules['torch'].nn.Linear(2, 2).parameters()); print(type(opt).__mro__[2])")
+    assert r.returncode == 0, r.stderr
+    assert "torch.optim.optimizer.Optimizer" in r.stdout
+
+
+@pytest.mark.parametrize("impl", ["fastopt.torch", "torch", "torch-foreach", "torch-fused"])
+def test_the_benchmark_runs_each_implementation(torch, impl, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benches"))
+    from benchmarks.bench_torch import SmallModel
+
+    bench = SmallModel()
+    bench.setup(impl, 1)
+    before = [p.detach().clone() for p in bench.model.parameters()]
+    bench.time_step(impl, 1)
+    bench.time_train_step(impl, 1)
+    assert any(not torch.equal(a, p) for a, p in zip(before, bench.model.parameters()))
+    sys.modules.pop("benchmarks.bench_torch", None)
