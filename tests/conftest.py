@@ -30,6 +30,19 @@ def torch():
     return _torch
 
 
+@pytest.fixture(scope="session")
+def pytorch_optimizer(torch):
+    """The pytorch-optimizer package, oracle of the optimizers torch lacks (ADOPT, AdEMAMix,
+    the cautious variants, Lion's non-finite behaviour): skipped when missing, except in CI."""
+    try:
+        import pytorch_optimizer as _po
+    except ImportError:
+        if _ci():
+            pytest.fail("pytorch-optimizer is required for the oracle tests in CI (pip install pytorch-optimizer)")
+        pytest.skip("pytorch-optimizer is not installed")
+    return _po
+
+
 LEVELS = _fastopt.available_simd_levels()
 
 

@@ -85,7 +85,7 @@ def lamb_ref(p, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, 
         bc1, bc2 = (1 - b1**t, 1 - b2**t) if bias_correction else (1.0, 1.0)
         r = (m / bc1) / (np.sqrt(v / bc2) + eps) + weight_decay * p
         pn, rn = np.linalg.norm(p.ravel()), np.linalg.norm(r.ravel())
-        trust = pn / rn if pn > 0 and rn > 0 else 1.0
+        trust = 1.0 if pn == 0 or rn == 0 else pn / rn  # (a NaN norm: NaN, as the published code)
         p = p - lr * trust * r
     return p, {"exp_avg": m, "exp_avg_sq": v}
 
@@ -196,3 +196,69 @@ def test_lamb_zero_parameter_uses_trust_one():
     b.grad = np.full(5, 2.0)
     opt.step()
     np.testing.assert_allclose(b.data, -0.1 * 2.0 / (2.0 + 1e-6))
+
+
+NONFINITE = [np.nan, np.inf, -np.inf]
+
+
+def lion_official(torch, p, grads, lr, betas=(0.9, 0.99), weight_decay=0.0):
+    """The authors' Lion step (google/automl, lion/lion_pytorch.py), transcribed in torch:
+    the update is ``exp_avg * beta1 + grad * (1 - beta1)``, its ``sign_()``."""
+    b1, b2 = betas
+    p = torch.tensor(p)
+    exp_avg = torch.zeros_like(p)
+    for g in grads:
+        g = torch.tensor(g)
+        p.mul_(1 - lr * weight_decay)
+        update = exp_avg * b1 + g * (1 - b1)
+        p.add_(update.sign_(), alpha=-lr)
+        exp_avg.mul_(b2).add_(g, alpha=1 - b2)
+    return p.numpy(), exp_avg.numpy()
+
+
+@pytest.mark.parametrize("bad", NONFINITE, ids=["nan", "inf", "-inf"])
+def test_lion_non_finite_gradient_as_published(bad, torch, pytorch_optimizer):
+    """Lion with a NaN or infinite gradient element, against the authors' code (torch's sign,
+    whose CPU sign(NaN) is 0): the other elements move as usual and the bad one's parameter
+    stays finite. pytorch-optimizer's Lion agrees for NaN; for an infinite element it differs
+    from the authors (its interpolation is a lerp, inf + w*(g - inf) = NaN, so its sign is 0)."""
+    rng = np.random.default_rng(5)
+    p0 = rng.standard_normal(6)
+    grads = [rng.standard_normal(6) for _ in range(4)]
+    grads[1][2] = bad
+    p = fo.Parameter(p0.copy())
+    opt = fo.optim.Lion([p], lr=0.1, weight_decay=0.01)
+    for g in grads:
+        p.grad = g.copy()
+        opt.step()
+    want, want_m = lion_official(torch, p0.copy(), grads, lr=0.1, weight_decay=0.01)
+    np.testing.assert_allclose(p.data, want, rtol=1e-15, atol=1e-15)
+    np.testing.assert_allclose(opt.state[p]["exp_avg"], want_m, rtol=1e-13)
+    assert np.isfinite(p.data).all()
+    if np.isnan(bad):
+        t = torch.nn.Parameter(torch.tensor(p0.copy()))
+        ref = pytorch_optimizer.Lion([t], lr=0.1, weight_decay=0.01, weight_decouple=True, foreach=False)
+        for g in grads:
+            t.grad = torch.tensor(g.copy())
+            ref.step()
+        np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-15, atol=1e-15)
+
+
+@pytest.mark.parametrize("bad", NONFINITE, ids=["nan", "inf", "-inf"])
+def test_lamb_non_finite_gradient_as_published(bad):
+    """LAMB with a NaN or infinite gradient element: the norms are NaN (or the ratio 0 times
+    an infinite direction), so the whole tensor becomes NaN, as in the paper's algorithm and
+    every published implementation, never an unscaled step of the other elements."""
+    rng = np.random.default_rng(6)
+    p0 = rng.standard_normal(5)
+    g = rng.standard_normal(5)
+    g[1] = bad
+    p = fo.Parameter(p0.copy())
+    opt = fo.optim.Lamb([p], lr=0.1, weight_decay=0.01)
+    p.grad = g.copy()
+    opt.step()
+    with np.errstate(invalid="ignore"):
+        want, _ = lamb_ref(p0.copy(), [g], lr=0.1, weight_decay=0.01)
+    np.testing.assert_array_equal(np.isnan(p.data), np.isnan(want))
+    assert np.isnan(p.data).any()
+    np.testing.assert_allclose(p.data[~np.isnan(want)], want[~np.isnan(want)], rtol=1e-12)

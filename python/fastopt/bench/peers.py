@@ -456,7 +456,7 @@ class NumpyLamb(_NumpyBase):
             np.multiply(self.p, self.wd, out=tmp)
             r += tmp
         pn, rn = float(np.linalg.norm(self.p.ravel())), float(np.linalg.norm(r.ravel()))
-        trust = pn / rn if pn > 0 and rn > 0 else 1.0
+        trust = 1.0 if pn == 0 or rn == 0 else pn / rn
         r *= self.lr * trust
         self.p -= r
 

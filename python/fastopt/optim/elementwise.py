@@ -440,7 +440,8 @@ class Lion(_Elementwise):
     r"""Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms"):
     ``p -= lr * sign(beta1*m + (1-beta1)*g)``, then ``m = beta2*m + (1-beta2)*g``, with
     decoupled weight decay. Defaults as the paper's reference (lr 1e-4, betas (0.9, 0.99)).
-    State: ``step``, ``exp_avg``.
+    State: ``step``, ``exp_avg``. ``sign`` is torch's: 0 for NaN, so a NaN or infinite gradient
+    element leaves its parameter to the weight decay, as the published implementations do.
 
 
     With gradient :math:`g_t` (negated with ``maximize``):

@@ -13,7 +13,8 @@ __all__ = ["Lamb"]
 class Lamb(Optimizer):
     r"""LAMB: Adam's bias-corrected direction plus decoupled weight decay,
     ``r = m_hat / (sqrt(v_hat) + eps) + weight_decay * p``, scaled per tensor by the trust
-    ratio ``||p|| / ||r||`` (1 when either norm is 0): ``p -= lr * trust * r`` (Algorithm 2 of
+    ratio ``||p|| / ||r||`` (1 when either norm is 0; a NaN or infinite gradient element makes
+    the tensor NaN, as in every published LAMB): ``p -= lr * trust * r`` (Algorithm 2 of
     the paper, as optax's ``lamb``). Two passes over memory per step, both in Rust, the norms
     accumulated in double precision independently of the thread count.
     State: ``step``, ``exp_avg``, ``exp_avg_sq``.

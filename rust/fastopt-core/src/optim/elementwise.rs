@@ -5,7 +5,7 @@
 //! Each follows torch's single-tensor loop operation by operation (or the authors' reference
 //! code); the reference in the tests below runs torch's sequence of whole-array operations.
 
-use super::engine::{self, bias_correction, next_step, pow_half, Ema, Grad, Layout, Lerp, Rule, Storage, Tensor, MAX_STATES};
+use super::engine::{self, bias_correction, next_step, pow_half, sign, Ema, Grad, Layout, Lerp, Rule, Storage, Tensor, MAX_STATES};
 use super::hyper::hyper;
 use crate::float::{nan_max, Float};
 use crate::simd::{Arith, SimdLevel};
@@ -191,11 +191,11 @@ impl<T: Float> Rule<T> for Lion<T> {
     #[inline(always)]
     fn update<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
         let g = self.g.read::<A>(&mut p, g);
-        let c = self.m.mean::<A>(s[0], g);
-        // torch.sign: -1, 0 (keeping the zero's sign) or 1; NaN stays NaN.
-        let sign = if c > T::ZERO { T::ONE } else if c < T::ZERO { -T::ONE } else { c };
+        // torch's sign of the interpolation: a NaN (from a NaN or infinite gradient element)
+        // gives 0, so the parameter only decays, as in the published implementations.
+        let direction = sign(self.m.mean::<A>(s[0], g));
         s[0] = self.v.mean::<A>(s[0], g);
-        A::madd(sign, self.neg_lr, p)
+        A::madd(direction, self.neg_lr, p)
     }
 }
 
@@ -284,16 +284,7 @@ impl<T: Float> Rule<T> for Rprop<T> {
         s[1] = size;
         let g = if prod < T::ZERO { T::ZERO } else { g };
         s[0] = g;
-        let sign = if g > T::ZERO {
-            T::ONE
-        } else if g < T::ZERO {
-            -T::ONE
-        } else if g == T::ZERO {
-            g // keeps the sign of zero, as torch's sign(+-0)
-        } else {
-            T::ZERO // NaN: torch's CPU sign(NaN) is 0
-        };
-        p - sign * size
+        p - sign(g) * size
     }
 }
 

@@ -439,6 +439,21 @@ impl<T: Float> Ema<T> {
     }
 }
 
+/// torch's CPU `sign`: -1 or 1, a zero keeps its sign, and NaN gives 0 (so a NaN or infinite
+/// gradient element leaves a sign-based step at zero, as torch's optimizers do).
+#[inline(always)]
+pub fn sign<T: Float>(x: T) -> T {
+    if x > T::ZERO {
+        T::ONE
+    } else if x < T::ZERO {
+        -T::ONE
+    } else if x == T::ZERO {
+        x
+    } else {
+        T::ZERO
+    }
+}
+
 /// `1 - beta**step`, computed in double precision with `pow` as Python computes it.
 pub fn bias_correction(beta: f64, step: f64) -> f64 {
     1.0 - beta.powf(step)

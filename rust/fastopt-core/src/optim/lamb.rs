@@ -9,7 +9,7 @@
 //! ```text
 //! m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g
 //! r = (m/bc1) / (sqrt(v/bc2) + eps) + wd * p          (bc = 1 when bias_correction is off)
-//! p = p - lr * trust * r,   trust = ||p|| / ||r||  (1 if either norm is 0)
+//! p = p - lr * trust * r,   trust = ||p|| / ||r||  (1 if either norm is 0; NaN if either is NaN)
 //! ```
 
 use super::engine::{self, bias_correction, next_step, Ema, Grad, Layout, Rule, Storage, Tensor, MAX_STATES};
@@ -105,7 +105,9 @@ pub fn step<P: Storage, S: Storage<Arith = P::Arith>>(h: &LambConfig, mut tensor
         .zip(sums)
         .map(|(t, (pp, rr))| {
             let (pn, rn) = (pp.sqrt(), rr.sqrt());
-            let trust = if pn > 0.0 && rn > 0.0 { pn / rn } else { 1.0 };
+            // 1 when either norm is 0; a NaN norm (a NaN or infinite element) makes the whole
+            // tensor NaN, as every published LAMB does, rather than an unscaled step.
+            let trust = if pn == 0.0 || rn == 0.0 { 1.0 } else { pn / rn };
             Step { k: Scalars::new(h, grad_scale, *t.counters[0] as f64), neg_rate: P::Arith::from_f64(-h.lr * trust) }
         })
         .collect();
