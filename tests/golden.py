@@ -55,6 +55,10 @@ CONFIGS: list[tuple[str, dict]] = [
     ("Lion", dict(lr=1e-3, weight_decay=0.1)),
     ("AdaBelief", dict(lr=1e-2, weight_decay=0.1)),
     ("Lamb", dict(lr=1e-2, weight_decay=0.01)),
+    ("ADOPT", dict(lr=1e-2, weight_decay=0.1)),
+    ("ADOPT", dict(lr=1e-2, weight_decay=0.1, decouple=True, maximize=True, clip_lambda=None)),
+    ("AdEMAMix", dict(lr=1e-2, weight_decay=0.1)),
+    ("AdEMAMix", dict(lr=1e-2, alpha=5.0, beta3_warmup=20, alpha_warmup=10, maximize=True)),
     ("Adafactor", dict(lr=1e-2, weight_decay=0.01)),
     ("Adafactor", dict(lr=0.05, beta2_decay=-0.5, d=1.5, eps=(1e-20, 1e-2), maximize=True)),
 ]

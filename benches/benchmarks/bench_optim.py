@@ -9,7 +9,9 @@ from .common import (
     SIZES,
     THREADS,
     import_torch,
+    NumpyADOPT,
     NumpyAdaBelief,
+    NumpyAdEMAMix,
     NumpyAdaBound,
     NumpyAdadelta,
     NumpyAdagrad,
@@ -212,6 +214,22 @@ class Lamb(_Step):
 
     def numpy_step(self, p, g):
         return NumpyLamb(p, g, **self.kwargs).step
+
+
+class ADOPT(_Step):
+    optimizer = "ADOPT"
+    kwargs = {"lr": 1e-3}
+
+    def numpy_step(self, p, g):
+        return NumpyADOPT(p, g, **self.kwargs).step
+
+
+class AdEMAMix(_Step):
+    optimizer = "AdEMAMix"
+    kwargs = {"lr": 1e-3}
+
+    def numpy_step(self, p, g):
+        return NumpyAdEMAMix(p, g, **self.kwargs).step
 
 
 class Adafactor(_NoNumpyPeer):

@@ -214,6 +214,7 @@ class Optimizer(torch.optim.Optimizer):
         cached = self._grad_views
         if cached is not None and len(cached[0]) == len(tensors) and all(map(is_, cached[0], tensors)):
             return cached[1]
+        views: list[np.ndarray | None]
         try:
             if not all(map(_is_contiguous, tensors)):
                 raise TypeError

@@ -413,6 +413,57 @@ class NumpyLion(_NumpyBase):
         _ema_(self.m, g, self.b2, tmp)
 
 
+class NumpyADOPT(_NumpyBase):
+    """The authors' ADOPT in place (first step: ``v = g*g`` only)."""
+
+    def __init__(self, p, g, lr=1e-3, betas=(0.9, 0.9999), eps=1e-6):
+        super().__init__(p, g)
+        self.lr, (self.b1, self.b2), self.eps = lr, betas, eps
+        self.m, self.v = np.zeros_like(p), np.zeros_like(p)
+
+    def step(self):
+        g, tmp = self.g, self.tmp
+        if self.t == 0:
+            np.multiply(g, g, out=tmp)
+            self.v += tmp
+        else:
+            np.sqrt(self.v, out=tmp)
+            np.maximum(tmp, self.eps, out=tmp)
+            np.divide(g, tmp, out=tmp)
+            c = self.t**0.25
+            np.clip(tmp, -c, c, out=tmp)
+            _ema_(self.m, tmp, self.b1, tmp)
+            np.multiply(self.m, self.lr, out=tmp)
+            self.p -= tmp
+            _ema_product_(self.v, g, g, self.b2, tmp)
+        self.t += 1
+
+
+class NumpyAdEMAMix(_NumpyBase):
+    """The authors' AdEMAMix in place (no warm-ups)."""
+
+    def __init__(self, p, g, lr=1e-3, betas=(0.9, 0.999, 0.9999), alpha=2.0, eps=1e-8):
+        super().__init__(p, g)
+        self.lr, (self.b1, self.b2, self.b3), self.alpha, self.eps = lr, betas, alpha, eps
+        self.m1, self.m2, self.v, self.tmp2 = np.zeros_like(p), np.zeros_like(p), np.zeros_like(p), np.empty_like(p)
+
+    def step(self):
+        self.t += 1
+        t, g, tmp, tmp2 = self.t, self.g, self.tmp, self.tmp2
+        bc1, bc2 = 1 - self.b1**t, 1 - self.b2**t
+        _ema_(self.m1, g, self.b1, tmp)
+        _ema_(self.m2, g, self.b3, tmp)
+        _ema_product_(self.v, g, g, self.b2, tmp)
+        np.sqrt(self.v, out=tmp)
+        tmp *= 1 / bc2**0.5
+        tmp += self.eps
+        np.multiply(self.m1, 1 / bc1, out=tmp2)
+        tmp2 += self.alpha * self.m2
+        tmp2 /= tmp
+        tmp2 *= self.lr
+        self.p -= tmp2
+
+
 class NumpyAdaBelief(_NumpyBase):
     def __init__(self, p, g, lr=1e-3, betas=(0.9, 0.999), eps=1e-16):
         super().__init__(p, g)

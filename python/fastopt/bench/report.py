@@ -59,6 +59,8 @@ from .peers import (
     NumpyRMSprop,
     NumpyRprop,
     NumpySGD,
+    NumpyADOPT,
+    NumpyAdEMAMix,
     interleaved,
     optax_optimizer,
     problem,
@@ -85,6 +87,8 @@ _NUMPY = {
     "Lion": lambda kw: lambda p, g: NumpyLion(p, g, **kw).step,
     "AdaBelief": lambda kw: lambda p, g: NumpyAdaBelief(p, g, **kw).step,
     "Lamb": lambda kw: lambda p, g: NumpyLamb(p, g, **kw).step,
+    "ADOPT": lambda kw: lambda p, g: NumpyADOPT(p, g, **kw).step,
+    "AdEMAMix": lambda kw: lambda p, g: NumpyAdEMAMix(p, g, **kw).step,
 }
 
 #: key -> (fastopt/torch class name, arguments, careful NumPy step factory), for every

@@ -1,17 +1,19 @@
 """Optimizers whose update is element-wise with a few state buffers, run by the shared fused
 kernel of ``fastopt_core::optim::elementwise``: torch's Adamax, Adadelta, NAdam, RAdam, ASGD and Rprop, and
-beyond torch AdaBound/AMSBound, Lion and AdaBelief."""
+beyond torch AdaBound/AMSBound, Lion, AdaBelief, ADOPT and AdEMAMix."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import numbers
+from typing import Any, Callable, Iterable
 
 from ._engine import Rule
 from ._engine import step as _step
-from ._options import real
+from ._options import check_bool, check_nonnegative, real
 from .optimizer import Optimizer, impl_flags
 
-__all__ = ["Adamax", "Adadelta", "NAdam", "RAdam", "ASGD", "Rprop", "AdaBound", "AMSBound", "Lion", "AdaBelief"]
+__all__ = ["Adamax", "Adadelta", "NAdam", "RAdam", "ASGD", "Rprop", "AdaBound", "AMSBound", "Lion", "AdaBelief", "ADOPT",
+           "AdEMAMix"]
 
 class _Elementwise(Optimizer):
     """An optimizer whose rule is ``_rule``; subclasses give the hyperparameters by name."""
@@ -528,6 +530,180 @@ class AdaBelief(_AdamLike):
 
     _options = _AdamLike._options + ("decoupled_weight_decay",)
 
+def _default_clip(step: float) -> float:
+    """ADOPT's default clipping bound: ``step ** 0.25`` (the authors' ``clip_lambda``)."""
+    return step**0.25
+
+
+class ADOPT(_AdamLike):
+    r"""ADOPT (Taniguchi et al., NeurIPS 2024, "ADOPT: Modified Adam Can Converge with Any
+    beta2 with the Optimal Rate"), as the authors' ``adopt`` package: the gradient is
+    normalised by the *previous* second moment (so it is independent of the current
+    gradient), clipped, then averaged into the momentum; the first step only initialises the
+    second moment. Arguments, defaults and state (``step``, ``exp_avg``, ``exp_avg_sq``) as the
+    authors'. One fused pass per step.
+
+    With gradient :math:`g_t` (plus ``weight_decay * p`` unless ``decouple``, negated with
+    ``maximize``), :math:`v_0 = g_0^2` at the first step, then at step :math:`t \ge 1`:
+
+    .. math::
+
+        m_t = eta_1 m_{t-1} + (1 - eta_1)\,
+              \operatorname{clip}\Bigl(rac{g_t}{\max(\sqrt{v_{t-1}}, \epsilon)},\ c_t\Bigr), \qquad
+        p_t = p_{t-1}(1 - \mathrm{lr}\cdot\lambda_d) - \mathrm{lr}\, m_t, \qquad
+        v_t = eta_2 v_{t-1} + (1 - eta_2) g_t^2
+
+    with :math:`c_t` = ``clip_lambda(t)`` (default :math:`t^{1/4}`; None: no clipping) and
+    :math:`\lambda_d` the weight decay when ``decouple``.
+
+    Example:
+
+    >>> w = fo.Parameter(np.array([1.0, -1.0]))
+    >>> opt = fo.optim.ADOPT([w], lr=0.1)
+    >>> for _ in range(3):
+    ...     w.grad = 2 * w.data  # the gradient of sum(w**2)
+    ...     opt.step()
+    >>> np.round(w.data, 6)  # the first step only measured the gradient
+    array([ 0.9711, -0.9711])
+    >>> sorted(opt.state[w])
+    ['exp_avg', 'exp_avg_sq', 'step']
+    """
+
+    _rule = "adopt"
+    _option_docs = {
+        "betas": "coefficients of the momentum of the normalised gradient and of the running average of its square",
+        "clip_lambda": "the clipping bound of the normalised gradient as a function of the step count ``t`` "
+                       "(``t ** 0.25`` by default; None: no clipping)",
+        "decouple": "decay the parameter directly (``p -= lr * weight_decay * p``, not at the first step) "
+                    "instead of adding an L2 term to the gradient",
+    }
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.9999),
+                 eps: float = 1e-6, clip_lambda: Callable[[float], float] | None = _default_clip,
+                 weight_decay: float = 0.0, decouple: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
+                 fused: bool | None = None) -> None:
+        if clip_lambda is not None and not callable(clip_lambda):
+            raise TypeError(f"clip_lambda must be a function of the step or None, got {type(clip_lambda).__name__}")
+        self.clip_lambda = clip_lambda
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decouple=decouple, maximize=maximize)
+        defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused))
+        self._validate_group(defaults)
+        self._clip = -1.0
+        super().__init__(params, defaults)
+
+    _options = _AdamLike._options
+
+    def _validate_extra(self, group):
+        check_bool(group["decouple"], "decouple")
+
+    def _hyper(self, g):
+        h = super()._hyper(g)
+        return dict(h, decouple=g["decouple"], clip=self._clip)
+
+    def _clip_at(self, step: float) -> float:
+        """This step's clipping bound for tensors that have made ``step`` steps (negative:
+        none): the authors' ``clip_lambda(step)``."""
+        if self.clip_lambda is None or step == 0:
+            return -1.0
+        c = real(self.clip_lambda(step), "clip_lambda(step)")
+        if not c >= 0.0:
+            raise ValueError(f"clip_lambda({step:g}) must be >= 0, got {c}")
+        return c
+
+    def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
+        # The bound depends on each tensor's step count: tensors are stepped together per
+        # count (one kernel call in the usual case, where the whole group has the same).
+        items = self.state._items
+        steps = []
+        for p in params:
+            found = items.get(id(p))
+            st = found[1].get("step") if found is not None else None
+            steps.append(float(st) if st is not None else 0.0)
+        for step in sorted(set(steps)):
+            clip = self._clip_at(step)
+            if clip != self._clip or self._rules.get(id(group)) is None:
+                self._clip = clip
+                self._rules.pop(id(group), None)
+            if len(set(steps)) == 1:
+                super()._step_group(group, params, arrays, grads, check_only, grad_scale)
+            else:
+                pick = [i for i, s in enumerate(steps) if s == step]
+                super()._step_group(group, [params[i] for i in pick], [arrays[i] for i in pick],
+                                    [grads[i] for i in pick], check_only, grad_scale)
+
+
+class AdEMAMix(_Elementwise):
+    r"""AdEMAMix (Pagliardini, Ablin & Grangier, 2024, "The AdEMAMix Optimizer: Better, Faster,
+    Older"), as the authors' implementation: Adam's fast momentum plus ``alpha`` times a slow
+    momentum (``beta3``, close to 1) that keeps gradients from many steps ago, over Adam's
+    bias-corrected denominator; optional linear warm-ups of ``alpha`` and of ``beta3`` (in
+    half-life). Arguments, defaults and state (``step``, ``exp_avg_fast``, ``exp_avg_slow``,
+    ``exp_avg_sq``) as the authors'. One fused pass per step.
+
+    With gradient :math:`g_t` (negated with ``maximize``), at step :math:`t`:
+
+    .. math::
+
+        m^{(1)}_t = eta_1 m^{(1)}_{t-1} + (1 - eta_1) g_t, \qquad
+        m^{(2)}_t = eta_3 m^{(2)}_{t-1} + (1 - eta_3) g_t, \qquad
+        v_t = eta_2 v_{t-1} + (1 - eta_2) g_t^2,
+
+        p_t = p_{t-1} - \mathrm{lr}\Bigl(rac{m^{(1)}_t / (1 - eta_1^t) + lpha\, m^{(2)}_t}
+              {\sqrt{v_t} / \sqrt{1 - eta_2^t} + \epsilon} + \lambda\, p_{t-1}\Bigr)
+
+    Example:
+
+    >>> w = fo.Parameter(np.array([1.0, -1.0]))
+    >>> opt = fo.optim.AdEMAMix([w], lr=0.1)
+    >>> for _ in range(3):
+    ...     w.grad = 2 * w.data  # the gradient of sum(w**2)
+    ...     opt.step()
+    >>> np.round(w.data, 6)
+    array([ 0.701467, -0.701467])
+    >>> sorted(opt.state[w])
+    ['exp_avg_fast', 'exp_avg_slow', 'exp_avg_sq', 'step']
+    """
+
+    _rule = "ademamix"
+    _options = ("lr", "eps", "weight_decay", "maximize")
+    _option_docs = {
+        "betas": "``(beta1, beta2, beta3)``: coefficients of the fast momentum, of the second moment and of "
+                 "the slow momentum",
+        "alpha": "weight of the slow momentum",
+        "beta3_warmup": "steps over which ``beta3`` rises from ``beta1`` (linearly in half-life); None: none",
+        "alpha_warmup": "steps over which ``alpha`` rises linearly from 0; None: none",
+        "weight_decay": "weight decay: ``weight_decay * param`` added to the update (scaled by ``lr``)",
+    }
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float, float] = (0.9, 0.999, 0.9999),
+                 alpha: float = 2.0, beta3_warmup: int | None = None, alpha_warmup: int | None = None,
+                 eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False) -> None:
+        defaults = dict(lr=lr, betas=betas, alpha=alpha, beta3_warmup=beta3_warmup, alpha_warmup=alpha_warmup,
+                        eps=eps, weight_decay=weight_decay, maximize=maximize)
+        self._validate_group(defaults)
+        super().__init__(params, defaults)
+
+    def _validate_extra(self, group):
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 3:
+            raise TypeError(f"betas must be a triple of floats (beta1, beta2, beta3), got {betas!r}")
+        for i, b in enumerate(betas):
+            if not 0.0 <= real(b, f"betas[{i}]") < 1.0:
+                raise ValueError(f"Invalid beta parameter at index {i}: {b}")
+        check_nonnegative(group["alpha"], "alpha", f"Invalid alpha value: {group['alpha']}")
+        for name in ("beta3_warmup", "alpha_warmup"):
+            v = group[name]
+            if v is not None and not (isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1):
+                raise ValueError(f"{name} must be None or a number of steps >= 1, got {v!r}")
+
+    def _hyper(self, g):
+        b1, b2, b3 = g["betas"]
+        return dict(lr=g["lr"], beta1=b1, beta2=b2, beta3=b3, alpha=g["alpha"],
+                    beta3_warmup=float(g["beta3_warmup"] or 0), alpha_warmup=float(g["alpha_warmup"] or 0),
+                    eps=g["eps"], weight_decay=g["weight_decay"], maximize=g["maximize"])
+
+
 def adamax(params, grads, exp_avgs, exp_infs, state_steps, *, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8,
            weight_decay=0.0, maximize=False) -> None:
     """Adamax (torch.optim.adamax.adamax): ``exp_inf = max(beta2*exp_inf, |g| + eps)``,
@@ -702,3 +878,45 @@ def adabelief(params, grads, exp_avgs, exp_avg_vars, state_steps, *, lr=1e-3, be
     rule = Rule("adabelief", lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                 decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
     _step(rule, params, grads, [exp_avgs, exp_avg_vars], [state_steps])
+
+
+def adopt(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr=1e-3, beta1=0.9, beta2=0.9999, eps=1e-6,
+          clip=None, weight_decay=0.0, decouple=False, maximize=False) -> None:
+    """ADOPT (:class:`fastopt.optim.ADOPT`): on a tensor's first step ``exp_avg_sq = g*g`` only;
+    then the gradient over ``max(sqrt(exp_avg_sq), eps)``, clipped to ``[-clip, clip]`` (None:
+    not clipped), into the momentum, ``p -= lr * exp_avg``, and ``exp_avg_sq`` updated.
+
+    Example:
+
+    >>> F = fo.optim.functional
+    >>> p, g = np.array([1.0, -2.0]), np.array([0.5, -0.5])
+    >>> m, v, step = np.zeros(2), np.zeros(2), np.zeros((), np.float32)
+    >>> F.adopt([p], [g], [m], [v], [step], lr=0.1)  # first step: v = g*g
+    >>> F.adopt([p], [g], [m], [v], [step], lr=0.1, clip=1.0)
+    >>> np.round(p, 6)
+    array([ 0.99, -1.99])
+    """
+    rule = Rule("adopt", lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, decouple=decouple,
+                clip=-1.0 if clip is None else clip, maximize=maximize)
+    _step(rule, params, grads, [exp_avgs, exp_avg_sqs], [state_steps])
+
+
+def ademamix(params, grads, exp_avg_fasts, exp_avg_slows, exp_avg_sqs, state_steps, *, lr=1e-3, beta1=0.9,
+             beta2=0.999, beta3=0.9999, alpha=2.0, beta3_warmup=None, alpha_warmup=None, eps=1e-8,
+             weight_decay=0.0, maximize=False) -> None:
+    """AdEMAMix (:class:`fastopt.optim.AdEMAMix`): Adam's bias-corrected fast momentum plus
+    ``alpha`` times a slow one, over Adam's denominator.
+
+    Example:
+
+    >>> F = fo.optim.functional
+    >>> p, g = np.array([1.0, -2.0]), np.array([0.5, -0.5])
+    >>> m1, m2, v, step = np.zeros(2), np.zeros(2), np.zeros(2), np.zeros((), np.float32)
+    >>> F.ademamix([p], [g], [m1], [m2], [v], [step], lr=0.1, alpha=0.0)  # alpha 0: Adam
+    >>> np.round(p, 6)
+    array([ 0.9, -1.9])
+    """
+    rule = Rule("ademamix", lr=lr, beta1=beta1, beta2=beta2, beta3=beta3, alpha=alpha,
+                beta3_warmup=float(beta3_warmup or 0), alpha_warmup=float(alpha_warmup or 0), eps=eps,
+                weight_decay=weight_decay, maximize=maximize)
+    _step(rule, params, grads, [exp_avg_fasts, exp_avg_slows, exp_avg_sqs], [state_steps])

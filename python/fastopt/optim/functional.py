@@ -15,10 +15,10 @@ from __future__ import annotations
 from .adafactor import adafactor
 from .adagrad import adagrad
 from .adam import adam, adamw
-from .elementwise import adabelief, adabound, adadelta, adamax, amsbound, asgd, lion, nadam, radam, rprop
+from .elementwise import adabelief, adabound, adadelta, adamax, ademamix, adopt, amsbound, asgd, lion, nadam, radam, rprop
 from .lamb import lamb
 from .rmsprop import rmsprop
 from .sgd import sgd
 
-__all__ = ["adabelief", "adabound", "adafactor", "adadelta", "adagrad", "adam", "adamax", "adamw", "amsbound", "asgd", "lamb", "lion",
+__all__ = ["adabelief", "adabound", "adafactor", "ademamix", "adopt", "adadelta", "adagrad", "adam", "adamax", "adamw", "amsbound", "asgd", "lamb", "lion",
            "nadam", "radam", "rmsprop", "rprop", "sgd"]

@@ -451,10 +451,12 @@ class Optimizer:
             out.append(list(grads[start : start + n]))
             start += n
         if not set(map(type, grads)) <= _PLAIN_GRADS:
+            k = 0
             for row in out:
                 for i, g in enumerate(row):
-                    if g is not None and not isinstance(g, np.ndarray):
-                        row[i] = _borrow(g, "a gradient", written=False)  # (only read)
+                    if not isinstance(g, np.ndarray) and (hasattr(g, "__array_interface__") or hasattr(g, "__dlpack__")):
+                        row[i] = _borrow(g, f"grads[{k + i}]", written=False)  # (only read)
+                k += len(row)
         return out
 
     # -- stepping -------------------------------------------------------------------------

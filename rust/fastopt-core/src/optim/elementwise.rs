@@ -28,6 +28,10 @@ hyper! {
     AsgdConfig for "asgd" { lr: f64, lambd: f64, alpha: f64, t0: f64, weight_decay: f64, maximize: bool }
     /// Rprop's hyperparameters (`lr` only fills the initial step sizes, outside the kernel).
     RpropConfig for "rprop" { etaminus: f64, etaplus: f64, step_size_min: f64, step_size_max: f64, maximize: bool }
+    /// ADOPT's hyperparameters; `clip` is this step's clipping bound (negative: none).
+    AdoptConfig for "adopt" { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, decouple: bool, clip: f64, maximize: bool }
+    /// AdEMAMix's hyperparameters (a warm-up of 0: none).
+    AdemamixConfig for "ademamix" { lr: f64, beta1: f64, beta2: f64, beta3: f64, alpha: f64, beta3_warmup: f64, alpha_warmup: f64, eps: f64, weight_decay: f64, maximize: bool }
 }
 
 pub const ADAMAX: Layout = (&[("exp_avg", "exp_avgs"), ("exp_inf", "exp_infs")], &["step"]);
@@ -41,6 +45,9 @@ pub const LION: Layout = (&[("exp_avg", "exp_avgs")], &["step"]);
 pub const ADABELIEF: Layout = (&[("exp_avg", "exp_avgs"), ("exp_avg_var", "exp_avg_vars")], &["step"]);
 pub const ASGD: Layout = (&[("ax", "axs")], &["step", "eta", "mu"]);
 pub const RPROP: Layout = (&[("prev", "prevs"), ("step_size", "step_size_ops")], &["step"]);
+pub const ADOPT: Layout = RADAM;
+pub const ADEMAMIX: Layout =
+    (&[("exp_avg_fast", "exp_avg_fasts"), ("exp_avg_slow", "exp_avg_slows"), ("exp_avg_sq", "exp_avg_sqs")], &["step"]);
 
 #[derive(Clone, Copy, Debug)]
 struct Adamax<T> {
@@ -289,6 +296,80 @@ impl<T: Float> Rule<T> for Rprop<T> {
 }
 
 
+/// ADOPT (Taniguchi et al., NeurIPS 2024, the authors' code): the gradient normalised by the
+/// previous second moment (clipped), then momentum; the first step only initialises `v`.
+#[derive(Clone, Copy, Debug)]
+struct Adopt<T> {
+    g: Grad<T>,
+    first: bool,
+    /// `-lr * wd` for the authors' decoupled decay `p.add_(p, alpha=-lr*wd)` (0: none).
+    neg_decay: T,
+    eps: T,
+    clip: Option<T>,
+    lerp: Lerp<T>,
+    v: Ema<T>,
+    neg_lr: T,
+}
+
+impl<T: Float> Rule<T> for Adopt<T> {
+    const STATES: usize = 2;
+    #[inline(always)]
+    fn update<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
+        let g = self.g.read::<A>(&mut p, g);
+        if self.first {
+            // exp_avg_sq.addcmul_(grad, grad)
+            s[1] = A::madd(g, g, s[1]);
+            return p;
+        }
+        let p = A::madd(p, self.neg_decay, p);
+        let sq = s[1].sqrt();
+        // clamp(sqrt(v), eps): NaN stays NaN
+        let denom = if sq < self.eps { self.eps } else { sq };
+        let mut n = g / denom;
+        if let Some(c) = self.clip {
+            n = if n < -c { -c } else if n > c { c } else { n };
+        }
+        s[0] = self.lerp.apply::<A>(s[0], n);
+        s[1] = self.v.square::<A>(s[1], g);
+        A::madd(s[0], self.neg_lr, p)
+    }
+}
+
+/// AdEMAMix (Pagliardini et al., 2024, the authors' code): Adam's fast momentum plus `alpha`
+/// times a slow one (`beta3`), both over Adam's bias-corrected denominator.
+#[derive(Clone, Copy, Debug)]
+struct Ademamix<T> {
+    g: Grad<T>,
+    fast: Ema<T>,
+    slow: Ema<T>,
+    v: Ema<T>,
+    bc1: T,
+    inv_bc1: T,
+    bc2_sqrt: T,
+    inv_bc2_sqrt: T,
+    alpha: T,
+    eps: T,
+    weight_decay: T,
+    neg_lr: T,
+}
+
+impl<T: Float> Rule<T> for Ademamix<T> {
+    const STATES: usize = 3;
+    #[inline(always)]
+    fn update<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
+        let g = self.g.read::<A>(&mut p, g);
+        s[0] = self.fast.mean::<A>(s[0], g);
+        s[1] = self.slow.mean::<A>(s[1], g);
+        s[2] = self.v.square::<A>(s[2], g);
+        let denom = A::div_by_const(s[2].sqrt(), self.bc2_sqrt, self.inv_bc2_sqrt) + self.eps;
+        let u = A::madd(self.alpha, s[1], A::div_by_const(s[0], self.bc1, self.inv_bc1)) / denom;
+        // update.add_(p, alpha=wd), then p.add_(-lr * update)
+        let u = A::madd(p, self.weight_decay, u);
+        p + self.neg_lr * u
+    }
+}
+
+
 pub fn adamax<P: Storage, S: Storage<Arith = P::Arith>>(h: &AdamaxConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
     let g = Grad::new(h.maximize, grad_scale, h.weight_decay, false, h.lr);
     engine::run(tensors, ADAMAX, level, |c, _| {
@@ -452,6 +533,69 @@ pub fn rprop<P: Storage, S: Storage<Arith = P::Arith>>(h: &RpropConfig, tensors:
     engine::run(tensors, RPROP, level, |c, _| {
         next_step(c);
         rule
+    })
+}
+
+pub fn adopt<P: Storage, S: Storage<Arith = P::Arith>>(h: &AdoptConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
+    let l2 = if h.decouple { 0.0 } else { h.weight_decay };
+    let g = Grad::new(h.maximize, grad_scale, l2, false, h.lr);
+    let neg_decay = P::Arith::from_f64(if h.decouple { -h.lr * h.weight_decay } else { 0.0 });
+    engine::run(tensors, ADOPT, level, |c, _| {
+        // The authors' step count is the steps before this one (0 on the first).
+        let first = next_step(c) == 1.0;
+        Adopt {
+            g,
+            first,
+            neg_decay,
+            eps: P::Arith::from_f64(h.eps),
+            clip: (h.clip >= 0.0).then(|| P::Arith::from_f64(h.clip)),
+            lerp: Lerp::new(1.0 - h.beta1),
+            v: Ema::new(h.beta2),
+            neg_lr: P::Arith::from_f64(-h.lr),
+        }
+    })
+}
+
+/// The authors' warm-ups: `alpha` rises linearly from 0; `beta3` rises from `beta1` linearly
+/// in half-life `log(0.5) / log(beta) - 1`.
+fn ademamix_schedules(h: &AdemamixConfig, step: f64) -> (f64, f64) {
+    let alpha = if h.alpha_warmup > 0.0 && step < h.alpha_warmup {
+        let a = step / h.alpha_warmup;
+        a * h.alpha
+    } else {
+        h.alpha
+    };
+    let beta3 = if h.beta3_warmup > 0.0 && step < h.beta3_warmup {
+        let half_life = |beta: f64| 0.5f64.ln() / (beta + 1e-8).ln() - 1.0;
+        let a = step / h.beta3_warmup;
+        0.5f64.powf(1.0 / ((1.0 - a) * half_life(h.beta1) + a * half_life(h.beta3) + 1.0))
+    } else {
+        h.beta3
+    };
+    (alpha, beta3)
+}
+
+pub fn ademamix<P: Storage, S: Storage<Arith = P::Arith>>(h: &AdemamixConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
+    let g = Grad::new(h.maximize, grad_scale, 0.0, false, h.lr);
+    engine::run(tensors, ADEMAMIX, level, |c, _| {
+        let step = next_step(c);
+        let (alpha, beta3) = ademamix_schedules(h, step);
+        let bc1 = P::Arith::from_f64(bias_correction(h.beta1, step));
+        let bc2_sqrt = P::Arith::from_f64(bias_correction(h.beta2, step).sqrt());
+        Ademamix {
+            g,
+            fast: Ema::new(h.beta1),
+            slow: Ema::new(beta3),
+            v: Ema::new(h.beta2),
+            bc1,
+            inv_bc1: P::Arith::ONE / bc1,
+            bc2_sqrt,
+            inv_bc2_sqrt: P::Arith::ONE / bc2_sqrt,
+            alpha: P::Arith::from_f64(alpha),
+            eps: P::Arith::from_f64(h.eps),
+            weight_decay: P::Arith::from_f64(h.weight_decay),
+            neg_lr: P::Arith::from_f64(-h.lr),
+        }
     })
 }
 

@@ -17,7 +17,7 @@ pub mod sgd;
 
 pub use adagrad::AdagradConfig;
 pub use adam::AdamConfig;
-pub use elementwise::{AdaBoundConfig, AdadeltaConfig, AdamaxConfig, AsgdConfig, LionConfig, NadamConfig, RadamConfig, RpropConfig};
+pub use elementwise::{AdaBoundConfig, AdadeltaConfig, AdamaxConfig, AdemamixConfig, AdoptConfig, AsgdConfig, LionConfig, NadamConfig, RadamConfig, RpropConfig};
 pub use engine::{Layout, StateName, Storage, Tensor};
 pub use lamb::LambConfig;
 pub use rmsprop::RmspropConfig;
@@ -97,6 +97,8 @@ rules! {
     AdaBelief(RadamConfig) = "adabelief", |_| e::ADABELIEF, e::adabelief;
     Asgd(AsgdConfig) = "asgd", |_| e::ASGD, e::asgd;
     Rprop(RpropConfig) = "rprop", |_| e::RPROP, e::rprop;
+    Adopt(AdoptConfig) = "adopt", |_| e::ADOPT, e::adopt;
+    Ademamix(AdemamixConfig) = "ademamix", |_| e::ADEMAMIX, e::ademamix;
     /// Two passes: moments and norms, then the update.
     Lamb(LambConfig) = "lamb", |_| lamb::LAYOUT, lamb::step;
 }
