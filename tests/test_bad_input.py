@@ -306,7 +306,7 @@ def test_a_rule_refuses_unknown_missing_and_non_numeric_hyperparameters_when_bui
     from fastopt import _fastopt
 
     full = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
-                decoupled_weight_decay=False)
+                decoupled_weight_decay=False, cautious=False)
     assert _fastopt.Rule("adam", **full).name == "adam"
     with pytest.raises(TypeError, match=r'^adam: unexpected hyperparameter "bogus"'):
         _fastopt.Rule("adam", bogus=5, **full)

@@ -384,3 +384,111 @@ def test_new_optimizers_non_finite_gradient_as_the_authors(name, ref, bad):
     np.testing.assert_array_equal(np.isinf(p.data), np.isinf(want))
     ok = np.isfinite(want)
     np.testing.assert_allclose(p.data[ok], want[ok], rtol=1e-12)
+
+
+def c_adamw_official(torch, p, grads, lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0):
+    """The authors' C-AdamW step (kyleliang919/C-Optim, c_adamw.py, correct_bias=True), in torch."""
+    import math
+
+    b1, b2 = betas
+    p = torch.tensor(p)
+    m, v = torch.zeros_like(p), torch.zeros_like(p)
+    for step, g in enumerate(grads, 1):
+        g = torch.tensor(g)
+        m.mul_(b1).add_(g, alpha=1.0 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+        denom = v.sqrt().add_(eps)
+        step_size = lr * math.sqrt(1.0 - b2**step) / (1.0 - b1**step)
+        mask = (m * g > 0).to(g.dtype)
+        mask = mask * (mask.numel() / (mask.sum() + 1))
+        p.add_((m * mask) / denom, alpha=-step_size)
+        if weight_decay > 0.0:
+            p.add_(p, alpha=-lr * weight_decay)
+    return p.numpy(), {"exp_avg": m.numpy(), "exp_avg_sq": v.numpy()}
+
+
+def cautious_adam_ref(p, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False,
+                      maximize=False):
+    """torch's Adam/AdamW step with the cautious mask of Liang et al. (2024), Algorithm 1, in
+    NumPy: the step kept where it goes against the gradient, scaled by n / (kept + 1)."""
+    b1, b2 = betas
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    for t, g in enumerate(grads, 1):
+        g = -g if maximize else g
+        if weight_decay and decoupled:
+            p = p * (1 - lr * weight_decay)
+        elif weight_decay:
+            g = g + weight_decay * p
+        m = m + (1 - b1) * (g - m)
+        v = b2 * v + (1 - b2) * g * g
+        delta = -lr / (1 - b1**t) * m / (np.sqrt(v) / np.sqrt(1 - b2**t) + eps)
+        keep = delta * g < 0
+        p = p + np.where(keep, delta * (p.size / (keep.sum() + 1)), 0.0)
+    return p, {"exp_avg": m, "exp_avg_sq": v}
+
+
+CAUTIOUS = [
+    ("Adam", dict(lr=1e-2), {}),
+    ("Adam", dict(lr=1e-2, weight_decay=0.1, maximize=True), dict(weight_decay=0.1, maximize=True)),
+    ("AdamW", dict(lr=1e-2, weight_decay=0.1, betas=(0.8, 0.99)), dict(weight_decay=0.1, decoupled=True, betas=(0.8, 0.99))),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,kw,ref_kw", CAUTIOUS, ids=[f"{c[0]}-{i}" for i, c in enumerate(CAUTIOUS)])
+def test_cautious_adam_matches_the_algorithm(threads, name, kw, ref_kw, dtype):
+    rng = np.random.default_rng(4)
+    shapes = [(), (7,), (33, 31), (40_000,)]  # (the last split across threads in both passes)
+    p0 = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(30)]
+    ps = [fo.Parameter(p.copy()) for p in p0]
+    opt = getattr(fo.optim, name)(ps, cautious=True, **kw)
+    for step in grads:
+        for p, g in zip(ps, step):
+            p.grad = g
+        opt.step()
+    for i, p in enumerate(ps):
+        want, state = cautious_adam_ref(p0[i].astype(np.float64), [g[i].astype(np.float64) for g in grads],
+                                        lr=kw["lr"], **ref_kw)
+        # (an element whose step is within rounding of zero may fall on either side of the mask)
+        tol = 1e-10 if dtype == np.float64 else 1e-4
+        assert_close(p.data, want.astype(dtype), f"{name} param {i}", scale=float(np.abs(p0[i]).max()), tol=tol)
+        for k, v in state.items():
+            assert_close(opt.state[p][k], v.astype(dtype), f"{name} {k} {i}", tol=tol)
+
+
+def test_cautious_adamw_matches_the_authors(torch):
+    """Against the authors' C-AdamW (their eps is added before the bias correction of the
+    denominator and their decay follows the update: eps=0 and no decay make the two equal)."""
+    rng = np.random.default_rng(9)
+    p0 = rng.standard_normal(300)
+    grads = [rng.standard_normal(300) for _ in range(50)]
+    p = fo.Parameter(p0.copy())
+    opt = fo.optim.AdamW([p], lr=1e-2, eps=0.0, weight_decay=0.0, cautious=True)
+    for g in grads:
+        p.grad = g.copy()
+        opt.step()
+    want, state = c_adamw_official(torch, p0.copy(), grads, lr=1e-2, eps=0.0)
+    assert_close(p.data, want, "C-AdamW", scale=float(np.abs(p0).max()))
+    assert_close(opt.state[p]["exp_avg"], state["exp_avg"], "exp_avg")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cautious_lion_matches_pytorch_optimizer(torch, pytorch_optimizer, dtype):
+    rng = np.random.default_rng(10)
+    shapes = [(7,), (33, 31)]
+    p0 = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    ps = [fo.Parameter(p.copy()) for p in p0]
+    ts = [torch.nn.Parameter(torch.tensor(p.copy())) for p in p0]
+    opt = fo.optim.Lion(ps, lr=1e-2, weight_decay=0.1, cautious=True)
+    ref = pytorch_optimizer.Lion(ts, lr=1e-2, weight_decay=0.1, weight_decouple=True, cautious=True, foreach=False)
+    for _ in range(50):
+        for p, t in zip(ps, ts):
+            g = rng.standard_normal(p.data.shape).astype(dtype)
+            p.grad = g
+            t.grad = torch.tensor(g.copy())
+        opt.step()
+        ref.step()
+    for p, t, p_init in zip(ps, ts, p0):
+        assert_close(p.data, t.detach().numpy(), "cautious Lion", scale=float(np.abs(p_init).max()),
+                     tol=1e-12 if dtype == np.float64 else 1e-5)

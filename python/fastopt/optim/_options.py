@@ -111,6 +111,9 @@ DOCS: dict[str, str] = {
     "final_lr": "the SGD learning rate the bounds converge to (scaled with ``lr`` by schedulers)",
     "gamma": "convergence speed of the bounds",
     "bias_correction": "divide the moments by ``1 - beta**t``",
+    "cautious": "the cautious mask (Liang et al., 2024): an element moves only where its step goes against its "
+                "gradient, the kept steps scaled by ``n / (kept + 1)`` over the tensor's ``n`` elements (a second "
+                "pass counts them); the option is kept in the param groups only when set",
     "beta2_decay": "decay rate of the second-moment coefficient: ``beta2_t = 1 - t ** beta2_decay``",
     "d": "clipping threshold of the update's root mean square",
     "foreach": "accepted for compatibility with torch (fastopt always runs one fused kernel)",

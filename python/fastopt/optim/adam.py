@@ -8,6 +8,7 @@ import numpy as np
 
 from ._engine import Rule
 from ._engine import step as _step
+from ._options import check_bool
 from .optimizer import Optimizer, impl_flags
 
 __all__ = ["Adam", "AdamW"]
@@ -34,6 +35,10 @@ class Adam(Optimizer):
 
     (``amsgrad``: :math:`\sqrt{\max_{s \le t} v_s}` in place of :math:`\sqrt{v_t}`; decoupled
     decay multiplies :math:`p` by :math:`1 - \mathrm{lr}\cdot\mathrm{weight\_decay}` first).
+    With ``cautious=True`` (C-Adam/C-AdamW, Liang et al. 2024, beyond torch) the step
+    :math:`\Delta_t` above is kept only where it goes against the gradient and rescaled:
+    :math:`p_t = p_{t-1} + \Delta_t\,\phi_t\, n / (\textstyle\sum \phi_t + 1)` with
+    :math:`\phi_t = [\Delta_t g_t < 0]` over the tensor's :math:`n` elements.
 
     Example:
 
@@ -58,12 +63,13 @@ class Adam(Optimizer):
         *,
         maximize: bool = False,
         decoupled_weight_decay: bool = False,
+        cautious: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
         capturable: bool = False,
         differentiable: bool = False,
     ) -> None:
-        defaults = dict(
+        defaults: dict[str, Any] = dict(
             lr=lr,
             betas=betas,
             eps=eps,
@@ -72,6 +78,8 @@ class Adam(Optimizer):
             maximize=maximize,
             decoupled_weight_decay=decoupled_weight_decay,
         )
+        if cautious is not False:  # (torch's groups have no such key: it is only added when set)
+            defaults["cautious"] = cautious
         defaults.update(impl_flags(foreach=foreach, fused=fused, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
         super().__init__(params, defaults)
@@ -80,10 +88,15 @@ class Adam(Optimizer):
 
     _rule = "adam"
 
+    def _validate_extra(self, group):
+        if "cautious" in group:
+            check_bool(group["cautious"], "cautious")
+
     def _hyper(self, g):
         beta1, beta2 = g["betas"]
         return dict(lr=g["lr"], beta1=beta1, beta2=beta2, eps=g["eps"], weight_decay=g["weight_decay"],
-                    amsgrad=g["amsgrad"], maximize=g["maximize"], decoupled_weight_decay=g["decoupled_weight_decay"])
+                    amsgrad=g["amsgrad"], maximize=g["maximize"], decoupled_weight_decay=g["decoupled_weight_decay"],
+                    cautious=g.get("cautious", False))
 
 class AdamW(Adam):
     r"""Adam with decoupled weight decay (torch.optim.AdamW; ``weight_decay`` defaults to 1e-2):
@@ -113,6 +126,7 @@ class AdamW(Adam):
         amsgrad: bool = False,
         *,
         maximize: bool = False,
+        cautious: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
         capturable: bool = False,
@@ -120,7 +134,7 @@ class AdamW(Adam):
     ) -> None:
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad,
-            maximize=maximize, decoupled_weight_decay=True,
+            maximize=maximize, decoupled_weight_decay=True, cautious=cautious,
             foreach=foreach, fused=fused, capturable=capturable, differentiable=differentiable,
         )
 
@@ -147,6 +161,7 @@ def adam(
     eps: float = 1e-8,
     maximize: bool = False,
     decoupled_weight_decay: bool = False,
+    cautious: bool = False,
 ) -> None:
     """Adam (torch.optim.adam.adam): updates ``params``, ``exp_avgs``, ``exp_avg_sqs``,
     ``max_exp_avg_sqs`` (with ``amsgrad``; may be empty otherwise) and increments
@@ -155,7 +170,7 @@ def adam(
     Per element, as torch: ``m = lerp(m, g, 1-beta1)``, ``v = beta2*v + (1-beta2)*g*g``,
     ``p += -lr/(1-beta1**t) * m / (sqrt(v)/sqrt(1-beta2**t) + eps)``; ``weight_decay`` adds
     ``wd*p`` to the gradient, or with ``decoupled_weight_decay`` multiplies ``p`` by
-    ``1 - lr*wd`` first (AdamW).
+    ``1 - lr*wd`` first (AdamW). ``cautious``: the cautious mask (see :class:`Adam`).
 
     Example:
 
@@ -167,7 +182,7 @@ def adam(
     array([ 0.9, -1.9])
     """
     rule = Rule("adam", lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
+                maximize=maximize, decoupled_weight_decay=decoupled_weight_decay, cautious=cautious)
     if amsgrad and (max_exp_avg_sqs is None or (isinstance(max_exp_avg_sqs, (list, tuple)) and not max_exp_avg_sqs and params)):
         raise ValueError("max_exp_avg_sqs is required with amsgrad=True")
     states: list[Any] = [exp_avgs, exp_avg_sqs, max_exp_avg_sqs] if amsgrad else [exp_avgs, exp_avg_sqs]
@@ -189,6 +204,7 @@ def adamw(
     weight_decay: float = 1e-2,
     eps: float = 1e-8,
     maximize: bool = False,
+    cautious: bool = False,
 ) -> None:
     """AdamW (torch.optim.adamw.adamw): :func:`adam` with decoupled weight decay.
 
@@ -202,4 +218,5 @@ def adamw(
     array([ 0.85, -1.8 ])
     """
     adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad=amsgrad, beta1=beta1,
-         beta2=beta2, lr=lr, weight_decay=weight_decay, eps=eps, maximize=maximize, decoupled_weight_decay=True)
+         beta2=beta2, lr=lr, weight_decay=weight_decay, eps=eps, maximize=maximize, decoupled_weight_decay=True,
+         cautious=cautious)

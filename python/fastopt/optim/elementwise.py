@@ -444,6 +444,8 @@ class Lion(_Elementwise):
     decoupled weight decay. Defaults as the paper's reference (lr 1e-4, betas (0.9, 0.99)).
     State: ``step``, ``exp_avg``. ``sign`` is torch's: 0 for NaN, so a NaN or infinite gradient
     element leaves its parameter to the weight decay, as the published implementations do.
+    ``cautious=True`` keeps only the steps that go against the gradient, rescaled by
+    ``n / (kept + 1)`` (Liang et al. 2024; pytorch-optimizer's ``Lion(cautious=True)``).
 
 
     With gradient :math:`g_t` (negated with ``maximize``):
@@ -476,16 +478,19 @@ class Lion(_Elementwise):
     _rule = "lion"
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
-                 weight_decay: float = 0.0, *, maximize: bool = False) -> None:
-        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize)
+                 weight_decay: float = 0.0, *, maximize: bool = False, cautious: bool = False) -> None:
+        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, cautious=cautious)
         self._validate_group(defaults)
         super().__init__(params, defaults)
 
     _options = ("lr", "betas", "weight_decay", "maximize")
 
+    def _validate_extra(self, group):
+        check_bool(group.get("cautious", False), "cautious")
+
     def _hyper(self, g):
         return dict(lr=g["lr"], beta1=g["betas"][0], beta2=g["betas"][1], weight_decay=g["weight_decay"],
-                    maximize=g["maximize"])
+                    maximize=g["maximize"], cautious=g.get("cautious", False))
 
 class AdaBelief(_AdamLike):
     r"""AdaBelief (Zhuang et al., NeurIPS 2020, Algorithm 1): Adam with the second moment of
@@ -548,10 +553,10 @@ class ADOPT(_AdamLike):
 
     .. math::
 
-        m_t = eta_1 m_{t-1} + (1 - eta_1)\,
-              \operatorname{clip}\Bigl(rac{g_t}{\max(\sqrt{v_{t-1}}, \epsilon)},\ c_t\Bigr), \qquad
+        m_t = \beta_1 m_{t-1} + (1 - \beta_1)\,
+              \operatorname{clip}\Bigl(\frac{g_t}{\max(\sqrt{v_{t-1}}, \epsilon)},\ c_t\Bigr), \qquad
         p_t = p_{t-1}(1 - \mathrm{lr}\cdot\lambda_d) - \mathrm{lr}\, m_t, \qquad
-        v_t = eta_2 v_{t-1} + (1 - eta_2) g_t^2
+        v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2
 
     with :math:`c_t` = ``clip_lambda(t)`` (default :math:`t^{1/4}`; None: no clipping) and
     :math:`\lambda_d` the weight decay when ``decouple``.
@@ -645,12 +650,12 @@ class AdEMAMix(_Elementwise):
 
     .. math::
 
-        m^{(1)}_t = eta_1 m^{(1)}_{t-1} + (1 - eta_1) g_t, \qquad
-        m^{(2)}_t = eta_3 m^{(2)}_{t-1} + (1 - eta_3) g_t, \qquad
-        v_t = eta_2 v_{t-1} + (1 - eta_2) g_t^2,
+        m^{(1)}_t = \beta_1 m^{(1)}_{t-1} + (1 - \beta_1) g_t, \qquad
+        m^{(2)}_t = \beta_3 m^{(2)}_{t-1} + (1 - \beta_3) g_t, \qquad
+        v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2,
 
-        p_t = p_{t-1} - \mathrm{lr}\Bigl(rac{m^{(1)}_t / (1 - eta_1^t) + lpha\, m^{(2)}_t}
-              {\sqrt{v_t} / \sqrt{1 - eta_2^t} + \epsilon} + \lambda\, p_{t-1}\Bigr)
+        p_t = p_{t-1} - \mathrm{lr}\Bigl(\frac{m^{(1)}_t / (1 - \beta_1^t) + \alpha\, m^{(2)}_t}
+              {\sqrt{v_t} / \sqrt{1 - \beta_2^t} + \epsilon} + \lambda\, p_{t-1}\Bigr)
 
     Example:
 
@@ -845,7 +850,7 @@ def amsbound(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
     _step(rule, params, grads, [exp_avgs, exp_avg_sqs, max_exp_avg_sqs], [state_steps])
 
 def lion(params, grads, exp_avgs, state_steps, *, lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0.0,
-         maximize=False) -> None:
+         maximize=False, cautious=False) -> None:
     """Lion (:class:`fastopt.optim.Lion`): ``p -= lr * sign(beta1*m + (1-beta1)*g)``, then
     ``m = beta2*m + (1-beta2)*g``, with decoupled weight decay.
 
@@ -858,7 +863,7 @@ def lion(params, grads, exp_avgs, state_steps, *, lr=1e-4, beta1=0.9, beta2=0.99
     >>> np.round(p, 6)
     array([ 0.9, -1.9])
     """
-    rule = Rule("lion", lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, maximize=maximize)
+    rule = Rule("lion", lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, maximize=maximize, cautious=cautious)
     _step(rule, params, grads, [exp_avgs], [state_steps])
 
 def adabelief(params, grads, exp_avgs, exp_avg_vars, state_steps, *, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-16,

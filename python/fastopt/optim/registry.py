@@ -101,7 +101,7 @@ OPTIMIZERS: tuple[Spec, ...] = (
     ),
     Spec(
         "AdamW", "AdamW", "torch",
-        configs=({"lr": 1e-2, "maximize": True}, {"amsgrad": True}),
+        configs=({"lr": 1e-2, "maximize": True}, {"amsgrad": True}, {"lr": 1e-2, "cautious": True, "amsgrad": True}),
         parity=_adam_parity() + (dict(lr=3e-2, betas=(0.0, 0.5), weight_decay=0.3, amsgrad=True),),
         bad=(({"weight_decay": -0.1}, ValueError, "Invalid weight_decay value: -0.1"),),
         state=("exp_avg", "exp_avg_sq", "step"), written=("exp_avg", "exp_avgs"),
@@ -201,8 +201,9 @@ OPTIMIZERS: tuple[Spec, ...] = (
     ),
     Spec(
         "Lion", None, "the paper's Algorithm 2 (NumPy) and optax.lion",
-        configs=({"lr": 0.01, "weight_decay": 0.1}, {"lr": 0.01, "maximize": True}),
-        bad=(({"betas": (1.2, 0.9)}, ValueError, "Invalid beta parameter at index 0: 1.2"),),
+        configs=({"lr": 0.01, "weight_decay": 0.1}, {"lr": 0.01, "maximize": True}, {"lr": 0.01, "cautious": True}),
+        bad=(({"betas": (1.2, 0.9)}, ValueError, "Invalid beta parameter at index 0: 1.2"),
+             ({"cautious": 1}, TypeError, "cautious must be a bool")),
         state=("exp_avg", "step"), written=("exp_avg", "exp_avgs"),
         bench={"lr": 1e-4}, moved=5,
     ),
@@ -269,6 +270,11 @@ def by_name(name: str) -> Spec:
 
 def configs(*, closure: bool = False, torch_only: bool = False) -> list[tuple[str, dict[str, Any]]]:
     """``(name, options)`` for every configuration of every optimizer (without L-BFGS unless
-    ``closure``; only those with a torch counterpart with ``torch_only``)."""
+    ``closure``; with ``torch_only``, only those torch's counterpart takes: no options beyond
+    torch's, such as ``cautious``)."""
     return [(s.name, dict(kw)) for s in OPTIMIZERS if (closure or not s.closure) and (s.torch or not torch_only)
-            for kw in s.configs]
+            for kw in s.configs if not (torch_only and set(kw) & BEYOND_TORCH)]
+
+
+#: Options fastopt adds to optimizers torch has.
+BEYOND_TORCH = {"cautious"}

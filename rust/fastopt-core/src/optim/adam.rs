@@ -16,7 +16,7 @@
 //! `bc2 = 1 - beta2**step`, `sqrt(bc2) = bc2**0.5` and the step size are computed in double
 //! precision with `pow`, as Python computes them, then rounded to the element type.
 
-use super::engine::{self, Layout, bias_correction, Ema, next_step, pow_half, Grad, Lerp, Rule, Storage, Tensor, MAX_STATES};
+use super::engine::{self, Layout, bias_correction, Ema, next_step, pow_half, Grad, Lerp, Rule, Stepwise, Storage, Tensor, MAX_STATES};
 use super::hyper::hyper;
 use crate::float::{nan_max, Float};
 use crate::simd::{Arith, SimdLevel};
@@ -25,7 +25,8 @@ use crate::Error;
 hyper! {
     /// Adam's hyperparameters (AdamW: `decoupled_weight_decay`: multiply the parameter by
     /// `1 - lr * weight_decay` instead of adding `weight_decay * param` to the gradient).
-    AdamConfig for "adam" { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, amsgrad: bool, maximize: bool, decoupled_weight_decay: bool }
+    /// `cautious`: the cautious mask of Liang et al. (2024), see [`engine::run_cautious`].
+    AdamConfig for "adam" { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, amsgrad: bool, maximize: bool, decoupled_weight_decay: bool, cautious: bool }
 }
 
 impl Default for AdamConfig {
@@ -39,6 +40,7 @@ impl Default for AdamConfig {
             amsgrad: false,
             maximize: false,
             decoupled_weight_decay: false,
+            cautious: false,
         }
     }
 }
@@ -65,7 +67,15 @@ struct Adam<T, const AMS: bool, const L2: bool> {
 impl<T: Float, const AMS: bool, const L2: bool> Rule<T> for Adam<T, AMS, L2> {
     const STATES: usize = 2 + AMS as usize;
     #[inline(always)]
-    fn update<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
+    fn update<A: Arith>(&self, p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
+        let (p, delta, _) = self.split::<A>(p, g, s);
+        p + delta
+    }
+}
+
+impl<T: Float, const AMS: bool, const L2: bool> Stepwise<T> for Adam<T, AMS, L2> {
+    #[inline(always)]
+    fn split<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> (T, T, T) {
         let g = if L2 { self.g.with_l2::<A>(p, g) } else { self.g.decoupled(&mut p, g) };
         let m = self.lerp.apply::<A>(s[0], g);
         s[0] = m;
@@ -81,7 +91,7 @@ impl<T: Float, const AMS: bool, const L2: bool> Rule<T> for Adam<T, AMS, L2> {
         };
         // `sqrt(v) / sqrt(bc2)`, correctly rounded, without a division (see `div_by_const`).
         let denom = A::div_by_const(v.sqrt(), self.bc2_sqrt, self.inv_bc2_sqrt) + self.eps;
-        p + self.neg_step_size * m / denom
+        (p, self.neg_step_size * m / denom, g)
     }
 }
 
@@ -92,7 +102,7 @@ fn run<P: Storage, S: Storage<Arith = P::Arith>, const AMS: bool, const L2: bool
     level: SimdLevel,
 ) -> Result<(), Error> {
     let g = Grad::new(h.maximize, grad_scale, h.weight_decay, h.decoupled_weight_decay, h.lr);
-    engine::run(tensors, layout(h), level, |c, _| {
+    let make = |c: &mut [&mut f32], _| {
         let step = next_step(c);
         let bc2_sqrt = P::Arith::from_f64(pow_half(bias_correction(h.beta2, step)));
         Adam::<P::Arith, AMS, L2> {
@@ -104,7 +114,12 @@ fn run<P: Storage, S: Storage<Arith = P::Arith>, const AMS: bool, const L2: bool
             eps: P::Arith::from_f64(h.eps),
             neg_step_size: P::Arith::from_f64(-(h.lr / bias_correction(h.beta1, step))),
         }
-    })
+    };
+    if h.cautious {
+        engine::run_cautious(tensors, layout(h), level, make)
+    } else {
+        engine::run(tensors, layout(h), level, make)
+    }
 }
 
 /// One Adam/AdamW step over every tensor of a parameter group, in place. Checks every
@@ -204,6 +219,7 @@ mod tests {
                             amsgrad,
                             maximize,
                             decoupled_weight_decay: dec,
+                            cautious: false,
                         };
                         out.push((cfg, grad_scale));
                     }
@@ -302,5 +318,35 @@ mod tests {
         let two = run(2);
         crate::parallel::set_num_threads(crate::parallel::default_threads()).unwrap();
         assert!(one.iter().zip(&two).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+
+    #[test]
+    fn cautious_keeps_the_steps_that_agree_with_the_gradient_scaled() {
+        let _lock = crate::test_util::global();
+        let n = 20_000; // (above the serial threshold: both passes split across threads)
+        let cfg = AdamConfig { lr: 0.01, weight_decay: 0.0, ..AdamConfig::default() };
+        let p0: Vec<f64> = data(n, 11);
+        let g: Vec<f64> = data(n, 12);
+        // the state of a few earlier steps, so that the momentum disagrees with some gradients
+        let m0: Vec<f64> = data(n, 13);
+        let v0: Vec<f64> = data::<f64>(n, 14).iter().map(|x| x * x + 0.1).collect();
+        let run_one = |c: AdamConfig| {
+            let (mut p, mut m, mut v, mut t) = (p0.clone(), m0.clone(), v0.clone(), 3.0f32);
+            let (mut states, mut counters) = ([&mut m[..], &mut v[..]], [&mut t]);
+            let tensor = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, fresh: false };
+            step(&c, vec![tensor], 1.0, crate::simd::level()).unwrap();
+            (p, m, v, t)
+        };
+        let (plain, pm, pv, pt) = run_one(cfg);
+        let (masked, cm, cv, ct) = run_one(AdamConfig { cautious: true, ..cfg });
+        assert!(pm == cm && pv == cv && pt == ct, "the state moves as without the mask");
+        let agree: Vec<bool> = (0..n).map(|i| (plain[i] - p0[i]) * g[i] < 0.0).collect();
+        let kept = agree.iter().filter(|&&a| a).count();
+        assert!(kept > n / 4 && kept < n * 3 / 4, "{kept}");
+        let scale = n as f64 / (kept as f64 + 1.0);
+        for i in 0..n {
+            let want = if agree[i] { p0[i] + (plain[i] - p0[i]) * scale } else { p0[i] };
+            assert!((masked[i] - want).abs() <= 1e-13 * want.abs().max(1.0), "{i}: {} vs {want}", masked[i]);
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! Each follows torch's single-tensor loop operation by operation (or the authors' reference
 //! code); the reference in the tests below runs torch's sequence of whole-array operations.
 
-use super::engine::{self, bias_correction, next_step, pow_half, sign, Ema, Grad, Layout, Lerp, Rule, Storage, Tensor, MAX_STATES};
+use super::engine::{self, bias_correction, next_step, pow_half, sign, Ema, Grad, Layout, Lerp, Rule, Stepwise, Storage, Tensor, MAX_STATES};
 use super::hyper::hyper;
 use crate::float::{nan_max, Float};
 use crate::simd::{Arith, SimdLevel};
@@ -22,8 +22,9 @@ hyper! {
     RadamConfig for "radam" { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, decoupled_weight_decay: bool, maximize: bool }
     /// AdaBound's and AMSBound's hyperparameters.
     AdaBoundConfig for "adabound" { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, final_lr: f64, gamma: f64, decoupled_weight_decay: bool, maximize: bool }
-    /// Lion's hyperparameters (its weight decay is always decoupled).
-    LionConfig for "lion" { lr: f64, beta1: f64, beta2: f64, weight_decay: f64, maximize: bool }
+    /// Lion's hyperparameters (its weight decay is always decoupled; `cautious`: see
+    /// [`engine::run_cautious`]).
+    LionConfig for "lion" { lr: f64, beta1: f64, beta2: f64, weight_decay: f64, maximize: bool, cautious: bool }
     /// ASGD's hyperparameters.
     AsgdConfig for "asgd" { lr: f64, lambd: f64, alpha: f64, t0: f64, weight_decay: f64, maximize: bool }
     /// Rprop's hyperparameters (`lr` only fills the initial step sizes, outside the kernel).
@@ -196,13 +197,22 @@ struct Lion<T> {
 impl<T: Float> Rule<T> for Lion<T> {
     const STATES: usize = 1;
     #[inline(always)]
-    fn update<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
+    fn update<A: Arith>(&self, p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
+        // (`delta` is 0 or -+lr exactly, so the sum rounds once, as torch's add)
+        let (p, delta, _) = self.split::<A>(p, g, s);
+        p + delta
+    }
+}
+
+impl<T: Float> Stepwise<T> for Lion<T> {
+    #[inline(always)]
+    fn split<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> (T, T, T) {
         let g = self.g.read::<A>(&mut p, g);
         // torch's sign of the interpolation: a NaN (from a NaN or infinite gradient element)
         // gives 0, so the parameter only decays, as in the published implementations.
         let direction = sign(self.m.mean::<A>(s[0], g));
         s[0] = self.v.mean::<A>(s[0], g);
-        A::madd(direction, self.neg_lr, p)
+        (p, direction * self.neg_lr, g)
     }
 }
 
@@ -474,10 +484,15 @@ pub fn lion<P: Storage, S: Storage<Arith = P::Arith>>(h: &LionConfig, tensors: V
         v: Ema::new(h.beta2),
         neg_lr: P::Arith::from_f64(-h.lr),
     };
-    engine::run(tensors, LION, level, |c, _| {
+    let make = |c: &mut [&mut f32], _| {
         next_step(c);
         rule
-    })
+    };
+    if h.cautious {
+        engine::run_cautious(tensors, LION, level, make)
+    } else {
+        engine::run(tensors, LION, level, make)
+    }
 }
 
 pub fn adabelief<P: Storage, S: Storage<Arith = P::Arith>>(h: &RadamConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {

@@ -227,20 +227,102 @@ pub fn sweep<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
     level: SimdLevel,
     make: impl FnMut(&mut [&mut f32], bool) -> R,
 ) -> Result<Vec<(f64, f64)>, Error> {
+    Ok(sweep_rules(tensors, layout, level, make)?.0)
+}
+
+/// [`sweep`], also returning each distinct rule and which one each tensor took.
+#[allow(clippy::type_complexity)]
+fn sweep_rules<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
+    tensors: &mut [Tensor<'_, P, S>],
+    layout: Layout,
+    level: SimdLevel,
+    make: impl FnMut(&mut [&mut f32], bool) -> R,
+) -> Result<(Vec<(f64, f64)>, Vec<R>, Vec<usize>), Error> {
     let total = check::<P, S, R>(tensors, layout)?;
     let (rules, which) = rules_of(tensors, make);
     let counts: Vec<usize> = tensors.iter().map(|t| t.param.len().div_ceil(BLOCK)).collect();
     let mut partials = vec![(0.0, 0.0); counts.iter().sum()];
     pass::<P, S, R, true>(tensors, &rules, &which, total, level, &mut partials);
     let mut rest = &partials[..];
-    Ok(counts
+    let sums = counts
         .iter()
         .map(|&n| {
             let (mine, tail) = rest.split_at(n);
             rest = tail;
             mine.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y))
         })
-        .collect())
+        .collect();
+    Ok((sums, rules, which))
+}
+
+/// A rule whose update is `p' = q + delta`: `q` the parameter after any decay, `delta` the
+/// step, for the cautious mask ([`run_cautious`]).
+pub trait Stepwise<T: Float>: Rule<T> {
+    /// Updates the state as [`Rule::update`] does; returns `q`, `delta` and the gradient the
+    /// step descends (the mask keeps the elements where `delta` goes against it).
+    fn split<A: Arith>(&self, p: T, g: T, s: &mut [T; MAX_STATES]) -> (T, T, T);
+}
+
+/// The counting pass of [`run_cautious`]: writes nothing, squares 1 where the step agrees
+/// with the gradient (so the sum of squares is the count), 0 elsewhere.
+#[derive(Clone, Copy, Debug)]
+struct Agree<R>(R);
+
+impl<T: Float, R: Stepwise<T>> Rule<T> for Agree<R> {
+    const STATES: usize = R::STATES;
+    const WRITES: u32 = 0;
+    #[inline(always)]
+    fn update<A: Arith>(&self, p: T, _g: T, _s: &mut [T; MAX_STATES]) -> T {
+        p
+    }
+    #[inline(always)]
+    fn squares<A: Arith>(&self, p: T, g: T, s: &[T; MAX_STATES]) -> [T; 2] {
+        let mut st = *s;
+        let (_, delta, g) = self.0.split::<A>(p, g, &mut st);
+        [if delta * g < T::ZERO { T::ONE } else { T::ZERO }, T::ZERO]
+    }
+}
+
+/// The update of [`run_cautious`]: the step where it agrees with the gradient, times the
+/// tensor's `scale`, and none elsewhere.
+#[derive(Clone, Copy, Debug)]
+struct Masked<R, T> {
+    rule: R,
+    scale: T,
+}
+
+impl<T: Float, R: Stepwise<T>> Rule<T> for Masked<R, T> {
+    const STATES: usize = R::STATES;
+    #[inline(always)]
+    fn update<A: Arith>(&self, p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
+        let (q, delta, g) = self.rule.split::<A>(p, g, s);
+        if delta * g < T::ZERO {
+            A::madd(delta, self.scale, q)
+        } else {
+            q
+        }
+    }
+}
+
+/// A step with the cautious mask of Liang et al. (2024, "Cautious Optimizers"): an element
+/// moves only where its step goes against its gradient (`u * g > 0` for `p -= lr * u`), and
+/// the kept steps are scaled by `n / (kept + 1)` over the tensor's `n` elements. Two passes:
+/// the count (nothing written), then the update with the mask. `make` as for [`run`].
+pub fn run_cautious<P: Storage, S: Storage<Arith = P::Arith>, R: Stepwise<P::Arith>>(
+    mut tensors: Vec<Tensor<'_, P, S>>,
+    layout: Layout,
+    level: SimdLevel,
+    mut make: impl FnMut(&mut [&mut f32], bool) -> R,
+) -> Result<(), Error> {
+    let (sums, rules, which) = sweep_rules(&mut tensors, layout, level, |c, fresh| Agree(make(c, fresh)))?;
+    let masked: Vec<Masked<R, P::Arith>> = tensors
+        .iter()
+        .zip(sums)
+        .zip(&which)
+        .map(|((t, (kept, _)), &k)| Masked { rule: rules[k].0, scale: P::Arith::from_f64(t.param.len() as f64 / (kept + 1.0)) })
+        .collect();
+    apply(&mut tensors, &masked, level);
+    Ok(())
 }
 
 /// A later pass of a multi-pass optimizer over tensors a [`sweep`] has checked: `rules[i]`
