@@ -604,7 +604,9 @@ class ADOPT(_AdamLike):
 
     def _hyper(self, g):
         h = super()._hyper(g)
-        return dict(h, decouple=g["decouple"], clip=self._clip)
+        if self.clip_lambda is _default_clip:  # (computed per tensor in the kernel)
+            return dict(h, decouple=g["decouple"], clip=-1.0, clip_power=0.25)
+        return dict(h, decouple=g["decouple"], clip=self._clip, clip_power=-1.0)
 
     def _clip_at(self, step: float) -> float:
         """This step's clipping bound for tensors that have made ``step`` steps (negative:
@@ -617,8 +619,10 @@ class ADOPT(_AdamLike):
         return c
 
     def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
-        # The bound depends on each tensor's step count: tensors are stepped together per
-        # count (one kernel call in the usual case, where the whole group has the same).
+        if self.clip_lambda is _default_clip or self.clip_lambda is None:
+            return super()._step_group(group, params, arrays, grads, check_only, grad_scale)
+        # A caller's bound depends on each tensor's step count: tensors are stepped together
+        # per count (one kernel call in the usual case, where the whole group has the same).
         items = self.state._items
         steps = []
         for p in params:
@@ -902,7 +906,7 @@ def adopt(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr=1e-3, beta1=0
     array([ 0.99, -1.99])
     """
     rule = Rule("adopt", lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, decouple=decouple,
-                clip=-1.0 if clip is None else clip, maximize=maximize)
+                clip=-1.0 if clip is None else clip, clip_power=-1.0, maximize=maximize)
     _step(rule, params, grads, [exp_avgs, exp_avg_sqs], [state_steps])
 
 

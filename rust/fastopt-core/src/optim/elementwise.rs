@@ -29,8 +29,10 @@ hyper! {
     AsgdConfig for "asgd" { lr: f64, lambd: f64, alpha: f64, t0: f64, weight_decay: f64, maximize: bool }
     /// Rprop's hyperparameters (`lr` only fills the initial step sizes, outside the kernel).
     RpropConfig for "rprop" { etaminus: f64, etaplus: f64, step_size_min: f64, step_size_max: f64, maximize: bool }
-    /// ADOPT's hyperparameters; `clip` is this step's clipping bound (negative: none).
-    AdoptConfig for "adopt" { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, decouple: bool, clip: f64, maximize: bool }
+    /// ADOPT's hyperparameters. The clipping bound is `(step - 1) ** clip_power` (the authors'
+    /// default `clip_lambda`, with power 0.25) when `clip_power >= 0`, else `clip` for this
+    /// step (a bound a caller's function gave; negative: none).
+    AdoptConfig for "adopt" { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, decouple: bool, clip: f64, clip_power: f64, maximize: bool }
     /// AdEMAMix's hyperparameters (a warm-up of 0: none).
     AdemamixConfig for "ademamix" { lr: f64, beta1: f64, beta2: f64, beta3: f64, alpha: f64, beta3_warmup: f64, alpha_warmup: f64, eps: f64, weight_decay: f64, maximize: bool }
 }
@@ -315,7 +317,8 @@ struct Adopt<T> {
     /// `-lr * wd` for the authors' decoupled decay `p.add_(p, alpha=-lr*wd)` (0: none).
     neg_decay: T,
     eps: T,
-    clip: Option<T>,
+    /// The clipping bound (infinite: none).
+    clip: T,
     lerp: Lerp<T>,
     v: Ema<T>,
     neg_lr: T,
@@ -335,10 +338,9 @@ impl<T: Float> Rule<T> for Adopt<T> {
         let sq = s[1].sqrt();
         // clamp(sqrt(v), eps): NaN stays NaN
         let denom = if sq < self.eps { self.eps } else { sq };
-        let mut n = g / denom;
-        if let Some(c) = self.clip {
-            n = if n < -c { -c } else if n > c { c } else { n };
-        }
+        let n = g / denom;
+        // clamp_(-clip, clip): NaN stays NaN
+        let n = if n < -self.clip { -self.clip } else if n > self.clip { self.clip } else { n };
         s[0] = self.lerp.apply::<A>(s[0], n);
         s[1] = self.v.square::<A>(s[1], g);
         A::madd(s[0], self.neg_lr, p)
@@ -557,13 +559,14 @@ pub fn adopt<P: Storage, S: Storage<Arith = P::Arith>>(h: &AdoptConfig, tensors:
     let neg_decay = P::Arith::from_f64(if h.decouple { -h.lr * h.weight_decay } else { 0.0 });
     engine::run(tensors, ADOPT, level, |c, _| {
         // The authors' step count is the steps before this one (0 on the first).
-        let first = next_step(c) == 1.0;
+        let before = next_step(c) - 1.0;
+        let clip = if h.clip_power >= 0.0 { before.powf(h.clip_power) } else if h.clip >= 0.0 { h.clip } else { f64::INFINITY };
         Adopt {
             g,
-            first,
+            first: before == 0.0,
             neg_decay,
             eps: P::Arith::from_f64(h.eps),
-            clip: (h.clip >= 0.0).then(|| P::Arith::from_f64(h.clip)),
+            clip: P::Arith::from_f64(clip),
             lerp: Lerp::new(1.0 - h.beta1),
             v: Ema::new(h.beta2),
             neg_lr: P::Arith::from_f64(-h.lr),

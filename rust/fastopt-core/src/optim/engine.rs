@@ -72,6 +72,9 @@ pub trait Rule<T: Float>: Copy + Send + Sync {
     /// A pass that only reads some of them (LAMB's second pass reads the moments) does not
     /// write them back, so it moves only the bytes it must.
     const WRITES: u32 = !0;
+    /// How many of the two values of [`Rule::squares`] a reducing pass sums (the second is
+    /// left out when 1).
+    const SQUARES: usize = 2;
     /// The new parameter value; updates `s` in place.
     fn update<A: Arith>(&self, p: T, g: T, s: &mut [T; MAX_STATES]) -> T;
     /// For a reducing pass ([`sweep`]): the two values whose squares the pass sums, from the
@@ -159,7 +162,7 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bo
             let ((a0, a1), (b0, b1), (c0, c1), (d0, d1)) = (cut(a, n), cut(b, n), cut(c, n), cut(d, n));
             let (x, y) = (&mut sq.0[..n], &mut sq.1[..n]);
             body::<P, S, A, R, true>(p0, g0, [a0, b0, c0, d0], rule, (&mut *x, &mut *y));
-            *slot = (dot_f64(x, x), dot_f64(y, y));
+            *slot = (dot_f64(x, x), if R::SQUARES > 1 { dot_f64(y, y) } else { 0.0 });
             (p, g, s) = (p1, g1, [a1, b1, c1, d1]);
         }
     }
@@ -193,7 +196,11 @@ fn body<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>, c
         let new = rule.update::<A>(old, gi, &mut st);
         if w(0) { p[i] = P::store(new) }
         if SUMS {
-            [x[i], y[i]] = rule.squares::<A>(old, gi, &st);
+            let [a, b] = rule.squares::<A>(old, gi, &st);
+            x[i] = a;
+            if R::SQUARES > 1 {
+                y[i] = b;
+            }
         }
         if R::STATES > 0 && w(1) { s0[i] = S::store(st[0]) }
         if R::STATES > 1 && w(2) { s1[i] = S::store(st[1]) }
@@ -271,6 +278,7 @@ struct Agree<R>(R);
 impl<T: Float, R: Stepwise<T>> Rule<T> for Agree<R> {
     const STATES: usize = R::STATES;
     const WRITES: u32 = 0;
+    const SQUARES: usize = 1;
     #[inline(always)]
     fn update<A: Arith>(&self, p: T, _g: T, _s: &mut [T; MAX_STATES]) -> T {
         p
