@@ -54,6 +54,8 @@ CONFIGS: list[tuple[str, dict]] = [
     ("AMSBound", dict(lr=1e-2, final_lr=0.1)),
     ("Lion", dict(lr=1e-3, weight_decay=0.1)),
     ("AdaBelief", dict(lr=1e-2, weight_decay=0.1)),
+    ("AdaBelief", dict(lr=1e-2, rectify=False, amsgrad=True, decoupled_weight_decay=False, weight_decay=0.1)),
+    ("AdaBelief", dict(lr=1e-2, fixed_decay=True, weight_decay=0.01, degenerated_to_sgd=False, maximize=True)),
     ("Lamb", dict(lr=1e-2, weight_decay=0.01)),
     ("AdamW", dict(lr=1e-2, weight_decay=0.1, cautious=True)),
     ("Adam", dict(lr=1e-2, amsgrad=True, weight_decay=0.1, maximize=True, cautious=True)),

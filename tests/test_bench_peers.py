@@ -27,7 +27,7 @@ PEERS = [
     ("AdaBound", {"lr": 1e-2, "gamma": 1e-1}, lambda p, g: common.NumpyAdaBound(p, g, lr=1e-2, gamma=1e-1)),
     ("AMSBound", {"lr": 1e-2, "gamma": 1e-1}, lambda p, g: common.NumpyAdaBound(p, g, lr=1e-2, gamma=1e-1, amsbound=True)),
     ("Lion", {"lr": 1e-3}, lambda p, g: common.NumpyLion(p, g, lr=1e-3)),
-    ("AdaBelief", {"lr": 1e-2}, lambda p, g: common.NumpyAdaBelief(p, g, lr=1e-2)),
+    ("AdaBelief", {"lr": 1e-2, "rectify": False}, lambda p, g: common.NumpyAdaBelief(p, g, lr=1e-2)),
     ("Lamb", {"lr": 1e-2, "weight_decay": 0.01}, lambda p, g: common.NumpyLamb(p, g, lr=1e-2, weight_decay=0.01)),
     ("ADOPT", {"lr": 1e-2}, lambda p, g: common.NumpyADOPT(p, g, lr=1e-2)),
     ("AdEMAMix", {"lr": 1e-2}, lambda p, g: common.NumpyAdEMAMix(p, g, lr=1e-2)),

@@ -54,7 +54,7 @@ def lion_ref(p, grads, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=Fa
 
 
 def adabelief_ref(p, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-16, weight_decay=0.0, decoupled_weight_decay=True,
-                  maximize=False):
+                  maximize=False, rectify=False):
     """Zhuang et al. (2020), Algorithm 1, with the authors' decoupled decay option."""
     b1, b2 = betas
     m, s = np.zeros_like(p), np.zeros_like(p)
@@ -154,9 +154,9 @@ CASES = [
     ("AdaBound", adabound_ref, dict(lr=1e-2, amsbound=True, weight_decay=0.05)),
     ("Lion", lion_ref, {}),
     ("Lion", lion_ref, dict(lr=3e-3, betas=(0.95, 0.98), weight_decay=0.1, maximize=True)),
-    ("AdaBelief", adabelief_ref, {}),
-    ("AdaBelief", adabelief_ref, dict(lr=1e-2, eps=1e-12, weight_decay=0.1, decoupled_weight_decay=False)),
-    ("AdaBelief", adabelief_ref, dict(lr=1e-2, betas=(0.5, 0.9), weight_decay=0.1, maximize=True)),
+    ("AdaBelief", adabelief_ref, dict(rectify=False)),
+    ("AdaBelief", adabelief_ref, dict(lr=1e-2, eps=1e-12, weight_decay=0.1, decoupled_weight_decay=False, rectify=False)),
+    ("AdaBelief", adabelief_ref, dict(lr=1e-2, betas=(0.5, 0.9), weight_decay=0.1, maximize=True, rectify=False)),
     ("ADOPT", adopt_ref, {}),
     ("ADOPT", adopt_ref, dict(lr=1e-2, betas=(0.8, 0.99), weight_decay=0.1, maximize=True)),
     ("ADOPT", adopt_ref, dict(lr=1e-2, weight_decay=0.1, decouple=True, clip_lambda=None, eps=1e-3)),
@@ -492,3 +492,56 @@ def test_cautious_lion_matches_pytorch_optimizer(torch, pytorch_optimizer, dtype
     for p, t, p_init in zip(ps, ts, p0):
         assert_close(p.data, t.detach().numpy(), "cautious Lion", scale=float(np.abs(p_init).max()),
                      tol=1e-12 if dtype == np.float64 else 1e-5)
+
+
+@pytest.fixture(scope="module")
+def adabelief_official(torch):
+    """The authors' package (adabelief-pytorch): skipped when missing, except in CI."""
+    import os
+
+    try:
+        from adabelief_pytorch import AdaBelief
+    except ImportError:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("adabelief-pytorch is required for the AdaBelief oracle test in CI")
+        pytest.skip("adabelief-pytorch is not installed")
+    return AdaBelief
+
+
+ADABELIEF_OFFICIAL = [
+    {},
+    dict(lr=1e-2, weight_decay=0.1),
+    dict(lr=1e-2, amsgrad=True, weight_decay=0.1, decoupled_weight_decay=False),
+    dict(lr=1e-2, betas=(0.8, 0.99), fixed_decay=True, weight_decay=0.01, eps=1e-12),
+    dict(lr=1e-2, degenerated_to_sgd=False),
+    dict(lr=1e-2, rectify=False, amsgrad=True),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kw", ADABELIEF_OFFICIAL, ids=[str(i) for i in range(len(ADABELIEF_OFFICIAL))])
+def test_adabelief_matches_the_authors_package(torch, adabelief_official, kw, dtype, capsys):
+    """AdaBelief against adabelief-pytorch, 100 steps, its defaults (rectified) and options."""
+    rng = np.random.default_rng(12)
+    shapes = [(), (7,), (33, 31)]
+    p0 = [np.asarray(rng.standard_normal(s), dtype) for s in shapes]
+    ps = [fo.Parameter(p.copy()) for p in p0]
+    ts = [torch.nn.Parameter(torch.tensor(p.copy())) for p in p0]
+    opt = fo.optim.AdaBelief(ps, **kw)
+    theirs = {("weight_decouple" if k == "decoupled_weight_decay" else k): v for k, v in kw.items()}
+    ref = adabelief_official(ts, print_change_log=False, **theirs)
+    for _ in range(STEPS):
+        for p, t in zip(ps, ts):
+            g = np.asarray(rng.standard_normal(p.data.shape), dtype)
+            p.grad = g
+            t.grad = torch.tensor(g.copy())
+        opt.step()
+        ref.step()
+    capsys.readouterr()  # (their constructor prints its options)
+    for p, t, p_init in zip(ps, ts, p0):
+        assert_close(p.data, t.detach().numpy(), "AdaBelief", scale=float(np.abs(p_init).max()),
+                     tol=1e-12 if dtype == np.float64 else 2e-5)
+        for k in opt.state[p]:
+            if k != "step":
+                assert_close(opt.state[p][k], ref.state[t][k].numpy(), f"AdaBelief {k}",
+                             tol=1e-12 if dtype == np.float64 else 2e-5)

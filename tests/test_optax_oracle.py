@@ -22,7 +22,7 @@ CASES = [
     ("Lamb", dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.0),
      lambda: optax.lamb(3e-3, b1=0.8, b2=0.99, eps=1e-8, eps_root=0.0, weight_decay=0.0)),
     # AdaBelief adds eps to the second moment (optax: eps_root) and to its square root (eps).
-    ("AdaBelief", dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-12, weight_decay=0.0),
+    ("AdaBelief", dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-12, weight_decay=0.0, rectify=False),
      lambda: optax.adabelief(1e-2, b1=0.9, b2=0.999, eps=1e-12, eps_root=1e-12)),
 ]
 

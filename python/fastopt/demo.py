@@ -298,7 +298,10 @@ SURFACES: dict[str, Surface] = {
         # AdaBound's step size is clipped into bounds that close in on final_lr (scaled by
         # lr / initial lr); past 2 / (the valley's curvature, about 1000 near the minimum)
         # the final SGD-like phase diverges, so the surface gets a stable final rate.
-        options={"AdaBound": {"final_lr": 1e-3}, "AMSBound": {"final_lr": 1e-3}},
+        # AdaBelief's first (rectified) steps are SGD with momentum, which the valley's
+        # gradient of about 200 throws off the surface: it starts with no step instead.
+        options={"AdaBound": {"final_lr": 1e-3}, "AMSBound": {"final_lr": 1e-3},
+                 "AdaBelief": {"degenerated_to_sgd": False}},
         caption="All methods reach the curved valley quickly and then crawl along its floor towards "
         "(1, 1); plain SGD is limited by the valley's steep walls to a small rate and is slowest. "
         "AdaBound and AMSBound run with final_lr 0.001 here: their step-size bounds close in on "

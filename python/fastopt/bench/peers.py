@@ -465,7 +465,11 @@ class NumpyAdEMAMix(_NumpyBase):
 
 
 class NumpyAdaBelief(_NumpyBase):
-    def __init__(self, p, g, lr=1e-3, betas=(0.9, 0.999), eps=1e-16):
+    """The paper's Algorithm 1 (fastopt's ``rectify=False``)."""
+
+    def __init__(self, p, g, lr=1e-3, betas=(0.9, 0.999), eps=1e-16, rectify=False):
+        if rectify:
+            raise ValueError("the NumPy AdaBelief peer is the unrectified algorithm (rectify=False)")
         super().__init__(p, g)
         self.lr, (self.b1, self.b2), self.eps = lr, betas, eps
         self.m, self.s = np.zeros_like(p), np.zeros_like(p)

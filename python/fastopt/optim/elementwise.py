@@ -493,10 +493,14 @@ class Lion(_Elementwise):
                     maximize=g["maximize"], cautious=g.get("cautious", False))
 
 class AdaBelief(_AdamLike):
-    r"""AdaBelief (Zhuang et al., NeurIPS 2020, Algorithm 1): Adam with the second moment of
-    ``g - m`` (plus ``eps``), both moments bias-corrected. Decoupled weight decay by default,
-    as the authors' implementation. State: ``step``, ``exp_avg``, ``exp_avg_var``.
-
+    r"""AdaBelief (Zhuang et al., NeurIPS 2020) as the authors ship it (``adabelief-pytorch``
+    0.2: the same defaults, options and state): Adam with the second moment of ``g - m``
+    (plus ``eps``, kept in the state), and by default RAdam's rectification (``rectify``):
+    while the variance estimate is not tractable (the first few steps), the step is SGD with
+    momentum (``degenerated_to_sgd``) or none. Decoupled weight decay by default, as theirs
+    (their ``weight_decouple``; ``fixed_decay`` decays by ``1 - weight_decay``).
+    ``rectify=False`` is the paper's Algorithm 1 (as optax's ``adabelief``). State: ``step``,
+    ``exp_avg``, ``exp_avg_var`` and with ``amsgrad`` ``max_exp_avg_var``.
 
     With gradient :math:`g_t` (plus ``weight_decay * p`` for L2 decay, negated with
     ``maximize``), at step :math:`t`:
@@ -506,9 +510,19 @@ class AdaBelief(_AdamLike):
         m_t = \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
         s_t = \beta_2 s_{t-1} + (1 - \beta_2)(g_t - m_t)^2 + \epsilon,
 
-        p_t = p_{t-1} - \frac{\mathrm{lr}}{1 - \beta_1^t} \frac{m_t}{\sqrt{s_t / (1 - \beta_2^t)} + \epsilon}
+        \text{rectify=False:}\quad p_t = p_{t-1} - \frac{\mathrm{lr}}{1 - \beta_1^t}
+              \frac{m_t}{\sqrt{s_t} / \sqrt{1 - \beta_2^t} + \epsilon},
 
-    (:math:`s` is ``exp_avg_var``).
+        \text{rectify=True:}\quad p_t = \begin{cases}
+              p_{t-1} - \mathrm{lr}\, r_t\, \dfrac{m_t}{\sqrt{s_t} + \epsilon} & \rho_t \ge 5 \\
+              p_{t-1} - \dfrac{\mathrm{lr}}{1 - \beta_1^t}\, m_t & \text{otherwise (degenerated\_to\_sgd)}
+          \end{cases}
+
+    with RAdam's :math:`\rho_\infty = 2 / (1 - \beta_2) - 1`,
+    :math:`\rho_t = \rho_\infty - 2 t \beta_2^t / (1 - \beta_2^t)` and
+    :math:`r_t = \sqrt{(1 - \beta_2^t)\frac{(\rho_t - 4)(\rho_t - 2)\rho_\infty}{(\rho_\infty - 4)(\rho_\infty - 2)\rho_t}} / (1 - \beta_1^t)`
+    (:math:`s` is ``exp_avg_var``; ``amsgrad``: its running maximum in the unrectified
+    denominator, as their code).
 
     Example:
 
@@ -517,23 +531,43 @@ class AdaBelief(_AdamLike):
     >>> for _ in range(3):
     ...     w.grad = 2 * w.data  # the gradient of sum(w**2)
     ...     opt.step()
-    >>> np.round(w.data, 6)
-    array([ 0.652305, -0.652305])
+    >>> np.round(w.data, 6)  # the first steps are SGD with momentum (rectification)
+    array([ 0.462303, -0.462303])
     >>> sorted(opt.state[w])
     ['exp_avg', 'exp_avg_var', 'step']
     """
 
     _rule = "adabelief"
+    _option_docs = {
+        "amsgrad": "use the running maximum of the second moment (AMSGrad) in the unrectified denominator",
+        "rectify": "RAdam's rectification (the authors' default): SGD with momentum, or no step, while the "
+                   "variance is not tractable, then the rectified step",
+        "degenerated_to_sgd": "with ``rectify``, take SGD-with-momentum steps while the variance is not "
+                              "tractable (False: no step)",
+        "fixed_decay": "with decoupled decay, multiply the parameter by ``1 - weight_decay`` (not scaled by ``lr``)",
+    }
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-16, weight_decay: float = 0, *, decoupled_weight_decay: bool = True,
-                 maximize: bool = False) -> None:
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+                 eps: float = 1e-16, weight_decay: float = 0, amsgrad: bool = False, *,
+                 decoupled_weight_decay: bool = True, fixed_decay: bool = False, rectify: bool = True,
+                 degenerated_to_sgd: bool = True, maximize: bool = False) -> None:
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        decoupled_weight_decay=decoupled_weight_decay, fixed_decay=fixed_decay, rectify=rectify,
+                        degenerated_to_sgd=degenerated_to_sgd, maximize=maximize)
         self._validate_group(defaults)
         super().__init__(params, defaults)
 
-    _options = _AdamLike._options + ("decoupled_weight_decay",)
+    _options = _AdamLike._options + ("decoupled_weight_decay", "amsgrad")
+
+    def _validate_extra(self, group):
+        for name in ("fixed_decay", "rectify", "degenerated_to_sgd"):
+            check_bool(group.get(name, name != "fixed_decay"), name)
+
+    def _hyper(self, g):
+        # (a state dict from before these options: the authors' defaults)
+        return dict(super()._hyper(g), amsgrad=g["amsgrad"], fixed_decay=g.get("fixed_decay", False),
+                    rectify=g.get("rectify", True), degenerated_to_sgd=g.get("degenerated_to_sgd", True))
+
 
 def _default_clip(step: float) -> float:
     """ADOPT's default clipping bound: ``step ** 0.25`` (the authors' ``clip_lambda``)."""
@@ -870,23 +904,29 @@ def lion(params, grads, exp_avgs, state_steps, *, lr=1e-4, beta1=0.9, beta2=0.99
     rule = Rule("lion", lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, maximize=maximize, cautious=cautious)
     _step(rule, params, grads, [exp_avgs], [state_steps])
 
-def adabelief(params, grads, exp_avgs, exp_avg_vars, state_steps, *, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-16,
-              weight_decay=0.0, decoupled_weight_decay=False, maximize=False) -> None:
-    """AdaBelief (:class:`fastopt.optim.AdaBelief`): Adam whose second moment tracks
-    ``(g - m)**2``.
+def adabelief(params, grads, exp_avgs, exp_avg_vars, state_steps, *, max_exp_avg_vars=None, lr=1e-3, beta1=0.9,
+              beta2=0.999, eps=1e-16, weight_decay=0.0, decoupled_weight_decay=True, fixed_decay=False, amsgrad=False,
+              rectify=True, degenerated_to_sgd=True, maximize=False) -> None:
+    """AdaBelief (:class:`fastopt.optim.AdaBelief`, the authors' defaults): Adam whose second
+    moment tracks ``(g - m)**2``, rectified as RAdam unless ``rectify=False``;
+    ``max_exp_avg_vars`` is required with ``amsgrad``.
 
     Example:
 
     >>> F = fo.optim.functional
     >>> p, g = np.array([1.0, -2.0]), np.array([0.5, -0.5])
     >>> m, s, step = np.zeros(2), np.zeros(2), np.zeros((), np.float32)
-    >>> F.adabelief([p], [g], [m], [s], [step], lr=0.1)
+    >>> F.adabelief([p], [g], [m], [s], [step], lr=0.1, rectify=False)
     >>> np.round(p, 6)
     array([ 0.888889, -1.888889])
     """
     rule = Rule("adabelief", lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
-    _step(rule, params, grads, [exp_avgs, exp_avg_vars], [state_steps])
+                decoupled_weight_decay=decoupled_weight_decay, fixed_decay=fixed_decay, amsgrad=amsgrad,
+                rectify=rectify, degenerated_to_sgd=degenerated_to_sgd, maximize=maximize)
+    if amsgrad and not max_exp_avg_vars and params:
+        raise ValueError("max_exp_avg_vars is required with amsgrad=True")
+    states = [exp_avgs, exp_avg_vars, max_exp_avg_vars] if amsgrad else [exp_avgs, exp_avg_vars]
+    _step(rule, params, grads, states, [state_steps])
 
 
 def adopt(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr=1e-3, beta1=0.9, beta2=0.9999, eps=1e-6,

@@ -208,11 +208,12 @@ OPTIMIZERS: tuple[Spec, ...] = (
         bench={"lr": 1e-4}, moved=5,
     ),
     Spec(
-        "AdaBelief", None, "the paper's Algorithm 1 (NumPy) and optax.adabelief",
-        configs=({"lr": 0.01},),
+        "AdaBelief", None, "the authors' adabelief-pytorch, the paper's Algorithm 1 (NumPy) and optax.adabelief",
+        configs=({"lr": 0.01}, {"lr": 0.01, "amsgrad": True, "rectify": False},
+                 {"lr": 0.01, "fixed_decay": True, "weight_decay": 0.01}),
         bad=(({"weight_decay": -1}, ValueError, "Invalid weight_decay value: -1"),),
         state=("exp_avg", "exp_avg_var", "step"), written=("exp_avg_var", "exp_avg_vars"),
-        bench={"lr": 1e-3}, moved=7,
+        bench={"lr": 1e-3, "rectify": False}, moved=7,
     ),
     Spec(
         "ADOPT", None, "the authors' adopt code (torch transcription in the tests) and pytorch-optimizer's ADOPT",

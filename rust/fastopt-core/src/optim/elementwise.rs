@@ -18,8 +18,11 @@ hyper! {
     AdadeltaConfig for "adadelta" { lr: f64, rho: f64, eps: f64, weight_decay: f64, maximize: bool }
     /// NAdam's hyperparameters.
     NadamConfig for "nadam" { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, momentum_decay: f64, decoupled_weight_decay: bool, maximize: bool }
-    /// RAdam's hyperparameters (AdaBelief takes the same).
+    /// RAdam's hyperparameters.
     RadamConfig for "radam" { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, decoupled_weight_decay: bool, maximize: bool }
+    /// AdaBelief's hyperparameters, the authors' options (`decoupled_weight_decay` is their
+    /// `weight_decouple`; `fixed_decay`: decay by `1 - wd`, not `1 - lr * wd`).
+    AdaBeliefConfig for "adabelief" { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, decoupled_weight_decay: bool, fixed_decay: bool, amsgrad: bool, rectify: bool, degenerated_to_sgd: bool, maximize: bool }
     /// AdaBound's and AMSBound's hyperparameters.
     AdaBoundConfig for "adabound" { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, final_lr: f64, gamma: f64, decoupled_weight_decay: bool, maximize: bool }
     /// Lion's hyperparameters (its weight decay is always decoupled; `cautious`: see
@@ -46,6 +49,8 @@ pub const AMSBOUND: Layout =
     (&[("exp_avg", "exp_avgs"), ("exp_avg_sq", "exp_avg_sqs"), ("max_exp_avg_sq", "max_exp_avg_sqs")], &["step"]);
 pub const LION: Layout = (&[("exp_avg", "exp_avgs")], &["step"]);
 pub const ADABELIEF: Layout = (&[("exp_avg", "exp_avgs"), ("exp_avg_var", "exp_avg_vars")], &["step"]);
+pub const ADABELIEF_AMS: Layout =
+    (&[("exp_avg", "exp_avgs"), ("exp_avg_var", "exp_avg_vars"), ("max_exp_avg_var", "max_exp_avg_vars")], &["step"]);
 pub const ASGD: Layout = (&[("ax", "axs")], &["step", "eta", "mu"]);
 pub const RPROP: Layout = (&[("prev", "prevs"), ("step_size", "step_size_ops")], &["step"]);
 pub const ADOPT: Layout = RADAM;
@@ -218,30 +223,60 @@ impl<T: Float> Stepwise<T> for Lion<T> {
     }
 }
 
-/// AdaBelief (Zhuang et al., NeurIPS 2020, Algorithm 1): Adam whose second moment tracks
-/// the "belief" (g - m)^2 instead of g^2.
+/// AdaBelief (Zhuang et al., NeurIPS 2020) as the authors' `adabelief-pytorch` (0.2): Adam
+/// whose second moment tracks the "belief" (g - m)^2 (plus eps, kept in the state), with
+/// their options: AMSGrad's maximum, and RAdam's rectification (`rectify`, on by default):
+/// while the variance is not tractable the step is SGD with momentum (`degenerated_to_sgd`)
+/// or none.
 #[derive(Clone, Copy, Debug)]
-struct AdaBelief<T> {
+struct AdaBelief<T, const AMS: bool> {
     g: Grad<T>,
     m: Ema<T>,
     v: Ema<T>,
     eps: T,
-    bc2: T,
-    inv_bc2: T,
-    neg_step_size: T,
+    mode: BeliefStep<T>,
 }
 
-impl<T: Float> Rule<T> for AdaBelief<T> {
-    const STATES: usize = 2;
+/// This step's update of AdaBelief, per the authors' code.
+#[derive(Clone, Copy, Debug)]
+enum BeliefStep<T> {
+    /// Not rectified: `p -= lr / bc1 * m / (sqrt(s) / sqrt(bc2) + eps)` (with `s` the maximum
+    /// under AMSGrad).
+    Adam { neg_step_size: T, bc2_sqrt: T, inv_bc2_sqrt: T },
+    /// Rectified: `p -= lr * r * m / (sqrt(s) + eps)` (their code takes `s`, not the maximum).
+    Rectified { neg_rate: T },
+    /// Early rectified steps: SGD with momentum, `p -= lr / bc1 * m`.
+    Sgd { neg_rate: T },
+    /// Early rectified steps without `degenerated_to_sgd`: no update.
+    Skip,
+}
+
+impl<T: Float, const AMS: bool> Rule<T> for AdaBelief<T, AMS> {
+    const STATES: usize = 2 + AMS as usize;
     #[inline(always)]
     fn update<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
         let g = self.g.read::<A>(&mut p, g);
         let m = self.m.mean::<A>(s[0], g);
         s[0] = m;
         let r = g - m;
-        s[1] = self.v.square::<A>(s[1], r) + self.eps;
-        let denom = A::div_by_const(s[1], self.bc2, self.inv_bc2).sqrt() + self.eps;
-        p + self.neg_step_size * m / denom
+        // exp_avg_var.mul_(beta2).addcmul_(r, r, 1 - beta2), then .add_(eps) in place
+        let var = self.v.square::<A>(s[1], r) + self.eps;
+        s[1] = var;
+        let top = if AMS {
+            s[2] = nan_max(s[2], var);
+            s[2]
+        } else {
+            var
+        };
+        match self.mode {
+            BeliefStep::Adam { neg_step_size, bc2_sqrt, inv_bc2_sqrt } => {
+                let denom = A::div_by_const(top.sqrt(), bc2_sqrt, inv_bc2_sqrt) + self.eps;
+                p + neg_step_size * (m / denom)
+            }
+            BeliefStep::Rectified { neg_rate } => p + neg_rate * (m / (var.sqrt() + self.eps)),
+            BeliefStep::Sgd { neg_rate } => A::madd(m, neg_rate, p),
+            BeliefStep::Skip => p,
+        }
     }
 }
 
@@ -497,22 +532,41 @@ pub fn lion<P: Storage, S: Storage<Arith = P::Arith>>(h: &LionConfig, tensors: V
     }
 }
 
-pub fn adabelief<P: Storage, S: Storage<Arith = P::Arith>>(h: &RadamConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
+pub fn adabelief<P: Storage, S: Storage<Arith = P::Arith>>(h: &AdaBeliefConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
+    if h.amsgrad {
+        adabelief_as::<P, S, true>(h, tensors, grad_scale, level)
+    } else {
+        adabelief_as::<P, S, false>(h, tensors, grad_scale, level)
+    }
+}
+
+fn adabelief_as<P: Storage, S: Storage<Arith = P::Arith>, const AMS: bool>(h: &AdaBeliefConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
     let (b1, b2) = (h.beta1, h.beta2);
-    let g = Grad::new(h.maximize, grad_scale, h.weight_decay, h.decoupled_weight_decay, h.lr);
-    engine::run(tensors, ADABELIEF, level, |c, _| {
+    // (fixed_decay: the factor is 1 - wd, i.e. the decoupled decay with lr taken as 1)
+    let g = Grad::new(h.maximize, grad_scale, h.weight_decay, h.decoupled_weight_decay, if h.fixed_decay { 1.0 } else { h.lr });
+    let layout = if AMS { ADABELIEF_AMS } else { ADABELIEF };
+    engine::run(tensors, layout, level, |c, _| {
         let step = next_step(c);
         let bc1 = bias_correction(b1, step);
-        let bc2 = P::Arith::from_f64(bias_correction(b2, step));
-        AdaBelief {
-            g,
-            m: Ema::new(b1),
-            v: Ema::new(b2),
-            eps: P::Arith::from_f64(h.eps),
-            bc2,
-            inv_bc2: P::Arith::ONE / bc2,
-            neg_step_size: P::Arith::from_f64(-h.lr / bc1),
-        }
+        let t = |x: f64| P::Arith::from_f64(x);
+        let mode = if !h.rectify {
+            let bc2_sqrt = t(bias_correction(b2, step).sqrt());
+            BeliefStep::Adam { neg_step_size: t(-(h.lr / bc1)), bc2_sqrt, inv_bc2_sqrt: P::Arith::ONE / bc2_sqrt }
+        } else {
+            // RAdam's length of the approximated simple moving average, as their code.
+            let beta2_t = b2.powf(step);
+            let n_max = 2.0 / (1.0 - b2) - 1.0;
+            let n = n_max - 2.0 * step * beta2_t / (1.0 - beta2_t);
+            if n >= 5.0 {
+                let r = ((1.0 - beta2_t) * (n - 4.0) / (n_max - 4.0) * (n - 2.0) / n * n_max / (n_max - 2.0)).sqrt() / (1.0 - b1.powf(step));
+                BeliefStep::Rectified { neg_rate: t(-r * h.lr) }
+            } else if h.degenerated_to_sgd {
+                BeliefStep::Sgd { neg_rate: t(-(1.0 / (1.0 - b1.powf(step))) * h.lr) }
+            } else {
+                BeliefStep::Skip
+            }
+        };
+        AdaBelief::<P::Arith, AMS> { g, m: Ema::new(b1), v: Ema::new(b2), eps: t(h.eps), mode }
     })
 }
 

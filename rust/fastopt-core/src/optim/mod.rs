@@ -17,7 +17,7 @@ pub mod sgd;
 
 pub use adagrad::AdagradConfig;
 pub use adam::AdamConfig;
-pub use elementwise::{AdaBoundConfig, AdadeltaConfig, AdamaxConfig, AdemamixConfig, AdoptConfig, AsgdConfig, LionConfig, NadamConfig, RadamConfig, RpropConfig};
+pub use elementwise::{AdaBeliefConfig, AdaBoundConfig, AdadeltaConfig, AdamaxConfig, AdemamixConfig, AdoptConfig, AsgdConfig, LionConfig, NadamConfig, RadamConfig, RpropConfig};
 pub use engine::{Layout, StateName, Storage, Tensor};
 pub use lamb::LambConfig;
 pub use rmsprop::RmspropConfig;
@@ -94,7 +94,7 @@ rules! {
     AdaBound(AdaBoundConfig) = "adabound", |_| e::ADABOUND, e::adabound::<P, S, false>;
     AmsBound(AdaBoundConfig) = "amsbound", |_| e::AMSBOUND, e::adabound::<P, S, true>;
     Lion(LionConfig) = "lion", |_| e::LION, e::lion;
-    AdaBelief(RadamConfig) = "adabelief", |_| e::ADABELIEF, e::adabelief;
+    AdaBelief(AdaBeliefConfig) = "adabelief", |h: &AdaBeliefConfig| if h.amsgrad { e::ADABELIEF_AMS } else { e::ADABELIEF }, e::adabelief;
     Asgd(AsgdConfig) = "asgd", |_| e::ASGD, e::asgd;
     Rprop(RpropConfig) = "rprop", |_| e::RPROP, e::rprop;
     Adopt(AdoptConfig) = "adopt", |_| e::ADOPT, e::adopt;
