@@ -30,17 +30,36 @@ def torch():
     return _torch
 
 
-@pytest.fixture(scope="session")
-def pytorch_optimizer(torch):
-    """The pytorch-optimizer package, oracle of the optimizers torch lacks (ADOPT, AdEMAMix,
-    the cautious variants, Lion's non-finite behaviour): skipped when missing, except in CI."""
+def oracle(module: str, what: str):
+    """Imports an oracle package: a missing one skips the test, except in CI (CI=true), where
+    it fails, so a comparison can never pass by being skipped."""
+    import importlib
+
     try:
-        import pytorch_optimizer as _po
+        return importlib.import_module(module)
     except ImportError:
         if _ci():
-            pytest.fail("pytorch-optimizer is required for the oracle tests in CI (pip install pytorch-optimizer)")
-        pytest.skip("pytorch-optimizer is not installed")
-    return _po
+            pytest.fail(f"{module} is required for {what} in CI (it is in the test extra)")
+        pytest.skip(f"{module} is not installed")
+
+
+@pytest.fixture(scope="session")
+def pytorch_optimizer(torch):
+    """pytorch-optimizer, oracle of the optimizers torch lacks (ADOPT, AdEMAMix, the cautious
+    variants, Lion's non-finite behaviour)."""
+    return oracle("pytorch_optimizer", "the pytorch-optimizer oracle tests")
+
+
+@pytest.fixture(scope="session")
+def adabelief_official(torch):
+    """The authors' AdaBelief (adabelief-pytorch)."""
+    return oracle("adabelief_pytorch", "the AdaBelief oracle test").AdaBelief
+
+
+@pytest.fixture(scope="session")
+def schedulefree(torch):
+    """The authors' Schedule-Free optimizers (schedulefree)."""
+    return oracle("schedulefree", "the Schedule-Free oracle tests")
 
 
 LEVELS = _fastopt.available_simd_levels()

@@ -60,6 +60,8 @@ CONFIGS: list[tuple[str, dict]] = [
     ("AdamW", dict(lr=1e-2, weight_decay=0.1, cautious=True)),
     ("Adam", dict(lr=1e-2, amsgrad=True, weight_decay=0.1, maximize=True, cautious=True)),
     ("Lion", dict(lr=1e-3, weight_decay=0.1, cautious=True)),
+    ("AdamWScheduleFree", dict(lr=1e-2, weight_decay=0.1, warmup_steps=5)),
+    ("SGDScheduleFree", dict(lr=1e-2, weight_decay=0.1, r=0.5, maximize=True)),
     ("ADOPT", dict(lr=1e-2, weight_decay=0.1)),
     ("ADOPT", dict(lr=1e-2, weight_decay=0.1, decouple=True, maximize=True, clip_lambda=None)),
     ("AdEMAMix", dict(lr=1e-2, weight_decay=0.1)),

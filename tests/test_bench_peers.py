@@ -31,6 +31,8 @@ PEERS = [
     ("Lamb", {"lr": 1e-2, "weight_decay": 0.01}, lambda p, g: common.NumpyLamb(p, g, lr=1e-2, weight_decay=0.01)),
     ("ADOPT", {"lr": 1e-2}, lambda p, g: common.NumpyADOPT(p, g, lr=1e-2)),
     ("AdEMAMix", {"lr": 1e-2}, lambda p, g: common.NumpyAdEMAMix(p, g, lr=1e-2)),
+    ("AdamWScheduleFree", {"lr": 1e-2}, lambda p, g: common.NumpyScheduleFree(p, g, lr=1e-2)),
+    ("SGDScheduleFree", {"lr": 1e-2}, lambda p, g: common.NumpyScheduleFree(p, g, lr=1e-2, adam=False)),
 ]
 
 

@@ -293,3 +293,30 @@ def test_the_benchmark_runs_each_implementation(torch, impl, monkeypatch):
     bench.time_train_step(impl, 1)
     assert any(not torch.equal(a, p) for a, p in zip(before, bench.model.parameters()))
     sys.modules.pop("benchmarks.bench_torch", None)
+
+
+def test_schedulefree_on_a_torch_model_as_the_authors(torch, schedulefree):
+    """fastopt.torch.AdamWScheduleFree against schedulefree's on the same MLP and batches,
+    with train()/eval() switches: the group counters written by the step reach torch's
+    param_groups (and the state dict)."""
+    import fastopt.torch as ft
+
+    sf = schedulefree
+
+    batches = _batches(torch, 40, (6,), torch.float64)
+    runs = []
+    for make in (lambda ps: sf.AdamWScheduleFree(ps, lr=1e-2, warmup_steps=5, foreach=False),
+                 lambda ps: ft.AdamWScheduleFree(ps, lr=1e-2, warmup_steps=5)):
+        model = _mlp(torch, torch.float64)
+        opt = make(model.parameters())
+        opt.train()
+        _train(torch, model, opt, batches[:20])
+        opt.eval()
+        opt.train()
+        _train(torch, model, opt, batches, start=20)
+        opt.eval()
+        runs.append((_params(model), opt.param_groups[0]["k"], opt.state_dict()["param_groups"][0]["weight_sum"]))
+    (pa, ka, wa), (pb, kb, wb) = runs
+    assert ka == kb == 40 and wa == wb
+    for a, b in zip(pa, pb):
+        np.testing.assert_allclose(b, a, rtol=1e-7, atol=1e-9)

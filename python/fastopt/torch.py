@@ -162,6 +162,15 @@ class Optimizer(torch.optim.Optimizer):
                 return
         self._build()
 
+    def _groups_back(self) -> None:
+        """torch's param_groups from the inner optimizer's, where a step or a mode switch
+        changed them (Schedule-Free's counters and train mode)."""
+        for entry, group, ig in zip(self._built, self.param_groups, self._inner.param_groups):
+            changed = {k: v for k, v in ig.items() if k in entry[3] and entry[3][k] != v}
+            if changed:
+                group.update(changed)
+                entry[3].update(changed)
+
     def _mirror(self) -> None:
         """torch's state from the inner optimizer's (tensors sharing the arrays' memory)."""
         inner_state = self._inner.state
@@ -204,6 +213,8 @@ class Optimizer(torch.optim.Optimizer):
         inner.step(None, self._grads())
         if inner.state._version != self._mirrored:
             self._mirror()
+        if inner._steps_change_groups:
+            self._groups_back()
         return loss
 
     def _grads(self) -> list:
@@ -255,6 +266,20 @@ class Optimizer(torch.optim.Optimizer):
         self._build()
 
 
+def _train(self: Optimizer) -> None:
+    """The inner optimizer's ``train()`` (Schedule-Free: parameters to the training point)."""
+    self._sync()
+    self._inner.train()
+    self._groups_back()
+
+
+def _eval(self: Optimizer) -> None:
+    """The inner optimizer's ``eval()`` (Schedule-Free: parameters to the average)."""
+    self._sync()
+    self._inner.eval()
+    self._groups_back()
+
+
 def _make(name: str) -> type:
     fast = getattr(_optim, name)
     doc = (f"fastopt's :class:`fastopt.optim.{name}` as a ``torch.optim.Optimizer`` over CPU tensors "
@@ -268,8 +293,11 @@ def _make(name: str) -> type:
            f">>> isinstance(opt, torch.optim.Optimizer)\nTrue\n")
     sig = inspect.signature(fast.__init__)
     sig = sig.replace(parameters=list(sig.parameters.values())[1:])  # (without self)
-    return type(name, (Optimizer,), {"_fastopt_class": fast, "__doc__": doc, "__module__": __name__,
-                                     "__qualname__": name, "__signature__": sig})
+    body: dict[str, Any] = {"_fastopt_class": fast, "__doc__": doc, "__module__": __name__, "__qualname__": name,
+                            "__signature__": sig}
+    if hasattr(fast, "train"):
+        body.update(train=_train, eval=_eval)
+    return type(name, (Optimizer,), body)
 
 
 for _name in __all__:

@@ -464,6 +464,37 @@ class NumpyAdEMAMix(_NumpyBase):
         self.p -= tmp2
 
 
+class NumpyScheduleFree(_NumpyBase):
+    """The authors' Schedule-Free AdamW (``adam``) or SGD step in place (no warm-up, r = 0)."""
+
+    def __init__(self, p, g, lr=1e-3, betas=(0.9, 0.999), momentum=0.9, eps=1e-8, adam=True, weight_lr_power=2.0):
+        super().__init__(p, g)
+        self.lr, self.eps, self.adam, self.power = lr, eps, adam, weight_lr_power
+        self.b1, self.b2 = (betas if adam else (momentum, 0.0))
+        self.z, self.v, self.weight_sum = p.copy(), np.zeros_like(p), 0.0
+
+    def step(self):
+        self.t += 1
+        g, tmp = self.g, self.tmp
+        weight = self.lr**self.power
+        self.weight_sum += weight
+        ckp1 = weight / self.weight_sum
+        if self.adam:
+            _ema_product_(self.v, g, g, self.b2, tmp)
+            np.multiply(self.v, 1 / (1 - self.b2**self.t), out=tmp)
+            np.sqrt(tmp, out=tmp)
+            tmp += self.eps
+            np.divide(g, tmp, out=tmp)
+        else:
+            np.copyto(tmp, g)
+        np.subtract(self.z, self.p, out=self.z)  # (z - y, then back)
+        self.p += ckp1 * self.z
+        self.z += self.p - ckp1 * self.z  # z again, from y_old + (z - y_old)
+        self.p += (self.lr * (self.b1 * (1 - ckp1) - 1)) * tmp
+        tmp *= self.lr
+        self.z -= tmp
+
+
 class NumpyAdaBelief(_NumpyBase):
     """The paper's Algorithm 1 (fastopt's ``rectify=False``)."""
 

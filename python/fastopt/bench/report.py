@@ -61,6 +61,7 @@ from .peers import (
     NumpySGD,
     NumpyADOPT,
     NumpyAdEMAMix,
+    NumpyScheduleFree,
     interleaved,
     optax_optimizer,
     problem,
@@ -89,6 +90,8 @@ _NUMPY = {
     "Lamb": lambda kw: lambda p, g: NumpyLamb(p, g, **kw).step,
     "ADOPT": lambda kw: lambda p, g: NumpyADOPT(p, g, **kw).step,
     "AdEMAMix": lambda kw: lambda p, g: NumpyAdEMAMix(p, g, **kw).step,
+    "AdamWScheduleFree": lambda kw: lambda p, g: NumpyScheduleFree(p, g, **kw).step,
+    "SGDScheduleFree": lambda kw: lambda p, g: NumpyScheduleFree(p, g, adam=False, **kw).step,
 }
 
 #: key -> (fastopt/torch class name, arguments, careful NumPy step factory), for every

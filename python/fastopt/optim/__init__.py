@@ -4,7 +4,8 @@ from . import functional, lr_scheduler
 from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
-from .elementwise import ADOPT, ASGD, AdaBelief, AdaBound, Adadelta, AdEMAMix, Adamax, AMSBound, Lion, NAdam, RAdam, Rprop
+from .elementwise import (ADOPT, ASGD, AdaBelief, AdaBound, Adadelta, AdamWScheduleFree, AdEMAMix, Adamax, AMSBound, Lion,
+                          NAdam, RAdam, Rprop, SGDScheduleFree)
 from .interop import to_torch_state_dict
 from .lamb import Lamb
 from .lbfgs import LBFGS
@@ -12,4 +13,4 @@ from .optimizer import Optimizer, required
 from .rmsprop import RMSprop
 from .sgd import SGD
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop", "AdaBound", "AMSBound", "Lion", "AdaBelief", "ADOPT", "AdEMAMix", "Lamb", "Adafactor", "LBFGS", "functional", "lr_scheduler", "required", "to_torch_state_dict"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop", "AdaBound", "AMSBound", "Lion", "AdaBelief", "ADOPT", "AdEMAMix", "AdamWScheduleFree", "SGDScheduleFree", "Lamb", "Adafactor", "LBFGS", "functional", "lr_scheduler", "required", "to_torch_state_dict"]

@@ -10,10 +10,11 @@ from typing import Any, Callable, Iterable
 from ._engine import Rule
 from ._engine import step as _step
 from ._options import check_bool, check_nonnegative, real
+from ..parameter import Parameter
 from .optimizer import Optimizer, impl_flags
 
 __all__ = ["Adamax", "Adadelta", "NAdam", "RAdam", "ASGD", "Rprop", "AdaBound", "AMSBound", "Lion", "AdaBelief", "ADOPT",
-           "AdEMAMix"]
+           "AdEMAMix", "AdamWScheduleFree", "SGDScheduleFree"]
 
 class _Elementwise(Optimizer):
     """An optimizer whose rule is ``_rule``; subclasses give the hyperparameters by name."""
@@ -745,6 +746,192 @@ class AdEMAMix(_Elementwise):
         return dict(lr=g["lr"], beta1=b1, beta2=b2, beta3=b3, alpha=g["alpha"],
                     beta3_warmup=float(g["beta3_warmup"] or 0), alpha_warmup=float(g["alpha_warmup"] or 0),
                     eps=g["eps"], weight_decay=g["weight_decay"], maximize=g["maximize"])
+
+
+class _ScheduleFree(_Elementwise):
+    """Schedule-Free optimizers (Defazio et al., 2024), as the authors' ``schedulefree``
+    package: a step's constants come from counters the group keeps (``k``, ``weight_sum``,
+    ``lr_max``, ``train_mode``, ``scheduled_lr``, their names), and :meth:`train` /
+    :meth:`eval` move the parameters between the training point ``y`` and the average ``x``."""
+
+    _rule = "schedulefree"
+    _needs_fresh = True  # (a new state starts with z = the parameter)
+    #: A step changes the group's counters (read by wrappers that keep their own groups).
+    _steps_change_groups = True
+    _adam = False
+    _option_docs = {
+        "warmup_steps": "steps of linear learning-rate warm-up (no schedule is needed after it)",
+        "r": "power of the step count in the averaging weights (0: weights follow the lr)",
+        "weight_lr_power": "power of the largest lr so far in the averaging weights",
+        "foreach": "accepted for compatibility with the authors' package (fastopt always runs one fused kernel)",
+    }
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+        # In train mode from the start: with no state yet, the training point and the average
+        # are the same (the authors' start in eval mode and refuse to step before train()).
+        defaults.update(k=0, train_mode=True, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0)
+        self._validate_group(defaults)
+        self._step_constants: dict[int, tuple] = {}
+        super().__init__(params, defaults)
+
+    _options: tuple[str, ...] = ("lr", "weight_decay", "maximize")
+
+    def _validate_extra(self, group):
+        check_nonnegative(group["r"], "r", f"Invalid r value: {group['r']}")
+        check_nonnegative(group["weight_lr_power"], "weight_lr_power",
+                          f"Invalid weight_lr_power value: {group['weight_lr_power']}")
+        w = group["warmup_steps"]
+        if not (isinstance(w, numbers.Integral) and not isinstance(w, bool) and w >= 0):
+            raise ValueError(f"warmup_steps must be a number of steps >= 0, got {w!r}")
+        check_bool(group["train_mode"], "train_mode")
+
+    def _beta1(self, g):
+        raise NotImplementedError
+
+    def _hyper(self, g):
+        lr, ckp1, bc2 = self._step_constants.get(id(g), (g["lr"], 0.0, 1.0))
+        beta1, beta2, eps = (*g["betas"], g["eps"]) if self._adam else (g["momentum"], 0.0, 0.0)
+        return dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=g["weight_decay"], ckp1=ckp1, bc2=bc2,
+                    adam=self._adam, maximize=g["maximize"])
+
+    def _next(self, g) -> tuple[float, float, float, float, float]:
+        """This step's (lr, ckp1, bc2) and the group's new (lr_max, weight_sum), as theirs."""
+        k = g["k"]
+        lr = g["lr"] * ((k + 1) / g["warmup_steps"] if k < g["warmup_steps"] else 1.0)
+        lr_max = max(lr, g["lr_max"])
+        weight = ((k + 1) ** g["r"]) * (lr_max ** g["weight_lr_power"])
+        weight_sum = g["weight_sum"] + weight
+        ckp1 = weight / weight_sum if weight_sum != 0 else 0.0
+        bc2 = 1 - g["betas"][1] ** (k + 1) if self._adam else 1.0
+        return lr, ckp1, bc2, lr_max, weight_sum
+
+    def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
+        if not self.param_groups[0]["train_mode"]:
+            raise RuntimeError("Optimizer was not in train mode when step is called. Please insert .train() and "
+                               ".eval() calls on the optimizer. See documentation for details.")
+        lr, ckp1, bc2, lr_max, weight_sum = self._next(group)
+        if self._step_constants.get(id(group)) != (lr, ckp1, bc2):
+            self._step_constants[id(group)] = (lr, ckp1, bc2)
+            self._rules.pop(id(group), None)
+        super()._step_group(group, params, arrays, grads, check_only, grad_scale)
+        if not check_only:
+            group.update(k=group["k"] + 1, lr_max=lr_max, weight_sum=weight_sum, scheduled_lr=lr)
+
+    def _switch(self, train: bool) -> None:
+        with self._lock:
+            for group in self.param_groups:
+                if group["train_mode"] == train:
+                    continue
+                beta1 = self._beta1(group)
+                weight = (1 - beta1) if train else (1 - 1 / beta1)
+                for p in group["params"]:
+                    st = self.state.get(p)
+                    if st and "z" in st:
+                        a = p.data if isinstance(p, Parameter) else p
+                        a += a.dtype.type(weight) * (st["z"] - a)  # p.lerp_(z, weight)
+                group["train_mode"] = train
+
+    def train(self) -> None:
+        """Moves the parameters to the training point ``y`` (call before training steps)."""
+        self._switch(True)
+
+    def eval(self) -> None:
+        """Moves the parameters to the average ``x`` (call before evaluating or saving)."""
+        self._switch(False)
+
+
+class AdamWScheduleFree(_ScheduleFree):
+    r"""Schedule-Free AdamW (Defazio et al., 2024, "The Road Less Scheduled"), as the authors'
+    ``schedulefree.AdamWScheduleFree``: no learning-rate schedule; the parameters are an
+    interpolation between an average of the iterates (the point to evaluate) and the Adam
+    sequence ``z``. Call :meth:`eval` before evaluating or saving and :meth:`train` before
+    training again, as theirs (it starts in train mode: before the first step the two points
+    are the same; theirs starts in eval mode and refuses to step before ``train()``).
+    Arguments, defaults, group counters and state (``z``, ``exp_avg_sq``) as theirs; one fused
+    pass per step.
+
+    With gradient :math:`g_t` at the training point :math:`y_t`, at step :math:`t = k + 1`,
+    :math:`\gamma_t` the warmed-up lr and :math:`c_{t+1} = w_t / \sum_{s \le t} w_s` with
+    :math:`w_t = t^r \max_{s \le t}\gamma_s^{p}`:
+
+    .. math::
+
+        v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2, \qquad
+        \hat g_t = \frac{g_t}{\sqrt{v_t / (1 - \beta_2^t)} + \epsilon} + \lambda y_t,
+
+        y_{t+1} = (1 - c_{t+1})\, y_t + c_{t+1} z_t + \gamma_t\bigl(\beta_1 (1 - c_{t+1}) - 1\bigr)\hat g_t, \qquad
+        z_{t+1} = z_t - \gamma_t \hat g_t
+
+    (:meth:`eval` sets :math:`x = y + (1 - 1/\beta_1)(z - y)`, :meth:`train` goes back).
+
+    Example:
+
+    >>> w = fo.Parameter(np.array([1.0, -1.0]))
+    >>> opt = fo.optim.AdamWScheduleFree([w], lr=0.1)
+    >>> opt.train()
+    >>> for _ in range(3):
+    ...     w.grad = 2 * w.data  # the gradient of sum(w**2)
+    ...     opt.step()
+    >>> opt.eval()
+    >>> np.round(w.data, 6)
+    array([ 0.806141, -0.806141])
+    >>> sorted(opt.state[w]), opt.param_groups[0]["k"]
+    (['exp_avg_sq', 'z'], 3)
+    """
+
+    _adam = True
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.0025, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0, warmup_steps: int = 0, r: float = 0.0,
+                 weight_lr_power: float = 2.0, foreach: bool | None = None, *, maximize: bool = False) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, warmup_steps=warmup_steps,
+                                      r=r, weight_lr_power=weight_lr_power, foreach=foreach, maximize=maximize))
+
+    _options = _ScheduleFree._options + ("betas", "eps")
+
+    def _beta1(self, g):
+        return g["betas"][0]
+
+
+class SGDScheduleFree(_ScheduleFree):
+    r"""Schedule-Free SGD (Defazio et al., 2024), as the authors'
+    ``schedulefree.SGDScheduleFree``: :class:`AdamWScheduleFree` without the second moment
+    (:math:`\hat g_t = g_t + \lambda y_t`, ``momentum`` in the place of :math:`\beta_1`).
+    State: ``z``.
+
+    .. math::
+
+        y_{t+1} = (1 - c_{t+1})\, y_t + c_{t+1} z_t + \gamma_t\bigl(\mu (1 - c_{t+1}) - 1\bigr)\hat g_t, \qquad
+        z_{t+1} = z_t - \gamma_t \hat g_t
+
+    Example:
+
+    >>> w = fo.Parameter(np.array([1.0, -1.0]))
+    >>> opt = fo.optim.SGDScheduleFree([w], lr=0.1)
+    >>> opt.train()
+    >>> w.grad = 2 * w.data
+    >>> opt.step()
+    >>> np.round(w.data, 6)  # y: the first step moves by lr * (momentum * 0 - 1) * g
+    array([ 0.8, -0.8])
+    """
+
+    _option_docs = dict(_ScheduleFree._option_docs, momentum="interpolation between the average and ``z`` (in (0, 1))")
+
+    def __init__(self, params: Iterable[Any], lr: float = 1.0, momentum: float = 0.9, weight_decay: float = 0,
+                 warmup_steps: int = 0, r: float = 0.0, weight_lr_power: float = 2.0, foreach: bool | None = None, *,
+                 maximize: bool = False) -> None:
+        if not 0.0 < real(momentum, "momentum") < 1.0:
+            raise ValueError(f"Momentum must be between 0 and 1 exclusive: {momentum}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, warmup_steps=warmup_steps,
+                                      r=r, weight_lr_power=weight_lr_power, foreach=foreach, maximize=maximize))
+
+    def _validate_extra(self, group):
+        super()._validate_extra(group)
+        if not 0.0 < real(group["momentum"], "momentum") < 1.0:
+            raise ValueError(f"Momentum must be between 0 and 1 exclusive: {group['momentum']}")
+
+    def _beta1(self, g):
+        return g["momentum"]
 
 
 def adamax(params, grads, exp_avgs, exp_infs, state_steps, *, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8,

@@ -244,6 +244,9 @@ class Optimizer:
     #: fused kernel does; an optimizer whose step is several calls does not).
     _kernel_counts_calls: bool = True
 
+    #: Whether a step changes values in the param groups (Schedule-Free's counters).
+    _steps_change_groups: bool = False
+
     #: Set by the first learning-rate scheduler made for this optimizer (torch's step-order
     #: warning counts optimizer steps from then on).
     _tracked_by_scheduler = False

@@ -236,6 +236,23 @@ OPTIMIZERS: tuple[Spec, ...] = (
         bench={"lr": 1e-3}, moved=9,
     ),
     Spec(
+        "AdamWScheduleFree", None, "the authors' schedulefree.AdamWScheduleFree",
+        configs=({"lr": 0.01, "weight_decay": 0.01}, {"lr": 0.01, "warmup_steps": 3, "r": 0.5, "maximize": True}),
+        bad=(({"lr": -1.0}, ValueError, "Invalid learning rate: -1.0"),
+             ({"warmup_steps": -1}, ValueError, "warmup_steps must be a number of steps >= 0"),
+             ({"betas": (0.9, 1.5)}, ValueError, "Invalid beta parameter at index 1: 1.5")),
+        state=("exp_avg_sq", "z"), written=("z", "zs"),
+        bench={"lr": 1e-3}, moved=8,
+    ),
+    Spec(
+        "SGDScheduleFree", None, "the authors' schedulefree.SGDScheduleFree",
+        configs=({"lr": 0.01, "weight_decay": 0.01}, {"lr": 0.05, "momentum": 0.5, "warmup_steps": 2}),
+        bad=(({"momentum": 1.0}, ValueError, "Momentum must be between 0 and 1 exclusive: 1.0"),
+             ({"weight_decay": -0.1}, ValueError, "Invalid weight_decay value: -0.1")),
+        state=("z",), written=("z", "zs"),
+        bench={"lr": 1e-2}, moved=6,
+    ),
+    Spec(
         "Lamb", None, "the paper's Algorithm 2 (NumPy)",
         configs=({"lr": 0.01, "weight_decay": 0.01},),
         bad=(({"eps": -1.0}, ValueError, "Invalid epsilon value: -1.0"),),

@@ -36,6 +36,10 @@ hyper! {
     /// default `clip_lambda`, with power 0.25) when `clip_power >= 0`, else `clip` for this
     /// step (a bound a caller's function gave; negative: none).
     AdoptConfig for "adopt" { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, decouple: bool, clip: f64, clip_power: f64, maximize: bool }
+    /// Schedule-Free AdamW (`adam`) and SGD's hyperparameters for one step: `lr` is this step's
+    /// (warmed-up) rate, `ckp1` the averaging weight and `bc2` Adam's `1 - beta2**k`, all
+    /// from the group's counters (the optimizer keeps them in its param groups).
+    ScheduleFreeConfig for "schedulefree" { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, ckp1: f64, bc2: f64, adam: bool, maximize: bool }
     /// AdEMAMix's hyperparameters (a warm-up of 0: none).
     AdemamixConfig for "ademamix" { lr: f64, beta1: f64, beta2: f64, beta3: f64, alpha: f64, beta3_warmup: f64, alpha_warmup: f64, eps: f64, weight_decay: f64, maximize: bool }
 }
@@ -54,6 +58,8 @@ pub const ADABELIEF_AMS: Layout =
 pub const ASGD: Layout = (&[("ax", "axs")], &["step", "eta", "mu"]);
 pub const RPROP: Layout = (&[("prev", "prevs"), ("step_size", "step_size_ops")], &["step"]);
 pub const ADOPT: Layout = RADAM;
+pub const SCHEDULEFREE_ADAM: Layout = (&[("z", "zs"), ("exp_avg_sq", "exp_avg_sqs")], &[]);
+pub const SCHEDULEFREE_SGD: Layout = (&[("z", "zs")], &[]);
 pub const ADEMAMIX: Layout =
     (&[("exp_avg_fast", "exp_avg_fasts"), ("exp_avg_slow", "exp_avg_slows"), ("exp_avg_sq", "exp_avg_sqs")], &["step"]);
 
@@ -417,6 +423,46 @@ impl<T: Float> Rule<T> for Ademamix<T> {
 }
 
 
+/// Schedule-Free AdamW and SGD (Defazio et al., 2024), as the authors' `schedulefree`
+/// package: the parameter is the interpolation `y` between the averaged iterate and `z`, the
+/// SGD (or Adam-normalised) sequence; a new state starts with `z = y`.
+#[derive(Clone, Copy, Debug)]
+struct ScheduleFree<T, const ADAM: bool> {
+    g: Grad<T>,
+    fresh: bool,
+    v: Ema<T>,
+    bc2: T,
+    inv_bc2: T,
+    eps: T,
+    weight_decay: T,
+    lerp: Lerp<T>,
+    /// `lr * (beta1 * (1 - ckp1) - 1)`
+    c_y: T,
+    neg_lr: T,
+}
+
+impl<T: Float, const ADAM: bool> Rule<T> for ScheduleFree<T, ADAM> {
+    const STATES: usize = 1 + ADAM as usize;
+    #[inline(always)]
+    fn update<A: Arith>(&self, y: T, g: T, s: &mut [T; MAX_STATES]) -> T {
+        let g = self.g.plain(g);
+        let z = if self.fresh { y } else { s[0] };
+        let gn = if ADAM {
+            // exp_avg_sq.mul_(beta2).addcmul_(g, g, 1 - beta2); denom = (v / bc2).sqrt() + eps
+            let v = self.v.square::<A>(s[1], g);
+            s[1] = v;
+            g / (A::div_by_const(v, self.bc2, self.inv_bc2).sqrt() + self.eps)
+        } else {
+            g
+        };
+        let gn = A::madd(y, self.weight_decay, gn);
+        let y = A::madd(gn, self.c_y, self.lerp.apply::<A>(y, z));
+        s[0] = A::madd(gn, self.neg_lr, z);
+        y
+    }
+}
+
+
 pub fn adamax<P: Storage, S: Storage<Arith = P::Arith>>(h: &AdamaxConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
     let g = Grad::new(h.maximize, grad_scale, h.weight_decay, false, h.lr);
     engine::run(tensors, ADAMAX, level, |c, _| {
@@ -669,6 +715,33 @@ pub fn ademamix<P: Storage, S: Storage<Arith = P::Arith>>(h: &AdemamixConfig, te
             neg_lr: P::Arith::from_f64(-h.lr),
         }
     })
+}
+
+pub fn schedulefree<P: Storage, S: Storage<Arith = P::Arith>>(h: &ScheduleFreeConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
+    if h.adam {
+        schedulefree_as::<P, S, true>(h, tensors, grad_scale, level)
+    } else {
+        schedulefree_as::<P, S, false>(h, tensors, grad_scale, level)
+    }
+}
+
+fn schedulefree_as<P: Storage, S: Storage<Arith = P::Arith>, const ADAM: bool>(h: &ScheduleFreeConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
+    let t = |x: f64| P::Arith::from_f64(x);
+    let bc2 = t(h.bc2);
+    let rule = ScheduleFree::<P::Arith, ADAM> {
+        g: Grad::new(h.maximize, grad_scale, 0.0, false, h.lr),
+        fresh: false,
+        v: Ema::new(h.beta2),
+        bc2,
+        inv_bc2: P::Arith::ONE / bc2,
+        eps: t(h.eps),
+        weight_decay: t(h.weight_decay),
+        lerp: Lerp::new(h.ckp1),
+        c_y: t(h.lr * (h.beta1 * (1.0 - h.ckp1) - 1.0)),
+        neg_lr: t(-h.lr),
+    };
+    let layout = if ADAM { SCHEDULEFREE_ADAM } else { SCHEDULEFREE_SGD };
+    engine::run(tensors, layout, level, |_, fresh| ScheduleFree { fresh, ..rule })
 }
 
 #[cfg(test)]
