@@ -379,3 +379,36 @@ class MemoryBandwidth:
         from fastopt.bench import bandwidth
 
         return bandwidth(threads).triad / 1e9
+
+
+class Muon:
+    """One Muon step on a square float32 matrix (its Newton-Schulz iteration in bfloat16, as
+    torch's), against torch.optim.Muon."""
+
+    params = ([256, 512, 1024, 2048], THREADS, ["fastopt", "torch"])
+    param_names = ["side", "threads", "impl"]
+    timeout = 300
+
+    def setup(self, side, threads, impl):
+        import numpy as np
+
+        set_threads(threads)
+        rng = np.random.default_rng(0)
+        p0 = rng.standard_normal((side, side)).astype(np.float32)
+        g = rng.standard_normal((side, side)).astype(np.float32)
+        if impl == "fastopt":
+            p = fo.Parameter(p0)
+            p.grad = g
+            self.step = fo.optim.Muon([p], lr=0.02).step
+        else:
+            try:
+                torch = import_torch()
+            except ImportError:
+                raise NotImplementedError("torch is not installed")
+            tp = torch.nn.Parameter(torch.from_numpy(p0))
+            tp.grad = torch.from_numpy(g)
+            self.step = torch.optim.Muon([tp], lr=0.02).step
+        warm_up(self.step)
+
+    def time_step(self, side, threads, impl):
+        self.step()

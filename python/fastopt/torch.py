@@ -82,7 +82,7 @@ class Optimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Any], *args: Any, **kwargs: Any) -> None:
         # The fastopt class checks the arguments and says what the defaults are.
-        probe = self._fastopt_class([_FastParameter(np.zeros(1))], *args, **kwargs)
+        probe = self._fastopt_class([_FastParameter(np.zeros((1, 1)))], *args, **kwargs)
         self._args, self._kwargs = args, kwargs
         self._inner: Any = None
         self._built: list = []  # what the inner optimizer was built from: see `_sync`
@@ -287,7 +287,7 @@ def _make(name: str) -> type:
            f"Example:\n\n"
            f">>> import torch\n"
            f">>> import fastopt.torch\n"
-           f">>> model = torch.nn.Linear(3, 2)\n"
+           f">>> model = torch.nn.Linear(3, 2{', bias=False' if name == 'Muon' else ''})\n"
            f">>> opt = fastopt.torch.{name}(model.parameters()"
            + (", lr=0.01" if "lr" in inspect.signature(fast.__init__).parameters else "") + ")\n"
            f">>> isinstance(opt, torch.optim.Optimizer)\nTrue\n")

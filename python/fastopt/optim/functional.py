@@ -17,8 +17,9 @@ from .adagrad import adagrad
 from .adam import adam, adamw
 from .elementwise import adabelief, adabound, adadelta, adamax, ademamix, adopt, amsbound, asgd, lion, nadam, radam, rprop
 from .lamb import lamb
+from .muon import muon
 from .rmsprop import rmsprop
 from .sgd import sgd
 
-__all__ = ["adabelief", "adabound", "adafactor", "ademamix", "adopt", "adadelta", "adagrad", "adam", "adamax", "adamw", "amsbound", "asgd", "lamb", "lion",
+__all__ = ["adabelief", "adabound", "adafactor", "ademamix", "adopt", "adadelta", "adagrad", "adam", "adamax", "adamw", "amsbound", "asgd", "lamb", "lion", "muon",
            "nadam", "radam", "rmsprop", "rprop", "sgd"]

@@ -43,6 +43,8 @@ class Spec:
     moved: int = 0
     #: Whether ``step`` needs a closure (L-BFGS).
     closure: bool = False
+    #: Whether the optimizer takes 2-D parameters only (Muon): the suites give it matrices.
+    matrix: bool = False
 
 
 def _product(**axes: list[Any]) -> tuple[dict[str, Any], ...]:
@@ -270,6 +272,14 @@ OPTIMIZERS: tuple[Spec, ...] = (
         state=("col_var", "row_var", "step"),
     ),
     Spec(
+        "Muon", "Muon", "torch",
+        configs=({"lr": 0.02}, {"lr": 0.02, "nesterov": False, "weight_decay": 0.0, "ns_dtype": "float32"}),
+        bad=(({"adjust_lr_fn": "bogus"}, ValueError, "Adjust learning rate function bogus is not supported"),
+             ({"ns_steps": 100}, ValueError, "Number of steps must be an int in [0, 100)"),
+             ({"momentum": -0.1}, ValueError, "momentum should be >= 0 but is: -0.1")),
+        state=("momentum_buffer",), matrix=True,
+    ),
+    Spec(
         "LBFGS", "LBFGS", "torch",
         configs=({"lr": 1.0, "line_search_fn": "strong_wolfe"}, {"lr": 0.5}),
         bad=(({"lr": -1.0}, ValueError, "Invalid learning rate: -1.0"),),
@@ -286,11 +296,13 @@ def by_name(name: str) -> Spec:
     raise KeyError(name)
 
 
-def configs(*, closure: bool = False, torch_only: bool = False) -> list[tuple[str, dict[str, Any]]]:
+def configs(*, closure: bool = False, torch_only: bool = False, matrix: bool = False) -> list[tuple[str, dict[str, Any]]]:
     """``(name, options)`` for every configuration of every optimizer (without L-BFGS unless
-    ``closure``; with ``torch_only``, only those torch's counterpart takes: no options beyond
-    torch's, such as ``cautious``)."""
-    return [(s.name, dict(kw)) for s in OPTIMIZERS if (closure or not s.closure) and (s.torch or not torch_only)
+    ``closure``, without the 2-D-only Muon unless ``matrix``: the shared suites step vectors;
+    with ``torch_only``, only those torch's counterpart takes: no options beyond torch's, such
+    as ``cautious``)."""
+    return [(s.name, dict(kw)) for s in OPTIMIZERS
+            if (closure or not s.closure) and (matrix or not s.matrix) and (s.torch or not torch_only)
             for kw in s.configs if not (torch_only and set(kw) & BEYOND_TORCH)]
 
 

@@ -40,6 +40,13 @@ hyper! {
     /// (warmed-up) rate, `ckp1` the averaging weight and `bc2` Adam's `1 - beta2**k`, all
     /// from the group's counters (the optimizer keeps them in its param groups).
     ScheduleFreeConfig for "schedulefree" { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, ckp1: f64, bc2: f64, adam: bool, maximize: bool }
+    /// Muon's momentum pass: `buf = lerp(buf, g, 1 - momentum)` and the update it hands to the
+    /// Newton-Schulz iteration, `lerp(g, buf, momentum)` (nesterov) or `buf`, written into the
+    /// call's "param" array (an output buffer).
+    MuonMomentumConfig for "muon_momentum" { momentum: f64, nesterov: bool }
+    /// Muon's last pass: `p = p * decay + alpha * u` with `u` (the orthogonalised update) in
+    /// the gradient's place (torch's `mul_` then `add_(alpha=)`).
+    ScaledAddConfig for "scaled_add" { decay: f64, alpha: f64 }
     /// AdEMAMix's hyperparameters (a warm-up of 0: none).
     AdemamixConfig for "ademamix" { lr: f64, beta1: f64, beta2: f64, beta3: f64, alpha: f64, beta3_warmup: f64, alpha_warmup: f64, eps: f64, weight_decay: f64, maximize: bool }
 }
@@ -60,6 +67,8 @@ pub const RPROP: Layout = (&[("prev", "prevs"), ("step_size", "step_size_ops")],
 pub const ADOPT: Layout = RADAM;
 pub const SCHEDULEFREE_ADAM: Layout = (&[("z", "zs"), ("exp_avg_sq", "exp_avg_sqs")], &[]);
 pub const SCHEDULEFREE_SGD: Layout = (&[("z", "zs")], &[]);
+pub const MUON_MOMENTUM: Layout = (&[("momentum_buffer", "momentum_buffers")], &[]);
+pub const SCALED_ADD: Layout = (&[], &[]);
 pub const ADEMAMIX: Layout =
     (&[("exp_avg_fast", "exp_avg_fasts"), ("exp_avg_slow", "exp_avg_slows"), ("exp_avg_sq", "exp_avg_sqs")], &["step"]);
 
@@ -463,6 +472,45 @@ impl<T: Float, const ADAM: bool> Rule<T> for ScheduleFree<T, ADAM> {
 }
 
 
+/// See [`MuonMomentumConfig`].
+#[derive(Clone, Copy, Debug)]
+struct MuonMomentum<T> {
+    g: Grad<T>,
+    to_grad: Lerp<T>,
+    to_buf: Lerp<T>,
+    nesterov: bool,
+}
+
+impl<T: Float> Rule<T> for MuonMomentum<T> {
+    const STATES: usize = 1;
+    #[inline(always)]
+    fn update<A: Arith>(&self, _out: T, g: T, s: &mut [T; MAX_STATES]) -> T {
+        let g = self.g.plain(g);
+        s[0] = self.to_grad.apply::<A>(s[0], g);
+        if self.nesterov {
+            self.to_buf.apply::<A>(g, s[0])
+        } else {
+            s[0]
+        }
+    }
+}
+
+/// See [`ScaledAddConfig`].
+#[derive(Clone, Copy, Debug)]
+struct ScaledAdd<T> {
+    decay: T,
+    alpha: T,
+}
+
+impl<T: Float> Rule<T> for ScaledAdd<T> {
+    const STATES: usize = 0;
+    #[inline(always)]
+    fn update<A: Arith>(&self, p: T, u: T, _s: &mut [T; MAX_STATES]) -> T {
+        A::madd(u, self.alpha, p * self.decay)
+    }
+}
+
+
 pub fn adamax<P: Storage, S: Storage<Arith = P::Arith>>(h: &AdamaxConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
     let g = Grad::new(h.maximize, grad_scale, h.weight_decay, false, h.lr);
     engine::run(tensors, ADAMAX, level, |c, _| {
@@ -742,6 +790,16 @@ fn schedulefree_as<P: Storage, S: Storage<Arith = P::Arith>, const ADAM: bool>(h
     };
     let layout = if ADAM { SCHEDULEFREE_ADAM } else { SCHEDULEFREE_SGD };
     engine::run(tensors, layout, level, |_, fresh| ScheduleFree { fresh, ..rule })
+}
+
+pub fn muon_momentum<P: Storage, S: Storage<Arith = P::Arith>>(h: &MuonMomentumConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
+    let rule = MuonMomentum { g: Grad::new(false, grad_scale, 0.0, false, 0.0), to_grad: Lerp::new(1.0 - h.momentum), to_buf: Lerp::new(h.momentum), nesterov: h.nesterov };
+    engine::run(tensors, MUON_MOMENTUM, level, |_, _| rule)
+}
+
+pub fn scaled_add<P: Storage, S: Storage<Arith = P::Arith>>(h: &ScaledAddConfig, tensors: Vec<Tensor<'_, P, S>>, _grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
+    let rule = ScaledAdd { decay: P::Arith::from_f64(h.decay), alpha: P::Arith::from_f64(h.alpha) };
+    engine::run(tensors, SCALED_ADD, level, |_, _| rule)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ pub mod sgd;
 
 pub use adagrad::AdagradConfig;
 pub use adam::AdamConfig;
-pub use elementwise::{AdaBeliefConfig, AdaBoundConfig, AdadeltaConfig, AdamaxConfig, AdemamixConfig, AdoptConfig, AsgdConfig, LionConfig, NadamConfig, RadamConfig, RpropConfig, ScheduleFreeConfig};
+pub use elementwise::{AdaBeliefConfig, AdaBoundConfig, AdadeltaConfig, AdamaxConfig, AdemamixConfig, AdoptConfig, AsgdConfig, LionConfig, NadamConfig, RadamConfig, RpropConfig, ScheduleFreeConfig, MuonMomentumConfig, ScaledAddConfig};
 pub use engine::{Layout, StateName, Storage, Tensor};
 pub use lamb::LambConfig;
 pub use rmsprop::RmspropConfig;
@@ -99,6 +99,9 @@ rules! {
     Rprop(RpropConfig) = "rprop", |_| e::RPROP, e::rprop;
     Adopt(AdoptConfig) = "adopt", |_| e::ADOPT, e::adopt;
     Ademamix(AdemamixConfig) = "ademamix", |_| e::ADEMAMIX, e::ademamix;
+    /// Muon's two fused passes around its Newton-Schulz iteration (which runs on a BLAS).
+    MuonMomentum(MuonMomentumConfig) = "muon_momentum", |_| e::MUON_MOMENTUM, e::muon_momentum;
+    ScaledAdd(ScaledAddConfig) = "scaled_add", |_| e::SCALED_ADD, e::scaled_add;
     ScheduleFree(ScheduleFreeConfig) = "schedulefree", |h: &ScheduleFreeConfig| if h.adam { e::SCHEDULEFREE_ADAM } else { e::SCHEDULEFREE_SGD }, e::schedulefree;
     /// Two passes: moments and norms, then the update.
     Lamb(LambConfig) = "lamb", |_| lamb::LAYOUT, lamb::step;
