@@ -606,3 +606,45 @@ def test_schedulefree_train_eval_and_state_dict(torch, schedulefree):
     opt.step()
     ref.step()
     np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("spec", [s for s in registry.OPTIMIZERS if not s.closure], ids=lambda s: s.name)
+def test_trains_a_small_mlp(spec):
+    """Every optimizer (its first registry configuration, Muon its matrices only and Adam
+    for the biases) lowers the training loss of a small MLP on a regression task by half
+    within 300 steps of full-batch training (with ``maximize``, at least doubles it)."""
+    nn, F = fo.nn, fo.nn.functional
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 4)).astype(np.float32)
+    y = np.sin(x @ rng.standard_normal((4, 1)).astype(np.float32))
+    net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+    for p in net.parameters():
+        p.data[...] = rng.standard_normal(p.data.shape).astype(np.float32) * 0.5
+    kw = dict(spec.configs[0])
+    if spec.name in ("SGDScheduleFree", "Rprop", "ASGD", "SGD", "Adadelta"):
+        kw.setdefault("lr", 0.05)
+    params = list(net.parameters())
+    if spec.matrix:
+        mats = [p for p in params if p.data.ndim == 2]
+        opts = [getattr(fo.optim, spec.name)(mats, **kw), fo.optim.Adam([p for p in params if p.data.ndim != 2], lr=1e-2)]
+    else:
+        opts = [getattr(fo.optim, spec.name)(params, **kw)]
+
+    def loss_and_grads():
+        for o in opts:
+            o.zero_grad()
+        out = net(x)
+        loss = float(F.mse_loss(out, y))
+        net.backward(F.mse_loss_backward(1.0, out, y))
+        return loss
+
+    first = loss_and_grads()
+    with np.errstate(all="ignore"):
+        for _ in range(300):
+            for o in opts:
+                o.step()
+            last = loss_and_grads()
+    if kw.get("maximize"):
+        assert last > 2 * first, (spec.name, first, last)
+    else:
+        assert last < 0.5 * first, (spec.name, first, last)

@@ -14,7 +14,7 @@ from ..parameter import Parameter
 from .optimizer import Optimizer, impl_flags
 
 __all__ = ["Adamax", "Adadelta", "NAdam", "RAdam", "ASGD", "Rprop", "AdaBound", "AMSBound", "Lion", "AdaBelief", "ADOPT",
-           "AdEMAMix", "AdamWScheduleFree", "SGDScheduleFree"]
+           "AdEMAMix", "AdamWScheduleFree", "SGDScheduleFree", "adamw_schedulefree", "sgd_schedulefree"]
 
 class _Elementwise(Optimizer):
     """An optimizer whose rule is ``_rule``; subclasses give the hyperparameters by name."""
@@ -1156,3 +1156,42 @@ def ademamix(params, grads, exp_avg_fasts, exp_avg_slows, exp_avg_sqs, state_ste
                 beta3_warmup=float(beta3_warmup or 0), alpha_warmup=float(alpha_warmup or 0), eps=eps,
                 weight_decay=weight_decay, maximize=maximize)
     _step(rule, params, grads, [exp_avg_fasts, exp_avg_slows, exp_avg_sqs], [state_steps])
+
+
+def adamw_schedulefree(params, grads, zs, exp_avg_sqs, *, lr, ckp1, step, beta1=0.9, beta2=0.999, eps=1e-8,
+                       weight_decay=0.0, fresh=None, maximize=False) -> None:
+    """One Schedule-Free AdamW step (:class:`fastopt.optim.AdamWScheduleFree`) at the training
+    point: ``lr`` is this step's (warmed-up) rate, ``ckp1`` the averaging weight
+    ``w_t / sum(w)``, ``step`` the step number ``k + 1``; ``fresh`` (one flag per parameter)
+    starts a new ``z`` at the parameter.
+
+    Example:
+
+    >>> F = fo.optim.functional
+    >>> p, g = np.array([1.0, -2.0]), np.array([0.5, -0.5])
+    >>> z, v = np.zeros(2), np.zeros(2)
+    >>> F.adamw_schedulefree([p], [g], [z], [v], lr=0.1, ckp1=1.0, step=1, fresh=[True])
+    >>> np.round(p, 6), np.round(z, 6)  # first step: y = z = p - lr * g / |g|
+    (array([ 0.9, -1.9]), array([ 0.9, -1.9]))
+    """
+    rule = Rule("schedulefree", lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, ckp1=ckp1,
+                bc2=1 - beta2**step, adam=True, maximize=maximize)
+    _step(rule, params, grads, [zs, exp_avg_sqs], [], fresh)
+
+
+def sgd_schedulefree(params, grads, zs, *, lr, ckp1, momentum=0.9, weight_decay=0.0, fresh=None,
+                     maximize=False) -> None:
+    """One Schedule-Free SGD step (:class:`fastopt.optim.SGDScheduleFree`): as
+    :func:`adamw_schedulefree` without the second moment.
+
+    Example:
+
+    >>> F = fo.optim.functional
+    >>> p, g, z = np.array([1.0, -2.0]), np.array([0.5, -0.5]), np.zeros(2)
+    >>> F.sgd_schedulefree([p], [g], [z], lr=0.1, ckp1=1.0, fresh=[True])
+    >>> np.round(p, 6)
+    array([ 0.95, -1.95])
+    """
+    rule = Rule("schedulefree", lr=lr, beta1=momentum, beta2=0.0, eps=0.0, weight_decay=weight_decay, ckp1=ckp1,
+                bc2=1.0, adam=False, maximize=maximize)
+    _step(rule, params, grads, [zs], [], fresh)

@@ -15,11 +15,12 @@ from __future__ import annotations
 from .adafactor import adafactor
 from .adagrad import adagrad
 from .adam import adam, adamw
-from .elementwise import adabelief, adabound, adadelta, adamax, ademamix, adopt, amsbound, asgd, lion, nadam, radam, rprop
+from .elementwise import (adabelief, adabound, adadelta, adamax, adamw_schedulefree, ademamix, adopt, amsbound, asgd, lion,
+                          nadam, radam, rprop, sgd_schedulefree)
 from .lamb import lamb
 from .muon import muon
 from .rmsprop import rmsprop
 from .sgd import sgd
 
 __all__ = ["adabelief", "adabound", "adafactor", "ademamix", "adopt", "adadelta", "adagrad", "adam", "adamax", "adamw", "amsbound", "asgd", "lamb", "lion", "muon",
-           "nadam", "radam", "rmsprop", "rprop", "sgd"]
+           "nadam", "radam", "rmsprop", "rprop", "sgd", "adamw_schedulefree", "sgd_schedulefree"]
