@@ -57,6 +57,12 @@ def adabelief_official(torch):
 
 
 @pytest.fixture(scope="session")
+def torch_optimizer(torch):
+    """torch-optimizer (pytorch-lamb's LAMB with its clamp and debias options)."""
+    return oracle("torch_optimizer", "the LAMB variant oracle test")
+
+
+@pytest.fixture(scope="session")
 def schedulefree(torch):
     """The authors' Schedule-Free optimizers (schedulefree)."""
     return oracle("schedulefree", "the Schedule-Free oracle tests")

@@ -57,6 +57,7 @@ CONFIGS: list[tuple[str, dict]] = [
     ("AdaBelief", dict(lr=1e-2, rectify=False, amsgrad=True, decoupled_weight_decay=False, weight_decay=0.1)),
     ("AdaBelief", dict(lr=1e-2, fixed_decay=True, weight_decay=0.01, degenerated_to_sgd=False, maximize=True)),
     ("Lamb", dict(lr=1e-2, weight_decay=0.01)),
+    ("Lamb", dict(lr=1e-2, weight_decay=0.01, clamp_value=2.0, bias_correction="step")),
     ("AdamW", dict(lr=1e-2, weight_decay=0.1, cautious=True)),
     ("Adam", dict(lr=1e-2, amsgrad=True, weight_decay=0.1, maximize=True, cautious=True)),
     ("Lion", dict(lr=1e-3, weight_decay=0.1, cautious=True)),

@@ -648,3 +648,35 @@ def test_trains_a_small_mlp(spec):
         assert last > 2 * first, (spec.name, first, last)
     else:
         assert last < 0.5 * first, (spec.name, first, last)
+
+
+LAMB_VARIANTS = [
+    (dict(lr=1e-2, clamp_value=10, bias_correction=False), dict(lr=1e-2, clamp_value=10, debias=False)),
+    (dict(lr=1e-2, clamp_value=10, bias_correction="step", weight_decay=0.01),
+     dict(lr=1e-2, clamp_value=10, debias=True, weight_decay=0.01)),
+    (dict(lr=1e-2, clamp_value=0.5, bias_correction=False, betas=(0.8, 0.99)),
+     dict(lr=1e-2, clamp_value=0.5, debias=False, betas=(0.8, 0.99))),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kw,theirs", LAMB_VARIANTS, ids=[str(i) for i in range(len(LAMB_VARIANTS))])
+def test_lamb_published_variants_match_torch_optimizer(torch, torch_optimizer, kw, theirs, dtype):
+    """clamp_value and the step-size bias correction against torch-optimizer's Lamb (the
+    pytorch-lamb lineage), 100 steps; the norms there are in the parameter's dtype."""
+    rng = np.random.default_rng(16)
+    shapes = [(7,), (33, 31)]
+    p0 = [np.asarray(rng.standard_normal(s) * 2, dtype) for s in shapes]
+    ps = [fo.Parameter(p.copy()) for p in p0]
+    ts = [torch.nn.Parameter(torch.tensor(p.copy())) for p in p0]
+    opt, ref = fo.optim.Lamb(ps, **kw), torch_optimizer.Lamb(ts, **theirs)
+    for _ in range(STEPS):
+        for p, t in zip(ps, ts):
+            g = np.asarray(rng.standard_normal(p.data.shape), dtype)
+            p.grad = g
+            t.grad = torch.tensor(g.copy())
+        opt.step()
+        ref.step()
+    for p, t, p_init in zip(ps, ts, p0):
+        assert_close(p.data, t.detach().numpy(), "Lamb", scale=float(np.abs(p_init).max()),
+                     tol=1e-12 if dtype == np.float64 else 3e-5)

@@ -20,7 +20,12 @@ use crate::Error;
 
 hyper! {
     /// LAMB's hyperparameters.
-    LambConfig for "lamb" { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, bias_correction: bool, maximize: bool }
+    /// LAMB's hyperparameters. `bias_correction`: the moments divided by `1 - beta**t` before
+    /// the ratio (the paper's Algorithm 2, optax); `debias_step`: instead the step size
+    /// multiplied by `sqrt(1 - beta2**t) / (1 - beta1**t)` after it (torch-optimizer's
+    /// `debias`); `clamp`: the parameter's norm clamped to at most this in the ratio (their
+    /// `clamp_value`; infinite: none).
+    LambConfig for "lamb" { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, bias_correction: bool, debias_step: bool, clamp: f64, maximize: bool }
 }
 
 /// Adam's moments and the step counter.
@@ -39,8 +44,11 @@ struct Scalars<T> {
 
 impl<T: Float> Scalars<T> {
     fn new(cfg: &LambConfig, grad_scale: f64, step: f64) -> Self {
-        let (bc1, bc2) =
-            if cfg.bias_correction { (bias_correction(cfg.beta1, step), bias_correction(cfg.beta2, step)) } else { (1.0, 1.0) };
+        let (bc1, bc2) = if cfg.bias_correction && !cfg.debias_step {
+            (bias_correction(cfg.beta1, step), bias_correction(cfg.beta2, step))
+        } else {
+            (1.0, 1.0)
+        };
         Scalars {
             g: Grad::new(cfg.maximize, grad_scale, 0.0, false, cfg.lr),
             m: Ema::new(cfg.beta1),
@@ -105,10 +113,14 @@ pub fn step<P: Storage, S: Storage<Arith = P::Arith>>(h: &LambConfig, mut tensor
         .zip(sums)
         .map(|(t, (pp, rr))| {
             let (pn, rn) = (pp.sqrt(), rr.sqrt());
+            // clamp(0, clamp): NaN stays NaN
+            let pn = if pn > h.clamp { h.clamp } else { pn };
             // 1 when either norm is 0; a NaN norm (a NaN or infinite element) makes the whole
             // tensor NaN, as every published LAMB does, rather than an unscaled step.
             let trust = if pn == 0.0 || rn == 0.0 { 1.0 } else { pn / rn };
-            Step { k: Scalars::new(h, grad_scale, *t.counters[0] as f64), neg_rate: P::Arith::from_f64(-h.lr * trust) }
+            let step = *t.counters[0] as f64;
+            let size = if h.debias_step { h.lr * (bias_correction(h.beta2, step).sqrt() / bias_correction(h.beta1, step)) } else { h.lr };
+            Step { k: Scalars::new(h, grad_scale, step), neg_rate: P::Arith::from_f64(-size * trust) }
         })
         .collect();
     engine::apply(&mut tensors, &steps, level);
@@ -125,7 +137,7 @@ mod tests {
     fn trust_ratio_and_thread_independence() {
         let _lock = crate::test_util::global();
         let n = 3 * crate::reduce::BLOCK + 11;
-        let cfg = LambConfig { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-6, weight_decay: 0.01, bias_correction: true, maximize: false };
+        let cfg = LambConfig { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-6, weight_decay: 0.01, bias_correction: true, debias_step: false, clamp: f64::INFINITY, maximize: false };
         let mut results = vec![];
         for threads in [1, 2] {
             crate::parallel::set_num_threads(threads).unwrap();
