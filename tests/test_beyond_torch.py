@@ -146,6 +146,18 @@ def ademamix_ref(p, grads, lr=1e-3, betas=(0.9, 0.999, 0.9999), alpha=2.0, beta3
     return p, {"exp_avg_fast": m1, "exp_avg_slow": m2, "exp_avg_sq": v}
 
 
+def _step_both(torch, opt, ref, ps, ts, rng, dtype, steps=STEPS):
+    """``steps`` steps of a fastopt optimizer over ``ps`` and its oracle over the torch
+    tensors ``ts``, with the same random gradients."""
+    for _ in range(steps):
+        for p, t in zip(ps, ts):
+            g = np.asarray(rng.standard_normal(p.data.shape), dtype)
+            p.grad = g
+            t.grad = torch.tensor(g.copy())
+        opt.step()
+        ref.step()
+
+
 CASES = [
     ("AdaBound", adabound_ref, {}),
     ("AdaBound", adabound_ref, dict(lr=1e-2, final_lr=0.05, gamma=1e-2, weight_decay=0.1, maximize=True)),
@@ -520,13 +532,7 @@ def test_adabelief_matches_the_authors_package(torch, adabelief_official, kw, dt
     opt = fo.optim.AdaBelief(ps, **kw)
     theirs = {("weight_decouple" if k == "decoupled_weight_decay" else k): v for k, v in kw.items()}
     ref = adabelief_official(ts, print_change_log=False, **theirs)
-    for _ in range(STEPS):
-        for p, t in zip(ps, ts):
-            g = np.asarray(rng.standard_normal(p.data.shape), dtype)
-            p.grad = g
-            t.grad = torch.tensor(g.copy())
-        opt.step()
-        ref.step()
+    _step_both(torch, opt, ref, ps, ts, rng, dtype)
     capsys.readouterr()  # (their constructor prints its options)
     for p, t, p_init in zip(ps, ts, p0):
         assert_close(p.data, t.detach().numpy(), "AdaBelief", scale=float(np.abs(p_init).max()),
@@ -560,16 +566,10 @@ def test_schedulefree_matches_the_authors_package(torch, schedulefree, threads, 
     ref = getattr(schedulefree, name)(ts, foreach=False, **kw)
     opt.train()
     ref.train()
-    for step in range(STEPS):
-        for p, t in zip(ps, ts):
-            g = np.asarray(rng.standard_normal(p.data.shape), dtype)
-            p.grad = g
-            t.grad = torch.tensor(g.copy())
-        opt.step()
-        ref.step()
-        if step % 25 == 24:
-            opt.eval(), ref.eval()
-            opt.train(), ref.train()
+    for _ in range(STEPS // 25):
+        _step_both(torch, opt, ref, ps, ts, rng, dtype, steps=25)
+        opt.eval(), ref.eval()
+        opt.train(), ref.train()
     opt.eval()
     ref.eval()
     tol = 1e-12 if dtype == np.float64 else 1e-5
@@ -670,13 +670,7 @@ def test_lamb_published_variants_match_torch_optimizer(torch, torch_optimizer, k
     ps = [fo.Parameter(p.copy()) for p in p0]
     ts = [torch.nn.Parameter(torch.tensor(p.copy())) for p in p0]
     opt, ref = fo.optim.Lamb(ps, **kw), torch_optimizer.Lamb(ts, **theirs)
-    for _ in range(STEPS):
-        for p, t in zip(ps, ts):
-            g = np.asarray(rng.standard_normal(p.data.shape), dtype)
-            p.grad = g
-            t.grad = torch.tensor(g.copy())
-        opt.step()
-        ref.step()
+    _step_both(torch, opt, ref, ps, ts, rng, dtype)
     for p, t, p_init in zip(ps, ts, p0):
         assert_close(p.data, t.detach().numpy(), "Lamb", scale=float(np.abs(p_init).max()),
                      tol=1e-12 if dtype == np.float64 else 3e-5)
