@@ -53,13 +53,21 @@ def test_matches_torch_to_bfloat16_rounding(torch, kw, dtype):
     iteration to bfloat16 but sum the products in their own order, so an element of the
     orthogonalised update may differ by a bfloat16 rounding step (2**-8 relative, the
     update's elements being about 1): the bar is a few of those per step's lr. Measured
-    worst here 2.3e-4 at lr 0.02 (about 3 such steps); the momentum buffers are identical."""
+    worst here 2.3e-4 at lr 0.02 (about 3 such steps); the momentum buffers are identical at
+    the FMA levels."""
     ps, ts, opt, ref, worst = _run(torch, kw, dtype)
     lr = kw.get("lr", 1e-3)
     bound = max(8 * _adjusted_lr(lr, kw.get("adjust_lr_fn"), s) * 2.0**-8 for s in SHAPES)
     assert worst <= bound, (worst, bound)
     for p, t in zip(ps, ts):
-        np.testing.assert_array_equal(opt.state[p]["momentum_buffer"], ref.state[t]["momentum_buffer"].numpy())
+        # the buffers' lerp rounds once, as torch's, at the FMA levels (identical there); the
+        # scalar level rounds the product and the sum separately
+        want = ref.state[t]["momentum_buffer"].numpy()
+        got = opt.state[p]["momentum_buffer"]
+        if fo.simd_level() == "scalar":
+            np.testing.assert_allclose(got, want, rtol=0, atol=4 * float(np.finfo(dtype).eps) * np.abs(want).max())
+        else:
+            np.testing.assert_array_equal(got, want)
 
 
 def _reference(p, grads, lr, weight_decay=0.1, momentum=0.95, nesterov=True, coefficients=(3.4445, -4.7750, 2.0315),
