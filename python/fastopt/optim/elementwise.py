@@ -771,7 +771,6 @@ class _ScheduleFree(_Elementwise):
         # are the same (the authors' start in eval mode and refuse to step before train()).
         defaults.update(k=0, train_mode=True, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0)
         self._validate_group(defaults)
-        self._step_constants: dict[int, tuple] = {}
         super().__init__(params, defaults)
 
     _options: tuple[str, ...] = ("lr", "weight_decay", "maximize")
@@ -789,7 +788,8 @@ class _ScheduleFree(_Elementwise):
         raise NotImplementedError
 
     def _hyper(self, g):
-        lr, ckp1, bc2 = self._step_constants.get(id(g), (g["lr"], 0.0, 1.0))
+        # (from the group's counters, which a step changes: the rule is rebuilt each step)
+        lr, ckp1, bc2, _, _ = self._next(g)
         beta1, beta2, eps = (*g["betas"], g["eps"]) if self._adam else (g["momentum"], 0.0, 0.0)
         return dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=g["weight_decay"], ckp1=ckp1, bc2=bc2,
                     adam=self._adam, maximize=g["maximize"])
@@ -809,10 +809,7 @@ class _ScheduleFree(_Elementwise):
         if not self.param_groups[0]["train_mode"]:
             raise RuntimeError("Optimizer was not in train mode when step is called. Please insert .train() and "
                                ".eval() calls on the optimizer. See documentation for details.")
-        lr, ckp1, bc2, lr_max, weight_sum = self._next(group)
-        if self._step_constants.get(id(group)) != (lr, ckp1, bc2):
-            self._step_constants[id(group)] = (lr, ckp1, bc2)
-            self._rules.pop(id(group), None)
+        lr, _, _, lr_max, weight_sum = self._next(group)
         super()._step_group(group, params, arrays, grads, check_only, grad_scale)
         if not check_only:
             group.update(k=group["k"] + 1, lr_max=lr_max, weight_sum=weight_sum, scheduled_lr=lr)
