@@ -374,6 +374,8 @@ struct Second<T> {
     sign: T,
     lerp: Lerp<T>,
     eps1_sq: T,
+    /// The step's constants, for the second pass.
+    k: Constants,
 }
 
 impl<T: Float> Rule<T> for Second<T> {
@@ -467,17 +469,16 @@ pub fn step<T: Float + engine::Storage<Arith = T>>(cfg: &AdafactorConfig, tensor
         return Ok(());
     }
     const LAYOUT: engine::Layout = (&[("variance", "variances")], &["step"]);
-    let sums = engine::sweep(&mut full, LAYOUT, level, |c, _| {
+    let swept = engine::sweep(&mut full, LAYOUT, level, |c, _| {
         let k = cfg.constants::<T>(next_step(c));
-        Second { sign, lerp: Lerp::new(k.weight), eps1_sq: T::from_f64(k.eps1 * k.eps1) }
+        Second { sign, lerp: Lerp::new(k.weight), eps1_sq: T::from_f64(k.eps1 * k.eps1), k }
     })?;
     let moves: Vec<Move<T>> = full
         .iter()
-        .zip(sums)
-        .map(|(t, (p_sq, u_sq))| {
-            let k = cfg.constants::<T>(*t.counters[0] as f64);
-            let (decay, scale) = cfg.last_pass(k, p_sq, u_sq, t.param.len());
-            Move { sign, eps1_sq: T::from_f64(k.eps1 * k.eps1), decay: T::from_f64(decay), scale: T::from_f64(scale) }
+        .zip(swept)
+        .map(|(t, ((p_sq, u_sq), first))| {
+            let (decay, scale) = cfg.last_pass(first.k, p_sq, u_sq, t.param.len());
+            Move { sign, eps1_sq: first.eps1_sq, decay: T::from_f64(decay), scale: T::from_f64(scale) }
         })
         .collect();
     engine::apply(&mut full, &moves, level);

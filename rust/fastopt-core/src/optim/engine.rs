@@ -224,42 +224,35 @@ pub fn run<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
     Ok(())
 }
 
+/// One tensor's result of a [`sweep`]: its two sums of squares and the rule it took.
+pub type Swept<R> = ((f64, f64), R);
+
 /// A reducing pass, the first of a multi-pass optimizer: as [`run`], and returns for each
 /// tensor the sums of squares of the two values the rule's [`Rule::squares`] gives, in
 /// float64 over fixed blocks of [`BLOCK`] elements merged in order, so the same whatever the
-/// thread count. The tensors stay borrowed for the later passes ([`apply`]).
+/// thread count, with the rule the tensor took (its constants, for the later passes). The
+/// tensors stay borrowed for those passes ([`apply`]).
 pub fn sweep<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
     tensors: &mut [Tensor<'_, P, S>],
     layout: Layout,
     level: SimdLevel,
     make: impl FnMut(&mut [&mut f32], bool) -> R,
-) -> Result<Vec<(f64, f64)>, Error> {
-    Ok(sweep_rules(tensors, layout, level, make)?.0)
-}
-
-/// [`sweep`], also returning each distinct rule and which one each tensor took.
-#[allow(clippy::type_complexity)]
-fn sweep_rules<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
-    tensors: &mut [Tensor<'_, P, S>],
-    layout: Layout,
-    level: SimdLevel,
-    make: impl FnMut(&mut [&mut f32], bool) -> R,
-) -> Result<(Vec<(f64, f64)>, Vec<R>, Vec<usize>), Error> {
+) -> Result<Vec<Swept<R>>, Error> {
     let total = check::<P, S, R>(tensors, layout)?;
     let (rules, which) = rules_of(tensors, make);
     let counts: Vec<usize> = tensors.iter().map(|t| t.param.len().div_ceil(BLOCK)).collect();
     let mut partials = vec![(0.0, 0.0); counts.iter().sum()];
     pass::<P, S, R, true>(tensors, &rules, &which, total, level, &mut partials);
     let mut rest = &partials[..];
-    let sums = counts
+    Ok(counts
         .iter()
-        .map(|&n| {
+        .zip(which)
+        .map(|(&n, k)| {
             let (mine, tail) = rest.split_at(n);
             rest = tail;
-            mine.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y))
+            (mine.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y)), rules[k])
         })
-        .collect();
-    Ok((sums, rules, which))
+        .collect())
 }
 
 /// A rule whose update is `p' = q + delta`: `q` the parameter after any decay, `delta` the
@@ -322,23 +315,22 @@ pub fn run_cautious<P: Storage, S: Storage<Arith = P::Arith>, R: Stepwise<P::Ari
     level: SimdLevel,
     mut make: impl FnMut(&mut [&mut f32], bool) -> R,
 ) -> Result<(), Error> {
-    let (sums, rules, which) = sweep_rules(&mut tensors, layout, level, |c, fresh| Agree(make(c, fresh)))?;
+    let counted = sweep(&mut tensors, layout, level, |c, fresh| Agree(make(c, fresh)))?;
     let masked: Vec<Masked<R, P::Arith>> = tensors
         .iter()
-        .zip(sums)
-        .zip(&which)
-        .map(|((t, (kept, _)), &k)| Masked { rule: rules[k].0, scale: P::Arith::from_f64(t.param.len() as f64 / (kept + 1.0)) })
+        .zip(counted)
+        .map(|(t, ((kept, _), Agree(rule)))| Masked { rule, scale: P::Arith::from_f64(t.param.len() as f64 / (kept + 1.0)) })
         .collect();
     apply(&mut tensors, &masked, level);
     Ok(())
 }
 
 /// A later pass of a multi-pass optimizer over tensors a [`sweep`] has checked: `rules[i]`
-/// (built from the sums) applied to tensor `i`.
+/// (built from the sums) applied to tensor `i`, one rule per tensor.
 pub fn apply<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(tensors: &mut [Tensor<'_, P, S>], rules: &[R], level: SimdLevel) {
     let total = tensors.iter().map(|t| t.param.len()).sum();
-    let which: Vec<usize> = (0..tensors.len()).collect();
-    pass::<P, S, R, false>(tensors, rules, &which[..rules.len().min(which.len())], total, level, &mut []);
+    let which: Vec<usize> = (0..rules.len()).collect();
+    pass::<P, S, R, false>(tensors, rules, &which, total, level, &mut []);
 }
 
 /// The lengths of every tensor's buffers and counters against the layout; the number of
@@ -606,11 +598,14 @@ mod tests {
                 .zip(counters.iter_mut())
                 .map(|(((p, g), s), c)| Tensor { param: &mut p[..], grad: &g[..], states: &mut s[..], counters: &mut c[..], fresh: false })
                 .collect();
-            let sums = sweep(&mut tensors, LAYOUT, simd::level(), |c, _| {
+            let sums: Vec<(f64, f64)> = sweep(&mut tensors, LAYOUT, simd::level(), |c, _| {
                 next_step(c);
                 Touch
             })
-            .unwrap();
+            .unwrap()
+            .into_iter()
+            .map(|(sums, _)| sums)
+            .collect();
             drop(tensors);
             for k in 0..sizes.len() {
                 assert_eq!(ps[k], data::<f64>(sizes[k], sizes[k] as u64), "the parameter is not written");

@@ -40,6 +40,9 @@ struct Scalars<T> {
     inv_bc2: T,
     eps: T,
     weight_decay: T,
+    /// The step size before the trust ratio: `lr`, or with `debias_step`
+    /// `lr * sqrt(1 - beta2**t) / (1 - beta1**t)`.
+    rate: f64,
 }
 
 impl<T: Float> Scalars<T> {
@@ -57,6 +60,11 @@ impl<T: Float> Scalars<T> {
             inv_bc2: T::from_f64(1.0 / bc2),
             eps: T::from_f64(cfg.eps),
             weight_decay: T::from_f64(cfg.weight_decay),
+            rate: if cfg.debias_step {
+                cfg.lr * (bias_correction(cfg.beta2, step).sqrt() / bias_correction(cfg.beta1, step))
+            } else {
+                cfg.lr
+            },
         }
     }
 
@@ -106,21 +114,18 @@ impl<T: Float> Rule<T> for Step<T> {
 /// One LAMB step over every tensor of a group, in place (state buffers as in [`LAYOUT`]).
 /// Checks every tensor before touching any.
 pub fn step<P: Storage, S: Storage<Arith = P::Arith>>(h: &LambConfig, mut tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
-    let sums = engine::sweep(&mut tensors, LAYOUT, level, |c, _| Moments(Scalars::new(h, grad_scale, next_step(c))))?;
-    // Each tensor's trust ratio, from its sums; its constants again from its (updated) step.
-    let steps: Vec<Step<P::Arith>> = tensors
-        .iter()
-        .zip(sums)
-        .map(|(t, (pp, rr))| {
+    let swept = engine::sweep(&mut tensors, LAYOUT, level, |c, _| Moments(Scalars::new(h, grad_scale, next_step(c))))?;
+    // Each tensor's trust ratio, from its sums, with the constants of its first pass.
+    let steps: Vec<Step<P::Arith>> = swept
+        .into_iter()
+        .map(|((pp, rr), Moments(k))| {
             let (pn, rn) = (pp.sqrt(), rr.sqrt());
             // clamp(0, clamp): NaN stays NaN
             let pn = if pn > h.clamp { h.clamp } else { pn };
             // 1 when either norm is 0; a NaN norm (a NaN or infinite element) makes the whole
             // tensor NaN, as every published LAMB does, rather than an unscaled step.
             let trust = if pn == 0.0 || rn == 0.0 { 1.0 } else { pn / rn };
-            let step = *t.counters[0] as f64;
-            let size = if h.debias_step { h.lr * (bias_correction(h.beta2, step).sqrt() / bias_correction(h.beta1, step)) } else { h.lr };
-            Step { k: Scalars::new(h, grad_scale, step), neg_rate: P::Arith::from_f64(-size * trust) }
+            Step { k, neg_rate: P::Arith::from_f64(-k.rate * trust) }
         })
         .collect();
     engine::apply(&mut tensors, &steps, level);
