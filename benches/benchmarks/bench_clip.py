@@ -7,7 +7,7 @@ import numpy as np
 
 import fastopt as fo
 
-from .common import THREADS, import_torch, problem, set_threads, warm_up
+from .common import THREADS, require_torch, problem, set_threads, warm_up
 
 
 class ClipThenAdam:
@@ -31,10 +31,7 @@ class ClipThenAdam:
                     opt.step()
                 self.step = step
         else:
-            try:
-                torch = import_torch()
-            except ImportError as e:
-                raise NotImplementedError("torch is not installed") from e
+            torch = require_torch()
             tp = torch.nn.Parameter(torch.from_numpy(p0))
             tp.grad = torch.from_numpy(g)
             opt = torch.optim.Adam([tp], lr=1e-3, fused=True)
@@ -62,10 +59,7 @@ class TotalNorm:
         if impl == "fastopt":
             self.f = lambda: fo.nn.utils.get_total_norm([g])
         elif impl == "torch":
-            try:
-                torch = import_torch()
-            except ImportError as e:
-                raise NotImplementedError("torch is not installed") from e
+            torch = require_torch()
             tg = torch.from_numpy(g)
             self.f = lambda: torch.nn.utils.get_total_norm([tg])
         else:

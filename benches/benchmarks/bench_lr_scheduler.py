@@ -7,7 +7,7 @@ import numpy as np
 
 import fastopt as fo
 
-from .common import import_torch
+from .common import require_torch
 
 SCHEDULERS = {
     "StepLR": lambda m, o: m.StepLR(o, step_size=30, gamma=0.5),
@@ -23,10 +23,7 @@ class SchedulerStep:
 
     def setup(self, name, impl):
         if impl == "torch":
-            try:
-                torch = import_torch()
-            except ImportError as e:
-                raise NotImplementedError("torch is not installed") from e
+            torch = require_torch()
             opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
             opt.step()
             self.sched = SCHEDULERS[name](torch.optim.lr_scheduler, opt)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import THREADS, import_torch, set_threads, warm_up
+from .common import THREADS, require_torch, set_threads, warm_up
 
 
 def _problem(batch: int, hidden: int):
@@ -41,10 +41,7 @@ class MLPTrainStep:
                 opt.step()
                 opt.zero_grad()
         else:
-            try:
-                torch = import_torch()
-            except ImportError as e:
-                raise NotImplementedError("torch is not installed") from e
+            torch = require_torch()
             tnn = torch.nn
             t = tnn.Sequential(tnn.Linear(2, hidden), tnn.BatchNorm1d(hidden), tnn.ReLU(),
                                tnn.Linear(hidden, hidden), tnn.BatchNorm1d(hidden), tnn.ReLU(),

@@ -8,7 +8,7 @@ import fastopt as fo
 from .common import (
     SIZES,
     THREADS,
-    import_torch,
+    require_torch,
     NumpyADOPT,
     NumpyAdaBelief,
     NumpyAdEMAMix,
@@ -285,10 +285,7 @@ class LBFGS:
             def set_grad():
                 p.grad = tmp
         else:
-            try:
-                torch = import_torch()
-            except ImportError as e:
-                raise NotImplementedError("torch is not installed") from e
+            torch = require_torch()
             p = torch.nn.Parameter(torch.from_numpy(x0.copy()))
             x = p.detach().numpy()  # shares p's memory
             grad = torch.from_numpy(tmp)
@@ -342,10 +339,7 @@ class ManyTensors:
                 params.append(p)
             self.step = fo.optim.Adam(params, lr=1e-3).step
         else:
-            try:
-                torch = import_torch()
-            except ImportError as e:
-                raise NotImplementedError("torch is not installed") from e
+            torch = require_torch()
             tps = []
             for p0, g in tensors:
                 t = torch.nn.Parameter(torch.from_numpy(p0))
@@ -401,10 +395,7 @@ class Muon:
             p.grad = g
             self.step = fo.optim.Muon([p], lr=0.02).step
         else:
-            try:
-                torch = import_torch()
-            except ImportError:
-                raise NotImplementedError("torch is not installed")
+            torch = require_torch()
             tp = torch.nn.Parameter(torch.from_numpy(p0))
             tp.grad = torch.from_numpy(g)
             self.step = torch.optim.Muon([tp], lr=0.02).step

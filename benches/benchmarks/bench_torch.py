@@ -7,7 +7,7 @@ single-tensor loop (``torch``), ``torch-foreach`` and ``torch-fused``."""
 
 from __future__ import annotations
 
-from .common import THREADS, import_torch, set_threads, warm_up
+from .common import THREADS, require_torch, set_threads, warm_up
 from fastopt.bench.workloads import resnet50_shapes
 
 IMPLS = ["fastopt.torch", "torch", "torch-foreach", "torch-fused"]
@@ -35,10 +35,7 @@ class SmallModel:
 
     def setup(self, impl, threads):
         set_threads(threads)
-        try:
-            torch = import_torch()
-        except ImportError:
-            raise NotImplementedError("torch is not installed")
+        torch = require_torch()
         torch.manual_seed(0)
         layers = []
         for _ in range(20):
@@ -78,10 +75,7 @@ class ResNet50Shapes:
 
     def setup(self, impl, threads):
         set_threads(threads)
-        try:
-            torch = import_torch()
-        except ImportError:
-            raise NotImplementedError("torch is not installed")
+        torch = require_torch()
         gen = torch.Generator().manual_seed(0)
         self.params_ = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in resnet50_shapes()]
         for p in self.params_:

@@ -55,6 +55,15 @@ def import_torch():
     return torch
 
 
+def require_torch():
+    """:func:`import_torch` for a benchmark: NotImplementedError without torch, which asv
+    reports as skipped."""
+    try:
+        return import_torch()
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise NotImplementedError("torch is not installed") from e
+
+
 # torch optimizers with a fused CPU kernel.
 TORCH_FUSED = {"Adam", "AdamW", "SGD", "Adagrad"}
 #: The optimizers torch.optim has among those the benchmarks compare (the others have none).
@@ -67,10 +76,7 @@ def torch_optimizer(name: str, variant: str, p0: np.ndarray, g: np.ndarray, **kw
     """A torch optimizer over one tensor; variant 'default' (single-tensor loop, torch's CPU
     default), 'foreach' or 'fused'. Raises NotImplementedError (asv: skipped) without torch
     or for a fused variant torch lacks."""
-    try:
-        torch = import_torch()
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise NotImplementedError("torch is not installed") from e
+    torch = require_torch()
     if variant == "fused" and name not in TORCH_FUSED:
         raise NotImplementedError(f"torch has no fused {name}")
     if not hasattr(torch.optim, name):
