@@ -152,7 +152,9 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bo
         // Block by block: the update, with the values to square into two block-sized scratch
         // buffers (in L1), then their float64 sums of squares (`reduce::dot_f64`'s order).
         let zero = <P::Arith as Float>::ZERO;
-        let mut sq = (vec![zero; BLOCK.min(p.len())], vec![zero; BLOCK.min(p.len())]);
+        // (the second buffer only for a rule that sums two squares)
+        let width = BLOCK.min(p.len());
+        let mut sq = (vec![zero; width], vec![zero; if R::SQUARES > 1 { width } else { 0 }]);
         let (mut p, mut g, mut s) = (p, g, [a, b, c, d]);
         for slot in out.iter_mut() {
             let n = BLOCK.min(p.len());
@@ -160,7 +162,7 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bo
             let (g0, g1) = g.split_at(n);
             let [a, b, c, d] = s;
             let ((a0, a1), (b0, b1), (c0, c1), (d0, d1)) = (cut(a, n), cut(b, n), cut(c, n), cut(d, n));
-            let (x, y) = (&mut sq.0[..n], &mut sq.1[..n]);
+            let (x, y) = (&mut sq.0[..n], &mut sq.1[..if R::SQUARES > 1 { n } else { 0 }]);
             body::<P, S, A, R, true>(p0, g0, [a0, b0, c0, d0], rule, (&mut *x, &mut *y));
             *slot = (dot_f64(x, x), if R::SQUARES > 1 { dot_f64(y, y) } else { 0.0 });
             (p, g, s) = (p1, g1, [a1, b1, c1, d1]);
@@ -184,7 +186,8 @@ fn body<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>, c
     let s1 = if R::STATES > 1 { &mut s1[..n] } else { s1 };
     let s2 = if R::STATES > 2 { &mut s2[..n] } else { s2 };
     let s3 = if R::STATES > 3 { &mut s3[..n] } else { s3 };
-    let (x, y) = if SUMS { (&mut x[..n], &mut y[..n]) } else { (x, y) };
+    let x = if SUMS { &mut x[..n] } else { x };
+    let y = if SUMS && R::SQUARES > 1 { &mut y[..n] } else { y };
     let w = |k: u32| R::WRITES & (1 << k) != 0;
     for i in 0..n {
         let mut st = [<P::Arith as Float>::ZERO; MAX_STATES];
