@@ -108,15 +108,13 @@ class Adafactor(Optimizer):
 
     def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
         items = self.state._items
+        states, created = [], []
         for i, (p, a) in enumerate(zip(params, arrays)):
             found = items.get(id(p))
-            if found is not None and found[1]:
-                self._check_state(i, a, found[1])
-        states, created = [], []
-        for p, a in zip(params, arrays):
-            found = items.get(id(p))
             st = found[1] if found is not None else None
-            if not st:
+            if st:
+                self._check_state(i, a, st)
+            else:
                 # Committed only once the kernel has run, so a failed step leaves no trace.
                 st = {"step": np.zeros((), np.float32)}
                 st.update({name: np.zeros(shape, a.dtype) for name, shape in self._layout(a).items()})
