@@ -10,7 +10,7 @@ import numpy as np
 from ._engine import Rule
 from ._engine import step as _step
 from ._options import check_bool, check_nonnegative, real
-from .optimizer import Optimizer
+from .optimizer import Optimizer, _array_of
 
 __all__ = ["Muon", "muon", "round_to_bfloat16"]
 
@@ -152,7 +152,7 @@ class Muon(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         for p in self.param_groups[-1]["params"]:
-            a = p.data if hasattr(p, "data") and not isinstance(p, np.ndarray) else p
+            a = _array_of(p)
             if a.ndim != 2:
                 self.param_groups.pop()
                 raise ValueError(f"Muon only supports 2D parameters whereas we found a parameter with size: {a.shape}")
