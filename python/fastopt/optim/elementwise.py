@@ -10,8 +10,7 @@ from typing import Any, Callable, Iterable
 from ._engine import Rule
 from ._engine import step as _step
 from ._options import check_bool, check_nonnegative, real
-from ..parameter import Parameter
-from .optimizer import Optimizer, impl_flags
+from .optimizer import Optimizer, _array_of, impl_flags
 
 __all__ = ["Adamax", "Adadelta", "NAdam", "RAdam", "ASGD", "Rprop", "AdaBound", "AMSBound", "Lion", "AdaBelief", "ADOPT",
            "AdEMAMix", "AdamWScheduleFree", "SGDScheduleFree", "adamw_schedulefree", "sgd_schedulefree"]
@@ -824,7 +823,7 @@ class _ScheduleFree(_Elementwise):
                 for p in group["params"]:
                     st = self.state.get(p)
                     if st and "z" in st:
-                        a = p.data if isinstance(p, Parameter) else p
+                        a = _array_of(p)
                         a += a.dtype.type(weight) * (st["z"] - a)  # p.lerp_(z, weight)
                 group["train_mode"] = train
 
