@@ -32,10 +32,11 @@ def check_nonnegative(value: Any, name: str, message: str) -> None:
         raise ValueError(message)
 
 
-def check_betas(betas: Any, name: str = "betas") -> None:
-    """torch's checks of a ``betas`` pair, each in [0, 1)."""
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise TypeError(f"{name} must be a pair of floats, got {betas!r}")
+def check_betas(betas: Any, name: str = "betas", count: int = 2) -> None:
+    """torch's checks of a ``betas`` pair (``count=3``: a triple, AdEMAMix's), each in [0, 1)."""
+    if not isinstance(betas, (tuple, list)) or len(betas) != count:
+        what = {2: "a pair of floats", 3: "a triple of floats (beta1, beta2, beta3)"}[count]
+        raise TypeError(f"{name} must be {what}, got {betas!r}")
     for i, b in enumerate(betas):
         if not 0.0 <= real(b, f"{name}[{i}]") < 1.0:
             raise ValueError(f"Invalid beta parameter at index {i}: {b}")

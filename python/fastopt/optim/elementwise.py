@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable
 
 from ._engine import Rule
 from ._engine import step as _step
-from ._options import check_bool, check_nonnegative, real
+from ._options import check_betas, check_bool, check_nonnegative, real
 from .optimizer import Optimizer, _array_of, impl_flags
 
 __all__ = ["Adamax", "Adadelta", "NAdam", "RAdam", "ASGD", "Rprop", "AdaBound", "AMSBound", "Lion", "AdaBelief", "ADOPT",
@@ -728,12 +728,7 @@ class AdEMAMix(_Elementwise):
         super().__init__(params, defaults)
 
     def _validate_extra(self, group):
-        betas = group["betas"]
-        if not isinstance(betas, (tuple, list)) or len(betas) != 3:
-            raise TypeError(f"betas must be a triple of floats (beta1, beta2, beta3), got {betas!r}")
-        for i, b in enumerate(betas):
-            if not 0.0 <= real(b, f"betas[{i}]") < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {i}: {b}")
+        check_betas(group["betas"], count=3)
         check_nonnegative(group["alpha"], "alpha", f"Invalid alpha value: {group['alpha']}")
         for name in ("beta3_warmup", "alpha_warmup"):
             v = group[name]
