@@ -388,7 +388,7 @@ impl<T: Float> Rule<T> for Second<T> {
         p
     }
     #[inline(always)]
-    fn squares<A: Arith>(&self, p: T, g: T, s: &[T; MAX_STATES]) -> [T; 2] {
+    fn sums<A: Arith>(&self, p: T, g: T, s: &[T; MAX_STATES]) -> [T; 2] {
         [p, scaled(g * self.sign, s[0], self.eps1_sq)]
     }
 }

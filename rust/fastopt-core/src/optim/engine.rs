@@ -22,7 +22,7 @@
 
 use crate::float::Float;
 use crate::parallel::{self, Split};
-use crate::reduce::{dot_f64, BLOCK};
+use crate::reduce::{dot_f64, sum_f64, BLOCK};
 use crate::simd::{self, Arith, SimdKernel, SimdLevel};
 use crate::{check_len, Error};
 
@@ -72,15 +72,19 @@ pub trait Rule<T: Float>: Copy + Send + Sync {
     /// A pass that only reads some of them (LAMB's second pass reads the moments) does not
     /// write them back, so it moves only the bytes it must.
     const WRITES: u32 = !0;
-    /// How many of the two values of [`Rule::squares`] a reducing pass sums (the second is
+    /// How many of the two values of [`Rule::sums`] a reducing pass sums (the second is
     /// left out when 1).
-    const SQUARES: usize = 2;
+    const SUMMED: usize = 2;
+    /// Whether a reducing pass sums the squares of those values (norms: LAMB's trust ratio)
+    /// or the values themselves (dot products and absolute sums: Prodigy's estimate).
+    const SQUARED: bool = true;
     /// The new parameter value; updates `s` in place.
     fn update<A: Arith>(&self, p: T, g: T, s: &mut [T; MAX_STATES]) -> T;
-    /// For a reducing pass ([`sweep`]): the two values whose squares the pass sums, from the
-    /// parameter before the update, the gradient and the state after it.
+    /// For a reducing pass ([`sweep`]): the two values the pass sums (or whose squares it
+    /// sums, see [`Rule::SQUARED`]), from the parameter before the update, the gradient and
+    /// the state after it.
     #[inline(always)]
-    fn squares<A: Arith>(&self, _p: T, _g: T, _s: &[T; MAX_STATES]) -> [T; 2] {
+    fn sums<A: Arith>(&self, _p: T, _g: T, _s: &[T; MAX_STATES]) -> [T; 2] {
         [T::ZERO; 2]
     }
 }
@@ -149,12 +153,13 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bo
             body::<P, S, A, R, false>(p, g, [a, b, c, d], rule, (&mut [], &mut []));
             return;
         }
-        // Block by block: the update, with the values to square into two block-sized scratch
-        // buffers (in L1), then their float64 sums of squares (`reduce::dot_f64`'s order).
+        // Block by block: the update, with the values to sum into two block-sized scratch
+        // buffers (in L1), then their float64 sums, of squares (`reduce::dot_f64`'s order)
+        // or of the values (`reduce::sum_f64`'s).
         let zero = <P::Arith as Float>::ZERO;
-        // (the second buffer only for a rule that sums two squares)
+        // (the second buffer only for a rule that sums two values)
         let width = BLOCK.min(p.len());
-        let mut sq = (vec![zero; width], vec![zero; if R::SQUARES > 1 { width } else { 0 }]);
+        let mut sq = (vec![zero; width], vec![zero; if R::SUMMED > 1 { width } else { 0 }]);
         let (mut p, mut g, mut s) = (p, g, [a, b, c, d]);
         for slot in out.iter_mut() {
             let n = BLOCK.min(p.len());
@@ -162,9 +167,10 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bo
             let (g0, g1) = g.split_at(n);
             let [a, b, c, d] = s;
             let ((a0, a1), (b0, b1), (c0, c1), (d0, d1)) = (cut(a, n), cut(b, n), cut(c, n), cut(d, n));
-            let (x, y) = (&mut sq.0[..n], &mut sq.1[..if R::SQUARES > 1 { n } else { 0 }]);
+            let (x, y) = (&mut sq.0[..n], &mut sq.1[..if R::SUMMED > 1 { n } else { 0 }]);
             body::<P, S, A, R, true>(p0, g0, [a0, b0, c0, d0], rule, (&mut *x, &mut *y));
-            *slot = (dot_f64(x, x), if R::SQUARES > 1 { dot_f64(y, y) } else { 0.0 });
+            let total = |v: &[P::Arith]| if R::SQUARED { dot_f64(v, v) } else { sum_f64(v) };
+            *slot = (total(x), if R::SUMMED > 1 { total(y) } else { 0.0 });
             (p, g, s) = (p1, g1, [a1, b1, c1, d1]);
         }
     }
@@ -187,7 +193,7 @@ fn body<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>, c
     let s2 = if R::STATES > 2 { &mut s2[..n] } else { s2 };
     let s3 = if R::STATES > 3 { &mut s3[..n] } else { s3 };
     let x = if SUMS { &mut x[..n] } else { x };
-    let y = if SUMS && R::SQUARES > 1 { &mut y[..n] } else { y };
+    let y = if SUMS && R::SUMMED > 1 { &mut y[..n] } else { y };
     let w = |k: u32| R::WRITES & (1 << k) != 0;
     for i in 0..n {
         let mut st = [<P::Arith as Float>::ZERO; MAX_STATES];
@@ -199,9 +205,9 @@ fn body<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>, c
         let new = rule.update::<A>(old, gi, &mut st);
         if w(0) { p[i] = P::store(new) }
         if SUMS {
-            let [a, b] = rule.squares::<A>(old, gi, &st);
+            let [a, b] = rule.sums::<A>(old, gi, &st);
             x[i] = a;
-            if R::SQUARES > 1 {
+            if R::SUMMED > 1 {
                 y[i] = b;
             }
         }
@@ -227,13 +233,13 @@ pub fn run<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
     Ok(())
 }
 
-/// One tensor's result of a [`sweep`]: its two sums of squares and the rule it took.
+/// One tensor's result of a [`sweep`]: its two sums and the rule it took.
 pub type Swept<R> = ((f64, f64), R);
 
 /// A reducing pass, the first of a multi-pass optimizer: as [`run`], and returns for each
-/// tensor the sums of squares of the two values the rule's [`Rule::squares`] gives, in
-/// float64 over fixed blocks of [`BLOCK`] elements merged in order, so the same whatever the
-/// thread count, with the rule the tensor took (its constants, for the later passes). The
+/// tensor the sums (of squares, or of the values: [`Rule::SQUARED`]) of the two values the
+/// rule's [`Rule::sums`] gives, in float64 over fixed blocks of [`BLOCK`] elements merged in
+/// order, so the same whatever the thread count, with the rule the tensor took (its constants, for the later passes). The
 /// tensors stay borrowed for those passes ([`apply`]).
 pub fn sweep<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
     tensors: &mut [Tensor<'_, P, S>],
@@ -266,21 +272,22 @@ pub trait Stepwise<T: Float>: Rule<T> {
     fn split<A: Arith>(&self, p: T, g: T, s: &mut [T; MAX_STATES]) -> (T, T, T);
 }
 
-/// The counting pass of [`run_cautious`]: writes nothing, squares 1 where the step agrees
-/// with the gradient (so the sum of squares is the count), 0 elsewhere.
+/// The counting pass of [`run_cautious`]: writes nothing, sums 1 where the step agrees with
+/// the gradient (so the sum is the count), 0 elsewhere.
 #[derive(Clone, Copy, Debug)]
 struct Agree<R>(R);
 
 impl<T: Float, R: Stepwise<T>> Rule<T> for Agree<R> {
     const STATES: usize = R::STATES;
     const WRITES: u32 = 0;
-    const SQUARES: usize = 1;
+    const SUMMED: usize = 1;
+    const SQUARED: bool = false;
     #[inline(always)]
     fn update<A: Arith>(&self, p: T, _g: T, _s: &mut [T; MAX_STATES]) -> T {
         p
     }
     #[inline(always)]
-    fn squares<A: Arith>(&self, p: T, g: T, s: &[T; MAX_STATES]) -> [T; 2] {
+    fn sums<A: Arith>(&self, p: T, g: T, s: &[T; MAX_STATES]) -> [T; 2] {
         let mut st = *s;
         let (_, delta, g) = self.0.split::<A>(p, g, &mut st);
         [if delta * g < T::ZERO { T::ONE } else { T::ZERO }, T::ZERO]
@@ -573,7 +580,7 @@ mod tests {
             s[1] = p + g;
             p * 2.0
         }
-        fn squares<A: Arith>(&self, p: f64, _g: f64, s: &[f64; MAX_STATES]) -> [f64; 2] {
+        fn sums<A: Arith>(&self, p: f64, _g: f64, s: &[f64; MAX_STATES]) -> [f64; 2] {
             [p, s[1]]
         }
     }

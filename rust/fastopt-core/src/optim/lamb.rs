@@ -89,7 +89,7 @@ impl<T: Float> Rule<T> for Moments<T> {
         p
     }
     #[inline(always)]
-    fn squares<A: Arith>(&self, p: T, _g: T, s: &[T; MAX_STATES]) -> [T; 2] {
+    fn sums<A: Arith>(&self, p: T, _g: T, s: &[T; MAX_STATES]) -> [T; 2] {
         [p, self.0.direction(p, s[0], s[1])]
     }
 }
