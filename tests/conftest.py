@@ -63,6 +63,12 @@ def torch_optimizer(torch):
 
 
 @pytest.fixture(scope="session")
+def prodigyopt(torch):
+    """The authors' Prodigy (prodigyopt)."""
+    return oracle("prodigyopt", "the Prodigy oracle tests")
+
+
+@pytest.fixture(scope="session")
 def schedulefree(torch):
     """The authors' Schedule-Free optimizers (schedulefree)."""
     return oracle("schedulefree", "the Schedule-Free oracle tests")

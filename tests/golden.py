@@ -69,6 +69,8 @@ CONFIGS: list[tuple[str, dict]] = [
     ("AdEMAMix", dict(lr=1e-2, alpha=5.0, beta3_warmup=20, alpha_warmup=10, maximize=True)),
     ("Adafactor", dict(lr=1e-2, weight_decay=0.01)),
     ("Adafactor", dict(lr=0.05, beta2_decay=-0.5, d=1.5, eps=(1e-20, 1e-2), maximize=True)),
+    ("Prodigy", dict(weight_decay=0.1)),
+    ("Prodigy", dict(weight_decay=0.1, decouple=False, betas=(0.0, 0.99), use_bias_correction=True)),
 ]
 
 

@@ -130,7 +130,7 @@ STEP_CASES = [(getattr(fo.optim, n), kw) for n, kw in registry.configs()]
 def _build(cls, kw, dtype):
     rng = np.random.default_rng(5)
     ps = [fo.Parameter(np.asarray(rng.standard_normal(s), dtype=dtype)) for s in [(50, 20), (20,), ()]]
-    return ps, cls([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.02}], **kw)
+    return ps, cls([{"params": ps[:2]}, {"params": ps[2:], "lr": registry.second_lr(cls, 0.02)}], **kw)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -21,7 +21,7 @@ def grads_for(step, params, dtype):
 def build(cls, kw, dtype, seed=0):
     rng = np.random.default_rng(seed)
     ps = [fo.Parameter(rng.standard_normal(s).astype(dtype)) for s in [(3, 4), (7,), ()]]
-    opt = cls([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.05}], **kw)
+    opt = cls([{"params": ps[:2]}, {"params": ps[2:], "lr": registry.second_lr(cls, 0.05)}], **kw)
     return ps, opt
 
 
@@ -41,7 +41,7 @@ def test_resume_is_identical_to_uninterrupted(cls, kw, dtype):
     copies = [fo.Parameter(p.data.copy()) for p in ps]
     run(opt, ps, range(10, 25), dtype)
 
-    opt2 = cls([{"params": copies[:2]}, {"params": copies[2:], "lr": 0.05}], **kw)
+    opt2 = cls([{"params": copies[:2]}, {"params": copies[2:], "lr": registry.second_lr(cls, 0.05)}], **kw)
     opt2.load_state_dict(sd)
     run(opt2, copies, range(10, 25), dtype)
     for a, b in zip(ps, copies):
@@ -59,7 +59,7 @@ def test_layout_is_torchs(cls, kw):
     run(opt, ps, range(1), np.float64)
     sd = opt.state_dict()
     assert [g["params"] for g in sd["param_groups"]] == [[0, 1], [2]]
-    assert sd["param_groups"][1]["lr"] == 0.05
+    assert sd["param_groups"][1]["lr"] == registry.second_lr(cls, 0.05)
     if cls is fo.optim.SGD and kw.get("momentum", 0) == 0:
         assert all(v == {} for v in sd["state"].values())
     else:

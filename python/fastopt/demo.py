@@ -80,6 +80,7 @@ REGISTRY: dict[str, Entry] = {
     "AdEMAMix": Entry(optim.AdEMAMix, 0.01),
     "AdamWScheduleFree": Entry(optim.AdamWScheduleFree, 0.02),
     "SGDScheduleFree": Entry(optim.SGDScheduleFree, 0.05),
+    "Prodigy": Entry(optim.Prodigy, 1.0),
     "Lamb": Entry(optim.Lamb, 0.03),
     "Adafactor": Entry(optim.Adafactor, 1.0),
     "LBFGS": Entry(optim.LBFGS, 1.0, {"max_iter": 1, "history_size": 10}, closure=True),
@@ -265,7 +266,7 @@ SURFACES: dict[str, Surface] = {
          "Adam": 0.2, "AdamW": 0.2, "AdaBound": 0.2, "AMSBound": 0.2, "Adadelta": 1.0, "Adamax": 0.3,
          "NAdam": 0.2, "RAdam": 0.2, "ASGD": 0.05, "Rprop": 0.01, "Lion": 0.1, "AdaBelief": 0.2,
          "ADOPT": 0.2, "AdEMAMix": 0.05, "AdamWScheduleFree": 0.2, "SGDScheduleFree": 0.05,
-         "Lamb": 0.1, "Adafactor": 0.3, "LBFGS": 0.5},
+         "Prodigy": 1.0, "Lamb": 0.1, "Adafactor": 0.3, "LBFGS": 0.5},
         steps=100, minima=((0.0, 0.0),),
         caption="SGD, at a rate near the largest the steep y direction allows (2/20), zigzags across "
         "the valley; momentum overshoots in both directions and spirals in; Nesterov damps the y "
@@ -281,7 +282,7 @@ SURFACES: dict[str, Surface] = {
          "Adam": 0.05, "AdamW": 0.05, "AdaBound": 0.05, "AMSBound": 0.05, "Adadelta": 1.0,
          "Adamax": 0.05, "NAdam": 0.05, "RAdam": 0.05, "ASGD": 0.1, "Rprop": 0.01, "Lion": 0.03,
          "AdaBelief": 0.05, "ADOPT": 0.05, "AdEMAMix": 0.02, "AdamWScheduleFree": 0.05,
-         "SGDScheduleFree": 0.1, "Lamb": 0.03, "Adafactor": 0.05, "LBFGS": 0.1},
+         "SGDScheduleFree": 0.1, "Prodigy": 1.0, "Lamb": 0.03, "Adafactor": 0.05, "LBFGS": 0.1},
         steps=60, minima=((0.0, 1.0), (0.0, -1.0)), saddles=((0.0, 0.0),),
         caption="Starting at y = 0.000001, gradient descent and its momentum variants follow the x "
         "axis into the saddle and are still there after 60 steps (the y gradient, -y, is too small "
@@ -298,7 +299,7 @@ SURFACES: dict[str, Surface] = {
          "Adam": 0.02, "AdamW": 0.02, "AdaBound": 0.02, "AMSBound": 0.02, "Adadelta": 0.5,
          "Adamax": 0.02, "NAdam": 0.02, "RAdam": 5e-3, "ASGD": 1e-3, "Rprop": 0.01, "Lion": 3e-3,
          "AdaBelief": 0.02, "ADOPT": 0.02, "AdEMAMix": 5e-3, "AdamWScheduleFree": 0.02,
-         "SGDScheduleFree": 1e-3, "Lamb": 0.03, "Adafactor": 0.1, "LBFGS": 0.1},
+         "SGDScheduleFree": 1e-3, "Prodigy": 1.0, "Lamb": 0.03, "Adafactor": 0.1, "LBFGS": 0.1},
         steps=1000, minima=((1.0, 1.0),), log_levels=True,
         # AdaBound's step size is clipped into bounds that close in on final_lr (scaled by
         # lr / initial lr); past 2 / (the valley's curvature, about 1000 near the minimum)

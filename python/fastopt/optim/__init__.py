@@ -10,8 +10,9 @@ from .interop import to_torch_state_dict
 from .lamb import Lamb
 from .lbfgs import LBFGS
 from .muon import Muon
+from .prodigy import Prodigy
 from .optimizer import Optimizer, required
 from .rmsprop import RMSprop
 from .sgd import SGD
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop", "AdaBound", "AMSBound", "Lion", "AdaBelief", "ADOPT", "AdEMAMix", "AdamWScheduleFree", "SGDScheduleFree", "Lamb", "Adafactor", "LBFGS", "Muon", "functional", "lr_scheduler", "required", "to_torch_state_dict"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop", "AdaBound", "AMSBound", "Lion", "AdaBelief", "ADOPT", "AdEMAMix", "AdamWScheduleFree", "SGDScheduleFree", "Lamb", "Adafactor", "LBFGS", "Muon", "Prodigy", "functional", "lr_scheduler", "required", "to_torch_state_dict"]

@@ -25,12 +25,13 @@ def step(
     grad_scale: float = 1.0,
     check_only: bool = False,
     cache: Any = None,
-) -> None:
+) -> tuple[float, float] | None:
     """One step of ``rule`` over a group. ``states`` and ``counters`` are lists of
     per-parameter lists in the order ``rule.layout()`` gives; ``cache`` is the group's
-    ``CheckCache``."""
+    ``CheckCache``. Returns None, or the group's two sums for a pass that sums
+    (``prodigy_stats``)."""
     # Positional: the compiled function parses keywords slower than it checks a tensor.
-    _kernels.step(rule, params, grads, states, counters, fresh, grad_scale, check_only, cache)
+    return _kernels.step(rule, params, grads, states, counters, fresh, grad_scale, check_only, cache)
 
 
 def adafactor_step(*args: Any, **kwargs: Any) -> None:

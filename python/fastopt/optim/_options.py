@@ -71,6 +71,7 @@ CHECKS: dict[str, Callable[[Any, str], None]] = {
     "betas": check_betas,
     **{flag: check_bool for flag in (
         "amsgrad", "maximize", "decoupled_weight_decay", "nesterov", "centered", "bias_correction", "amsbound",
+        "decouple", "use_bias_correction", "safeguard_warmup",
     )},
 }
 

@@ -19,8 +19,9 @@ from .elementwise import (adabelief, adabound, adadelta, adamax, adamw_schedulef
                           nadam, radam, rprop, sgd_schedulefree)
 from .lamb import lamb
 from .muon import muon
+from .prodigy import prodigy
 from .rmsprop import rmsprop
 from .sgd import sgd
 
-__all__ = ["adabelief", "adabound", "adafactor", "ademamix", "adopt", "adadelta", "adagrad", "adam", "adamax", "adamw", "amsbound", "asgd", "lamb", "lion", "muon",
+__all__ = ["adabelief", "adabound", "adafactor", "ademamix", "adopt", "adadelta", "adagrad", "adam", "adamax", "adamw", "amsbound", "asgd", "lamb", "lion", "muon", "prodigy",
            "nadam", "radam", "rmsprop", "rprop", "sgd", "adamw_schedulefree", "sgd_schedulefree"]

@@ -246,6 +246,10 @@ class Optimizer:
 
     #: Whether a step changes values in the param groups (Schedule-Free's counters).
     _steps_change_groups: bool = False
+    #: Whether one step spans every group at once (Prodigy's estimate sums over all of them
+    #: between two passes): such an optimizer overrides ``_write_groups``, which every step
+    #: then goes through.
+    _global_step: bool = False
 
     #: Set by the first learning-rate scheduler made for this optimizer (torch's step-order
     #: warning counts optimizer steps from then on).
@@ -495,7 +499,8 @@ class Optimizer:
             loss = None if closure is None else closure()
             self._opt_called = True  # read by the schedulers' step-order warning
             groups = self.param_groups
-            if len(groups) == 1 and grads is None and max_grad_norm is None and not skip_if_nonfinite:
+            if (len(groups) == 1 and grads is None and max_grad_norm is None and not skip_if_nonfinite
+                    and not self._global_step):
                 # _write_groups' work for one group, inline (the common small step).
                 self._group_wrote = False
                 try:

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Spec", "OPTIMIZERS", "by_name", "configs"]
+__all__ = ["Spec", "OPTIMIZERS", "by_name", "configs", "second_lr"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,9 @@ class Spec:
     closure: bool = False
     #: Whether the optimizer takes 2-D parameters only (Muon): the suites give it matrices.
     matrix: bool = False
+    #: Whether every param group must have the largest lr or 0 (Prodigy, whose estimate
+    #: spans the groups): the suites give its second group lr 0 (:func:`second_lr`).
+    one_lr: bool = False
 
 
 def _product(**axes: list[Any]) -> tuple[dict[str, Any], ...]:
@@ -255,6 +258,17 @@ OPTIMIZERS: tuple[Spec, ...] = (
         bench={"lr": 1e-2}, moved=6,
     ),
     Spec(
+        "Prodigy", None, "the authors' prodigyopt.Prodigy",
+        configs=({"lr": 1.0}, {"lr": 1.0, "weight_decay": 0.1, "decouple": False, "betas": (0.0, 0.99)},
+                 {"lr": 0.5, "use_bias_correction": True, "safeguard_warmup": True, "growth_rate": 1.05}),
+        bad=(({"d0": 0.0}, ValueError, "Invalid d0 value: 0.0"),
+             ({"betas": (0.9, 1.0)}, ValueError, "Invalid beta parameter at index 1: 1.0"),
+             ({"slice_p": 11}, ValueError, "slice_p=11 is not supported"),
+             ({"decouple": 1}, TypeError, "decouple must be a bool")),
+        state=("exp_avg", "exp_avg_sq", "p0", "s", "step"), written=("s", "s_list"),
+        bench={"lr": 1.0}, moved=13, one_lr=True,
+    ),
+    Spec(
         "Lamb", None, "the paper's Algorithm 2 (NumPy)",
         configs=({"lr": 0.01, "weight_decay": 0.01},),
         bad=(({"eps": -1.0}, ValueError, "Invalid epsilon value: -1.0"),),
@@ -294,6 +308,12 @@ def by_name(name: str) -> Spec:
         if spec.name == name:
             return spec
     raise KeyError(name)
+
+
+def second_lr(cls: type, lr: float) -> float:
+    """The lr the suites give a second param group of optimizer class ``cls``: ``lr``, or 0
+    where every group must have the largest lr or 0 (:attr:`Spec.one_lr`)."""
+    return 0.0 if by_name(cls.__name__).one_lr else lr
 
 
 def configs(*, closure: bool = False, torch_only: bool = False, matrix: bool = False) -> list[tuple[str, dict[str, Any]]]:

@@ -73,7 +73,8 @@ pub fn rule_names() -> Vec<&'static str> {
 /// multiplies every gradient element as it is read (clipping folded into the step). With
 /// ``check_only`` every argument is checked and nothing is written. ``cache``: the group's
 /// ``CheckCache``, so a step over the same arrays confirms them instead of checking again.
-/// Positional: keyword parsing would cost more than checking a tensor.
+/// Returns None, or for a rule whose pass sums over the group (``prodigy_stats``) the two
+/// float64 sums. Positional: keyword parsing would cost more than checking a tensor.
 #[pyfunction]
 #[pyo3(signature = (rule, params, grads, states, counters, fresh=None, grad_scale=1.0, check_only=false, cache=None))]
 #[allow(clippy::too_many_arguments)]
@@ -88,7 +89,7 @@ pub fn step<'py>(
     grad_scale: f64,
     check_only: bool,
     cache: Option<&Bound<'py, CheckCache>>,
-) -> PyResult<()> {
+) -> PyResult<Option<(f64, f64)>> {
     let cfg = rule.get().cfg;
     let (state_names, counter_names) = cfg.layout();
     let state_lists = items(states, "states")?;
@@ -109,7 +110,7 @@ pub fn step<'py>(
     if let Some(c) = confirm(&guard, &stable, grads)? {
         if fresh.is_empty() || fresh.len() == c.grads.len() {
             if check_only {
-                return Ok(());
+                return Ok(None);
             }
             let (s, k) = c.stable[1..].split_at(ns);
             return CheckCache::count(cache, by_dtype!(c.dtype, run(py, &cfg, &c.stable[0], &c.grads, s, k, &fresh, grad_scale)));
@@ -131,7 +132,7 @@ pub fn step<'py>(
     g.finish()?;
     remember(&mut guard, &g, &stable);
     if check_only {
-        return Ok(());
+        return Ok(None);
     }
     CheckCache::count(cache, by_dtype!(g.dtype, run(py, &cfg, &p, &gr, &s, &c, &fresh, grad_scale)))
 }
@@ -146,7 +147,7 @@ fn run<T: Float + numpy::Element + fastopt_core::optim::Storage<Arith = T>>(
     c: &[Vec<Raw>],
     fresh: &[bool],
     grad_scale: f64,
-) -> PyResult<()> {
+) -> PyResult<Option<(f64, f64)>> {
     let n = p.len();
     // Every tensor's state and counter references, tensor by tensor, in two allocations.
     // SAFETY: `Group` checked that each array has dtype `T` (counters: float32, one
@@ -169,5 +170,5 @@ fn run<T: Float + numpy::Element + fastopt_core::optim::Storage<Arith = T>>(
         let (param, grad) = unsafe { (p[i].slice_mut(), gr[i].slice()) };
         tensors.push(Tensor { param, grad, states: ts, counters: tc, fresh: fresh.get(i).copied().unwrap_or(false) });
     }
-    run_core(py, move || cfg.step(tensors, grad_scale))
+    run_core(py, move || cfg.step(tensors, grad_scale).map(|sums| sums.0))
 }

@@ -12,6 +12,7 @@ pub mod elementwise;
 pub mod engine;
 pub mod hyper;
 pub mod lamb;
+pub mod prodigy;
 pub mod rmsprop;
 pub mod sgd;
 
@@ -20,6 +21,7 @@ pub use adam::AdamConfig;
 pub use elementwise::{AdaBeliefConfig, AdaBoundConfig, AdadeltaConfig, AdamaxConfig, AdemamixConfig, AdoptConfig, AsgdConfig, LionConfig, NadamConfig, RadamConfig, RpropConfig, ScheduleFreeConfig, MuonMomentumConfig, ScaledAddConfig};
 pub use engine::{Layout, StateName, Storage, Tensor};
 pub use lamb::LambConfig;
+pub use prodigy::{ProdigyStatsConfig, ProdigyUpdateConfig};
 pub use rmsprop::RmspropConfig;
 pub use sgd::SgdConfig;
 
@@ -71,9 +73,9 @@ macro_rules! rules {
                 tensors: Vec<Tensor<'_, P, S>>,
                 grad_scale: f64,
                 level: SimdLevel,
-            ) -> Result<(), Error> {
+            ) -> Result<Sums, Error> {
                 match self {
-                    $(Config::$variant(h) => ($step)(h, tensors, grad_scale, level)),*
+                    $(Config::$variant(h) => ($step)(h, tensors, grad_scale, level).map(Sums::from)),*
                 }
             }
         }
@@ -105,13 +107,35 @@ rules! {
     ScheduleFree(ScheduleFreeConfig) = "schedulefree", |h: &ScheduleFreeConfig| if h.adam { e::SCHEDULEFREE_ADAM } else { e::SCHEDULEFREE_SGD }, e::schedulefree;
     /// Two passes: moments and norms, then the update.
     Lamb(LambConfig) = "lamb", |_| lamb::LAYOUT, lamb::step;
+    /// Prodigy's two passes, with the estimate of its step size between them (the caller's:
+    /// it needs the sums of every group); the first returns the group's sums.
+    ProdigyStats(ProdigyStatsConfig) = "prodigy_stats", |h: &ProdigyStatsConfig| prodigy::layout(h.beta1), prodigy::stats;
+    ProdigyUpdate(ProdigyUpdateConfig) = "prodigy_update", |h: &ProdigyUpdateConfig| prodigy::layout(h.beta1), prodigy::update;
+}
+
+/// What a step returns: nothing, or for the first pass of an optimizer whose estimate spans
+/// every group (Prodigy) the group's two float64 sums.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sums(pub Option<(f64, f64)>);
+
+impl From<()> for Sums {
+    fn from(_: ()) -> Sums {
+        Sums(None)
+    }
+}
+
+impl From<(f64, f64)> for Sums {
+    fn from(sums: (f64, f64)) -> Sums {
+        Sums(Some(sums))
+    }
 }
 
 impl Config {
     /// One step over every tensor of a group, in place, each gradient element multiplied by
     /// `grad_scale` as it is read (clipping folded into the step; 1 leaves it as it is).
-    /// Checks every tensor before touching any.
-    pub fn step<P: Storage, S: Storage<Arith = P::Arith>>(&self, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64) -> Result<(), Error> {
+    /// Checks every tensor before touching any. Returns [`Sums`] (none but for a first pass
+    /// that sums).
+    pub fn step<P: Storage, S: Storage<Arith = P::Arith>>(&self, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64) -> Result<Sums, Error> {
         self.step_at(tensors, grad_scale, simd::level())
     }
 }
