@@ -87,6 +87,42 @@ def torch_optimizer(name: str, variant: str, p0: np.ndarray, g: np.ndarray, **kw
     return getattr(torch.optim, name)([tp], **kw, **flags)
 
 
+#: The authors' (or the reference library's) torch implementation of each optimizer torch
+#: lacks: name -> (module, class, extra arguments). The report's "official" column.
+OFFICIAL = {
+    "ADOPT": ("pytorch_optimizer", "ADOPT", {}),
+    "AdEMAMix": ("pytorch_optimizer", "AdEMAMix", {}),
+    "Lion": ("pytorch_optimizer", "Lion", {}),
+    "AdaBelief": ("adabelief_pytorch", "AdaBelief", {"print_change_log": False}),
+    "AdamWScheduleFree": ("schedulefree", "AdamWScheduleFree", {}),
+    "SGDScheduleFree": ("schedulefree", "SGDScheduleFree", {}),
+    "Prodigy": ("prodigyopt", "Prodigy", {}),
+    "Lamb": ("torch_optimizer", "Lamb", {}),
+}
+
+
+def official_optimizer(name: str, p0: np.ndarray, g: np.ndarray, **kw):
+    """The step of :data:`OFFICIAL`'s implementation of ``name`` over one torch tensor (put in
+    train mode where it has one). Raises NotImplementedError (asv: skipped) without torch or
+    the package."""
+    import importlib
+
+    if name not in OFFICIAL:
+        raise NotImplementedError(f"no official torch implementation of {name} is listed")
+    torch = require_torch()
+    module, cls, extra = OFFICIAL[name]
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise NotImplementedError(f"{module} is not installed") from e
+    tp = torch.nn.Parameter(torch.from_numpy(p0.copy()))
+    tp.grad = torch.from_numpy(g.copy())
+    opt = getattr(mod, cls)([tp], **kw, **extra)
+    if hasattr(opt, "train"):
+        opt.train()
+    return opt.step
+
+
 def optax_optimizer(name: str, p0: np.ndarray, g: np.ndarray, **kw):
     """A step of optax's version of ``name`` ('Adam', 'AdamW', 'SGD' with momentum, 'Lion',
     'Lamb' or 'AdaBelief', with fastopt's defaults for the hyperparameters ``kw`` leaves out)
@@ -468,6 +504,47 @@ class NumpyAdEMAMix(_NumpyBase):
         tmp2 /= tmp
         tmp2 *= self.lr
         self.p -= tmp2
+
+
+class NumpyProdigy(_NumpyBase):
+    """The authors' Prodigy step in place (one tensor, decoupled decay off, no bias correction)."""
+
+    def __init__(self, p, g, lr=1.0, betas=(0.9, 0.999), eps=1e-8, d0=1e-6):
+        super().__init__(p, g)
+        self.lr, (self.b1, self.b2), self.eps, self.d0 = lr, betas, eps, d0
+        self.b3 = betas[1] ** 0.5
+        self.d, self.d_max, self.numerator = d0, d0, 0.0
+        self.m, self.v, self.s, self.p0 = np.zeros_like(p), np.zeros_like(p), np.zeros_like(p), p.copy()
+
+    def step(self):
+        g, tmp, d = self.g, self.tmp, self.d
+        dlr = d * self.lr
+        np.subtract(self.p0, self.p, out=tmp)
+        self.numerator = self.numerator * self.b3 + (d / self.d0) * dlr * float(np.vdot(g, tmp))
+        self.m *= self.b1
+        np.multiply(g, d * (1 - self.b1), out=tmp)
+        self.m += tmp
+        self.v *= self.b2
+        np.multiply(g, g, out=tmp)
+        tmp *= d * d * (1 - self.b2)
+        self.v += tmp
+        self.s *= self.b3
+        np.multiply(g, (d / self.d0) * dlr, out=tmp)
+        self.s += tmp
+        np.abs(self.s, out=tmp)
+        denom = float(tmp.sum())
+        if denom == 0:
+            return
+        d_hat = self.numerator / denom
+        if d == self.d0:
+            d = max(d, d_hat)
+        self.d_max = max(self.d_max, d_hat)
+        self.d = d = min(self.d_max, d)
+        np.sqrt(self.v, out=tmp)
+        tmp += d * self.eps
+        np.divide(self.m, tmp, out=tmp)
+        tmp *= dlr
+        self.p -= tmp
 
 
 class NumpyScheduleFree(_NumpyBase):

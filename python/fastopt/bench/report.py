@@ -11,8 +11,10 @@ median over rounds of the per-step time within a block. Sections:
    2 threads, the ratio of torch's fastest path (best of its paths and thread counts) to
    fastopt's best, the ratios to NumPy and optax, and from 1e7 elements the fraction of the
    probe's copy bandwidth fastopt reaches (the bytes one pass must read and write / time /
-   copy rate). The optimizers torch lacks (AdaBound, AMSBound, Lion, AdaBelief, LAMB) are
-   compared with careful NumPy and, for Lion, LAMB and AdaBelief, optax;
+   copy rate). The optimizers torch lacks are compared with their authors' (or the reference
+   library's) torch implementation where one is installed (``peers.OFFICIAL``: ADOPT,
+   AdEMAMix, Lion, AdaBelief, Schedule-Free, Prodigy, LAMB; the best of 1 and 2 threads),
+   careful NumPy and, for Lion, LAMB and AdaBelief, optax;
 3. many tensors per step (Adam): ResNet-50's 161 parameters, 200 small tensors, 161
    one-element tensors;
 4. every element-wise optimizer at 1e7 elements against Adam, ns per element.
@@ -61,8 +63,11 @@ from .peers import (
     NumpySGD,
     NumpyADOPT,
     NumpyAdEMAMix,
+    NumpyProdigy,
     NumpyScheduleFree,
+    OFFICIAL,
     interleaved,
+    official_optimizer,
     optax_optimizer,
     problem,
     torch_optimizer,
@@ -92,6 +97,7 @@ _NUMPY = {
     "AdEMAMix": lambda kw: lambda p, g: NumpyAdEMAMix(p, g, **kw).step,
     "AdamWScheduleFree": lambda kw: lambda p, g: NumpyScheduleFree(p, g, **kw).step,
     "SGDScheduleFree": lambda kw: lambda p, g: NumpyScheduleFree(p, g, adam=False, **kw).step,
+    "Prodigy": lambda kw: lambda p, g: NumpyProdigy(p, g, **kw).step,
 }
 
 #: key -> (fastopt/torch class name, arguments, careful NumPy step factory), for every
@@ -130,6 +136,9 @@ def single_step_impls(name: str, kwargs: dict, numpy_factory, n: int, have_torch
             for v in ["default", "foreach"] + (["fused"] if name in TORCH_FUSED else []):
                 p0, g = problem(n)
                 out[f"torch {v} {threads}T"] = (threads, torch_optimizer(name, v, p0, g, **kwargs).step)
+        if have_torch and name in OFFICIAL and importlib.util.find_spec(OFFICIAL[name][0]) is not None:
+            p0, g = problem(n)
+            out[f"official {threads}T"] = (threads, official_optimizer(name, p0, g, **kwargs))
     if numpy_factory is not None:
         p0, g = problem(n)
         out["numpy"] = (1, numpy_factory(p0, g))
@@ -218,26 +227,31 @@ def run(sizes: list[int], optimizers: list[str], rounds: int, block: float, work
 
     lines += [f"float32, one tensor, ns per element (median of {rounds} interleaved rounds; optax under jax.jit "
               "with donated buffers, where installed). \"vs torch\": "
-              "torch's fastest path and thread count over fastopt's best of 1 and 2 threads. "
+              "torch's fastest path and thread count over fastopt's best of 1 and 2 threads (\"vs official\": the "
+              "same for the authors' implementation of an optimizer torch lacks). "
               "\"of copy BW\": bytes one step must read and write per second over the probe's copy rate "
               "at fastopt's best thread count, from 1e7 elements (below, the buffers fit in the caches of "
               "most machines and the fraction would exceed 100%).", ""]
     for key in optimizers:
         name, kwargs, numpy_factory = OPTIMIZERS[key]
-        header = ("| N | fastopt 1T | fastopt 2T | torch default | torch foreach | torch fused 1T | torch fused 2T "
-                  "| numpy | optax (jit) | vs torch | vs numpy | vs optax | of copy BW |")
+        official = name in OFFICIAL and have_torch
+        header = ("| N | fastopt 1T | fastopt 2T | " + (f"{OFFICIAL[name][0]} (best T) | " if official else
+                  "torch default | torch foreach | torch fused 1T | torch fused 2T ")
+                  + "| numpy | optax (jit) | vs " + ("official" if official else "torch")
+                  + " | vs numpy | vs optax | of copy BW |")
         lines += [f"#### {name} {kwargs}", "", header, "|" + "---|" * (header.count("|") - 1)]
         for n in sizes:
             times = interleaved(single_step_impls(name, kwargs, numpy_factory, n, have_torch), rounds, block)
             ns = {k: v / n * 1e9 for k, v in times.items()}
             ours, our_key = _best(times, "fastopt")
-            torch_best, _ = _best(times, "torch")
+            torch_best, _ = _best(times, "official" if official else "torch")
             cell = lambda k: f"{ns[k]:.3f}" if k in ns else "-"  # noqa: E731
             best_ns = lambda prefix: f"{_best(ns, prefix)[0]:.3f}" if _best(ns, prefix)[1] else "-"  # noqa: E731
             frac = _fraction(ARRAYS_MOVED[name] * 4 * n, ours, our_key, probe) if n >= 10_000_000 else "-"
+            peers = (f"{best_ns('official')} | " if official else f"{best_ns('torch default')} | "
+                     f"{best_ns('torch foreach')} | {cell('torch fused 1T')} | {cell('torch fused 2T')} | ")
             lines.append(
-                f"| {n:.0e} | {cell('fastopt 1T')} | {cell('fastopt 2T')} | {best_ns('torch default')} | "
-                f"{best_ns('torch foreach')} | {cell('torch fused 1T')} | {cell('torch fused 2T')} | {cell('numpy')} | "
+                f"| {n:.0e} | {cell('fastopt 1T')} | {cell('fastopt 2T')} | {peers}{cell('numpy')} | "
                 f"{cell('optax')} | " + (f"**{torch_best / ours:.2f}x**" if torch_best == torch_best else "-") + " | "
                 + (f"{times['numpy'] / ours:.2f}x" if "numpy" in times else "-")
                 + " | " + (f"{times['optax'] / ours:.2f}x" if "optax" in times else "-") + f" | {frac} |"
