@@ -244,29 +244,32 @@ impl<T: Float> Stepwise<T> for Lion<T> {
 /// while the variance is not tractable the step is SGD with momentum (`degenerated_to_sgd`)
 /// or none.
 #[derive(Clone, Copy, Debug)]
-struct AdaBelief<T, const AMS: bool> {
+struct AdaBelief<T, const AMS: bool, const KIND: u8> {
     g: Grad<T>,
     m: Ema<T>,
     v: Ema<T>,
     eps: T,
-    mode: BeliefStep<T>,
+    /// This step's update (one of the kinds below) and its constants.
+    kind: u8,
+    k: [T; 3],
 }
 
-/// This step's update of AdaBelief, per the authors' code.
-#[derive(Clone, Copy, Debug)]
-enum BeliefStep<T> {
-    /// Not rectified: `p -= lr / bc1 * m / (sqrt(s) / sqrt(bc2) + eps)` (with `s` the maximum
-    /// under AMSGrad).
-    Adam { neg_step_size: T, bc2_sqrt: T, inv_bc2_sqrt: T },
-    /// Rectified: `p -= lr * r * m / (sqrt(s) + eps)` (their code takes `s`, not the maximum).
-    Rectified { neg_rate: T },
-    /// Early rectified steps: SGD with momentum, `p -= lr / bc1 * m`.
-    Sgd { neg_rate: T },
-    /// Early rectified steps without `degenerated_to_sgd`: no update.
-    Skip,
-}
+// This step's update of AdaBelief, per the authors' code. A rule's `KIND` is the kind every
+// tensor of the call takes, so the loop is compiled without choosing (and vectorizes), or
+// `ANY_KIND` (tensors at different steps), which chooses per tensor.
+const ANY_KIND: u8 = 0;
+/// Not rectified: `p -= lr / bc1 * m / (sqrt(s) / sqrt(bc2) + eps)` (with `s` the maximum
+/// under AMSGrad); `k = [-lr / bc1, sqrt(bc2), 1 / sqrt(bc2)]`.
+const ADAM_KIND: u8 = 1;
+/// Rectified: `p -= lr * r * m / (sqrt(s) + eps)` (their code takes `s`, not the maximum);
+/// `k[0] = -lr * r`.
+const RECTIFIED_KIND: u8 = 2;
+/// Early rectified steps: SGD with momentum, `p -= lr / bc1 * m`; `k[0] = -lr / bc1`.
+const SGD_KIND: u8 = 3;
+/// Early rectified steps without `degenerated_to_sgd`: no update.
+const SKIP_KIND: u8 = 4;
 
-impl<T: Float, const AMS: bool> Rule<T> for AdaBelief<T, AMS> {
+impl<T: Float, const AMS: bool, const KIND: u8> Rule<T> for AdaBelief<T, AMS, KIND> {
     const STATES: usize = 2 + AMS as usize;
     #[inline(always)]
     fn update<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
@@ -283,14 +286,15 @@ impl<T: Float, const AMS: bool> Rule<T> for AdaBelief<T, AMS> {
         } else {
             var
         };
-        match self.mode {
-            BeliefStep::Adam { neg_step_size, bc2_sqrt, inv_bc2_sqrt } => {
-                let denom = A::div_by_const(top.sqrt(), bc2_sqrt, inv_bc2_sqrt) + self.eps;
-                p + neg_step_size * (m / denom)
+        let [k0, k1, k2] = self.k;
+        match if KIND == ANY_KIND { self.kind } else { KIND } {
+            ADAM_KIND => {
+                let denom = A::div_by_const(top.sqrt(), k1, k2) + self.eps;
+                p + k0 * (m / denom)
             }
-            BeliefStep::Rectified { neg_rate } => p + neg_rate * (m / (var.sqrt() + self.eps)),
-            BeliefStep::Sgd { neg_rate } => A::madd(m, neg_rate, p),
-            BeliefStep::Skip => p,
+            RECTIFIED_KIND => p + k0 * (m / (var.sqrt() + self.eps)),
+            SGD_KIND => A::madd(m, k0, p),
+            _ => p,
         }
     }
 }
@@ -635,32 +639,50 @@ pub fn adabelief<P: Storage, S: Storage<Arith = P::Arith>>(h: &AdaBeliefConfig, 
 }
 
 fn adabelief_as<P: Storage, S: Storage<Arith = P::Arith>, const AMS: bool>(h: &AdaBeliefConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
+    // The kind of update each tensor takes at its next step (`next_step`'s count); one kind
+    // for all, the usual case, compiles the loop for that kind only.
+    let kinds: Vec<u8> = tensors.iter().map(|t| t.counters.first().map_or(ANY_KIND, |c| belief_step::<P::Arith>(h, (**c + 1.0) as f64).0)).collect();
+    match kinds.split_first() {
+        Some((&k, rest)) if rest.iter().all(|&r| r == k) => match k {
+            ADAM_KIND => adabelief_kind::<P, S, AMS, ADAM_KIND>(h, tensors, grad_scale, level),
+            RECTIFIED_KIND => adabelief_kind::<P, S, AMS, RECTIFIED_KIND>(h, tensors, grad_scale, level),
+            SGD_KIND => adabelief_kind::<P, S, AMS, SGD_KIND>(h, tensors, grad_scale, level),
+            SKIP_KIND => adabelief_kind::<P, S, AMS, SKIP_KIND>(h, tensors, grad_scale, level),
+            _ => adabelief_kind::<P, S, AMS, ANY_KIND>(h, tensors, grad_scale, level),
+        },
+        _ => adabelief_kind::<P, S, AMS, ANY_KIND>(h, tensors, grad_scale, level),
+    }
+}
+
+/// The kind of AdaBelief's update at `step` and its constants (see `ADAM_KIND` and the rest).
+fn belief_step<T: Float>(h: &AdaBeliefConfig, step: f64) -> (u8, [T; 3]) {
     let (b1, b2) = (h.beta1, h.beta2);
+    let t = |x: f64| T::from_f64(x);
+    if !h.rectify {
+        let bc2_sqrt = t(bias_correction(b2, step).sqrt());
+        return (ADAM_KIND, [t(-(h.lr / bias_correction(b1, step))), bc2_sqrt, T::ONE / bc2_sqrt]);
+    }
+    // RAdam's length of the approximated simple moving average, as their code.
+    let beta2_t = b2.powf(step);
+    let n_max = 2.0 / (1.0 - b2) - 1.0;
+    let n = n_max - 2.0 * step * beta2_t / (1.0 - beta2_t);
+    if n >= 5.0 {
+        let r = ((1.0 - beta2_t) * (n - 4.0) / (n_max - 4.0) * (n - 2.0) / n * n_max / (n_max - 2.0)).sqrt() / (1.0 - b1.powf(step));
+        (RECTIFIED_KIND, [t(-r * h.lr), T::ZERO, T::ZERO])
+    } else if h.degenerated_to_sgd {
+        (SGD_KIND, [t(-(1.0 / (1.0 - b1.powf(step))) * h.lr), T::ZERO, T::ZERO])
+    } else {
+        (SKIP_KIND, [T::ZERO; 3])
+    }
+}
+
+fn adabelief_kind<P: Storage, S: Storage<Arith = P::Arith>, const AMS: bool, const KIND: u8>(h: &AdaBeliefConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
     // (fixed_decay: the factor is 1 - wd, i.e. the decoupled decay with lr taken as 1)
     let g = Grad::new(h.maximize, grad_scale, h.weight_decay, h.decoupled_weight_decay, if h.fixed_decay { 1.0 } else { h.lr });
     let layout = if AMS { ADABELIEF_AMS } else { ADABELIEF };
     engine::run(tensors, layout, level, |c, _| {
-        let step = next_step(c);
-        let bc1 = bias_correction(b1, step);
-        let t = |x: f64| P::Arith::from_f64(x);
-        let mode = if !h.rectify {
-            let bc2_sqrt = t(bias_correction(b2, step).sqrt());
-            BeliefStep::Adam { neg_step_size: t(-(h.lr / bc1)), bc2_sqrt, inv_bc2_sqrt: P::Arith::ONE / bc2_sqrt }
-        } else {
-            // RAdam's length of the approximated simple moving average, as their code.
-            let beta2_t = b2.powf(step);
-            let n_max = 2.0 / (1.0 - b2) - 1.0;
-            let n = n_max - 2.0 * step * beta2_t / (1.0 - beta2_t);
-            if n >= 5.0 {
-                let r = ((1.0 - beta2_t) * (n - 4.0) / (n_max - 4.0) * (n - 2.0) / n * n_max / (n_max - 2.0)).sqrt() / (1.0 - b1.powf(step));
-                BeliefStep::Rectified { neg_rate: t(-r * h.lr) }
-            } else if h.degenerated_to_sgd {
-                BeliefStep::Sgd { neg_rate: t(-(1.0 / (1.0 - b1.powf(step))) * h.lr) }
-            } else {
-                BeliefStep::Skip
-            }
-        };
-        AdaBelief::<P::Arith, AMS> { g, m: Ema::new(b1), v: Ema::new(b2), eps: t(h.eps), mode }
+        let (kind, k) = belief_step(h, next_step(c));
+        AdaBelief::<P::Arith, AMS, KIND> { g, m: Ema::new(h.beta1), v: Ema::new(h.beta2), eps: P::Arith::from_f64(h.eps), kind, k }
     })
 }
 
@@ -808,6 +830,39 @@ mod tests {
     use crate::simd::available;
     use crate::test_util::{data, lerp_ref, madd_ref, misaligned_lengths};
     use crate::optim::Config;
+
+    /// AdaBelief over tensors at different steps (each its own kind of update: the loop that
+    /// chooses per tensor) equals each tensor stepped alone (the loop compiled for its kind).
+    #[test]
+    fn adabelief_tensors_at_different_steps() {
+        let h = AdaBeliefConfig { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-16, weight_decay: 0.0, decoupled_weight_decay: true, fixed_decay: false, amsgrad: false, rectify: true, degenerated_to_sgd: true, maximize: false };
+        let n = 37;
+        let (p0, g) = (data(n, 1), data(n, 2));
+        // steps 0 and 5: an SGD step and a rectified one
+        let starts = [0.0f32, 5.0];
+        let mut alone: Vec<Vec<f64>> = vec![];
+        for &c0 in &starts {
+            let (mut p, mut m, mut v, mut c) = (p0.clone(), vec![0.1; n], vec![0.2; n], c0);
+            let mut st: Vec<&mut [f64]> = vec![&mut m, &mut v];
+            let mut cs: Vec<&mut f32> = vec![&mut c];
+            adabelief(&h, vec![Tensor { param: &mut p, grad: &g, states: &mut st, counters: &mut cs, fresh: false }], 1.0, SimdLevel::Scalar).unwrap();
+            alone.push(p);
+        }
+        let (mut pa, mut ma, mut va, mut ca) = (p0.clone(), vec![0.1; n], vec![0.2; n], starts[0]);
+        let (mut pb, mut mb, mut vb, mut cb) = (p0.clone(), vec![0.1; n], vec![0.2; n], starts[1]);
+        let mut sa: Vec<&mut [f64]> = vec![&mut ma, &mut va];
+        let mut sb: Vec<&mut [f64]> = vec![&mut mb, &mut vb];
+        let mut ka: Vec<&mut f32> = vec![&mut ca];
+        let mut kb: Vec<&mut f32> = vec![&mut cb];
+        let tensors = vec![
+            Tensor { param: &mut pa, grad: &g, states: &mut sa, counters: &mut ka, fresh: false },
+            Tensor { param: &mut pb, grad: &g, states: &mut sb, counters: &mut kb, fresh: false },
+        ];
+        adabelief(&h, tensors, 1.0, SimdLevel::Scalar).unwrap();
+        assert_eq!(pa, alone[0]);
+        assert_eq!(pb, alone[1]);
+        assert_ne!(alone[0], alone[1]);
+    }
 
     /// Runs `name` three times over a misaligned sub-slice at every level and checks it
     /// against `reference`, torch's sequence of whole-array operations.
