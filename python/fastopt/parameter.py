@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections import OrderedDict
+from typing import Any, Callable
 
 import numpy as np
+
+from .hooks import RemovableHandle, register
 
 #: The dtypes fastopt's kernels take.
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -50,11 +53,44 @@ class Parameter:
     array([-0.5, -0.5, -0.5], dtype=float32)
     """
 
-    __slots__ = ("_data", "_grad", "__weakref__")
+    __slots__ = ("_data", "_grad", "_grad_hooks", "__weakref__")
 
     def __init__(self, data: np.ndarray) -> None:
         self._data = _check_float_array(data, "data")
         self._grad: np.ndarray | None = None
+        self._grad_hooks: OrderedDict | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # (hooks are not saved, as torch's)
+        return {"_data": self._data, "_grad": self._grad}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._data, self._grad, self._grad_hooks = state["_data"], state["_grad"], None
+
+    def register_post_accumulate_grad_hook(self, hook: Callable[["Parameter"], None]) -> RemovableHandle:
+        """``hook(param)`` runs each time a :mod:`fastopt.nn` module's ``backward`` has added
+        this parameter's gradient into ``grad`` (torch's
+        ``Tensor.register_post_accumulate_grad_hook``): the gradient is final for that pass,
+        so a data-parallel wrapper can start reducing it while earlier layers are still being
+        differentiated. Returns a handle whose ``remove()`` unregisters the hook.
+
+        >>> p = fo.Parameter(np.zeros(2))
+        >>> seen = []
+        >>> handle = p.register_post_accumulate_grad_hook(lambda q: seen.append(q.grad.sum()))
+        >>> fo.nn.modules._accumulate(p, np.ones(2))
+        >>> seen
+        [np.float64(2.0)]
+        >>> handle.remove()
+        """
+        if self._grad_hooks is None:
+            self._grad_hooks = OrderedDict()
+        return register(self._grad_hooks, hook)
+
+    def _grad_accumulated(self) -> None:
+        """Runs the post-accumulate hooks (called by the modules' backward)."""
+        if self._grad_hooks:
+            for hook in list(self._grad_hooks.values()):
+                hook(self)
 
     @property
     def data(self) -> np.ndarray:

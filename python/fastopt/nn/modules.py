@@ -65,12 +65,14 @@ def _input(module: "Module", x: Any, dtype: np.dtype | None) -> np.ndarray:
 
 
 def _accumulate(p: Parameter, g: np.ndarray) -> None:
-    """``p.grad += g``, creating ``p.grad`` (a copy of ``g``) when it is None."""
+    """``p.grad += g``, creating ``p.grad`` (a copy of ``g``) when it is None; then the
+    parameter's post-accumulate hooks."""
     g = np.asarray(g, dtype=p.dtype).reshape(p.shape)
     if p.grad is None:
         p.grad = np.array(g, copy=True)
     else:
         np.add(p.grad, g, out=p.grad)
+    p._grad_accumulated()
 
 
 class _IncompatibleKeys(NamedTuple):
