@@ -1,0 +1,74 @@
+"""fastopt.distributed on several MPI ranks: pytest launches the scripts in tests/mpi under
+``mpiexec -n N python -m mpi4py`` (MPICH from PyPI, in the test extra) and checks that every
+rank reports OK. In CI a missing mpi4py or mpiexec fails these tests instead of skipping them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import _ci, oracle
+
+HERE = Path(__file__).parent / "mpi"
+
+
+def mpiexec() -> str:
+    oracle("mpi4py", "the MPI tests")
+    found = Path(sys.executable).parent / "mpiexec"
+    path = str(found) if found.exists() else shutil.which("mpiexec")
+    if path is None:
+        if _ci():
+            pytest.fail("mpiexec is required for the MPI tests in CI (mpich is in the test extra)")
+        pytest.skip("mpiexec is not installed")
+    return path
+
+
+def run(script: str, n: int, timeout: float = 300) -> subprocess.CompletedProcess:
+    # One kernel thread per rank (ranks share this machine's cores); the scripts import
+    # their helpers from tests/mpi.
+    env = dict(os.environ, FASTOPT_NUM_THREADS="1", PYTHONPATH=str(HERE), OMP_NUM_THREADS="1")
+    cmd = [mpiexec(), "-n", str(n), sys.executable, "-m", "mpi4py", str(HERE / script)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("script", ["equivalence.py", "overlap_and_broadcast.py", "bad_input.py"])
+def test_on_ranks(script, n):
+    r = run(script, n)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    for rank in range(n):
+        assert f"rank {rank}: OK" in r.stdout, out
+
+
+def test_an_exception_on_one_rank_ends_every_rank():
+    r = run("crash.py", 2, timeout=60)
+    assert r.returncode != 0
+    assert "rank 1 fails on purpose" in r.stderr
+    assert "unreachable" not in r.stdout
+
+
+def test_one_process_without_mpiexec():
+    """The wrapper on a single process (no mpiexec): the step is the plain step."""
+    oracle("mpi4py", "the MPI tests")
+    import numpy as np
+
+    import fastopt as fo
+    from fastopt.distributed import DistributedOptimizer
+
+    w = fo.Parameter(np.zeros(2))
+    opt = DistributedOptimizer(fo.optim.SGD([w], lr=0.1))
+    w.grad = np.ones(2)
+    opt.step()
+    np.testing.assert_array_equal(w.data, [-0.1, -0.1])
+
+
+def test_nothing_imports_mpi4py_unless_asked():
+    code = "import sys, fastopt, fastopt.optim, fastopt.nn; import fastopt.distributed; print('mpi4py' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
