@@ -46,6 +46,15 @@ def test_on_ranks(script, n):
         assert f"rank {rank}: OK" in r.stdout, out
 
 
+@pytest.mark.parametrize("n", [2, 4])
+def test_sync_batch_norm(n):
+    r = run("sync_batch_norm.py", n)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    for rank in range(n):
+        assert f"rank {rank}: OK" in r.stdout, out
+
+
 def test_an_exception_on_one_rank_ends_every_rank():
     r = run("crash.py", 2, timeout=60)
     assert r.returncode != 0

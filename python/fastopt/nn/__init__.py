@@ -5,12 +5,12 @@ forward/backward API (``Linear``, activations, ``BatchNorm1d``/``2d``, ``Dropout
 
 from . import functional, init, utils
 from .modules import (
-    ELU, GELU, SELU, BatchNorm1d, BatchNorm2d, CrossEntropyLoss, Dropout, Flatten, LeakyReLU, Linear,
+    ELU, GELU, SELU, BatchNorm1d, BatchNorm2d, CrossEntropyLoss, Dropout, Flatten, LeakyReLU, Linear, SyncBatchNorm,
     Module, MSELoss, PReLU, ReLU, Sequential, Sigmoid, SiLU, Softplus, Tanh,
 )
 
 __all__ = [
     "functional", "init", "utils", "Module", "Linear", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU",
-    "Sigmoid", "Tanh", "GELU", "SiLU", "Softplus", "BatchNorm1d", "BatchNorm2d", "Dropout", "Flatten",
+    "Sigmoid", "Tanh", "GELU", "SiLU", "Softplus", "BatchNorm1d", "BatchNorm2d", "SyncBatchNorm", "Dropout", "Flatten",
     "Sequential", "CrossEntropyLoss", "MSELoss",
 ]

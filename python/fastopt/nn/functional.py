@@ -23,6 +23,7 @@ cross-entropy and BatchNorm statistics accumulate in float64.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -44,7 +45,7 @@ __all__ = [
     "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
     "cross_entropy", "cross_entropy_backward",
     "mse_loss", "mse_loss_backward",
-    "batch_norm", "batch_norm_backward",
+    "batch_norm", "batch_norm_backward", "sync_batch_norm", "sync_batch_norm_backward",
 ]
 
 #: selu's constants, as torch's.
@@ -645,6 +646,182 @@ def batch_norm(
     if return_stats:
         return o, mean_t, invstd.astype(dt)
     return o
+
+
+def _merge_moments(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every rank's per-channel ``(count, mean, M2)`` (``rows[r]``, float64) merged in rank
+    order (Chan et al.'s pairwise update; empty ranks skipped): ``(count, mean, M2)``."""
+    n, mean, m2 = rows[0][0].copy(), rows[0][1].copy(), rows[0][2].copy()
+    for nb, mb, m2b in rows[1:]:
+        total = n + nb
+        with np.errstate(invalid="ignore", divide="ignore"):
+            delta = mb - mean
+            w = np.where(total > 0, nb / total, 0.0)
+            mean = np.where(nb > 0, mean + delta * w, mean)
+            m2 = np.where(nb > 0, m2 + m2b + delta * delta * n * w, m2)
+        n = total
+    return n, mean, m2
+
+
+def sync_batch_norm(
+    input: np.ndarray,
+    running_mean: np.ndarray | None,
+    running_var: np.ndarray | None,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    *,
+    comm: Any = None,
+    num_batches_tracked: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+    return_stats: bool = False,
+) -> Any:
+    r"""Training-mode :func:`batch_norm` over the batch of every MPI rank of ``comm``
+    (default ``MPI.COMM_WORLD``; mpi4py is imported here): each rank's per-channel count,
+    mean and sum of squared deviations :math:`M_2` (float64, from the same Rust pass as
+    BatchNorm) are gathered and merged in rank order,
+
+    .. math::
+
+        n = n_a + n_b, \qquad \mu = \mu_a + \delta \frac{n_b}{n}, \qquad
+        M_2 = M_{2,a} + M_{2,b} + \delta^2 \frac{n_a n_b}{n}, \qquad \delta = \mu_b - \mu_a,
+
+    so every rank normalizes with the statistics of the whole batch, exactly as one process
+    would (a rank may hold no rows, or one). The running statistics take the mean and the
+    unbiased variance :math:`M_2 / (n - 1)` over the total count, as torch's SyncBatchNorm.
+    ``return_stats=True`` returns ``(out, mean, invstd, count)`` for
+    :func:`sync_batch_norm_backward`.
+
+    Example (one rank; ``mpiexec -n N`` merges N):
+
+    >>> x = np.array([[1.0, 10.0], [3.0, 30.0]])
+    >>> np.round(fo.nn.functional.sync_batch_norm(x, None, None), 4)
+    array([[-1., -1.],
+           [ 1.,  1.]])
+    """
+    from ..distributed._optimizer import _comm
+
+    comm = _comm(comm)
+    x = _array(input, "input")
+    n, c, l = _bn_shape(x)
+    eps = _number(eps, "eps")
+    rm: Any = _per_channel(running_mean, "running_mean", c, x.dtype, required=False)
+    rv: Any = _per_channel(running_var, "running_var", c, x.dtype, required=False)
+    if (rm is None) != (rv is None):
+        raise ValueError("running_mean and running_var must be given together")
+    w = _per_channel(weight, "weight", c, x.dtype, required=False)
+    b = _per_channel(bias, "bias", c, x.dtype, required=False)
+    for v, name in ((w, "weight"), (b, "bias")):
+        if v is not None and v.dtype != x.dtype:
+            raise TypeError(f"{name} has dtype {v.dtype} but input has dtype {x.dtype} (fastopt never casts implicitly)")
+    if momentum is not None:
+        momentum = _number(momentum, "momentum")
+    if rm is not None and momentum is None and num_batches_tracked is None:
+        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
+    o = _out(x, out)
+    dt = x.dtype
+    local = np.zeros((3, c), np.float64)
+    count = n * l
+    if count > 0:
+        mean_l, var_l = np.empty(c, np.float64), np.empty(c, np.float64)
+        _fastopt.bn_stats(x, n, c, l, mean_l, var_l)
+        local[0], local[1], local[2] = count, mean_l, var_l * count
+    rows = np.empty((comm.size, 3, c), np.float64)
+    comm.Allgather(local, rows)
+    total, mean, m2 = _merge_moments(rows)
+    total_count = int(total[0])
+    if total_count <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got {total_count} over all ranks")
+    var = m2 / total_count
+    invstd = 1.0 / np.sqrt(var + eps)
+    mean_t = mean.astype(dt)
+    if count > 0:
+        scale = invstd * (w.astype(np.float64) if w is not None else 1.0)
+        shift = b.astype(dt) if b is not None else np.zeros(c, dt)
+        _fastopt.bn_normalize(x, o, n, c, l, mean_t, scale.astype(dt), np.ascontiguousarray(shift))
+    if rm is not None:
+        if num_batches_tracked is not None:
+            num_batches_tracked[...] += 1
+        counted: Any = num_batches_tracked
+        factor = momentum if momentum is not None else 1.0 / float(counted.reshape(-1)[0])
+        rm[...] = (1.0 - factor) * rm.astype(np.float64) + factor * mean
+        rv[...] = (1.0 - factor) * rv.astype(np.float64) + factor * m2 / (total_count - 1)
+    if return_stats:
+        return o, mean_t, invstd.astype(dt), total_count
+    return o
+
+
+def sync_batch_norm_backward(
+    grad_output: np.ndarray,
+    input: np.ndarray,
+    mean: np.ndarray,
+    invstd: np.ndarray,
+    count: int,
+    weight: np.ndarray | None = None,
+    *,
+    comm: Any = None,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    r"""``(grad_input, grad_weight, grad_bias)`` of :func:`sync_batch_norm` on this rank:
+    every rank's per-channel :math:`\sum dy` and :math:`\sum dy\,(x - \mu)` (float64) are
+    gathered and added in rank order, then torch's input gradient
+
+    .. math::
+
+        dx = \Bigl(dy - \frac{\sum dy}{n} - (x - \mu)\,\sigma^{-2} \frac{\sum dy\,(x - \mu)}{n}\Bigr)\,
+             \sigma^{-1} w
+
+    with :math:`n` the total ``count`` (from ``sync_batch_norm(..., return_stats=True)``).
+    ``grad_weight`` and ``grad_bias`` are this rank's own sums, as torch's: the optimizer
+    wrapper reduces them with the other gradients.
+
+    Example:
+
+    >>> x = np.array([[1.0, 10.0], [3.0, 30.0], [8.0, 20.0]])
+    >>> F = fo.nn.functional
+    >>> y, mean, invstd, n = F.sync_batch_norm(x, None, None, return_stats=True)
+    >>> gx, _, _ = F.sync_batch_norm_backward(np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]), x, mean, invstd, n)
+    >>> np.round(gx, 4)  # (one rank: batch_norm_backward's)
+    array([[ 0.1089, -0.0408],
+           [-0.1524, -0.0408],
+           [ 0.0435,  0.0816]])
+    """
+    from ..distributed._optimizer import _comm
+
+    comm = _comm(comm)
+    g = _array(grad_output, "grad_output")
+    x = _like(g, input, "input", "grad_output")
+    n, c, l = _bn_shape(g)
+    dt = g.dtype
+    m: Any = _per_channel(mean, "mean", c, dt)
+    s: Any = _per_channel(invstd, "invstd", c, dt)
+    if m.dtype != dt or s.dtype != dt:
+        raise TypeError(f"mean and invstd must have the dtype of grad_output ({dt})")
+    w = _per_channel(weight, "weight", c, dt, required=False)
+    if w is not None and w.dtype != dt:
+        raise TypeError(f"weight has dtype {w.dtype} but grad_output has dtype {dt} (fastopt never casts implicitly)")
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 2:
+        raise ValueError(f"count must be the total number of values per channel (an int >= 2), got {count!r}")
+    m, s = np.ascontiguousarray(m), np.ascontiguousarray(s)
+    o = _out(g, out)
+    local = np.zeros((2, c), np.float64)
+    if n * l > 0:
+        _fastopt.bn_backward_sums(g, x, m, n, c, l, local[0], local[1])
+    rows = np.empty((comm.size, 2, c), np.float64)
+    comm.Allgather(local, rows)
+    sums = rows[0].copy()
+    for r in rows[1:]:
+        sums += r
+    inv = s.astype(np.float64)
+    if n * l > 0:
+        scale = inv * (w.astype(np.float64) if w is not None else 1.0)
+        shift = sums[0] / count
+        k = inv * inv * sums[1] / count
+        _fastopt.bn_backward_input(g, x, o, n, c, l, m, scale.astype(dt), shift.astype(dt), k.astype(dt))
+    if w is None:
+        return o, None, None
+    return o, (local[1] * inv).astype(w.dtype), local[0].astype(w.dtype)
 
 
 def batch_norm_backward(

@@ -30,7 +30,7 @@ from . import init
 
 __all__ = [
     "Module", "Linear", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU", "Sigmoid", "Tanh", "GELU",
-    "SiLU", "Softplus", "BatchNorm1d", "BatchNorm2d", "Dropout", "Flatten", "Sequential",
+    "SiLU", "Softplus", "BatchNorm1d", "BatchNorm2d", "SyncBatchNorm", "Dropout", "Flatten", "Sequential",
     "CrossEntropyLoss", "MSELoss",
 ]
 
@@ -646,6 +646,87 @@ class BatchNorm2d(_BatchNorm):
     """BatchNorm over ``(N, C, H, W)``: torch's ``BatchNorm2d``."""
 
     _dims = (4,)
+
+
+class SyncBatchNorm(_BatchNorm):
+    """BatchNorm whose training statistics span every MPI rank of ``comm`` (torch's
+    ``SyncBatchNorm``; default ``MPI.COMM_WORLD``, mpi4py imported on the first training
+    forward): on ``(N, C)``, ``(N, C, L)`` or ``(N, C, H, W)`` inputs, each rank normalizes
+    its shard with the mean and variance of the whole global batch
+    (:func:`fastopt.nn.functional.sync_batch_norm`), and its backward uses the sums of every
+    rank. A rank may hold an empty or one-row shard. In eval mode it is BatchNorm with the
+    running statistics. The weight and bias gradients are this rank's own, for the optimizer
+    wrapper to reduce (:class:`fastopt.distributed.DistributedOptimizer`), as torch's.
+
+    Example (one rank):
+
+    >>> bn = fo.nn.SyncBatchNorm(2, dtype=np.float64)
+    >>> np.round(bn(np.array([[1.0, 10.0], [3.0, 30.0]])), 4)
+    array([[-1., -1.],
+           [ 1.,  1.]])
+    """
+
+    _dims = (2, 3, 4)
+    #: The communicator (None: ``MPI.COMM_WORLD``).
+    comm: Any
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, comm: Any = None, *, dtype: Any = np.float32) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype=dtype)
+        object.__setattr__(self, "comm", comm)
+
+    def forward(self, input: np.ndarray) -> np.ndarray:
+        if not self.training:
+            return super().forward(input)
+        x = _input(self, input, self._param_dtype())
+        if x.ndim not in self._dims:
+            raise ValueError(f"SyncBatchNorm: expected 2-D, 3-D or 4-D input, got shape {x.shape}")
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"SyncBatchNorm: input has {x.shape[1]} channels (axis 1) but num_features={self.num_features}")
+        w = self.weight.data if self.weight is not None else None
+        b = self.bias.data if self.bias is not None else None
+        track = self.track_running_stats
+        y, mean, invstd, count = F.sync_batch_norm(
+            x, self.running_mean if track else None, self.running_var if track else None, w, b, self.momentum,
+            self.eps, comm=self.comm, num_batches_tracked=self.num_batches_tracked if track else None,
+            return_stats=True,
+        )
+        object.__setattr__(self, "_cache", (x, mean, invstd, count))
+        return y
+
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        x, mean, invstd, count = self._saved()
+        if isinstance(count, bool):  # (eval mode: the cache of BatchNorm's forward)
+            return super().backward(grad_output)
+        g = self._grad_output(grad_output, x)
+        w = self.weight.data if self.weight is not None else None
+        gx, gw, gb = F.sync_batch_norm_backward(g, x, mean, invstd, count, w, comm=self.comm)
+        if self.weight is not None:
+            _accumulate(self.weight, gw)  # type: ignore[arg-type]  # (given with weight)
+            _accumulate(self.bias, gb)  # type: ignore[arg-type]
+        return gx
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: Module, comm: Any = None) -> Module:
+        """``module`` with every BatchNorm1d/BatchNorm2d in it replaced by a SyncBatchNorm
+        holding the same parameters and running statistics (torch's classmethod; ``comm`` is
+        its ``process_group``). A BatchNorm given directly is returned converted."""
+        if isinstance(module, _BatchNorm) and not isinstance(module, SyncBatchNorm):
+            out = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
+                      comm, dtype=module._param_dtype() or np.float32)
+            if module.affine:
+                out.weight, out.bias = module.weight, module.bias
+            if module.track_running_stats:
+                out.register_buffer("running_mean", module.running_mean)
+                out.register_buffer("running_var", module.running_var)
+                out.register_buffer("num_batches_tracked", module.num_batches_tracked)
+            object.__setattr__(out, "training", module.training)
+            return out
+        for name, child in list(module.named_children()):
+            converted = cls.convert_sync_batchnorm(child, comm)
+            if converted is not child:
+                setattr(module, name, converted)
+        return module
 
 
 # ----------------------------------------------------------------------------- shape and noise
