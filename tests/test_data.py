@@ -68,6 +68,31 @@ def test_mini_batches():
     assert len(dl) == 10 and np.array_equal(next(iter(dl)), np.arange(10))
 
 
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_mini_batches_shard_the_same_global_batches(world):
+    """Each rank's shards, put back together in rank order, are the batches one process draws
+    (uneven batches too); two epochs."""
+    x = np.arange(103, dtype=np.float32)[:, None]
+    y = np.arange(103)
+    whole = data.MiniBatches(x, y, batch_size=10, seed=3)
+    shards = [data.MiniBatches(x, y, batch_size=10, seed=3, rank=r, world_size=world) for r in range(world)]
+    for _ in range(2):
+        per_rank = [list(s) for s in shards]
+        for i, (bx, by) in enumerate(whole):
+            np.testing.assert_array_equal(np.concatenate([p[i][1] for p in per_rank]), by)
+            np.testing.assert_array_equal(np.concatenate([p[i][0] for p in per_rank]), bx)
+            sizes = [len(p[i][1]) for p in per_rank]
+            assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("kw,match", [({"rank": 2, "world_size": 2}, "rank must be below world_size"),
+                                      ({"rank": -1, "world_size": 2}, "rank must be an int >= 0"),
+                                      ({"world_size": 0}, "world_size must be an int >= 1")])
+def test_mini_batches_bad_shard(kw, match):
+    with pytest.raises(ValueError, match=match):
+        data.MiniBatches(np.arange(4.0), batch_size=2, **kw)
+
+
 def test_datasets_follow_the_playground():
     n = 400
     # spiral without noise: radius i/n * 5, angle 1.75 * 2 pi i/n (+ pi for label 0).

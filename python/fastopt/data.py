@@ -140,9 +140,21 @@ class MiniBatches:
     batch_size=64, seed=0)``. With ``shuffle`` each pass (each ``iter()``) uses a new
     permutation from a generator seeded once with ``seed``, so a run is reproducible and
     epochs differ. ``drop_last`` drops a final short batch. ``len()`` is the batches per
-    pass. A single array yields arrays, several yield tuples."""
+    pass. A single array yields arrays, several yield tuples.
 
-    def __init__(self, *arrays: np.ndarray, batch_size: int, shuffle: bool = True, drop_last: bool = False, seed: int | None = None) -> None:
+    Data-parallel training: with ``rank`` and ``world_size`` (and the same ``seed`` on every
+    rank), each rank yields its shard of the same global batches of ``batch_size`` rows: the
+    batch split into ``world_size`` contiguous parts as ``numpy.array_split`` splits it (the
+    first ``batch_size % world_size`` ranks get one row more), so the ranks' shards are
+    disjoint and together are the batch one process would draw.
+
+    >>> x = np.arange(10.0)
+    >>> [b.tolist() for b in fo.data.MiniBatches(x, batch_size=5, shuffle=False, rank=1, world_size=2)]
+    [[3.0, 4.0], [8.0, 9.0]]
+    """
+
+    def __init__(self, *arrays: np.ndarray, batch_size: int, shuffle: bool = True, drop_last: bool = False, seed: int | None = None,
+                 rank: int = 0, world_size: int = 1) -> None:
         if not arrays:
             raise ValueError("MiniBatches needs at least one array")
         for i, a in enumerate(arrays):
@@ -154,6 +166,12 @@ class MiniBatches:
                 raise ValueError(f"arrays[{i}] has {len(a)} samples but arrays[0] has {n}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        for name, v in (("world_size", world_size), ("rank", rank)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (1 if name == "world_size" else 0):
+                raise ValueError(f"{name} must be an int >= {1 if name == 'world_size' else 0}, got {v!r}")
+        if rank >= world_size:
+            raise ValueError(f"rank must be below world_size ({world_size}), got {rank}")
+        self.rank, self.world_size = int(rank), int(world_size)
         self.arrays = arrays
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
@@ -169,6 +187,8 @@ class MiniBatches:
         order = self._rng.permutation(n) if self.shuffle else np.arange(n)
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            if self.world_size > 1:
+                idx = np.array_split(idx, self.world_size)[self.rank]
             batch = tuple(a[idx] for a in self.arrays)
             yield batch[0] if len(batch) == 1 else batch
 
