@@ -55,6 +55,26 @@ def test_sync_batch_norm(n):
         assert f"rank {rank}: OK" in r.stdout, out
 
 
+def _table(text: str) -> list[list[str]]:
+    """The demo's table rows: optimizer, lr, train loss, test accuracy (not the timings)."""
+    return [[c.strip() for c in line.split("|")[1:5]] for line in text.splitlines() if line.startswith("| ")]
+
+
+def test_the_demo_on_two_ranks_prints_the_one_process_table(tmp_path):
+    """`mpiexec -n 2 fastopt demo --distributed` (SyncBatchNorm, the DistributedOptimizer,
+    sharded batches) prints the table of the single-process run."""
+    args = ["-m", "fastopt", "demo", "--quick", "--no-figures", "--optimizers", "sgd,nesterov,adam,rmsprop"]
+    env = dict(os.environ, FASTOPT_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert one.returncode == 0, one.stderr
+    cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", *args, "--distributed", "--out", str(tmp_path / "two")]
+    two = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert "data-parallel on 2 MPI ranks" in two.stdout
+    assert _table(two.stdout) == _table(one.stdout) and len(_table(one.stdout)) == 5, (one.stdout, two.stdout)
+
+
 def test_an_exception_on_one_rank_ends_every_rank():
     r = run("crash.py", 2, timeout=60)
     assert r.returncode != 0

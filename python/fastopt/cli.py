@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -52,9 +54,11 @@ def _version(pkg: str) -> str | None:
 class _Progress:
     """tqdm if installed, else rich, else nothing (the table rows still print as they finish)."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, enabled: bool = True) -> None:
         self._bar: Any = None
         self._rich: Any = None
+        if not enabled:
+            return
         try:
             from tqdm import tqdm
 
@@ -140,6 +144,10 @@ def _demo_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=_positive(int), help="kernel threads (default: FASTOPT_NUM_THREADS or all cores)")
     ap.add_argument("--no-figures", action="store_true", help="train and print only")
     ap.add_argument("--quick", action="store_true", help="at most 25 epochs and a quarter of the steps on the test surfaces (a smoke run)")
+    ap.add_argument("--distributed", action="store_true",
+                    help="data-parallel over the MPI ranks it was started on (mpiexec -n N fastopt demo --distributed; "
+                    "needs fastopt[mpi]): SyncBatchNorm, the DistributedOptimizer, each rank a shard of every batch, "
+                    "the same results as one process; rank 0 prints and writes")
     return ap
 
 
@@ -196,6 +204,23 @@ def demo_main(argv: list[str]) -> int:
         ap.error(f"--noise must be >= 0, got {args.noise}")
     if args.threads:
         fo.set_num_threads(args.threads)
+    comm = None
+    if args.distributed:
+        from .distributed._optimizer import _comm
+
+        comm = _comm(None)
+        if "LBFGS" in names:
+            ap.error("--distributed: LBFGS takes a closure and cannot be trained on several ranks")
+        if comm.rank != 0:  # (the other ranks train alike and stay quiet)
+            with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+                return _demo_run(args, names, lrs, comm, ap)
+    return _demo_run(args, names, lrs, comm, ap)
+
+
+def _demo_run(args: Any, names: list[str], lrs: dict[str, float], comm: Any, ap: argparse.ArgumentParser) -> int:
+    from . import demo
+
+    quiet = comm is not None and comm.rank != 0
     cfg = demo.DemoConfig(
         dataset=args.dataset, n_samples=args.samples, noise=args.noise, hidden=args.hidden,
         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
@@ -208,27 +233,30 @@ def demo_main(argv: list[str]) -> int:
 
     fo.show_config()
     steps_per_epoch = len(x_train) // cfg.batch_size
+    ranks = f"; data-parallel on {comm.size} MPI ranks (SyncBatchNorm)" if comm is not None else ""
     print(
         f"\n{cfg.dataset}: {len(x_train)} training / {len(x_test)} test points, noise {cfg.noise}; "
         f"MLP 2-{cfg.hidden}-{cfg.hidden}-2 with BatchNorm1d and ReLU, cross-entropy; {cfg.epochs} epochs "
-        f"of batches of {cfg.batch_size} ({cfg.epochs * steps_per_epoch} steps), cosine schedule to 0\n"
+        f"of batches of {cfg.batch_size} ({cfg.epochs * steps_per_epoch} steps), cosine schedule to 0{ranks}\n"
     )
     header = f"| {'optimizer':<13}| {'lr':>6} | {'train loss':>10} | {'test acc':>8} | {'wall s':>6} | {'steps/s':>7} |"
     rule = "|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|"
     print(header)
     print(rule)
-    progress = _Progress(len(names) * cfg.epochs * steps_per_epoch)
+    progress = _Progress(len(names) * cfg.epochs * steps_per_epoch, enabled=not quiet)
     results = []
     splits = (x_train, y_train, x_test, y_test)
     try:
         for name in names:
             progress.describe(name)
-            r = demo.train(name, cfg, splits, on_step=progress.step, lr=lrs.get(name))
+            r = demo.train(name, cfg, splits, on_step=progress.step, lr=lrs.get(name), comm=comm)
             results.append(r)
             progress.write(_table_row(r))
     finally:
         progress.close()
     table = [header, rule] + [_table_row(r) for r in results]
+    if quiet:
+        return 0
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -171,14 +171,26 @@ def train(
     make_optimizer: Callable[[list[Parameter]], optim.Optimizer] | None = None,
     on_step: Callable[[], None] | None = None,
     lr: float | None = None,
+    comm: Any = None,
 ) -> RunResult:
     """Trains a fresh :func:`make_model` (same initial weights and batch order for every
     optimizer, from ``cfg.seed``) for ``cfg.epochs`` epochs with a cosine schedule stepped
     once per batch down to 0, with optimizer ``name`` of :data:`REGISTRY` at its rate (or
     ``lr``), or with ``make_optimizer(params)``. LBFGS is stepped with a closure that
-    recomputes the mini-batch's loss and gradients."""
+    recomputes the mini-batch's loss and gradients.
+
+    ``comm`` (an mpi4py communicator): data-parallel training over its ranks, the same global
+    batches as one process: every rank draws its shard of each batch
+    (``MiniBatches(rank=, world_size=)``), BatchNorm becomes :class:`fastopt.nn.SyncBatchNorm`
+    and the optimizer a :class:`fastopt.distributed.DistributedOptimizer` summing each
+    rank's share of the batch's mean gradient. The result is the same on every rank."""
     x_train, y_train, x_test, y_test = splits
     model = make_model(cfg)
+    if comm is not None:
+        from .distributed import DistributedOptimizer, broadcast_parameters
+
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model, comm)  # type: ignore[assignment]
+        broadcast_parameters(model, comm=comm)
     closure_stepped = False
     if make_optimizer is None:
         entry = REGISTRY[name]
@@ -187,7 +199,12 @@ def train(
     else:
         opt = make_optimizer(list(model.parameters()))
         closure_stepped = isinstance(opt, optim.LBFGS)
-    batches = data.MiniBatches(x_train, y_train, batch_size=cfg.batch_size, shuffle=True, drop_last=True, seed=cfg.seed)
+    if comm is not None:
+        if closure_stepped:
+            raise ValueError(f"{name} takes a closure (L-BFGS) and cannot be trained on several ranks")
+        opt = DistributedOptimizer(opt, comm=comm, op="sum")
+    batches = data.MiniBatches(x_train, y_train, batch_size=cfg.batch_size, shuffle=True, drop_last=True, seed=cfg.seed,
+                               rank=comm.rank if comm is not None else 0, world_size=comm.size if comm is not None else 1)
     total = cfg.epochs * len(batches)
     sched = optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     criterion = nn.CrossEntropyLoss()
@@ -204,6 +221,12 @@ def train(
                     return float(value)
 
                 loss = opt.step(closure)
+            elif comm is not None:
+                # this rank's share of the global batch's mean loss and gradient
+                share = len(yb) / cfg.batch_size
+                loss = comm.allreduce(float(criterion(model(xb), yb)) * share)
+                model.backward(criterion.backward() * np.asarray(share, cfg.dtype))
+                opt.step()
             else:
                 loss = criterion(model(xb), yb)
                 model.backward(criterion.backward())

@@ -724,8 +724,9 @@ class SyncBatchNorm(_BatchNorm):
             return out
         for name, child in list(module.named_children()):
             converted = cls.convert_sync_batchnorm(child, comm)
-            if converted is not child:
-                setattr(module, name, converted)
+            if converted is not child:  # (in place: a Sequential keeps its order)
+                module._modules[name] = converted
+                object.__setattr__(module, name, converted)
         return module
 
 
