@@ -55,6 +55,15 @@ def test_sync_batch_norm(n):
         assert f"rank {rank}: OK" in r.stdout, out
 
 
+@pytest.mark.parametrize("n", [2, 3])
+def test_matches_torch_ddp_with_gloo(torch, n):
+    r = run("torch_ddp.py", n)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    for rank in range(n):
+        assert f"rank {rank}: OK" in r.stdout, out
+
+
 def _table(text: str) -> list[list[str]]:
     """The demo's table rows: optimizer, lr, train loss, test accuracy (not the timings)."""
     return [[c.strip() for c in line.split("|")[1:5]] for line in text.splitlines() if line.startswith("| ")]
