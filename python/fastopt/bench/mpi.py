@@ -1,0 +1,190 @@
+"""Data-parallel benchmarks on MPI ranks (run under mpiexec; rank 0 prints Markdown):
+
+    OMP_NUM_THREADS=1 mpiexec -n 2 python -m mpi4py -m fastopt.bench.mpi [--rounds 7]
+
+1. gradient averaging of a 25 MB float32 model (100 tensors) through the
+   DistributedOptimizer's buckets (``synchronize``) against one raw
+   ``Allreduce(IN_PLACE)`` of the same bytes;
+2. a data-parallel Adam step (gradients averaged, then the step) over the demo network's and
+   ResNet-50's parameter shapes: the DistributedOptimizer against torch's
+   DistributedDataParallel with the gloo backend (its reduction runs in backward, timed as a
+   backward through a model whose gradients are constants, plus ``Adam(fused=True)``);
+3. SyncBatchNorm forward + backward on (256, 256) float32 against local BatchNorm1d.
+
+Medians over rounds of the per-call time, each rank's own (the table shows rank 0's and the
+slowest rank's). Benchmarks never assert."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+import fastopt as fo
+
+from .workloads import resnet50_shapes
+
+
+def _median_time(comm: Any, fn: Callable[[], Any], rounds: int, reps: int) -> tuple[float, float]:
+    """(rank 0's, the slowest rank's) median seconds per call; every rank starts each round
+    together."""
+    fn()
+    samples = []
+    for _ in range(rounds):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        samples.append((time.perf_counter() - t0) / reps)
+    mine = float(np.median(samples))
+    everyone = comm.allgather(mine)
+    return everyone[0], max(everyone)
+
+
+def _demo_shapes() -> list[tuple[int, ...]]:
+    h = fo.demo.DemoConfig().hidden
+    return [(h, 2), (h,), (h,), (h,), (h, h), (h,), (h,), (h,), (2, h), (2,)]
+
+
+def _fastopt_step(comm: Any, shapes: list[tuple[int, ...]]) -> Callable[[], None]:
+    from ..distributed import DistributedOptimizer
+
+    rng = np.random.default_rng(comm.rank)
+    params = [fo.Parameter(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+    grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    opt = DistributedOptimizer(fo.optim.Adam(params, lr=1e-3), comm=comm)
+
+    def step() -> None:
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step()
+    return step
+
+
+def _torch_ddp_step(comm: Any, shapes: list[tuple[int, ...]]) -> Callable[[], None] | None:
+    try:
+        import torch
+        import torch.distributed as dist
+    except ImportError:
+        return None
+    torch.set_num_threads(1)
+    if not dist.is_initialized():
+        port = None
+        if comm.rank == 0:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        port = comm.bcast(port, root=0)
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=comm.rank, world_size=comm.size)
+
+    class Constants(torch.nn.Module):
+        """Parameters of the given shapes whose gradients are fixed tensors (backward is the
+        reduction alone)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.ps = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(s)) for s in shapes])
+            self.cs = [torch.randn(s) for s in shapes]
+
+        def forward(self) -> Any:
+            return sum((p * c).sum() for p, c in zip(self.ps, self.cs))
+
+    model = torch.nn.parallel.DistributedDataParallel(Constants())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=False)
+        model().backward()
+        opt.step()
+    return step
+
+
+def run(rounds: int) -> str:
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    lines = [f"fastopt {fo.__version__}, {comm.size} MPI ranks ({MPI.Get_library_version().splitlines()[0].strip()}), "
+             f"{fo.get_num_threads()} kernel thread(s) per rank; medians of {rounds} rounds, rank 0 / slowest rank.", ""]
+
+    # 1. bucketed averaging vs one raw allreduce, 25 MB
+    from ..distributed import DistributedOptimizer
+
+    shapes = [(62_500,)] * 100  # 25 MB of float32
+    params = [fo.Parameter(np.zeros(s, np.float32)) for s in shapes]
+    grads = [np.ones(s, np.float32) for s in shapes]
+    opt = DistributedOptimizer(fo.optim.SGD(params, lr=0.0), comm=comm)
+    for p, g in zip(params, grads):
+        p.grad = g
+    opt.synchronize()  # (from now on each grad is its bucket view, as after a backward into it)
+
+    def averaged() -> None:
+        opt.synchronize()
+
+    def copied_in() -> None:
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.synchronize()
+
+    flat = np.ones(62_500 * 100, np.float32)
+    raw = _median_time(comm, lambda: comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM), rounds, 3)
+    ours = _median_time(comm, averaged, rounds, 3)
+    copied = _median_time(comm, copied_in, rounds, 3)
+    lines += ["#### Averaging 25 MB of float32 gradients (100 tensors)", "",
+              "| | ms (rank 0) | ms (slowest) | raw / this |", "|---|---|---|---|",
+              f"| one raw Allreduce(IN_PLACE) of 25 MB | {raw[0] * 1e3:.2f} | {raw[1] * 1e3:.2f} | 1.00x |",
+              f"| DistributedOptimizer.synchronize, gradients in the buckets | {ours[0] * 1e3:.2f} | {ours[1] * 1e3:.2f} | "
+              f"{raw[1] / ours[1]:.2f}x |",
+              f"| the same, gradients copied in (new arrays each step) | {copied[0] * 1e3:.2f} | {copied[1] * 1e3:.2f} | "
+              f"{raw[1] / copied[1]:.2f}x |", ""]
+
+    # 2. a data-parallel Adam step vs torch DDP (gloo)
+    lines += ["#### A data-parallel Adam step (gradients averaged, then Adam), float32", "",
+              "| model | tensors | MB reduced per rank | fastopt ms | torch DDP gloo + fused Adam ms | torch / fastopt |",
+              "|---|---|---|---|---|---|"]
+    for name, sh in (("demo MLP", _demo_shapes()), ("ResNet-50 shapes", resnet50_shapes())):
+        mb = sum(int(np.prod(s)) for s in sh) * 4 / 2**20
+        ours = _median_time(comm, _fastopt_step(comm, sh), rounds, 5)
+        theirs_fn = _torch_ddp_step(comm, sh)
+        theirs = _median_time(comm, theirs_fn, rounds, 5) if theirs_fn is not None else (float("nan"),) * 2
+        lines.append(f"| {name} | {len(sh)} | {mb:.2f} | {ours[1] * 1e3:.3f} | {theirs[1] * 1e3:.3f} | "
+                     f"{theirs[1] / ours[1]:.2f}x |")
+    lines.append("")
+
+    # 3. SyncBatchNorm vs local BatchNorm
+    x = np.random.default_rng(comm.rank).standard_normal((256, 256)).astype(np.float32)
+    dy = np.ones_like(x)
+    sync, local = fo.nn.SyncBatchNorm(256), fo.nn.BatchNorm1d(256)
+
+    def fwd_bwd(m: Any) -> Callable[[], None]:
+        def f() -> None:
+            m(x)
+            m.backward(dy)
+        return f
+
+    s = _median_time(comm, fwd_bwd(sync), rounds, 20)
+    b = _median_time(comm, fwd_bwd(local), rounds, 20)
+    lines += ["#### BatchNorm forward + backward on (256, 256) float32 per rank", "",
+              "| | us (rank 0) | us (slowest) | vs local |", "|---|---|---|---|",
+              f"| BatchNorm1d (local) | {b[0] * 1e6:.1f} | {b[1] * 1e6:.1f} | 1.00x |",
+              f"| SyncBatchNorm | {s[0] * 1e6:.1f} | {s[1] * 1e6:.1f} | {s[1] / b[1]:.2f}x |", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m fastopt.bench.mpi", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=7)
+    args = ap.parse_args(argv)
+    text = run(args.rounds)
+    from mpi4py import MPI
+
+    if MPI.COMM_WORLD.rank == 0:
+        print(text, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
