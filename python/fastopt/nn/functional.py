@@ -649,18 +649,16 @@ def batch_norm(
 
 
 def _merge_moments(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every rank's per-channel ``(count, mean, M2)`` (``rows[r]``, float64) merged in rank
-    order (Chan et al.'s pairwise update; empty ranks skipped): ``(count, mean, M2)``."""
-    n, mean, m2 = rows[0][0].copy(), rows[0][1].copy(), rows[0][2].copy()
-    for nb, mb, m2b in rows[1:]:
-        total = n + nb
-        with np.errstate(invalid="ignore", divide="ignore"):
-            delta = mb - mean
-            w = np.where(total > 0, nb / total, 0.0)
-            mean = np.where(nb > 0, mean + delta * w, mean)
-            m2 = np.where(nb > 0, m2 + m2b + delta * delta * n * w, m2)
-        n = total
-    return n, mean, m2
+    """Every rank's per-channel ``(count, mean, M2)`` (``rows[r]``, float64) merged: the
+    many-way form of Chan et al.'s update, sums over the ranks in rank order (empty ranks add
+    nothing): ``n = sum n_r``, ``mean = sum n_r mean_r / n``,
+    ``M2 = sum M2_r + sum n_r (mean_r - mean)^2``."""
+    counts, means, m2s = rows[:, 0], rows[:, 1], rows[:, 2]
+    n = counts.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # (n = 0 is refused by the caller)
+        mean = (counts * means).sum(axis=0) / n
+    dev = means - mean
+    return n, mean, m2s.sum(axis=0) + (counts * dev * dev).sum(axis=0)
 
 
 def sync_batch_norm(
@@ -680,12 +678,12 @@ def sync_batch_norm(
     r"""Training-mode :func:`batch_norm` over the batch of every MPI rank of ``comm``
     (default ``MPI.COMM_WORLD``; mpi4py is imported here): each rank's per-channel count,
     mean and sum of squared deviations :math:`M_2` (float64, from the same Rust pass as
-    BatchNorm) are gathered and merged in rank order,
+    BatchNorm) are gathered and merged, summing over the ranks in rank order,
 
     .. math::
 
-        n = n_a + n_b, \qquad \mu = \mu_a + \delta \frac{n_b}{n}, \qquad
-        M_2 = M_{2,a} + M_{2,b} + \delta^2 \frac{n_a n_b}{n}, \qquad \delta = \mu_b - \mu_a,
+        n = \sum_r n_r, \qquad \mu = \frac{1}{n} \sum_r n_r \mu_r, \qquad
+        M_2 = \sum_r M_{2,r} + \sum_r n_r (\mu_r - \mu)^2,
 
     so every rank normalizes with the statistics of the whole batch, exactly as one process
     would (a rank may hold no rows, or one). The running statistics take the mean and the
