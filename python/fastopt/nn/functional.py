@@ -648,17 +648,19 @@ def batch_norm(
     return o
 
 
-def _merge_moments(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every rank's per-channel ``(count, mean, M2)`` (``rows[r]``, float64) merged: the
-    many-way form of Chan et al.'s update, sums over the ranks in rank order (empty ranks add
-    nothing): ``n = sum n_r``, ``mean = sum n_r mean_r / n``,
-    ``M2 = sum M2_r + sum n_r (mean_r - mean)^2``."""
-    counts, means, m2s = rows[:, 0], rows[:, 1], rows[:, 2]
-    n = counts.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):  # (n = 0 is refused by the caller)
-        mean = (counts * means).sum(axis=0) / n
-    dev = means - mean
-    return n, mean, m2s.sum(axis=0) + (counts * dev * dev).sum(axis=0)
+def _merge_moments(rows: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """Every rank's per-channel ``(count, mean, M2)`` (``rows[r]``, float64; a rank's count is
+    the same for every channel) merged: the many-way form of Chan et al.'s update, sums over
+    the ranks in rank order (empty ranks add nothing): ``n = sum n_r``,
+    ``mean = sum n_r mean_r / n``, ``M2 = sum M2_r + sum n_r (mean_r - mean)^2``. Raises
+    unless ``n > 1``."""
+    counts = rows[:, 0, :1]  # (one column: the count is per rank)
+    n = int(counts.sum())
+    if n <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got {n} over all ranks")
+    mean = (counts * rows[:, 1]).sum(axis=0) / n
+    dev = rows[:, 1] - mean
+    return n, mean, rows[:, 2].sum(axis=0) + (counts * dev * dev).sum(axis=0)
 
 
 def sync_batch_norm(
@@ -727,10 +729,7 @@ def sync_batch_norm(
         local[0], local[1], local[2] = count, mean_l, var_l * count
     rows = np.empty((comm.size, 3, c), np.float64)
     comm.Allgather(local, rows)
-    total, mean, m2 = _merge_moments(rows)
-    total_count = int(total[0])
-    if total_count <= 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got {total_count} over all ranks")
+    total_count, mean, m2 = _merge_moments(rows)
     var = m2 / total_count
     invstd = 1.0 / np.sqrt(var + eps)
     mean_t = mean.astype(dt)
