@@ -37,19 +37,29 @@ started_mid = opt._dist["started"]
 assert started_mid < len(buckets)
 layers[0].backward(layers[1].backward(g_hidden))
 assert opt._dist["started"] == len(buckets)
+views = [opt._dist["bucket_of"][i].views[i] for i in range(len(list(net.parameters())))]
+assert all(p.grad is v for p, v in zip(net.parameters(), views)), "backward did not write into the buckets"
 opt.step()
 for p in net.parameters():
     assert p.grad is not None
     gathered = comm.allgather(p.data)
     assert all(np.array_equal(gathered[0], a) for a in gathered), "ranks diverged"
 
-# A parameter no rank has a gradient for keeps None and is not stepped.
-w, v = fo.Parameter(np.ones(3)), fo.Parameter(np.ones(2))
-opt2 = DistributedOptimizer(fo.optim.SGD([w, v], lr=0.1))
-w.grad = np.full(3, float(rank))
-opt2.step()
-assert v.grad is None and np.array_equal(v.data, np.ones(2))
-assert np.allclose(w.data, 1 - 0.1 * np.mean(np.arange(world)))
+# A parameter no rank has a gradient for keeps None and is not stepped (after zero_grad too,
+# which points every grad at its zeroed bucket view); one only some ranks have is averaged
+# with zeros from the others.
+w, v, u = fo.Parameter(np.ones(3)), fo.Parameter(np.ones(2)), fo.Parameter(np.ones(2))
+opt2 = DistributedOptimizer(fo.optim.Adam([w, v, u], lr=0.1))
+for step in range(2):
+    opt2.zero_grad()
+    assert v.grad is not None and not v.grad.any()
+    w.grad = np.full(3, float(rank + 1))
+    if rank == 0:
+        u.grad = np.full(2, 2.0)
+    opt2.step()
+    assert v.grad is None and np.array_equal(v.data, np.ones(2)) and v not in opt2.state
+    np.testing.assert_array_equal(w.grad, np.full(3, np.mean(np.arange(world) + 1.0)))
+    np.testing.assert_array_equal(u.grad, np.full(2, 2.0 / world))
 
 # Optimizer state: rank 0's, on every rank.
 opt3 = fo.optim.Adam([fo.Parameter(np.full(4, float(rank)))], lr=0.1)

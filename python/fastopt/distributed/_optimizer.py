@@ -9,6 +9,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from ..optim._options import check_bool
 from ..optim.optimizer import Optimizer, _array_of
 from ..parameter import Parameter
 
@@ -193,6 +194,7 @@ class _Distributed:
         if p.grad is not view:
             view[...] = p.grad
             p._grad = view
+        d["zeroed"][index] = False
         d["passes"][index] += 1
         if d["passes"][index] == d["backward_passes_per_step"]:
             bucket.ready += 1
@@ -268,6 +270,8 @@ class _Distributed:
                 has[i] = 1  # (already in its bucket, through the hook)
                 continue
             g = given[i] if given is not None else (p.grad if isinstance(p, Parameter) else None)
+            if g is view and d["zeroed"][i]:
+                g = None  # (zeroed by zero_grad and not reached by any backward since)
             if g is None:
                 if bucket.request is None:
                     view[...] = 0  # (takes part as zeros; left None below if no rank has one)
@@ -296,8 +300,30 @@ class _Distributed:
             reduced.append(view if flags[i] else None)
         d["started"] = 0
         d["passes"] = [0] * len(params)
+        d["zeroed"] = [False] * len(params)
         d["reduced"] = reduced
         d["synchronized"] = True
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zeroes the buckets and points every Parameter's ``grad`` at its view in them, so
+        the next backward adds its gradients straight into the buckets (no copy at the step).
+        ``set_to_none`` is accepted for torch's signature: a parameter no backward reaches
+        before the step is still treated as having no gradient (zeros in the reduction, and
+        ``grad`` None after it unless another rank had one)."""
+        check_bool(set_to_none, "set_to_none")
+        d = self._dist
+        if any(b.request is not None for b in d["buckets"]):
+            raise RuntimeError("zero_grad() while gradients are being reduced: call step() or synchronize() first")
+        for b in d["buckets"]:
+            b.buffer.fill(0)
+        for i, p in enumerate(self._params()):
+            if isinstance(p, Parameter):
+                p._grad = d["bucket_of"][i].views[i]
+                d["zeroed"][i] = True
+        d["passes"] = [0] * len(d["passes"])
+        for b in d["buckets"]:
+            b.ready = 0
+        d["started"] = 0
 
     @contextlib.contextmanager
     def skip_synchronize(self) -> Iterator[None]:
@@ -416,7 +442,8 @@ def DistributedOptimizer(optimizer: Optimizer, comm: Any = None, bucket_cap_mb: 
             bucket_of[i] = b
     out._dist = dict(comm=comm, op=op, compression=compression, deterministic=deterministic,
                      backward_passes_per_step=int(k), buckets=buckets, bucket_of=bucket_of, started=0,
-                     passes=[0] * len(params), synchronized=False, skip=False, reduced=None, handles=[])
+                     passes=[0] * len(params), zeroed=[False] * len(params), synchronized=False, skip=False,
+                     reduced=None, handles=[])
     for i, p in enumerate(params):
         if isinstance(p, Parameter):
             out._dist["handles"].append(p.register_post_accumulate_grad_hook(
