@@ -53,10 +53,11 @@ pub fn layout(beta1: f64) -> Layout {
     }
 }
 
-/// The gradient with the coupled decay (`grad.add_(p, alpha=wd)`), if any.
+/// The gradient with the coupled decay (`grad.add_(p, alpha=wd)`) when `L2` (a constant, so
+/// the loop is compiled without the choice and vectorizes at every level).
 #[inline(always)]
-fn l2<T: Float, A: Arith>(g: &Grad<T>, p: T, grad: T) -> T {
-    if g.l2 {
+fn l2<T: Float, A: Arith, const L2: bool>(g: &Grad<T>, p: T, grad: T) -> T {
+    if L2 {
         g.with_l2::<A>(p, grad)
     } else {
         g.plain(grad)
@@ -65,20 +66,20 @@ fn l2<T: Float, A: Arith>(g: &Grad<T>, p: T, grad: T) -> T {
 
 /// Pass 1: `s`, `m`, `v`; sums `g * (p0 - p)` and `|s|`.
 #[derive(Clone, Copy, Debug)]
-struct Stats<T, const M: bool> {
+struct Stats<T, const M: bool, const L2: bool> {
     g: Grad<T>,
     m: Ema<T>,
     v: Ema<T>,
     s: Ema<T>,
 }
 
-impl<T: Float, const M: bool> Rule<T> for Stats<T, M> {
+impl<T: Float, const M: bool, const L2: bool> Rule<T> for Stats<T, M, L2> {
     const STATES: usize = 3 + M as usize;
     const WRITES: u32 = !1;
     const SQUARED: bool = false;
     #[inline(always)]
     fn update<A: Arith>(&self, p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
-        let g = l2::<T, A>(&self.g, p, g);
+        let g = l2::<T, A, L2>(&self.g, p, g);
         if M {
             s[2] = self.m.mean::<A>(s[2], g);
         }
@@ -89,14 +90,14 @@ impl<T: Float, const M: bool> Rule<T> for Stats<T, M> {
     }
     #[inline(always)]
     fn sums<A: Arith>(&self, p: T, g: T, s: &[T; MAX_STATES]) -> [T; 2] {
-        let g = l2::<T, A>(&self.g, p, g);
+        let g = l2::<T, A, L2>(&self.g, p, g);
         [g * (s[1] - p), s[0].abs()]
     }
 }
 
 /// Pass 2: the step, reading the moments.
 #[derive(Clone, Copy, Debug)]
-struct Update<T, const M: bool> {
+struct Update<T, const M: bool, const L2: bool> {
     g: Grad<T>,
     m_rate: T,
     g_rate: T,
@@ -104,7 +105,7 @@ struct Update<T, const M: bool> {
     decay: Option<T>,
 }
 
-impl<T: Float, const M: bool> Rule<T> for Update<T, M> {
+impl<T: Float, const M: bool, const L2: bool> Rule<T> for Update<T, M, L2> {
     const STATES: usize = 3 + M as usize;
     const WRITES: u32 = 1;
     #[inline(always)]
@@ -119,19 +120,19 @@ impl<T: Float, const M: bool> Rule<T> for Update<T, M> {
         if M {
             p + self.m_rate * s[2] / denom
         } else {
-            p + self.g_rate * l2::<T, A>(&self.g, p, g) / denom
+            p + self.g_rate * l2::<T, A, L2>(&self.g, p, g) / denom
         }
     }
 }
 
-fn stats_with<P: Storage, S: Storage<Arith = P::Arith>, const M: bool>(
+fn stats_with<P: Storage, S: Storage<Arith = P::Arith>, const M: bool, const L2: bool>(
     h: &ProdigyStatsConfig,
     mut tensors: Vec<Tensor<'_, P, S>>,
     grad_scale: f64,
     level: SimdLevel,
 ) -> Result<(f64, f64), Error> {
     let ema = |beta: f64, coef: f64| Ema { beta: P::Arith::from_f64(beta), one_minus: P::Arith::from_f64(coef) };
-    let rule = Stats::<P::Arith, M> {
+    let rule = Stats::<P::Arith, M, L2> {
         g: Grad::new(h.maximize, grad_scale, h.weight_decay, false, 0.0),
         m: ema(h.beta1, h.m_coef),
         v: ema(h.beta2, h.v_coef),
@@ -150,20 +151,21 @@ pub fn stats<P: Storage, S: Storage<Arith = P::Arith>>(
     grad_scale: f64,
     level: SimdLevel,
 ) -> Result<(f64, f64), Error> {
-    if h.beta1 > 0.0 {
-        stats_with::<P, S, true>(h, tensors, grad_scale, level)
-    } else {
-        stats_with::<P, S, false>(h, tensors, grad_scale, level)
+    match (h.beta1 > 0.0, h.weight_decay != 0.0) {
+        (true, true) => stats_with::<P, S, true, true>(h, tensors, grad_scale, level),
+        (true, false) => stats_with::<P, S, true, false>(h, tensors, grad_scale, level),
+        (false, true) => stats_with::<P, S, false, true>(h, tensors, grad_scale, level),
+        (false, false) => stats_with::<P, S, false, false>(h, tensors, grad_scale, level),
     }
 }
 
-fn update_with<P: Storage, S: Storage<Arith = P::Arith>, const M: bool>(
+fn update_with<P: Storage, S: Storage<Arith = P::Arith>, const M: bool, const L2: bool>(
     h: &ProdigyUpdateConfig,
     tensors: Vec<Tensor<'_, P, S>>,
     grad_scale: f64,
     level: SimdLevel,
 ) -> Result<(), Error> {
-    let rule = Update::<P::Arith, M> {
+    let rule = Update::<P::Arith, M, L2> {
         g: Grad::new(h.maximize, grad_scale, h.weight_decay, false, 0.0),
         m_rate: P::Arith::from_f64(h.m_rate),
         g_rate: P::Arith::from_f64(h.g_rate),
@@ -184,10 +186,11 @@ pub fn update<P: Storage, S: Storage<Arith = P::Arith>>(
     grad_scale: f64,
     level: SimdLevel,
 ) -> Result<(), Error> {
-    if h.beta1 > 0.0 {
-        update_with::<P, S, true>(h, tensors, grad_scale, level)
-    } else {
-        update_with::<P, S, false>(h, tensors, grad_scale, level)
+    match (h.beta1 > 0.0, h.weight_decay != 0.0) {
+        (true, true) => update_with::<P, S, true, true>(h, tensors, grad_scale, level),
+        (true, false) => update_with::<P, S, true, false>(h, tensors, grad_scale, level),
+        (false, true) => update_with::<P, S, false, true>(h, tensors, grad_scale, level),
+        (false, false) => update_with::<P, S, false, false>(h, tensors, grad_scale, level),
     }
 }
 
