@@ -140,7 +140,7 @@ impl<T: Float> Rule<T> for Nadam<T> {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Radam<T> {
+struct Radam<T, const KIND: u8> {
     g: Grad<T>,
     lerp: Lerp<T>,
     v: Ema<T>,
@@ -153,7 +153,14 @@ struct Radam<T> {
     rect: T,
 }
 
-impl<T: Float> Rule<T> for Radam<T> {
+// A RAdam rule's `KIND`: every tensor of the call rectified, none, or either (tensors at
+// different steps: chosen per tensor). A fixed kind compiles the loop without the choice, so
+// it vectorizes at every SIMD level.
+const RADAM_ANY: u8 = 0;
+const RADAM_RECTIFIED: u8 = 1;
+const RADAM_PLAIN: u8 = 2;
+
+impl<T: Float, const KIND: u8> Rule<T> for Radam<T, KIND> {
     const STATES: usize = 2;
     #[inline(always)]
     fn update<A: Arith>(&self, mut p: T, g: T, s: &mut [T; MAX_STATES]) -> T {
@@ -161,7 +168,12 @@ impl<T: Float> Rule<T> for Radam<T> {
         s[0] = self.lerp.apply::<A>(s[0], g);
         s[1] = self.v.square::<A>(s[1], g);
         let corrected = A::div_by_const(s[0], self.bc1, self.inv_bc1);
-        let update = if self.rectified {
+        let rectified = match KIND {
+            RADAM_RECTIFIED => true,
+            RADAM_PLAIN => false,
+            _ => self.rectified,
+        };
+        let update = if rectified {
             // torch: `bc2 ** 0.5 / (sqrt(v) + eps)` is a reciprocal times the number.
             let adaptive = T::ONE / (s[1].sqrt() + self.eps) * self.bc2_sqrt;
             corrected * self.lr * adaptive * self.rect
@@ -563,22 +575,39 @@ pub fn nadam<P: Storage, S: Storage<Arith = P::Arith>>(h: &NadamConfig, tensors:
 }
 
 pub fn radam<P: Storage, S: Storage<Arith = P::Arith>>(h: &RadamConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
+    // Whether each tensor's next step (`next_step`'s count) is rectified; one answer for all,
+    // the usual case, compiles the loop for it.
+    let kinds: Vec<u8> = tensors.iter().map(|t| t.counters.first().map_or(RADAM_ANY, |c| if radam_rect(h, (**c + 1.0) as f64).0 { RADAM_RECTIFIED } else { RADAM_PLAIN })).collect();
+    match kinds.split_first() {
+        Some((&RADAM_RECTIFIED, rest)) if rest.iter().all(|&k| k == RADAM_RECTIFIED) => radam_kind::<P, S, RADAM_RECTIFIED>(h, tensors, grad_scale, level),
+        Some((&RADAM_PLAIN, rest)) if rest.iter().all(|&k| k == RADAM_PLAIN) => radam_kind::<P, S, RADAM_PLAIN>(h, tensors, grad_scale, level),
+        _ => radam_kind::<P, S, RADAM_ANY>(h, tensors, grad_scale, level),
+    }
+}
+
+/// Whether RAdam's step `step` is rectified, and the rectification factor (1 when not).
+fn radam_rect(h: &RadamConfig, step: f64) -> (bool, f64) {
+    let b2 = h.beta2;
+    let bc2 = bias_correction(b2, step);
+    let rho_inf = 2.0 / (1.0 - b2) - 1.0;
+    let rho_t = rho_inf - 2.0 * step * b2.powf(step) / bc2;
+    if rho_t > 5.0 {
+        (true, pow_half((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)))
+    } else {
+        (false, 1.0)
+    }
+}
+
+fn radam_kind<P: Storage, S: Storage<Arith = P::Arith>, const KIND: u8>(h: &RadamConfig, tensors: Vec<Tensor<'_, P, S>>, grad_scale: f64, level: SimdLevel) -> Result<(), Error> {
     let (b1, b2) = (h.beta1, h.beta2);
     let g = Grad::new(h.maximize, grad_scale, h.weight_decay, h.decoupled_weight_decay, h.lr);
     engine::run(tensors, RADAM, level, |c, _| {
         let step = next_step(c);
         let bc1 = bias_correction(b1, step);
         let bc2 = bias_correction(b2, step);
-        let rho_inf = 2.0 / (1.0 - b2) - 1.0;
-        let rho_t = rho_inf - 2.0 * step * b2.powf(step) / bc2;
-        let rectified = rho_t > 5.0;
-        let rect = if rectified {
-            pow_half((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
-        } else {
-            1.0
-        };
+        let (rectified, rect) = radam_rect(h, step);
         let bc1_t = P::Arith::from_f64(bc1);
-        Radam {
+        Radam::<P::Arith, KIND> {
             g,
             lerp: Lerp::new(1.0 - b1),
             v: Ema::new(b2),
@@ -830,6 +859,38 @@ mod tests {
     use crate::simd::available;
     use crate::test_util::{data, lerp_ref, madd_ref, misaligned_lengths};
     use crate::optim::Config;
+
+    /// RAdam over tensors at different steps (one rectified, one not: the loop that chooses
+    /// per tensor) equals each tensor stepped alone (the loop compiled for its kind).
+    #[test]
+    fn radam_tensors_at_different_steps() {
+        let h = RadamConfig { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled_weight_decay: false, maximize: false };
+        let n = 37;
+        let (p0, g) = (data(n, 3), data(n, 4));
+        let starts = [0.0f32, 9.0];
+        assert!(!radam_rect(&h, 1.0).0 && radam_rect(&h, 10.0).0);
+        let mut alone: Vec<Vec<f64>> = vec![];
+        for &c0 in &starts {
+            let (mut p, mut m, mut v, mut c) = (p0.clone(), vec![0.1; n], vec![0.2; n], c0);
+            let mut st: Vec<&mut [f64]> = vec![&mut m, &mut v];
+            let mut cs: Vec<&mut f32> = vec![&mut c];
+            radam(&h, vec![Tensor { param: &mut p, grad: &g, states: &mut st, counters: &mut cs, fresh: false }], 1.0, SimdLevel::Scalar).unwrap();
+            alone.push(p);
+        }
+        let (mut pa, mut ma, mut va, mut ca) = (p0.clone(), vec![0.1; n], vec![0.2; n], starts[0]);
+        let (mut pb, mut mb, mut vb, mut cb) = (p0.clone(), vec![0.1; n], vec![0.2; n], starts[1]);
+        let mut sa: Vec<&mut [f64]> = vec![&mut ma, &mut va];
+        let mut sb: Vec<&mut [f64]> = vec![&mut mb, &mut vb];
+        let mut ka: Vec<&mut f32> = vec![&mut ca];
+        let mut kb: Vec<&mut f32> = vec![&mut cb];
+        let tensors = vec![
+            Tensor { param: &mut pa, grad: &g, states: &mut sa, counters: &mut ka, fresh: false },
+            Tensor { param: &mut pb, grad: &g, states: &mut sb, counters: &mut kb, fresh: false },
+        ];
+        radam(&h, tensors, 1.0, SimdLevel::Scalar).unwrap();
+        assert_eq!(pa, alone[0]);
+        assert_eq!(pb, alone[1]);
+    }
 
     /// AdaBelief over tensors at different steps (each its own kind of update: the loop that
     /// chooses per tensor) equals each tensor stepped alone (the loop compiled for its kind).
