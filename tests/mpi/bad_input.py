@@ -41,5 +41,8 @@ raises(TypeError, "optimizer must be a fastopt optimizer", lambda: DistributedOp
 raises(TypeError, "cannot wrap LBFGS", lambda: DistributedOptimizer(fo.optim.LBFGS(good)))
 wrapped = DistributedOptimizer(fo.optim.SGD(good, lr=0.1))
 raises(ValueError, "already a DistributedOptimizer", lambda: DistributedOptimizer(wrapped))
+inner = fo.optim.SGD([fo.Parameter(np.zeros(3))], lr=0.1)
+first = DistributedOptimizer(inner)
+raises(ValueError, "already a DistributedOptimizer (or wrapped by one)", lambda: DistributedOptimizer(inner))
 assert isinstance(wrapped, fo.optim.SGD) and isinstance(wrapped, fo.optim.Optimizer)
 print(f"rank {rank}: OK", flush=True)

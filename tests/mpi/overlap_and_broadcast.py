@@ -61,6 +61,18 @@ for step in range(2):
     np.testing.assert_array_equal(w.grad, np.full(3, np.mean(np.arange(world) + 1.0)))
     np.testing.assert_array_equal(u.grad, np.full(2, 2.0 / world))
 
+# A wrapper that is dropped removes its hooks: a new one owns the parameters alone.
+import gc
+
+q = fo.Parameter(np.ones(2))
+dropped = DistributedOptimizer(fo.optim.SGD([q], lr=0.1))
+assert len(q._grad_hooks) == 1
+del dropped
+gc.collect()
+assert not q._grad_hooks
+kept = DistributedOptimizer(fo.optim.SGD([q], lr=0.1))
+assert len(q._grad_hooks) == 1
+
 # Optimizer state: rank 0's, on every rank.
 opt3 = fo.optim.Adam([fo.Parameter(np.full(4, float(rank)))], lr=0.1)
 p3 = opt3.param_groups[0]["params"][0]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import numbers
 import sys
+import weakref
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -400,8 +402,9 @@ def DistributedOptimizer(optimizer: Optimizer, comm: Any = None, bucket_cap_mb: 
     >>> w.data  # every rank: w - lr * (the ranks' mean gradient)
     array([-0.1, -0.1])
     """
-    if isinstance(optimizer, _Distributed):
-        raise ValueError("optimizer is already a DistributedOptimizer: wrap the plain optimizer once")
+    if isinstance(optimizer, _Distributed) or "_dist" in getattr(optimizer, "__dict__", {}):
+        raise ValueError("optimizer is already a DistributedOptimizer (or wrapped by one): wrap the plain "
+                         "optimizer once")
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a fastopt optimizer, got {type(optimizer).__name__}")
     from ..optim.lbfgs import LBFGS
@@ -444,11 +447,26 @@ def DistributedOptimizer(optimizer: Optimizer, comm: Any = None, bucket_cap_mb: 
                      backward_passes_per_step=int(k), buckets=buckets, bucket_of=bucket_of, started=0,
                      passes=[0] * len(params), zeroed=[False] * len(params), synchronized=False, skip=False,
                      reduced=None, handles=[])
+    # The hooks hold the wrapper weakly and are removed when it is collected, so a wrapper the
+    # user dropped never starts reductions for parameters another wrapper now owns.
+    ref = weakref.ref(out)
+
+    def on_grad(q: Parameter, i: int) -> None:
+        wrapper = ref()
+        if wrapper is not None:
+            wrapper._on_grad(i, q)
+
+    handles = out._dist["handles"]
     for i, p in enumerate(params):
         if isinstance(p, Parameter):
-            out._dist["handles"].append(p.register_post_accumulate_grad_hook(
-                lambda q, i=i: out._on_grad(i, q)))
+            handles.append(p.register_post_accumulate_grad_hook(functools.partial(on_grad, i=i)))
+    weakref.finalize(out, _remove_hooks, handles)
     return out
+
+
+def _remove_hooks(handles: list[Any]) -> None:
+    for h in handles:
+        h.remove()
 
 
 def broadcast_parameters(params_or_module: Any, root: int = 0, comm: Any = None) -> None:
