@@ -140,6 +140,7 @@ mod tests {
     #[test]
     fn loops_compute_what_they_claim_at_every_level_and_thread_count() {
         let _g = crate::test_util::global();
+        let before = simd::level();
         let n = 100_003; // above the serial threshold, an odd length
         let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 7.0).collect();
         let c: Vec<f32> = (0..n).map(|i| (i % 97) as f32).collect();
@@ -157,7 +158,7 @@ mod tests {
                 }
             }
         }
-        simd::set_level(simd::detected()).unwrap();
+        simd::set_level(before).unwrap();
         parallel::set_num_threads(parallel::default_threads()).unwrap();
     }
 

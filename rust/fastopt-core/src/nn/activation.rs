@@ -554,6 +554,7 @@ mod tests {
     #[test]
     fn forward_and_in_place_match_float64_formulas_at_every_level_and_thread_count() {
         let _g = crate::test_util::global();
+        let before = simd::level();
         let x: Vec<f32> = data::<f32>(70_001, 3).iter().map(|v| v * 4.0).collect();
         for a in ACTS {
             let want: Vec<f64> = x.iter().map(|&v| reference(a, f64::from(v))).collect();
@@ -584,7 +585,7 @@ mod tests {
                 }
             }
         }
-        simd::set_level(simd::detected()).unwrap();
+        simd::set_level(before).unwrap();
         crate::parallel::set_num_threads(crate::parallel::default_threads()).unwrap();
     }
 

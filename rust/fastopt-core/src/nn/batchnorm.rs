@@ -841,6 +841,8 @@ mod tests {
 
     #[test]
     fn fused_training_passes_equal_the_separate_ones() {
+        // (both paths take the global SIMD level: no other test may change it meanwhile)
+        let _g = crate::test_util::global();
         for s in [Shape { n: 300, c: 150, l: 1 }, Shape { n: 6, c: 5, l: 33 }, Shape { n: 40, c: 3, l: 1000 }] {
             let x: Vec<f64> = data::<f64>(s.len(), 11).iter().map(|v| v * 3.0 + 1.0).collect();
             let g: Vec<f64> = data::<f64>(s.len(), 12);
