@@ -529,6 +529,48 @@ def _per_channel(v: Any, what: str, c: int, dtype: np.dtype, required: bool = Tr
     return v
 
 
+def _bn_forward_args(input: Any, running_mean: Any, running_var: Any, weight: Any, bias: Any, training: bool,
+                     momentum: Any, eps: Any, num_batches_tracked: Any) -> tuple:
+    """The checked arguments of :func:`batch_norm` and :func:`sync_batch_norm`:
+    ``(x, n, c, l, eps, running_mean, running_var, weight, bias, momentum)``. Everything the
+    call will write is checked before the first write."""
+    x = _array(input, "input")
+    n, c, l = _bn_shape(x)
+    eps = _number(eps, "eps")
+    # (both given or both None: _per_channel requires them when not training)
+    rm: Any = _per_channel(running_mean, "running_mean", c, x.dtype, required=not training)
+    rv: Any = _per_channel(running_var, "running_var", c, x.dtype, required=not training)
+    if (rm is None) != (rv is None):
+        raise ValueError("running_mean and running_var must be given together")
+    w = _per_channel(weight, "weight", c, x.dtype, required=False)
+    b = _per_channel(bias, "bias", c, x.dtype, required=False)
+    for v, name in ((w, "weight"), (b, "bias")):
+        if v is not None and v.dtype != x.dtype:
+            raise TypeError(f"{name} has dtype {v.dtype} but input has dtype {x.dtype} (fastopt never casts implicitly)")
+    w = np.ascontiguousarray(w) if w is not None else None
+    b = np.ascontiguousarray(b) if b is not None else None
+    if momentum is not None:
+        momentum = _number(momentum, "momentum")
+    if num_batches_tracked is not None:
+        if not isinstance(num_batches_tracked, np.ndarray) or num_batches_tracked.dtype.kind not in "iu" or num_batches_tracked.size != 1:
+            raise TypeError("num_batches_tracked must be a one-element integer numpy array")
+    if training and momentum is None and rm is not None and num_batches_tracked is None:
+        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
+    if training and rm is not None:
+        for v, name in ((rm, "running_mean"), (rv, "running_var")):
+            if not v.flags.writeable:
+                raise ValueError(f"{name} is read-only but is updated in place")
+        if num_batches_tracked is not None:
+            if not num_batches_tracked.flags.writeable:
+                raise ValueError("num_batches_tracked is read-only but is updated in place")
+            if int(num_batches_tracked.reshape(-1)[0]) >= np.iinfo(num_batches_tracked.dtype).max:
+                raise ValueError(
+                    f"num_batches_tracked ({num_batches_tracked.dtype}) is at its largest value "
+                    f"{np.iinfo(num_batches_tracked.dtype).max}: counting one more batch would overflow (use int64)"
+                )
+    return x, n, c, l, eps, rm, rv, w, b, momentum
+
+
 def batch_norm(
     input: np.ndarray,
     running_mean: np.ndarray | None,
@@ -574,41 +616,9 @@ def batch_norm(
     >>> rm, rv  # momentum 0.1; the running variance is the unbiased one
     (array([0.2, 2. ]), array([ 1.1, 20.9]))
     """
-    x = _array(input, "input")
-    n, c, l = _bn_shape(x)
-    eps = _number(eps, "eps")
-    # (both given or both None: _per_channel requires them when not training)
-    rm: Any = _per_channel(running_mean, "running_mean", c, x.dtype, required=not training)
-    rv: Any = _per_channel(running_var, "running_var", c, x.dtype, required=not training)
-    if (rm is None) != (rv is None):
-        raise ValueError("running_mean and running_var must be given together")
-    w = _per_channel(weight, "weight", c, x.dtype, required=False)
-    b = _per_channel(bias, "bias", c, x.dtype, required=False)
-    for v, name in ((w, "weight"), (b, "bias")):
-        if v is not None and v.dtype != x.dtype:
-            raise TypeError(f"{name} has dtype {v.dtype} but input has dtype {x.dtype} (fastopt never casts implicitly)")
-    w = np.ascontiguousarray(w) if w is not None else None
-    b = np.ascontiguousarray(b) if b is not None else None
-    if momentum is not None:
-        momentum = _number(momentum, "momentum")
-    if num_batches_tracked is not None:
-        if not isinstance(num_batches_tracked, np.ndarray) or num_batches_tracked.dtype.kind not in "iu" or num_batches_tracked.size != 1:
-            raise TypeError("num_batches_tracked must be a one-element integer numpy array")
-    if training and momentum is None and rm is not None and num_batches_tracked is None:
-        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
-    # Everything this call will write is checked before the first write (out may be the input).
-    if training and rm is not None:
-        for v, name in ((rm, "running_mean"), (rv, "running_var")):
-            if not v.flags.writeable:
-                raise ValueError(f"{name} is read-only but is updated in place")
-        if num_batches_tracked is not None:
-            if not num_batches_tracked.flags.writeable:
-                raise ValueError("num_batches_tracked is read-only but is updated in place")
-            if int(num_batches_tracked.reshape(-1)[0]) >= np.iinfo(num_batches_tracked.dtype).max:
-                raise ValueError(
-                    f"num_batches_tracked ({num_batches_tracked.dtype}) is at its largest value "
-                    f"{np.iinfo(num_batches_tracked.dtype).max}: counting one more batch would overflow (use int64)"
-                )
+    x, n, c, l, eps, rm, rv, w, b, momentum = _bn_forward_args(
+        input, running_mean, running_var, weight, bias, training, momentum, eps, num_batches_tracked)
+    # (the output is checked last: out may be the input)
     o = _out(x, out)
 
     dt = x.dtype
@@ -703,22 +713,8 @@ def sync_batch_norm(
     from ..distributed._optimizer import _comm
 
     comm = _comm(comm)
-    x = _array(input, "input")
-    n, c, l = _bn_shape(x)
-    eps = _number(eps, "eps")
-    rm: Any = _per_channel(running_mean, "running_mean", c, x.dtype, required=False)
-    rv: Any = _per_channel(running_var, "running_var", c, x.dtype, required=False)
-    if (rm is None) != (rv is None):
-        raise ValueError("running_mean and running_var must be given together")
-    w = _per_channel(weight, "weight", c, x.dtype, required=False)
-    b = _per_channel(bias, "bias", c, x.dtype, required=False)
-    for v, name in ((w, "weight"), (b, "bias")):
-        if v is not None and v.dtype != x.dtype:
-            raise TypeError(f"{name} has dtype {v.dtype} but input has dtype {x.dtype} (fastopt never casts implicitly)")
-    if momentum is not None:
-        momentum = _number(momentum, "momentum")
-    if rm is not None and momentum is None and num_batches_tracked is None:
-        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
+    x, n, c, l, eps, rm, rv, w, b, momentum = _bn_forward_args(
+        input, running_mean, running_var, weight, bias, True, momentum, eps, num_batches_tracked)
     o = _out(x, out)
     dt = x.dtype
     local = np.zeros((3, c), np.float64)
@@ -787,20 +783,10 @@ def sync_batch_norm_backward(
     from ..distributed._optimizer import _comm
 
     comm = _comm(comm)
-    g = _array(grad_output, "grad_output")
-    x = _like(g, input, "input", "grad_output")
-    n, c, l = _bn_shape(g)
+    g, x, n, c, l, m, s, w = _bn_backward_args(grad_output, input, mean, invstd, weight)
     dt = g.dtype
-    m: Any = _per_channel(mean, "mean", c, dt)
-    s: Any = _per_channel(invstd, "invstd", c, dt)
-    if m.dtype != dt or s.dtype != dt:
-        raise TypeError(f"mean and invstd must have the dtype of grad_output ({dt})")
-    w = _per_channel(weight, "weight", c, dt, required=False)
-    if w is not None and w.dtype != dt:
-        raise TypeError(f"weight has dtype {w.dtype} but grad_output has dtype {dt} (fastopt never casts implicitly)")
     if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 2:
         raise ValueError(f"count must be the total number of values per channel (an int >= 2), got {count!r}")
-    m, s = np.ascontiguousarray(m), np.ascontiguousarray(s)
     o = _out(g, out)
     local = np.zeros((2, c), np.float64)
     if n * l > 0:
@@ -821,6 +807,25 @@ def sync_batch_norm_backward(
     return o, (local[1] * inv).astype(w.dtype), local[0].astype(w.dtype)
 
 
+def _bn_backward_args(grad_output: Any, input: Any, mean: Any, invstd: Any, weight: Any) -> tuple:
+    """The checked arguments of :func:`batch_norm_backward` and
+    :func:`sync_batch_norm_backward`: ``(g, x, n, c, l, mean, invstd, weight)``."""
+    g = _array(grad_output, "grad_output")
+    x = _like(g, input, "input", "grad_output")
+    n, c, l = _bn_shape(g)
+    dt = g.dtype
+    m: Any = _per_channel(mean, "mean", c, dt)
+    s: Any = _per_channel(invstd, "invstd", c, dt)
+    if m.dtype != dt or s.dtype != dt:
+        raise TypeError(f"mean and invstd must have the dtype of grad_output ({dt})")
+    w = _per_channel(weight, "weight", c, dt, required=False)
+    if w is not None and w.dtype != dt:
+        raise TypeError(f"weight has dtype {w.dtype} but grad_output has dtype {dt} (fastopt never casts implicitly)")
+    w = np.ascontiguousarray(w) if w is not None else None
+    m, s = np.ascontiguousarray(m), np.ascontiguousarray(s)
+    return g, x, n, c, l, m, s, w
+
+
 def batch_norm_backward(
     grad_output: np.ndarray,
     input: np.ndarray,
@@ -835,19 +840,8 @@ def batch_norm_backward(
     ``invstd`` it used (``return_stats=True``; in eval mode the running mean and
     ``1 / sqrt(running_var + eps)``). ``grad_weight`` and ``grad_bias`` are None when
     ``weight`` is None. Training mode includes the gradient through the batch statistics."""
-    g = _array(grad_output, "grad_output")
-    x = _like(g, input, "input", "grad_output")
-    n, c, l = _bn_shape(g)
+    g, x, n, c, l, m, s, w = _bn_backward_args(grad_output, input, mean, invstd, weight)
     dt = g.dtype
-    m: Any = _per_channel(mean, "mean", c, dt)
-    s: Any = _per_channel(invstd, "invstd", c, dt)
-    if m.dtype != dt or s.dtype != dt:
-        raise TypeError(f"mean and invstd must have the dtype of grad_output ({dt})")
-    w = _per_channel(weight, "weight", c, dt, required=False)
-    if w is not None and w.dtype != dt:
-        raise TypeError(f"weight has dtype {w.dtype} but grad_output has dtype {dt} (fastopt never casts implicitly)")
-    w = np.ascontiguousarray(w) if w is not None else None
-    m, s = np.ascontiguousarray(m), np.ascontiguousarray(s)
     o = _out(g, out)
     sum_g = np.empty(c, np.float64)
     sum_gx = np.empty(c, np.float64)
