@@ -12,6 +12,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from ..optim._options import check_bool
+from ..optim.muon import round_to_bfloat16
 from ..optim.optimizer import Optimizer, _array_of
 from ..parameter import Parameter
 
@@ -79,14 +80,8 @@ def _signature(named: Iterable[tuple[str, np.ndarray]]) -> list[tuple[str, tuple
 
 
 def _to_bfloat16(x: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bits (uint16), round to nearest even; NaN stays NaN."""
-    u = np.ascontiguousarray(x, np.float32).view(np.uint32)
-    rounded = (u + (((u >> 16) & np.uint32(1)) + np.uint32(0x7FFF))) >> 16
-    nan = np.isnan(x)
-    out = rounded.astype(np.uint16)
-    if nan.any():
-        out[nan] = np.uint16(0x7FC0)
-    return out
+    """float32 -> bfloat16 bits (uint16), round to nearest even, as Muon's rounding."""
+    return (round_to_bfloat16(x).view(np.uint32) >> 16).astype(np.uint16)
 
 
 def _from_bfloat16(bits: np.ndarray) -> np.ndarray:
@@ -288,7 +283,7 @@ class _Distributed:
         for bucket in d["buckets"]:
             bucket.ready = len(bucket.members)
         comm = d["comm"]
-        flags = has.copy()
+        flags = has  # (reduced in place: any rank with a gradient)
         comm_request = comm.Iallreduce(MPI.IN_PLACE, flags, op=MPI.MAX)
         self._start_ready()
         for bucket in d["buckets"]:
