@@ -860,36 +860,47 @@ mod tests {
     use crate::test_util::{data, lerp_ref, madd_ref, misaligned_lengths};
     use crate::optim::Config;
 
+    /// Two tensors (same start, the moments at 0.1 and 0.2) at step counts `starts`: each
+    /// stepped alone by `step`, and both in one call; returns `(alone, together)`.
+    fn alone_and_together(
+        p0: &[f64],
+        g: &[f64],
+        starts: [f32; 2],
+        step: impl for<'a> Fn(Vec<Tensor<'a, f64>>) -> Result<(), Error>,
+    ) -> ([Vec<f64>; 2], [Vec<f64>; 2]) {
+        let n = p0.len();
+        let mut params = [p0.to_vec(), p0.to_vec()];
+        let mut alone = params.clone();
+        for (p, &c0) in alone.iter_mut().zip(&starts) {
+            let (mut m, mut v, mut c) = (vec![0.1; n], vec![0.2; n], c0);
+            let mut st: Vec<&mut [f64]> = vec![&mut m, &mut v];
+            let mut cs: Vec<&mut f32> = vec![&mut c];
+            step(vec![Tensor { param: p, grad: g, states: &mut st, counters: &mut cs, fresh: false }]).unwrap();
+        }
+        let ([mut ma, mut mb], [mut va, mut vb], [mut ca, mut cb]) = ([vec![0.1; n], vec![0.1; n]], [vec![0.2; n], vec![0.2; n]], starts);
+        let mut sa: Vec<&mut [f64]> = vec![&mut ma, &mut va];
+        let mut sb: Vec<&mut [f64]> = vec![&mut mb, &mut vb];
+        let mut ka: Vec<&mut f32> = vec![&mut ca];
+        let mut kb: Vec<&mut f32> = vec![&mut cb];
+        let [pa, pb] = &mut params;
+        step(vec![
+            Tensor { param: pa, grad: g, states: &mut sa, counters: &mut ka, fresh: false },
+            Tensor { param: pb, grad: g, states: &mut sb, counters: &mut kb, fresh: false },
+        ])
+        .unwrap();
+        (alone, params)
+    }
+
     /// RAdam over tensors at different steps (one rectified, one not: the loop that chooses
     /// per tensor) equals each tensor stepped alone (the loop compiled for its kind).
     #[test]
     fn radam_tensors_at_different_steps() {
         let h = RadamConfig { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled_weight_decay: false, maximize: false };
-        let n = 37;
-        let (p0, g) = (data(n, 3), data(n, 4));
+        let (p0, g) = (data(37, 3), data(37, 4));
         let starts = [0.0f32, 9.0];
         assert!(!radam_rect(&h, 1.0).0 && radam_rect(&h, 10.0).0);
-        let mut alone: Vec<Vec<f64>> = vec![];
-        for &c0 in &starts {
-            let (mut p, mut m, mut v, mut c) = (p0.clone(), vec![0.1; n], vec![0.2; n], c0);
-            let mut st: Vec<&mut [f64]> = vec![&mut m, &mut v];
-            let mut cs: Vec<&mut f32> = vec![&mut c];
-            radam(&h, vec![Tensor { param: &mut p, grad: &g, states: &mut st, counters: &mut cs, fresh: false }], 1.0, SimdLevel::Scalar).unwrap();
-            alone.push(p);
-        }
-        let (mut pa, mut ma, mut va, mut ca) = (p0.clone(), vec![0.1; n], vec![0.2; n], starts[0]);
-        let (mut pb, mut mb, mut vb, mut cb) = (p0.clone(), vec![0.1; n], vec![0.2; n], starts[1]);
-        let mut sa: Vec<&mut [f64]> = vec![&mut ma, &mut va];
-        let mut sb: Vec<&mut [f64]> = vec![&mut mb, &mut vb];
-        let mut ka: Vec<&mut f32> = vec![&mut ca];
-        let mut kb: Vec<&mut f32> = vec![&mut cb];
-        let tensors = vec![
-            Tensor { param: &mut pa, grad: &g, states: &mut sa, counters: &mut ka, fresh: false },
-            Tensor { param: &mut pb, grad: &g, states: &mut sb, counters: &mut kb, fresh: false },
-        ];
-        radam(&h, tensors, 1.0, SimdLevel::Scalar).unwrap();
-        assert_eq!(pa, alone[0]);
-        assert_eq!(pb, alone[1]);
+        let (alone, together) = alone_and_together(&p0, &g, starts, |t| radam(&h, t, 1.0, SimdLevel::Scalar));
+        assert_eq!(together, alone);
     }
 
     /// AdaBelief over tensors at different steps (each its own kind of update: the loop that
@@ -897,31 +908,11 @@ mod tests {
     #[test]
     fn adabelief_tensors_at_different_steps() {
         let h = AdaBeliefConfig { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-16, weight_decay: 0.0, decoupled_weight_decay: true, fixed_decay: false, amsgrad: false, rectify: true, degenerated_to_sgd: true, maximize: false };
-        let n = 37;
-        let (p0, g) = (data(n, 1), data(n, 2));
+        let (p0, g) = (data(37, 1), data(37, 2));
         // steps 0 and 5: an SGD step and a rectified one
         let starts = [0.0f32, 5.0];
-        let mut alone: Vec<Vec<f64>> = vec![];
-        for &c0 in &starts {
-            let (mut p, mut m, mut v, mut c) = (p0.clone(), vec![0.1; n], vec![0.2; n], c0);
-            let mut st: Vec<&mut [f64]> = vec![&mut m, &mut v];
-            let mut cs: Vec<&mut f32> = vec![&mut c];
-            adabelief(&h, vec![Tensor { param: &mut p, grad: &g, states: &mut st, counters: &mut cs, fresh: false }], 1.0, SimdLevel::Scalar).unwrap();
-            alone.push(p);
-        }
-        let (mut pa, mut ma, mut va, mut ca) = (p0.clone(), vec![0.1; n], vec![0.2; n], starts[0]);
-        let (mut pb, mut mb, mut vb, mut cb) = (p0.clone(), vec![0.1; n], vec![0.2; n], starts[1]);
-        let mut sa: Vec<&mut [f64]> = vec![&mut ma, &mut va];
-        let mut sb: Vec<&mut [f64]> = vec![&mut mb, &mut vb];
-        let mut ka: Vec<&mut f32> = vec![&mut ca];
-        let mut kb: Vec<&mut f32> = vec![&mut cb];
-        let tensors = vec![
-            Tensor { param: &mut pa, grad: &g, states: &mut sa, counters: &mut ka, fresh: false },
-            Tensor { param: &mut pb, grad: &g, states: &mut sb, counters: &mut kb, fresh: false },
-        ];
-        adabelief(&h, tensors, 1.0, SimdLevel::Scalar).unwrap();
-        assert_eq!(pa, alone[0]);
-        assert_eq!(pb, alone[1]);
+        let (alone, together) = alone_and_together(&p0, &g, starts, |t| adabelief(&h, t, 1.0, SimdLevel::Scalar));
+        assert_eq!(together, alone);
         assert_ne!(alone[0], alone[1]);
     }
 
