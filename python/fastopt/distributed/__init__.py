@@ -4,7 +4,10 @@ Every rank holds the whole model and a shard of each global batch; the gradients
 over the ranks before each optimizer step, so every rank takes the same step.
 :class:`DistributedOptimizer` wraps any fastopt optimizer (Horovod's shape);
 :func:`broadcast_parameters` and :func:`broadcast_optimizer_state` start every rank from the
-same point. mpi4py is imported only when one of them is used (``pip install 'fastopt[mpi]'``
+same point. :class:`ZeroRedundancyOptimizer` (ZeRO stage 1) also splits the optimizer state
+across the ranks, each holding 1/N of it; ``fastopt.save(obj, folder, comm=comm)`` writes a
+checkpoint of such shards that ``fastopt.load(folder, comm=comm)`` reads back on any number
+of ranks. mpi4py is imported only when one of them is used (``pip install 'fastopt[mpi]'``
 installs mpi4py and MPICH from PyPI: no system MPI is needed).
 
 Run a script on N ranks with ``mpiexec -n N python -m mpi4py train.py``: ``-m mpi4py`` turns
@@ -18,5 +21,7 @@ your scheduler's time limit).
 from __future__ import annotations
 
 from ._optimizer import DistributedOptimizer, abort_on_exception, broadcast_optimizer_state, broadcast_parameters
+from ._zero import ZeroRedundancyOptimizer
 
-__all__ = ["DistributedOptimizer", "broadcast_parameters", "broadcast_optimizer_state", "abort_on_exception"]
+__all__ = ["DistributedOptimizer", "ZeroRedundancyOptimizer", "broadcast_parameters", "broadcast_optimizer_state",
+           "abort_on_exception"]

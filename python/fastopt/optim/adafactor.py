@@ -57,6 +57,7 @@ class Adafactor(Optimizer):
     ((2, 1), (1, 3))
     """
 
+    _couples = "tensor"  # (an element's update reads its row and column)
     _option_docs = {
         "eps": "``(eps1, eps2)``: eps1 (None: the dtype's smallest normal) keeps the second moment "
                "positive; eps2 scales the step by the parameter's root mean square, at least eps2",

@@ -48,6 +48,7 @@ class Lamb(Optimizer):
     array([2.646447, 3.646447])
     """
 
+    _couples = "tensor"  # (the trust ratio: the norms of the whole tensor)
     _option_docs = {
         "weight_decay": "decoupled weight decay, added to the update direction before the trust ratio",
         "bias_correction": "True: the moments divided by ``1 - beta**t`` before the ratio (the paper's Algorithm 2, "

@@ -150,6 +150,7 @@ class LBFGS(Optimizer):
     True
     """
 
+    _couples = "all"  # (the direction comes from every parameter's history)
     _option_docs = {
         "lr": "learning rate (the step along the search direction; with a line search, its first trial)",
         "max_iter": "maximal number of iterations per ``step``",

@@ -251,6 +251,12 @@ class Optimizer:
     #: then goes through.
     _global_step: bool = False
 
+    #: Which elements one element's update reads besides its own: None (none: the update is
+    #: elementwise, so any slice of a tensor can be stepped alone), ``"tensor"`` (the rest of
+    #: its tensor: LAMB's trust ratio, Adafactor's row and column, Muon's matrix) or ``"all"``
+    #: (every tensor: Prodigy's estimate, L-BFGS). Sharded optimizers partition by it.
+    _couples: str | None = None
+
     #: Set by the first learning-rate scheduler made for this optimizer (torch's step-order
     #: warning counts optimizer steps from then on).
     _tracked_by_scheduler = False
@@ -414,6 +420,11 @@ class Optimizer:
         optimizer's own (``_validate_group``)."""
         check_impl_flags(group)
         self._validate_group(group)
+
+    def _coupling(self, group: dict[str, Any]) -> str | None:
+        """:attr:`_couples` for ``group`` (``cautious=True`` rescales by the fraction of its
+        tensor's elements the mask keeps: per tensor)."""
+        return "tensor" if group.get("cautious") and self._couples is None else self._couples
 
     # -- gradients ------------------------------------------------------------------------
 

@@ -106,6 +106,7 @@ class Prodigy(Optimizer):
     True
     """
 
+    _couples = "all"  # (the step-size estimate sums over every tensor)
     _option_docs = {
         "lr": "multiplier of the estimated step size (leave at 1 unless training is unstable); a group may "
               "only have this lr or 0",
