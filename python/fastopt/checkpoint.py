@@ -136,10 +136,16 @@ class _Writer:
         )
 
 
-def save(obj: Any, path: str | os.PathLike) -> None:
+def save(obj: Any, path: str | os.PathLike, comm: Any = None) -> None:
     """Writes ``obj`` to ``path`` atomically (see the module docstring for what it may hold).
 
     The old file, if any, stays intact until the new one is complete on disk.
+
+    With ``comm`` (an mpi4py communicator; a collective call), ``path`` is a folder: every
+    rank writes its own ``obj`` there (typically its
+    :class:`~fastopt.distributed.ZeroRedundancyOptimizer` shard and the model) and rank 0
+    commits a manifest of the files' sizes and checksums; a crash mid-save leaves the previous
+    checkpoint in the folder current. :func:`load` reads it back on any number of ranks.
 
     Example:
 
@@ -148,6 +154,10 @@ def save(obj: Any, path: str | os.PathLike) -> None:
     >>> fo.load('ckpt.fo')
     {'w': array([0., 1., 2.]), 'step': 7}
     """
+    if comm is not None:
+        from .distributed import _checkpoint
+
+        return _checkpoint.save(obj, path, comm)
     writer = _Writer()
     tree = writer.node(obj, "obj")
     header = json.dumps({"format": "fastopt-checkpoint", "version": 1, "tree": tree}, separators=(",", ":")).encode()
@@ -225,12 +235,22 @@ def _corrupt(path: Any, why: str) -> ValueError:
     return ValueError(f"{path} is not a valid fastopt checkpoint: {why}")
 
 
-def load(path: str | os.PathLike) -> Any:
+def load(path: str | os.PathLike, comm: Any = None) -> Any:
     """Reads what :func:`save` wrote. Arrays come back as new, writeable arrays.
 
     Raises ValueError for a file that is truncated, corrupted, crafted, a pickle, or not a
     fastopt checkpoint; never executes anything from the file, and never allocates more than
-    the file's arrays need (see the module docstring)."""
+    the file's arrays need (see the module docstring).
+
+    A folder written with ``save(..., comm=comm)`` on N ranks: with ``comm`` of N ranks each
+    rank gets its own object back; of M ranks, rank 0's object with each optimizer shard
+    re-sharded for the M ranks; without ``comm``, rank 0's object with each shard turned into
+    the full state in the unsharded optimizer's (torch's) layout. Every file is checked against
+    the manifest (size and checksum) before it is read; an error is raised on every rank."""
+    from .distributed import _checkpoint
+
+    if comm is not None or _checkpoint.is_checkpoint(path):
+        return _checkpoint.load(path, comm)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except IsADirectoryError:

@@ -684,7 +684,7 @@ class ZeroRedundancyOptimizer(Optimizer):
     def _manifest(self) -> dict[str, Any]:
         z = self._zero
         return dict(format=SHARD_FORMAT, version=1, rank=z["rank"], optimizer=self._class.__name__,
-                    **z["layout"].describe())
+                    counters=list(self._class._counters), **z["layout"].describe())
 
     def _groups_dict(self) -> list[dict[str, Any]]:
         """The param groups in torch's layout (options, and params as indices)."""
