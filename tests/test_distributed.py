@@ -28,11 +28,11 @@ def mpiexec() -> str:
     return path
 
 
-def run(script: str, n: int, timeout: float = 300) -> subprocess.CompletedProcess:
+def run(script: str, n: int, timeout: float = 300, args: list[str] | tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     # One kernel thread per rank (ranks share this machine's cores); the scripts import
     # their helpers from tests/mpi.
     env = dict(os.environ, FASTOPT_NUM_THREADS="1", PYTHONPATH=str(HERE), OMP_NUM_THREADS="1")
-    cmd = [mpiexec(), "-n", str(n), sys.executable, "-m", "mpi4py", str(HERE / script)]
+    cmd = [mpiexec(), "-n", str(n), sys.executable, "-m", "mpi4py", str(HERE / script), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -62,6 +62,48 @@ def test_matches_torch_ddp_with_gloo(torch, n):
     assert r.returncode == 0, out
     for rank in range(n):
         assert f"rank {rank}: OK" in r.stdout, out
+
+
+def _ok(r: subprocess.CompletedProcess, n: int) -> None:
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    for rank in range(n):
+        assert f"rank {rank}: OK" in r.stdout, out
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_zero_matches_the_unsharded_optimizer(n):
+    """Every optimizer configuration: bit for bit after 50 steps, the consolidated state equal
+    to the unsharded one and loadable into torch.optim (tests/mpi/zero_equivalence.py)."""
+    oracle("torch", "the ZeRO tests (torch.optim loads the consolidated state)")
+    _ok(run("zero_equivalence.py", n), n)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_zero_features(n):
+    oracle("torch", "the ZeRO tests (torch's greedy layout)")
+    _ok(run("zero_features.py", n), n)
+
+
+def test_zero_bad_input(tmp_path):
+    _ok(run("zero_bad_input.py", 2, args=[str(tmp_path)]), 2)
+
+
+def test_zero_checkpoint_reloads_on_any_world_size(tmp_path):
+    """Saved on 3 ranks at step 20; resumed on 2 and 4 ranks and on one process (the full
+    state into the unsharded optimizers): each identical at step 40 to the uninterrupted run.
+    Then rank 1 is killed during a second save: the first checkpoint still loads and verifies."""
+    folder = [str(tmp_path)]
+    _ok(run("zero_checkpoint.py", 3, args=["save", *folder]), 3)
+    for n in (2, 4):
+        _ok(run("zero_checkpoint.py", n, args=["resume", *folder]), n)
+    env = dict(os.environ, FASTOPT_NUM_THREADS="1", PYTHONPATH=str(HERE), OMP_NUM_THREADS="1")
+    single = [sys.executable, str(HERE / "zero_checkpoint.py")]
+    _ok(subprocess.run(single + ["single", *folder], capture_output=True, text=True, timeout=300, env=env), 1)
+    crash = run("zero_checkpoint.py", 3, args=["crash", *folder], timeout=120)
+    assert crash.returncode != 0 and "should not have completed" not in crash.stdout + crash.stderr
+    assert len([d for d in os.listdir(tmp_path / "ckpt") if d.startswith("save-")]) == 2  # (the old one kept)
+    _ok(subprocess.run(single + ["verify", *folder], capture_output=True, text=True, timeout=300, env=env), 1)
 
 
 def _table(text: str) -> list[list[str]]:

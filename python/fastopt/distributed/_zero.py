@@ -262,6 +262,8 @@ class ZeroRedundancyOptimizer(Optimizer):
         "defaults": "the options of ``optimizer_class`` (``lr=...``), as for the optimizer itself",
     }
 
+    _zero: dict[str, Any]
+
     def __init__(self, params: Any, optimizer_class: type, comm: Any = None, partition: str = "flat",
                  parameters_as_bucket_view: bool = False, **defaults: Any) -> None:
         if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, Optimizer)):
@@ -315,7 +317,7 @@ class ZeroRedundancyOptimizer(Optimizer):
         """This rank's optimizer: ``optimizer_class`` over the pieces this rank owns."""
         return self._zero["inner"]
 
-    @property  # type: ignore[override]
+    @property
     def state(self) -> Any:
         """This rank's shard of the state (the local optimizer's, keyed by its pieces)."""
         return self._zero["inner"].state if "_zero" in self.__dict__ else self.__dict__["_state0"]
@@ -429,6 +431,7 @@ class ZeroRedundancyOptimizer(Optimizer):
         for h in self._zero["handles"]:
             h.remove()
         self._build()
+        assert full is not None
         self._load_full(full)
 
     # -- gradients ------------------------------------------------------------------------
@@ -611,8 +614,8 @@ class ZeroRedundancyOptimizer(Optimizer):
             failed: BaseException | None = None
             try:
                 inner._check_groups_disjoint()
-                for gi, (group, g) in enumerate(zip(inner.param_groups, per_group)):
-                    inner._run_group(gi, group, g, True, 1.0)
+                for gi, (group, row) in enumerate(zip(inner.param_groups, per_group)):
+                    inner._run_group(gi, group, row, True, 1.0)
             except Exception as e:  # (every rank learns of it before any writes)
                 failed = e
             total, errors = self._agree(local, norm_type, failed)
@@ -745,7 +748,8 @@ class ZeroRedundancyOptimizer(Optimizer):
         local = self._local_state()
         # Per piece with state: its keys in order, its scalars, and for each array its key,
         # dtype and shape (the arrays themselves travel in the Gatherv of their kind).
-        meta, sends = [], {}
+        meta: list[tuple] = []
+        sends: dict[tuple[str, str], list[np.ndarray]] = {}
         for k, lo, hi in z["pieces"]:
             entry = local.get(k)
             if entry is None:
