@@ -9,7 +9,12 @@
    ResNet-50's parameter shapes: the DistributedOptimizer against torch's
    DistributedDataParallel with the gloo backend (its reduction runs in backward, timed as a
    backward through a model whose gradients are constants, plus ``Adam(fused=True)``);
-3. SyncBatchNorm forward + backward on (256, 256) float32 against local BatchNorm1d.
+3. SyncBatchNorm forward + backward on (256, 256) float32 against local BatchNorm1d;
+4. ZeRO stage 1 (ZeroRedundancyOptimizer) against the DistributedOptimizer: an Adam step over
+   ResNet-50's shapes with the gradients already in the flat buffers (as after a backward into
+   them), the memory each adds to the model (tracemalloc's peak over set-up and two steps:
+   gradient buffers, state, gather buffers), and consolidating the full state on rank 0
+   against one raw ``Gatherv`` of its bytes.
 
 Medians over rounds of the per-call time, each rank's own (the table shows rank 0's and the
 slowest rank's). Benchmarks never assert."""
@@ -177,7 +182,81 @@ def run(rounds: int) -> str:
               "| | us (rank 0) | us (slowest) | vs local |", "|---|---|---|---|",
               f"| BatchNorm1d (local) | {b[0] * 1e6:.1f} | {b[1] * 1e6:.1f} | 1.00x |",
               f"| SyncBatchNorm | {s[0] * 1e6:.1f} | {s[1] * 1e6:.1f} | {s[1] / b[1]:.2f}x |", ""]
+    lines += _zero_section(comm, rounds)
     return "\n".join(lines)
+
+
+def _zero_section(comm: Any, rounds: int) -> list[str]:
+    import tracemalloc
+
+    from mpi4py import MPI
+
+    from ..distributed import DistributedOptimizer, ZeroRedundancyOptimizer
+
+    shapes = resnet50_shapes()
+    rng = np.random.default_rng(comm.rank)
+    grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    model_mb = sum(g.nbytes for g in grads) / 2**20
+
+    def make(kind: str) -> tuple[Any, list[Any]]:
+        params = [fo.Parameter(np.full(s, 0.5, np.float32)) for s in shapes]
+        if kind == "ddp":
+            opt = DistributedOptimizer(fo.optim.Adam(params, lr=1e-3), comm=comm)
+        else:
+            opt = ZeroRedundancyOptimizer(params, fo.optim.Adam, comm=comm, lr=1e-3,
+                                          parameters_as_bucket_view=kind == "zero-view")
+        opt.zero_grad()
+        for p, g in zip(params, grads):  # (as a backward into the flat buffers leaves them)
+            p.grad[...] = g
+            p._grad_accumulated()
+        return opt, params
+
+    lines = ["#### ZeRO stage 1 against the DistributedOptimizer: Adam over ResNet-50's shapes, float32", "",
+             f"{len(shapes)} tensors, {model_mb:.1f} MB of parameters; gradients in the flat buffers (as after a "
+             "backward into them); memory: what the optimizer adds to the model (tracemalloc peak over set-up "
+             "and two steps, rank 0).", "",
+             "| | step ms (rank 0) | step ms (slowest) | vs DistributedOptimizer | state MB per rank | "
+             "added memory MB per rank |", "|---|---|---|---|---|---|"]
+    rows = {}
+    for kind in ("ddp", "zero", "zero-view"):
+        comm.Barrier()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        opt, params = make(kind)
+        base += sum(p.data.nbytes for p in params)
+        opt.step()
+        opt.step()
+        peak = (tracemalloc.get_traced_memory()[1] - base) / 2**20
+        tracemalloc.stop()
+        state = opt.optim.state if kind != "ddp" else opt.state
+        state_mb = sum(v.nbytes for e in state.values() for v in e.values() if isinstance(v, np.ndarray)) / 2**20
+        rows[kind] = (_median_time(comm, opt.step, rounds, 3), state_mb, peak)
+        del opt, params
+    names = {"ddp": "DistributedOptimizer (every rank: the whole state)",
+             "zero": "ZeroRedundancyOptimizer, partition='flat'",
+             "zero-view": "the same, parameters_as_bucket_view=True"}
+    ref = rows["ddp"][0][1]
+    for kind, ((t0, t1), state_mb, peak) in rows.items():
+        lines.append(f"| {names[kind]} | {t0 * 1e3:.2f} | {t1 * 1e3:.2f} | {t1 / ref:.2f}x | {state_mb:.1f} | "
+                     f"{peak:.1f} |")
+    # Consolidation against one raw Gatherv of the same bytes.
+    opt, _ = make("zero")
+    opt.step()
+    held = [v for e in opt.optim.state.values() for v in e.values() if isinstance(v, np.ndarray) and v.ndim]
+    n = sum(v.size for v in held)
+    counts = comm.allgather(n)
+    send = np.ones(n, np.float32)
+    recv = np.empty(sum(counts), np.float32) if comm.rank == 0 else None
+    spec = [recv, counts, [sum(counts[:r]) for r in range(len(counts))], MPI.FLOAT] if recv is not None else None
+    raw = _median_time(comm, lambda: comm.Gatherv([send, MPI.FLOAT], spec, root=0), rounds, 1)
+    full = _median_time(comm, opt.consolidate_state_dict, rounds, 1)
+    mb = sum(counts) * 4 / 2**20
+    lines += ["", f"Consolidating the full state ({mb:.1f} MB) on rank 0:", "",
+              "| | ms (rank 0) | ms (slowest) | vs one Gatherv |", "|---|---|---|---|",
+              f"| one raw Gatherv of the state's bytes | {raw[0] * 1e3:.1f} | {raw[1] * 1e3:.1f} | 1.00x |",
+              f"| consolidate_state_dict(to=0) | {full[0] * 1e3:.1f} | {full[1] * 1e3:.1f} | {full[1] / raw[1]:.2f}x |",
+              ""]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 import numbers
@@ -23,6 +24,7 @@ PARTITIONS = ("flat", "greedy")
 #: The marker of a shard's manifest (``state_dict()["zero"]``).
 SHARD_FORMAT = "fastopt-zero-shard"
 _ALIGN_BYTES = 64  # a flat shard's length is a multiple of this many bytes
+_CHUNK_BYTES = 1 << 20  # per rank, the all-gather's buffer without bucket views
 
 
 class Layout:
@@ -196,6 +198,81 @@ def _plain_state(state: Any, what: str) -> dict[int, dict[str, Any]]:
     return out
 
 
+class _Arena:
+    """This rank's per-element state buffers as views of one flat array per buffer name and
+    dtype, laid out as the rank's range of the flat buffer: a consolidation then sends each
+    kind of buffer straight from it (no copy to pack)."""
+
+    def __init__(self, layout: Layout, rank: int, pieces: list[tuple[int, int, int]], piece_params: list[Any],
+                 partition: str) -> None:
+        self.layout, self.rank, self.partition = layout, rank, partition
+        self.where = {id(q): (k, lo, hi) for (k, lo, hi), q in zip(pieces, piece_params)}
+        self.flats: dict[tuple[str, np.dtype], np.ndarray] = {}
+        self.views: dict[tuple[int, str], np.ndarray] = {}
+
+    def view(self, q: Any, name: str, a: np.ndarray) -> np.ndarray | None:
+        """Piece ``q``'s buffer ``name`` in the arena (None for anything else)."""
+        where = self.where.get(id(q))
+        if where is None or a.dtype not in self.layout.counts:
+            return None
+        k, lo, hi = where
+        got = self.views.get((k, name))
+        if got is not None:
+            return got
+        d = a.dtype
+        flat = self.flats.get((name, d))
+        if flat is None:
+            flat = self.flats[(name, d)] = np.zeros(self.layout.counts[d][self.rank], d)
+        start = self.layout.offsets[k] - self.layout.displs[d][self.rank]
+        v = flat[start + lo:start + hi]
+        v = v if self.partition == "flat" else v.reshape(self.layout.shapes[k])
+        if v.shape != a.shape:
+            return None
+        self.views[(k, name)] = v
+        return v
+
+    def array(self, p: Any, name: str, a: np.ndarray, value: float) -> np.ndarray:
+        """The local optimizer's ``_state_array``: the arena's view, set to ``value``."""
+        v = self.view(p, name, a)
+        if v is None:
+            return np.full(a.shape, value, a.dtype) if value else np.zeros(a.shape, a.dtype)
+        v[...] = value
+        return v
+
+    def seat(self, inner: Optimizer) -> None:
+        """Moves state buffers made elsewhere (loaded, or made up front) into the arena."""
+        for q, entry in list(inner.state.items()):
+            if id(q) not in self.where:
+                continue
+            for name, b in list(entry.items()):
+                if isinstance(b, np.ndarray) and b.ndim:
+                    v = self.view(q, name, b)
+                    if v is not None and v is not b:
+                        v[...] = b
+                        entry[name] = v
+
+    def contiguous(self, name: str, arrays: list[np.ndarray]) -> np.ndarray | None:
+        """The arena's flat array holding exactly ``arrays`` (the pieces' buffers ``name``, in
+        order), or None when they are not all its views."""
+        if not arrays:
+            return None
+        flat = self.flats.get((name, arrays[0].dtype))
+        if flat is None:
+            return None
+        n = sum(a.size for a in arrays)
+        first = arrays[0]
+        at = (first.__array_interface__["data"][0] - flat.__array_interface__["data"][0]) // flat.itemsize
+        if at != 0 or n > flat.size:
+            return None
+        ends = at
+        for a in arrays:
+            if a.base is not flat or (a.__array_interface__["data"][0] - flat.__array_interface__["data"][0]) \
+                    // flat.itemsize != ends:
+                return None
+            ends += a.size
+        return flat[:n]
+
+
 class ZeroRedundancyOptimizer(Optimizer):
     r"""ZeRO stage 1 (Rajbhandari et al., 2020) over MPI: ``optimizer_class``'s update with its
     state split across the ranks of ``comm`` (default ``MPI.COMM_WORLD``), so each rank holds
@@ -277,6 +354,7 @@ class ZeroRedundancyOptimizer(Optimizer):
         # The unsharded optimizer checks the params and options and fills the defaults; it
         # never steps, so it holds no state.
         template = optimizer_class(params, **defaults)
+        template.state.clear()  # (Adagrad makes its state up front: the template never steps)
         for gi, g in enumerate(template.param_groups):
             self._check_coupling(template, g, gi, partition)
         self._template = template
@@ -345,13 +423,16 @@ class ZeroRedundancyOptimizer(Optimizer):
         layout = Layout([a.shape for a in arrays], [a.dtype for a in arrays], groups, comm.size, self._partition)
         rank = comm.rank
         grad_flat = {d: np.zeros(layout.length(d), d) for d in layout.order}
-        param_flat = {d: np.zeros(layout.length(d), d) for d in layout.order}
+        # The parameters' flat buffers exist with bucket views only (they are the parameters'
+        # storage then); otherwise the all-gather goes through one chunk-sized buffer.
+        param_flat = {d: np.zeros(layout.length(d), d) for d in layout.order} if self._bucket_view else {}
         grad_local = {d: grad_flat[d][:0].copy() if not layout.counts[d][rank] else np.empty(layout.counts[d][rank], d)
                       for d in layout.order}
         for k, a in enumerate(arrays):
             d, off = a.dtype, layout.offsets[k]
-            param_flat[d][off:off + a.size] = a.reshape(-1)
-            if self._bucket_view and isinstance(params[k], Parameter):
+            if param_flat:
+                param_flat[d][off:off + a.size] = a.reshape(-1)
+            if self._backed(params[k]):
                 params[k]._data = param_flat[d][off:off + a.size].reshape(a.shape)
         pieces, piece_params, piece_grads = layout.pieces[rank], [], []
         for k, lo, hi in pieces:
@@ -374,12 +455,17 @@ class ZeroRedundancyOptimizer(Optimizer):
         for g, ig in zip(self.param_groups, inner_groups):
             ig.update(self._options_of(g))
         inner = self._class(inner_groups, **self._given)
+        arena = _Arena(layout, rank, pieces, piece_params, self._partition)
+        inner._state_array = arena.array  # type: ignore[method-assign]
         grad_views = [grad_flat[a.dtype][layout.offsets[k]:layout.offsets[k] + a.size].reshape(a.shape)
                       for k, a in enumerate(arrays)]
         self.__dict__["_zero"] = dict(
             layout=layout, rank=rank, grad_flat=grad_flat, grad_local=grad_local, param_flat=param_flat,
             pieces=pieces, piece_params=piece_params, piece_grads=piece_grads, inner=inner, groups=groups,
-            marker=marker, arrays=tuple(arrays), zeroed=[False] * len(params), handles=[], grad_views=grad_views)
+            marker=marker, arrays=tuple(arrays), zeroed=[False] * len(params), handles=[], grad_views=grad_views,
+            arena=arena, chunk={},
+            members={d: (layout.members[d], [layout.offsets[k] for k in layout.members[d]]) for d in layout.order})
+        arena.seat(inner)
         self._watch_grads(params)
 
     @staticmethod
@@ -423,6 +509,7 @@ class ZeroRedundancyOptimizer(Optimizer):
         full = self._gather_state(every=True)
         with self._lock:
             self._template.add_param_group(param_group)
+            self._template.state.clear()
             try:
                 super().add_param_group(dict(self._template.param_groups[-1]))
             except BaseException:
@@ -527,11 +614,13 @@ class ZeroRedundancyOptimizer(Optimizer):
 
     def _allgather(self) -> None:
         """Every rank's updated ranges of the parameters to every rank."""
+        if not self._bucket_view:
+            return self._allgather_chunks()
         MPI = _mpi()
         z = self._zero
         layout, comm = z["layout"], self._comm_
         params = self._params()
-        for k, lo, hi in z["pieces"]:  # this rank's ranges into the buffer the gather fills
+        for k, lo, hi in z["pieces"]:  # this rank's ranges of plain arrays into the buffer
             if not self._backed(params[k]):
                 d, off = layout.dtypes[k], layout.offsets[k]
                 z["param_flat"][d][off + lo:off + hi] = _array_of(params[k]).reshape(-1)[lo:hi]
@@ -548,6 +637,50 @@ class ZeroRedundancyOptimizer(Optimizer):
             if not self._backed(p) and k not in whole:
                 d, off = layout.dtypes[k], layout.offsets[k]
                 _array_of(p).reshape(-1)[...] = z["param_flat"][d][off:off + layout.sizes[k]]
+
+    def _allgather_chunks(self) -> None:
+        """The all-gather through a buffer of ``_CHUNK_BYTES`` per rank: round ``c`` gathers
+        the ``c``-th chunk of every rank's range, then copies it into the parameters (so no
+        rank holds a second copy of the model)."""
+        MPI = _mpi()
+        z = self._zero
+        layout, comm, rank = z["layout"], self._comm_, z["rank"]
+        arrays = [_array_of(p).reshape(-1) for p in self._params()]
+        for d in layout.order:
+            counts, displs = layout.counts[d], layout.displs[d]
+            chunk = max(1, min(max(counts), _CHUNK_BYTES // d.itemsize))
+            buf = z["chunk"].get(d)
+            if buf is None or buf.size != chunk * comm.size:
+                buf = z["chunk"][d] = np.empty(chunk * comm.size, d)
+            starts = [r * chunk for r in range(comm.size)]
+            for c in range(-(-max(counts) // chunk)):
+                sizes = [max(0, min(chunk, counts[r] - c * chunk)) for r in range(comm.size)]
+                at = displs[rank] + c * chunk
+                self._copy_range(d, at, at + sizes[rank], buf[starts[rank]:], arrays, into_buffer=True)
+                comm.Allgatherv(MPI.IN_PLACE, [buf, sizes, starts, _mpi_type(d)])
+                for r in range(comm.size):
+                    if r != rank and sizes[r]:
+                        at = displs[r] + c * chunk
+                        self._copy_range(d, at, at + sizes[r], buf[starts[r]:], arrays, into_buffer=False)
+
+    def _copy_range(self, d: np.dtype, a: int, b: int, buf: np.ndarray, arrays: list[np.ndarray],
+                    into_buffer: bool) -> None:
+        """Copies elements ``a:b`` of dtype ``d``'s flat layout between the parameters and
+        ``buf`` (which holds element ``a`` at 0); padding is skipped."""
+        z = self._zero
+        layout = z["layout"]
+        members, starts = z["members"][d]
+        i = max(0, bisect.bisect_right(starts, a) - 1)
+        while i < len(members) and starts[i] < b:
+            k = members[i]
+            lo, hi = max(a, starts[i]), min(b, starts[i] + layout.sizes[k])
+            if lo < hi:
+                src = arrays[k][lo - starts[i]:hi - starts[i]]
+                if into_buffer:
+                    buf[lo - a:hi - a] = src
+                else:
+                    src[...] = buf[lo - a:hi - a]
+            i += 1
 
     def _adopt_arrays(self) -> None:
         """Follows Parameters whose ``data`` was replaced since the last step (a loaded
@@ -767,7 +900,9 @@ class ZeroRedundancyOptimizer(Optimizer):
         received = {}
         for key, dt in kinds:
             mine = sends.get((key, dt), [])
-            send = mine[0] if len(mine) == 1 else (np.concatenate(mine) if mine else np.zeros(0, dt))
+            send = z["arena"].contiguous(key, mine)
+            if send is None:
+                send = mine[0] if len(mine) == 1 else (np.concatenate(mine) if mine else np.zeros(0, dt))
             counts = [sum(math.prod(shape) for *_, arrays, _ in m for kk, dd, shape in arrays if (kk, dd) == (key, dt))
                       for m in metas]
             displs = [sum(counts[:r]) for r in range(len(counts))]
@@ -902,6 +1037,7 @@ class ZeroRedundancyOptimizer(Optimizer):
             opts = {key: v for key, v in g.items() if key not in ("params", "param_names")}
             inner_groups.append(dict(opts, params=[index[id(q)] for q in ig["params"]]))
         inner.load_state_dict({"state": inner_state, "param_groups": inner_groups}, strict=False)
+        z["arena"].seat(inner)
         for g, ig in zip(self.param_groups, inner.param_groups):
             g.update(self._options_of(ig))
 

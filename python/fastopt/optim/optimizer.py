@@ -820,14 +820,18 @@ class Optimizer:
                 if b is None:
                     if name in counters:
                         b = np.full((), (fill or {}).get(name, 0.0), np.float32)
-                    elif fill and name in fill:
-                        b = np.full(a.shape, fill[name], a.dtype)
                     else:
-                        b = np.zeros(a.shape, a.dtype)
+                        b = self._state_array(p, name, a, fill[name] if fill and name in fill else 0.0)
                     created.append((p, name, b))
                 out[k].append(b)
         self._pending = created
         return out, created
+
+    def _state_array(self, p: Any, name: str, a: np.ndarray, value: float) -> np.ndarray:
+        """A new state buffer ``name`` for parameter ``p`` (array ``a``): ``a``'s shape and
+        dtype, every element ``value``. (The sharded optimizer's local optimizer replaces it
+        to carve the buffers out of one flat array per name.)"""
+        return np.full(a.shape, value, a.dtype) if value else np.zeros(a.shape, a.dtype)
 
     def _check_cache(self, group: dict) -> Any:
         """The kernel's record of what it checked for this group last time (it holds the
