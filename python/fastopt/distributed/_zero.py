@@ -426,8 +426,8 @@ class ZeroRedundancyOptimizer(Optimizer):
         # The parameters' flat buffers exist with bucket views only (they are the parameters'
         # storage then); otherwise the all-gather goes through one chunk-sized buffer.
         param_flat = {d: np.zeros(layout.length(d), d) for d in layout.order} if self._bucket_view else {}
-        grad_local = {d: grad_flat[d][:0].copy() if not layout.counts[d][rank] else np.empty(layout.counts[d][rank], d)
-                      for d in layout.order}
+        # (on one rank the flat buffer is the rank's range: no copy)
+        grad_local = {d: grad_flat[d] if comm.size == 1 else np.empty(layout.counts[d][rank], d) for d in layout.order}
         for k, a in enumerate(arrays):
             d, off = a.dtype, layout.offsets[k]
             if param_flat:
@@ -581,9 +581,10 @@ class ZeroRedundancyOptimizer(Optimizer):
                     views[k][...] = g
         return has
 
-    def _reduce_scatter(self, grads: Any) -> np.ndarray:
+    def _reduce_scatter(self, grads: Any, divide: bool) -> np.ndarray:
         """Fills the flat gradient buffers and reduce-scatters them: afterwards each rank's
-        ``grad_local`` holds its ranges of the averaged gradient. Returns, per parameter,
+        ``grad_local`` holds its ranges of the summed gradient (averaged if ``divide``; else
+        the step multiplies by 1/N as it reads them). Returns, per parameter,
         whether any rank had a gradient for it. If one rank's gradients are bad, every rank
         raises (that rank its own error) once the collectives are done: none is left waiting."""
         MPI = _mpi()
@@ -596,6 +597,10 @@ class ZeroRedundancyOptimizer(Optimizer):
             failed = e
             has = np.zeros(len(z["grad_views"]) + 1, np.int32)
             has[-1] = comm.rank + 1
+        if comm.size == 1:
+            if failed is not None:
+                raise failed
+            return has[:-1]
         requests = [comm.Iallreduce(MPI.IN_PLACE, has, op=MPI.MAX)]
         for d in layout.order:
             send, recv = [z["grad_flat"][d], _mpi_type(d)], [z["grad_local"][d], _mpi_type(d)]
@@ -608,12 +613,15 @@ class ZeroRedundancyOptimizer(Optimizer):
             raise failed
         if has[-1]:
             raise ValueError(f"rank {has[-1] - 1} was given bad gradients (its error says which): nothing was updated")
-        for d in layout.order:
-            z["grad_local"][d] /= d.type(comm.size)
+        if divide:
+            for d in layout.order:
+                z["grad_local"][d] /= d.type(comm.size)
         return has[:-1]
 
     def _allgather(self) -> None:
         """Every rank's updated ranges of the parameters to every rank."""
+        if self._comm_.size == 1:
+            return  # (the pieces are the parameters' own memory)
         if not self._bucket_view:
             return self._allgather_chunks()
         MPI = _mpi()
@@ -732,7 +740,12 @@ class ZeroRedundancyOptimizer(Optimizer):
             self._opt_called = True
             self._adopt_arrays()
             z = self._zero
-            has = self._reduce_scatter(grads)
+            clipping = max_grad_norm is not None or skip_if_nonfinite
+            # Dividing by a power of two is multiplying by its inverse, exactly: the kernel
+            # does it as it reads the gradients instead of a pass of its own.
+            n = self._comm_.size
+            fold = n & (n - 1) == 0 and not clipping
+            has = self._reduce_scatter(grads, divide=not fold)
             inner = z["inner"]
             for g, ig in zip(self.param_groups, inner.param_groups):
                 ig.update(self._options_of(g))
@@ -742,7 +755,6 @@ class ZeroRedundancyOptimizer(Optimizer):
             for gi, q in enumerate(z["marker"]):
                 stepped = any(has[k] for k in range(len(has)) if z["groups"][k] == gi)
                 per_group[gi].append(np.zeros(0, q.data.dtype) if stepped else None)
-            clipping = max_grad_norm is not None or skip_if_nonfinite
             local = self._local_norm(per_group, norm_type) if clipping else 0.0
             failed: BaseException | None = None
             try:
@@ -756,7 +768,7 @@ class ZeroRedundancyOptimizer(Optimizer):
                 raise failed
             if errors:
                 raise RuntimeError(f"ZeroRedundancyOptimizer.step failed on rank {errors[0]}: nothing was updated")
-            scale = 1.0
+            scale = 1.0 / n if fold else 1.0
             if clipping:
                 self.last_grad_norm = total
                 if skip_if_nonfinite and not np.isfinite(total):
