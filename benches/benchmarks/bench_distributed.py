@@ -1,7 +1,7 @@
 """The MPI wrappers on one rank (asv cannot launch ``mpiexec``; the multi-rank figures come from
 ``OMP_NUM_THREADS=1 mpiexec -n 2 python -m mpi4py -m fastopt.bench.mpi``): Adam over
 ResNet-50's 161 parameter shapes (float32) as the plain optimizer, inside the
-DistributedOptimizer, inside the ZeroRedundancyOptimizer (with and without bucket views), and
+DistributedOptimizer, inside the ZeroRedundancyOptimizer (bucket views, and copies), and
 torch's ZeroRedundancyOptimizer (gloo, world size 1, ``fused=True`` Adam). On one rank the
 wrappers' collectives are copies, so ``time_step`` is their overhead over the plain step and
 ``peakmem_step`` the memory each holds besides the model."""
@@ -15,7 +15,7 @@ import numpy as np
 from .common import require_torch, set_threads, warm_up
 from fastopt.bench.workloads import resnet50_shapes
 
-IMPLS = ["fastopt.Adam", "DistributedOptimizer", "ZeroRedundancyOptimizer", "ZeroRedundancyOptimizer-view",
+IMPLS = ["fastopt.Adam", "DistributedOptimizer", "ZeroRedundancyOptimizer", "ZeroRedundancyOptimizer-copies",
          "torch-ZeroRedundancyOptimizer"]
 
 
@@ -60,7 +60,7 @@ class ResNet50Adam:
                 from fastopt.distributed import ZeroRedundancyOptimizer
 
                 opt = ZeroRedundancyOptimizer(params, fo.optim.Adam, lr=1e-3,
-                                              parameters_as_bucket_view=impl.endswith("-view"))
+                                              parameters_as_bucket_view=not impl.endswith("-copies"))
             if impl == "fastopt.Adam":
                 for p in params:
                     p.grad = np.ones(p.shape, np.float32)
