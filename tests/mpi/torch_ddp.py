@@ -4,8 +4,6 @@ steps (float64 within 1e-12)."""
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -13,18 +11,13 @@ from mpi4py import MPI
 
 import fastopt as fo
 from fastopt.distributed import DistributedOptimizer
+from fastopt.bench.mpi import init_gloo
 from _common import backward, batches, model, shard
 
 comm = MPI.COMM_WORLD
 rank, world = comm.rank, comm.size
 torch.set_num_threads(1)
-port = None
-if rank == 0:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-port = comm.bcast(port, root=0)
-dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+init_gloo(comm)
 
 net = model()
 layers = [m for m in net.children() if isinstance(m, fo.nn.Linear)]

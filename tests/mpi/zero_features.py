@@ -6,13 +6,12 @@ ZeroRedundancyOptimizer (gloo)."""
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 from mpi4py import MPI
 
 import fastopt as fo
 from fastopt.distributed import DistributedOptimizer, ZeroRedundancyOptimizer
+from fastopt.bench.mpi import init_gloo
 from _common import backward, batches, model, shard
 
 comm = MPI.COMM_WORLD
@@ -155,13 +154,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from torch.distributed.optim import ZeroRedundancyOptimizer as TorchZero  # noqa: E402
 
-port = None
-if rank == 0:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-port = comm.bcast(port, root=0)
-dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+init_gloo(comm)
 sizes = [(300,), (7, 7), (120,), (5,), (64, 3), (49,), (1,), (200,)]
 tparams = [torch.zeros(s, dtype=torch.float64) for s in sizes]
 theirs = TorchZero([{"params": tparams[:5]}, {"params": tparams[5:], "lr": 0.1}], optimizer_class=torch.optim.Adam)

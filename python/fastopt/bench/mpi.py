@@ -69,6 +69,20 @@ def _fastopt_step(comm: Any, shapes: list[tuple[int, ...]]) -> Callable[[], None
     return step
 
 
+def init_gloo(comm: Any) -> None:
+    """torch.distributed's gloo process group over the ranks of ``comm`` (rank 0 picks a free
+    local port and tells the others)."""
+    import torch.distributed as dist
+
+    port = None
+    if comm.rank == 0:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    port = comm.bcast(port, root=0)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=comm.rank, world_size=comm.size)
+
+
 def _torch_ddp_step(comm: Any, shapes: list[tuple[int, ...]]) -> Callable[[], None] | None:
     try:
         import torch
@@ -77,13 +91,7 @@ def _torch_ddp_step(comm: Any, shapes: list[tuple[int, ...]]) -> Callable[[], No
         return None
     torch.set_num_threads(1)
     if not dist.is_initialized():
-        port = None
-        if comm.rank == 0:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-        port = comm.bcast(port, root=0)
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=comm.rank, world_size=comm.size)
+        init_gloo(comm)
 
     class Constants(torch.nn.Module):
         """Parameters of the given shapes whose gradients are fixed tensors (backward is the

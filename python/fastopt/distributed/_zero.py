@@ -974,13 +974,7 @@ class ZeroRedundancyOptimizer(Optimizer):
         layout; a shard of another world size is refused: re-shard it by loading the
         checkpoint with ``fastopt.load(folder, comm=comm)``, or load the consolidated state).
         Nothing changes if it raises."""
-        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
-            raise TypeError("state_dict must be a dict with 'state' and 'param_groups'")
-        state_dict = dict(state_dict)
-        for hook in list(self._load_state_dict_pre_hooks.values()):
-            out = hook(self, state_dict)
-            if out is not None:
-                state_dict = out
+        state_dict = self._to_load(state_dict)
         z = self._zero
         layout = z["layout"]
         state = _plain_state(state_dict["state"], "state_dict")

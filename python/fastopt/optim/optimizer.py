@@ -891,13 +891,7 @@ class Optimizer:
         them), buffer shapes and buffer dtypes match, and names the first mismatch instead of
         casting. Nothing changes if it raises.
         """
-        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
-            raise TypeError("state_dict must be a dict with 'state' and 'param_groups'")
-        state_dict = dict(state_dict)
-        for hook in list(self._load_state_dict_pre_hooks.values()):
-            out = hook(self, state_dict)
-            if out is not None:
-                state_dict = out
+        state_dict = self._to_load(state_dict)
         groups = self.param_groups
         if not isinstance(state_dict["state"], dict):
             raise TypeError(f"state_dict['state'] must be a dict (index -> state), got {type(state_dict['state']).__name__}")
@@ -942,6 +936,17 @@ class Optimizer:
         self.param_groups = new_groups
         for hook in list(self._load_state_dict_post_hooks.values()):
             hook(self)
+
+    def _to_load(self, state_dict: Any) -> dict[str, Any]:
+        """A copy of ``state_dict`` (checked to have its two entries) after the load pre-hooks."""
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise TypeError("state_dict must be a dict with 'state' and 'param_groups'")
+        state_dict = dict(state_dict)
+        for hook in list(self._load_state_dict_pre_hooks.values()):
+            out = hook(self, state_dict)
+            if out is not None:
+                state_dict = out
+        return state_dict
 
     def _check_strict(self, saved_state: dict, saved_groups: list[dict], id_map: dict) -> None:
         for gi, (g, s) in enumerate(zip(self.param_groups, saved_groups)):
