@@ -314,7 +314,10 @@ class ZeroRedundancyOptimizer(Optimizer):
     Gradients: ``zero_grad()`` points every Parameter's ``grad`` at its view of a flat
     gradient buffer, so backward accumulates into it and the step starts reducing with no
     copy; gradients set any other way (or ``step(grads=[...])``) are copied in. A parameter
-    without a gradient on any rank is skipped as by the unsharded optimizer.
+    without a gradient on any rank is skipped as by the unsharded optimizer. The averaged
+    gradient exists only in ranges, each on the rank that owns it: a Parameter's ``grad``
+    keeps this rank's own gradient, so clip with ``step(max_grad_norm=...)`` (the norm of the
+    averaged gradient over every rank's ranges), not ``clip_grad_norm_`` before the step.
 
     ``state_dict()`` returns this rank's shard (its pieces' state by parameter index, the
     param groups, and a manifest under ``'zero'``); :meth:`consolidate_state_dict` gathers the
@@ -470,7 +473,7 @@ class ZeroRedundancyOptimizer(Optimizer):
         self.__dict__["_zero"] = dict(
             layout=layout, rank=rank, grad_flat=grad_flat, grad_local=grad_local, param_flat=param_flat,
             pieces=pieces, piece_params=piece_params, piece_grads=piece_grads, inner=inner, groups=groups,
-            marker=marker, arrays=tuple(arrays), zeroed=[False] * len(params), handles=[], grad_views=grad_views,
+            marker=marker, arrays=tuple(map(_array_of, params)), zeroed=[False] * len(params), handles=[], grad_views=grad_views,
             arena=arena, chunk={},
             members={d: (layout.members[d], [layout.offsets[k] for k in layout.members[d]]) for d in layout.order})
         arena.seat(inner)
