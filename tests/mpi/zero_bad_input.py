@@ -88,6 +88,9 @@ def unchanged():
 other = dict(shard, zero=dict(shard["zero"], world_size=3))
 raises(ValueError, "shard of a run on 3 ranks, but this optimizer runs on 2: load the checkpoint with fastopt.load",
        zero.load_state_dict, other)
+for crafted in (dict(world_size=10**9), dict(shapes=[[5, 3], [-8], [2, 2]]), dict(dtypes=["|O", "<f8", "<f8"]),
+                dict(partition="mine")):
+    raises(ValueError, "not a valid shard manifest", zero.load_state_dict, dict(shard, zero=dict(shard["zero"], **crafted)))
 other = dict(shard, zero=dict(shard["zero"], rank=1 - rank))
 raises(ValueError, f"is rank {1 - rank}'s shard, but this is rank {rank}", zero.load_state_dict, other)
 other = dict(shard, zero=dict(shard["zero"], shapes=[[5, 3], [8], [4]]))

@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import checkpoint
 from ._optimizer import _comm
-from ._zero import Layout, _plain_state, full_layout, is_shard, reshard
+from ._zero import Layout, _plain_state, check_manifest, full_layout, is_shard, reshard
 
 MANIFEST = "manifest.fastopt"
 FORMAT = "fastopt-sharded-checkpoint"
@@ -203,6 +203,7 @@ def _reshard(folder: Path, m: dict[str, Any], world: int, rank: int, full: bool)
     for at in _shards(out):
         shard = _get(out, at)
         mf = shard["zero"]
+        check_manifest(mf, f"the shard at {list(at)} in rank 0's file")
         old = Layout.of(mf)
         if old.world != m["world_size"]:
             raise ValueError(f"the shard at {list(at)} says it was written on {old.world} ranks, the manifest on "

@@ -116,6 +116,27 @@ class Layout:
                    manifest["partition"])
 
 
+def check_manifest(m: Any, where: str) -> None:
+    """Raises ValueError unless ``m`` is a well-formed shard manifest (a file may be crafted:
+    nothing is allocated from it before this)."""
+    bad = ValueError(f"{where} is not a valid shard manifest")
+
+    def count(v: Any, low: int = 0) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    if not isinstance(m, dict) or m.get("format") != SHARD_FORMAT or m.get("version") != 1:
+        raise bad
+    shapes, dtypes, groups = m.get("shapes"), m.get("dtypes"), m.get("groups")
+    if (not count(m.get("world_size"), 1) or m["world_size"] > 1 << 20 or not count(m.get("rank"))
+            or m["rank"] >= m["world_size"] or m.get("partition") not in PARTITIONS
+            or not isinstance(shapes, list) or not isinstance(dtypes, list) or not isinstance(groups, list)
+            or not len(shapes) == len(dtypes) == len(groups)
+            or not all(isinstance(s, list) and len(s) <= 32 and all(count(n) for n in s) for s in shapes)
+            or not all(d in ("<f4", "<f8") for d in dtypes) or not all(count(g) for g in groups)
+            or not isinstance(m.get("counters", []), list)):
+        raise bad
+
+
 def _mpi_type(dtype: np.dtype) -> Any:
     MPI = _mpi()
     return {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE}[dtype]
@@ -1019,6 +1040,7 @@ class ZeroRedundancyOptimizer(Optimizer):
                              "optimizer's group")
 
     def _check_manifest(self, m: dict[str, Any]) -> None:
+        check_manifest(m, "state_dict['zero']")
         z = self._zero
         mine = z["layout"].describe()
         if m.get("version") != 1:
