@@ -269,6 +269,38 @@ def test_hooks_zero_grad_and_a_later_group(torch):
     assert isinstance(opt, torch.optim.Optimizer)
 
 
+def test_step_hooks_and_the_profiler_range_as_torch_runs_them(torch):
+    """fastopt.torch's step runs the hooks itself (torch's wrapper is skipped for speed): the
+    same order as torch's own optimizers (global pre, own pre, step, own post, global post),
+    a pre-hook may replace the arguments, and the profiler sees the step's range."""
+    import torch.optim.optimizer as tos
+
+    import fastopt.torch as ft
+
+    runs = {}
+    for name, cls in (("torch", torch.optim.SGD), ("fastopt", ft.SGD)):
+        model = torch.nn.Linear(3, 2)
+        opt = cls(model.parameters(), lr=0.1)
+        calls = runs[name] = []
+        handles = [tos.register_optimizer_step_pre_hook(lambda o, a, k: calls.append("global pre")),
+                   tos.register_optimizer_step_post_hook(lambda o, a, k: calls.append("global post"))]
+        opt.register_step_pre_hook(lambda o, a, k: calls.append("pre") or ((a[0], lambda: calls.append("closure")), k))
+        opt.register_step_post_hook(lambda o, a, k: calls.append(f"post {len(a)}"))
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        try:
+            opt.step()
+        finally:
+            for h in handles:
+                h.remove()
+        with torch.profiler.profile() as prof:
+            opt.step()
+        assert any(e.name == f"Optimizer.step#{cls.__name__}.step" for e in prof.events()), name
+    assert runs["fastopt"] == runs["torch"], runs
+    assert runs["torch"][:5] == ["global pre", "pre", "closure", "post 2", "global post"], runs
+    assert getattr(type(ft.Adam([torch.zeros(2, requires_grad=True)])).step, "hooked", False)
+
+
 def test_import_fastopt_does_not_import_torch(torch):
     from conftest import run_python
 

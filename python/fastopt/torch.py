@@ -34,6 +34,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
+import torch.autograd.profiler as _profiler
+import torch.optim.optimizer as _torch_optim
 
 from . import optim as _optim
 from .parameter import Parameter as _FastParameter
@@ -192,10 +194,45 @@ class Optimizer(torch.optim.Optimizer):
                 self._build()
                 raise
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One update of every parameter that has a gradient, by fastopt's kernels; returns
-        the closure's loss (the closure runs with gradients enabled; the update itself is
-        no autograd operation)."""
+    def step(self, *args: Any, **kwargs: Any) -> Any:
+        """``step(closure=None)``: one update of every parameter that has a gradient, by
+        fastopt's kernels; returns the closure's loss (the closure runs with gradients
+        enabled; the update itself is no autograd operation). Step pre- and post-hooks (the
+        optimizer's and torch's global ones) run around it as torch runs them."""
+        if (_torch_optim._global_optimizer_pre_hooks or _torch_optim._global_optimizer_post_hooks
+                or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks or _profiler._is_profiler_enabled):
+            return self._step_with_hooks(args, kwargs)
+        out = self._step(*args, **kwargs)
+        self._optimizer_step_code()
+        return out
+
+    # torch wraps every subclass's ``step`` in a function that runs the hooks inside a
+    # profiler range, which costs more than a small model's whole update; a step marked
+    # ``hooked`` is left alone, so this one runs the hooks itself and opens the range only
+    # while the profiler records.
+    step.hooked = True  # type: ignore[attr-defined]
+
+    def _step_with_hooks(self, args: tuple, kwargs: dict) -> Any:
+        """torch's ``profile_hook_step``: the pre-hooks (which may replace the arguments), the
+        step, the post-hooks, in the profiler's ``Optimizer.step#<Name>.step`` range."""
+        args = (self, *args)
+        with torch.autograd.profiler.record_function(f"Optimizer.step#{type(self).__name__}.step"):
+            for pre_hook in [*_torch_optim._global_optimizer_pre_hooks.values(),
+                             *self._optimizer_step_pre_hooks.values()]:
+                result = pre_hook(self, args, kwargs)
+                if result is not None:
+                    if not (isinstance(result, tuple) and len(result) == 2):
+                        raise RuntimeError(f"{type(self).step} must return None or a tuple of (new_args, new_kwargs), "
+                                           f"but got {result}.")
+                    args, kwargs = result
+            out = type(self)._step(*args, **kwargs)
+            self._optimizer_step_code()
+            for post_hook in [*self._optimizer_step_post_hooks.values(),
+                              *_torch_optim._global_optimizer_post_hooks.values()]:
+                post_hook(self, args, kwargs)
+            return out
+
+    def _step(self, closure: Callable[[], Any] | None = None) -> Any:
         self._sync()
         inner = self._inner
         if self._closure_steps:
