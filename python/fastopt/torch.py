@@ -142,8 +142,15 @@ class Optimizer(torch.optim.Optimizer):
     def _signature(self) -> list:
         """What the inner optimizer depends on, per group: the group, its params, the
         params' memory and the group's options."""
-        return [[group, tuple(group["params"]), tuple(map(_data_ptr, group["params"])), self._options(group)]
-                for group in self.param_groups]
+        return [[group, tuple(group["params"]), tuple(map(_data_ptr, group["params"])), self._options(group),
+                 self._values(group)] for group in self.param_groups]
+
+    @staticmethod
+    def _values(group: dict) -> list | None:
+        """The group's values, to tell it unchanged by identity (None when an option is a
+        tensor, which may change in place: such a group is compared by value)."""
+        values = list(group.values())
+        return None if any(isinstance(v, torch.Tensor) for v in values) else values
 
     def _sync(self) -> None:
         """Brings the inner optimizer up to date with torch's param_groups: options changed
@@ -156,10 +163,13 @@ class Optimizer(torch.optim.Optimizer):
                 if (entry[0] is not group or len(entry[1]) != len(p) or not all(map(is_, entry[1], p))
                         or tuple(map(_data_ptr, p)) != entry[2]):
                     break
+                if entry[4] is not None and all(map(is_, group.values(), entry[4])) and len(group) == len(entry[4]):
+                    continue  # (no option was replaced)
                 now = self._options(group)
                 if now != entry[3]:
                     self._inner.param_groups[gi].update(now)
                     entry[3] = now
+                entry[4] = self._values(group)
             else:
                 return
         self._build()
@@ -247,21 +257,23 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        inner.step(None, self._grads())
+        self._grads()
+        inner.step()
         if inner.state._version != self._mirrored:
             self._mirror()
         if inner._steps_change_groups:
             self._groups_back()
         return loss
 
-    def _grads(self) -> list:
-        """Every parameter's gradient as a NumPy view (None where it has none). The views of
-        the previous step are reused while the gradient tensors are the same objects
-        (``zero_grad(set_to_none=False)``, or gradients set once)."""
+    def _grads(self) -> None:
+        """Hands every parameter's gradient to the inner optimizer's parameters as a NumPy
+        view (None where it has none). Nothing is done while the gradient tensors are the
+        objects of the previous step (``zero_grad(set_to_none=False)``, or gradients set
+        once): the inner parameters still hold their views."""
         tensors = list(map(_GRAD, self._params))
         cached = self._grad_views
         if cached is not None and len(cached[0]) == len(tensors) and all(map(is_, cached[0], tensors)):
-            return cached[1]
+            return
         views: list[np.ndarray | None]
         try:
             if not all(map(_is_contiguous, tensors)):
@@ -270,7 +282,8 @@ class Optimizer(torch.optim.Optimizer):
         except (TypeError, RuntimeError):
             views = [self._grad_of(p) for p in self._params]
         self._grad_views = (tensors, views)
-        return views
+        for (_, fp), v in zip(self._pairs, views):
+            fp._grad = v
 
     def _grad_of(self, p: torch.Tensor) -> np.ndarray | None:
         g = p.grad
