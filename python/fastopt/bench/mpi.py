@@ -1,6 +1,6 @@
 """Data-parallel benchmarks on MPI ranks (run under mpiexec; rank 0 prints Markdown):
 
-    OMP_NUM_THREADS=1 mpiexec -n 2 python -m mpi4py -m fastopt.bench.mpi [--rounds 7]
+    FASTOPT_NUM_THREADS=1 OMP_NUM_THREADS=1 mpiexec -n 2 python -m mpi4py -m fastopt.bench.mpi [--rounds 7]
 
 1. gradient averaging of a 25 MB float32 model (100 tensors) through the
    DistributedOptimizer's buckets (``synchronize``) against one raw

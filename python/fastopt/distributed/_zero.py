@@ -329,7 +329,7 @@ class ZeroRedundancyOptimizer(Optimizer):
     only visible change is that an array taken from ``p.data`` before wrapping no longer
     follows ``p``. With False each parameter keeps its array and the gathered values are
     copied in through a 1 MB-per-rank buffer: the same memory, two more passes over the
-    model per step (measured 1.3 to 1.6 times the step time here). Plain-array parameters are
+    model per step (1.0 to 1.6 times the step time in the runs measured here). Plain-array parameters are
     always copied. A Parameter whose ``data`` is replaced later is followed at the next step.
 
     Gradients: ``zero_grad()`` points every Parameter's ``grad`` at its view of a flat
