@@ -728,21 +728,27 @@ class Optimizer:
         ``_step_group`` checks ``values`` itself, inline."""
         name, hyper = self._rule_name(group), self._hyper(group)
         entry = self._rules.get(id(group))
-        if entry is not None and entry[0] is group and entry[2] == (name, hyper):
+        ours = entry is not None and entry[0] is group
+        if ours and entry[2] == (name, hyper):
             return entry
+        # (This runs at every step whose options changed, a scheduler's lr at each step: the
+        # checks below are C-level maps, not Python loops.)
         rule = _engine.Rule(name, **hyper)
         states, _, counters = rule.layout()
-        if len(self._rules) > 4 * len(self.param_groups):
+        if not ours and len(self._rules) > 4 * len(self.param_groups):
             live = {id(g) for g in self.param_groups}
             self._rules = {k: v for k, v in self._rules.items() if k in live}
         values = list(group.values())
         # The fast check compares the group's values by identity, then by value; an option
         # held in a 0-d array (an lr a scheduler fills in place) cannot be told unchanged by
         # identity: such a group always compares its hyperparameters by value.
-        fast = None if any(isinstance(v, np.ndarray) for v in values) else values
-        frozen = {k: float(v) if isinstance(v, np.ndarray) else v for k, v in hyper.items()}
+        fast = None if np.ndarray in set(map(type, values)) else values
+        frozen = hyper
+        if np.ndarray in set(map(type, hyper.values())):
+            frozen = {k: float(v) if isinstance(v, np.ndarray) else v for k, v in hyper.items()}
         names = tuple(counters) + tuple(states)
-        entry = self._rules[id(group)] = (group, fast, (name, frozen), rule, names, tuple(counters), self._check_cache(group))
+        cache = entry[6] if ours else self._check_cache(group)
+        entry = self._rules[id(group)] = (group, fast, (name, frozen), rule, names, tuple(counters), cache)
         return entry
 
     def _step_group(
