@@ -728,14 +728,14 @@ class Optimizer:
         ``_step_group`` checks ``values`` itself, inline."""
         name, hyper = self._rule_name(group), self._hyper(group)
         entry = self._rules.get(id(group))
-        ours = entry is not None and entry[0] is group
-        if ours and entry[2] == (name, hyper):
-            return entry
+        old = entry if entry is not None and entry[0] is group else None
+        if old is not None and old[2] == (name, hyper):
+            return old
         # (This runs at every step whose options changed, a scheduler's lr at each step: the
         # checks below are C-level maps, not Python loops.)
         rule = _engine.Rule(name, **hyper)
         states, _, counters = rule.layout()
-        if not ours and len(self._rules) > 4 * len(self.param_groups):
+        if old is None and len(self._rules) > 4 * len(self.param_groups):
             live = {id(g) for g in self.param_groups}
             self._rules = {k: v for k, v in self._rules.items() if k in live}
         values = list(group.values())
@@ -747,7 +747,7 @@ class Optimizer:
         if np.ndarray in set(map(type, hyper.values())):
             frozen = {k: float(v) if isinstance(v, np.ndarray) else v for k, v in hyper.items()}
         names = tuple(counters) + tuple(states)
-        cache = entry[6] if ours else self._check_cache(group)
+        cache = old[6] if old is not None else self._check_cache(group)
         entry = self._rules[id(group)] = (group, fast, (name, frozen), rule, names, tuple(counters), cache)
         return entry
 
