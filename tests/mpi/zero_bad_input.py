@@ -134,4 +134,12 @@ if rank == 0:
     os.remove(os.path.join(b, sub[b], file1))
 comm.Barrier()
 raises(ValueError, "is missing", fo.load, b, comm=comm)
+c = os.path.join(FOLDER, "c")  # a manifest whose list of shards was edited
+fo.save({"opt": zero.state_dict()}, c, comm=comm)
+if rank == 0:
+    manifest = fo.load(os.path.join(c, "manifest.fastopt"))
+    manifest["shards"][0]["layout"]["shapes"][0] = [3, 5]
+    fo.save(manifest, os.path.join(c, "manifest.fastopt"))
+comm.Barrier()
+raises(ValueError, "holds other optimizer shards than the manifest lists", fo.load, c, comm=comm)
 print(f"rank {rank}: OK", flush=True)

@@ -3,7 +3,8 @@
 Layout of a checkpoint folder::
 
     folder/manifest.fastopt               the commit point: which save is current, its files'
-                                          checksums and sizes, the world size that wrote it
+                                          checksums and sizes, the world size that wrote it,
+                                          where the optimizer shards are and their layouts
     folder/save-<id>/rank-00000-of-00003.fastopt    each rank's object (fastopt.save format)
     ...
 
@@ -84,7 +85,7 @@ def save(obj: Any, path: str | os.PathLike, comm: Any) -> None:
         else:
             try:
                 checkpoint.save({"format": FORMAT, "version": 1, "world_size": comm.size, "folder": name,
-                                 "files": [e for e, _ in entries]}, folder / MANIFEST)
+                                 "files": [e for e, _ in entries], "shards": _layouts(obj)}, folder / MANIFEST)
                 error = None
             except OSError as e:
                 error = f"cannot write the manifest: {e}"
@@ -95,6 +96,20 @@ def save(obj: Any, path: str | os.PathLike, comm: Any) -> None:
     error = comm.bcast(error, root=0)
     if error is not None:
         raise OSError(error)
+
+
+def _layouts(obj: Any) -> list[dict[str, Any]]:
+    """Where the optimizer shards are in ``obj`` and their layouts (what every rank's manifest
+    has but its rank)."""
+    return [{"at": list(at), "layout": {k: v for k, v in _get(obj, at)["zero"].items() if k != "rank"}}
+            for at in _shards(obj)]
+
+
+def _check_layouts(folder: Path, m: dict[str, Any], tree: Any, rank: int) -> None:
+    for at in _shards(tree):
+        check_manifest(_get(tree, at)["zero"], f"the shard at {list(at)} in rank {rank}'s file")
+    if _layouts(tree) != m["shards"]:
+        raise ValueError(f"rank {rank}'s file in {folder} holds other optimizer shards than the manifest lists")
 
 
 def is_checkpoint(path: Any) -> bool:
@@ -112,7 +127,8 @@ def _manifest(folder: Path) -> dict[str, Any]:
         raise bad
     n, files, sub = m.get("world_size"), m.get("files"), m.get("folder")
     if (not isinstance(n, int) or isinstance(n, bool) or n < 1 or not isinstance(files, list) or len(files) != n
-            or not isinstance(sub, str) or "/" in sub or not sub.startswith("save-")):
+            or not isinstance(sub, str) or "/" in sub or not sub.startswith("save-")
+            or not isinstance(m.get("shards"), list)):
         raise bad
     for i, f in enumerate(files):
         if (not isinstance(f, dict) or f.get("name") != f"rank-{i:05d}-of-{n:05d}.fastopt"
@@ -184,6 +200,7 @@ def load(path: str | os.PathLike, comm: Any = None) -> Any:
         m = _manifest(folder)
         if comm is not None and world == m["world_size"]:
             out = _read(folder, m, rank)
+            _check_layouts(folder, m, out, rank)
         else:
             out = _reshard(folder, m, world, rank, full=comm is None)
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -200,10 +217,10 @@ def load(path: str | os.PathLike, comm: Any = None) -> Any:
 def _reshard(folder: Path, m: dict[str, Any], world: int, rank: int, full: bool) -> Any:
     trees = {0: _read(folder, m, 0)}
     out = trees[0]
+    _check_layouts(folder, m, out, 0)
     for at in _shards(out):
         shard = _get(out, at)
         mf = shard["zero"]
-        check_manifest(mf, f"the shard at {list(at)} in rank 0's file")
         old = Layout.of(mf)
         if old.world != m["world_size"]:
             raise ValueError(f"the shard at {list(at)} says it was written on {old.world} ranks, the manifest on "
