@@ -229,15 +229,22 @@ def _reshard(folder: Path, m: dict[str, Any], world: int, rank: int, full: bool)
         me = 0 if full else rank
         # The old ranks holding elements (or per-tensor values) of this rank's new pieces.
         wanted = {k: (lo, hi) for k, lo, hi in new.pieces[me]}
-        needed = sorted({r for r in range(old.world) for k, lo, hi in old.pieces[r]
-                         if k in wanted and (lo < wanted[k][1] and wanted[k][0] < hi or lo == hi or wanted[k][0] == wanted[k][1])})
+
+        def overlaps(k: int, lo: int, hi: int) -> bool:  # (an empty piece holds per-tensor values)
+            if k not in wanted:
+                return False
+            a, b = wanted[k]
+            return lo == hi or a == b or (lo < b and a < hi)
+
+        needed = sorted({r for r in range(old.world) for k, lo, hi in old.pieces[r] if overlaps(k, lo, hi)})
+        common = {k: v for k, v in mf.items() if k != "rank"}
         sources = []
         for r in needed:
             if r not in trees:
                 trees[r] = _read(folder, m, r)
             theirs = _get(trees[r], at)
-            if not is_shard(theirs) or theirs["zero"].get("rank") != r or \
-                    {k: v for k, v in theirs["zero"].items() if k != "rank"} != {k: v for k, v in mf.items() if k != "rank"}:
+            if (not is_shard(theirs) or theirs["zero"].get("rank") != r
+                    or {k: v for k, v in theirs["zero"].items() if k != "rank"} != common):
                 raise ValueError(f"rank {r}'s file holds another shard at {list(at)} than rank 0's (another run's?)")
             sources.append((old, r, _plain_state(theirs["state"], f"rank {r}'s shard")))
         state = reshard(sources, new, me, tuple(mf.get("counters", ("step",))))

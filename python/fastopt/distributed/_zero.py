@@ -494,8 +494,8 @@ class ZeroRedundancyOptimizer(Optimizer):
         self.__dict__["_zero"] = dict(
             layout=layout, rank=rank, grad_flat=grad_flat, grad_local=grad_local, param_flat=param_flat,
             pieces=pieces, piece_params=piece_params, piece_grads=piece_grads, inner=inner, groups=groups,
-            marker=marker, arrays=tuple(map(_array_of, params)), zeroed=[False] * len(params), handles=[], grad_views=grad_views,
-            arena=arena, chunk={},
+            marker=marker, arrays=tuple(map(_array_of, params)), zeroed=[False] * len(params), handles=[],
+            grad_views=grad_views, arena=arena, chunk={},
             members={d: (layout.members[d], [layout.offsets[k] for k in layout.members[d]]) for d in layout.order})
         arena.seat(inner)
         self._watch_grads(params)
@@ -1018,7 +1018,8 @@ class ZeroRedundancyOptimizer(Optimizer):
                 if not 0 <= k < n:
                     raise ValueError(f"state_dict['state'] has an entry for parameter {k!r}, which no group lists")
                 for key, v in entry.items():
-                    if isinstance(v, np.ndarray) and v.ndim > 0 and v.size == layout.sizes[k] and v.shape != layout.shapes[k]:
+                    per_element = isinstance(v, np.ndarray) and v.ndim > 0 and v.size == layout.sizes[k]
+                    if per_element and v.shape != layout.shapes[k]:
                         raise ValueError(f"state[{k}][{key!r}] has shape {v.shape} but its parameter has shape "
                                          f"{layout.shapes[k]}")
             full = full_layout(layout.shapes, layout.dtypes, layout.groups)
