@@ -61,9 +61,11 @@ for partition in ("flat", "greedy"):
             assert all(np.shares_memory(p.data, flat) for p in a.parameters())
 
 # -- schedulers, hooks, clipping, skipping -----------------------------------------------
-for kw in (dict(max_grad_norm=0.5), dict(max_grad_norm=0.5, norm_type=np.inf), dict(max_grad_norm=0.7, norm_type=3.0)):
+for kw, partition in [(kw, partition) for kw in (dict(max_grad_norm=0.5), dict(max_grad_norm=0.5, norm_type=np.inf),
+                                                  dict(max_grad_norm=0.7, norm_type=3.0))
+                      for partition in ("flat", "greedy")]:  # ('greedy': the pieces are matrices)
     ours, ref = [fo.Parameter(a) for a in start()], [fo.Parameter(a) for a in start()]
-    zero = ZeroRedundancyOptimizer(ours, fo.optim.SGD, lr=0.1, momentum=0.9)
+    zero = ZeroRedundancyOptimizer(ours, fo.optim.SGD, partition=partition, lr=0.1, momentum=0.9)
     plain = fo.optim.SGD(ref, lr=0.1, momentum=0.9)
     sched = [fo.optim.lr_scheduler.StepLR(zero, 3, 0.5), fo.optim.lr_scheduler.StepLR(plain, 3, 0.5)]
     calls = []

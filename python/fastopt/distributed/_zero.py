@@ -817,12 +817,14 @@ class ZeroRedundancyOptimizer(Optimizer):
     @staticmethod
     def _local_norm(per_group: list[list[Any]], norm_type: float) -> float:
         """This rank's part of the norm: the largest |g| (``inf``) or the sum of |g|**p."""
-        every = [g for row in per_group for g in row if g is not None and g.size]
+        every = [g.reshape(-1) for row in per_group for g in row if g is not None and g.size]
         if math.isinf(norm_type):
             return max((float(np.max(np.abs(g))) for g in every), default=0.0)
-        if norm_type == 2.0:
-            return float(sum(float(np.dot(g.astype(np.float64), g.astype(np.float64))) for g in every))
-        return float(sum(float(np.sum(np.abs(g.astype(np.float64)) ** norm_type)) for g in every))
+        total = 0.0
+        for g in every:
+            g = g.astype(np.float64, copy=False)
+            total += float(np.dot(g, g)) if norm_type == 2.0 else float(np.sum(np.abs(g) ** norm_type))
+        return total
 
     def _agree(self, local: float, norm_type: float, failed: BaseException | None) -> tuple[Any, list[int]]:
         """One small allgather: the total norm (this rank's parts combined in rank order), and
