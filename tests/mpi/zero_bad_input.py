@@ -101,6 +101,11 @@ full = zero.consolidate_state_dict(to=0)
 full = comm.bcast(full, root=0)
 wrong = {"state": {0: dict(full["state"][0], exp_avg=np.zeros((3, 5)))}, "param_groups": full["param_groups"]}
 raises(ValueError, "has shape (3, 5) but its parameter has shape (5, 3)", zero.load_state_dict, wrong)
+cast = {"state": {0: dict(full["state"][0], exp_avg=full["state"][0]["exp_avg"].astype(np.float32))},
+        "param_groups": full["param_groups"]}
+raises(ValueError, "dtype float32", zero.load_state_dict, cast, strict=True)  # (cast without strict)
+named = {"state": {}, "param_groups": [dict(full["param_groups"][0], param_names=["a", "b", "c"])]}
+raises(ValueError, "only one side names its parameters", zero.load_state_dict, named, strict=True)
 wrong = {"state": {7: full["state"][0]}, "param_groups": full["param_groups"]}
 raises(ValueError, "parameter 7", zero.load_state_dict, wrong)
 wrong = {"state": full["state"], "param_groups": full["param_groups"] * 2}

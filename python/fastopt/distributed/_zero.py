@@ -999,13 +999,18 @@ class ZeroRedundancyOptimizer(Optimizer):
         that wrote it; or this rank's own shard (``state_dict()`` on the same world size and
         layout; a shard of another world size is refused: re-shard it by loading the
         checkpoint with ``fastopt.load(folder, comm=comm)``, or load the consolidated state).
-        Nothing changes if it raises."""
+        ``strict=True`` checks parameter names, buffer shapes and dtypes as the unsharded
+        optimizer does (a full state against the parameters, on every rank alike; a shard's
+        buffers against this rank's pieces) instead of casting. Nothing changes if it raises."""
         state_dict = self._to_load(state_dict)
         z = self._zero
         layout = z["layout"]
         state = _plain_state(state_dict["state"], "state_dict")
-        self._check_groups(state_dict["param_groups"])
-        if is_shard(state_dict):
+        saved_groups, id_map = self._saved_groups(state_dict["param_groups"])
+        shard = is_shard(state_dict)
+        if strict:  # (a shard's buffers: by the local optimizer, against the pieces)
+            self._check_strict({} if shard else state, saved_groups, id_map)
+        if shard:
             m = state_dict["zero"]
             self._check_manifest(m)
             ranges = {k: (lo, hi) for k, lo, hi in z["pieces"]}
@@ -1026,21 +1031,9 @@ class ZeroRedundancyOptimizer(Optimizer):
                                          f"{layout.shapes[k]}")
             full = full_layout(layout.shapes, layout.dtypes, layout.groups)
             mine = reshard([(full, 0, state)], layout, z["rank"], self._class._counters)
-        self._load_local(state_dict["param_groups"], mine, strict)
+        self._load_local(saved_groups, mine, strict)
         for hook in list(self._load_state_dict_post_hooks.values()):
             hook(self)
-
-    def _check_groups(self, saved: Any) -> None:
-        if not isinstance(saved, (list, tuple)):
-            raise TypeError(f"state_dict['param_groups'] must be a list, got {type(saved).__name__}")
-        for gi, g in enumerate(saved):
-            if not isinstance(g, dict) or not isinstance(g.get("params"), (list, tuple)):
-                raise TypeError(f"state_dict['param_groups'][{gi}] must be a dict with a 'params' list, got {g!r:.60}")
-        if len(saved) != len(self.param_groups):
-            raise ValueError("loaded state dict has a different number of parameter groups")
-        if any(len(g["params"]) != len(s["params"]) for g, s in zip(self.param_groups, saved)):
-            raise ValueError("loaded state dict contains a parameter group that doesn't match the size of "
-                             "optimizer's group")
 
     def _check_manifest(self, m: dict[str, Any]) -> None:
         check_manifest(m, "state_dict['zero']")
@@ -1078,7 +1071,7 @@ class ZeroRedundancyOptimizer(Optimizer):
         for g, ig in zip(saved_groups, inner.param_groups):
             opts = {key: v for key, v in g.items() if key not in ("params", "param_names")}
             inner_groups.append(dict(opts, params=[index[id(q)] for q in ig["params"]]))
-        inner.load_state_dict({"state": inner_state, "param_groups": inner_groups}, strict=False)
+        inner.load_state_dict({"state": inner_state, "param_groups": inner_groups}, strict=strict)
         z["arena"].seat(inner)
         for g, ig in zip(self.param_groups, inner.param_groups):
             g.update(self._options_of(ig))

@@ -901,24 +901,7 @@ class Optimizer:
         groups = self.param_groups
         if not isinstance(state_dict["state"], dict):
             raise TypeError(f"state_dict['state'] must be a dict (index -> state), got {type(state_dict['state']).__name__}")
-        if not isinstance(state_dict["param_groups"], (list, tuple)):
-            raise TypeError(f"state_dict['param_groups'] must be a list, got {type(state_dict['param_groups']).__name__}")
-        for gi, g in enumerate(state_dict["param_groups"]):
-            if not isinstance(g, dict) or not isinstance(g.get("params"), (list, tuple)):
-                raise TypeError(f"state_dict['param_groups'][{gi}] must be a dict with a 'params' list, got {g!r:.60}")
-        saved_groups = [_plain_group(g) for g in state_dict["param_groups"]]
-        if len(groups) != len(saved_groups):
-            raise ValueError("loaded state dict has a different number of parameter groups")
-        if any(len(g["params"]) != len(s["params"]) for g, s in zip(groups, saved_groups)):
-            raise ValueError(
-                "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
-            )
-        id_map = dict(
-            zip(
-                chain.from_iterable(g["params"] for g in saved_groups),
-                chain.from_iterable(g["params"] for g in groups),
-            )
-        )
+        saved_groups, id_map = self._saved_groups(state_dict["param_groups"])
         if strict:
             self._check_strict(state_dict["state"], saved_groups, id_map)
         new_state = _State()
@@ -953,6 +936,27 @@ class Optimizer:
             if out is not None:
                 state_dict = out
         return state_dict
+
+    def _saved_groups(self, saved: Any) -> tuple[list[dict[str, Any]], dict[Any, Any]]:
+        """A state dict's ``param_groups`` checked against this optimizer's (as many groups, as
+        many params in each), as plain copies (:func:`_plain_group`), and the map from the
+        saved parameter indices to this optimizer's parameters."""
+        if not isinstance(saved, (list, tuple)):
+            raise TypeError(f"state_dict['param_groups'] must be a list, got {type(saved).__name__}")
+        for gi, g in enumerate(saved):
+            if not isinstance(g, dict) or not isinstance(g.get("params"), (list, tuple)):
+                raise TypeError(f"state_dict['param_groups'][{gi}] must be a dict with a 'params' list, got {g!r:.60}")
+        saved_groups = [_plain_group(g) for g in saved]
+        groups = self.param_groups
+        if len(groups) != len(saved_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        if any(len(g["params"]) != len(s["params"]) for g, s in zip(groups, saved_groups)):
+            raise ValueError(
+                "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
+            )
+        id_map = dict(zip(chain.from_iterable(g["params"] for g in saved_groups),
+                          chain.from_iterable(g["params"] for g in groups)))
+        return saved_groups, id_map
 
     def _check_strict(self, saved_state: dict, saved_groups: list[dict], id_map: dict) -> None:
         for gi, (g, s) in enumerate(zip(self.param_groups, saved_groups)):
