@@ -131,7 +131,7 @@ class Optimizer(torch.optim.Optimizer):
         self._pairs = [(p, fp) for group, ig in zip(self.param_groups, inner.param_groups)
                        for p, fp in zip(group["params"], ig["params"])]
         self._params = [p for p, _ in self._pairs]
-        self._grad_views: tuple | None = None
+        self._grads_given: list | None = None  # the gradient tensors last handed over
         for p, fp in self._pairs:
             st = self.state.get(p)
             if st:
@@ -271,8 +271,8 @@ class Optimizer(torch.optim.Optimizer):
         objects of the previous step (``zero_grad(set_to_none=False)``, or gradients set
         once): the inner parameters still hold their views."""
         tensors = list(map(_GRAD, self._params))
-        cached = self._grad_views
-        if cached is not None and len(cached[0]) == len(tensors) and all(map(is_, cached[0], tensors)):
+        given = self._grads_given
+        if given is not None and len(given) == len(tensors) and all(map(is_, given, tensors)):
             return
         views: list[np.ndarray | None]
         try:
@@ -281,7 +281,7 @@ class Optimizer(torch.optim.Optimizer):
             views = list(map(_numpy, tensors))  # (fails on None, sparse and non-CPU tensors)
         except (TypeError, RuntimeError):
             views = [self._grad_of(p) for p in self._params]
-        self._grad_views = (tensors, views)
+        self._grads_given = tensors
         for (_, fp), v in zip(self._pairs, views):
             fp._grad = v
 
