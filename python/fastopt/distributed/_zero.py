@@ -56,7 +56,7 @@ class Layout:
     def _flat(self, d: np.dtype, ks: list[int]) -> None:
         n, total = self.world, sum(self.sizes[k] for k in ks)
         align = max(1, _ALIGN_BYTES // d.itemsize)
-        shard = -(-(-(-total // n)) // align) * align
+        shard = _ceil_div(_ceil_div(total, n), align) * align
         self.members[d] = ks
         self.counts[d] = [shard] * n
         self.displs[d] = [r * shard for r in range(n)]
@@ -114,6 +114,10 @@ class Layout:
         return cls([tuple(s) for s in manifest["shapes"]], [np.dtype(d) for d in manifest["dtypes"]],
                    list(manifest["groups"]), manifest["world_size"] if world is None else world,
                    manifest["partition"])
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def check_manifest(m: Any, where: str) -> None:
@@ -228,6 +232,7 @@ class _Arena:
                  partition: str) -> None:
         self.layout, self.rank, self.partition = layout, rank, partition
         self.where = {id(q): (k, lo, hi) for (k, lo, hi), q in zip(pieces, piece_params)}
+        self.order = [k for k, _, _ in pieces]
         self.flats: dict[tuple[str, np.dtype], np.ndarray] = {}
         self.views: dict[tuple[int, str], np.ndarray] = {}
 
@@ -266,32 +271,25 @@ class _Arena:
             if id(q) not in self.where:
                 continue
             for name, b in list(entry.items()):
-                if isinstance(b, np.ndarray) and b.ndim:
+                if isinstance(b, np.ndarray) and name not in inner._counters:  # (a 0-d tensor's too)
                     v = self.view(q, name, b)
                     if v is not None and v is not b:
                         v[...] = b
                         entry[name] = v
 
-    def contiguous(self, name: str, arrays: list[np.ndarray]) -> np.ndarray | None:
-        """The arena's flat array holding exactly ``arrays`` (the pieces' buffers ``name``, in
-        order), or None when they are not all its views."""
-        if not arrays:
+    def contiguous(self, name: str, held: list[tuple[int, np.ndarray]]) -> np.ndarray | None:
+        """The arena's flat array ``name`` when ``held`` (``(parameter index, buffer)`` for the
+        pieces holding ``name``, in order) is every piece of its dtype, each buffer the arena's
+        own view: then they fill the flat array from its start, in order. None otherwise."""
+        if not held:
             return None
-        flat = self.flats.get((name, arrays[0].dtype))
-        if flat is None:
+        d = held[0][1].dtype
+        flat = self.flats.get((name, d))
+        ks = [k for k in self.order if self.layout.dtypes[k] == d]
+        if flat is None or len(held) != len(ks) or not all(
+                k == j and v is self.views.get((k, name)) for (k, v), j in zip(held, ks)):
             return None
-        n = sum(a.size for a in arrays)
-        first = arrays[0]
-        at = (first.__array_interface__["data"][0] - flat.__array_interface__["data"][0]) // flat.itemsize
-        if at != 0 or n > flat.size:
-            return None
-        ends = at
-        for a in arrays:
-            if a.base is not flat or (a.__array_interface__["data"][0] - flat.__array_interface__["data"][0]) \
-                    // flat.itemsize != ends:
-                return None
-            ends += a.size
-        return flat[:n]
+        return flat[:sum(v.size for _, v in held)]
 
 
 class ZeroRedundancyOptimizer(Optimizer):
@@ -504,6 +502,16 @@ class ZeroRedundancyOptimizer(Optimizer):
     def _options_of(group: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in group.items() if k not in ("params", "param_names")}
 
+    def _push_options(self) -> None:
+        """This wrapper's group options (a scheduler's lr, say) into the local optimizer's."""
+        for g, ig in zip(self.param_groups, self._zero["inner"].param_groups):
+            ig.update(self._options_of(g))
+
+    def _pull_options(self) -> None:
+        """The local optimizer's group options (Schedule-Free's counters, loaded options) back."""
+        for g, ig in zip(self.param_groups, self._zero["inner"].param_groups):
+            g.update(self._options_of(ig))
+
     def _backed(self, p: Any) -> bool:
         """Whether ``p``'s data is its view of the flat buffer (bucket views of Parameters)."""
         return self._bucket_view and isinstance(p, Parameter)
@@ -693,7 +701,7 @@ class ZeroRedundancyOptimizer(Optimizer):
             if buf is None or buf.size != chunk * comm.size:
                 buf = z["chunk"][d] = np.empty(chunk * comm.size, d)
             starts = [r * chunk for r in range(comm.size)]
-            for c in range(-(-max(counts) // chunk)):
+            for c in range(_ceil_div(max(counts), chunk)):
                 sizes = [max(0, min(chunk, counts[r] - c * chunk)) for r in range(comm.size)]
                 at = displs[rank] + c * chunk
                 self._copy_range(d, at, at + sizes[rank], buf[starts[rank]:], arrays, into_buffer=True)
@@ -779,8 +787,7 @@ class ZeroRedundancyOptimizer(Optimizer):
             fold = n & (n - 1) == 0 and not clipping
             has = self._reduce_scatter(grads, divide=not fold)
             inner = z["inner"]
-            for g, ig in zip(self.param_groups, inner.param_groups):
-                ig.update(self._options_of(g))
+            self._push_options()
             per_group: list[list[Any]] = [[] for _ in inner.param_groups]
             for (k, _, _), grad in zip(z["pieces"], z["piece_grads"]):
                 per_group[z["groups"][k]].append(grad if has[k] else None)
@@ -809,8 +816,7 @@ class ZeroRedundancyOptimizer(Optimizer):
                     scale = float(clip_coefficient(float(max_grad_norm), total))
             inner._write_groups(per_group, scale)
             if self._class._steps_change_groups:
-                for g, ig in zip(self.param_groups, inner.param_groups):
-                    g.update(self._options_of(ig))
+                self._pull_options()
             self._allgather()
             return loss
 
@@ -842,15 +848,12 @@ class ZeroRedundancyOptimizer(Optimizer):
     # -- Schedule-Free's two points ---------------------------------------------------------
 
     def _switch(self, name: str) -> None:
-        inner = self._zero["inner"]
         if not hasattr(self._class, name):
             raise AttributeError(f"{self._class.__name__} has no {name}()")
-        for g, ig in zip(self.param_groups, inner.param_groups):
-            ig.update(self._options_of(g))
+        self._push_options()
         self._adopt_arrays()
-        getattr(inner, name)()
-        for g, ig in zip(self.param_groups, inner.param_groups):
-            g.update(self._options_of(ig))
+        getattr(self._zero["inner"], name)()
+        self._pull_options()
         self._allgather()
 
     def train(self) -> None:
@@ -928,7 +931,7 @@ class ZeroRedundancyOptimizer(Optimizer):
         # Per piece with state: its keys in order, its scalars, and for each array its key,
         # dtype and shape (the arrays themselves travel in the Gatherv of their kind).
         meta: list[tuple] = []
-        sends: dict[tuple[str, str], list[np.ndarray]] = {}
+        sends: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = {}
         for k, lo, hi in z["pieces"]:
             entry = local.get(k)
             if entry is None:
@@ -937,7 +940,7 @@ class ZeroRedundancyOptimizer(Optimizer):
             for key, v in entry.items():
                 if isinstance(v, np.ndarray) and v.ndim > 0:
                     arrays.append((key, v.dtype.str, v.shape))
-                    sends.setdefault((key, v.dtype.str), []).append(v.reshape(-1))
+                    sends.setdefault((key, v.dtype.str), []).append((k, v))
                 else:
                     scalars[key] = v
             meta.append((k, lo, hi, list(entry), arrays, scalars))
@@ -948,7 +951,7 @@ class ZeroRedundancyOptimizer(Optimizer):
             mine = sends.get((key, dt), [])
             send = z["arena"].contiguous(key, mine)
             if send is None:
-                send = mine[0] if len(mine) == 1 else (np.concatenate(mine) if mine else np.zeros(0, dt))
+                send = np.concatenate([v.reshape(-1) for _, v in mine]) if mine else np.zeros(0, dt)
             counts = [sum(math.prod(shape) for *_, arrays, _ in m for kk, dd, shape in arrays if (kk, dd) == (key, dt))
                       for m in metas]
             displs = [sum(counts[:r]) for r in range(len(counts))]
@@ -1039,8 +1042,6 @@ class ZeroRedundancyOptimizer(Optimizer):
         check_manifest(m, "state_dict['zero']")
         z = self._zero
         mine = z["layout"].describe()
-        if m.get("version") != 1:
-            raise ValueError(f"the shard's manifest has version {m.get('version')!r}; this fastopt reads version 1")
         if m.get("world_size") != mine["world_size"]:
             raise ValueError(f"the state dict is rank {m.get('rank')}'s shard of a run on {m.get('world_size')} ranks, "
                              f"but this optimizer runs on {mine['world_size']}: load the checkpoint with "
@@ -1073,8 +1074,7 @@ class ZeroRedundancyOptimizer(Optimizer):
             inner_groups.append(dict(opts, params=[index[id(q)] for q in ig["params"]]))
         inner.load_state_dict({"state": inner_state, "param_groups": inner_groups}, strict=strict)
         z["arena"].seat(inner)
-        for g, ig in zip(self.param_groups, inner.param_groups):
-            g.update(self._options_of(ig))
+        self._pull_options()
 
     def _load_full(self, full: dict[int, dict[str, Any]]) -> None:
         z = self._zero
