@@ -208,8 +208,8 @@ class TestConstruction:
             fo.optim.SGD([np.zeros(2), [1.0, 2.0]])
         with pytest.raises(TypeError, match=r"params\[0\] has dtype int64"):
             fo.optim.SGD([np.zeros(2, np.int64)])
-        with pytest.raises(TypeError, match="data must have dtype float32 or float64"):
-            fo.Parameter(np.zeros(2, np.float16))
+        with pytest.raises(TypeError, match="data must have dtype float32, float64, float16 or bfloat16"):
+            fo.Parameter(np.zeros(2, np.int32))
 
     def test_mixed_dtypes_in_group(self):
         with pytest.raises(TypeError, match="float32 and float64"):

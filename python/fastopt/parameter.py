@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from typing import Any, Callable
 
@@ -9,8 +10,33 @@ import numpy as np
 
 from .hooks import RemovableHandle, register
 
-#: The dtypes fastopt's kernels take.
+#: The dtypes every kernel takes (the optimizers' steps also take 16-bit ones: `is_half`).
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+FLOAT16 = np.dtype(np.float16)
+
+
+def bfloat16_dtype() -> np.dtype | None:
+    """``ml_dtypes.bfloat16``'s dtype once the program has imported ml_dtypes (fastopt never
+    imports it), else None."""
+    ml = sys.modules.get("ml_dtypes")
+    return None if ml is None else np.dtype(ml.bfloat16)
+
+
+def is_bfloat16(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` is ml_dtypes' bfloat16: told by its registered dtype class, never by
+    its type character or number (which other libraries' 16-bit types may reuse)."""
+    bf = bfloat16_dtype()
+    return bf is not None and type(dtype) is type(bf)
+
+
+def is_half(dtype: np.dtype) -> bool:
+    """float16 or bfloat16: stored in 16 bits, computed in float32 by the optimizers."""
+    return dtype == FLOAT16 or is_bfloat16(dtype)
+
+
+def is_param_dtype(dtype: np.dtype) -> bool:
+    """A dtype a Parameter and the optimizers' steps take."""
+    return dtype in FLOAT_DTYPES or is_half(dtype)
 
 
 def as_numpy(value: Any) -> np.ndarray:
@@ -28,8 +54,8 @@ def as_numpy(value: Any) -> np.ndarray:
 def _check_float_array(value: Any, what: str) -> np.ndarray:
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{what} must be a numpy.ndarray, got {type(value).__name__}")
-    if value.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{what} must have dtype float32 or float64, got {value.dtype}")
+    if not is_param_dtype(value.dtype):
+        raise TypeError(f"{what} must have dtype float32, float64, float16 or bfloat16 (ml_dtypes), got {value.dtype}")
     return value
 
 

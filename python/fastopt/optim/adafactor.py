@@ -57,6 +57,8 @@ class Adafactor(Optimizer):
     ((2, 1), (1, 3))
     """
 
+    _takes_half = False  # (its own arithmetic is float32/float64 only)
+
     _couples = "tensor"  # (an element's update reads its row and column)
     _option_docs = {
         "eps": "``(eps1, eps2)``: eps1 (None: the dtype's smallest normal) keeps the second moment "

@@ -150,6 +150,8 @@ class LBFGS(Optimizer):
     True
     """
 
+    _takes_half = False  # (its own arithmetic is float32/float64 only)
+
     _couples = "all"  # (the direction comes from every parameter's history)
     _option_docs = {
         "lr": "learning rate (the step along the search direction; with a line search, its first trial)",

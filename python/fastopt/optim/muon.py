@@ -103,6 +103,8 @@ class Muon(Optimizer):
     array([0.93, 0.93, 0.89], dtype=float32)
     """
 
+    _takes_half = False  # (its own arithmetic is float32/float64 only)
+
     _couples = "tensor"  # (Newton-Schulz orthogonalises the whole matrix)
     _option_docs = {
         "weight_decay": "decoupled weight decay: the parameter is multiplied by ``1 - lr * weight_decay``",

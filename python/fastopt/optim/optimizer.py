@@ -39,7 +39,7 @@ from ._options import arguments_section, check_bool, real, validate
 from ._state import _ParamList, _ParamState, _State  # noqa: F401 (_ParamState: pickles made before the move)
 from ..hooks import RemovableHandle, register
 from ..nn.utils import clip_coefficient, get_total_norm
-from ..parameter import FLOAT_DTYPES, Parameter, as_numpy
+from ..parameter import Parameter, as_numpy, is_bfloat16, is_half, is_param_dtype
 
 __all__ = ["Optimizer", "required"]
 
@@ -136,7 +136,7 @@ def _load_value(p: Any, key: str, value: Any, counter: bool) -> Any:
         return np.array(as_numpy(value), dtype=np.float32, copy=True).reshape(())
     if isinstance(value, np.ndarray) or hasattr(value, "__array__"):
         arr = as_numpy(value)
-        if arr.dtype.kind == "f":
+        if arr.dtype.kind == "f" or is_bfloat16(arr.dtype):
             return np.array(arr, dtype=_array_of(p).dtype, order="C", copy=True)
         return arr.copy()
     return copy.deepcopy(value)
@@ -377,8 +377,12 @@ class Optimizer:
                 # Another library's array: a view of its memory (the group holds the view).
                 p = params[i] = _borrow(p, f"params[{i}]", written=True)
             a = _array_of(p)
-            if a.dtype not in FLOAT_DTYPES:
-                raise TypeError(f"params[{i}] has dtype {a.dtype}; optimizers take float32 or float64")
+            if not is_param_dtype(a.dtype):
+                raise TypeError(f"params[{i}] has dtype {a.dtype}; optimizers take float32, float64, float16 or "
+                                "bfloat16 (ml_dtypes) arrays")
+            if not self._takes_half and is_half(a.dtype):
+                raise TypeError(f"params[{i}] has dtype {a.dtype}; {type(self).__name__} takes float32 or float64 "
+                                "parameters")
         dtypes = {_array_of(p).dtype for p in params}
         if len(dtypes) > 1:
             raise TypeError(
@@ -709,6 +713,9 @@ class Optimizer:
     _rule = ""
     #: Whether the rule reads which state buffers were just created (SGD's first step).
     _needs_fresh = False
+    #: Whether the optimizer takes float16 and bfloat16 parameters (every engine rule does:
+    #: arithmetic in float32, state in the parameter's dtype, as torch's fused kernels).
+    _takes_half = True
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         """The rule's hyperparameters for ``group``, by the engine's names."""

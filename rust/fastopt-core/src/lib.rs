@@ -6,6 +6,7 @@
 
 pub mod bandwidth;
 pub mod float;
+pub mod half;
 pub mod math;
 pub mod nn;
 pub mod optim;

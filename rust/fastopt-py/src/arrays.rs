@@ -2,7 +2,7 @@
 //!
 //! Every check happens here, before any kernel runs, so an error leaves every array as it
 //! was: the argument must be a list or tuple of `numpy.ndarray`, of the group's dtype
-//! (float32 or float64, native byte order, no implicit cast), C-contiguous, aligned, writeable
+//! (float32, float64, float16 or `ml_dtypes.bfloat16`, native byte order, no implicit cast), C-contiguous, aligned, writeable
 //! where the kernel writes, of the parameter's shape, and no array that is written may share
 //! memory with any other array of the call. Errors are `TypeError` (wrong kind of object or
 //! dtype) or `ValueError` (everything else) and name the argument and index.
@@ -20,6 +20,10 @@ use pyo3::types::{PyList, PyTuple};
 pub enum Dtype {
     F32,
     F64,
+    /// numpy.float16.
+    F16,
+    /// ml_dtypes.bfloat16, told by its registered descriptor ([`bf16_type`]).
+    BF16,
 }
 
 impl Dtype {
@@ -27,14 +31,29 @@ impl Dtype {
         match self {
             Dtype::F32 => "float32",
             Dtype::F64 => "float64",
+            Dtype::F16 => "float16",
+            Dtype::BF16 => "bfloat16",
         }
     }
     fn itemsize(self) -> usize {
         match self {
             Dtype::F32 => 4,
             Dtype::F64 => 8,
+            Dtype::F16 | Dtype::BF16 => 2,
         }
     }
+    /// A 16-bit type, computed in float32 (its state may be kept in float32).
+    pub fn is_half(self) -> bool {
+        matches!(self, Dtype::F16 | Dtype::BF16)
+    }
+}
+
+/// The error of a function that takes float32 and float64 arrays only, given `dtype`.
+pub fn unsupported(dtype: Dtype) -> PyErr {
+    PyTypeError::new_err(format!(
+        "this function takes float32 or float64 arrays, got {} (16-bit arrays are taken by the optimizers' steps)",
+        dtype.name()
+    ))
 }
 
 /// Names one array of a call ("grads[3]"), formatted only when an error needs it.
@@ -101,6 +120,8 @@ impl Raw {
 /// Collects and checks the arrays of one kernel call.
 pub struct Group<'py> {
     pub dtype: Dtype,
+    /// The state buffers' dtype: `dtype`, or float32 beside 16-bit parameters.
+    pub sdtype: Dtype,
     /// The parameters, whose shapes the other lists must match. Together with `owners` they
     /// keep every checked array alive until the kernel has run.
     params: Vec<Bound<'py, PyUntypedArray>>,
@@ -157,6 +178,25 @@ fn builtin_descrs(py: Python<'_>) -> (usize, usize) {
     })
 }
 
+/// The type (a numpy DType class) of `ml_dtypes.bfloat16`'s descriptor, once ml_dtypes has
+/// been imported by the program (it is never imported here). Another library's 16-bit type
+/// that reuses bfloat16's type character or kind is a different class, so it is not taken.
+fn bf16_type(py: Python<'_>) -> Option<usize> {
+    static TYPE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    if let Some(&t) = TYPE.get() {
+        return Some(t);
+    }
+    let modules = py.import("sys").ok()?.getattr("modules").ok()?;
+    let ml = modules.get_item("ml_dtypes").ok()?;
+    let descr = py.import("numpy").ok()?.getattr("dtype").ok()?.call1((ml.getattr("bfloat16").ok()?,)).ok()?;
+    let ty = descr.get_type();
+    let addr = ty.as_ptr() as usize;
+    // The class is kept alive for the life of the process (a registered dtype is never
+    // unregistered), so its address cannot be reused by another object.
+    std::mem::forget(ty.unbind());
+    Some(*TYPE.get_or_init(|| addr))
+}
+
 fn dtype_of(arr: &Bound<'_, PyUntypedArray>) -> Option<Dtype> {
     let descr = descr_addr(arr);
     let (f32_descr, f64_descr) = builtin_descrs(arr.py());
@@ -175,6 +215,10 @@ fn dtype_of(arr: &Bound<'_, PyUntypedArray>) -> Option<Dtype> {
     match d.num() {
         n if n == NPY_TYPES::NPY_FLOAT as i32 => Some(Dtype::F32),
         n if n == NPY_TYPES::NPY_DOUBLE as i32 => Some(Dtype::F64),
+        n if n == NPY_TYPES::NPY_HALF as i32 => Some(Dtype::F16),
+        // (numpy's own types are told by number; a user-defined one only by its class)
+        n if n < NPY_TYPES::NPY_USERDEF as i32 => None,
+        _ if d.itemsize() == 2 && bf16_type(arr.py()) == Some(d.get_type().as_ptr() as usize) => Some(Dtype::BF16),
         _ => None,
     }
 }
@@ -221,7 +265,7 @@ impl<'py> Group<'py> {
         let list = items(obj, name)?;
         let n = list.len();
         // Most calls check about five arrays per parameter.
-        let mut g = Group { dtype: Dtype::F32, params: Vec::with_capacity(n), owners: Vec::with_capacity(4 * n), spans: Vec::with_capacity(5 * n) };
+        let mut g = Group { dtype: Dtype::F32, sdtype: Dtype::F32, params: Vec::with_capacity(n), owners: Vec::with_capacity(4 * n), spans: Vec::with_capacity(5 * n) };
         let mut raws = Vec::with_capacity(n);
         for (i, o) in list.into_iter().enumerate() {
             let label = Label { name, index: i };
@@ -229,10 +273,11 @@ impl<'py> Group<'py> {
             if i == 0 {
                 g.dtype = dtype_of(&arr).ok_or_else(|| {
                     PyTypeError::new_err(format!(
-                        "{label} has dtype {}; fastopt kernels take float32 or float64 arrays",
+                        "{label} has dtype {}; fastopt kernels take float32, float64, float16 or bfloat16 (ml_dtypes) arrays",
                         arr.dtype()
                     ))
                 })?;
+                g.sdtype = g.dtype;
             }
             g.check_dtype(&arr, label)?;
             raws.push(g.check_layout(&arr, label, g.dtype.itemsize(), written)?);
@@ -259,18 +304,23 @@ impl<'py> Group<'py> {
     }
 
     fn check_dtype(&self, arr: &Bound<'py, PyUntypedArray>, label: Label) -> PyResult<()> {
-        if dtype_of(arr) != Some(self.dtype) {
+        self.check_dtype_as(arr, label, self.dtype)
+    }
+
+    fn check_dtype_as(&self, arr: &Bound<'py, PyUntypedArray>, label: Label, want: Dtype) -> PyResult<()> {
+        if dtype_of(arr) != Some(want) {
+            let what = if want == self.dtype { "the call's arrays are" } else { "the state buffers must be" };
             return Err(PyTypeError::new_err(format!(
-                "{label} has dtype {} but the call's arrays are {} (fastopt never casts implicitly)",
+                "{label} has dtype {} but {what} {} (fastopt never casts implicitly)",
                 arr.dtype(),
-                self.dtype.name()
+                want.name()
             )));
         }
         Ok(())
     }
 
-    fn check(&mut self, arr: Bound<'py, PyUntypedArray>, label: Label, written: bool) -> PyResult<Raw> {
-        self.check_dtype(&arr, label)?;
+    fn check(&mut self, arr: Bound<'py, PyUntypedArray>, label: Label, written: bool, dtype: Dtype) -> PyResult<Raw> {
+        self.check_dtype_as(&arr, label, dtype)?;
         let want = self.params[label.index].shape();
         if !same_shape(arr.shape(), want) {
             return Err(PyValueError::new_err(format!(
@@ -280,7 +330,7 @@ impl<'py> Group<'py> {
                 shape_str(want)
             )));
         }
-        let raw = self.check_layout(&arr, label, self.dtype.itemsize(), written)?;
+        let raw = self.check_layout(&arr, label, dtype.itemsize(), written)?;
         self.owners.push(arr);
         Ok(raw)
     }
@@ -337,15 +387,39 @@ impl<'py> Group<'py> {
         Ok(Raw { data, len })
     }
 
-    /// Checks a list of arrays shaped like `params`, one per parameter.
+    /// Checks a list of arrays shaped like `params`, one per parameter, of the call's dtype.
     pub fn like_params(&mut self, obj: &Bound<'py, PyAny>, name: &'static str, written: bool) -> PyResult<Vec<Raw>> {
+        self.like_params_as(obj, name, written, self.dtype)
+    }
+
+    /// Sets the state buffers' dtype from the first state array of `lists` (the first list's
+    /// first entry): float32 beside 16-bit parameters when it is float32, else the call's.
+    pub fn state_dtype_from(&mut self, lists: &[Bound<'py, PyAny>]) {
+        self.sdtype = self.dtype;
+        if self.dtype.is_half() {
+            let first = lists.first().and_then(|l| l.get_item(0).ok());
+            if let Some(arr) = first.as_ref().and_then(|a| a.cast::<PyUntypedArray>().ok()) {
+                if dtype_of(arr) == Some(Dtype::F32) {
+                    self.sdtype = Dtype::F32;
+                }
+            }
+        }
+    }
+
+    /// Checks a list of state buffers shaped like `params` (of the state dtype, see
+    /// [`Group::state_dtype_from`]).
+    pub fn like_params_state(&mut self, obj: &Bound<'py, PyAny>, name: &'static str) -> PyResult<Vec<Raw>> {
+        self.like_params_as(obj, name, true, self.sdtype)
+    }
+
+    fn like_params_as(&mut self, obj: &Bound<'py, PyAny>, name: &'static str, written: bool, dtype: Dtype) -> PyResult<Vec<Raw>> {
         let list = self.per_param(obj, name)?;
         let mut raws = Vec::with_capacity(list.len());
         self.owners.reserve(list.len());
         self.spans.reserve(list.len());
         for (i, o) in list.into_iter().enumerate() {
             let label = Label { name, index: i };
-            raws.push(self.check(into_array(o, label)?, label, written)?);
+            raws.push(self.check(into_array(o, label)?, label, written, dtype)?);
         }
         Ok(raws)
     }
@@ -398,7 +472,7 @@ impl<'py> Group<'py> {
         let dtype = dtype_of(&arr).ok_or_else(|| {
             PyTypeError::new_err(format!("{label} has dtype {}; fastopt kernels take float32 or float64 arrays", arr.dtype()))
         })?;
-        let mut g = Group { dtype, params: vec![], owners: vec![], spans: vec![] };
+        let mut g = Group { dtype, sdtype: dtype, params: vec![], owners: vec![], spans: vec![] };
         let raw = g.check_layout(&arr, label, dtype.itemsize(), written)?;
         g.owners.push(arr);
         Ok((g, raw))
@@ -605,6 +679,7 @@ struct Seen {
 
 pub struct Checked {
     dtype: Dtype,
+    sdtype: Dtype,
     /// The stable lists of the call, in the order the call passes them.
     lists: Vec<Vec<Seen>>,
     /// Every written span of the stable lists, sorted by start (they are disjoint).
@@ -630,6 +705,7 @@ pub type CacheGuard<'a> = Option<std::sync::MutexGuard<'a, Option<Checked>>>;
 /// order given) and the gradients.
 pub struct Confirmed<'py> {
     pub dtype: Dtype,
+    pub sdtype: Dtype,
     pub stable: Vec<Vec<Raw>>,
     pub grads: Vec<Raw>,
     /// Not read: holds the parameters and gradients for as long as the call uses their `Raw`s.
@@ -652,7 +728,7 @@ pub fn confirm<'py>(guard: &CacheGuard<'_>, stable: &[&Bound<'py, PyAny>], grads
     let mut group = checked.group(params);
     let grads = group.like_params(grads, "grads", false)?;
     checked.finish(&group)?;
-    Ok(Some(Confirmed { dtype: checked.dtype(), stable: raws, grads, _alive: group }))
+    Ok(Some(Confirmed { dtype: checked.dtype(), sdtype: checked.sdtype(), stable: raws, grads, _alive: group }))
 }
 
 /// After a call's full checks passed in `group`: remembers its stable lists (none given, as
@@ -719,16 +795,20 @@ impl Checked {
         }
         // `finish` left the spans sorted by start.
         let written = group.spans.iter().filter(|s| s.2).map(|s| (s.0, s.1, s.3)).collect();
-        Some(Checked { dtype: group.dtype, lists: out, written })
+        Some(Checked { dtype: group.dtype, sdtype: group.sdtype, lists: out, written })
     }
 
     pub fn dtype(&self) -> Dtype {
         self.dtype
     }
 
+    pub fn sdtype(&self) -> Dtype {
+        self.sdtype
+    }
+
     /// A group for a confirmed call: its dtype and parameters, nothing else checked yet.
     pub fn group<'py>(&self, params: Vec<Bound<'py, PyUntypedArray>>) -> Group<'py> {
-        Group { dtype: self.dtype, params, owners: vec![], spans: vec![] }
+        Group { dtype: self.dtype, sdtype: self.sdtype, params, owners: vec![], spans: vec![] }
     }
 
     /// After the volatile (read-only) lists were checked into `group`: no span of theirs

@@ -1,6 +1,6 @@
 //! Gradient norms and clipping passes.
 
-use crate::arrays::{core_err, detach, run_core, shape_str, Dtype, Group, Raw};
+use crate::arrays::{core_err, detach, run_core, shape_str, unsupported, Dtype, Group, Raw};
 use fastopt_core::reduce::{self, Norm};
 use fastopt_core::Float;
 use pyo3::exceptions::PyValueError;
@@ -33,6 +33,7 @@ pub fn scale_<'py>(py: Python<'py>, arrays: &Bound<'py, PyAny>, factor: f64) -> 
     match g.dtype {
         Dtype::F32 => run_scale::<f32>(py, &raws, f32::from_f64(factor), None),
         Dtype::F64 => run_scale::<f64>(py, &raws, factor, None),
+        d => Err(unsupported(d)),
     }
 }
 
@@ -50,6 +51,7 @@ pub fn clamp_<'py>(py: Python<'py>, arrays: &Bound<'py, PyAny>, clip_value: f64)
             run_scale::<f32>(py, &raws, 1.0, Some((-c, c)))
         }
         Dtype::F64 => run_scale::<f64>(py, &raws, 1.0, Some((-clip_value, clip_value))),
+        d => Err(unsupported(d)),
     }
 }
 
@@ -91,6 +93,7 @@ pub fn axpy_<'py>(py: Python<'py>, y: &Bound<'py, PyAny>, alpha: f64, x: &Bound<
     match g.dtype {
         Dtype::F32 => run::<f32>(py, ry[0], rx[0], f32::from_f64(alpha)),
         Dtype::F64 => run::<f64>(py, ry[0], rx[0], alpha),
+        d => Err(unsupported(d)),
     }
 }
 
@@ -109,6 +112,7 @@ pub fn axpy_dot<'py>(py: Python<'py>, y: &Bound<'py, PyAny>, alpha: f64, x: &Bou
     match g.dtype {
         Dtype::F32 => run::<f32>(py, ry[0], rx[0], rz[0], f32::from_f64(alpha)),
         Dtype::F64 => run::<f64>(py, ry[0], rx[0], rz[0], alpha),
+        d => Err(unsupported(d)),
     }
 }
 

@@ -8,8 +8,30 @@ macro_rules! by_dtype {
         match $dtype {
             $crate::arrays::Dtype::F32 => $f::<f32>($($arg),*),
             $crate::arrays::Dtype::F64 => $f::<f64>($($arg),*),
+            d => Err($crate::arrays::unsupported(d)),
         }
     };
+}
+
+/// Calls the generic `f::<P, S>(args)` for an optimizer step's parameter and state dtypes
+/// (`by_storage!(g.dtype, g.sdtype, run(a, b))`): float32 and float64 alone, float16 and
+/// bfloat16 with their state in their own dtype or in float32.
+macro_rules! by_storage {
+    ($dtype:expr, $sdtype:expr, $f:ident($($arg:expr),* $(,)?)) => {{
+        use $crate::arrays::Dtype as D;
+        use fastopt_core::half::{Bf16, F16};
+        match ($dtype, $sdtype) {
+            (D::F32, D::F32) => $f::<f32, f32>($($arg),*),
+            (D::F64, D::F64) => $f::<f64, f64>($($arg),*),
+            (D::BF16, D::BF16) => $f::<Bf16, Bf16>($($arg),*),
+            (D::BF16, D::F32) => $f::<Bf16, f32>($($arg),*),
+            (D::F16, D::F16) => $f::<F16, F16>($($arg),*),
+            (D::F16, D::F32) => $f::<F16, f32>($($arg),*),
+            (p, s) => Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "{} parameters cannot keep {} state", p.name(), s.name()
+            ))),
+        }
+    }};
 }
 
 mod adafactor;

@@ -3,8 +3,7 @@
 //! array is checked, then the core runs the step once over all of them with the GIL released.
 
 use crate::arrays::{confirm, core_err, items, remember, run_core, CheckCache, Group, Raw};
-use fastopt_core::optim::{Config, Tensor, RULES};
-use fastopt_core::Float;
+use fastopt_core::optim::{Config, Storage, Tensor, RULES};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -113,14 +112,15 @@ pub fn step<'py>(
                 return Ok(None);
             }
             let (s, k) = c.stable[1..].split_at(ns);
-            return CheckCache::count(cache, by_dtype!(c.dtype, run(py, &cfg, &c.stable[0], &c.grads, s, k, &fresh, grad_scale)));
+            return CheckCache::count(cache, by_storage!(c.dtype, c.sdtype, run(py, &cfg, &c.stable[0], &c.grads, s, k, &fresh, grad_scale)));
         }
     }
     let (mut g, p) = Group::new(params)?;
     let gr = g.like_params(grads, "grads", false)?;
+    g.state_dtype_from(&state_lists);
     let mut s = Vec::with_capacity(ns);
     for (list, name) in state_lists.iter().zip(state_names) {
-        s.push(g.like_params(list, name.1, true)?);
+        s.push(g.like_params_state(list, name.1)?);
     }
     let mut c = Vec::with_capacity(counter_names.len());
     for (list, &name) in counter_lists.iter().zip(counter_names) {
@@ -134,11 +134,11 @@ pub fn step<'py>(
     if check_only {
         return Ok(None);
     }
-    CheckCache::count(cache, by_dtype!(g.dtype, run(py, &cfg, &p, &gr, &s, &c, &fresh, grad_scale)))
+    CheckCache::count(cache, by_storage!(g.dtype, g.sdtype, run(py, &cfg, &p, &gr, &s, &c, &fresh, grad_scale)))
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run<T: Float + numpy::Element + fastopt_core::optim::Storage<Arith = T>>(
+fn run<P: Storage, S: Storage<Arith = P::Arith>>(
     py: Python<'_>,
     cfg: &Config,
     p: &[Raw],
@@ -150,18 +150,19 @@ fn run<T: Float + numpy::Element + fastopt_core::optim::Storage<Arith = T>>(
 ) -> PyResult<Option<(f64, f64)>> {
     let n = p.len();
     // Every tensor's state and counter references, tensor by tensor, in two allocations.
-    // SAFETY: `Group` checked that each array has dtype `T` (counters: float32, one
-    // element), is C-contiguous and aligned, that written arrays are writeable and that no
-    // written array overlaps any other array of this call; the caller's `Group` keeps every
-    // array alive until this function returns.
-    let mut states: Vec<&mut [T]> = Vec::with_capacity(n * s.len());
+    // SAFETY: `Group` checked that each parameter and gradient has the dtype `P` stores and
+    // each state buffer the dtype `S` stores (`by_storage!` picks `P` and `S` from those
+    // dtypes; counters: float32, one element), that every array is C-contiguous and aligned,
+    // that written arrays are writeable and that no written array overlaps any other array
+    // of this call; the caller's `Group` keeps every array alive until this function returns.
+    let mut states: Vec<&mut [S]> = Vec::with_capacity(n * s.len());
     let mut counters: Vec<&mut f32> = Vec::with_capacity(n * c.len());
     for i in 0..n {
         states.extend(s.iter().map(|list| unsafe { list[i].slice_mut() }));
         counters.extend(c.iter().map(|list| unsafe { &mut list[i].slice_mut::<f32>()[0] }));
     }
     let (mut s_rest, mut c_rest) = (&mut states[..], &mut counters[..]);
-    let mut tensors: Vec<Tensor<'_, T>> = Vec::with_capacity(n);
+    let mut tensors: Vec<Tensor<'_, P, S>> = Vec::with_capacity(n);
     for i in 0..n {
         let (ts, sr) = std::mem::take(&mut s_rest).split_at_mut(s.len());
         let (tc, cr) = std::mem::take(&mut c_rest).split_at_mut(c.len());

@@ -282,6 +282,65 @@ mod tests {
         check::<f64>();
     }
 
+    /// A 16-bit step is the float32 step on the loaded values with every stored value
+    /// rounded once (state in the parameter's dtype, or in float32), at every level.
+    fn check_half<H: Storage<Arith = f32> + PartialEq + core::fmt::Debug>(round: impl Fn(f32) -> f32) {
+        let rounded = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(&round).collect() };
+        for level in available() {
+            for (cfg, scale) in configs() {
+                let n = 37;
+                let p32 = rounded(data::<f32>(n, 1));
+                let g32 = rounded(data::<f32>(n, 2));
+                let m32 = rounded(data::<f32>(n, 3));
+                let v32: Vec<f32> = rounded(data::<f32>(n, 4).iter().map(|&x| x * x).collect());
+                let x32: Vec<f32> = rounded(v32.iter().map(|&y| y * 1.5).collect());
+                let h = |v: &[f32]| -> Vec<H> { v.iter().map(|&x| H::store(x)).collect() };
+                let (mut p, g, mut m, mut v, mut x) = (h(&p32), h(&g32), h(&m32), h(&v32), h(&x32));
+                let (mut rp, mut rm, mut rv, mut rx) = (p32.clone(), m32.clone(), v32.clone(), x32.clone());
+                // the same with float32 state beside 16-bit parameters
+                let (mut p2, mut m2, mut v2, mut x2) = (h(&p32), m32.clone(), v32.clone(), x32.clone());
+                let (mut rp2, mut rm2, mut rv2, mut rx2) = (p32.clone(), m32.clone(), v32.clone(), x32.clone());
+                let (mut step, mut rstep, mut step2, mut rstep2) = (3.0f32, 3.0f32, 3.0f32, 3.0f32);
+                for _ in 0..3 {
+                    let mut states: Vec<&mut [H]> = vec![&mut m, &mut v];
+                    let mut states2: Vec<&mut [f32]> = vec![&mut m2, &mut v2];
+                    if cfg.amsgrad {
+                        states.push(&mut x);
+                        states2.push(&mut x2);
+                    }
+                    let mut counters = [&mut step];
+                    let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, fresh: false };
+                    super::step(&cfg, vec![t], scale, level).unwrap();
+                    let mut counters = [&mut step2];
+                    let t = Tensor { param: &mut p2, grad: &g, states: &mut states2, counters: &mut counters, fresh: false };
+                    super::step(&cfg, vec![t], scale, level).unwrap();
+                    let fma = level.fused_multiply_add();
+                    fn ams(on: bool, x: &mut [f32]) -> Option<&mut [f32]> {
+                        if on { Some(x) } else { None }
+                    }
+                    reference(&mut rp, &g32, &mut rm, &mut rv, ams(cfg.amsgrad, &mut rx), &mut rstep, &cfg, scale, fma);
+                    for w in [&mut rp, &mut rm, &mut rv, &mut rx] {
+                        w.iter_mut().for_each(|y| *y = round(*y));
+                    }
+                    reference(&mut rp2, &g32, &mut rm2, &mut rv2, ams(cfg.amsgrad, &mut rx2), &mut rstep2, &cfg, scale, fma);
+                    rp2.iter_mut().for_each(|y| *y = round(*y));
+                }
+                assert_eq!((step, step2), (rstep, rstep2));
+                let same = |a: &[H], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.load() == *y || (x.load().is_nan() && y.is_nan()));
+                let same32 = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x == y || (x.is_nan() && y.is_nan()));
+                assert!(same(&p, &rp) && same(&m, &rm) && same(&v, &rv) && same(&x, &rx), "{level:?} {cfg:?}");
+                assert!(same(&p2, &rp2) && same32(&m2, &rm2) && same32(&v2, &rv2) && same32(&x2, &rx2), "float32 state {level:?} {cfg:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn bfloat16_and_float16_round_the_float32_step_once() {
+        use crate::half::{Bf16, F16};
+        check_half::<Bf16>(|x| Bf16::from_f32(x).to_f32());
+        check_half::<F16>(|x| F16::from_f32(x).to_f32());
+    }
+
     #[test]
     fn checks_before_writing() {
         let mut p = vec![1.0f32; 4];

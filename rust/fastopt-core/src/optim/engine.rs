@@ -12,9 +12,10 @@
 //!
 //! Storage is orthogonal to the rule. The driver is generic over how parameters and
 //! gradients ([`Storage`] `P`) and state buffers (`S`) are stored; a rule computes in the
-//! arithmetic type `P::Arith` and sees loaded values only. Today `f32` and `f64` store their
-//! own arithmetic type (load and store are the identity); a half-precision or 8-bit format
-//! is one more `Storage` implementation, not a copy of the rules.
+//! arithmetic type `P::Arith` and sees loaded values only. `f32` and `f64` store their own
+//! arithmetic type (load and store are the identity); bfloat16 and float16
+//! ([`crate::half`]) compute in `f32` and round each stored value once. A new format is one
+//! more `Storage` implementation, not a copy of the rules.
 //!
 //! The building blocks shared by the rules are here too: the gradient prologue ([`Grad`]:
 //! clipping scale, maximize, L2 or decoupled weight decay), torch's `lerp` ([`Lerp`]), the
@@ -56,6 +57,25 @@ macro_rules! identity_storage {
 }
 
 identity_storage!(f32, f64);
+
+/// 16-bit storage computed in float32, one rounding (to nearest even) per stored value.
+macro_rules! half_storage {
+    ($($t:ty),*) => {$(
+        impl Storage for $t {
+            type Arith = f32;
+            #[inline(always)]
+            fn load(self) -> f32 {
+                self.to_f32()
+            }
+            #[inline(always)]
+            fn store(x: f32) -> $t {
+                <$t>::from_f32(x)
+            }
+        }
+    )*};
+}
+
+half_storage!(crate::half::Bf16, crate::half::F16);
 
 /// A state buffer's key in torch's `state` dict and the name of its list in the functional
 /// API (which error messages use).
