@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import _fastopt
-from ..parameter import FLOAT_DTYPES, Parameter
+from ..parameter import FLOAT_DTYPES, Parameter, is_half
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_total_norm"]
 
@@ -34,10 +34,28 @@ def _by_dtype(arrays: list[np.ndarray], what: str) -> dict[np.dtype, list[np.nda
     for i, a in enumerate(arrays):
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{what}[{i}] must be a numpy.ndarray, got {type(a).__name__}")
-        if a.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{what}[{i}] has dtype {a.dtype}; gradients must be float32 or float64")
+        if a.dtype not in FLOAT_DTYPES and not is_half(a.dtype):
+            raise TypeError(f"{what}[{i}] has dtype {a.dtype}; gradients must be float32, float64, float16 or "
+                            "bfloat16 (ml_dtypes)")
         groups.setdefault(a.dtype, []).append(a)
     return groups
+
+
+def _norm(group: list[np.ndarray], norm_type: float) -> float:
+    """The norm of one dtype's arrays; 16-bit ones are read as float32 (exact) and their norm
+    accumulated as float32 arrays' (torch rounds each tensor's norm to the 16-bit dtype)."""
+    if is_half(group[0].dtype):
+        group = [a.astype(np.float32) for a in group]
+    return _fastopt.total_norm(group, norm_type)
+
+
+def _scale_(group: list[np.ndarray], coef: float) -> None:
+    """Multiplies every element by ``coef`` in place; 16-bit ones in float32, rounded once."""
+    if is_half(group[0].dtype):
+        for a in group:
+            a[...] = (a.astype(np.float32) * np.float32(coef)).astype(a.dtype)
+        return
+    _fastopt.scale_(group, coef)
 
 
 def _combine(norms: list[float], norm_type: float) -> float:
@@ -53,7 +71,8 @@ def _combine(norms: list[float], norm_type: float) -> float:
 
 def get_total_norm(tensors: Any, norm_type: float = 2.0, error_if_nonfinite: bool = False) -> np.floating:
     """The ``norm_type`` norm of all elements of ``tensors`` (gradient arrays) together, as a
-    numpy scalar of their dtype (float64 when dtypes are mixed, float32 for none).
+    numpy scalar of their dtype (float64 when dtypes are mixed, float32 for none or for
+    float16/bfloat16 gradients, whose norm is accumulated from their exact float32 values).
 
     ``norm_type``: 2, 1, ``inf``, ``-inf``, 0 or any p > 0. As in torch, the result is the
     norm of the per-tensor norms (for 0: the number of tensors with a non-zero element). With
@@ -71,11 +90,12 @@ def get_total_norm(tensors: Any, norm_type: float = 2.0, error_if_nonfinite: boo
     if norm_type == 0:
         # torch takes the norm of the per-tensor norms, which for p=0 counts the tensors that
         # have a non-zero element (not the non-zero elements).
-        norms = [float(sum(_fastopt.total_norm([a], 0.0) > 0 for a in group)) for group in groups.values()]
+        norms = [float(sum(_norm([a], 0.0) > 0 for a in group)) for group in groups.values()]
     else:
-        norms = [_fastopt.total_norm(group, norm_type) for group in groups.values()]
+        norms = [_norm(group, norm_type) for group in groups.values()]
     if len(norms) == 1:
-        total = next(iter(groups)).type(norms[0])
+        dtype = next(iter(groups))
+        total = (np.float32 if is_half(dtype) else dtype.type)(norms[0])
     else:
         total = np.float64(_combine(norms, norm_type))
     if error_if_nonfinite and not np.isfinite(total):
@@ -116,7 +136,7 @@ def clip_grads_with_norm_(parameters: Any, max_norm: float, total_norm: Any) -> 
     total = total_norm if isinstance(total_norm, np.floating) else np.float64(total_norm)
     coef = float(clip_coefficient(float(max_norm), total))
     for group in _by_dtype(grads, "grads").values():
-        _fastopt.scale_(group, coef)
+        _scale_(group, coef)
 
 
 def clip_grad_norm_(parameters: Any, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False) -> np.floating:
@@ -160,4 +180,8 @@ def clip_grad_value_(parameters: Any, clip_value: float) -> None:
                 np.copyto(g, clip_value, where=~np.isnan(g))
         return
     for group in _by_dtype(grads, "grads").values():
-        _fastopt.clamp_(group, clip_value)
+        if is_half(group[0].dtype):  # (clamped in float32, rounded once: torch's result)
+            for g in group:
+                g[...] = np.clip(g.astype(np.float32), -clip_value, clip_value).astype(g.dtype)
+        else:
+            _fastopt.clamp_(group, clip_value)

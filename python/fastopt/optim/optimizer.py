@@ -234,6 +234,17 @@ _ASYNC = (KeyboardInterrupt, SystemExit)
 class Optimizer:
     """Base class of every fastopt optimizer (torch.optim.Optimizer's contract).
 
+    Parameters are float32 or float64 arrays, or (optimizers whose ``_takes_half`` is True:
+    every single-pass one and LAMB) float16 and ``ml_dtypes.bfloat16`` arrays, whose update
+    is computed in float32 from the exactly widened values with each stored value rounded
+    once to nearest-even and whose state is kept in their dtype, as torch's fused kernels:
+
+    >>> import ml_dtypes
+    >>> w = np.ones(3, ml_dtypes.bfloat16)
+    >>> fo.optim.SGD([w], lr=0.1).step(grads=[np.ones(3, ml_dtypes.bfloat16)])
+    >>> w.astype(np.float32)  # 0.9 rounded to bfloat16
+    array([0.8984375, 0.8984375, 0.8984375], dtype=float32)
+
     Subclasses give ``defaults``, validate a group's options in ``_validate_group`` and run
     one group's update in ``_step_group``.
     """

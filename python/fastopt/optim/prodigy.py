@@ -106,6 +106,10 @@ class Prodigy(Optimizer):
     True
     """
 
+    # (its distance estimate's state `s` grows past float16's range; 16-bit parameters are
+    # refused until a float32 state option exists)
+    _takes_half = False
+
     _couples = "all"  # (the step-size estimate sums over every tensor)
     _option_docs = {
         "lr": "multiplier of the estimated step size (leave at 1 unless training is unstable); a group may "
