@@ -299,3 +299,27 @@ def test_a_16bit_model_trains(ml_dtypes):
                 opt.step(grads=[g])
             loss = float(np.sum((w.astype(np.float32) - target) ** 2))
             assert loss < start, f"{spec.name} {dtype}: {loss} vs {start}"
+
+
+def test_ml_dtypes_is_never_imported_by_fastopt(torch):
+    """float16 works without ml_dtypes, which fastopt never imports; a bfloat16 torch tensor
+    asks for it by name."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, fastopt as fo, torch, fastopt.torch as ft\n"
+        "w = np.ones(3, np.float16)\n"
+        "fo.optim.Adam([w], lr=0.1).step(grads=[np.ones(3, np.float16)])\n"
+        "assert w.dtype == np.float16 and 'ml_dtypes' not in sys.modules\n"
+        "p = torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))\n"
+        "try:\n"
+        "    ft.Adam([p])\n"
+        "except TypeError as e:\n"
+        "    assert 'ml_dtypes' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('accepted')\n"
+        "assert 'ml_dtypes' not in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr

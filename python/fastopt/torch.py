@@ -14,8 +14,11 @@ torch's layout and keys, so a state dict moves between ``torch.optim.<Name>`` an
 ``fastopt.torch.<Name>`` in both directions.
 
 The kernels update the tensors' memory in place, without a copy: parameters must be CPU,
-contiguous, float32 or float64 tensors (anything else is refused with the tensor's index
-and name, never silently copied); state tensors share their memory with the kernels' arrays.
+contiguous, float32, float64, float16 or bfloat16 tensors (anything else is refused with the
+tensor's index and name, never silently copied; bfloat16 needs ``ml_dtypes`` imported, the
+``[bf16]`` extra, whose type NumPy uses for them); state tensors share their memory with the
+kernels' arrays. 16-bit parameters keep their state in their dtype and are updated in
+float32 arithmetic, each stored value rounded once, as torch's ``fused=True`` kernels.
 Gradients are only read (a non-contiguous gradient is read through a contiguous copy).
 
 Where it helps: a step over small and many tensors, where torch's per-tensor work dominates
@@ -39,15 +42,28 @@ import torch.optim.optimizer as _torch_optim
 
 from . import optim as _optim
 from .parameter import Parameter as _FastParameter
+from .parameter import bfloat16_dtype, is_bfloat16
 
 __all__ = [name for name in _optim.__all__ if isinstance(getattr(_optim, name), type)
            and issubclass(getattr(_optim, name), _optim.Optimizer) and name != "Optimizer"]
 
-_DTYPES = (torch.float32, torch.float64)
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _data_ptr = torch.Tensor.data_ptr
 _is_contiguous = torch.Tensor.is_contiguous
 _numpy = torch.Tensor.numpy
 _GRAD = attrgetter("grad")
+
+
+def _array(t: torch.Tensor) -> np.ndarray:
+    """A NumPy view of a CPU tensor's memory; a bfloat16 tensor's as ``ml_dtypes.bfloat16``
+    (NumPy has no bfloat16 of its own; fastopt does not import ml_dtypes for the program)."""
+    if t.dtype == torch.bfloat16:
+        bf = bfloat16_dtype()
+        if bf is None:
+            raise TypeError("bfloat16 tensors are seen by NumPy through ml_dtypes: pip install 'fastopt[bf16]' and "
+                            "import ml_dtypes before stepping them")
+        return t.view(torch.int16).numpy().view(bf)
+    return t.numpy()
 
 
 def _to_numpy(v: Any) -> Any:
@@ -56,7 +72,7 @@ def _to_numpy(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
         if v.device.type != "cpu":
             v = v.cpu()
-        return v.detach().contiguous().numpy()
+        return _array(v.detach().contiguous())
     if isinstance(v, (list, tuple)):
         return type(v)(_to_numpy(x) for x in v)
     return v
@@ -65,6 +81,8 @@ def _to_numpy(v: Any) -> Any:
 def _to_torch(v: Any) -> Any:
     """A state value as torch keeps it: arrays as tensors sharing their memory."""
     if isinstance(v, np.ndarray):
+        if is_bfloat16(v.dtype):
+            return torch.from_numpy(v.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(v)
     if isinstance(v, (list, tuple)):
         return type(v)(_to_torch(x) for x in v)
@@ -108,7 +126,8 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError(f"{where} is on {p.device}: fastopt.torch updates CPU tensors in place "
                              "(use torch.optim for tensors on other devices)")
         if p.dtype not in _DTYPES:
-            raise TypeError(f"{where} has dtype {p.dtype}; fastopt's kernels take float32 or float64 tensors")
+            raise TypeError(f"{where} has dtype {p.dtype}; fastopt's kernels take float32, float64, float16 or "
+                            "bfloat16 tensors")
         if p.is_sparse or p.layout != torch.strided:
             raise ValueError(f"{where} is not a strided tensor (layout {p.layout})")
         if not p.is_contiguous():
@@ -122,7 +141,7 @@ class Optimizer(torch.optim.Optimizer):
         for gi, group in enumerate(self.param_groups):
             for i, p in enumerate(group["params"]):
                 self._check_tensor(gi, i, p)
-            fps = [_FastParameter(p.detach().numpy()) for p in group["params"]]
+            fps = [_FastParameter(_array(p.detach())) for p in group["params"]]
             groups.append({**self._options(group), "params": fps})
         inner = self._fastopt_class(groups, *self._args, **self._kwargs)
         self._inner = inner
@@ -293,7 +312,7 @@ class Optimizer(torch.optim.Optimizer):
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         if not g.is_contiguous():
             g = g.contiguous()  # (only read: the copy changes nothing the caller sees)
-        return g.numpy()
+        return _array(g)
 
     def _closure_for_lbfgs(self, closure: Callable[[], Any], first: list) -> Callable[[], float]:
         """The closure as fastopt's LBFGS calls it: the loss as a float, the gradients handed
