@@ -323,3 +323,37 @@ def test_ml_dtypes_is_never_imported_by_fastopt(torch):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_16bit_state_saves_loads_and_moves_to_torch(torch, ml_dtypes, tmp_path):
+    """fastopt.save/load keep float16 and bfloat16 arrays bit for bit; to_torch_state_dict
+    gives torch tensors of the same dtype, which torch's fused Adam continues from exactly."""
+    for dtype_name in ("float16", "bfloat16"):
+        dtype = _dtypes(ml_dtypes)[dtype_name]
+        params, grads = _problem(dtype, seed=6, steps=6)
+        ours = [p.copy() for p in params]
+        opt = fo.optim.Adam(ours, lr=1e-2)
+        for step in grads[:3]:
+            opt.step(grads=step)
+        fo.save({"opt": opt.state_dict(), "params": ours}, tmp_path / f"{dtype_name}.fo")
+        back = fo.load(tmp_path / f"{dtype_name}.fo")
+        for p, q in zip(ours, back["params"]):
+            assert q.dtype == dtype and _same(p, q)
+        sd = back["opt"]
+        for i, p in enumerate(ours):
+            for k in ("exp_avg", "exp_avg_sq"):
+                assert sd["state"][i][k].dtype == dtype and _same(sd["state"][i][k], opt.state[p][k])
+        tdtype = getattr(torch, dtype_name)
+        theirs = [torch.nn.Parameter(torch.from_numpy(p.astype(np.float32)).to(tdtype)) for p in back["params"]]
+        ref = torch.optim.Adam(theirs, lr=1e-2, fused=True)
+        ref.load_state_dict(fo.optim.interop.to_torch_state_dict(sd))
+        for group in ref.param_groups:  # (the loaded groups carry fastopt's fused=None)
+            group["fused"] = True
+        assert all(ref.state[t]["exp_avg"].dtype == tdtype for t in theirs)
+        for step in grads[3:]:
+            for t, g in zip(theirs, step):
+                t.grad = torch.from_numpy(g.astype(np.float32)).to(tdtype)
+            ref.step()
+            opt.step(grads=step)
+        for p, t in zip(ours, theirs):
+            assert _as_fused(p, t.detach().float().numpy(), dtype_name)

@@ -1,7 +1,8 @@
 """Safe checkpoints: ``fastopt.save(obj, path)`` / ``fastopt.load(path)``.
 
 What can be saved: nested dicts (keys: str, int, float, bool or None), lists, tuples,
-strings, bools, ints, floats, None, numpy arrays of numeric or bool dtype, and numpy scalars:
+strings, bools, ints, floats, None, numpy arrays of numeric or bool dtype (bfloat16 arrays of
+``ml_dtypes`` too: loading them needs ml_dtypes imported), and numpy scalars:
 everything an optimizer's, a scheduler's or a module's ``state_dict()`` holds (torch tensors
 are stored as numpy arrays). Functions and arbitrary objects are refused with a TypeError that
 names where they are.
@@ -35,7 +36,8 @@ NODE is a JSON value: null, true/false, integers and strings stand for themselve
 list of NODEs; other values are one-key objects: ``{"f": "0x1.8p+1"}`` a float (``float.hex``,
 bit-exact, also inf and nan), ``{"t": [NODE, ...]}`` a tuple, ``{"d": [[KEY, NODE], ...]}`` a
 dict (KEY is a NODE), ``{"a": {"dtype": "<f4", "shape": [2, 3], "offset": 0}}`` an array and
-``{"s": {"dtype": "<f4", "hex": "0000803f"}}`` a numpy scalar.
+``{"s": {"dtype": "<f4", "hex": "0000803f"}}`` a numpy scalar. A bfloat16 array's dtype is
+``"bfloat16"`` (its 16-bit patterns, little-endian).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from .parameter import as_numpy
+from .parameter import as_numpy, bfloat16_dtype, is_bfloat16
 
 __all__ = ["save", "load"]
 
@@ -83,6 +85,11 @@ class _Writer:
         self.active.add(id(v))
 
     def array(self, a: np.ndarray, where: str) -> dict:
+        if is_bfloat16(a.dtype):
+            a = np.ascontiguousarray(a) if a.ndim else a.copy()
+            entry = self.array(a.view(np.uint16), where)
+            entry["a"]["dtype"] = _BF16
+            return entry
         if a.dtype.kind not in "biufc" or a.dtype.hasobject:
             raise TypeError(f"{where}: arrays of dtype {a.dtype} cannot be saved (numeric and bool only)")
         if not a.flags.c_contiguous:  # (np.ascontiguousarray would turn 0-d into 1-d)
@@ -328,6 +335,10 @@ _DTYPES = {
 }
 
 
+#: The name a checkpoint gives ml_dtypes' bfloat16.
+_BF16 = "bfloat16"
+
+
 def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -399,6 +410,12 @@ class _Plan:
         raise self.bad(f"unknown node tag {str(tag)[:40]!r}")
 
     def dtype(self, name: Any) -> np.dtype:
+        if name == _BF16:
+            bf = bfloat16_dtype()
+            if bf is None:
+                raise TypeError(f"{self.path} holds bfloat16 arrays, which NumPy has through ml_dtypes: "
+                                "pip install 'fastopt[bf16]' and import ml_dtypes before loading it")
+            return bf
         if not isinstance(name, str) or name not in _DTYPES:
             raise self.bad(f"dtype {str(name)[:40]!r} is not one a checkpoint holds")
         return np.dtype(name)

@@ -14,11 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from ..parameter import is_bfloat16
+
 __all__ = ["to_torch_state_dict"]
 
 
 def to_torch_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a fastopt optimizer ``state_dict()`` with every array as a torch tensor."""
+    """A copy of a fastopt optimizer ``state_dict()`` with every array as a torch tensor (a
+    bfloat16 array as a ``torch.bfloat16`` tensor)."""
     try:
         import torch
     except ImportError as e:
@@ -28,6 +31,8 @@ def to_torch_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
 
     def convert(v: Any) -> Any:
         if isinstance(v, np.ndarray):
+            if is_bfloat16(v.dtype):  # (torch reads no ml_dtypes array: through its bits)
+                return torch.from_numpy(np.array(v, copy=True).view(np.int16)).view(torch.bfloat16)
             return torch.from_numpy(np.array(v, copy=True))
         if isinstance(v, dict):
             return {k: convert(x) for k, x in v.items()}
