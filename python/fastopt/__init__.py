@@ -25,10 +25,10 @@ __version__: str = _fastopt.__version__
 
 #: Submodules loaded on first attribute access (PEP 562), so ``import fastopt`` stays light:
 #: ``fastopt.data.spiral(...)`` works without ``import fastopt.data`` first.
-_LAZY = ("bench", "cli", "data", "demo", "hooks", "plot", "testing", "torch")
+_LAZY = ("amp", "bench", "cli", "data", "demo", "hooks", "plot", "testing", "torch")
 
 if TYPE_CHECKING:
-    from . import bench, cli, data, demo, hooks, plot, testing, torch
+    from . import amp, bench, cli, data, demo, hooks, plot, testing, torch
 
 
 def __getattr__(name: str) -> Any:
@@ -44,6 +44,7 @@ __all__ = [
     "Parameter",
     "nn",
     "optim",
+    "amp",
     "data",
     "plot",
     "testing",

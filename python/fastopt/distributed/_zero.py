@@ -762,16 +762,19 @@ class ZeroRedundancyOptimizer(Optimizer):
     # -- the step -------------------------------------------------------------------------
 
     def step(self, closure: Any = None, grads: Any = None, *, max_grad_norm: float | None = None,
-             norm_type: float = 2.0, skip_if_nonfinite: bool = False) -> Any:
+             norm_type: float = 2.0, skip_if_nonfinite: bool = False, grad_scale: float = 1.0) -> Any:
         """One step of every parameter that has a gradient on some rank (collective: every
         rank calls it). ``grads``, ``max_grad_norm`` (the norm of the averaged gradients over
-        all ranks' pieces), ``norm_type`` (a p > 0 or ``inf``) and ``skip_if_nonfinite`` as in
-        :meth:`fastopt.optim.Optimizer.step`. A ``closure`` runs first, on this rank's data."""
+        all ranks' pieces), ``norm_type`` (a p > 0 or ``inf``), ``skip_if_nonfinite`` and
+        ``grad_scale`` as in :meth:`fastopt.optim.Optimizer.step`. A ``closure`` runs first,
+        on this rank's data."""
         with self._lock:
             if self._step_pre_hooks or self._step_post_hooks:
-                return self._step_with_hooks(closure, grads, max_grad_norm, norm_type, skip_if_nonfinite)
+                return self._step_with_hooks(closure, grads, max_grad_norm, norm_type, skip_if_nonfinite, grad_scale)
             if max_grad_norm is not None and not 0.0 <= real(max_grad_norm, "max_grad_norm"):
                 raise ValueError(f"max_grad_norm must be >= 0 (or None for no clipping), got {max_grad_norm}")
+            if grad_scale != 1.0 and not (math.isfinite(real(grad_scale, "grad_scale")) and grad_scale > 0):
+                raise ValueError(f"grad_scale must be a finite number > 0, got {grad_scale}")
             norm_type = real(norm_type, "norm_type")
             if (max_grad_norm is not None or skip_if_nonfinite) and not (norm_type > 0):
                 raise ValueError(f"norm_type must be > 0 or inf for a sharded optimizer, got {norm_type}")
@@ -807,13 +810,15 @@ class ZeroRedundancyOptimizer(Optimizer):
                 raise failed
             if errors:
                 raise RuntimeError(f"ZeroRedundancyOptimizer.step failed on rank {errors[0]}: nothing was updated")
-            scale = 1.0 / n if fold else 1.0
+            scale = (1.0 / n if fold else 1.0) * float(grad_scale)
             if clipping:
+                if grad_scale != 1.0:
+                    total = total * total.dtype.type(grad_scale)
                 self.last_grad_norm = total
                 if skip_if_nonfinite and not np.isfinite(total):
                     return loss
                 if max_grad_norm is not None:
-                    scale = float(clip_coefficient(float(max_grad_norm), total))
+                    scale = float(clip_coefficient(float(max_grad_norm), total)) * float(grad_scale)
             inner._write_groups(per_group, scale)
             if self._class._steps_change_groups:
                 self._pull_options()

@@ -502,6 +502,7 @@ class Optimizer:
         max_grad_norm: float | None = None,
         norm_type: float = 2.0,
         skip_if_nonfinite: bool = False,
+        grad_scale: float = 1.0,
     ) -> Any:
         """One update of every parameter that has a gradient; returns the closure's loss.
 
@@ -516,17 +517,23 @@ class Optimizer:
         scale them) and are left unchanged. ``skip_if_nonfinite`` skips the whole step when the
         norm is NaN or infinite: params, state and step counts stay as they are. Either option
         records the norm in ``self.last_grad_norm`` and returns the loss as usual.
+
+        ``grad_scale`` multiplies every gradient element as the update reads it (a loss
+        scaler's ``1 / scale``: :class:`fastopt.amp.GradScaler` unscales this way, without a
+        pass over the gradients); the norm for clipping is then that of the scaled gradients.
         """
         with self._lock:  # (inline: a decorator's extra call costs a tenth of a small step)
             if self._step_pre_hooks or self._step_post_hooks:
-                return self._step_with_hooks(closure, grads, max_grad_norm, norm_type, skip_if_nonfinite)
+                return self._step_with_hooks(closure, grads, max_grad_norm, norm_type, skip_if_nonfinite, grad_scale)
             if max_grad_norm is not None and not 0.0 <= real(max_grad_norm, "max_grad_norm"):
                 raise ValueError(f"max_grad_norm must be >= 0 (or None for no clipping), got {max_grad_norm}")
+            if grad_scale != 1.0 and not (math.isfinite(real(grad_scale, "grad_scale")) and grad_scale > 0):
+                raise ValueError(f"grad_scale must be a finite number > 0, got {grad_scale}")
             loss = None if closure is None else closure()
             self._opt_called = True  # read by the schedulers' step-order warning
             groups = self.param_groups
             if (len(groups) == 1 and grads is None and max_grad_norm is None and not skip_if_nonfinite
-                    and not self._global_step):
+                    and not self._global_step and grad_scale == 1.0):
                 # _write_groups' work for one group, inline (the common small step).
                 self._group_wrote = False
                 try:
@@ -537,17 +544,19 @@ class Optimizer:
                     raise e
                 return loss
             per_group: list[Any] = self._split_grads(grads) if grads is not None else [None] * len(groups)
-            scale = 1.0
+            scale = float(grad_scale)
             if max_grad_norm is not None or skip_if_nonfinite:
                 if grads is None:
                     per_group = [self._own_grads(gi, g) for gi, g in enumerate(groups)]
                 every = [g for row in per_group for g in row if g is not None]
                 total = get_total_norm(every, norm_type)
+                if scale != 1.0:
+                    total = total * total.dtype.type(scale)
                 self.last_grad_norm = total
                 if skip_if_nonfinite and not np.isfinite(total):
                     return loss
                 if max_grad_norm is not None:
-                    scale = float(clip_coefficient(float(max_grad_norm), total))
+                    scale *= float(clip_coefficient(float(max_grad_norm), total))
             if len(groups) > 1:
                 # Check every group before writing any, so a bad later group changes nothing.
                 self._check_groups_disjoint()
@@ -595,7 +604,8 @@ class Optimizer:
         _check_disjoint([g["params"] for g in self.param_groups])
         self._disjoint = arrays
 
-    def _step_with_hooks(self, closure: Any, grads: Any, max_grad_norm: Any, norm_type: float, skip: bool) -> Any:
+    def _step_with_hooks(self, closure: Any, grads: Any, max_grad_norm: Any, norm_type: float, skip: bool,
+                         grad_scale: float = 1.0) -> Any:
         """torch's order: pre-hooks (which may replace the arguments), the step, post-hooks.
         Hooks get ``(optimizer, args, kwargs)`` with ``args[0]`` the optimizer, as in torch."""
         args: tuple = (self,) if closure is None else (self, closure)
@@ -606,6 +616,8 @@ class Optimizer:
             kwargs["norm_type"] = norm_type
         if skip:
             kwargs["skip_if_nonfinite"] = skip
+        if grad_scale != 1.0:
+            kwargs["grad_scale"] = grad_scale
         for hook in list(self._step_pre_hooks.values()):
             result = hook(self, args, kwargs)
             if result is not None:
