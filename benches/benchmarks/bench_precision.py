@@ -1,0 +1,63 @@
+"""One Adam (or SGD with momentum) step over one tensor by parameter dtype: float32,
+bfloat16 and float16 parameters (state in the parameters' dtype), fastopt against torch's
+``fused=True`` CPU kernel, the only torch path that computes 16-bit steps in float32.
+
+Bytes moved per element per Adam step: 28 in float32, 14 in 16 bits (parameter, gradient
+and two moments read, three written)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import fastopt as fo
+
+from .common import import_torch, set_threads, warm_up
+
+SIZES = [100_000, 10_000_000]
+DTYPES = ["float32", "bfloat16", "float16"]
+IMPLS = ["fastopt", "torch-fused"]
+
+
+def _numpy_dtype(name):
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+class _Step:
+    params = (SIZES, [1], DTYPES, IMPLS)
+    param_names = ["n", "threads", "dtype", "impl"]
+    timeout = 300
+    optimizer = ""
+    kwargs: dict = {}
+
+    def setup(self, n, threads, dtype, impl):
+        set_threads(threads)
+        rng = np.random.default_rng(0)
+        p32 = rng.standard_normal(n, dtype=np.float32)
+        g32 = rng.standard_normal(n, dtype=np.float32)
+        if impl == "fastopt":
+            p = fo.Parameter(p32.astype(_numpy_dtype(dtype)))
+            p.grad = g32.astype(p.data.dtype)
+            self.step = getattr(fo.optim, self.optimizer)([p], **self.kwargs).step
+        else:
+            torch = import_torch()
+            t = torch.nn.Parameter(torch.from_numpy(p32).to(getattr(torch, dtype)))
+            t.grad = torch.from_numpy(g32).to(t.dtype)
+            self.step = getattr(torch.optim, self.optimizer)([t], fused=True, **self.kwargs).step
+        warm_up(self.step)
+
+    def time_step(self, n, threads, dtype, impl):
+        self.step()
+
+
+class Adam(_Step):
+    optimizer = "Adam"
+    kwargs = {"lr": 1e-4}
+
+
+class SGDMomentum(_Step):
+    optimizer = "SGD"
+    kwargs = {"lr": 1e-4, "momentum": 0.9}
