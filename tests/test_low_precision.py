@@ -134,6 +134,38 @@ def _copy_state(src, src_params, dst, dst_params):
         h.update({k: v for k, v in g.items() if k != "params"})
 
 
+ALL_CONFIGS = [(name, kw) for name, kw in registry.configs() if name not in NO_HALF]
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+@pytest.mark.parametrize("name,kwargs", ALL_CONFIGS,
+                         ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}" for n, kw in ALL_CONFIGS])
+def test_every_configuration_steps_as_the_float32_step_rounded_once(ml_dtypes, name, kwargs, dtype_name):
+    """Every registry configuration of the 16-bit optimizers, 4 steps: from the second on,
+    each equals the float32 step from the same widened values, rounded once (LAMB within 2
+    units of the last place)."""
+    dtype = _dtypes(ml_dtypes)[dtype_name]
+    params, grads = _problem(dtype, seed=2, steps=4)
+    ours = [p.copy() for p in params]
+    replay = [p.astype(np.float32) for p in params]
+    opt = getattr(fo.optim, name)(ours, **kwargs)
+    ref = getattr(fo.optim, name)(replay, **kwargs)
+    for t, step in enumerate(grads):
+        if t:
+            _copy_state(opt, ours, ref, replay)
+        opt.step(grads=step)
+        ref.step(grads=[g.astype(np.float32) for g in step])
+        if not t:
+            continue
+        _widen_step(ref, replay, dtype)
+        for i, (p, r) in enumerate(zip(ours, replay)):
+            if name in TWO_PASS:
+                a, b = p.astype(np.float64), r.astype(np.float64)
+                assert np.all(np.abs(a - b) <= 2 * EPS[dtype_name] * (np.max(np.abs(b)) if b.size else 0.0))
+            else:
+                assert _same(p, r), f"step {t} param {i} {SHAPES[i]}"
+
+
 @pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
 @pytest.mark.parametrize("spec", HALF, ids=[s.name for s in HALF])
 def test_every_engine_optimizer_is_the_float32_step_rounded_once(ml_dtypes, spec, dtype_name):
@@ -358,3 +390,23 @@ def test_16bit_state_saves_loads_and_moves_to_torch(torch, ml_dtypes, tmp_path):
             opt.step(grads=step)
         for p, t in zip(ours, theirs):
             assert _as_fused(p, t.detach().float().numpy(), dtype_name)
+
+
+def test_functional_form_keeps_float32_state_beside_16bit_parameters(ml_dtypes):
+    """The functional API's state buffers may be float32 beside 16-bit parameters: only the
+    parameters are rounded (the float32 step from the widened values)."""
+    for dtype in _dtypes(ml_dtypes).values():
+        rng = np.random.default_rng(7)
+        p = rng.standard_normal(37).astype(np.float32).astype(dtype)
+        ref = p.astype(np.float32)
+        m, v = np.zeros(37, np.float32), np.zeros(37, np.float32)
+        rm, rv = m.copy(), v.copy()
+        step, rstep = np.zeros((), np.float32), np.zeros((), np.float32)
+        for _ in range(5):
+            g = rng.standard_normal(37).astype(np.float32).astype(dtype)
+            fo.optim.functional.adam([p], [g], [m], [v], [], [step], lr=0.1)
+            fo.optim.functional.adam([ref], [g.astype(np.float32)], [rm], [rv], [], [rstep], lr=0.1)
+            ref[...] = ref.astype(dtype).astype(np.float32)
+            assert _same(p, ref) and _same(m, rm) and _same(v, rv)
+        with pytest.raises(TypeError, match="the state buffers must be float32"):
+            fo.optim.functional.adam([p], [g], [m], [np.zeros(37, dtype)], [], [step], lr=0.1)
