@@ -102,6 +102,10 @@ def test_full_report_sections(capsys):
 
     text = report.run([1000], ["adam"], rounds=1, block=0.0, workloads=False, compare_all=False, probe_elements=1 << 14)
     assert "Memory bandwidth probe" in text and "#### Adam" in text and "| 1e+03 |" in text
+    precision = report.run([1000], ["adam"], rounds=1, block=0.0, workloads=False, compare_all=False,
+                           probe_elements=1 << 14, precision=True)
+    assert "#### Adam by parameter dtype at 1e+03 elements" in precision
+    assert "| float32 | 28 |" in precision and "| float16 | 14 |" in precision
     with pytest.raises(SystemExit) as e:
         cli.main(["bench", "--full", "--help"])
     assert e.value.code == 0 and "many tensors" in capsys.readouterr().out

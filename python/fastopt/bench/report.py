@@ -66,6 +66,7 @@ from .peers import (
     NumpyProdigy,
     NumpyScheduleFree,
     OFFICIAL,
+    import_torch,
     interleaved,
     official_optimizer,
     optax_optimizer,
@@ -193,8 +194,39 @@ def _fraction(bytes_moved: float, seconds: float, label: str, probe: dict) -> st
     return f"{bytes_moved / seconds / bw.copy:.0%}"
 
 
+def _precision_impls(n: int, have_torch: bool) -> tuple[dict, dict]:
+    """Adam over ``n`` elements by parameter dtype (state in that dtype): fastopt at 1 and 2
+    threads and torch's fused kernel (its only CPU path computing 16-bit steps in float32);
+    bfloat16 only where ml_dtypes is installed. Returns the implementations and each dtype's
+    bytes read and written per element."""
+    import fastopt as fo
+
+    dtypes: dict[str, np.dtype] = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16)}
+    try:
+        import ml_dtypes
+    except ImportError:
+        pass
+    else:
+        dtypes["bfloat16"] = np.dtype(ml_dtypes.bfloat16)
+    rng = np.random.default_rng(0)
+    p32, g32 = rng.standard_normal(n, dtype=np.float32), rng.standard_normal(n, dtype=np.float32)
+    impls: dict = {}
+    for name, dt in dtypes.items():
+        for threads in (1, 2):
+            p = fo.Parameter(p32.astype(dt))
+            p.grad = g32.astype(dt)
+            impls[f"{name} fastopt {threads}T"] = (threads, fo.optim.Adam([p], lr=1e-4).step)
+        if have_torch:
+            torch = import_torch()
+            for threads in (1, 2):
+                t = torch.nn.Parameter(torch.from_numpy(p32).to(getattr(torch, name)))
+                t.grad = torch.from_numpy(g32).to(t.dtype)
+                impls[f"{name} torch fused {threads}T"] = (threads, torch.optim.Adam([t], lr=1e-4, fused=True).step)
+    return impls, {name: ARRAYS_MOVED["Adam"] * dt.itemsize for name, dt in dtypes.items()}
+
+
 def run(sizes: list[int], optimizers: list[str], rounds: int, block: float, workloads: bool,
-        compare_all: bool, probe_elements: int, log=None) -> str:
+        compare_all: bool, probe_elements: int, log=None, precision: bool = False) -> str:
     """Runs the report's sections and returns the Markdown text (progress lines go to ``log``,
     default: the current ``sys.stderr``)."""
     import fastopt as fo
@@ -279,6 +311,25 @@ def run(sizes: list[int], optimizers: list[str], rounds: int, block: float, work
             print(lines[-1], file=log, flush=True)
         lines.append("")
 
+    if precision:
+        n = max(sizes)
+        impls, moved = _precision_impls(n, have_torch)
+        times = interleaved(impls, rounds, block)
+        lines += [f"#### Adam by parameter dtype at {n:.0e} elements (state in the parameters' dtype; ns per element)",
+                  "", "| dtype | bytes per element | fastopt 1T | fastopt 2T | torch fused 1T | torch fused 2T | "
+                  "vs torch | of copy BW |", "|---|---|---|---|---|---|---|---|"]
+        for name, nbytes in moved.items():
+            ns = {k[len(name) + 1:]: v / n * 1e9 for k, v in times.items() if k.startswith(name + " ")}
+            ours, our_key = _best(times, f"{name} fastopt")
+            theirs = _best(times, f"{name} torch")[0]
+            cell = lambda k: f"{ns[k]:.3f}" if k in ns else "-"  # noqa: E731
+            frac = _fraction(nbytes * n, ours, our_key, probe) if n >= 10_000_000 else "-"
+            lines.append(f"| {name} | {nbytes} | {cell('fastopt 1T')} | {cell('fastopt 2T')} | {cell('torch fused 1T')} | "
+                         f"{cell('torch fused 2T')} | " + (f"**{theirs / ours:.2f}x**" if theirs == theirs else "-")
+                         + f" | {frac} |")
+            print(lines[-1], file=log, flush=True)
+        lines.append("")
+
     if compare_all:
         n = 10_000_000
         names = [OPTIMIZERS[k][:2] for k in OPTIMIZERS]
@@ -310,6 +361,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     ap.add_argument("--block", type=float, default=0.02, help="seconds per block of steps")
     ap.add_argument("--no-workloads", action="store_true", help="skip the many-tensor section")
     ap.add_argument("--no-compare-all", action="store_true", help="skip the every-optimizer-vs-Adam section")
+    ap.add_argument("--no-precision", action="store_true",
+                    help="skip the section of Adam by parameter dtype (float32, float16, bfloat16)")
     ap.add_argument("--probe-elements", type=float, default=2**25, help="elements per probe buffer (0: no probe)")
     ap.add_argument("--omp-passive", action="store_true",
                     help="set OMP_WAIT_POLICY=PASSIVE before torch loads: torch's OpenMP threads then sleep "
@@ -338,7 +391,7 @@ def main(argv: list[str] | None = None, prog: str = "fastopt bench --full") -> i
     text = run(
         [int(s) for s in args.sizes], optimizers, args.rounds, args.block,
         workloads=not args.no_workloads, compare_all=not args.no_compare_all,
-        probe_elements=int(args.probe_elements),
+        probe_elements=int(args.probe_elements), precision=not args.no_precision,
     )
     print(text)
     if args.out:
