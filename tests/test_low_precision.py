@@ -134,53 +134,17 @@ def _copy_state(src, src_params, dst, dst_params):
         h.update({k: v for k, v in g.items() if k != "params"})
 
 
-ALL_CONFIGS = [(name, kw) for name, kw in registry.configs() if name not in NO_HALF]
-
-
-@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
-@pytest.mark.parametrize("name,kwargs", ALL_CONFIGS,
-                         ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}" for n, kw in ALL_CONFIGS])
-def test_every_configuration_steps_as_the_float32_step_rounded_once(ml_dtypes, name, kwargs, dtype_name):
-    """Every registry configuration of the 16-bit optimizers, 4 steps: from the second on,
-    each equals the float32 step from the same widened values, rounded once (LAMB within 2
-    units of the last place)."""
-    dtype = _dtypes(ml_dtypes)[dtype_name]
-    params, grads = _problem(dtype, seed=2, steps=4)
-    ours = [p.copy() for p in params]
-    replay = [p.astype(np.float32) for p in params]
-    opt = getattr(fo.optim, name)(ours, **kwargs)
-    ref = getattr(fo.optim, name)(replay, **kwargs)
-    for t, step in enumerate(grads):
-        if t:
-            _copy_state(opt, ours, ref, replay)
-        opt.step(grads=step)
-        ref.step(grads=[g.astype(np.float32) for g in step])
-        if not t:
-            continue
-        _widen_step(ref, replay, dtype)
-        for i, (p, r) in enumerate(zip(ours, replay)):
-            if name in TWO_PASS:
-                a, b = p.astype(np.float64), r.astype(np.float64)
-                assert np.all(np.abs(a - b) <= 2 * EPS[dtype_name] * (np.max(np.abs(b)) if b.size else 0.0))
-            else:
-                assert _same(p, r), f"step {t} param {i} {SHAPES[i]}"
-
-
-@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
-@pytest.mark.parametrize("spec", HALF, ids=[s.name for s in HALF])
-def test_every_engine_optimizer_is_the_float32_step_rounded_once(ml_dtypes, spec, dtype_name):
+def _check_rounded_replay(name, kwargs, dtype_name, dtype, seed, steps):
     """Each step from the second on (the first creates the state: buffers filled with a
     value, Adagrad's and Rprop's, hold it rounded) equals the float32 step from the same
     widened values, with the parameters and every state buffer rounded once; bit for bit,
     except for the two-pass optimizers, whose second pass reads the rounded state (within 2
     units of the last place, relative, of the stored values' scale)."""
-    dtype = _dtypes(ml_dtypes)[dtype_name]
-    params, grads = _problem(dtype, seed=1, steps=30)
-    kwargs = dict(spec.configs[0])
+    params, grads = _problem(dtype, seed=seed, steps=steps)
     ours = [p.copy() for p in params]
     replay = [p.astype(np.float32) for p in params]
-    opt = getattr(fo.optim, spec.name)(ours, **kwargs)
-    ref = getattr(fo.optim, spec.name)(replay, **kwargs)
+    opt = getattr(fo.optim, name)(ours, **kwargs)
+    ref = getattr(fo.optim, name)(replay, **kwargs)
     for t, step in enumerate(grads):
         if t:
             _copy_state(opt, ours, ref, replay)
@@ -195,12 +159,31 @@ def test_every_engine_optimizer_is_the_float32_step_rounded_once(ml_dtypes, spec
             for k, mine, want in pairs:
                 if k not in ref._counters and want.dtype == np.float32:
                     assert mine.dtype == dtype, k
-                if spec.name in TWO_PASS:
+                if name in TWO_PASS:
                     a, b = np.asarray(mine, np.float64), np.asarray(want, np.float64)
                     scale = np.max(np.abs(b)) if b.size else 0.0
                     assert np.all(np.abs(a - b) <= 2 * EPS[dtype_name] * scale), f"step {t} {k} of param {i}"
                 else:
                     assert _same(mine, want), f"step {t} {k} of param {i} {SHAPES[i]}"
+
+
+ALL_CONFIGS = [(name, kw) for name, kw in registry.configs() if name not in NO_HALF]
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+@pytest.mark.parametrize("name,kwargs", ALL_CONFIGS,
+                         ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}" for n, kw in ALL_CONFIGS])
+def test_every_configuration_steps_as_the_float32_step_rounded_once(ml_dtypes, name, kwargs, dtype_name):
+    """Every registry configuration of the 16-bit optimizers, 4 steps (see
+    `_check_rounded_replay`)."""
+    _check_rounded_replay(name, kwargs, dtype_name, _dtypes(ml_dtypes)[dtype_name], seed=2, steps=4)
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+@pytest.mark.parametrize("spec", HALF, ids=[s.name for s in HALF])
+def test_every_engine_optimizer_is_the_float32_step_rounded_once(ml_dtypes, spec, dtype_name):
+    """Each optimizer's first configuration over 30 steps (see `_check_rounded_replay`)."""
+    _check_rounded_replay(spec.name, dict(spec.configs[0]), dtype_name, _dtypes(ml_dtypes)[dtype_name], seed=1, steps=30)
 
 
 @pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
@@ -254,14 +237,21 @@ def test_clipping_reads_the_exact_values(ml_dtypes, dtype_name):
     assert all(_same(x, y) for x, y in zip(given, grads)), "the gradients are only read"
 
 
+def _stepped(cls, dtype, seed, steps, first):
+    """16-bit parameters stepped ``first`` of ``steps`` times by ``cls(lr=1e-2)``: the
+    parameters, the optimizer and every step's gradients."""
+    params, grads = _problem(dtype, seed=seed, steps=steps)
+    ours = [p.copy() for p in params]
+    opt = cls(ours, lr=1e-2)
+    for step in grads[:first]:
+        opt.step(grads=step)
+    return ours, opt, grads
+
+
 @pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
 def test_state_dict_round_trip_continues_bit_for_bit(ml_dtypes, dtype_name):
     dtype = _dtypes(ml_dtypes)[dtype_name]
-    params, grads = _problem(dtype, seed=4, steps=20)
-    a = [p.copy() for p in params]
-    opt = fo.optim.AdamW(a, lr=1e-2)
-    for step in grads[:10]:
-        opt.step(grads=step)
+    a, opt, grads = _stepped(fo.optim.AdamW, dtype, seed=4, steps=20, first=10)
     b = [p.copy() for p in a]
     other = fo.optim.AdamW(b, lr=1e-2)
     other.load_state_dict(opt.state_dict())
@@ -363,11 +353,7 @@ def test_16bit_state_saves_loads_and_moves_to_torch(torch, ml_dtypes, tmp_path):
     gives torch tensors of the same dtype, which torch's fused Adam continues from exactly."""
     for dtype_name in ("float16", "bfloat16"):
         dtype = _dtypes(ml_dtypes)[dtype_name]
-        params, grads = _problem(dtype, seed=6, steps=6)
-        ours = [p.copy() for p in params]
-        opt = fo.optim.Adam(ours, lr=1e-2)
-        for step in grads[:3]:
-            opt.step(grads=step)
+        ours, opt, grads = _stepped(fo.optim.Adam, dtype, seed=6, steps=6, first=3)
         fo.save({"opt": opt.state_dict(), "params": ours}, tmp_path / f"{dtype_name}.fo")
         back = fo.load(tmp_path / f"{dtype_name}.fo")
         for p, q in zip(ours, back["params"]):
