@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .nn.utils import get_total_norm
+from .nn.utils import _by_dtype, _scale_, get_total_norm
 
 __all__ = ["GradScaler"]
 
@@ -130,15 +130,14 @@ class GradScaler:
         if not self._enabled:
             return
         rec = self._record(optimizer)
-        if rec["stage"] is _UNSCALED:
+        if rec["stage"] == _UNSCALED:
             raise RuntimeError("unscale_() has already been called on this optimizer since the last update().")
-        if rec["stage"] is _STEPPED:
+        if rec["stage"] == _STEPPED:
             raise RuntimeError("unscale_() is being called after step().")
         grads = self._grads(optimizer)
         rec["found_inf"] = self._non_finite(grads)
-        inv = np.float32(self._inv_scale())
-        for g in grads:
-            g[...] = (g.astype(np.float32) * inv).astype(g.dtype) if g.dtype != np.float64 else g * float(inv)
+        for group in _by_dtype(grads, "grads").values():
+            _scale_(group, self._inv_scale())
         rec["stage"] = _UNSCALED
 
     @staticmethod
@@ -156,9 +155,9 @@ class GradScaler:
         if "closure" in kwargs or (args and callable(args[0])):
             raise RuntimeError("Closure use is not currently supported if GradScaler is enabled.")
         rec = self._record(optimizer)
-        if rec["stage"] is _STEPPED:
+        if rec["stage"] == _STEPPED:
             raise RuntimeError("step() has already been called since the last update().")
-        if rec["stage"] is _READY:
+        if rec["stage"] == _READY:
             rec["found_inf"] = self._non_finite(self._grads(optimizer))
             if not rec["found_inf"]:
                 kwargs = {**kwargs, "grad_scale": self._inv_scale()}

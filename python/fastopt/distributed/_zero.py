@@ -14,7 +14,7 @@ import numpy as np
 
 from ..nn.utils import clip_coefficient
 from ..optim._options import check_bool, real
-from ..optim.optimizer import Optimizer, _array_of, _borrow, _is_param
+from ..optim.optimizer import Optimizer, _array_of, _borrow, _is_param, check_grad_scale
 from ..parameter import Parameter, as_numpy
 from ._optimizer import _check_same, _comm, _mpi, _signature
 
@@ -773,8 +773,8 @@ class ZeroRedundancyOptimizer(Optimizer):
                 return self._step_with_hooks(closure, grads, max_grad_norm, norm_type, skip_if_nonfinite, grad_scale)
             if max_grad_norm is not None and not 0.0 <= real(max_grad_norm, "max_grad_norm"):
                 raise ValueError(f"max_grad_norm must be >= 0 (or None for no clipping), got {max_grad_norm}")
-            if grad_scale != 1.0 and not (math.isfinite(real(grad_scale, "grad_scale")) and grad_scale > 0):
-                raise ValueError(f"grad_scale must be a finite number > 0, got {grad_scale}")
+            if grad_scale != 1.0:
+                check_grad_scale(grad_scale)
             norm_type = real(norm_type, "norm_type")
             if (max_grad_norm is not None or skip_if_nonfinite) and not (norm_type > 0):
                 raise ValueError(f"norm_type must be > 0 or inf for a sharded optimizer, got {norm_type}")

@@ -213,6 +213,12 @@ def _copy_value(v: Any) -> Any:
     return copy.deepcopy(v)
 
 
+def check_grad_scale(grad_scale: Any) -> None:
+    """``step(grad_scale=)`` must be a finite number > 0."""
+    if not (math.isfinite(real(grad_scale, "grad_scale")) and grad_scale > 0):
+        raise ValueError(f"grad_scale must be a finite number > 0, got {grad_scale}")
+
+
 def locked(method: Callable) -> Callable:
     """Runs ``method`` holding the optimizer's lock: one thread at a time changes an optimizer
     (the kernels release the GIL, so two threads could otherwise interleave a step's check,
@@ -527,8 +533,8 @@ class Optimizer:
                 return self._step_with_hooks(closure, grads, max_grad_norm, norm_type, skip_if_nonfinite, grad_scale)
             if max_grad_norm is not None and not 0.0 <= real(max_grad_norm, "max_grad_norm"):
                 raise ValueError(f"max_grad_norm must be >= 0 (or None for no clipping), got {max_grad_norm}")
-            if grad_scale != 1.0 and not (math.isfinite(real(grad_scale, "grad_scale")) and grad_scale > 0):
-                raise ValueError(f"grad_scale must be a finite number > 0, got {grad_scale}")
+            if grad_scale != 1.0:
+                check_grad_scale(grad_scale)
             loss = None if closure is None else closure()
             self._opt_called = True  # read by the schedulers' step-order warning
             groups = self.param_groups
