@@ -69,6 +69,138 @@ impl F16 {
     }
 }
 
+/// Bulk conversions: every value of `src` into `dst` (the shorter length), exactly as the
+/// element functions above convert it. `x86` says the caller runs inside a function compiled
+/// with AVX2, FMA and F16C on a CPU that has them ([`crate::simd::Arith::X86`], a constant
+/// of the kernel); the loops
+/// then use those instructions (F16C's conversions, 16 bfloat16 values per AVX2 pack), and
+/// otherwise plain loops the compiler vectorizes as it can.
+#[inline(always)]
+pub fn widen_f16(src: &[F16], dst: &mut [f32], x86: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if x86 {
+        // SAFETY: with `x86` the caller runs on a CPU with AVX and F16C (see above).
+        return unsafe { x86::widen_f16(src, dst) };
+    }
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = s.to_f32();
+    }
+}
+
+/// See [`widen_f16`].
+#[inline(always)]
+pub fn narrow_f16(src: &[f32], dst: &mut [F16], x86: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if x86 {
+        // SAFETY: with `x86` the caller runs on a CPU with AVX and F16C (see above).
+        return unsafe { x86::narrow_f16(src, dst) };
+    }
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = F16::from_f32(s);
+    }
+}
+
+/// See [`widen_f16`] (a shift, which every level vectorizes).
+#[inline(always)]
+pub fn widen_bf16(src: &[Bf16], dst: &mut [f32], _x86: bool) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = s.to_f32();
+    }
+}
+
+/// See [`widen_f16`].
+#[inline(always)]
+pub fn narrow_bf16(src: &[f32], dst: &mut [Bf16], x86: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if x86 {
+        // SAFETY: with `x86` the caller runs on a CPU with AVX2 (see above).
+        return unsafe { x86::narrow_bf16(src, dst) };
+    }
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = Bf16::from_f32(s);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Bf16, F16};
+    use std::arch::x86_64::*;
+
+    /// SAFETY (every function here): the CPU has the features the function is compiled
+    /// with. Every pointer access is at an index below the shorter of the two lengths.
+    #[target_feature(enable = "avx,f16c")]
+    pub unsafe fn widen_f16(src: &[F16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        while i + 8 <= n {
+            // (`F16` is a transparent u16: 8 of them are 16 bytes; unaligned loads/stores)
+            unsafe {
+                let h = _mm_loadu_si128(src.as_ptr().add(i).cast());
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+            }
+            i += 8;
+        }
+        for j in i..n {
+            dst[j] = src[j].to_f32();
+        }
+    }
+
+    /// `vcvtps2ph` rounds to nearest even and overflows to infinity as
+    /// [`F16::from_f32`] does, but keeps a NaN's payload bits: NaNs are first replaced by
+    /// the quiet NaN with their sign, which it converts to `0x7E00 | sign`.
+    #[target_feature(enable = "avx,f16c")]
+    pub unsafe fn narrow_f16(src: &[f32], dst: &mut [F16]) {
+        let n = src.len().min(dst.len());
+        let sign = _mm256_set1_ps(-0.0);
+        let quiet = _mm256_set1_ps(f32::NAN);
+        let mut i = 0;
+        while i + 8 <= n {
+            unsafe {
+                let x = _mm256_loadu_ps(src.as_ptr().add(i));
+                let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x);
+                let x = _mm256_blendv_ps(x, _mm256_or_ps(_mm256_and_ps(x, sign), quiet), nan);
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
+                _mm_storeu_si128(dst.as_mut_ptr().add(i).cast(), h);
+            }
+            i += 8;
+        }
+        for j in i..n {
+            dst[j] = F16::from_f32(src[j]);
+        }
+    }
+
+    /// [`Bf16::from_f32`] on 8 lanes: the rounded high halves in the low 16 bits of each lane.
+    #[target_feature(enable = "avx2")]
+    unsafe fn round_bf16(x: __m256) -> __m256i {
+        let b = _mm256_castps_si256(x);
+        let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(1));
+        let bias = _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff));
+        let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(b, bias));
+        let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+        _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7fc0), nan)
+    }
+
+    /// 16 values per iteration: two rounded vectors packed (both below 2**16, so the
+    /// saturating pack is exact) and put back in order (the pack interleaves 128-bit lanes).
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn narrow_bf16(src: &[f32], dst: &mut [Bf16]) {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        while i + 16 <= n {
+            unsafe {
+                let a = round_bf16(_mm256_loadu_ps(src.as_ptr().add(i)));
+                let b = round_bf16(_mm256_loadu_ps(src.as_ptr().add(i + 8)));
+                let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(a, b));
+                _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), packed);
+            }
+            i += 16;
+        }
+        for j in i..n {
+            dst[j] = Bf16::from_f32(src[j]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +280,46 @@ mod tests {
         assert_eq!(Bf16::from_f32(1.0 + 2f32.powi(-8) + 2f32.powi(-20)).0, 0x3f81);
         assert_eq!(Bf16::from_f32(f32::MAX).0, 0x7f80); // overflows to infinity
         assert_eq!(Bf16::from_f32(-f32::NAN).0, 0x7fc0);
+    }
+    /// Float32 inputs for the conversion tests: a sweep of bit patterns of both signs,
+    /// NaNs with payloads, the overflow and underflow edges.
+    fn f32_sweep() -> Vec<f32> {
+        let mut v: Vec<f32> = (0..0x8000_0000u32).step_by(0x1fff).flat_map(|b| [b, b | 0x8000_0000]).map(f32::from_bits).collect();
+        v.extend([f32::NAN, -f32::NAN, f32::from_bits(0x7f80_0001), f32::from_bits(0xffff_ffff), f32::from_bits(0x7fc0_2000)]);
+        v.extend([65519.99, 65520.0, -65520.0, 1e-8, -6e-8, 3e-8, f32::INFINITY, f32::MIN_POSITIVE / 3.0]);
+        v
+    }
+
+    /// The bulk conversions (at every length, so every vector body and tail) give the bits
+    /// of the element functions: x86's F16C and AVX2 loops where the CPU has them, and the
+    /// plain loops.
+    #[test]
+    fn bulk_conversions_equal_the_element_conversions() {
+        let x86 = cfg!(target_arch = "x86_64") && crate::simd::available().contains(&crate::simd::SimdLevel::Avx2);
+        let codes: Vec<u16> = (0..=u16::MAX).collect();
+        let sweep = f32_sweep();
+        for fast in [false, x86] {
+            let f16: Vec<F16> = codes.iter().map(|&c| F16(c)).collect();
+            let bf16: Vec<Bf16> = codes.iter().map(|&c| Bf16(c)).collect();
+            let mut wide = vec![0f32; codes.len()];
+            widen_f16(&f16, &mut wide, fast);
+            for (c, w) in f16.iter().zip(&wide) {
+                assert_eq!(w.to_bits(), c.to_f32().to_bits(), "float16 {:#06x}", c.0);
+            }
+            widen_bf16(&bf16, &mut wide, fast);
+            for (c, w) in bf16.iter().zip(&wide) {
+                assert_eq!(w.to_bits(), c.to_f32().to_bits(), "bfloat16 {:#06x}", c.0);
+            }
+            for len in (0..40).chain([sweep.len()]) {
+                let src = &sweep[sweep.len() - len..];
+                let (mut h, mut b) = (vec![F16(1); len], vec![Bf16(1); len]);
+                narrow_f16(src, &mut h, fast);
+                narrow_bf16(src, &mut b, fast);
+                for ((x, h), b) in src.iter().zip(&h).zip(&b) {
+                    assert_eq!(h.0, F16::from_f32(*x).0, "float16 of {:#010x} (x86 {fast})", x.to_bits());
+                    assert_eq!(b.0, Bf16::from_f32(*x).0, "bfloat16 of {:#010x} (x86 {fast})", x.to_bits());
+                }
+            }
+        }
     }
 }

@@ -23,9 +23,9 @@ pub enum SimdLevel {
     Scalar = 1,
     /// AArch64 NEON with FMA.
     Neon = 2,
-    /// x86-64 AVX2 + FMA.
+    /// x86-64 AVX2 + FMA (+ F16C, which every AVX2 CPU has).
     Avx2 = 3,
-    /// x86-64 AVX-512 (F, VL, DQ, BW) + FMA.
+    /// x86-64 AVX-512 (F, VL, DQ, BW) + FMA + F16C.
     Avx512 = 4,
 }
 
@@ -77,10 +77,12 @@ fn detect() -> SimdLevel {
         && std::arch::is_x86_feature_detected!("avx512dq")
         && std::arch::is_x86_feature_detected!("avx512bw")
         && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
     {
         SimdLevel::Avx512
     } else if std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
     {
         SimdLevel::Avx2
     } else {
@@ -166,10 +168,18 @@ pub trait Arith {
     /// `a / c`, correctly rounded, given `inv_c = 1 / c`: a plain division, or with FMA the
     /// division-free [`crate::float::div_by_const`], which gives the same bits.
     fn div_by_const<T: Float>(a: T, c: T, inv_c: T) -> T;
+    /// Whether the kernel body is compiled for, and runs on, x86-64 with AVX2, FMA and F16C
+    /// (the AVX2 and AVX-512 levels): bulk conversions between 16-bit and float32 values
+    /// then use those instructions ([`crate::half`]).
+    const X86: bool = false;
 }
 
 /// One rounding (hardware FMA); only instantiated where the target has FMA.
 pub struct Fused;
+/// One rounding, inside the x86-64 AVX2 and AVX-512 wrappers of [`dispatch_at`] only (the
+/// CPU has AVX2, FMA and F16C: see [`Arith::X86`]). Private, so that no other code can
+/// run a kernel with it.
+struct X86Fused;
 /// Two roundings (product, then sum).
 pub struct Separate;
 
@@ -181,6 +191,18 @@ impl Arith for Fused {
     #[inline(always)]
     fn div_by_const<T: Float>(a: T, c: T, inv_c: T) -> T {
         crate::float::div_by_const(a, c, inv_c)
+    }
+}
+
+impl Arith for X86Fused {
+    const X86: bool = true;
+    #[inline(always)]
+    fn madd<T: Float>(a: T, b: T, c: T) -> T {
+        Fused::madd(a, b, c)
+    }
+    #[inline(always)]
+    fn div_by_const<T: Float>(a: T, c: T, inv_c: T) -> T {
+        Fused::div_by_const(a, c, inv_c)
     }
 }
 
@@ -216,11 +238,11 @@ pub fn dispatch_at<K: SimdKernel>(l: SimdLevel, k: K) {
     {
         if l == SimdLevel::Avx512 && detected() == SimdLevel::Avx512 {
             // SAFETY: `detected()` has confirmed at run time that this CPU supports every
-            // feature `run_avx512` is compiled with (avx512f/vl/dq/bw, avx2, fma).
+            // feature `run_avx512` is compiled with (avx512f/vl/dq/bw, avx2, fma, f16c).
             return unsafe { run_avx512(k) };
         }
         if l == SimdLevel::Avx2 && detected() >= SimdLevel::Avx2 {
-            // SAFETY: `detected()` has confirmed avx2 and fma at run time.
+            // SAFETY: `detected()` has confirmed avx2, fma and f16c at run time.
             return unsafe { run_avx2(k) };
         }
     }
@@ -236,13 +258,13 @@ pub fn dispatch_at<K: SimdKernel>(l: SimdLevel, k: K) {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,f16c")]
 unsafe fn run_avx512<K: SimdKernel>(k: K) {
-    k.run::<Fused>()
+    k.run::<X86Fused>()
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn run_avx2<K: SimdKernel>(k: K) {
-    k.run::<Fused>()
+    k.run::<X86Fused>()
 }

@@ -34,9 +34,30 @@ pub const MAX_COUNTERS: usize = 3;
 
 /// How one element is stored in memory, and the type the rules compute it in.
 pub trait Storage: Copy + Send + Sync + 'static {
-    type Arith: Float;
+    /// The type the rules compute in; it stores itself (load and store are the identity).
+    type Arith: Float + Storage<Arith = Self::Arith>;
+    /// Whether loading and storing convert. A pass over converting storage converts tiles
+    /// of values in bulk, runs the rule on the converted tile and converts the written
+    /// values back, so that the conversions and the rule each vectorize (one loop doing
+    /// both does not).
+    const CONVERTS: bool = true;
     fn load(self) -> Self::Arith;
     fn store(x: Self::Arith) -> Self;
+    /// [`Storage::load`] of every value of `src` into `dst` (the same length), in a kernel
+    /// body run with arithmetic `A` (whose instructions a format may use).
+    #[inline(always)]
+    fn load_all<A: Arith>(src: &[Self], dst: &mut [Self::Arith]) {
+        for (d, v) in dst.iter_mut().zip(src) {
+            *d = v.load();
+        }
+    }
+    /// [`Storage::store`] of every value of `src` into `dst` (the same length).
+    #[inline(always)]
+    fn store_all<A: Arith>(src: &[Self::Arith], dst: &mut [Self]) {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = Self::store(v);
+        }
+    }
 }
 
 /// Storage that is its own arithmetic type: load and store are the identity.
@@ -44,6 +65,7 @@ macro_rules! identity_storage {
     ($($t:ty),*) => {$(
         impl Storage for $t {
             type Arith = $t;
+            const CONVERTS: bool = false;
             #[inline(always)]
             fn load(self) -> $t {
                 self
@@ -58,9 +80,10 @@ macro_rules! identity_storage {
 
 identity_storage!(f32, f64);
 
-/// 16-bit storage computed in float32, one rounding (to nearest even) per stored value.
+/// 16-bit storage computed in float32, one rounding (to nearest even) per stored value,
+/// converted in bulk by [`crate::half`]'s slice functions.
 macro_rules! half_storage {
-    ($($t:ty),*) => {$(
+    ($($t:ty => $widen:ident, $narrow:ident);*) => {$(
         impl Storage for $t {
             type Arith = f32;
             #[inline(always)]
@@ -71,11 +94,19 @@ macro_rules! half_storage {
             fn store(x: f32) -> $t {
                 <$t>::from_f32(x)
             }
+            #[inline(always)]
+            fn load_all<A: Arith>(src: &[$t], dst: &mut [f32]) {
+                crate::half::$widen(src, dst, A::X86)
+            }
+            #[inline(always)]
+            fn store_all<A: Arith>(src: &[f32], dst: &mut [$t]) {
+                crate::half::$narrow(src, dst, A::X86)
+            }
         }
     )*};
 }
 
-half_storage!(crate::half::Bf16, crate::half::F16);
+half_storage!(crate::half::Bf16 => widen_bf16, narrow_bf16; crate::half::F16 => widen_f16, narrow_f16);
 
 /// A state buffer's key in torch's `state` dict and the name of its list in the functional
 /// API (which error messages use).
@@ -206,6 +237,9 @@ fn body<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>, c
     rule: &R,
     (x, y): (&mut [P::Arith], &mut [P::Arith]),
 ) {
+    if P::CONVERTS || S::CONVERTS {
+        return staged::<P, S, A, R, SUMS>(p, g, [s0, s1, s2, s3], rule, (x, y));
+    }
     let n = p.len();
     let g = &g[..n];
     let s0 = if R::STATES > 0 { &mut s0[..n] } else { s0 };
@@ -235,6 +269,58 @@ fn body<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>, c
         if R::STATES > 1 && w(2) { s1[i] = S::store(st[1]) }
         if R::STATES > 2 && w(3) { s2[i] = S::store(st[2]) }
         if R::STATES > 3 && w(4) { s3[i] = S::store(st[3]) }
+    }
+}
+
+/// How many elements [`staged`] converts at a time (its buffers stay in L1).
+const TILE: usize = 256;
+
+/// [`body`] over converting storage: tile by tile, loads the parameters, gradients and
+/// used state into arithmetic-type buffers, runs [`body`] on them, and stores back the
+/// buffers the rule writes. The same values are loaded, computed and rounded once, as in
+/// one loop.
+#[inline(always)]
+fn staged<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>, const SUMS: bool>(
+    p: &mut [P],
+    g: &[P],
+    mut s: [&mut [S]; MAX_STATES],
+    rule: &R,
+    (x, y): (&mut [P::Arith], &mut [P::Arith]),
+) {
+    let zero = <P::Arith as Float>::ZERO;
+    let (mut tp, mut tg) = ([zero; TILE], [zero; TILE]);
+    let mut ts = [[zero; TILE]; MAX_STATES];
+    let w = |k: usize| R::WRITES & (1 << k) != 0;
+    let n = p.len();
+    let mut start = 0;
+    while start < n {
+        let end = (start + TILE).min(n);
+        let m = end - start;
+        P::load_all::<A>(&p[start..end], &mut tp[..m]);
+        P::load_all::<A>(&g[start..end], &mut tg[..m]);
+        for (src, dst) in s.iter().zip(ts.iter_mut()).take(R::STATES) {
+            S::load_all::<A>(&src[start..end], &mut dst[..m]);
+        }
+        let [t0, t1, t2, t3] = &mut ts;
+        fn used<T>(t: &mut [T], k: usize, states: usize, m: usize) -> &mut [T] {
+            &mut t[..if k < states { m } else { 0 }]
+        }
+        let sums = match (SUMS, R::SUMMED > 1) {
+            (false, _) => (&mut x[..0], &mut y[..0]),
+            (true, false) => (&mut x[start..end], &mut y[..0]),
+            (true, true) => (&mut x[start..end], &mut y[start..end]),
+        };
+        let states = [used(t0, 0, R::STATES, m), used(t1, 1, R::STATES, m), used(t2, 2, R::STATES, m), used(t3, 3, R::STATES, m)];
+        body::<P::Arith, P::Arith, A, R, SUMS>(&mut tp[..m], &tg[..m], states, rule, sums);
+        if w(0) {
+            P::store_all::<A>(&tp[..m], &mut p[start..end]);
+        }
+        for (k, (src, dst)) in ts.iter().zip(s.iter_mut()).enumerate().take(R::STATES) {
+            if w(1 + k) {
+                S::store_all::<A>(&src[..m], &mut dst[start..end]);
+            }
+        }
+        start = end;
     }
 }
 
