@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -106,6 +107,10 @@ def test_full_report_sections(capsys):
                            probe_elements=1 << 14, precision=True)
     assert "#### Adam by parameter dtype at 1e+03 elements" in precision
     assert "| float32 | 28 |" in precision and "| float16 | 14 |" in precision
+    # (ml_dtypes is installed with the tests: bfloat16 and the state_dtype pairs, which torch lacks)
+    assert "| bfloat16 | 14 |" in precision
+    for row in (r"float32 \+ bfloat16 state \| 20", r"bfloat16 \+ float32 state \| 22"):
+        assert re.search(rf"\| {row} \| [0-9.]+ \| [0-9.]+ \| - \| - \| - \| - \|", precision), precision
     with pytest.raises(SystemExit) as e:
         cli.main(["bench", "--full", "--help"])
     assert e.value.code == 0 and "many tensors" in capsys.readouterr().out

@@ -105,14 +105,16 @@ def test_torch_fused_bit_for_bit(torch, ml_dtypes, simd_level, name, kwargs, dty
                 assert _as_fused(opt.state[p][k], v.float().numpy(), dtype_name, exact), f"state {k} of param {i}"
 
 
-def _widen_step(opt32, params32, dtype):
-    """Rounds the float32 replay's params and state buffers to ``dtype`` in place."""
+def _widen_step(opt32, params32, dtype, state_dtype=None):
+    """Rounds the float32 replay's params to ``dtype`` and its state buffers to
+    ``state_dtype`` (by default ``dtype``) in place."""
+    state_dtype = dtype if state_dtype is None else state_dtype
     for p in params32:
         p[...] = p.astype(dtype).astype(np.float32)
     for p in params32:
         for k, v in opt32.state[p].items():
             if isinstance(v, np.ndarray) and v.dtype == np.float32 and k not in opt32._counters:
-                v[...] = v.astype(dtype).astype(np.float32)
+                v[...] = v.astype(state_dtype).astype(np.float32)
 
 
 #: Optimizers without 16-bit parameters (their own arithmetic, or, Prodigy, an estimate
@@ -131,20 +133,25 @@ def _copy_state(src, src_params, dst, dst_params):
             if isinstance(v, np.ndarray):
                 dst.state[q][k][...] = v.astype(np.float32)
     for g, h in zip(src.param_groups, dst.param_groups):
-        h.update({k: v for k, v in g.items() if k != "params"})
+        h.update({k: v for k, v in g.items() if k not in ("params", "state_dtype")})
 
 
-def _check_rounded_replay(name, kwargs, dtype_name, dtype, seed, steps):
+def _check_rounded_replay(name, kwargs, dtype_name, dtype, seed, steps, state=None):
     """Each step from the second on (the first creates the state: buffers filled with a
     value, Adagrad's and Rprop's, hold it rounded) equals the float32 step from the same
     widened values, with the parameters and every state buffer rounded once; bit for bit,
     except for the two-pass optimizers, whose second pass reads the rounded state (within 2
-    units of the last place, relative, of the stored values' scale)."""
+    units of the last place, relative, of the stored values' scale). ``state``: the
+    ``state_dtype`` option as ``(name, dtype)`` (the state buffers are kept and rounded in
+    that dtype instead of the parameters')."""
     params, grads = _problem(dtype, seed=seed, steps=steps)
     ours = [p.copy() for p in params]
     replay = [p.astype(np.float32) for p in params]
-    opt = getattr(fo.optim, name)(ours, **kwargs)
+    opt = getattr(fo.optim, name)(ours, **kwargs, **({"state_dtype": state[0]} if state else {}))
     ref = getattr(fo.optim, name)(replay, **kwargs)
+    sdtype = dtype if state is None else state[1]
+    # (the last place of the coarser of the two formats, for the two-pass tolerance)
+    eps = max(EPS.get(dtype_name, 0.0), EPS.get(np.dtype(sdtype).name, 0.0))
     for t, step in enumerate(grads):
         if t:
             _copy_state(opt, ours, ref, replay)
@@ -152,17 +159,17 @@ def _check_rounded_replay(name, kwargs, dtype_name, dtype, seed, steps):
         ref.step(grads=[g.astype(np.float32) for g in step])
         if not t:
             continue
-        _widen_step(ref, replay, dtype)
+        _widen_step(ref, replay, dtype, sdtype)
         for i, (p, r) in enumerate(zip(ours, replay)):
             pairs = [("param", p, r)] + [(k, opt.state[p][k], v) for k, v in ref.state[r].items()
                                          if isinstance(v, np.ndarray)]
             for k, mine, want in pairs:
                 if k not in ref._counters and want.dtype == np.float32:
-                    assert mine.dtype == dtype, k
+                    assert mine.dtype == (dtype if k == "param" else sdtype), k
                 if name in TWO_PASS:
                     a, b = np.asarray(mine, np.float64), np.asarray(want, np.float64)
                     scale = np.max(np.abs(b)) if b.size else 0.0
-                    assert np.all(np.abs(a - b) <= 2 * EPS[dtype_name] * scale), f"step {t} {k} of param {i}"
+                    assert np.all(np.abs(a - b) <= 2 * eps * scale), f"step {t} {k} of param {i}"
                 else:
                     assert _same(mine, want), f"step {t} {k} of param {i} {SHAPES[i]}"
 
@@ -342,6 +349,12 @@ def test_ml_dtypes_is_never_imported_by_fastopt(torch):
         "    assert 'ml_dtypes' in str(e), e\n"
         "else:\n"
         "    raise SystemExit('accepted')\n"
+        "try:\n"
+        "    fo.optim.Adam([np.ones(3, np.float32)], state_dtype='bfloat16')\n"
+        "except ImportError as e:\n"
+        "    assert 'import ml_dtypes first' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('bfloat16 state accepted')\n"
         "assert 'ml_dtypes' not in sys.modules\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -396,3 +409,132 @@ def test_functional_form_keeps_float32_state_beside_16bit_parameters(ml_dtypes):
             assert _same(p, ref) and _same(m, rm) and _same(v, rv)
         with pytest.raises(TypeError, match="the state buffers must be float32"):
             fo.optim.functional.adam([p], [g], [m], [np.zeros(37, dtype)], [], [step], lr=0.1)
+
+
+# -- state_dtype: the state in another dtype than the parameters' ---------------------------
+
+#: (parameter dtype, state_dtype) pairs the kernels compute.
+STATE_PAIRS = [("float32", "bfloat16"), ("bfloat16", "float32"), ("float16", "float32")]
+
+
+def _pair(ml, param_name, state_name):
+    dt = {"float32": np.dtype(np.float32), **_dtypes(ml)}
+    return dt[param_name], dt[state_name]
+
+
+@pytest.mark.parametrize("pair", STATE_PAIRS, ids=[f"{p}-params-{s}-state" for p, s in STATE_PAIRS])
+@pytest.mark.parametrize("name,kwargs", ALL_CONFIGS,
+                         ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}" for n, kw in ALL_CONFIGS])
+def test_state_dtype_steps_as_the_float32_step_rounded_once(ml_dtypes, name, kwargs, pair):
+    """Every registry configuration of the optimizers that take ``state_dtype``, 4 steps:
+    the float32 step from the widened values with the parameters rounded to their dtype and
+    the state to ``state_dtype`` (see `_check_rounded_replay`)."""
+    dtype, sdtype = _pair(ml_dtypes, *pair)
+    _check_rounded_replay(name, kwargs, pair[0], dtype, seed=5, steps=4, state=(pair[1], sdtype))
+
+
+def test_state_dtype_halves_the_state_and_round_trips(ml_dtypes, tmp_path):
+    bf = np.dtype(ml_dtypes.bfloat16)
+    rng = np.random.default_rng(7)
+    w = [rng.standard_normal(s).astype(np.float32) for s in [(300,), (4, 5)]]
+    grads = [[rng.standard_normal(x.shape).astype(np.float32) for x in w] for _ in range(12)]
+    opt = fo.optim.AdamW(w, lr=1e-2, amsgrad=True, state_dtype="bfloat16")
+    for step in grads[:6]:
+        opt.step(grads=step)
+    for p in w:
+        assert {k: v.dtype for k, v in opt.state[p].items()} == {
+            "step": np.float32, "exp_avg": bf, "exp_avg_sq": bf, "max_exp_avg_sq": bf}
+        assert opt.state[p]["exp_avg"].nbytes == p.nbytes // 2
+    sd = opt.state_dict()
+    assert sd["param_groups"][0]["state_dtype"] == "bfloat16"
+    assert "state_dtype" not in fo.optim.AdamW(w).state_dict()["param_groups"][0]  # (only when set, as cautious)
+    # a copy with the same option continues bit for bit; so does a checkpoint
+    b = [p.copy() for p in w]
+    other = fo.optim.AdamW(b, lr=1e-2, amsgrad=True, state_dtype="bfloat16")
+    other.load_state_dict(sd)
+    fo.save({"opt": sd}, tmp_path / "ck.fo")
+    c = [p.copy() for p in w]
+    third = fo.optim.AdamW(c, lr=1e-2, amsgrad=True)  # (the option comes with the loaded groups)
+    third.load_state_dict(fo.load(tmp_path / "ck.fo")["opt"])
+    assert third.state[c[0]]["exp_avg"].dtype == bf
+    for step in grads[6:]:
+        for o in (opt, other, third):
+            o.step(grads=step)
+    assert all(_same(x, y) and _same(x, z) for x, y, z in zip(w, b, c))
+    # loading decides by the loaded groups: a state dict with state_dtype brings it along
+    plain = fo.optim.AdamW([p.copy() for p in w], lr=1e-2, amsgrad=True)
+    plain.load_state_dict(sd)
+    assert plain.param_groups[0]["state_dtype"] == "bfloat16"
+    assert plain.state[plain.param_groups[0]["params"][0]]["exp_avg"].dtype == bf
+    # a state dict without it loads into a state_dtype optimizer in that dtype (the
+    # option is the optimizer's default, as every option missing from a loaded group)
+    f32 = fo.optim.AdamW([p.copy() for p in w], lr=1e-2)
+    f32.step(grads=grads[0])
+    into = fo.optim.AdamW([p.copy() for p in w], lr=1e-2, state_dtype="bfloat16")
+    into.load_state_dict(f32.state_dict())
+    q = into.param_groups[0]["params"][0]
+    assert into.state[q]["exp_avg"].dtype == bf
+    assert _same(into.state[q]["exp_avg"], f32.state[f32.param_groups[0]["params"][0]]["exp_avg"].astype(bf))
+    with pytest.raises(ValueError, match=r"state\[0\]\['exp_avg'\] has dtype float32 but its group's state_dtype is "
+                                         "dtype bfloat16"):
+        fo.optim.AdamW([p.copy() for p in w], lr=1e-2, state_dtype="bfloat16").load_state_dict(
+            f32.state_dict(), strict=True)
+    # per group, and through a param-group dict
+    mixed = fo.optim.Adam([{"params": [w[0].copy()], "state_dtype": "bfloat16"}, {"params": [w[1].copy()]}])
+    mixed.step(grads=[g.copy() for g in grads[0]])
+    p0, p1 = (g["params"][0] for g in mixed.param_groups)
+    assert mixed.state[p0]["exp_avg"].dtype == bf and mixed.state[p1]["exp_avg"].dtype == np.float32
+
+
+def test_float32_state_beside_16bit_parameters_moves_to_torch(torch, ml_dtypes):
+    """fastopt.torch passes the option through: float32 state beside bfloat16 tensors,
+    the same steps as fastopt.optim on NumPy copies."""
+    bf = np.dtype(ml_dtypes.bfloat16)
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal(50).astype(np.float32).astype(bf)
+    t = torch.nn.Parameter(torch.from_numpy(w.astype(np.float32)).to(torch.bfloat16))
+    ours = fo.torch.Adam([t], lr=1e-2, state_dtype="float32")
+    ref = fo.optim.Adam([w], lr=1e-2, state_dtype="float32")
+    for _ in range(5):
+        g = rng.standard_normal(50).astype(np.float32).astype(bf)
+        t.grad = torch.from_numpy(g.astype(np.float32)).to(torch.bfloat16)
+        ours.step()
+        ref.step(grads=[g])
+    assert ours.state[t]["exp_avg"].dtype == torch.float32
+    assert _same(t.detach().float().numpy(), w)
+    assert _same(ours.state[t]["exp_avg_sq"].numpy(), ref.state[w]["exp_avg_sq"])
+
+
+def test_state_dtype_bad_input(ml_dtypes):
+    bf = np.dtype(ml_dtypes.bfloat16)
+    for bad in ("int8", "float64", "float16", np.float32, 1):
+        with pytest.raises(ValueError, match=r"state_dtype must be None, 'float32' or 'bfloat16', got"):
+            fo.optim.Adam([np.ones(2, np.float32)], state_dtype=bad)
+    with pytest.raises(TypeError, match=r"params\[0\] has dtype float64; state_dtype='float32' takes float32, "
+                                        "float16 or bfloat16 parameters"):
+        fo.optim.SGD([{"params": [np.ones(2), np.ones(3)]}], lr=0.1, state_dtype="float32")
+    with pytest.raises(TypeError, match=r"params\[0\] has dtype float16; state_dtype='bfloat16' takes float32 or "
+                                        "bfloat16 parameters"):
+        fo.optim.Adam([np.ones(2, np.float16)], state_dtype="bfloat16")
+    for name in ("Adafactor", "LBFGS", "Muon", "Prodigy"):
+        cls = getattr(fo.optim, name)
+        with pytest.raises(TypeError, match="state_dtype"):
+            cls([np.ones((2, 2), np.float32)], state_dtype="float32")
+        with pytest.raises(TypeError, match=f"{name} keeps its state in its parameters' dtype"):
+            cls([{"params": [np.ones((2, 2), np.float32)], "state_dtype": "float32"}])
+    # a group changed after its checks: refused at the step, nothing written
+    w = np.ones(3, np.float32)
+    opt = fo.optim.Adam([w], lr=0.1)
+    opt.param_groups[0]["state_dtype"] = "int8"
+    with pytest.raises(ValueError, match="state_dtype must be"):
+        opt.step(grads=[np.ones(3, np.float32)])
+    assert np.all(w == 1) and not opt.state[w]
+    # a state buffer of another dtype than its neighbours': refused by name, nothing written
+    v = np.ones(3, np.float32)
+    opt = fo.optim.Adam([v], lr=0.1, state_dtype="bfloat16")
+    opt.step(grads=[np.ones(3, np.float32)])
+    before = v.copy()
+    opt.state[v]["exp_avg_sq"] = opt.state[v]["exp_avg_sq"].astype(np.float32)
+    with pytest.raises(TypeError, match="exp_avg_sq"):
+        opt.step(grads=[np.ones(3, np.float32)])
+    assert _same(v, before) and opt.state[v]["exp_avg"].dtype == bf

@@ -102,7 +102,7 @@ class Optimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Any], *args: Any, **kwargs: Any) -> None:
         # The fastopt class checks the arguments and says what the defaults are.
-        probe = self._fastopt_class([_FastParameter(np.zeros((1, 1)))], *args, **kwargs)
+        probe = self._fastopt_class([_FastParameter(np.zeros((1, 1), np.float32))], *args, **kwargs)
         self._args, self._kwargs = args, kwargs
         self._inner: Any = None
         self._built: list = []  # what the inner optimizer was built from: see `_sync`

@@ -195,10 +195,12 @@ def _fraction(bytes_moved: float, seconds: float, label: str, probe: dict) -> st
 
 
 def _precision_impls(n: int, have_torch: bool) -> tuple[dict, dict]:
-    """Adam over ``n`` elements by parameter dtype (state in that dtype): fastopt at 1 and 2
-    threads and torch's fused kernel (its only CPU path computing 16-bit steps in float32);
-    bfloat16 only where ml_dtypes is installed. Returns the implementations and each dtype's
-    bytes read and written per element."""
+    """Adam over ``n`` elements by parameter dtype (state in that dtype, and the
+    ``state_dtype`` pairs: bfloat16 state beside float32 parameters, float32 state beside
+    bfloat16 ones): fastopt at 1 and 2 threads and torch's fused kernel where torch has the
+    pair (its only CPU path computing 16-bit steps in float32); bfloat16 only where
+    ml_dtypes is installed. Returns the implementations and each row's bytes read and
+    written per element."""
     import fastopt as fo
 
     dtypes: dict[str, np.dtype] = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16)}
@@ -208,21 +210,32 @@ def _precision_impls(n: int, have_torch: bool) -> tuple[dict, dict]:
         pass
     else:
         dtypes["bfloat16"] = np.dtype(ml_dtypes.bfloat16)
+    # row -> (parameter dtype, state_dtype option, whether torch has it)
+    rows: dict[str, tuple[str, str | None, bool]] = {name: (name, None, True) for name in dtypes}
+    if "bfloat16" in dtypes:
+        rows["float32 + bfloat16 state"] = ("float32", "bfloat16", False)
+        rows["bfloat16 + float32 state"] = ("bfloat16", "float32", False)
     rng = np.random.default_rng(0)
     p32, g32 = rng.standard_normal(n, dtype=np.float32), rng.standard_normal(n, dtype=np.float32)
     impls: dict = {}
-    for name, dt in dtypes.items():
+    moved: dict = {}
+    for row, (name, state, torch_has) in rows.items():
+        dt = dtypes[name]
+        sd = dt if state is None else dtypes[state]
+        # (Adam: the parameter read and written, the gradient read, two state buffers each
+        # read and written)
+        moved[row] = 3 * dt.itemsize + 4 * sd.itemsize
         for threads in (1, 2):
             p = fo.Parameter(p32.astype(dt))
             p.grad = g32.astype(dt)
-            impls[f"{name} fastopt {threads}T"] = (threads, fo.optim.Adam([p], lr=1e-4).step)
-        if have_torch:
+            impls[f"{row}| fastopt {threads}T"] = (threads, fo.optim.Adam([p], lr=1e-4, state_dtype=state).step)
+        if have_torch and torch_has:
             torch = import_torch()
             for threads in (1, 2):
                 t = torch.nn.Parameter(torch.from_numpy(p32).to(getattr(torch, name)))
                 t.grad = torch.from_numpy(g32).to(t.dtype)
-                impls[f"{name} torch fused {threads}T"] = (threads, torch.optim.Adam([t], lr=1e-4, fused=True).step)
-    return impls, {name: ARRAYS_MOVED["Adam"] * dt.itemsize for name, dt in dtypes.items()}
+                impls[f"{row}| torch fused {threads}T"] = (threads, torch.optim.Adam([t], lr=1e-4, fused=True).step)
+    return impls, moved
 
 
 def run(sizes: list[int], optimizers: list[str], rounds: int, block: float, workloads: bool,
@@ -315,13 +328,14 @@ def run(sizes: list[int], optimizers: list[str], rounds: int, block: float, work
         n = max(sizes)
         impls, moved = _precision_impls(n, have_torch)
         times = interleaved(impls, rounds, block)
-        lines += [f"#### Adam by parameter dtype at {n:.0e} elements (state in the parameters' dtype; ns per element)",
+        lines += [f"#### Adam by parameter dtype at {n:.0e} elements (state in the parameters' dtype unless the row "
+                  "names it; ns per element)",
                   "", "| dtype | bytes per element | fastopt 1T | fastopt 2T | torch fused 1T | torch fused 2T | "
                   "vs torch | of copy BW |", "|---|---|---|---|---|---|---|---|"]
         for name, nbytes in moved.items():
-            ns = {k[len(name) + 1:]: v / n * 1e9 for k, v in times.items() if k.startswith(name + " ")}
-            ours, our_key = _best(times, f"{name} fastopt")
-            theirs = _best(times, f"{name} torch")[0]
+            ns = {k[len(name) + 2:]: v / n * 1e9 for k, v in times.items() if k.startswith(name + "| ")}
+            ours, our_key = _best(times, f"{name}| fastopt")
+            theirs = _best(times, f"{name}| torch")[0]
             cell = lambda k: f"{ns[k]:.3f}" if k in ns else "-"  # noqa: E731
             frac = _fraction(nbytes * n, ours, our_key, probe) if n >= 10_000_000 else "-"
             lines.append(f"| {name} | {nbytes} | {cell('fastopt 1T')} | {cell('fastopt 2T')} | {cell('torch fused 1T')} | "

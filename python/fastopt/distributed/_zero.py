@@ -257,11 +257,12 @@ class _Arena:
         self.views[(k, name)] = v
         return v
 
-    def array(self, p: Any, name: str, a: np.ndarray, value: float) -> np.ndarray:
-        """The local optimizer's ``_state_array``: the arena's view, set to ``value``."""
+    def array(self, p: Any, name: str, a: np.ndarray, value: float, dtype: np.dtype) -> np.ndarray:
+        """The local optimizer's ``_state_array``: the arena's view, set to ``value`` (the
+        state is in the parameters' dtype: the sharded optimizer refuses ``state_dtype``)."""
         v = self.view(p, name, a)
         if v is None:
-            return np.full(a.shape, value, a.dtype) if value else np.zeros(a.shape, a.dtype)
+            return np.full(a.shape, value, dtype) if value else np.zeros(a.shape, dtype)
         v[...] = value
         return v
 
@@ -402,6 +403,10 @@ class ZeroRedundancyOptimizer(Optimizer):
     def _check_coupling(template: Optimizer, group: dict[str, Any], gi: int, partition: str) -> None:
         how = template._coupling(group)
         name = type(template).__name__
+        if group.get("state_dtype") is not None:
+            raise TypeError(f"ZeroRedundancyOptimizer keeps each shard's state in its parameters' dtype (one flat "
+                            f"buffer per dtype): state_dtype={group['state_dtype']!r} (param_groups[{gi}]) is not "
+                            "supported on it")
         if how == "all":
             raise TypeError(f"ZeroRedundancyOptimizer cannot shard {name}: its update of each element reads every "
                             "parameter's elements (a sum over all tensors), which no rank holds")

@@ -118,6 +118,10 @@ DOCS: dict[str, str] = {
                 "pass counts them); the option is kept in the param groups only when set",
     "beta2_decay": "decay rate of the second-moment coefficient: ``beta2_t = 1 - t ** beta2_decay``",
     "d": "clipping threshold of the update's root mean square",
+    "state_dtype": "the dtype of the state buffers: None (the parameters' dtype, as torch), ``'float32'`` (beside "
+                   "float32, float16 or bfloat16 parameters) or ``'bfloat16'`` (beside float32 or bfloat16 parameters; "
+                   "needs ml_dtypes imported); the update is computed in float32 and each stored value rounded once; "
+                   "kept in the param groups only when set",
     "foreach": "accepted for compatibility with torch (fastopt always runs one fused kernel)",
     "fused": "accepted for compatibility with torch (fastopt always runs one fused kernel)",
     "capturable": "torch's CUDA-graph option: only False is supported",

@@ -49,6 +49,7 @@ class Adagrad(Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
         differentiable: bool = False,
+        state_dtype: str | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -60,13 +61,13 @@ class Adagrad(Optimizer):
         )
         defaults.update(impl_flags(foreach=foreach, fused=fused, differentiable=differentiable))
         self._validate_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, state_dtype=state_dtype)
         for group in self.param_groups:
             for p in group["params"]:
                 a = _array_of(p)
                 self.state[p] = {
                     "step": np.zeros((), np.float32),
-                    "sum": np.full(a.shape, group["initial_accumulator_value"], a.dtype),
+                    "sum": np.full(a.shape, group["initial_accumulator_value"], self._state_dtype(group, a)),
                 }
 
     _options = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize")

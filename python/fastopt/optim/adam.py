@@ -68,6 +68,7 @@ class Adam(Optimizer):
         fused: bool | None = None,
         capturable: bool = False,
         differentiable: bool = False,
+        state_dtype: str | None = None,
     ) -> None:
         defaults: dict[str, Any] = dict(
             lr=lr,
@@ -82,7 +83,7 @@ class Adam(Optimizer):
             defaults["cautious"] = cautious
         defaults.update(impl_flags(foreach=foreach, fused=fused, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, state_dtype=state_dtype)
 
     _options = ("lr", "eps", "betas", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay")
 
@@ -131,11 +132,13 @@ class AdamW(Adam):
         fused: bool | None = None,
         capturable: bool = False,
         differentiable: bool = False,
+        state_dtype: str | None = None,
     ) -> None:
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad,
             maximize=maximize, decoupled_weight_decay=True, cautious=cautious,
             foreach=foreach, fused=fused, capturable=capturable, differentiable=differentiable,
+            state_dtype=state_dtype,
         )
 
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = False) -> None:

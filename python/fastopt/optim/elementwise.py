@@ -69,11 +69,12 @@ class Adamax(_AdamLike):
 
     def __init__(self, params: Iterable[Any], lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, *, maximize: bool = False,
-                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False) -> None:
+                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
+                 state_dtype: str | None = None) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
         defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, state_dtype=state_dtype)
 
 class Adadelta(_Elementwise):
     r"""Adadelta (torch.optim.Adadelta: arguments, defaults, checks, state
@@ -108,11 +109,12 @@ class Adadelta(_Elementwise):
 
     def __init__(self, params: Iterable[Any], lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
                  weight_decay: float = 0, *, maximize: bool = False,
-                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False) -> None:
+                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
+                 state_dtype: str | None = None) -> None:
         defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
         defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, state_dtype=state_dtype)
 
     _options = ("lr", "rho", "eps", "weight_decay", "maximize")
 
@@ -166,12 +168,13 @@ class NAdam(_AdamLike):
     def __init__(self, params: Iterable[Any], lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, momentum_decay: float = 4e-3,
                  decoupled_weight_decay: bool = False, *, maximize: bool = False,
-                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False) -> None:
+                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
+                 state_dtype: str | None = None) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
         defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, state_dtype=state_dtype)
 
     _options = _AdamLike._options + ("momentum_decay", "decoupled_weight_decay")
 
@@ -215,12 +218,13 @@ class RAdam(_AdamLike):
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, decoupled_weight_decay: bool = False, *,
                  maximize: bool = False,
-                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False) -> None:
+                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
+                 state_dtype: str | None = None) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
         defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, state_dtype=state_dtype)
 
     _options = _AdamLike._options + ("decoupled_weight_decay",)
 
@@ -263,11 +267,12 @@ class ASGD(_Elementwise):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
                  t0: float = 1e6, weight_decay: float = 0, *, maximize: bool = False,
-                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False) -> None:
+                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
+                 state_dtype: str | None = None) -> None:
         defaults = dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, maximize=maximize)
         defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, state_dtype=state_dtype)
 
     _options = ("lr", "lambd", "alpha", "weight_decay", "t0", "maximize")
 
@@ -312,11 +317,12 @@ class Rprop(_Elementwise):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, etas: tuple[float, float] = (0.5, 1.2),
                  step_sizes: tuple[float, float] = (1e-6, 50), *, maximize: bool = False,
-                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False) -> None:
+                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
+                 state_dtype: str | None = None) -> None:
         defaults = dict(lr=lr, etas=etas, step_sizes=step_sizes, maximize=maximize)
         defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, state_dtype=state_dtype)
 
     _options = ("lr", "maximize")
 
@@ -382,11 +388,12 @@ class AdaBound(_AdamLike):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  final_lr: float = 0.1, gamma: float = 1e-3, eps: float = 1e-8, weight_decay: float = 0,
-                 amsbound: bool = False, *, decoupled_weight_decay: bool = False, maximize: bool = False) -> None:
+                 amsbound: bool = False, *, decoupled_weight_decay: bool = False, maximize: bool = False,
+                 state_dtype: str | None = None) -> None:
         defaults = dict(lr=lr, betas=betas, final_lr=final_lr, gamma=gamma, eps=eps, weight_decay=weight_decay,
                         amsbound=amsbound, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
         self._validate_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, state_dtype=state_dtype)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -434,9 +441,9 @@ class AMSBound(AdaBound):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  final_lr: float = 0.1, gamma: float = 1e-3, eps: float = 1e-8, weight_decay: float = 0, *,
-                 decoupled_weight_decay: bool = False, maximize: bool = False) -> None:
+                 decoupled_weight_decay: bool = False, maximize: bool = False, state_dtype: str | None = None) -> None:
         super().__init__(params, lr, betas, final_lr, gamma, eps, weight_decay, True,
-                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, state_dtype=state_dtype)
 
 class Lion(_Elementwise):
     r"""Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms"):
@@ -478,10 +485,11 @@ class Lion(_Elementwise):
     _rule = "lion"
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
-                 weight_decay: float = 0.0, *, maximize: bool = False, cautious: bool = False) -> None:
+                 weight_decay: float = 0.0, *, maximize: bool = False, cautious: bool = False,
+                 state_dtype: str | None = None) -> None:
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, cautious=cautious)
         self._validate_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, state_dtype=state_dtype)
 
     _options = ("lr", "betas", "weight_decay", "maximize")
 
@@ -550,12 +558,12 @@ class AdaBelief(_AdamLike):
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-16, weight_decay: float = 0, amsgrad: bool = False, *,
                  decoupled_weight_decay: bool = True, fixed_decay: bool = False, rectify: bool = True,
-                 degenerated_to_sgd: bool = True, maximize: bool = False) -> None:
+                 degenerated_to_sgd: bool = True, maximize: bool = False, state_dtype: str | None = None) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         decoupled_weight_decay=decoupled_weight_decay, fixed_decay=fixed_decay, rectify=rectify,
                         degenerated_to_sgd=degenerated_to_sgd, maximize=maximize)
         self._validate_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, state_dtype=state_dtype)
 
     _options = _AdamLike._options + ("decoupled_weight_decay", "amsgrad")
 
@@ -621,7 +629,7 @@ class ADOPT(_AdamLike):
                  eps: float = 1e-6, clip_lambda: Callable[[float], float] | None = _default_clip,
                  weight_decay: float = 0.0, decouple: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
-                 fused: bool | None = None) -> None:
+                 fused: bool | None = None, state_dtype: str | None = None) -> None:
         if clip_lambda is not None and not callable(clip_lambda):
             raise TypeError(f"clip_lambda must be a function of the step or None, got {type(clip_lambda).__name__}")
         self.clip_lambda = clip_lambda
@@ -629,7 +637,7 @@ class ADOPT(_AdamLike):
         defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused))
         self._validate_group(defaults)
         self._clip = -1.0
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, state_dtype=state_dtype)
 
     _options = _AdamLike._options
 
@@ -721,11 +729,12 @@ class AdEMAMix(_Elementwise):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float, float] = (0.9, 0.999, 0.9999),
                  alpha: float = 2.0, beta3_warmup: int | None = None, alpha_warmup: int | None = None,
-                 eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False) -> None:
+                 eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
+                 state_dtype: str | None = None) -> None:
         defaults = dict(lr=lr, betas=betas, alpha=alpha, beta3_warmup=beta3_warmup, alpha_warmup=alpha_warmup,
                         eps=eps, weight_decay=weight_decay, maximize=maximize)
         self._validate_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, state_dtype=state_dtype)
 
     def _validate_extra(self, group):
         check_betas(group["betas"], count=3)
@@ -760,12 +769,12 @@ class _ScheduleFree(_Elementwise):
         "foreach": "accepted for compatibility with the authors' package (fastopt always runs one fused kernel)",
     }
 
-    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any], *, state_dtype: str | None = None) -> None:
         # In train mode from the start: with no state yet, the training point and the average
         # are the same (the authors' start in eval mode and refuse to step before train()).
         defaults.update(k=0, train_mode=True, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0)
         self._validate_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, state_dtype=state_dtype)
 
     _options: tuple[str, ...] = ("lr", "weight_decay", "maximize")
 
@@ -874,9 +883,11 @@ class AdamWScheduleFree(_ScheduleFree):
 
     def __init__(self, params: Iterable[Any], lr: float = 0.0025, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, warmup_steps: int = 0, r: float = 0.0,
-                 weight_lr_power: float = 2.0, foreach: bool | None = None, *, maximize: bool = False) -> None:
+                 weight_lr_power: float = 2.0, foreach: bool | None = None, *, maximize: bool = False,
+                 state_dtype: str | None = None) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, warmup_steps=warmup_steps,
-                                      r=r, weight_lr_power=weight_lr_power, foreach=foreach, maximize=maximize))
+                                      r=r, weight_lr_power=weight_lr_power, foreach=foreach, maximize=maximize),
+                                          state_dtype=state_dtype)
 
     _options = _ScheduleFree._options + ("betas", "eps")
 
@@ -910,11 +921,12 @@ class SGDScheduleFree(_ScheduleFree):
 
     def __init__(self, params: Iterable[Any], lr: float = 1.0, momentum: float = 0.9, weight_decay: float = 0,
                  warmup_steps: int = 0, r: float = 0.0, weight_lr_power: float = 2.0, foreach: bool | None = None, *,
-                 maximize: bool = False) -> None:
+                 maximize: bool = False, state_dtype: str | None = None) -> None:
         if not 0.0 < real(momentum, "momentum") < 1.0:
             raise ValueError(f"Momentum must be between 0 and 1 exclusive: {momentum}")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, warmup_steps=warmup_steps,
-                                      r=r, weight_lr_power=weight_lr_power, foreach=foreach, maximize=maximize))
+                                      r=r, weight_lr_power=weight_lr_power, foreach=foreach, maximize=maximize),
+                                          state_dtype=state_dtype)
 
     def _validate_extra(self, group):
         super()._validate_extra(group)

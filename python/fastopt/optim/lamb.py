@@ -61,13 +61,13 @@ class Lamb(Optimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, *, bias_correction: bool | str = True,
-                 clamp_value: float | None = None, maximize: bool = False) -> None:
+                 clamp_value: float | None = None, maximize: bool = False, state_dtype: str | None = None) -> None:
         defaults: dict[str, Any] = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                         bias_correction=bias_correction, maximize=maximize)
         if clamp_value is not None:  # (kept in the groups only when set)
             defaults["clamp_value"] = clamp_value
         self._validate_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, state_dtype=state_dtype)
 
     _options = ("lr", "eps", "betas", "weight_decay", "maximize")
 

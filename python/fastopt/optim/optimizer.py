@@ -39,7 +39,7 @@ from ._options import arguments_section, check_bool, real, validate
 from ._state import _ParamList, _ParamState, _State  # noqa: F401 (_ParamState: pickles made before the move)
 from ..hooks import RemovableHandle, register
 from ..nn.utils import clip_coefficient, get_total_norm
-from ..parameter import Parameter, as_numpy, is_bfloat16, is_half, is_param_dtype
+from ..parameter import Parameter, as_numpy, bfloat16_dtype, is_bfloat16, is_half, is_param_dtype
 
 __all__ = ["Optimizer", "required"]
 
@@ -127,9 +127,23 @@ def check_impl_flags(group: dict[str, Any]) -> None:
         )
 
 
-def _load_value(p: Any, key: str, value: Any, counter: bool) -> Any:
+#: The values of the ``state_dtype`` option besides None (the parameters' dtype, torch's).
+STATE_DTYPES = ("float32", "bfloat16")
+
+
+def _keeps_state_in(dtype: np.dtype, name: str) -> bool:
+    """Whether parameters of ``dtype`` can keep their state in ``state_dtype=name`` (the
+    pairs the kernels compute: float32 state beside 16-bit or float32 parameters, bfloat16
+    state beside float32 or bfloat16 ones)."""
+    if name == "float32":
+        return dtype == np.float32 or is_half(dtype)
+    return dtype == np.float32 or is_bfloat16(dtype)
+
+
+def _load_value(p: Any, key: str, value: Any, counter: bool, dtype: np.dtype | None = None) -> Any:
     """A copy of a loaded state value: counters stay 0-d float32 (torch never casts ``step``;
-    fastopt's kernels count in float32), floating arrays take the parameter's dtype."""
+    fastopt's kernels count in float32), floating arrays take ``dtype`` (the group's state
+    dtype; by default the parameter's)."""
     if value is None or isinstance(value, (bool, str)):
         return value
     if counter:
@@ -137,7 +151,7 @@ def _load_value(p: Any, key: str, value: Any, counter: bool) -> Any:
     if isinstance(value, np.ndarray) or hasattr(value, "__array__"):
         arr = as_numpy(value)
         if arr.dtype.kind == "f" or is_bfloat16(arr.dtype):
-            return np.array(arr, dtype=_array_of(p).dtype, order="C", copy=True)
+            return np.array(arr, dtype=_array_of(p).dtype if dtype is None else dtype, order="C", copy=True)
         return arr.copy()
     return copy.deepcopy(value)
 
@@ -251,6 +265,15 @@ class Optimizer:
     >>> w.astype(np.float32)  # 0.9 rounded to bfloat16
     array([0.8984375, 0.8984375, 0.8984375], dtype=float32)
 
+    ``state_dtype='float32'`` keeps their state in float32 instead, and
+    ``state_dtype='bfloat16'`` keeps a float32 model's state in bfloat16 (each stored value
+    rounded once to its own dtype):
+
+    >>> opt = fo.optim.Adam([np.zeros(3, np.float32)], state_dtype="bfloat16")
+    >>> opt.step(grads=[np.full(3, 0.3, np.float32)])
+    >>> opt.state[opt.param_groups[0]["params"][0]]["exp_avg"].astype(np.float32)  # 0.03 rounded
+    array([0.0300293, 0.0300293, 0.0300293], dtype=float32)
+
     Subclasses give ``defaults``, validate a group's options in ``_validate_group`` and run
     one group's update in ``_step_group``.
     """
@@ -292,7 +315,9 @@ class Optimizer:
         at = doc.find("\nExample:")  # (before the example)
         cls.__doc__ = doc + "\n\n" + section if at < 0 else doc[:at] + "\n" + section + "\n" + doc[at:]
 
-    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any], state_dtype: str | None = None) -> None:
+        if state_dtype is not None:  # (like torch's optional keys: in the groups only when set)
+            defaults["state_dtype"] = state_dtype
         self.defaults = defaults
         self._step_pre_hooks: OrderedDict = OrderedDict()
         self._step_post_hooks: OrderedDict = OrderedDict()
@@ -438,9 +463,44 @@ class Optimizer:
 
     def _check_options(self, group: dict[str, Any]) -> None:
         """Every check of a group's options: torch's implementation flags, then the
-        optimizer's own (``_validate_group``)."""
+        optimizer's own (``_validate_group``), then ``state_dtype`` against the parameters."""
         check_impl_flags(group)
         self._validate_group(group)
+        self._check_state_dtype(group)
+
+    def _check_state_dtype(self, group: dict[str, Any]) -> None:
+        """``state_dtype`` (when the group has it): one of :data:`STATE_DTYPES`, on an optimizer
+        that takes it, beside parameters that can keep their state in it."""
+        name = group.get("state_dtype")
+        if name is None:
+            return
+        if not self._takes_half:
+            raise TypeError(f"{type(self).__name__} keeps its state in its parameters' dtype (its own float32/float64 "
+                            f"arithmetic): state_dtype is not one of its options, got {name!r}")
+        if not isinstance(name, str) or name not in STATE_DTYPES:
+            raise ValueError(f"state_dtype must be None, 'float32' or 'bfloat16', got {name!r}")
+        if name == "bfloat16" and bfloat16_dtype() is None:
+            raise ImportError("state_dtype='bfloat16' keeps ml_dtypes.bfloat16 arrays, and this program has not "
+                              "imported ml_dtypes: import ml_dtypes first (pip install 'fastopt[bf16]')")
+        for i, p in enumerate(group.get("params", ())):
+            a = _array_of(p)
+            if not _keeps_state_in(a.dtype, name):
+                takes = "float32, float16 or bfloat16" if name == "float32" else "float32 or bfloat16"
+                raise TypeError(f"params[{i}] has dtype {a.dtype}; state_dtype={name!r} takes {takes} parameters")
+
+    @staticmethod
+    def _state_dtype(group: dict[str, Any], a: np.ndarray) -> np.dtype:
+        """The dtype of the state buffers of parameter array ``a`` in ``group``: its own
+        (torch's), or the group's ``state_dtype`` (checked by :meth:`_check_state_dtype`)."""
+        name = group.get("state_dtype")
+        if name is None:
+            return a.dtype
+        if name == "float32":
+            return np.dtype(np.float32)
+        bf = bfloat16_dtype() if name == "bfloat16" else None
+        if bf is None:  # (a group changed after its checks)
+            raise ValueError(f"state_dtype must be None, 'float32' or 'bfloat16' (with ml_dtypes imported), got {name!r}")
+        return bf
 
     def _coupling(self, group: dict[str, Any]) -> str | None:
         """:attr:`_couples` for ``group`` (``cautious=True`` rescales by the fraction of its
@@ -863,17 +923,18 @@ class Optimizer:
                     if name in counters:
                         b = np.full((), (fill or {}).get(name, 0.0), np.float32)
                     else:
-                        b = self._state_array(p, name, a, fill[name] if fill and name in fill else 0.0)
+                        b = self._state_array(p, name, a, fill[name] if fill and name in fill else 0.0,
+                                              self._state_dtype(group, a))
                     created.append((p, name, b))
                 out[k].append(b)
         self._pending = created
         return out, created
 
-    def _state_array(self, p: Any, name: str, a: np.ndarray, value: float) -> np.ndarray:
-        """A new state buffer ``name`` for parameter ``p`` (array ``a``): ``a``'s shape and
-        dtype, every element ``value``. (The sharded optimizer's local optimizer replaces it
-        to carve the buffers out of one flat array per name.)"""
-        return np.full(a.shape, value, a.dtype) if value else np.zeros(a.shape, a.dtype)
+    def _state_array(self, p: Any, name: str, a: np.ndarray, value: float, dtype: np.dtype) -> np.ndarray:
+        """A new state buffer ``name`` for parameter ``p`` (array ``a``): ``a``'s shape, of
+        ``dtype`` (the group's state dtype), every element ``value``. (The sharded optimizer's
+        local optimizer replaces it to carve the buffers out of one flat array per name.)"""
+        return np.full(a.shape, value, dtype) if value else np.zeros(a.shape, dtype)
 
     def _check_cache(self, group: dict) -> Any:
         """The kernel's record of what it checked for this group last time (it holds the
@@ -938,8 +999,17 @@ class Optimizer:
         if not isinstance(state_dict["state"], dict):
             raise TypeError(f"state_dict['state'] must be a dict (index -> state), got {type(state_dict['state']).__name__}")
         saved_groups, id_map = self._saved_groups(state_dict["param_groups"])
+        new_groups = []
+        for g, saved in zip(groups, saved_groups):
+            saved["params"] = g["params"]
+            for name, default in self.defaults.items():
+                saved.setdefault(name, g.get(name, default))
+            self._check_options(saved)
+            new_groups.append(saved)
+        # Each parameter's state dtype, as its loaded group says.
+        dtypes = {id(p): self._state_dtype(g, _array_of(p)) for g in new_groups for p in g["params"]}
         if strict:
-            self._check_strict(state_dict["state"], saved_groups, id_map)
+            self._check_strict(state_dict["state"], saved_groups, id_map, dtypes)
         new_state = _State()
         for k, v in state_dict["state"].items():
             if k not in id_map:
@@ -949,14 +1019,8 @@ class Optimizer:
                 raise TypeError(f"state_dict['state'][{k!r}] must be a dict of state values, got {type(v).__name__}")
             if "step" in v:
                 _check_step(k, v["step"])
-            new_state[p] = {key: _load_value(p, key, val, key in self._counters) for key, val in v.items()}
-        new_groups = []
-        for g, saved in zip(groups, saved_groups):
-            saved["params"] = g["params"]
-            for name, default in self.defaults.items():
-                saved.setdefault(name, g.get(name, default))
-            self._check_options(saved)
-            new_groups.append(saved)
+            new_state[p] = {key: _load_value(p, key, val, key in self._counters, dtypes[id(p)])
+                            for key, val in v.items()}
         self.state = new_state
         self.param_groups = new_groups
         for hook in list(self._load_state_dict_post_hooks.values()):
@@ -994,7 +1058,10 @@ class Optimizer:
                           chain.from_iterable(g["params"] for g in groups)))
         return saved_groups, id_map
 
-    def _check_strict(self, saved_state: dict, saved_groups: list[dict], id_map: dict) -> None:
+    def _check_strict(self, saved_state: dict, saved_groups: list[dict], id_map: dict,
+                      dtypes: dict | None = None) -> None:
+        """``load_state_dict(strict=True)``'s checks; ``dtypes``: each parameter's state dtype
+        by ``id`` (by default its own dtype)."""
         for gi, (g, s) in enumerate(zip(self.param_groups, saved_groups)):
             mine, theirs = g.get("param_names"), s.get("param_names")
             if mine is not None and theirs is not None:
@@ -1016,8 +1083,10 @@ class Optimizer:
                 v = np.asarray(value)
                 if v.shape != a.shape:
                     raise ValueError(f"state[{k}][{key!r}] has shape {v.shape} but its parameter has shape {a.shape}")
-                if v.dtype != a.dtype:
-                    raise ValueError(f"state[{k}][{key!r}] has dtype {v.dtype} but its parameter has dtype {a.dtype}")
+                want = a.dtype if dtypes is None else dtypes[id(p)]
+                if v.dtype != want:
+                    whose = "its parameter has" if want == a.dtype else "its group's state_dtype is"
+                    raise ValueError(f"state[{k}][{key!r}] has dtype {v.dtype} but {whose} dtype {want}")
 
     # -- display --------------------------------------------------------------------------
 

@@ -50,6 +50,7 @@ class RMSprop(Optimizer):
         foreach: bool | None = None,
         capturable: bool = False,
         differentiable: bool = False,
+        state_dtype: str | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -62,7 +63,7 @@ class RMSprop(Optimizer):
         )
         defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, state_dtype=state_dtype)
 
     _options = ("lr", "eps", "momentum", "weight_decay", "alpha", "centered", "maximize")
 

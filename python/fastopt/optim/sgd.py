@@ -59,6 +59,7 @@ class SGD(Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
         differentiable: bool = False,
+        state_dtype: str | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -70,7 +71,7 @@ class SGD(Optimizer):
         )
         defaults.update(impl_flags(foreach=foreach, fused=fused, differentiable=differentiable))
         self._validate_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, state_dtype=state_dtype)
 
     _options = ("lr", "momentum", "weight_decay", "nesterov", "maximize")
 

@@ -46,6 +46,12 @@ impl Dtype {
     pub fn is_half(self) -> bool {
         matches!(self, Dtype::F16 | Dtype::BF16)
     }
+    /// Whether an optimizer step over parameters of this dtype takes state buffers of
+    /// dtype `s`: its own, float32 beside 16-bit parameters, bfloat16 beside float32 ones
+    /// (the pairs `by_storage!` instantiates).
+    pub fn keeps_state_in(self, s: Dtype) -> bool {
+        self == s || (self.is_half() && s == Dtype::F32) || (self == Dtype::F32 && s == Dtype::BF16)
+    }
 }
 
 /// The error of a function that takes float32 and float64 arrays only, given `dtype`.
@@ -393,15 +399,15 @@ impl<'py> Group<'py> {
     }
 
     /// Sets the state buffers' dtype from the first state array of `lists` (the first list's
-    /// first entry): float32 beside 16-bit parameters when it is float32, else the call's.
+    /// first entry) where it is one the parameters can keep their state in (float32 beside
+    /// 16-bit parameters, bfloat16 beside float32 ones: [`Dtype::keeps_state_in`]), else
+    /// the call's (so that a buffer of another dtype is refused by name).
     pub fn state_dtype_from(&mut self, lists: &[Bound<'py, PyAny>]) {
         self.sdtype = self.dtype;
-        if self.dtype.is_half() {
-            let first = lists.first().and_then(|l| l.get_item(0).ok());
-            if let Some(arr) = first.as_ref().and_then(|a| a.cast::<PyUntypedArray>().ok()) {
-                if dtype_of(arr) == Some(Dtype::F32) {
-                    self.sdtype = Dtype::F32;
-                }
+        let first = lists.first().and_then(|l| l.get_item(0).ok());
+        if let Some(arr) = first.as_ref().and_then(|a| a.cast::<PyUntypedArray>().ok()) {
+            if let Some(d) = dtype_of(arr).filter(|&d| self.dtype.keeps_state_in(d)) {
+                self.sdtype = d;
             }
         }
     }

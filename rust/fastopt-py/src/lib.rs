@@ -15,13 +15,15 @@ macro_rules! by_dtype {
 
 /// Calls the generic `f::<P, S>(args)` for an optimizer step's parameter and state dtypes
 /// (`by_storage!(g.dtype, g.sdtype, run(a, b))`): float32 and float64 alone, float16 and
-/// bfloat16 with their state in their own dtype or in float32.
+/// bfloat16 with their state in their own dtype or in float32, float32 with bfloat16 state
+/// (`Dtype::keeps_state_in`).
 macro_rules! by_storage {
     ($dtype:expr, $sdtype:expr, $f:ident($($arg:expr),* $(,)?)) => {{
         use $crate::arrays::Dtype as D;
         use fastopt_core::half::{Bf16, F16};
         match ($dtype, $sdtype) {
             (D::F32, D::F32) => $f::<f32, f32>($($arg),*),
+            (D::F32, D::BF16) => $f::<f32, Bf16>($($arg),*),
             (D::F64, D::F64) => $f::<f64, f64>($($arg),*),
             (D::BF16, D::BF16) => $f::<Bf16, Bf16>($($arg),*),
             (D::BF16, D::F32) => $f::<Bf16, f32>($($arg),*),

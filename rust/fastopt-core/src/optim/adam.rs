@@ -288,7 +288,7 @@ mod tests {
         let rounded = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(&round).collect() };
         for level in available() {
             for (cfg, scale) in configs() {
-                let n = 37;
+                let n = 37 + 2 * 256; // (several conversion tiles and a partial one)
                 let p32 = rounded(data::<f32>(n, 1));
                 let g32 = rounded(data::<f32>(n, 2));
                 let m32 = rounded(data::<f32>(n, 3));
@@ -300,7 +300,11 @@ mod tests {
                 // the same with float32 state beside 16-bit parameters
                 let (mut p2, mut m2, mut v2, mut x2) = (h(&p32), m32.clone(), v32.clone(), x32.clone());
                 let (mut rp2, mut rm2, mut rv2, mut rx2) = (p32.clone(), m32.clone(), v32.clone(), x32.clone());
+                // and 16-bit state beside float32 parameters
+                let (mut p3, mut m3, mut v3, mut x3) = (p32.clone(), h(&m32), h(&v32), h(&x32));
+                let (mut rp3, mut rm3, mut rv3, mut rx3) = (p32.clone(), m32.clone(), v32.clone(), x32.clone());
                 let (mut step, mut rstep, mut step2, mut rstep2) = (3.0f32, 3.0f32, 3.0f32, 3.0f32);
+                let (mut step3, mut rstep3) = (3.0f32, 3.0f32);
                 for _ in 0..3 {
                     let mut states: Vec<&mut [H]> = vec![&mut m, &mut v];
                     let mut states2: Vec<&mut [f32]> = vec![&mut m2, &mut v2];
@@ -314,6 +318,13 @@ mod tests {
                     let mut counters = [&mut step2];
                     let t = Tensor { param: &mut p2, grad: &g, states: &mut states2, counters: &mut counters, fresh: false };
                     super::step(&cfg, vec![t], scale, level).unwrap();
+                    let mut states3: Vec<&mut [H]> = vec![&mut m3, &mut v3];
+                    if cfg.amsgrad {
+                        states3.push(&mut x3);
+                    }
+                    let mut counters = [&mut step3];
+                    let t = Tensor { param: &mut p3, grad: &g32, states: &mut states3, counters: &mut counters, fresh: false };
+                    super::step(&cfg, vec![t], scale, level).unwrap();
                     let fma = level.fused_multiply_add();
                     fn ams(on: bool, x: &mut [f32]) -> Option<&mut [f32]> {
                         if on { Some(x) } else { None }
@@ -324,12 +335,17 @@ mod tests {
                     }
                     reference(&mut rp2, &g32, &mut rm2, &mut rv2, ams(cfg.amsgrad, &mut rx2), &mut rstep2, &cfg, scale, fma);
                     rp2.iter_mut().for_each(|y| *y = round(*y));
+                    reference(&mut rp3, &g32, &mut rm3, &mut rv3, ams(cfg.amsgrad, &mut rx3), &mut rstep3, &cfg, scale, fma);
+                    for w in [&mut rm3, &mut rv3, &mut rx3] {
+                        w.iter_mut().for_each(|y| *y = round(*y));
+                    }
                 }
-                assert_eq!((step, step2), (rstep, rstep2));
+                assert_eq!((step, step2, step3), (rstep, rstep2, rstep3));
                 let same = |a: &[H], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.load() == *y || (x.load().is_nan() && y.is_nan()));
                 let same32 = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x == y || (x.is_nan() && y.is_nan()));
                 assert!(same(&p, &rp) && same(&m, &rm) && same(&v, &rv) && same(&x, &rx), "{level:?} {cfg:?}");
                 assert!(same(&p2, &rp2) && same32(&m2, &rm2) && same32(&v2, &rv2) && same32(&x2, &rx2), "float32 state {level:?} {cfg:?}");
+                assert!(same32(&p3, &rp3) && same(&m3, &rm3) && same(&v3, &rv3) && same(&x3, &rx3), "float32 params {level:?} {cfg:?}");
             }
         }
     }
