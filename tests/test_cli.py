@@ -109,7 +109,7 @@ def test_full_report_sections(capsys):
     assert "| float32 | 28 |" in precision and "| float16 | 14 |" in precision
     # (ml_dtypes is installed with the tests: bfloat16 and the state_dtype pairs, which torch lacks)
     assert "| bfloat16 | 14 |" in precision
-    for row in (r"float32 \+ bfloat16 state \| 20", r"bfloat16 \+ float32 state \| 22"):
+    for row in (r"float32 \+ bfloat16 state \| 20", r"bfloat16 \+ float32 state \| 22", r"bfloat16 \+ kahan \| 18"):
         assert re.search(rf"\| {row} \| [0-9.]+ \| [0-9.]+ \| - \| - \| - \| - \|", precision), precision
     with pytest.raises(SystemExit) as e:
         cli.main(["bench", "--full", "--help"])

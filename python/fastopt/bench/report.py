@@ -197,7 +197,7 @@ def _fraction(bytes_moved: float, seconds: float, label: str, probe: dict) -> st
 def _precision_impls(n: int, have_torch: bool) -> tuple[dict, dict]:
     """Adam over ``n`` elements by parameter dtype (state in that dtype, and the
     ``state_dtype`` pairs: bfloat16 state beside float32 parameters, float32 state beside
-    bfloat16 ones): fastopt at 1 and 2 threads and torch's fused kernel where torch has the
+    bfloat16 ones; and bfloat16 with ``master_weights='kahan'``): fastopt at 1 and 2 threads and torch's fused kernel where torch has the
     pair (its only CPU path computing 16-bit steps in float32); bfloat16 only where
     ml_dtypes is installed. Returns the implementations and each row's bytes read and
     written per element."""
@@ -210,25 +210,27 @@ def _precision_impls(n: int, have_torch: bool) -> tuple[dict, dict]:
         pass
     else:
         dtypes["bfloat16"] = np.dtype(ml_dtypes.bfloat16)
-    # row -> (parameter dtype, state_dtype option, whether torch has it)
-    rows: dict[str, tuple[str, str | None, bool]] = {name: (name, None, True) for name in dtypes}
+    # row -> (parameter dtype, state_dtype option, master_weights option, whether torch has it)
+    rows: dict[str, tuple[str, str | None, str | None, bool]] = {name: (name, None, None, True) for name in dtypes}
     if "bfloat16" in dtypes:
-        rows["float32 + bfloat16 state"] = ("float32", "bfloat16", False)
-        rows["bfloat16 + float32 state"] = ("bfloat16", "float32", False)
+        rows["float32 + bfloat16 state"] = ("float32", "bfloat16", None, False)
+        rows["bfloat16 + float32 state"] = ("bfloat16", "float32", None, False)
+        rows["bfloat16 + kahan"] = ("bfloat16", None, "kahan", False)
     rng = np.random.default_rng(0)
     p32, g32 = rng.standard_normal(n, dtype=np.float32), rng.standard_normal(n, dtype=np.float32)
     impls: dict = {}
     moved: dict = {}
-    for row, (name, state, torch_has) in rows.items():
+    for row, (name, state, master, torch_has) in rows.items():
         dt = dtypes[name]
         sd = dt if state is None else dtypes[state]
         # (Adam: the parameter read and written, the gradient read, two state buffers each
-        # read and written)
-        moved[row] = 3 * dt.itemsize + 4 * sd.itemsize
+        # read and written, and a compensation buffer)
+        moved[row] = 3 * dt.itemsize + (6 if master else 4) * sd.itemsize
         for threads in (1, 2):
             p = fo.Parameter(p32.astype(dt))
             p.grad = g32.astype(dt)
-            impls[f"{row}| fastopt {threads}T"] = (threads, fo.optim.Adam([p], lr=1e-4, state_dtype=state).step)
+            opt = fo.optim.Adam([p], lr=1e-4, state_dtype=state, master_weights=master)
+            impls[f"{row}| fastopt {threads}T"] = (threads, opt.step)
         if have_torch and torch_has:
             torch = import_torch()
             for threads in (1, 2):

@@ -403,6 +403,9 @@ class ZeroRedundancyOptimizer(Optimizer):
     def _check_coupling(template: Optimizer, group: dict[str, Any], gi: int, partition: str) -> None:
         how = template._coupling(group)
         name = type(template).__name__
+        if group.get("master_weights") is not None:
+            raise TypeError(f"ZeroRedundancyOptimizer keeps no compensation buffers: master_weights="
+                            f"{group['master_weights']!r} (param_groups[{gi}]) is not supported on it")
         if group.get("state_dtype") is not None:
             raise TypeError(f"ZeroRedundancyOptimizer keeps each shard's state in its parameters' dtype (one flat "
                             f"buffer per dtype): state_dtype={group['state_dtype']!r} (param_groups[{gi}]) is not "

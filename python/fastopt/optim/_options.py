@@ -122,6 +122,10 @@ DOCS: dict[str, str] = {
                    "float32, float16 or bfloat16 parameters) or ``'bfloat16'`` (beside float32 or bfloat16 parameters; "
                    "needs ml_dtypes imported); the update is computed in float32 and each stored value rounded once; "
                    "kept in the param groups only when set",
+    "master_weights": "how float16/bfloat16 parameters keep what rounding drops: None (nothing, as torch) or "
+                      "``'kahan'`` (a compensation buffer ``kahan_comp`` in the state's dtype: the step computes "
+                      "``y = (u - p) + c``, stores ``t = round(p + y)`` and keeps ``c = y - (t - p)``, as the optimi "
+                      "library's Kahan summation); kept in the param groups only when set",
     "foreach": "accepted for compatibility with torch (fastopt always runs one fused kernel)",
     "fused": "accepted for compatibility with torch (fastopt always runs one fused kernel)",
     "capturable": "torch's CUDA-graph option: only False is supported",

@@ -36,6 +36,8 @@ class Adagrad(Optimizer):
     array([ 4., 16.])
     """
 
+    _takes_kahan = True
+
     def __init__(
         self,
         params: Iterable[Any],
@@ -49,7 +51,7 @@ class Adagrad(Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
         differentiable: bool = False,
-        state_dtype: str | None = None,
+        state_dtype: str | None = None, master_weights: str | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -61,7 +63,7 @@ class Adagrad(Optimizer):
         )
         defaults.update(impl_flags(foreach=foreach, fused=fused, differentiable=differentiable))
         self._validate_group(defaults)
-        super().__init__(params, defaults, state_dtype=state_dtype)
+        super().__init__(params, defaults, state_dtype=state_dtype, master_weights=master_weights)
         for group in self.param_groups:
             for p in group["params"]:
                 a = _array_of(p)

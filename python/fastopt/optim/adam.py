@@ -52,6 +52,8 @@ class Adam(Optimizer):
     ['exp_avg', 'exp_avg_sq', 'step']
     """
 
+    _takes_kahan = True
+
     def __init__(
         self,
         params: Iterable[Any],
@@ -68,7 +70,7 @@ class Adam(Optimizer):
         fused: bool | None = None,
         capturable: bool = False,
         differentiable: bool = False,
-        state_dtype: str | None = None,
+        state_dtype: str | None = None, master_weights: str | None = None,
     ) -> None:
         defaults: dict[str, Any] = dict(
             lr=lr,
@@ -83,7 +85,7 @@ class Adam(Optimizer):
             defaults["cautious"] = cautious
         defaults.update(impl_flags(foreach=foreach, fused=fused, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
-        super().__init__(params, defaults, state_dtype=state_dtype)
+        super().__init__(params, defaults, state_dtype=state_dtype, master_weights=master_weights)
 
     _options = ("lr", "eps", "betas", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay")
 
@@ -132,13 +134,13 @@ class AdamW(Adam):
         fused: bool | None = None,
         capturable: bool = False,
         differentiable: bool = False,
-        state_dtype: str | None = None,
+        state_dtype: str | None = None, master_weights: str | None = None,
     ) -> None:
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad,
             maximize=maximize, decoupled_weight_decay=True, cautious=cautious,
             foreach=foreach, fused=fused, capturable=capturable, differentiable=differentiable,
-            state_dtype=state_dtype,
+            state_dtype=state_dtype, master_weights=master_weights,
         )
 
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = False) -> None:

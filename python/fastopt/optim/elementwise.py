@@ -18,6 +18,8 @@ __all__ = ["Adamax", "Adadelta", "NAdam", "RAdam", "ASGD", "Rprop", "AdaBound", 
 class _Elementwise(Optimizer):
     """An optimizer whose rule is ``_rule``; subclasses give the hyperparameters by name."""
 
+    _takes_kahan = True
+
     _fill_values: dict[str, float] = {}
 
     def _fill(self, group: dict[str, Any]) -> dict[str, float]:
@@ -70,11 +72,11 @@ class Adamax(_AdamLike):
     def __init__(self, params: Iterable[Any], lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, *, maximize: bool = False,
                  foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
-                 state_dtype: str | None = None) -> None:
+                 state_dtype: str | None = None, master_weights: str | None = None) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
         defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
-        super().__init__(params, defaults, state_dtype=state_dtype)
+        super().__init__(params, defaults, state_dtype=state_dtype, master_weights=master_weights)
 
 class Adadelta(_Elementwise):
     r"""Adadelta (torch.optim.Adadelta: arguments, defaults, checks, state
@@ -110,11 +112,11 @@ class Adadelta(_Elementwise):
     def __init__(self, params: Iterable[Any], lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
                  weight_decay: float = 0, *, maximize: bool = False,
                  foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
-                 state_dtype: str | None = None) -> None:
+                 state_dtype: str | None = None, master_weights: str | None = None) -> None:
         defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
         defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
-        super().__init__(params, defaults, state_dtype=state_dtype)
+        super().__init__(params, defaults, state_dtype=state_dtype, master_weights=master_weights)
 
     _options = ("lr", "rho", "eps", "weight_decay", "maximize")
 
@@ -169,12 +171,12 @@ class NAdam(_AdamLike):
                  eps: float = 1e-8, weight_decay: float = 0, momentum_decay: float = 4e-3,
                  decoupled_weight_decay: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
-                 state_dtype: str | None = None) -> None:
+                 state_dtype: str | None = None, master_weights: str | None = None) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
         defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
-        super().__init__(params, defaults, state_dtype=state_dtype)
+        super().__init__(params, defaults, state_dtype=state_dtype, master_weights=master_weights)
 
     _options = _AdamLike._options + ("momentum_decay", "decoupled_weight_decay")
 
@@ -219,12 +221,12 @@ class RAdam(_AdamLike):
                  eps: float = 1e-8, weight_decay: float = 0, decoupled_weight_decay: bool = False, *,
                  maximize: bool = False,
                  foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
-                 state_dtype: str | None = None) -> None:
+                 state_dtype: str | None = None, master_weights: str | None = None) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
         defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
-        super().__init__(params, defaults, state_dtype=state_dtype)
+        super().__init__(params, defaults, state_dtype=state_dtype, master_weights=master_weights)
 
     _options = _AdamLike._options + ("decoupled_weight_decay",)
 
@@ -268,11 +270,11 @@ class ASGD(_Elementwise):
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
                  t0: float = 1e6, weight_decay: float = 0, *, maximize: bool = False,
                  foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
-                 state_dtype: str | None = None) -> None:
+                 state_dtype: str | None = None, master_weights: str | None = None) -> None:
         defaults = dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, maximize=maximize)
         defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
-        super().__init__(params, defaults, state_dtype=state_dtype)
+        super().__init__(params, defaults, state_dtype=state_dtype, master_weights=master_weights)
 
     _options = ("lr", "lambd", "alpha", "weight_decay", "t0", "maximize")
 
@@ -318,11 +320,11 @@ class Rprop(_Elementwise):
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, etas: tuple[float, float] = (0.5, 1.2),
                  step_sizes: tuple[float, float] = (1e-6, 50), *, maximize: bool = False,
                  foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
-                 state_dtype: str | None = None) -> None:
+                 state_dtype: str | None = None, master_weights: str | None = None) -> None:
         defaults = dict(lr=lr, etas=etas, step_sizes=step_sizes, maximize=maximize)
         defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
-        super().__init__(params, defaults, state_dtype=state_dtype)
+        super().__init__(params, defaults, state_dtype=state_dtype, master_weights=master_weights)
 
     _options = ("lr", "maximize")
 
@@ -389,11 +391,11 @@ class AdaBound(_AdamLike):
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  final_lr: float = 0.1, gamma: float = 1e-3, eps: float = 1e-8, weight_decay: float = 0,
                  amsbound: bool = False, *, decoupled_weight_decay: bool = False, maximize: bool = False,
-                 state_dtype: str | None = None) -> None:
+                 state_dtype: str | None = None, master_weights: str | None = None) -> None:
         defaults = dict(lr=lr, betas=betas, final_lr=final_lr, gamma=gamma, eps=eps, weight_decay=weight_decay,
                         amsbound=amsbound, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
         self._validate_group(defaults)
-        super().__init__(params, defaults, state_dtype=state_dtype)
+        super().__init__(params, defaults, state_dtype=state_dtype, master_weights=master_weights)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -441,9 +443,11 @@ class AMSBound(AdaBound):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  final_lr: float = 0.1, gamma: float = 1e-3, eps: float = 1e-8, weight_decay: float = 0, *,
-                 decoupled_weight_decay: bool = False, maximize: bool = False, state_dtype: str | None = None) -> None:
+                 decoupled_weight_decay: bool = False, maximize: bool = False,
+                 state_dtype: str | None = None, master_weights: str | None = None) -> None:
         super().__init__(params, lr, betas, final_lr, gamma, eps, weight_decay, True,
-                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, state_dtype=state_dtype)
+                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+                         state_dtype=state_dtype, master_weights=master_weights)
 
 class Lion(_Elementwise):
     r"""Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms"):
@@ -486,10 +490,10 @@ class Lion(_Elementwise):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, maximize: bool = False, cautious: bool = False,
-                 state_dtype: str | None = None) -> None:
+                 state_dtype: str | None = None, master_weights: str | None = None) -> None:
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, cautious=cautious)
         self._validate_group(defaults)
-        super().__init__(params, defaults, state_dtype=state_dtype)
+        super().__init__(params, defaults, state_dtype=state_dtype, master_weights=master_weights)
 
     _options = ("lr", "betas", "weight_decay", "maximize")
 
@@ -558,12 +562,13 @@ class AdaBelief(_AdamLike):
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-16, weight_decay: float = 0, amsgrad: bool = False, *,
                  decoupled_weight_decay: bool = True, fixed_decay: bool = False, rectify: bool = True,
-                 degenerated_to_sgd: bool = True, maximize: bool = False, state_dtype: str | None = None) -> None:
+                 degenerated_to_sgd: bool = True, maximize: bool = False,
+                 state_dtype: str | None = None, master_weights: str | None = None) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         decoupled_weight_decay=decoupled_weight_decay, fixed_decay=fixed_decay, rectify=rectify,
                         degenerated_to_sgd=degenerated_to_sgd, maximize=maximize)
         self._validate_group(defaults)
-        super().__init__(params, defaults, state_dtype=state_dtype)
+        super().__init__(params, defaults, state_dtype=state_dtype, master_weights=master_weights)
 
     _options = _AdamLike._options + ("decoupled_weight_decay", "amsgrad")
 
@@ -629,7 +634,7 @@ class ADOPT(_AdamLike):
                  eps: float = 1e-6, clip_lambda: Callable[[float], float] | None = _default_clip,
                  weight_decay: float = 0.0, decouple: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
-                 fused: bool | None = None, state_dtype: str | None = None) -> None:
+                 fused: bool | None = None, state_dtype: str | None = None, master_weights: str | None = None) -> None:
         if clip_lambda is not None and not callable(clip_lambda):
             raise TypeError(f"clip_lambda must be a function of the step or None, got {type(clip_lambda).__name__}")
         self.clip_lambda = clip_lambda
@@ -637,7 +642,7 @@ class ADOPT(_AdamLike):
         defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused))
         self._validate_group(defaults)
         self._clip = -1.0
-        super().__init__(params, defaults, state_dtype=state_dtype)
+        super().__init__(params, defaults, state_dtype=state_dtype, master_weights=master_weights)
 
     _options = _AdamLike._options
 
@@ -730,11 +735,11 @@ class AdEMAMix(_Elementwise):
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float, float] = (0.9, 0.999, 0.9999),
                  alpha: float = 2.0, beta3_warmup: int | None = None, alpha_warmup: int | None = None,
                  eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
-                 state_dtype: str | None = None) -> None:
+                 state_dtype: str | None = None, master_weights: str | None = None) -> None:
         defaults = dict(lr=lr, betas=betas, alpha=alpha, beta3_warmup=beta3_warmup, alpha_warmup=alpha_warmup,
                         eps=eps, weight_decay=weight_decay, maximize=maximize)
         self._validate_group(defaults)
-        super().__init__(params, defaults, state_dtype=state_dtype)
+        super().__init__(params, defaults, state_dtype=state_dtype, master_weights=master_weights)
 
     def _validate_extra(self, group):
         check_betas(group["betas"], count=3)
@@ -756,6 +761,8 @@ class _ScheduleFree(_Elementwise):
     package: a step's constants come from counters the group keeps (``k``, ``weight_sum``,
     ``lr_max``, ``train_mode``, ``scheduled_lr``, their names), and :meth:`train` /
     :meth:`eval` move the parameters between the training point ``y`` and the average ``x``."""
+
+    _takes_kahan = False  # (train()/eval() move the parameters without the compensation)
 
     _rule = "schedulefree"
     _needs_fresh = True  # (a new state starts with z = the parameter)

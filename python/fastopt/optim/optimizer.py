@@ -315,9 +315,13 @@ class Optimizer:
         at = doc.find("\nExample:")  # (before the example)
         cls.__doc__ = doc + "\n\n" + section if at < 0 else doc[:at] + "\n" + section + "\n" + doc[at:]
 
-    def __init__(self, params: Iterable[Any], defaults: dict[str, Any], state_dtype: str | None = None) -> None:
-        if state_dtype is not None:  # (like torch's optional keys: in the groups only when set)
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any], state_dtype: str | None = None,
+                 master_weights: str | None = None) -> None:
+        # (like torch's optional keys: in the groups only when set)
+        if state_dtype is not None:
             defaults["state_dtype"] = state_dtype
+        if master_weights is not None:
+            defaults["master_weights"] = master_weights
         self.defaults = defaults
         self._step_pre_hooks: OrderedDict = OrderedDict()
         self._step_post_hooks: OrderedDict = OrderedDict()
@@ -467,6 +471,33 @@ class Optimizer:
         check_impl_flags(group)
         self._validate_group(group)
         self._check_state_dtype(group)
+        self._check_master_weights(group)
+
+    #: Whether the optimizer's step is one pass of the rule engine, which can keep a
+    #: compensation buffer beside 16-bit parameters (``master_weights='kahan'``).
+    _takes_kahan = False
+
+    def _check_master_weights(self, group: dict[str, Any]) -> None:
+        """``master_weights`` (when the group has it): ``'kahan'``, on a single-pass
+        optimizer without the cautious mask, beside 16-bit parameters."""
+        how = group.get("master_weights")
+        if how is None:
+            return
+        if how in ("remainder", "stochastic", "float32"):
+            raise ValueError(f"master_weights={how!r} is not implemented yet; master_weights takes None or 'kahan'")
+        if how != "kahan":
+            raise ValueError(f"master_weights must be None or 'kahan', got {how!r}")
+        if not self._takes_kahan:
+            raise TypeError(f"{type(self).__name__}'s step is not one element-wise pass: master_weights='kahan' is "
+                            "not one of its options")
+        if group.get("cautious"):
+            raise ValueError("master_weights='kahan' and cautious=True cannot be combined (the mask's count is a "
+                             "pass of its own)")
+        for i, p in enumerate(group.get("params", ())):
+            a = _array_of(p)
+            if not is_half(a.dtype):
+                raise TypeError(f"params[{i}] has dtype {a.dtype}; master_weights='kahan' compensates the rounding "
+                                "of float16 or bfloat16 parameters")
 
     def _check_state_dtype(self, group: dict[str, Any]) -> None:
         """``state_dtype`` (when the group has it): one of :data:`STATE_DTYPES`, on an optimizer
@@ -823,9 +854,11 @@ class Optimizer:
         from, and the group's ``CheckCache`` (the same object for the group's lifetime). Built again only when an option changed (a scheduler's new ``lr``, say);
         ``_step_group`` checks ``values`` itself, inline."""
         name, hyper = self._rule_name(group), self._hyper(group)
+        # (a compensated step takes one buffer more, last: see ``_engine.step``)
+        kahan = ("kahan_comp",) if group.get("master_weights") == "kahan" else ()
         entry = self._rules.get(id(group))
         old = entry if entry is not None and entry[0] is group else None
-        if old is not None and old[2] == (name, hyper):
+        if old is not None and old[2] == (name, hyper, kahan):
             return old
         # (This runs at every step whose options changed, a scheduler's lr at each step: the
         # checks below are C-level maps, not Python loops.)
@@ -842,9 +875,9 @@ class Optimizer:
         frozen = hyper
         if np.ndarray in set(map(type, hyper.values())):
             frozen = {k: float(v) if isinstance(v, np.ndarray) else v for k, v in hyper.items()}
-        names = tuple(counters) + tuple(states)
+        names = tuple(counters) + tuple(states) + kahan
         cache = old[6] if old is not None else self._check_cache(group)
-        entry = self._rules[id(group)] = (group, fast, (name, frozen), rule, names, tuple(counters), cache)
+        entry = self._rules[id(group)] = (group, fast, (name, frozen, kahan), rule, names, tuple(counters), cache)
         return entry
 
     def _step_group(

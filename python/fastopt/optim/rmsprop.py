@@ -36,6 +36,8 @@ class RMSprop(Optimizer):
     array([-0.09999999,  0.09999999])
     """
 
+    _takes_kahan = True
+
     def __init__(
         self,
         params: Iterable[Any],
@@ -50,7 +52,7 @@ class RMSprop(Optimizer):
         foreach: bool | None = None,
         capturable: bool = False,
         differentiable: bool = False,
-        state_dtype: str | None = None,
+        state_dtype: str | None = None, master_weights: str | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -63,7 +65,7 @@ class RMSprop(Optimizer):
         )
         defaults.update(impl_flags(foreach=foreach, capturable=capturable, differentiable=differentiable))
         self._validate_group(defaults)
-        super().__init__(params, defaults, state_dtype=state_dtype)
+        super().__init__(params, defaults, state_dtype=state_dtype, master_weights=master_weights)
 
     _options = ("lr", "eps", "momentum", "weight_decay", "alpha", "centered", "maximize")
 

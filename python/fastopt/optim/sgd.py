@@ -46,6 +46,8 @@ class SGD(Optimizer):
     array([1.9, 1.9])
     """
 
+    _takes_kahan = True
+
     def __init__(
         self,
         params: Iterable[Any],
@@ -59,7 +61,7 @@ class SGD(Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
         differentiable: bool = False,
-        state_dtype: str | None = None,
+        state_dtype: str | None = None, master_weights: str | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -71,7 +73,7 @@ class SGD(Optimizer):
         )
         defaults.update(impl_flags(foreach=foreach, fused=fused, differentiable=differentiable))
         self._validate_group(defaults)
-        super().__init__(params, defaults, state_dtype=state_dtype)
+        super().__init__(params, defaults, state_dtype=state_dtype, master_weights=master_weights)
 
     _options = ("lr", "momentum", "weight_decay", "nesterov", "maximize")
 

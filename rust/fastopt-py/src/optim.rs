@@ -3,6 +3,7 @@
 //! array is checked, then the core runs the step once over all of them with the GIL released.
 
 use crate::arrays::{confirm, core_err, items, remember, run_core, CheckCache, Group, Raw};
+use fastopt_core::optim::engine::KAHAN;
 use fastopt_core::optim::{Config, Storage, Tensor, RULES};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -66,7 +67,9 @@ pub fn rule_names() -> Vec<&'static str> {
 /// One step of ``rule`` over a parameter group, in place.
 ///
 /// ``states`` holds one list per state buffer and ``counters`` one list per float32 counter
-/// (one-element arrays), in the order ``rule.layout()`` gives. ``fresh`` (one flag per
+/// (one-element arrays), in the order ``rule.layout()`` gives; one more state list, last,
+/// makes a single-pass rule's step compensated (Kahan summation: the list holds each
+/// parameter's compensation buffer, ``kahan_comp``). ``fresh`` (one flag per
 /// parameter, or None for all False) says a parameter's state buffers were created for this
 /// step (SGD's first step copies the gradient into its momentum buffer). ``grad_scale``
 /// multiplies every gradient element as it is read (clipping folded into the step). With
@@ -93,11 +96,14 @@ pub fn step<'py>(
     let (state_names, counter_names) = cfg.layout();
     let state_lists = items(states, "states")?;
     let counter_lists = items(counters, "counters")?;
-    if state_lists.len() != state_names.len() || counter_lists.len() != counter_names.len() {
+    // (one list more than the layout's: the compensation buffers of a compensated step)
+    let compensated = state_lists.len() == state_names.len() + 1;
+    if !(state_lists.len() == state_names.len() || compensated) || counter_lists.len() != counter_names.len() {
         let lists: Vec<&str> = state_names.iter().map(|s| s.1).collect();
         return Err(PyValueError::new_err(format!(
-            "{} takes the state lists {lists:?} and the counter lists {counter_names:?}, got {} and {}",
+            "{} takes the state lists {lists:?} (and optionally {:?}) and the counter lists {counter_names:?}, got {} and {}",
             cfg.name(),
+            KAHAN.1,
             state_lists.len(),
             counter_lists.len()
         )));
@@ -119,7 +125,7 @@ pub fn step<'py>(
     let gr = g.like_params(grads, "grads", false)?;
     g.state_dtype_from(&state_lists);
     let mut s = Vec::with_capacity(ns);
-    for (list, name) in state_lists.iter().zip(state_names) {
+    for (list, name) in state_lists.iter().zip(state_names.iter().chain([&KAHAN])) {
         s.push(g.like_params_state(list, name.1)?);
     }
     let mut c = Vec::with_capacity(counter_names.len());

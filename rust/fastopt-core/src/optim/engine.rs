@@ -327,16 +327,63 @@ fn staged<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>,
 /// Checks every tensor against the layout, then builds each tensor's rule with
 /// `make(counters, fresh)` (which updates the counters, e.g. `step += 1`) and runs the pass
 /// over all tensors. Nothing is written when a check fails.
+///
+/// Tensors given one state buffer more than the layout's (every tensor alike) take a
+/// compensated step ([`Kahan`]): the last buffer ([`KAHAN`]) holds what rounding the
+/// parameter to its storage lost, and is added back at the next step.
 pub fn run<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
     mut tensors: Vec<Tensor<'_, P, S>>,
     layout: Layout,
     level: SimdLevel,
-    make: impl FnMut(&mut [&mut f32], bool) -> R,
+    mut make: impl FnMut(&mut [&mut f32], bool) -> R,
 ) -> Result<(), Error> {
-    let total = check::<P, S, R>(&tensors, layout)?;
+    if tensors.first().is_some_and(|t| t.states.len() == layout.0.len() + 1) {
+        // (only converting storage rounds its parameters: the compensated pass is compiled
+        // for 16-bit parameters alone)
+        if !P::CONVERTS {
+            return Err(Error::type_error("a compensated step (a compensation buffer after the state buffers) takes float16 or bfloat16 parameters"));
+        }
+        if R::STATES >= MAX_STATES {
+            return Err(Error::value(format!("a rule with {} state buffers cannot keep a compensation buffer", R::STATES)));
+        }
+        let total = check::<P, S, Kahan<R, P>>(&tensors, layout, Some(KAHAN))?;
+        let (rules, which) = rules_of(&mut tensors, |c, fresh| Kahan { rule: make(c, fresh), storage: std::marker::PhantomData });
+        pass::<P, S, Kahan<R, P>, false>(&mut tensors, &rules, &which, total, level, &mut []);
+        return Ok(());
+    }
+    let total = check::<P, S, R>(&tensors, layout, None)?;
     let (rules, which) = rules_of(&mut tensors, make);
     pass::<P, S, R, false>(&mut tensors, &rules, &which, total, level, &mut []);
     Ok(())
+}
+
+/// The compensation buffer of a compensated step ([`run`]): its key in torch-style state
+/// dicts and its list's name.
+pub const KAHAN: StateName = ("kahan_comp", "kahan_comps");
+
+/// Kahan-compensated storage of the parameter (as the optimi library keeps 16-bit
+/// parameters): the rule's new value `u` from the stored `p`, then with the compensation
+/// `c` (the last state buffer) `y = (u - p) + c`, the stored parameter `t = round(p + y)`
+/// (rounded to `P` here, so storing it is exact) and the new compensation `y - (t - p)`,
+/// what the rounding lost (stored in the state's format). A small step that rounding to 16
+/// bits would drop accumulates in `c` until it moves the parameter.
+#[derive(Clone, Copy, Debug)]
+pub struct Kahan<R, P> {
+    rule: R,
+    storage: std::marker::PhantomData<P>,
+}
+
+impl<P: Storage, R: Rule<P::Arith>> Rule<P::Arith> for Kahan<R, P> {
+    const STATES: usize = R::STATES + 1;
+    const WRITES: u32 = R::WRITES | 1 | (1 << (1 + R::STATES));
+    #[inline(always)]
+    fn update<A: Arith>(&self, p: P::Arith, g: P::Arith, s: &mut [P::Arith; MAX_STATES]) -> P::Arith {
+        let u = self.rule.update::<A>(p, g, s);
+        let y = (u - p) + s[R::STATES];
+        let t = P::store(p + y).load();
+        s[R::STATES] = y - (t - p);
+        t
+    }
 }
 
 /// One tensor's result of a [`sweep`]: its two sums and the rule it took.
@@ -353,7 +400,7 @@ pub fn sweep<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
     level: SimdLevel,
     make: impl FnMut(&mut [&mut f32], bool) -> R,
 ) -> Result<Vec<Swept<R>>, Error> {
-    let total = check::<P, S, R>(tensors, layout)?;
+    let total = check::<P, S, R>(tensors, layout, None)?;
     let (rules, which) = rules_of(tensors, make);
     let counts: Vec<usize> = tensors.iter().map(|t| t.param.len().div_ceil(BLOCK)).collect();
     let mut partials = vec![(0.0, 0.0); counts.iter().sum()];
@@ -451,23 +498,28 @@ pub fn apply<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(tensor
 
 /// The lengths of every tensor's buffers and counters against the layout; the number of
 /// elements in all.
-fn check<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(tensors: &[Tensor<'_, P, S>], (states, counters): Layout) -> Result<usize, Error> {
-    // (the declared layout against the rule: the same for every tensor)
-    let bad_layout = states.len() != R::STATES || counters.len() > MAX_COUNTERS;
+fn check<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
+    tensors: &[Tensor<'_, P, S>],
+    (states, counters): Layout,
+    extra: Option<StateName>,
+) -> Result<usize, Error> {
+    // (the declared layout, and a compensation buffer, against the rule: the same for every tensor)
+    let names: Vec<StateName> = states.iter().copied().chain(extra).collect();
+    let bad_layout = names.len() != R::STATES || counters.len() > MAX_COUNTERS;
     let mut total = 0;
     for (i, t) in tensors.iter().enumerate() {
         let n = t.param.len();
         total += n;
         check_len("grads", i, t.grad.len(), n)?;
-        if bad_layout || t.states.len() != states.len() || t.counters.len() != counters.len() {
-            let lists: Vec<&str> = states.iter().map(|s| s.1).collect();
+        if bad_layout || t.states.len() != names.len() || t.counters.len() != counters.len() {
+            let lists: Vec<&str> = names.iter().map(|s| s.1).collect();
             return Err(Error::value(format!(
                 "params[{i}]: expected the state buffers {lists:?} and the counters {counters:?}, got {} buffers and {} counters",
                 t.states.len(),
                 t.counters.len()
             )));
         }
-        for (s, name) in t.states.iter().zip(states) {
+        for (s, name) in t.states.iter().zip(&names) {
             check_len(name.1, i, s.len(), n)?;
         }
     }

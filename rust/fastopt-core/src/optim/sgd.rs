@@ -194,4 +194,45 @@ mod tests {
         assert!(err.message().contains("momentum_buffer_list"), "{err}");
         assert_eq!(p, vec![1.0; 3]);
     }
+    /// A compensated step (one state buffer more than the layout's: [`crate::optim::engine::Kahan`]):
+    /// bfloat16 parameters and compensation, every level, lengths across several conversion
+    /// tiles, against the formula in float32 with each stored value rounded once; and the
+    /// small steps plain bfloat16 drops reach the parameter.
+    #[test]
+    fn compensated_step_keeps_what_rounding_drops() {
+        use crate::half::Bf16;
+        let r = |x: f32| Bf16::from_f32(x).to_f32();
+        for level in available() {
+            let n = 600;
+            let cfg = SgdConfig { lr: 1e-3, ..SgdConfig::default() };
+            let p0: Vec<f32> = data::<f32>(n, 1).iter().map(|&x| r(1.0 + x)).collect();
+            let g: Vec<Bf16> = data::<f32>(n, 2).iter().map(|&x| Bf16::from_f32(x)).collect();
+            let mut p: Vec<Bf16> = p0.iter().map(|&x| Bf16::from_f32(x)).collect();
+            let mut plain = p.clone();
+            let mut c = vec![Bf16(0); n];
+            let (mut rp, mut rc) = (p0.clone(), vec![0f32; n]);
+            for _ in 0..200 {
+                let mut states: Vec<&mut [Bf16]> = vec![&mut c];
+                let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut [], fresh: false };
+                crate::optim::Config::Sgd(cfg).step_at(vec![t], 1.0, level).unwrap();
+                let t: Tensor<Bf16> = Tensor { param: &mut plain, grad: &g, states: &mut [], counters: &mut [], fresh: false };
+                crate::optim::Config::Sgd(cfg).step_at(vec![t], 1.0, level).unwrap();
+                let fma = level.fused_multiply_add();
+                for i in 0..n {
+                    let u = madd_ref(g[i].to_f32(), -(cfg.lr as f32), rp[i], fma);
+                    let y = (u - rp[i]) + rc[i];
+                    let t = r(rp[i] + y);
+                    rc[i] = r(y - (t - rp[i]));
+                    rp[i] = t;
+                }
+            }
+            assert!(p.iter().zip(&rp).all(|(a, b)| a.to_f32() == *b), "{level:?}");
+            assert!(c.iter().zip(&rc).all(|(a, b)| a.to_f32() == *b), "{level:?}");
+            // 200 steps of at most 2e-4 each: plain bfloat16 (ulp 2**-7 near 1) moves less
+            // than the compensated parameter, which stays within one ulp of the exact path
+            let exact: Vec<f64> = p0.iter().zip(&g).map(|(&x, gi)| x as f64 - 200.0 * 1e-3 * gi.to_f32() as f64).collect();
+            let err = |v: &[Bf16]| v.iter().zip(&exact).map(|(a, e)| (a.to_f32() as f64 - e).abs()).fold(0.0, f64::max);
+            assert!(err(&p) <= 2f64.powi(-7) && err(&plain) > 2.0 * err(&p), "{level:?} {} {}", err(&p), err(&plain));
+        }
+    }
 }
