@@ -136,18 +136,22 @@ def _copy_state(src, src_params, dst, dst_params):
         h.update({k: v for k, v in g.items() if k not in ("params", "state_dtype", "master_weights")})
 
 
-def _check_rounded_replay(name, kwargs, dtype_name, dtype, seed, steps, state=None):
+def _check_rounded_replay(name, kwargs, dtype_name, dtype, seed, steps, state=None, kahan=False):
     """Each step from the second on (the first creates the state: buffers filled with a
     value, Adagrad's and Rprop's, hold it rounded) equals the float32 step from the same
     widened values, with the parameters and every state buffer rounded once; bit for bit,
     except for the two-pass optimizers, whose second pass reads the rounded state (within 2
     units of the last place, relative, of the stored values' scale). ``state``: the
     ``state_dtype`` option as ``(name, dtype)`` (the state buffers are kept and rounded in
-    that dtype instead of the parameters')."""
+    that dtype instead of the parameters'). ``kahan``: with ``master_weights='kahan'``, the
+    parameter is the float32 step ``u`` compensated in float32 (the definition):
+    ``y = (u - p) + c``, the parameter ``t = round(p + y)``, the compensation
+    ``round(y - (t - p))``."""
     params, grads = _problem(dtype, seed=seed, steps=steps)
     ours = [p.copy() for p in params]
     replay = [p.astype(np.float32) for p in params]
-    opt = getattr(fo.optim, name)(ours, **kwargs, **({"state_dtype": state[0]} if state else {}))
+    options = {**({"state_dtype": state[0]} if state else {}), **({"master_weights": "kahan"} if kahan else {})}
+    opt = getattr(fo.optim, name)(ours, **kwargs, **options)
     ref = getattr(fo.optim, name)(replay, **kwargs)
     sdtype = dtype if state is None else state[1]
     # (the last place of the coarser of the two formats, for the two-pass tolerance)
@@ -155,10 +159,18 @@ def _check_rounded_replay(name, kwargs, dtype_name, dtype, seed, steps, state=No
     for t, step in enumerate(grads):
         if t:
             _copy_state(opt, ours, ref, replay)
+        before = [p.astype(np.float32) for p in ours]
+        comp = [opt.state[p]["kahan_comp"].astype(np.float32) for p in ours] if kahan and t else None
         opt.step(grads=step)
         ref.step(grads=[g.astype(np.float32) for g in step])
         if not t:
             continue
+        if kahan:  # (the replay's parameter becomes the compensated one; the rest as without)
+            for i, (p, r, b, c) in enumerate(zip(ours, replay, before, comp)):
+                y = (r - b) + c
+                r[...] = (b + y).astype(dtype)
+                assert opt.state[p]["kahan_comp"].dtype == sdtype
+                assert _same(opt.state[p]["kahan_comp"], (y - (r - b)).astype(sdtype)), f"step {t} comp of param {i}"
         _widen_step(ref, replay, dtype, sdtype)
         for i, (p, r) in enumerate(zip(ours, replay)):
             pairs = [("param", p, r)] + [(k, opt.state[p][k], v) for k, v in ref.state[r].items()
@@ -545,49 +557,18 @@ def test_state_dtype_bad_input(ml_dtypes):
 KAHAN_CONFIGS = [(n, kw) for n, kw in ALL_CONFIGS if getattr(fo.optim, n)._takes_kahan and not kw.get("cautious")]
 
 
-def _check_kahan_replay(name, kwargs, dtype, sdtype, state_dtype=None, steps=4):
-    """Each step from the second on equals, bit for bit, the float32 step ``u`` from the
-    widened parameters and state, compensated in float32 (the definition): ``y = (u - p) + c``,
-    the parameter ``t = round(p + y)``, the compensation ``round(y - (t - p))``, every other
-    state buffer the float32 step's rounded once."""
-    params, grads = _problem(dtype, seed=9, steps=steps)
-    ours = [p.copy() for p in params]
-    replay = [p.astype(np.float32) for p in params]
-    opt = getattr(fo.optim, name)(ours, **kwargs, master_weights="kahan",
-                                  **({"state_dtype": state_dtype} if state_dtype else {}))
-    ref = getattr(fo.optim, name)(replay, **kwargs)
-    for t, step in enumerate(grads):
-        if t:
-            _copy_state(opt, ours, ref, replay)
-        before = [p.astype(np.float32) for p in ours]
-        comp = [opt.state[p]["kahan_comp"].astype(np.float32) for p in ours] if t else [np.zeros_like(b) for b in before]
-        opt.step(grads=step)
-        ref.step(grads=[g.astype(np.float32) for g in step])
-        if not t:
-            continue
-        for i, (p, r, b, c) in enumerate(zip(ours, replay, before, comp)):
-            y = (r - b) + c
-            want = (b + y).astype(dtype).astype(np.float32)
-            assert _same(p, want), f"step {t} param {i} {SHAPES[i]}"
-            assert opt.state[p]["kahan_comp"].dtype == sdtype
-            assert _same(opt.state[p]["kahan_comp"], (y - (want - b)).astype(sdtype)), f"step {t} comp of param {i}"
-            for k, v in ref.state[r].items():
-                if isinstance(v, np.ndarray) and k not in ref._counters:
-                    assert _same(opt.state[p][k], v.astype(sdtype)), f"step {t} {k} of param {i}"
-
-
 @pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
 @pytest.mark.parametrize("name,kwargs", KAHAN_CONFIGS,
                          ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}" for n, kw in KAHAN_CONFIGS])
 def test_kahan_steps_as_the_compensated_float32_step(ml_dtypes, name, kwargs, dtype_name):
-    dtype = _dtypes(ml_dtypes)[dtype_name]
-    _check_kahan_replay(name, kwargs, dtype, dtype)
+    _check_rounded_replay(name, kwargs, dtype_name, _dtypes(ml_dtypes)[dtype_name], seed=9, steps=4, kahan=True)
 
 
 def test_kahan_with_float32_state(ml_dtypes):
     bf = np.dtype(ml_dtypes.bfloat16)
     for name, kwargs in [("Adam", {"lr": 1e-2}), ("SGD", {"lr": 0.1, "momentum": 0.9})]:
-        _check_kahan_replay(name, kwargs, bf, np.dtype(np.float32), state_dtype="float32", steps=6)
+        _check_rounded_replay(name, kwargs, "bfloat16", bf, seed=9, steps=6, state=("float32", np.dtype(np.float32)),
+                              kahan=True)
 
 
 def _noisy_quadratic(dtype, **options):

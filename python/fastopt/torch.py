@@ -81,7 +81,7 @@ def _to_numpy(v: Any) -> Any:
 def _to_torch(v: Any) -> Any:
     """A state value as torch keeps it: arrays as tensors sharing their memory."""
     if isinstance(v, np.ndarray):
-        if is_bfloat16(v.dtype):
+        if is_bfloat16(v.dtype):  # (torch reads no ml_dtypes array: through its bits)
             return torch.from_numpy(v.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(v)
     if isinstance(v, (list, tuple)):

@@ -197,10 +197,10 @@ def _fraction(bytes_moved: float, seconds: float, label: str, probe: dict) -> st
 def _precision_impls(n: int, have_torch: bool) -> tuple[dict, dict]:
     """Adam over ``n`` elements by parameter dtype (state in that dtype, and the
     ``state_dtype`` pairs: bfloat16 state beside float32 parameters, float32 state beside
-    bfloat16 ones; and bfloat16 with ``master_weights='kahan'``): fastopt at 1 and 2 threads and torch's fused kernel where torch has the
-    pair (its only CPU path computing 16-bit steps in float32); bfloat16 only where
-    ml_dtypes is installed. Returns the implementations and each row's bytes read and
-    written per element."""
+    bfloat16 ones; and bfloat16 with ``master_weights='kahan'``): fastopt at 1 and 2
+    threads and torch's fused kernel where torch has the row (its only CPU path computing
+    16-bit steps in float32); bfloat16 only where ml_dtypes is installed. Returns the
+    implementations and each row's bytes read and written per element."""
     import fastopt as fo
 
     dtypes: dict[str, np.dtype] = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16)}

@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from ..parameter import is_bfloat16
-
 __all__ = ["to_torch_state_dict"]
 
 
@@ -23,7 +21,7 @@ def to_torch_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
     """A copy of a fastopt optimizer ``state_dict()`` with every array as a torch tensor (a
     bfloat16 array as a ``torch.bfloat16`` tensor)."""
     try:
-        import torch
+        from ..torch import _to_torch
     except ImportError as e:
         raise ImportError("to_torch_state_dict needs torch (pip install torch)") from e
     if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
@@ -31,9 +29,7 @@ def to_torch_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
 
     def convert(v: Any) -> Any:
         if isinstance(v, np.ndarray):
-            if is_bfloat16(v.dtype):  # (torch reads no ml_dtypes array: through its bits)
-                return torch.from_numpy(np.array(v, copy=True).view(np.int16)).view(torch.bfloat16)
-            return torch.from_numpy(np.array(v, copy=True))
+            return _to_torch(np.array(v, copy=True))
         if isinstance(v, dict):
             return {k: convert(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):

@@ -332,7 +332,7 @@ fn staged<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>,
 /// compensated step ([`Kahan`]): the last buffer ([`KAHAN`]) holds what rounding the
 /// parameter to its storage lost, and is added back at the next step.
 pub fn run<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
-    mut tensors: Vec<Tensor<'_, P, S>>,
+    tensors: Vec<Tensor<'_, P, S>>,
     layout: Layout,
     level: SimdLevel,
     mut make: impl FnMut(&mut [&mut f32], bool) -> R,
@@ -346,12 +346,21 @@ pub fn run<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
         if R::STATES >= MAX_STATES {
             return Err(Error::value(format!("a rule with {} state buffers cannot keep a compensation buffer", R::STATES)));
         }
-        let total = check::<P, S, Kahan<R, P>>(&tensors, layout, Some(KAHAN))?;
-        let (rules, which) = rules_of(&mut tensors, |c, fresh| Kahan { rule: make(c, fresh), storage: std::marker::PhantomData });
-        pass::<P, S, Kahan<R, P>, false>(&mut tensors, &rules, &which, total, level, &mut []);
-        return Ok(());
+        let kahan = |c: &mut [&mut f32], fresh| Kahan::<R, P> { rule: make(c, fresh), storage: std::marker::PhantomData };
+        return run_checked(tensors, layout, Some(KAHAN), level, kahan);
     }
-    let total = check::<P, S, R>(&tensors, layout, None)?;
+    run_checked(tensors, layout, None, level, make)
+}
+
+/// [`run`]'s pass: the checks (the layout's buffers and `extra`), each tensor's rule, the pass.
+fn run_checked<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
+    mut tensors: Vec<Tensor<'_, P, S>>,
+    layout: Layout,
+    extra: Option<StateName>,
+    level: SimdLevel,
+    make: impl FnMut(&mut [&mut f32], bool) -> R,
+) -> Result<(), Error> {
+    let total = check::<P, S, R>(&tensors, layout, extra)?;
     let (rules, which) = rules_of(&mut tensors, make);
     pass::<P, S, R, false>(&mut tensors, &rules, &which, total, level, &mut []);
     Ok(())
