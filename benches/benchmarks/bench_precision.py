@@ -61,3 +61,26 @@ class Adam(_Step):
 class SGDMomentum(_Step):
     optimizer = "SGD"
     kwargs = {"lr": 1e-4, "momentum": 0.9}
+
+
+class AdamMasterWeights:
+    """Adam over bfloat16 parameters by ``master_weights`` (None, ``'kahan'``: a bfloat16
+    compensation buffer, ``'remainder'``: the int16 low bits of a float32 master; 14, 18 and
+    18 bytes per element), beside the float32 step (28 bytes): fastopt only, as no peer has
+    these on the CPU."""
+
+    params = (SIZES, [1, 2], ["float32", "bfloat16", "bfloat16-kahan", "bfloat16-remainder"])
+    param_names = ["n", "threads", "precision"]
+    timeout = 300
+
+    def setup(self, n, threads, precision):
+        set_threads(threads)
+        rng = np.random.default_rng(0)
+        dtype, _, master = precision.partition("-")
+        p = fo.Parameter(rng.standard_normal(n, dtype=np.float32).astype(_numpy_dtype(dtype)))
+        p.grad = rng.standard_normal(n, dtype=np.float32).astype(p.data.dtype)
+        self.step = fo.optim.Adam([p], lr=1e-4, master_weights=master or None).step
+        warm_up(self.step)
+
+    def time_step(self, n, threads, precision):
+        self.step()

@@ -33,6 +33,7 @@ def step(
     grad_scale: float = 1.0,
     check_only: bool = False,
     cache: CheckCache | None = None,
+    low_bits: Sequence[np.ndarray] | None = None,
 ) -> tuple[float, float] | None: ...
 def adafactor_step(
     params: Sequence[np.ndarray],

@@ -122,10 +122,14 @@ DOCS: dict[str, str] = {
                    "float32, float16 or bfloat16 parameters) or ``'bfloat16'`` (beside float32 or bfloat16 parameters; "
                    "needs ml_dtypes imported); the update is computed in float32 and each stored value rounded once; "
                    "kept in the param groups only when set",
-    "master_weights": "how float16/bfloat16 parameters keep what rounding drops: None (nothing, as torch) or "
+    "master_weights": "how float16/bfloat16 parameters keep what rounding drops: None (nothing, as torch), "
                       "``'kahan'`` (a compensation buffer ``kahan_comp`` in the state's dtype: the step computes "
                       "``y = (u - p) + c``, stores ``t = round(p + y)`` and keeps ``c = y - (t - p)``, as the optimi "
-                      "library's Kahan summation); kept in the param groups only when set",
+                      "library's Kahan summation) or ``'remainder'`` (bfloat16 parameters: an int16 buffer "
+                      "``master_low_bits`` holds the low 16 bits of a float32 master, ``master = (p_bits << 16) + "
+                      "low``; the step updates the master exactly as a float32 parameter and stores it split again, "
+                      "the parameter being the master rounded to nearest, ties away from zero; 2 bytes per element); "
+                      "kept in the param groups only when set",
     "foreach": "accepted for compatibility with torch (fastopt always runs one fused kernel)",
     "fused": "accepted for compatibility with torch (fastopt always runs one fused kernel)",
     "capturable": "torch's CUDA-graph option: only False is supported",

@@ -130,6 +130,15 @@ def check_impl_flags(group: dict[str, Any]) -> None:
 #: The values of the ``state_dtype`` option besides None (the parameters' dtype, torch's).
 STATE_DTYPES = ("float32", "bfloat16")
 
+#: The values of the ``master_weights`` option besides None.
+MASTER_WEIGHTS = ("kahan", "remainder")
+#: The state key of the low 16 bits of a float32 master beside a bfloat16 parameter
+#: (``master_weights='remainder'``): ``master = (param_bits << 16) + low_bits`` as int16.
+LOW_BITS = "master_low_bits"
+_LOW_DTYPE = np.dtype(np.int16)
+#: The state buffer each ``master_weights`` scheme keeps beside the rule's own, last.
+_MASTER_BUFFERS: dict[Any, tuple[str, ...]] = {"kahan": ("kahan_comp",), "remainder": (LOW_BITS,)}
+
 
 def _keeps_state_in(dtype: np.dtype, name: str) -> bool:
     """Whether parameters of ``dtype`` can keep their state in ``state_dtype=name`` (the
@@ -150,6 +159,11 @@ def _load_value(p: Any, key: str, value: Any, counter: bool, dtype: np.dtype | N
         return np.array(as_numpy(value), dtype=np.float32, copy=True).reshape(())
     if isinstance(value, np.ndarray) or hasattr(value, "__array__"):
         arr = as_numpy(value)
+        if key == LOW_BITS:
+            if arr.dtype != _LOW_DTYPE:
+                raise TypeError(f"state {key!r} (the low bits of float32 masters) must be an int16 array, got dtype "
+                                f"{arr.dtype}")
+            return np.array(arr, order="C", copy=True)
         if arr.dtype.kind == "f" or is_bfloat16(arr.dtype):
             return np.array(arr, dtype=_array_of(p).dtype if dtype is None else dtype, order="C", copy=True)
         return arr.copy()
@@ -474,30 +488,35 @@ class Optimizer:
         self._check_master_weights(group)
 
     #: Whether the optimizer's step is one pass of the rule engine, which can keep a
-    #: compensation buffer beside 16-bit parameters (``master_weights='kahan'``).
+    #: compensation buffer or a master's low bits beside 16-bit parameters (``master_weights``).
     _takes_kahan = False
 
     def _check_master_weights(self, group: dict[str, Any]) -> None:
-        """``master_weights`` (when the group has it): ``'kahan'``, on a single-pass
-        optimizer without the cautious mask, beside 16-bit parameters."""
+        """``master_weights`` (when the group has it): ``'kahan'`` (beside float16/bfloat16
+        parameters) or ``'remainder'`` (beside bfloat16 ones), on a single-pass optimizer
+        without the cautious mask."""
         how = group.get("master_weights")
         if how is None:
             return
-        if how in ("remainder", "stochastic", "float32"):
-            raise ValueError(f"master_weights={how!r} is not implemented yet; master_weights takes None or 'kahan'")
-        if how != "kahan":
-            raise ValueError(f"master_weights must be None or 'kahan', got {how!r}")
+        if how in ("stochastic", "float32"):
+            raise ValueError(f"master_weights={how!r} is not implemented yet; master_weights takes None, 'kahan' or "
+                             "'remainder'")
+        if how not in MASTER_WEIGHTS:
+            raise ValueError(f"master_weights must be None, 'kahan' or 'remainder', got {how!r}")
         if not self._takes_kahan:
-            raise TypeError(f"{type(self).__name__}'s step is not one element-wise pass: master_weights='kahan' is "
+            raise TypeError(f"{type(self).__name__}'s step is not one element-wise pass: master_weights={how!r} is "
                             "not one of its options")
         if group.get("cautious"):
-            raise ValueError("master_weights='kahan' and cautious=True cannot be combined (the mask's count is a "
+            raise ValueError(f"master_weights={how!r} and cautious=True cannot be combined (the mask's count is a "
                              "pass of its own)")
         for i, p in enumerate(group.get("params", ())):
             a = _array_of(p)
-            if not is_half(a.dtype):
+            if how == "kahan" and not is_half(a.dtype):
                 raise TypeError(f"params[{i}] has dtype {a.dtype}; master_weights='kahan' compensates the rounding "
                                 "of float16 or bfloat16 parameters")
+            if how == "remainder" and not is_bfloat16(a.dtype):
+                raise TypeError(f"params[{i}] has dtype {a.dtype}; master_weights='remainder' keeps the low 16 bits "
+                                "of a float32 master beside a bfloat16 parameter (its high half)")
 
     def _check_state_dtype(self, group: dict[str, Any]) -> None:
         """``state_dtype`` (when the group has it): one of :data:`STATE_DTYPES`, on an optimizer
@@ -855,7 +874,7 @@ class Optimizer:
         ``_step_group`` checks ``values`` itself, inline."""
         name, hyper = self._rule_name(group), self._hyper(group)
         # (a compensated step takes one buffer more, last: see ``_engine.step``)
-        kahan = ("kahan_comp",) if group.get("master_weights") == "kahan" else ()
+        kahan = _MASTER_BUFFERS.get(group.get("master_weights"), ())
         entry = self._rules.get(id(group))
         old = entry if entry is not None and entry[0] is group else None
         if old is not None and old[2] == (name, hyper, kahan):
@@ -904,7 +923,11 @@ class Optimizer:
             new = {id(b) for _, _, b in created}
             fresh = [id(b) in new for b in bufs[k]]
         # (the compiled call directly: this runs once per group and step)
-        _engine._kernels.step(rule, arrays, grads, bufs[k:], bufs[:k], fresh, grad_scale, check_only, cache)
+        if names and names[-1] is LOW_BITS:  # (the masters' low bits: a list of their own, last)
+            _engine._kernels.step(rule, arrays, grads, bufs[k:-1], bufs[:k], fresh, grad_scale, check_only, cache,
+                                  bufs[-1])
+        else:
+            _engine._kernels.step(rule, arrays, grads, bufs[k:], bufs[:k], fresh, grad_scale, check_only, cache)
         if created and not check_only:
             self._commit(created)
 
@@ -957,7 +980,7 @@ class Optimizer:
                         b = np.full((), (fill or {}).get(name, 0.0), np.float32)
                     else:
                         b = self._state_array(p, name, a, fill[name] if fill and name in fill else 0.0,
-                                              self._state_dtype(group, a))
+                                              _LOW_DTYPE if name is LOW_BITS else self._state_dtype(group, a))
                     created.append((p, name, b))
                 out[k].append(b)
         self._pending = created
@@ -1117,6 +1140,8 @@ class Optimizer:
                 if v.shape != a.shape:
                     raise ValueError(f"state[{k}][{key!r}] has shape {v.shape} but its parameter has shape {a.shape}")
                 want = a.dtype if dtypes is None else dtypes[id(p)]
+                if key == LOW_BITS:
+                    want = _LOW_DTYPE
                 if v.dtype != want:
                     whose = "its parameter has" if want == a.dtype else "its group's state_dtype is"
                     raise ValueError(f"state[{k}][{key!r}] has dtype {v.dtype} but {whose} dtype {want}")

@@ -430,6 +430,38 @@ impl<'py> Group<'py> {
         Ok(raws)
     }
 
+    /// Checks a list of int16 arrays shaped like `params` (written): the low bits of float32
+    /// masters beside bfloat16 parameters.
+    pub fn low_bits(&mut self, obj: &Bound<'py, PyAny>, name: &'static str) -> PyResult<Vec<Raw>> {
+        if self.dtype != Dtype::BF16 {
+            return Err(PyTypeError::new_err(format!(
+                "{name} (the low bits of float32 masters, master_weights='remainder') are kept beside bfloat16 parameters only, \
+                 but the parameters are {}",
+                self.dtype.name()
+            )));
+        }
+        let list = self.per_param(obj, name)?;
+        let mut raws = Vec::with_capacity(list.len());
+        for (i, o) in list.into_iter().enumerate() {
+            let label = Label { name, index: i };
+            let arr = into_array(o, label)?;
+            if !arr.dtype().is_equiv_to(&numpy::dtype::<i16>(arr.py())) {
+                return Err(PyTypeError::new_err(format!("{label} has dtype {} but must be int16", arr.dtype())));
+            }
+            let want = self.params[i].shape();
+            if !same_shape(arr.shape(), want) {
+                return Err(PyValueError::new_err(format!(
+                    "{label} has shape {} but params[{i}] has shape {}",
+                    shape_str(arr.shape()),
+                    shape_str(want)
+                )));
+            }
+            raws.push(self.check_layout(&arr, label, 2, true)?);
+            self.owners.push(arr);
+        }
+        Ok(raws)
+    }
+
     /// Like [`Group::like_params`] for a list the kernel needs only with some option
     /// (`required`); otherwise the list is ignored, as torch ignores it.
     pub fn optional_like_params(

@@ -76,9 +76,13 @@ pub fn rule_names() -> Vec<&'static str> {
 /// ``check_only`` every argument is checked and nothing is written. ``cache``: the group's
 /// ``CheckCache``, so a step over the same arrays confirms them instead of checking again.
 /// Returns None, or for a rule whose pass sums over the group (``prodigy_stats``) the two
-/// float64 sums. Positional: keyword parsing would cost more than checking a tensor.
+/// float64 sums. ``low_bits`` (bfloat16 parameters only): one int16 array per parameter, the
+/// low 16 bits of its float32 master (``master_weights='remainder'``): the step updates the
+/// master, exactly as a float32 parameter, and stores it back split into the parameter (the
+/// master rounded to nearest, ties away from zero) and these bits. Positional: keyword
+/// parsing would cost more than checking a tensor.
 #[pyfunction]
-#[pyo3(signature = (rule, params, grads, states, counters, fresh=None, grad_scale=1.0, check_only=false, cache=None))]
+#[pyo3(signature = (rule, params, grads, states, counters, fresh=None, grad_scale=1.0, check_only=false, cache=None, low_bits=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn step<'py>(
     py: Python<'py>,
@@ -91,6 +95,7 @@ pub fn step<'py>(
     grad_scale: f64,
     check_only: bool,
     cache: Option<&Bound<'py, CheckCache>>,
+    low_bits: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Option<(f64, f64)>> {
     let cfg = rule.get().cfg;
     let (state_names, counter_names) = cfg.layout();
@@ -110,15 +115,18 @@ pub fn step<'py>(
     }
     let fresh = fresh.unwrap_or_default();
     let ns = state_lists.len();
-    let stable: Vec<&Bound<'py, PyAny>> = std::iter::once(params).chain(&state_lists).chain(&counter_lists).collect();
+    let stable: Vec<&Bound<'py, PyAny>> =
+        std::iter::once(params).chain(&state_lists).chain(&counter_lists).chain(low_bits).collect();
     let mut guard = CheckCache::lock(cache);
     if let Some(c) = confirm(&guard, &stable, grads)? {
         if fresh.is_empty() || fresh.len() == c.grads.len() {
             if check_only {
                 return Ok(None);
             }
-            let (s, k) = c.stable[1..].split_at(ns);
-            return CheckCache::count(cache, by_storage!(c.dtype, c.sdtype, run(py, &cfg, &c.stable[0], &c.grads, s, k, &fresh, grad_scale)));
+            let (s, rest) = c.stable[1..].split_at(ns);
+            let (k, low) = rest.split_at(counter_lists.len());
+            let low = low.first().map(|l| &l[..]).unwrap_or_default();
+            return CheckCache::count(cache, by_storage!(c.dtype, c.sdtype, run(py, &cfg, &c.stable[0], &c.grads, s, k, low, &fresh, grad_scale)));
         }
     }
     let (mut g, p) = Group::new(params)?;
@@ -132,6 +140,10 @@ pub fn step<'py>(
     for (list, &name) in counter_lists.iter().zip(counter_names) {
         c.push(g.steps(list, if name == "step" { "state_steps" } else { name })?);
     }
+    let low = match low_bits {
+        Some(list) => g.low_bits(list, "low_bits")?,
+        None => vec![],
+    };
     if !fresh.is_empty() && fresh.len() != g.len() {
         return Err(PyValueError::new_err(format!("fresh has {} flags but params has {}", fresh.len(), g.len())));
     }
@@ -140,7 +152,7 @@ pub fn step<'py>(
     if check_only {
         return Ok(None);
     }
-    CheckCache::count(cache, by_storage!(g.dtype, g.sdtype, run(py, &cfg, &p, &gr, &s, &c, &fresh, grad_scale)))
+    CheckCache::count(cache, by_storage!(g.dtype, g.sdtype, run(py, &cfg, &p, &gr, &s, &c, &low, &fresh, grad_scale)))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -151,6 +163,7 @@ fn run<P: Storage, S: Storage<Arith = P::Arith>>(
     gr: &[Raw],
     s: &[Vec<Raw>],
     c: &[Vec<Raw>],
+    low: &[Raw],
     fresh: &[bool],
     grad_scale: f64,
 ) -> PyResult<Option<(f64, f64)>> {
@@ -161,6 +174,8 @@ fn run<P: Storage, S: Storage<Arith = P::Arith>>(
     // dtypes; counters: float32, one element), that every array is C-contiguous and aligned,
     // that written arrays are writeable and that no written array overlaps any other array
     // of this call; the caller's `Group` keeps every array alive until this function returns.
+    // `low`, when given, holds one int16 array per parameter of its shape (`Group::low_bits`),
+    // read as u16 (the same size and alignment).
     let mut states: Vec<&mut [S]> = Vec::with_capacity(n * s.len());
     let mut counters: Vec<&mut f32> = Vec::with_capacity(n * c.len());
     for i in 0..n {
@@ -175,7 +190,12 @@ fn run<P: Storage, S: Storage<Arith = P::Arith>>(
         (s_rest, c_rest) = (sr, cr);
         // SAFETY: as above.
         let (param, grad) = unsafe { (p[i].slice_mut(), gr[i].slice()) };
-        tensors.push(Tensor { param, grad, states: ts, counters: tc, fresh: fresh.get(i).copied().unwrap_or(false) });
+        // SAFETY: as above.
+        let low_bits: &mut [u16] = match low.get(i) {
+            Some(l) => unsafe { l.slice_mut() },
+            None => &mut [],
+        };
+        tensors.push(Tensor { param, grad, states: ts, counters: tc, low_bits, fresh: fresh.get(i).copied().unwrap_or(false) });
     }
     run_core(py, move || cfg.step(tensors, grad_scale).map(|sums| sums.0))
 }

@@ -58,6 +58,17 @@ pub trait Storage: Copy + Send + Sync + 'static {
             *d = Self::store(v);
         }
     }
+    /// Whether a parameter stored in this format may keep the low bits of a float32 master
+    /// beside it ([`Tensor::low_bits`]: bfloat16 only, the high half of a float32).
+    const SPLITS: bool = false;
+    /// The float32 masters of a tile: each loaded value (the stored high half) plus its low
+    /// bits. Called only where [`Storage::SPLITS`].
+    #[inline(always)]
+    fn join_low(_tile: &mut [Self::Arith], _low: &[u16]) {}
+    /// The inverse of [`Storage::join_low`]: each master of the tile split into the value to
+    /// store (exactly representable, so storing it is exact) and its low bits.
+    #[inline(always)]
+    fn split_low(_tile: &mut [Self::Arith], _low: &mut [u16]) {}
 }
 
 /// Storage that is its own arithmetic type: load and store are the identity.
@@ -83,7 +94,7 @@ identity_storage!(f32, f64);
 /// 16-bit storage computed in float32, one rounding (to nearest even) per stored value,
 /// converted in bulk by [`crate::half`]'s slice functions.
 macro_rules! half_storage {
-    ($($t:ty => $widen:ident, $narrow:ident);*) => {$(
+    ($($t:ty => $widen:ident, $narrow:ident, $splits:expr);*) => {$(
         impl Storage for $t {
             type Arith = f32;
             #[inline(always)]
@@ -102,11 +113,44 @@ macro_rules! half_storage {
             fn store_all<A: Arith>(src: &[f32], dst: &mut [$t]) {
                 crate::half::$narrow(src, dst, A::X86)
             }
+            const SPLITS: bool = $splits;
+            #[inline(always)]
+            fn join_low(tile: &mut [f32], low: &[u16]) {
+                for (t, &l) in tile.iter_mut().zip(low) {
+                    *t = f32::from_bits(join_master((t.to_bits() >> 16) as u16, l));
+                }
+            }
+            #[inline(always)]
+            fn split_low(tile: &mut [f32], low: &mut [u16]) {
+                for (t, l) in tile.iter_mut().zip(low) {
+                    let (high, rest) = split_master(t.to_bits());
+                    *t = f32::from_bits((high as u32) << 16);
+                    *l = rest;
+                }
+            }
         }
     )*};
 }
 
-half_storage!(crate::half::Bf16 => widen_bf16, narrow_bf16; crate::half::F16 => widen_f16, narrow_f16);
+half_storage!(crate::half::Bf16 => widen_bf16, narrow_bf16, true; crate::half::F16 => widen_f16, narrow_f16, false);
+
+/// A float32 master kept as a bfloat16 parameter (its high half, rounded) and 16 low bits:
+/// `master = (high << 16) + low` in two's complement (`low` as an int16), exactly. The high
+/// half is the master rounded to the nearest bfloat16, ties (low half exactly 0x8000) away
+/// from zero: `high = (bits + 0x8000) >> 16`, which leaves `low` in `-0x8000..=0x7fff`. (Round
+/// to nearest even cannot be used: at a tie `low` would be +0x8000 for an odd high half.) A
+/// NaN master keeps its sign as bfloat16's quiet NaN, with low bits 0.
+pub fn split_master(bits: u32) -> (u16, u16) {
+    let nan = bits & 0x7fff_ffff > 0x7f80_0000;
+    let high = if nan { (bits >> 16) | 0x0040 } else { bits.wrapping_add(0x8000) >> 16 };
+    let low = if nan { 0 } else { bits.wrapping_sub(high << 16) as u16 };
+    (high as u16, low)
+}
+
+/// The float32 master of [`split_master`]'s halves.
+pub fn join_master(high: u16, low: u16) -> u32 {
+    ((high as u32) << 16).wrapping_add(low as i16 as i32 as u32)
+}
 
 /// A state buffer's key in torch's `state` dict and the name of its list in the functional
 /// API (which error messages use).
@@ -150,6 +194,10 @@ pub struct Tensor<'a, P, S = P> {
     pub grad: &'a [P],
     pub states: &'a mut [&'a mut [S]],
     pub counters: &'a mut [&'a mut f32],
+    /// The low 16 bits of each element's float32 master beside a bfloat16 parameter
+    /// ([`split_master`]: `master_weights='remainder'`), or empty. With them the rule sees
+    /// the master, exactly, and the pass stores its new value split in two.
+    pub low_bits: &'a mut [u16],
     pub fresh: bool,
 }
 
@@ -159,6 +207,7 @@ struct Chunk<'a, P, S, R, const SUMS: bool> {
     p: &'a mut [P],
     g: &'a [P],
     s: [&'a mut [S]; MAX_STATES],
+    low: &'a mut [u16],
     out: &'a mut [(f64, f64)],
     rule: &'a R,
 }
@@ -189,9 +238,10 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bo
         let (o0, o1) = self.out.split_at_mut(blocks);
         let [a, b, c, d] = self.s;
         let ((a0, a1), (b0, b1), (c0, c1), (d0, d1)) = (cut(a, mid), cut(b, mid), cut(c, mid), cut(d, mid));
+        let (l0, l1) = cut(self.low, mid);
         (
-            Chunk { p: p0, g: g0, s: [a0, b0, c0, d0], out: o0, rule: self.rule },
-            Chunk { p: p1, g: g1, s: [a1, b1, c1, d1], out: o1, rule: self.rule },
+            Chunk { p: p0, g: g0, s: [a0, b0, c0, d0], low: l0, out: o0, rule: self.rule },
+            Chunk { p: p1, g: g1, s: [a1, b1, c1, d1], low: l1, out: o1, rule: self.rule },
         )
     }
 }
@@ -199,9 +249,9 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bo
 impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bool> SimdKernel for Chunk<'_, P, S, R, SUMS> {
     #[inline(always)]
     fn run<A: Arith>(self) {
-        let Chunk { p, g, s: [a, b, c, d], out, rule } = self;
+        let Chunk { p, g, s: [a, b, c, d], low, out, rule } = self;
         if !SUMS {
-            body::<P, S, A, R, false>(p, g, [a, b, c, d], rule, (&mut [], &mut []));
+            body::<P, S, A, R, false>(p, g, [a, b, c, d], low, rule, (&mut [], &mut []));
             return;
         }
         // Block by block: the update, with the values to sum into two block-sized scratch
@@ -211,18 +261,19 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bo
         // (the second buffer only for a rule that sums two values)
         let width = BLOCK.min(p.len());
         let mut sq = (vec![zero; width], vec![zero; if R::SUMMED > 1 { width } else { 0 }]);
-        let (mut p, mut g, mut s) = (p, g, [a, b, c, d]);
+        let (mut p, mut g, mut s, mut low) = (p, g, [a, b, c, d], low);
         for slot in out.iter_mut() {
             let n = BLOCK.min(p.len());
             let (p0, p1) = std::mem::take(&mut p).split_at_mut(n);
             let (g0, g1) = g.split_at(n);
             let [a, b, c, d] = s;
             let ((a0, a1), (b0, b1), (c0, c1), (d0, d1)) = (cut(a, n), cut(b, n), cut(c, n), cut(d, n));
+            let (l0, l1) = cut(std::mem::take(&mut low), n);
             let (x, y) = (&mut sq.0[..n], &mut sq.1[..if R::SUMMED > 1 { n } else { 0 }]);
-            body::<P, S, A, R, true>(p0, g0, [a0, b0, c0, d0], rule, (&mut *x, &mut *y));
+            body::<P, S, A, R, true>(p0, g0, [a0, b0, c0, d0], l0, rule, (&mut *x, &mut *y));
             let total = |v: &[P::Arith]| if R::SQUARED { dot_f64(v, v) } else { sum_f64(v) };
             *slot = (total(x), if R::SUMMED > 1 { total(y) } else { 0.0 });
-            (p, g, s) = (p1, g1, [a1, b1, c1, d1]);
+            (p, g, s, low) = (p1, g1, [a1, b1, c1, d1], l1);
         }
     }
 }
@@ -234,11 +285,12 @@ fn body<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>, c
     p: &mut [P],
     g: &[P],
     [s0, s1, s2, s3]: [&mut [S]; MAX_STATES],
+    low: &mut [u16],
     rule: &R,
     (x, y): (&mut [P::Arith], &mut [P::Arith]),
 ) {
     if P::CONVERTS || S::CONVERTS {
-        return staged::<P, S, A, R, SUMS>(p, g, [s0, s1, s2, s3], rule, (x, y));
+        return staged::<P, S, A, R, SUMS>(p, g, [s0, s1, s2, s3], low, rule, (x, y));
     }
     let n = p.len();
     let g = &g[..n];
@@ -278,15 +330,18 @@ const TILE: usize = 256;
 /// [`body`] over converting storage: tile by tile, loads the parameters, gradients and
 /// used state into arithmetic-type buffers, runs [`body`] on them, and stores back the
 /// buffers the rule writes. The same values are loaded, computed and rounded once, as in
-/// one loop.
+/// one loop. With `low` (the parameters' low bits, [`Tensor::low_bits`]) the parameters'
+/// tile holds their float32 masters, joined after loading and split before storing.
 #[inline(always)]
 fn staged<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>, const SUMS: bool>(
     p: &mut [P],
     g: &[P],
     mut s: [&mut [S]; MAX_STATES],
+    low: &mut [u16],
     rule: &R,
     (x, y): (&mut [P::Arith], &mut [P::Arith]),
 ) {
+    let masters = P::SPLITS && !low.is_empty();
     let zero = <P::Arith as Float>::ZERO;
     let (mut tp, mut tg) = ([zero; TILE], [zero; TILE]);
     let mut ts = [[zero; TILE]; MAX_STATES];
@@ -297,6 +352,9 @@ fn staged<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>,
         let end = (start + TILE).min(n);
         let m = end - start;
         P::load_all::<A>(&p[start..end], &mut tp[..m]);
+        if masters {
+            P::join_low(&mut tp[..m], &low[start..end]);
+        }
         P::load_all::<A>(&g[start..end], &mut tg[..m]);
         for (src, dst) in s.iter().zip(ts.iter_mut()).take(R::STATES) {
             S::load_all::<A>(&src[start..end], &mut dst[..m]);
@@ -311,8 +369,11 @@ fn staged<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>,
             (true, true) => (&mut x[start..end], &mut y[start..end]),
         };
         let states = [used(t0, 0, R::STATES, m), used(t1, 1, R::STATES, m), used(t2, 2, R::STATES, m), used(t3, 3, R::STATES, m)];
-        body::<P::Arith, P::Arith, A, R, SUMS>(&mut tp[..m], &tg[..m], states, rule, sums);
+        body::<P::Arith, P::Arith, A, R, SUMS>(&mut tp[..m], &tg[..m], states, &mut [], rule, sums);
         if w(0) {
+            if masters {
+                P::split_low(&mut tp[..m], &mut low[start..end]);
+            }
             P::store_all::<A>(&tp[..m], &mut p[start..end]);
         }
         for (k, (src, dst)) in ts.iter().zip(s.iter_mut()).enumerate().take(R::STATES) {
@@ -531,6 +592,15 @@ fn check<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
         for (s, name) in t.states.iter().zip(&names) {
             check_len(name.1, i, s.len(), n)?;
         }
+        if !t.low_bits.is_empty() {
+            if !P::SPLITS {
+                return Err(Error::type_error(format!("params[{i}]: low bits of a float32 master (master_weights='remainder') are kept beside bfloat16 parameters only")));
+            }
+            if extra.is_some() {
+                return Err(Error::value(format!("params[{i}]: a compensated step cannot also keep the low bits of a float32 master")));
+            }
+            check_len("low_bits", i, t.low_bits.len(), n)?;
+        }
     }
     Ok(total)
 }
@@ -591,7 +661,7 @@ fn pass<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS:
         let blocks = if SUMS { t.param.len().div_ceil(BLOCK) } else { 0 };
         let (out, tail) = std::mem::take(&mut rest).split_at_mut(blocks);
         rest = tail;
-        Chunk::<P, S, R, SUMS> { p: &mut *t.param, g: t.grad, s, out, rule: &rules[k] }
+        Chunk::<P, S, R, SUMS> { p: &mut *t.param, g: t.grad, s, low: &mut *t.low_bits, out, rule: &rules[k] }
     });
     parallel::for_each_of(total, chunks, |c| simd::dispatch_at(level, c));
 }
@@ -760,6 +830,35 @@ mod tests {
     const LAYOUT: Layout = (&[("a", "a_list"), ("b", "b_list")], &["step"]);
 
     #[test]
+    fn a_master_splits_into_its_nearest_bfloat16_and_joins_back_exactly() {
+        let mut s = 0x9E37_79B9_7F4A_7C15u64;
+        let mut patterns: Vec<u32> = vec![0, 0x8000_0000, 0x0000_8000, 0x0001_8000, 0x8001_8000, 0x7f7f_8000, 0x7f7f_7fff, 0x7f80_0000, 0xff80_0000, 0x7fc0_0001, 0xffff_ffff, 0x7f80_0001];
+        for _ in 0..200_000 {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            patterns.push(s as u32);
+        }
+        for &bits in &patterns {
+            let (high, low) = split_master(bits);
+            let x = f32::from_bits(bits);
+            let view = f32::from_bits((high as u32) << 16);
+            if x.is_nan() {
+                assert!(view.is_nan() && low == 0 && (view.to_bits() ^ bits) >> 31 == 0, "{bits:#x}");
+                continue;
+            }
+            assert_eq!(join_master(high, low), bits, "{bits:#x}");
+            // the nearest bfloat16 (ties away from zero), the float32 value rounded as a number
+            let (down, up) = (bits & 0xffff_0000, (bits & 0xffff_0000).wrapping_add(0x1_0000));
+            let want = if bits & 0xffff >= 0x8000 { up } else { down };
+            assert_eq!((high as u32) << 16, want, "{bits:#x}");
+            if bits & 0xffff != 0x8000 {
+                assert_eq!(view.to_bits(), crate::half::Bf16::from_f32(x).to_f32().to_bits(), "round to nearest {bits:#x}");
+            }
+        }
+    }
+
+    #[test]
     fn a_sweep_writes_only_what_the_rule_declares_and_sums_the_same_at_any_thread_count() {
         let _g = crate::test_util::global();
         let sizes = [9 * BLOCK + 5, 3, 0]; // (above parallel::SERIAL_BELOW: split across threads)
@@ -778,7 +877,7 @@ mod tests {
                 .zip(&gs)
                 .zip(states.iter_mut())
                 .zip(counters.iter_mut())
-                .map(|(((p, g), s), c)| Tensor { param: &mut p[..], grad: &g[..], states: &mut s[..], counters: &mut c[..], fresh: false })
+                .map(|(((p, g), s), c)| Tensor { param: &mut p[..], grad: &g[..], states: &mut s[..], counters: &mut c[..], low_bits: &mut [], fresh: false })
                 .collect();
             let sums: Vec<(f64, f64)> = sweep(&mut tensors, LAYOUT, simd::level(), |c, _| {
                 next_step(c);
