@@ -132,3 +132,50 @@ def test_the_gallery_shows_each_surface_with_its_caption():
     for key, surface in demo.SURFACES.items():
         assert surface.caption in page, key
         assert (root / "docs" / "gallery" / f"paths_{key}.png").exists()
+
+
+def test_precision_option_trains_from_the_stored_weights(tmp_path, capsys):
+    """``--precision``: each optimizer at each precision; bfloat16 weights (ml_dtypes) are
+    what the optimizer steps, the model computes from them widened; the master-weight
+    options keep the run closer to float32 than plain bfloat16 (Adam, 30 epochs)."""
+    from conftest import oracle
+
+    ml_dtypes = oracle("ml_dtypes", "the bfloat16 demo")
+    cfg = demo.DemoConfig(epochs=30)
+    x_train, y_train, x_test, y_test, _ = demo.prepare_data(cfg)
+    splits = (x_train, y_train, x_test, y_test)
+    runs = {p: demo.train("Adam", cfg, splits, precision=p) for p in demo.PRECISIONS}
+    assert demo.train("Adam", cfg, splits).train_curve == runs["float32"].train_curve  # (float32: as before)
+    for p, r in runs.items():
+        assert r.precision == p and r.train_curve[-1] < 0.5 * r.train_curve[0], (p, r.train_curve)
+        weights = [np.asarray(q.data) for q in r.model.parameters()]
+        if p != "float32":  # the model's float32 weights are bfloat16 values
+            assert all(np.array_equal(w, w.astype(ml_dtypes.bfloat16).astype(np.float32)) for w in weights)
+    gap = {p: abs(runs[p].train_loss - runs["float32"].train_loss) for p in runs}
+    assert gap["bfloat16-kahan"] < gap["bfloat16"] and gap["bfloat16-remainder"] < gap["bfloat16"], gap
+    rc = cli.main(["demo", "--optimizers", "adam,lion", "--precision", "float32,bfloat16-remainder", "--epochs", "2",
+                   "--samples", "200", "--out", str(tmp_path)] + ([] if plot_available() else ["--no-figures"]))
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| Lion (bfloat16-remainder) " in out and "| Adam (float32) " in out
+    if plot_available():
+        assert (tmp_path / "precision.png").stat().st_size > 0
+
+
+def plot_available():
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def test_precision_option_bad_input(capsys):
+    assert demo.resolve_precisions("float32, BFLOAT16-kahan", ["Adam"]) == ["float32", "bfloat16-kahan"]
+    for spec, names, text in [("int8-state", ["Adam"], "not implemented yet"), ("float8", ["Adam"], "unknown precision"),
+                              ("bfloat16", ["LBFGS"], "LBFGS does not take bfloat16"),
+                              ("bfloat16", ["Adafactor"], "Adafactor does not take bfloat16"),
+                              ("bfloat16-kahan", ["Lamb"], "Lamb has no master_weights option"), (",", ["Adam"], "no precision")]:
+        with pytest.raises(ValueError, match=text):
+            demo.resolve_precisions(spec, names)
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--precision", "int8-state", "--no-figures"])
+    assert "not implemented yet" in capsys.readouterr().err

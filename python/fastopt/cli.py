@@ -132,6 +132,11 @@ def _demo_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", default=None, metavar="LR|NAME=LR,...",
                     help="the MLP's learning rate: one number for every optimizer, or NAME=LR pairs "
                     "(default: each optimizer's rate in the table the demo prints)")
+    ap.add_argument("--precision", default="float32", metavar="P[,P...]",
+                    help=f"how the weights are stored, comma-separated, from: {', '.join(demo.PRECISIONS)} "
+                    "(bfloat16 needs ml_dtypes: the model computes in float32 from the stored weights, its gradients "
+                    "rounded to them; -kahan and -remainder are the master_weights options); with more than one, "
+                    "each optimizer trains at each and precision.png compares the loss curves (default: %(default)s)")
     ap.add_argument("--epochs", type=_positive(int), default=d.epochs, help="passes over the training set (default: %(default)s)")
     ap.add_argument("--batch-size", type=_positive(int), default=d.batch_size, help="mini-batch size (default: %(default)s)")
     ap.add_argument("--samples", type=_positive(int), default=d.n_samples,
@@ -179,9 +184,16 @@ def _parse_lr(spec: str | None, names: list[str]) -> dict[str, float]:
     return out
 
 
-def _table_row(r: Any) -> str:
+def _label(r: Any, by_precision: bool) -> str:
+    """A run's name in the table and figures: the optimizer, and its precision when the demo
+    compares precisions."""
+    return f"{r.name} ({r.precision})" if by_precision else r.name
+
+
+def _table_row(r: Any, width: int = 13, by_precision: bool = False) -> str:
     """One optimizer's line of the demo's table (a `demo.RunResult`)."""
-    return f"| {r.name:<13}| {r.lr:>6g} | {r.train_loss:>10.4f} | {r.test_accuracy:>8.1%} | {r.wall_s:>6.2f} | {r.steps_per_s:>7.0f} |"
+    return (f"| {_label(r, by_precision):<{width}}| {r.lr:>6g} | {r.train_loss:>10.4f} | {r.test_accuracy:>8.1%} | "
+            f"{r.wall_s:>6.2f} | {r.steps_per_s:>7.0f} |")
 
 
 def _path_label(surface: Any, name: str) -> str:
@@ -198,6 +210,7 @@ def demo_main(argv: list[str]) -> int:
     try:
         names = demo.resolve_names(args.optimizers)
         lrs = _parse_lr(args.lr, names)
+        args.precisions = demo.resolve_precisions(args.precision, names)
     except ValueError as e:
         ap.error(str(e))
     if not args.noise >= 0:
@@ -209,6 +222,8 @@ def demo_main(argv: list[str]) -> int:
         from .distributed._optimizer import _comm
 
         comm = _comm(None)
+        if args.precisions != ["float32"]:
+            ap.error("--distributed trains in float32 only (--precision)")
         if "LBFGS" in names:
             ap.error("--distributed: LBFGS takes a closure and cannot be trained on several ranks")
         if comm.rank != 0:  # (the other ranks train alike and stay quiet)
@@ -239,22 +254,28 @@ def _demo_run(args: Any, names: list[str], lrs: dict[str, float], comm: Any, ap:
         f"MLP 2-{cfg.hidden}-{cfg.hidden}-2 with BatchNorm1d and ReLU, cross-entropy; {cfg.epochs} epochs "
         f"of batches of {cfg.batch_size} ({cfg.epochs * steps_per_epoch} steps), cosine schedule to 0{ranks}\n"
     )
-    header = f"| {'optimizer':<13}| {'lr':>6} | {'train loss':>10} | {'test acc':>8} | {'wall s':>6} | {'steps/s':>7} |"
+    precisions = getattr(args, "precisions", ["float32"])
+    by_precision = precisions != ["float32"]
+    width = max([13] + [len(n) + len(p) + 4 for n in names for p in precisions] if by_precision else [13])
+    header = (f"| {'optimizer':<{width}}| {'lr':>6} | {'train loss':>10} | {'test acc':>8} | {'wall s':>6} | "
+              f"{'steps/s':>7} |")
     rule = "|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|"
     print(header)
     print(rule)
-    progress = _Progress(len(names) * cfg.epochs * steps_per_epoch, enabled=not quiet)
+    progress = _Progress(len(names) * len(precisions) * cfg.epochs * steps_per_epoch, enabled=not quiet)
     results = []
     splits = (x_train, y_train, x_test, y_test)
     try:
         for name in names:
-            progress.describe(name)
-            r = demo.train(name, cfg, splits, on_step=progress.step, lr=lrs.get(name), comm=comm)
-            results.append(r)
-            progress.write(_table_row(r))
+            for precision in precisions:
+                progress.describe(name)
+                r = demo.train(name, cfg, splits, on_step=progress.step, lr=lrs.get(name), comm=comm,
+                               precision=precision)
+                results.append(r)
+                progress.write(_table_row(r, width, by_precision))
     finally:
         progress.close()
-    table = [header, rule] + [_table_row(r) for r in results]
+    table = [header, rule] + [_table_row(r, width, by_precision) for r in results]
     if quiet:
         return 0
 
@@ -274,11 +295,22 @@ def _demo_run(args: Any, names: list[str], lrs: dict[str, float], comm: Any, ap:
         return 0
     from . import plot
 
+    first = [r for r in results if r.precision == precisions[0]]  # (one curve and boundary per optimizer)
     written.append(plot.loss_curves(
-        {r.name: r.train_curve for r in results}, out / "loss_curves.png",
+        {r.name: r.train_curve for r in first}, out / "loss_curves.png",
         ylabel="training loss (whole training set, eval mode)",
-        title=f"{cfg.dataset}: {cfg.epochs} epochs, cosine schedule",
+        title=f"{cfg.dataset}: {cfg.epochs} epochs, cosine schedule" + (f", {precisions[0]}" if by_precision else ""),
     ))
+    if by_precision:
+        # (a colour per optimizer, a line style per precision)
+        dashes = ["-", "--", ":", "-."]
+        written.append(plot.loss_curves(
+            {_label(r, True): r.train_curve for r in results}, out / "precision.png",
+            ylabel="training loss (whole training set, eval mode)",
+            title=f"{cfg.dataset}: the loss by how the weights are stored",
+            styles={_label(r, True): {"color": f"C{names.index(r.name) % 10}",
+                                      "ls": dashes[precisions.index(r.precision) % len(dashes)]} for r in results},
+        ))
 
     def predictor(model: Any) -> Callable[[np.ndarray], np.ndarray]:
         def predict(points: np.ndarray) -> np.ndarray:
@@ -287,8 +319,8 @@ def _demo_run(args: Any, names: list[str], lrs: dict[str, float], comm: Any, ap:
         return predict
 
     written.append(plot.decision_boundaries(
-        {r.name: predictor(r.model) for r in results}, x_test, y_test, out / "decision_boundaries.png",
-        titles={r.name: f"{r.name}: test acc {r.test_accuracy:.1%}" for r in results},
+        {r.name: predictor(r.model) for r in first}, x_test, y_test, out / "decision_boundaries.png",
+        titles={r.name: f"{r.name}: test acc {r.test_accuracy:.1%}" for r in first},
     ))
     for key, surface in demo.SURFACES.items():
         steps = max(20, surface.steps // 4) if args.quick else surface.steps

@@ -18,7 +18,7 @@ from . import data, nn, optim
 from .parameter import Parameter
 
 __all__ = [
-    "DemoConfig", "Entry", "RunResult", "REGISTRY", "DEFAULT_OPTIMIZERS", "SURFACES", "Surface",
+    "DemoConfig", "Entry", "RunResult", "REGISTRY", "DEFAULT_OPTIMIZERS", "PRECISIONS", "SURFACES", "Surface",
     "make_model", "prepare_data", "resolve_names", "train", "trajectory", "diverged_at",
 ]
 
@@ -93,6 +93,47 @@ DEFAULT_OPTIMIZERS: tuple[str, ...] = (
 )
 
 
+#: How ``--precision`` keeps the weights: the stored dtype and the optimizer's options. The
+#: model computes in float32 from the stored weights (widened exactly) and its float32
+#: gradients are rounded to the stored dtype before the step.
+PRECISIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "float32": ("float32", {}),
+    "bfloat16": ("bfloat16", {}),
+    "bfloat16-kahan": ("bfloat16", {"master_weights": "kahan"}),
+    "bfloat16-remainder": ("bfloat16", {"master_weights": "remainder"}),
+}
+#: Precisions the issue tracker names that fastopt does not have yet.
+PRECISIONS_TO_COME = ("int8-state",)
+
+
+def resolve_precisions(spec: str, names: list[str]) -> list[str]:
+    """The precisions a comma-separated ``spec`` names (:data:`PRECISIONS`), checked against
+    the optimizers ``names`` (each must take bfloat16 parameters, and the master-weight
+    options where asked). Raises ValueError naming what is wrong."""
+    out: list[str] = []
+    for part in (p.strip().lower() for p in spec.split(",")):
+        if not part:
+            continue
+        if part in PRECISIONS_TO_COME:
+            raise ValueError(f"--precision {part}: not implemented yet")
+        if part not in PRECISIONS:
+            raise ValueError(f"unknown precision {part!r}; choose from {', '.join(PRECISIONS)}")
+        if part not in out:
+            out.append(part)
+    if not out:
+        raise ValueError(f"no precision given; choose from {', '.join(PRECISIONS)}")
+    for prec in out:
+        dtype, options = PRECISIONS[prec]
+        for name in names:
+            entry = REGISTRY[name]
+            if dtype != "float32" and (entry.closure or not entry.cls._takes_half):
+                raise ValueError(f"--precision {prec}: {name} does not take bfloat16 parameters")
+            if options.get("master_weights") and not entry.cls._takes_kahan:
+                raise ValueError(f"--precision {prec}: {name} has no master_weights option (its step is not one "
+                                 "element-wise pass)")
+    return out
+
+
 def resolve_names(spec: str) -> list[str]:
     """The optimizers a comma-separated ``spec`` names, matched case-insensitively against
     :data:`REGISTRY` (``all``: every one; ``default``: :data:`DEFAULT_OPTIMIZERS`). Raises
@@ -148,6 +189,7 @@ class RunResult:
     wall_s: float = 0.0
     steps: int = 0
     model: nn.Sequential | None = None
+    precision: str = "float32"  # how the weights were stored (:data:`PRECISIONS`)
 
     @property
     def steps_per_s(self) -> float:
@@ -172,6 +214,7 @@ def train(
     on_step: Callable[[], None] | None = None,
     lr: float | None = None,
     comm: Any = None,
+    precision: str = "float32",
 ) -> RunResult:
     """Trains a fresh :func:`make_model` (same initial weights and batch order for every
     optimizer, from ``cfg.seed``) for ``cfg.epochs`` epochs with a cosine schedule stepped
@@ -183,9 +226,23 @@ def train(
     batches as one process: every rank draws its shard of each batch
     (``MiniBatches(rank=, world_size=)``), BatchNorm becomes :class:`fastopt.nn.SyncBatchNorm`
     and the optimizer a :class:`fastopt.distributed.DistributedOptimizer` summing each
-    rank's share of the batch's mean gradient. The result is the same on every rank."""
+    rank's share of the batch's mean gradient. The result is the same on every rank.
+
+    ``precision`` (:data:`PRECISIONS`, one process): the optimizer steps copies of the weights
+    stored in that precision (bfloat16 needs ml_dtypes); each step the model's float32
+    weights are those stored values widened, and its gradients are rounded to them."""
     x_train, y_train, x_test, y_test = splits
     model = make_model(cfg)
+    stored_dtype, precision_options = PRECISIONS[precision]
+    stored: list[np.ndarray] | None = None
+    if stored_dtype != "float32":
+        if comm is not None:
+            raise ValueError("precision other than float32 is trained in one process only")
+        try:
+            import ml_dtypes
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError(f"precision {precision!r} keeps ml_dtypes.bfloat16 weights: pip install 'fastopt[bf16]'") from e
+        stored = [np.asarray(p.data).astype(ml_dtypes.bfloat16) for p in model.parameters()]
     if comm is not None:
         from .distributed import DistributedOptimizer, broadcast_parameters
 
@@ -194,11 +251,24 @@ def train(
     closure_stepped = False
     if make_optimizer is None:
         entry = REGISTRY[name]
-        opt = entry.make(list(model.parameters()), entry.lr if lr is None else lr)
+        opt = entry.make(stored if stored is not None else list(model.parameters()), entry.lr if lr is None else lr,
+                         **precision_options)
         closure_stepped = entry.closure
     else:
+        if stored is not None:
+            raise ValueError("precision other than float32 takes an optimizer of the registry (make_optimizer=None)")
         opt = make_optimizer(list(model.parameters()))
         closure_stepped = isinstance(opt, optim.LBFGS)
+    if closure_stepped and stored is not None:
+        raise ValueError(f"{name} takes a closure (L-BFGS) and is trained in float32 only")
+    params = list(model.parameters())
+
+    def load_stored() -> None:  # (the model computes from the stored weights, widened exactly)
+        if stored is not None:
+            for p, w in zip(params, stored):
+                np.copyto(p.data, w, casting="unsafe")
+
+    load_stored()
     if comm is not None:
         if closure_stepped:
             raise ValueError(f"{name} takes a closure (L-BFGS) and cannot be trained on several ranks")
@@ -208,7 +278,7 @@ def train(
     total = cfg.epochs * len(batches)
     sched = optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     criterion = nn.CrossEntropyLoss()
-    result = RunResult(name, float(opt.param_groups[0]["lr"]), model=model)
+    result = RunResult(name, float(opt.param_groups[0]["lr"]), model=model, precision=precision)
     t0 = time.perf_counter()
     for _ in range(cfg.epochs):
         losses = []
@@ -227,6 +297,12 @@ def train(
                 loss = comm.allreduce(float(criterion(model(xb), yb)) * share)
                 model.backward(criterion.backward() * np.asarray(share, cfg.dtype))
                 opt.step()
+            elif stored is not None:
+                loss = criterion(model(xb), yb)
+                model.backward(criterion.backward())
+                opt.step(grads=[p.grad.astype(w.dtype) for p, w in zip(params, stored)])
+                load_stored()
+                model.zero_grad()
             else:
                 loss = criterion(model(xb), yb)
                 model.backward(criterion.backward())

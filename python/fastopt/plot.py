@@ -81,13 +81,15 @@ def _save(fig: Any, path: str | Path) -> Path:
     return out
 
 
-def loss_curves(curves: dict[str, Any], path: str | Path, *, xlabel: str = "epoch", ylabel: str = "training loss", title: str | None = None, log: bool = True) -> Path:
-    """One line per entry of ``curves`` (name -> sequence of losses), log scale by default."""
+def loss_curves(curves: dict[str, Any], path: str | Path, *, xlabel: str = "epoch", ylabel: str = "training loss",
+                title: str | None = None, log: bool = True, styles: dict[str, dict[str, Any]] | None = None) -> Path:
+    """One line per entry of ``curves`` (name -> sequence of losses), log scale by default;
+    ``styles`` (optional): a curve's matplotlib line options by name (``color``, ``ls``)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=100)
     for name, values in curves.items():
         v = np.asarray(values, dtype=np.float64)
-        ax.plot(np.arange(1, len(v) + 1), v, label=name, lw=1.6)
+        ax.plot(np.arange(1, len(v) + 1), v, **{"label": name, "lw": 1.6, **(styles or {}).get(name, {})})
     if log:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
