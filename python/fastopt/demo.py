@@ -126,9 +126,9 @@ def resolve_precisions(spec: str, names: list[str]) -> list[str]:
         dtype, options = PRECISIONS[prec]
         for name in names:
             entry = REGISTRY[name]
-            if dtype != "float32" and (entry.closure or not entry.cls._takes_half):
+            if dtype != "float32" and (entry.closure or not getattr(entry.cls, "_takes_half", False)):
                 raise ValueError(f"--precision {prec}: {name} does not take bfloat16 parameters")
-            if options.get("master_weights") and not entry.cls._takes_kahan:
+            if options.get("master_weights") and not getattr(entry.cls, "_takes_kahan", False):
                 raise ValueError(f"--precision {prec}: {name} has no master_weights option (its step is not one "
                                  "element-wise pass)")
     return out
@@ -300,7 +300,7 @@ def train(
             elif stored is not None:
                 loss = criterion(model(xb), yb)
                 model.backward(criterion.backward())
-                opt.step(grads=[p.grad.astype(w.dtype) for p, w in zip(params, stored)])
+                opt.step(grads=[None if p.grad is None else p.grad.astype(w.dtype) for p, w in zip(params, stored)])
                 load_stored()
                 model.zero_grad()
             else:
