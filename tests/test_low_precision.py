@@ -621,8 +621,8 @@ def test_kahan_state_round_trips_and_bad_input(ml_dtypes):
         other.step(grads=[g])
     assert _same(w, v) and _same(opt.state[w]["kahan_comp"], other.state[v]["kahan_comp"])
     # bad input: a clear error, nothing changed
-    for how, kind, text in [("stochastic", ValueError, "not implemented yet"), ("float32", ValueError, "not implemented"),
-                            ("kahn", ValueError, "must be None, 'kahan' or 'remainder'")]:
+    for how, kind, text in [("stochastic", ValueError, "not implemented yet"),
+                            ("kahn", ValueError, "must be None, 'kahan', 'remainder' or 'float32'")]:
         with pytest.raises(kind, match=text):
             fo.optim.Adam([np.ones(2, bf)], master_weights=how)
     with pytest.raises(TypeError, match=r"params\[0\] has dtype float32; master_weights='kahan' compensates"):
@@ -660,14 +660,16 @@ def _view_of(master, bf):
     return ((bits + np.uint32(0x8000)) >> np.uint32(16)).astype(np.uint16).view(bf)
 
 
-def _check_master_replay(name, kwargs, bf, seed, steps, every=1):
-    """With ``master_weights='remainder'`` and float32 state, the master (the bfloat16
-    parameter joined with its low bits) and the state equal a float32 run's parameter and
-    state bit for bit after every ``every``-th step; the parameter is the master's view."""
-    params, grads = _problem(bf, seed=seed, steps=steps)
+def _check_master_replay(name, kwargs, dtype, seed, steps, every=1, scheme="remainder"):
+    """With ``master_weights=scheme`` and float32 state, the float32 master (``'remainder'``:
+    the bfloat16 parameter joined with its low bits; ``'float32'``: the copy) and the state
+    equal a float32 run's parameter and state bit for bit after every ``every``-th step; the
+    parameter is the master's documented view (``'remainder'``: to nearest, ties away from
+    zero; ``'float32'``: to nearest even, numpy's cast)."""
+    params, grads = _problem(dtype, seed=seed, steps=steps)
     ours = [p.copy() for p in params]
     replay = [p.astype(np.float32) for p in params]
-    opt = getattr(fo.optim, name)(ours, **kwargs, master_weights="remainder", state_dtype="float32")
+    opt = getattr(fo.optim, name)(ours, **kwargs, master_weights=scheme, state_dtype="float32")
     ref = getattr(fo.optim, name)(replay, **kwargs)
     for t, step in enumerate(grads):
         opt.step(grads=step)
@@ -675,11 +677,11 @@ def _check_master_replay(name, kwargs, bf, seed, steps, every=1):
         if t % every and t != steps - 1:
             continue
         for i, (p, r) in enumerate(zip(ours, replay)):
-            low = opt.state[p]["master_low_bits"]
-            assert low.dtype == np.int16 and low.shape == p.shape
-            master = _master(p, low)
+            kept = opt.state[p]["master_low_bits" if scheme == "remainder" else "master"]
+            assert kept.dtype == (np.int16 if scheme == "remainder" else np.float32) and kept.shape == p.shape
+            master, view = (_master(p, kept), _view_of(r, dtype)) if scheme == "remainder" else (kept, r.astype(dtype))
             assert np.array_equal(master.view(np.uint32), r.view(np.uint32)), f"{name} step {t} master of param {i}"
-            assert np.array_equal(p.view(np.uint16), _view_of(r, bf).view(np.uint16)), f"step {t} view of param {i}"
+            assert np.array_equal(p.view(np.uint16), view.view(np.uint16)), f"step {t} view of param {i}"
             for k, v in ref.state[r].items():
                 if isinstance(v, np.ndarray):
                     assert _same(opt.state[p][k], v), f"{name} step {t} {k} of param {i}"
@@ -770,3 +772,59 @@ def test_remainder_state_round_trips_and_bad_input(ml_dtypes, tmp_path):
     with pytest.raises(TypeError, match="low_bits .* beside bfloat16 parameters only, but the parameters are float16"):
         _engine._kernels.step(rule, [p16], [p16.copy()], [], [], None, 1.0, False, None, [np.zeros(3, np.int16)])
     assert np.all(p16 == 1)
+
+
+# -- master_weights='float32': a float32 copy beside float16/bfloat16 parameters ----------------
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+@pytest.mark.parametrize("name,kwargs", [("Adam", {"lr": 1e-2}), ("AdamW", {"lr": 1e-2, "weight_decay": 0.1}),
+                                         ("SGD", {"lr": 0.1, "momentum": 0.9})])
+def test_float32_master_is_the_float32_run_bit_for_bit(ml_dtypes, name, kwargs, dtype_name):
+    _check_master_replay(name, kwargs, _dtypes(ml_dtypes)[dtype_name], seed=16, steps=200, every=10, scheme="float32")
+
+
+@pytest.mark.parametrize("name,kwargs", KAHAN_CONFIGS,
+                         ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}" for n, kw in KAHAN_CONFIGS])
+def test_float32_master_steps_every_configuration_as_float32(ml_dtypes, name, kwargs):
+    _check_master_replay(name, kwargs, np.dtype(np.float16), seed=17, steps=4, scheme="float32")
+
+
+def test_float32_master_follows_the_float32_run_and_round_trips(ml_dtypes, tmp_path):
+    bf = np.dtype(ml_dtypes.bfloat16)
+    w32, _ = _noisy_quadratic(np.float32)
+    w, _ = _noisy_quadratic(bf, master_weights="float32")
+    assert float(np.linalg.norm(w - w32) / np.linalg.norm(w32)) <= 0.01
+    rng = np.random.default_rng(18)
+    x = rng.standard_normal(40).astype(np.float16)
+    grads = [rng.standard_normal(40).astype(np.float16) for _ in range(8)]
+    opt = fo.optim.RMSprop([x], lr=1e-3, master_weights="float32")
+    for g in grads[:4]:
+        opt.step(grads=[g])
+    sd = opt.state_dict()
+    assert sd["param_groups"][0]["master_weights"] == "float32" and sd["state"][0]["master"].dtype == np.float32
+    fo.save({"opt": sd}, tmp_path / "ck.fo")
+    y = x.copy()
+    other = fo.optim.RMSprop([y], lr=1e-3)
+    other.load_state_dict(fo.load(tmp_path / "ck.fo")["opt"])
+    for g in grads[4:]:
+        opt.step(grads=[g])
+        other.step(grads=[g])
+    assert _same(x, y) and np.array_equal(opt.state[x]["master"], other.state[y]["master"])
+    # bad input
+    with pytest.raises(TypeError, match=r"params\[0\] has dtype float32; master_weights='float32' keeps a float32 copy"):
+        fo.optim.Adam([np.ones(2, np.float32)], master_weights="float32")
+    for name in ("Lamb", "AdamWScheduleFree", "Muon"):
+        with pytest.raises(TypeError, match="master_weights"):
+            getattr(fo.optim, name)([np.ones((2, 2), bf)], master_weights="float32")
+    z = np.ones(3, bf)
+    opt = fo.optim.Adam([z], master_weights="float32")
+    opt.step(grads=[np.ones(3, bf)])
+    before = z.copy()
+    opt.state[z]["master"] = np.zeros(3, np.float64)
+    with pytest.raises(TypeError, match=r"masters\[0\] has dtype float64"):
+        opt.step(grads=[np.ones(3, bf)])
+    assert _same(z, before)
+    sd = opt.state_dict()
+    with pytest.raises(TypeError, match="'master' .* must be a float32 array"):
+        fo.optim.Adam([z.copy()], master_weights="float32").load_state_dict(sd)

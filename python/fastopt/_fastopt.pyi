@@ -34,6 +34,7 @@ def step(
     check_only: bool = False,
     cache: CheckCache | None = None,
     low_bits: Sequence[np.ndarray] | None = None,
+    masters: Sequence[np.ndarray] | None = None,
 ) -> tuple[float, float] | None: ...
 def adafactor_step(
     params: Sequence[np.ndarray],

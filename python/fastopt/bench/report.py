@@ -197,7 +197,7 @@ def _fraction(bytes_moved: float, seconds: float, label: str, probe: dict) -> st
 def _precision_impls(n: int, have_torch: bool) -> tuple[dict, dict]:
     """Adam over ``n`` elements by parameter dtype (state in that dtype, and the
     ``state_dtype`` pairs: bfloat16 state beside float32 parameters, float32 state beside
-    bfloat16 ones; and bfloat16 with ``master_weights='kahan'`` and ``'remainder'``): fastopt at 1 and 2
+    bfloat16 ones; and bfloat16 with ``master_weights`` 'kahan', 'remainder' and 'float32'): fastopt at 1 and 2
     threads and torch's fused kernel where torch has the row (its only CPU path computing
     16-bit steps in float32); bfloat16 only where ml_dtypes is installed. Returns the
     implementations and each row's bytes read and written per element."""
@@ -217,6 +217,7 @@ def _precision_impls(n: int, have_torch: bool) -> tuple[dict, dict]:
         rows["bfloat16 + float32 state"] = ("bfloat16", "float32", None, False)
         rows["bfloat16 + kahan"] = ("bfloat16", None, "kahan", False)
         rows["bfloat16 + remainder"] = ("bfloat16", None, "remainder", False)
+        rows["bfloat16 + float32 master"] = ("bfloat16", None, "float32", False)
     rng = np.random.default_rng(0)
     p32, g32 = rng.standard_normal(n, dtype=np.float32), rng.standard_normal(n, dtype=np.float32)
     impls: dict = {}
@@ -226,7 +227,7 @@ def _precision_impls(n: int, have_torch: bool) -> tuple[dict, dict]:
         sd = dt if state is None else dtypes[state]
         # (Adam: the parameter read and written, the gradient read, two state buffers each
         # read and written, and a compensation buffer or the int16 low bits of the masters)
-        moved[row] = 3 * dt.itemsize + 4 * sd.itemsize + (2 * sd.itemsize if master == "kahan" else 4 if master else 0)
+        moved[row] = 3 * dt.itemsize + 4 * sd.itemsize + {None: 0, "kahan": 2 * sd.itemsize, "remainder": 4, "float32": 8}[master]
         for threads in (1, 2):
             p = fo.Parameter(p32.astype(dt))
             p.grad = g32.astype(dt)

@@ -128,8 +128,10 @@ DOCS: dict[str, str] = {
                       "library's Kahan summation) or ``'remainder'`` (bfloat16 parameters: an int16 buffer "
                       "``master_low_bits`` holds the low 16 bits of a float32 master, ``master = (p_bits << 16) + "
                       "low``; the step updates the master exactly as a float32 parameter and stores it split again, "
-                      "the parameter being the master rounded to nearest, ties away from zero; 2 bytes per element); "
-                      "kept in the param groups only when set",
+                      "the parameter being the master rounded to nearest, ties away from zero; 2 bytes per element) or "
+                      "``'float32'`` (a float32 copy ``master`` of each float16/bfloat16 parameter, stepped as a float32 "
+                      "parameter and stored rounded to nearest even; 4 bytes per element); kept in the param groups only "
+                      "when set",
     "foreach": "accepted for compatibility with torch (fastopt always runs one fused kernel)",
     "fused": "accepted for compatibility with torch (fastopt always runs one fused kernel)",
     "capturable": "torch's CUDA-graph option: only False is supported",

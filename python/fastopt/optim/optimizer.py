@@ -131,13 +131,15 @@ def check_impl_flags(group: dict[str, Any]) -> None:
 STATE_DTYPES = ("float32", "bfloat16")
 
 #: The values of the ``master_weights`` option besides None.
-MASTER_WEIGHTS = ("kahan", "remainder")
+MASTER_WEIGHTS = ("kahan", "remainder", "float32")
 #: The state key of the low 16 bits of a float32 master beside a bfloat16 parameter
 #: (``master_weights='remainder'``): ``master = (param_bits << 16) + low_bits`` as int16.
 LOW_BITS = "master_low_bits"
 _LOW_DTYPE = np.dtype(np.int16)
+#: The state key of the float32 copy of a float16/bfloat16 parameter (``master_weights='float32'``).
+MASTER = "master"
 #: The state buffer each ``master_weights`` scheme keeps beside the rule's own, last.
-_MASTER_BUFFERS: dict[Any, tuple[str, ...]] = {"kahan": ("kahan_comp",), "remainder": (LOW_BITS,)}
+_MASTER_BUFFERS: dict[Any, tuple[str, ...]] = {"kahan": ("kahan_comp",), "remainder": (LOW_BITS,), "float32": (MASTER,)}
 
 
 def _keeps_state_in(dtype: np.dtype, name: str) -> bool:
@@ -159,6 +161,10 @@ def _load_value(p: Any, key: str, value: Any, counter: bool, dtype: np.dtype | N
         return np.array(as_numpy(value), dtype=np.float32, copy=True).reshape(())
     if isinstance(value, np.ndarray) or hasattr(value, "__array__"):
         arr = as_numpy(value)
+        if key == MASTER:
+            if arr.dtype != np.float32:
+                raise TypeError(f"state {key!r} (float32 master copies) must be a float32 array, got dtype {arr.dtype}")
+            return np.array(arr, order="C", copy=True)
         if key == LOW_BITS:
             if arr.dtype != _LOW_DTYPE:
                 raise TypeError(f"state {key!r} (the low bits of float32 masters) must be an int16 array, got dtype "
@@ -492,17 +498,17 @@ class Optimizer:
     _takes_kahan = False
 
     def _check_master_weights(self, group: dict[str, Any]) -> None:
-        """``master_weights`` (when the group has it): ``'kahan'`` (beside float16/bfloat16
-        parameters) or ``'remainder'`` (beside bfloat16 ones), on a single-pass optimizer
-        without the cautious mask."""
+        """``master_weights`` (when the group has it): ``'kahan'`` or ``'float32'`` (beside
+        float16/bfloat16 parameters) or ``'remainder'`` (beside bfloat16 ones), on a
+        single-pass optimizer without the cautious mask."""
         how = group.get("master_weights")
         if how is None:
             return
-        if how in ("stochastic", "float32"):
-            raise ValueError(f"master_weights={how!r} is not implemented yet; master_weights takes None, 'kahan' or "
-                             "'remainder'")
+        if how == "stochastic":
+            raise ValueError(f"master_weights={how!r} is not implemented yet; master_weights takes None, 'kahan', "
+                             "'remainder' or 'float32'")
         if how not in MASTER_WEIGHTS:
-            raise ValueError(f"master_weights must be None, 'kahan' or 'remainder', got {how!r}")
+            raise ValueError(f"master_weights must be None, 'kahan', 'remainder' or 'float32', got {how!r}")
         if not self._takes_kahan:
             raise TypeError(f"{type(self).__name__}'s step is not one element-wise pass: master_weights={how!r} is "
                             "not one of its options")
@@ -514,6 +520,9 @@ class Optimizer:
             if how == "kahan" and not is_half(a.dtype):
                 raise TypeError(f"params[{i}] has dtype {a.dtype}; master_weights='kahan' compensates the rounding "
                                 "of float16 or bfloat16 parameters")
+            if how == "float32" and not is_half(a.dtype):
+                raise TypeError(f"params[{i}] has dtype {a.dtype}; master_weights='float32' keeps a float32 copy of "
+                                "float16 or bfloat16 parameters")
             if how == "remainder" and not is_bfloat16(a.dtype):
                 raise TypeError(f"params[{i}] has dtype {a.dtype}; master_weights='remainder' keeps the low 16 bits "
                                 "of a float32 master beside a bfloat16 parameter (its high half)")
@@ -926,6 +935,9 @@ class Optimizer:
         if names and names[-1] is LOW_BITS:  # (the masters' low bits: a list of their own, last)
             _engine._kernels.step(rule, arrays, grads, bufs[k:-1], bufs[:k], fresh, grad_scale, check_only, cache,
                                   bufs[-1])
+        elif names and names[-1] is MASTER:  # (the float32 masters: likewise)
+            _engine._kernels.step(rule, arrays, grads, bufs[k:-1], bufs[:k], fresh, grad_scale, check_only, cache,
+                                  None, bufs[-1])
         else:
             _engine._kernels.step(rule, arrays, grads, bufs[k:], bufs[:k], fresh, grad_scale, check_only, cache)
         if created and not check_only:
@@ -978,6 +990,8 @@ class Optimizer:
                 if b is None:
                     if name in counters:
                         b = np.full((), (fill or {}).get(name, 0.0), np.float32)
+                    elif name is MASTER:  # (the parameter's exact float32 value)
+                        b = a.astype(np.float32)
                     else:
                         b = self._state_array(p, name, a, fill[name] if fill and name in fill else 0.0,
                                               _LOW_DTYPE if name is LOW_BITS else self._state_dtype(group, a))
@@ -1142,6 +1156,8 @@ class Optimizer:
                 want = a.dtype if dtypes is None else dtypes[id(p)]
                 if key == LOW_BITS:
                     want = _LOW_DTYPE
+                if key == MASTER:
+                    want = np.dtype(np.float32)
                 if v.dtype != want:
                     whose = "its parameter has" if want == a.dtype else "its group's state_dtype is"
                     raise ValueError(f"state[{k}][{key!r}] has dtype {v.dtype} but {whose} dtype {want}")

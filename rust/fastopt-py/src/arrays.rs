@@ -462,6 +462,19 @@ impl<'py> Group<'py> {
         Ok(raws)
     }
 
+    /// Checks a list of float32 arrays shaped like `params` (written): the master copies of
+    /// float16 or bfloat16 parameters.
+    pub fn masters(&mut self, obj: &Bound<'py, PyAny>, name: &'static str) -> PyResult<Vec<Raw>> {
+        if !self.dtype.is_half() {
+            return Err(PyTypeError::new_err(format!(
+                "{name} (float32 master copies, master_weights='float32') are kept beside float16 or bfloat16 parameters \
+                 only, but the parameters are {}",
+                self.dtype.name()
+            )));
+        }
+        self.like_params_as(obj, name, true, Dtype::F32)
+    }
+
     /// Like [`Group::like_params`] for a list the kernel needs only with some option
     /// (`required`); otherwise the list is ignored, as torch ignores it.
     pub fn optional_like_params(

@@ -79,10 +79,13 @@ pub fn rule_names() -> Vec<&'static str> {
 /// float64 sums. ``low_bits`` (bfloat16 parameters only): one int16 array per parameter, the
 /// low 16 bits of its float32 master (``master_weights='remainder'``): the step updates the
 /// master, exactly as a float32 parameter, and stores it back split into the parameter (the
-/// master rounded to nearest, ties away from zero) and these bits. Positional: keyword
-/// parsing would cost more than checking a tensor.
+/// master rounded to nearest, ties away from zero) and these bits. ``masters`` (float16 or
+/// bfloat16 parameters): one float32 array per parameter, its master copy
+/// (``master_weights='float32'``): the step updates the master as a float32 parameter and
+/// stores it rounded into the parameter. Positional: keyword parsing would cost more than
+/// checking a tensor.
 #[pyfunction]
-#[pyo3(signature = (rule, params, grads, states, counters, fresh=None, grad_scale=1.0, check_only=false, cache=None, low_bits=None))]
+#[pyo3(signature = (rule, params, grads, states, counters, fresh=None, grad_scale=1.0, check_only=false, cache=None, low_bits=None, masters=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn step<'py>(
     py: Python<'py>,
@@ -96,6 +99,7 @@ pub fn step<'py>(
     check_only: bool,
     cache: Option<&Bound<'py, CheckCache>>,
     low_bits: Option<&Bound<'py, PyAny>>,
+    masters: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Option<(f64, f64)>> {
     let cfg = rule.get().cfg;
     let (state_names, counter_names) = cfg.layout();
@@ -116,7 +120,7 @@ pub fn step<'py>(
     let fresh = fresh.unwrap_or_default();
     let ns = state_lists.len();
     let stable: Vec<&Bound<'py, PyAny>> =
-        std::iter::once(params).chain(&state_lists).chain(&counter_lists).chain(low_bits).collect();
+        std::iter::once(params).chain(&state_lists).chain(&counter_lists).chain(low_bits).chain(masters).collect();
     let mut guard = CheckCache::lock(cache);
     if let Some(c) = confirm(&guard, &stable, grads)? {
         if fresh.is_empty() || fresh.len() == c.grads.len() {
@@ -124,9 +128,10 @@ pub fn step<'py>(
                 return Ok(None);
             }
             let (s, rest) = c.stable[1..].split_at(ns);
-            let (k, low) = rest.split_at(counter_lists.len());
-            let low = low.first().map(|l| &l[..]).unwrap_or_default();
-            return CheckCache::count(cache, by_storage!(c.dtype, c.sdtype, run(py, &cfg, &c.stable[0], &c.grads, s, k, low, &fresh, grad_scale)));
+            let (k, rest) = rest.split_at(counter_lists.len());
+            let (low, full) = rest.split_at(usize::from(low_bits.is_some()));
+            let extra = Extra { low: low.first().map(|l| &l[..]).unwrap_or_default(), masters: full.first().map(|l| &l[..]).unwrap_or_default() };
+            return CheckCache::count(cache, by_storage!(c.dtype, c.sdtype, run(py, &cfg, &c.stable[0], &c.grads, s, k, extra, &fresh, grad_scale)));
         }
     }
     let (mut g, p) = Group::new(params)?;
@@ -144,6 +149,10 @@ pub fn step<'py>(
         Some(list) => g.low_bits(list, "low_bits")?,
         None => vec![],
     };
+    let full = match masters {
+        Some(list) => g.masters(list, "masters")?,
+        None => vec![],
+    };
     if !fresh.is_empty() && fresh.len() != g.len() {
         return Err(PyValueError::new_err(format!("fresh has {} flags but params has {}", fresh.len(), g.len())));
     }
@@ -152,7 +161,16 @@ pub fn step<'py>(
     if check_only {
         return Ok(None);
     }
-    CheckCache::count(cache, by_storage!(g.dtype, g.sdtype, run(py, &cfg, &p, &gr, &s, &c, &low, &fresh, grad_scale)))
+    let extra = Extra { low: &low, masters: &full };
+    CheckCache::count(cache, by_storage!(g.dtype, g.sdtype, run(py, &cfg, &p, &gr, &s, &c, extra, &fresh, grad_scale)))
+}
+
+/// What a step keeps beside its parameters besides the state: the low bits of float32
+/// masters or the masters themselves (empty when not kept), one array per parameter.
+#[derive(Clone, Copy)]
+struct Extra<'a> {
+    low: &'a [Raw],
+    masters: &'a [Raw],
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -163,7 +181,7 @@ fn run<P: Storage, S: Storage<Arith = P::Arith>>(
     gr: &[Raw],
     s: &[Vec<Raw>],
     c: &[Vec<Raw>],
-    low: &[Raw],
+    extra: Extra<'_>,
     fresh: &[bool],
     grad_scale: f64,
 ) -> PyResult<Option<(f64, f64)>> {
@@ -174,8 +192,10 @@ fn run<P: Storage, S: Storage<Arith = P::Arith>>(
     // dtypes; counters: float32, one element), that every array is C-contiguous and aligned,
     // that written arrays are writeable and that no written array overlaps any other array
     // of this call; the caller's `Group` keeps every array alive until this function returns.
-    // `low`, when given, holds one int16 array per parameter of its shape (`Group::low_bits`),
-    // read as u16 (the same size and alignment).
+    // `extra.low`, when given, holds one int16 array per parameter of its shape
+    // (`Group::low_bits`), read as u16 (the same size and alignment); `extra.masters` one
+    // float32 array per parameter of its shape (`Group::masters`); both written, both in the
+    // overlap checks.
     let mut states: Vec<&mut [S]> = Vec::with_capacity(n * s.len());
     let mut counters: Vec<&mut f32> = Vec::with_capacity(n * c.len());
     for i in 0..n {
@@ -191,11 +211,16 @@ fn run<P: Storage, S: Storage<Arith = P::Arith>>(
         // SAFETY: as above.
         let (param, grad) = unsafe { (p[i].slice_mut(), gr[i].slice()) };
         // SAFETY: as above.
-        let low_bits: &mut [u16] = match low.get(i) {
+        let low_bits: &mut [u16] = match extra.low.get(i) {
             Some(l) => unsafe { l.slice_mut() },
             None => &mut [],
         };
-        tensors.push(Tensor { param, grad, states: ts, counters: tc, low_bits, fresh: fresh.get(i).copied().unwrap_or(false) });
+        // SAFETY: as above.
+        let master: &mut [f32] = match extra.masters.get(i) {
+            Some(l) => unsafe { l.slice_mut() },
+            None => &mut [],
+        };
+        tensors.push(Tensor { param, grad, states: ts, counters: tc, low_bits, master, fresh: fresh.get(i).copied().unwrap_or(false) });
     }
     run_core(py, move || cfg.step(tensors, grad_scale).map(|sums| sums.0))
 }

@@ -247,7 +247,7 @@ mod tests {
                             states.push(&mut x[off..]);
                         }
                         let mut counters = [&mut step];
-                        let t = Tensor { param: &mut p[off..], grad: &g[off..], states: &mut states, counters: &mut counters, low_bits: &mut [], fresh: false };
+                        let t = Tensor { param: &mut p[off..], grad: &g[off..], states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], fresh: false };
                         super::step(&cfg, vec![t], scale, level).unwrap();
                         reference(
                             &mut rp[off..],
@@ -313,17 +313,17 @@ mod tests {
                         states2.push(&mut x2);
                     }
                     let mut counters = [&mut step];
-                    let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], fresh: false };
+                    let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], fresh: false };
                     super::step(&cfg, vec![t], scale, level).unwrap();
                     let mut counters = [&mut step2];
-                    let t = Tensor { param: &mut p2, grad: &g, states: &mut states2, counters: &mut counters, low_bits: &mut [], fresh: false };
+                    let t = Tensor { param: &mut p2, grad: &g, states: &mut states2, counters: &mut counters, low_bits: &mut [], master: &mut [], fresh: false };
                     super::step(&cfg, vec![t], scale, level).unwrap();
                     let mut states3: Vec<&mut [H]> = vec![&mut m3, &mut v3];
                     if cfg.amsgrad {
                         states3.push(&mut x3);
                     }
                     let mut counters = [&mut step3];
-                    let t = Tensor { param: &mut p3, grad: &g32, states: &mut states3, counters: &mut counters, low_bits: &mut [], fresh: false };
+                    let t = Tensor { param: &mut p3, grad: &g32, states: &mut states3, counters: &mut counters, low_bits: &mut [], master: &mut [], fresh: false };
                     super::step(&cfg, vec![t], scale, level).unwrap();
                     let fma = level.fused_multiply_add();
                     fn ams(on: bool, x: &mut [f32]) -> Option<&mut [f32]> {
@@ -350,24 +350,26 @@ mod tests {
         }
     }
 
-    /// A bfloat16 parameter with the low bits of its float32 master (float32 state) steps
-    /// that master exactly as a float32 parameter steps, over several tiles, at every level.
-    #[test]
-    fn low_bits_beside_bfloat16_parameters_step_the_float32_master_exactly() {
-        use crate::half::Bf16;
+    /// A 16-bit parameter with a float32 master (float32 state) steps the master exactly as a
+    /// float32 parameter steps, over several tiles, at every level: the master kept whole
+    /// (the parameter its value rounded to nearest even) or, with `low`, as the parameter's
+    /// low bits (bfloat16: the parameter is the master's high half, [`split_master`]).
+    fn check_masters<H: Storage<Arith = f32>>(low: bool) {
         use crate::optim::engine::{join_master, split_master};
         for level in available() {
             for (cfg, scale) in configs() {
                 let n = 37 + 2 * 256;
-                let mut master: Vec<f32> = data::<f32>(n, 1);
-                let g: Vec<Bf16> = data::<f32>(n, 2).into_iter().map(Bf16::from_f32).collect();
-                let g32: Vec<f32> = g.iter().map(|x| x.to_f32()).collect();
+                let mut reference: Vec<f32> = data::<f32>(n, 1);
+                let mut master = reference.clone();
+                let g: Vec<H> = data::<f32>(n, 2).into_iter().map(H::store).collect();
+                let g32: Vec<f32> = g.iter().map(|x| x.load()).collect();
                 let mut m: Vec<f32> = data::<f32>(n, 3);
                 let mut v: Vec<f32> = data::<f32>(n, 4).iter().map(|&x| x * x).collect();
                 let mut x: Vec<f32> = v.iter().map(|&y| y * 1.5).collect();
                 let (mut rm, mut rv, mut rx) = (m.clone(), v.clone(), x.clone());
-                let (mut high, mut low): (Vec<Bf16>, Vec<u16>) =
-                    master.iter().map(|y| split_master(y.to_bits())).map(|(h, l)| (Bf16(h), l)).unzip();
+                let high = |y: &f32| f32::from_bits((split_master(y.to_bits()).0 as u32) << 16);
+                let mut p: Vec<H> = master.iter().map(|y| H::store(if low { high(y) } else { *y })).collect();
+                let mut bits: Vec<u16> = master.iter().map(|y| if low { split_master(y.to_bits()).1 } else { 0 }).collect();
                 let (mut step, mut rstep) = (3.0f32, 3.0f32);
                 for _ in 0..3 {
                     let mut states: Vec<&mut [f32]> = vec![&mut m, &mut v];
@@ -377,20 +379,31 @@ mod tests {
                         rstates.push(&mut rx);
                     }
                     let mut counters = [&mut step];
-                    let t = Tensor { param: &mut high, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut low, fresh: false };
+                    let (low_bits, full): (&mut [u16], &mut [f32]) = if low { (&mut bits, &mut []) } else { (&mut [], &mut master) };
+                    let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits, master: full, fresh: false };
                     super::step(&cfg, vec![t], scale, level).unwrap();
                     let mut counters = [&mut rstep];
-                    let t = Tensor { param: &mut master, grad: &g32, states: &mut rstates, counters: &mut counters, low_bits: &mut [], fresh: false };
+                    let t = Tensor { param: &mut reference, grad: &g32, states: &mut rstates, counters: &mut counters, low_bits: &mut [], master: &mut [], fresh: false };
                     super::step(&cfg, vec![t], scale, level).unwrap();
                 }
                 let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()));
-                let joined: Vec<f32> = high.iter().zip(&low).map(|(h, &l)| f32::from_bits(join_master(h.0, l))).collect();
-                assert!(same(&joined, &master), "{level:?} {cfg:?}");
-                assert!(same(&m, &rm) && same(&v, &rv) && same(&x, &rx), "{level:?} {cfg:?}");
-                let view: Vec<f32> = master.iter().map(|y| f32::from_bits((split_master(y.to_bits()).0 as u32) << 16)).collect();
-                assert!(same(&high.iter().map(|h| h.to_f32()).collect::<Vec<_>>(), &view), "{level:?} {cfg:?}");
+                if low {
+                    master = p.iter().zip(&bits).map(|(h, &l)| f32::from_bits(join_master((h.load().to_bits() >> 16) as u16, l))).collect();
+                }
+                assert!(same(&master, &reference), "{level:?} {cfg:?} low {low}");
+                assert!(same(&m, &rm) && same(&v, &rv) && same(&x, &rx), "{level:?} {cfg:?} low {low}");
+                let stored: Vec<f32> = p.iter().map(|h| h.load()).collect();
+                let view: Vec<f32> = reference.iter().map(|y| if low { high(y) } else { H::store(*y).load() }).collect();
+                assert!(same(&stored, &view), "{level:?} {cfg:?} low {low}");
             }
         }
+    }
+
+    #[test]
+    fn a_float32_master_beside_16bit_parameters_steps_as_float32() {
+        check_masters::<crate::half::Bf16>(true);
+        check_masters::<crate::half::Bf16>(false);
+        check_masters::<crate::half::F16>(false);
     }
 
     #[test]
@@ -407,7 +420,7 @@ mod tests {
         let (mut m, mut v) = (vec![0.0f32; 4], vec![0.0f32; 4]);
         let mut step = 0.0;
         let (mut states, mut counters) = ([&mut m[..], &mut v[..]], [&mut step]);
-        let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], fresh: false };
+        let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], fresh: false };
         let err = Config::Adam(AdamConfig::default()).step(vec![t], 1.0).unwrap_err();
         assert!(err.message().contains("grads[0]"), "{err}");
         assert_eq!(step, 0.0);
@@ -427,7 +440,7 @@ mod tests {
             let mut step = 0.0;
             for _ in 0..2 {
                 let (mut states, mut counters) = ([&mut m[..], &mut v[..]], [&mut step]);
-                let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], fresh: false };
+                let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], fresh: false };
                 Config::Adam(AdamConfig::default()).step(vec![t], 1.0).unwrap();
             }
             p
@@ -451,7 +464,7 @@ mod tests {
         let run_one = |c: AdamConfig| {
             let (mut p, mut m, mut v, mut t) = (p0.clone(), m0.clone(), v0.clone(), 3.0f32);
             let (mut states, mut counters) = ([&mut m[..], &mut v[..]], [&mut t]);
-            let tensor = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], fresh: false };
+            let tensor = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], fresh: false };
             step(&c, vec![tensor], 1.0, crate::simd::level()).unwrap();
             (p, m, v, t)
         };

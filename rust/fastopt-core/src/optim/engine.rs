@@ -69,6 +69,15 @@ pub trait Storage: Copy + Send + Sync + 'static {
     /// store (exactly representable, so storing it is exact) and its low bits.
     #[inline(always)]
     fn split_low(_tile: &mut [Self::Arith], _low: &mut [u16]) {}
+    /// Whether a parameter stored in this format may keep a float32 master copy beside it
+    /// ([`Tensor::master`]: the 16-bit formats, which compute in float32).
+    const MASTERS: bool = false;
+    /// A tile's values from their float32 masters. Called only where [`Storage::MASTERS`].
+    #[inline(always)]
+    fn from_masters(_tile: &mut [Self::Arith], _master: &[f32]) {}
+    /// The float32 masters of a tile's new values.
+    #[inline(always)]
+    fn to_masters(_tile: &[Self::Arith], _master: &mut [f32]) {}
 }
 
 /// Storage that is its own arithmetic type: load and store are the identity.
@@ -114,6 +123,15 @@ macro_rules! half_storage {
                 crate::half::$narrow(src, dst, A::X86)
             }
             const SPLITS: bool = $splits;
+            const MASTERS: bool = true;
+            #[inline(always)]
+            fn from_masters(tile: &mut [f32], master: &[f32]) {
+                tile.copy_from_slice(master);
+            }
+            #[inline(always)]
+            fn to_masters(tile: &[f32], master: &mut [f32]) {
+                master.copy_from_slice(tile);
+            }
             #[inline(always)]
             fn join_low(tile: &mut [f32], low: &[u16]) {
                 for (t, &l) in tile.iter_mut().zip(low) {
@@ -198,6 +216,10 @@ pub struct Tensor<'a, P, S = P> {
     /// ([`split_master`]: `master_weights='remainder'`), or empty. With them the rule sees
     /// the master, exactly, and the pass stores its new value split in two.
     pub low_bits: &'a mut [u16],
+    /// A float32 copy of each element beside a float16/bfloat16 parameter
+    /// (`master_weights='float32'`), or empty. With it the rule steps the master, which keeps
+    /// the new value exactly, and the parameter stores that value rounded to nearest even.
+    pub master: &'a mut [f32],
     pub fresh: bool,
 }
 
@@ -208,6 +230,7 @@ struct Chunk<'a, P, S, R, const SUMS: bool> {
     g: &'a [P],
     s: [&'a mut [S]; MAX_STATES],
     low: &'a mut [u16],
+    master: &'a mut [f32],
     out: &'a mut [(f64, f64)],
     rule: &'a R,
 }
@@ -238,10 +261,10 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bo
         let (o0, o1) = self.out.split_at_mut(blocks);
         let [a, b, c, d] = self.s;
         let ((a0, a1), (b0, b1), (c0, c1), (d0, d1)) = (cut(a, mid), cut(b, mid), cut(c, mid), cut(d, mid));
-        let (l0, l1) = cut(self.low, mid);
+        let ((l0, l1), (m0, m1)) = (cut(self.low, mid), cut(self.master, mid));
         (
-            Chunk { p: p0, g: g0, s: [a0, b0, c0, d0], low: l0, out: o0, rule: self.rule },
-            Chunk { p: p1, g: g1, s: [a1, b1, c1, d1], low: l1, out: o1, rule: self.rule },
+            Chunk { p: p0, g: g0, s: [a0, b0, c0, d0], low: l0, master: m0, out: o0, rule: self.rule },
+            Chunk { p: p1, g: g1, s: [a1, b1, c1, d1], low: l1, master: m1, out: o1, rule: self.rule },
         )
     }
 }
@@ -249,9 +272,9 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bo
 impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bool> SimdKernel for Chunk<'_, P, S, R, SUMS> {
     #[inline(always)]
     fn run<A: Arith>(self) {
-        let Chunk { p, g, s: [a, b, c, d], low, out, rule } = self;
+        let Chunk { p, g, s: [a, b, c, d], low, master, out, rule } = self;
         if !SUMS {
-            body::<P, S, A, R, false>(p, g, [a, b, c, d], low, rule, (&mut [], &mut []));
+            body::<P, S, A, R, false>(p, g, [a, b, c, d], (low, master), rule, (&mut [], &mut []));
             return;
         }
         // Block by block: the update, with the values to sum into two block-sized scratch
@@ -261,7 +284,7 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bo
         // (the second buffer only for a rule that sums two values)
         let width = BLOCK.min(p.len());
         let mut sq = (vec![zero; width], vec![zero; if R::SUMMED > 1 { width } else { 0 }]);
-        let (mut p, mut g, mut s, mut low) = (p, g, [a, b, c, d], low);
+        let (mut p, mut g, mut s, mut low, mut master) = (p, g, [a, b, c, d], low, master);
         for slot in out.iter_mut() {
             let n = BLOCK.min(p.len());
             let (p0, p1) = std::mem::take(&mut p).split_at_mut(n);
@@ -269,11 +292,12 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bo
             let [a, b, c, d] = s;
             let ((a0, a1), (b0, b1), (c0, c1), (d0, d1)) = (cut(a, n), cut(b, n), cut(c, n), cut(d, n));
             let (l0, l1) = cut(std::mem::take(&mut low), n);
+            let (m0, m1) = cut(std::mem::take(&mut master), n);
             let (x, y) = (&mut sq.0[..n], &mut sq.1[..if R::SUMMED > 1 { n } else { 0 }]);
-            body::<P, S, A, R, true>(p0, g0, [a0, b0, c0, d0], l0, rule, (&mut *x, &mut *y));
+            body::<P, S, A, R, true>(p0, g0, [a0, b0, c0, d0], (l0, m0), rule, (&mut *x, &mut *y));
             let total = |v: &[P::Arith]| if R::SQUARED { dot_f64(v, v) } else { sum_f64(v) };
             *slot = (total(x), if R::SUMMED > 1 { total(y) } else { 0.0 });
-            (p, g, s, low) = (p1, g1, [a1, b1, c1, d1], l1);
+            (p, g, s, low, master) = (p1, g1, [a1, b1, c1, d1], l1, m1);
         }
     }
 }
@@ -285,12 +309,12 @@ fn body<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>, c
     p: &mut [P],
     g: &[P],
     [s0, s1, s2, s3]: [&mut [S]; MAX_STATES],
-    low: &mut [u16],
+    masters: (&mut [u16], &mut [f32]),
     rule: &R,
     (x, y): (&mut [P::Arith], &mut [P::Arith]),
 ) {
     if P::CONVERTS || S::CONVERTS {
-        return staged::<P, S, A, R, SUMS>(p, g, [s0, s1, s2, s3], low, rule, (x, y));
+        return staged::<P, S, A, R, SUMS>(p, g, [s0, s1, s2, s3], masters, rule, (x, y));
     }
     let n = p.len();
     let g = &g[..n];
@@ -331,17 +355,19 @@ const TILE: usize = 256;
 /// used state into arithmetic-type buffers, runs [`body`] on them, and stores back the
 /// buffers the rule writes. The same values are loaded, computed and rounded once, as in
 /// one loop. With `low` (the parameters' low bits, [`Tensor::low_bits`]) the parameters'
-/// tile holds their float32 masters, joined after loading and split before storing.
+/// tile holds their float32 masters, joined after loading and split before storing; with
+/// `master` ([`Tensor::master`]) it holds the masters, copied in and out.
 #[inline(always)]
 fn staged<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>, const SUMS: bool>(
     p: &mut [P],
     g: &[P],
     mut s: [&mut [S]; MAX_STATES],
-    low: &mut [u16],
+    (low, master): (&mut [u16], &mut [f32]),
     rule: &R,
     (x, y): (&mut [P::Arith], &mut [P::Arith]),
 ) {
-    let masters = P::SPLITS && !low.is_empty();
+    let split = P::SPLITS && !low.is_empty();
+    let full = P::MASTERS && !master.is_empty();
     let zero = <P::Arith as Float>::ZERO;
     let (mut tp, mut tg) = ([zero; TILE], [zero; TILE]);
     let mut ts = [[zero; TILE]; MAX_STATES];
@@ -352,8 +378,11 @@ fn staged<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>,
         let end = (start + TILE).min(n);
         let m = end - start;
         P::load_all::<A>(&p[start..end], &mut tp[..m]);
-        if masters {
+        if split {
             P::join_low(&mut tp[..m], &low[start..end]);
+        }
+        if full {
+            P::from_masters(&mut tp[..m], &master[start..end]);
         }
         P::load_all::<A>(&g[start..end], &mut tg[..m]);
         for (src, dst) in s.iter().zip(ts.iter_mut()).take(R::STATES) {
@@ -369,9 +398,12 @@ fn staged<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>,
             (true, true) => (&mut x[start..end], &mut y[start..end]),
         };
         let states = [used(t0, 0, R::STATES, m), used(t1, 1, R::STATES, m), used(t2, 2, R::STATES, m), used(t3, 3, R::STATES, m)];
-        body::<P::Arith, P::Arith, A, R, SUMS>(&mut tp[..m], &tg[..m], states, &mut [], rule, sums);
+        body::<P::Arith, P::Arith, A, R, SUMS>(&mut tp[..m], &tg[..m], states, (&mut [], &mut []), rule, sums);
         if w(0) {
-            if masters {
+            if full {
+                P::to_masters(&tp[..m], &mut master[start..end]);
+            }
+            if split {
                 P::split_low(&mut tp[..m], &mut low[start..end]);
             }
             P::store_all::<A>(&tp[..m], &mut p[start..end]);
@@ -601,6 +633,15 @@ fn check<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
             }
             check_len("low_bits", i, t.low_bits.len(), n)?;
         }
+        if !t.master.is_empty() {
+            if !P::MASTERS {
+                return Err(Error::type_error(format!("params[{i}]: float32 masters (master_weights='float32') are kept beside float16 or bfloat16 parameters only")));
+            }
+            if extra.is_some() || !t.low_bits.is_empty() {
+                return Err(Error::value(format!("params[{i}]: a float32 master cannot be combined with a compensation buffer or low bits")));
+            }
+            check_len("masters", i, t.master.len(), n)?;
+        }
     }
     Ok(total)
 }
@@ -661,7 +702,7 @@ fn pass<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS:
         let blocks = if SUMS { t.param.len().div_ceil(BLOCK) } else { 0 };
         let (out, tail) = std::mem::take(&mut rest).split_at_mut(blocks);
         rest = tail;
-        Chunk::<P, S, R, SUMS> { p: &mut *t.param, g: t.grad, s, low: &mut *t.low_bits, out, rule: &rules[k] }
+        Chunk::<P, S, R, SUMS> { p: &mut *t.param, g: t.grad, s, low: &mut *t.low_bits, master: &mut *t.master, out, rule: &rules[k] }
     });
     parallel::for_each_of(total, chunks, |c| simd::dispatch_at(level, c));
 }
@@ -877,7 +918,7 @@ mod tests {
                 .zip(&gs)
                 .zip(states.iter_mut())
                 .zip(counters.iter_mut())
-                .map(|(((p, g), s), c)| Tensor { param: &mut p[..], grad: &g[..], states: &mut s[..], counters: &mut c[..], low_bits: &mut [], fresh: false })
+                .map(|(((p, g), s), c)| Tensor { param: &mut p[..], grad: &g[..], states: &mut s[..], counters: &mut c[..], low_bits: &mut [], master: &mut [], fresh: false })
                 .collect();
             let sums: Vec<(f64, f64)> = sweep(&mut tensors, LAYOUT, simd::level(), |c, _| {
                 next_step(c);
