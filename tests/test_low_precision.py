@@ -117,12 +117,13 @@ def _widen_step(opt32, params32, dtype, state_dtype=None):
                 v[...] = v.astype(state_dtype).astype(np.float32)
 
 
-#: Optimizers without 16-bit parameters (their own arithmetic, or, Prodigy, an estimate
-#: whose state overflows float16).
-NO_HALF = ("Adafactor", "LBFGS", "Muon", "Prodigy")
+#: Optimizers without 16-bit parameters (their own arithmetic).
+NO_HALF = ("Adafactor", "LBFGS", "Muon")
 HALF = [spec for spec in registry.OPTIMIZERS if spec.name not in NO_HALF]
 #: Optimizers of two passes: the second reads the state the first stored, so rounded.
-TWO_PASS = ("Lamb",)
+TWO_PASS = ("Lamb", "Prodigy")
+#: float16 parameters keep Prodigy's state in float32 (its estimate's state s outgrows float16).
+F32_STATE = {("Prodigy", "float16"): ("float32", np.dtype(np.float32))}
 
 
 def _copy_state(src, src_params, dst, dst_params):
@@ -195,14 +196,16 @@ ALL_CONFIGS = [(name, kw) for name, kw in registry.configs() if name not in NO_H
 def test_every_configuration_steps_as_the_float32_step_rounded_once(ml_dtypes, name, kwargs, dtype_name):
     """Every registry configuration of the 16-bit optimizers, 4 steps (see
     `_check_rounded_replay`)."""
-    _check_rounded_replay(name, kwargs, dtype_name, _dtypes(ml_dtypes)[dtype_name], seed=2, steps=4)
+    _check_rounded_replay(name, kwargs, dtype_name, _dtypes(ml_dtypes)[dtype_name], seed=2, steps=4,
+                          state=F32_STATE.get((name, dtype_name)))
 
 
 @pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
 @pytest.mark.parametrize("spec", HALF, ids=[s.name for s in HALF])
 def test_every_engine_optimizer_is_the_float32_step_rounded_once(ml_dtypes, spec, dtype_name):
     """Each optimizer's first configuration over 30 steps (see `_check_rounded_replay`)."""
-    _check_rounded_replay(spec.name, dict(spec.configs[0]), dtype_name, _dtypes(ml_dtypes)[dtype_name], seed=1, steps=30)
+    _check_rounded_replay(spec.name, dict(spec.configs[0]), dtype_name, _dtypes(ml_dtypes)[dtype_name], seed=1, steps=30,
+                          state=F32_STATE.get((spec.name, dtype_name)))
 
 
 @pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
@@ -303,7 +306,7 @@ def test_bad_input_is_refused_and_nothing_changes(ml_dtypes):
         fo.optim.Adam([np.ones(2, np.float16), np.ones(2, np.float32)])
     with pytest.raises(TypeError, match="bfloat16 and float16"):
         fo.optim.Adam([np.ones(2, bf), np.ones(2, np.float16)])
-    for name, kw in [("Adafactor", {}), ("LBFGS", {}), ("Muon", {}), ("Prodigy", {})]:
+    for name, kw in [("Adafactor", {}), ("LBFGS", {}), ("Muon", {})]:
         with pytest.raises(TypeError, match=f"{name} takes float32 or float64 parameters"):
             getattr(fo.optim, name)([np.ones((2, 2), bf)], **kw)
     # other 16-bit and 8-bit types: a void type of bfloat16's size, ml_dtypes' float8
@@ -333,6 +336,8 @@ def test_a_16bit_model_trains(ml_dtypes):
     for dtype in _dtypes(ml_dtypes).values():
         for spec in HALF:
             kw = {k: v for k, v in spec.configs[0].items() if k != "maximize"}
+            if (spec.name, dtype.name) in F32_STATE:
+                kw["state_dtype"] = "float32"
             w = np.zeros(64, dtype)
             opt = getattr(fo.optim, spec.name)([w], **kw)
             start = float(np.sum(target**2))
@@ -528,7 +533,7 @@ def test_state_dtype_bad_input(ml_dtypes):
     with pytest.raises(TypeError, match=r"params\[0\] has dtype float16; state_dtype='bfloat16' takes float32 or "
                                         "bfloat16 parameters"):
         fo.optim.Adam([np.ones(2, np.float16)], state_dtype="bfloat16")
-    for name in ("Adafactor", "LBFGS", "Muon", "Prodigy"):
+    for name in ("Adafactor", "LBFGS", "Muon"):
         cls = getattr(fo.optim, name)
         with pytest.raises(TypeError, match="state_dtype"):
             cls([np.ones((2, 2), np.float32)], state_dtype="float32")
@@ -746,9 +751,11 @@ def test_remainder_state_round_trips_and_bad_input(ml_dtypes, tmp_path):
             fo.optim.Adam([np.ones(2, dtype)], master_weights="remainder")
     with pytest.raises(ValueError, match="cautious=True cannot be combined"):
         fo.optim.Adam([np.ones(2, bf)], master_weights="remainder", cautious=True)
-    for name in ("Lamb", "SGDScheduleFree", "Muon", "Prodigy"):
+    for name in ("Lamb", "SGDScheduleFree", "Muon"):
         with pytest.raises(TypeError, match="master_weights"):
             getattr(fo.optim, name)([np.ones((2, 2), bf)], master_weights="remainder")
+    with pytest.raises(TypeError, match="Prodigy's step is not one element-wise pass: master_weights='kahan'"):
+        fo.optim.Prodigy([np.ones(2, bf)], master_weights="kahan")
     x = np.ones(3, bf)
     opt = fo.optim.Adam([x], master_weights="remainder")
     opt.step(grads=[np.ones(3, bf)])
@@ -828,3 +835,24 @@ def test_float32_master_follows_the_float32_run_and_round_trips(ml_dtypes, tmp_p
     sd = opt.state_dict()
     with pytest.raises(TypeError, match="'master' .* must be a float32 array"):
         fo.optim.Adam([z.copy()], master_weights="float32").load_state_dict(sd)
+
+
+# -- Prodigy: 16-bit parameters (float16 with float32 state) and float32 masters ---------------
+
+
+@pytest.mark.parametrize("scheme", ["remainder", "float32"])
+def test_prodigy_steps_its_float32_master_as_float32(ml_dtypes, scheme):
+    """Both passes read the master (the estimate's sums over it), so with float32 state the
+    master follows the float32 run bit for bit, and so does the estimate d."""
+    _check_master_replay("Prodigy", {}, np.dtype(ml_dtypes.bfloat16), seed=19, steps=50, every=7, scheme=scheme)
+    _check_master_replay("Prodigy", {"weight_decay": 0.1, "use_bias_correction": True}, np.dtype(ml_dtypes.bfloat16),
+                         seed=20, steps=20, every=5, scheme=scheme)
+
+
+def test_prodigy_float16_needs_float32_state(ml_dtypes):
+    with pytest.raises(TypeError, match=r"params\[0\] has dtype float16; Prodigy keeps float16 parameters' state in "
+                                        "float32"):
+        fo.optim.Prodigy([np.ones(2, np.float16)])
+    opt = fo.optim.Prodigy([np.ones(2, np.float16)], state_dtype="float32")
+    with pytest.raises(TypeError, match="Prodigy keeps float16"):
+        opt.add_param_group({"params": [np.ones(3, np.float16)], "state_dtype": None})

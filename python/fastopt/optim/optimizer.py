@@ -496,6 +496,9 @@ class Optimizer:
     #: Whether the optimizer's step is one pass of the rule engine, which can keep a
     #: compensation buffer or a master's low bits beside 16-bit parameters (``master_weights``).
     _takes_kahan = False
+    #: Whether the optimizer's passes (the engine's, possibly several) can keep a float32
+    #: master beside 16-bit parameters: ``master_weights='remainder'`` and ``'float32'``.
+    _takes_masters = False
 
     def _check_master_weights(self, group: dict[str, Any]) -> None:
         """``master_weights`` (when the group has it): ``'kahan'`` or ``'float32'`` (beside
@@ -509,7 +512,7 @@ class Optimizer:
                              "'remainder' or 'float32'")
         if how not in MASTER_WEIGHTS:
             raise ValueError(f"master_weights must be None, 'kahan', 'remainder' or 'float32', got {how!r}")
-        if not self._takes_kahan:
+        if not (self._takes_kahan or (self._takes_masters and how != "kahan")):
             raise TypeError(f"{type(self).__name__}'s step is not one element-wise pass: master_weights={how!r} is "
                             "not one of its options")
         if group.get("cautious"):

@@ -12,7 +12,7 @@ from . import _engine
 from ._engine import Rule
 from ._options import check_betas, check_bool, real
 from ..parameter import as_numpy
-from .optimizer import _ASYNC, Optimizer, _array_of
+from .optimizer import _ASYNC, _MASTER_BUFFERS, LOW_BITS, Optimizer, _array_of
 
 __all__ = ["Prodigy", "prodigy"]
 
@@ -106,9 +106,10 @@ class Prodigy(Optimizer):
     True
     """
 
-    # (its distance estimate's state `s` grows past float16's range; 16-bit parameters are
-    # refused until a float32 state option exists)
-    _takes_half = False
+    # (bfloat16 parameters keep their state in bfloat16 or float32; float16 ones only in
+    # float32: the distance estimate's state `s` grows past float16's range)
+    _takes_half = True
+    _takes_masters = True  # (both passes join a float32 master into the parameter tile)
 
     _couples = "all"  # (the step-size estimate sums over every tensor)
     _option_docs = {
@@ -138,7 +139,8 @@ class Prodigy(Optimizer):
                  beta3: float | None = None, eps: float = 1e-8, weight_decay: float = 0, decouple: bool = True,
                  use_bias_correction: bool = False, safeguard_warmup: bool = False, d0: float = 1e-6,
                  d_coef: float = 1.0, growth_rate: float = float("inf"), fsdp_in_use: bool = False,
-                 slice_p: int = 1, *, maximize: bool = False) -> None:
+                 slice_p: int = 1, *, maximize: bool = False, state_dtype: str | None = None,
+                 master_weights: str | None = None) -> None:
         if not 0.0 < real(lr, "lr"):
             raise ValueError(f"Invalid learning rate: {lr}")
         defaults = dict(lr=lr, betas=betas, beta3=beta3, eps=eps, weight_decay=weight_decay, d=d0, d0=d0, d_max=d0,
@@ -151,11 +153,16 @@ class Prodigy(Optimizer):
         self._sums = [0.0, 0.0]
         self._now: dict[str, Any] = {}
         self._layouts: dict[tuple[int, bool], tuple[str, ...]] = {}
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, state_dtype=state_dtype, master_weights=master_weights)
 
     _options = ("lr", "weight_decay", "betas", "decouple", "use_bias_correction", "safeguard_warmup", "maximize")
 
     def _validate_extra(self, group: dict[str, Any]) -> None:
+        if group.get("state_dtype") != "float32":
+            for i, p in enumerate(group.get("params", ())):
+                if _array_of(p).dtype == np.float16:
+                    raise TypeError(f"params[{i}] has dtype float16; Prodigy keeps float16 parameters' state in float32 "
+                                    "(its distance estimate's state s outgrows float16): pass state_dtype='float32'")
         if not 0.0 < real(group["d0"], "d0"):
             raise ValueError(f"Invalid d0 value: {group['d0']}")
         if not 0.0 < real(group["eps"], "eps"):
@@ -233,7 +240,8 @@ class Prodigy(Optimizer):
         if names is None:
             states, _, counters = rule.layout()
             names = self._layouts[key] = tuple(counters) + tuple(states)
-        bufs, created = self._buffers(params, arrays, names, ("step",), group)
+        extra = _MASTER_BUFFERS.get(group.get("master_weights"), ())  # (a float32 master's bits, or itself)
+        bufs, created = self._buffers(params, arrays, names + extra, ("step",), group)
         if created:
             source = {id(p): a for p, a in zip(params, arrays)}
             for p, name, b in created:
@@ -242,8 +250,10 @@ class Prodigy(Optimizer):
         if not check_only and phase == 1 and group["lr"] == 0:
             self._commit(created)  # (a group at lr 0 takes no part in the estimate)
             return
-        sums = _engine._kernels.step(rule, arrays, grads, bufs[1:], bufs[:1], None, grad_scale, check_only,
-                                     self._check_cache(group))
+        # (the master's list, last, is its own argument: the low bits or the float32 copies)
+        masters = (None, None) if not extra else (bufs[-1], None) if extra == (LOW_BITS,) else (None, bufs[-1])
+        sums = _engine._kernels.step(rule, arrays, grads, bufs[1:len(bufs) - len(extra)], bufs[:1], None, grad_scale,
+                                     check_only, self._check_cache(group), *masters)
         if created and not check_only:
             self._commit(created)
         if sums is not None and not check_only:
