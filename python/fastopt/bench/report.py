@@ -284,7 +284,7 @@ def run(sizes: list[int], optimizers: list[str], rounds: int, block: float, work
     for key in optimizers:
         name, kwargs, numpy_factory = OPTIMIZERS[key]
         official = name in OFFICIAL and have_torch
-        header = ("| N | fastopt 1T | fastopt 2T | " + (f"{OFFICIAL[name][0]} (best T) | " if official else
+        header = ("| N | fastopt 1T | fastopt 2T | " + (f"{OFFICIAL[name][0]} (best T) " if official else
                   "torch default | torch foreach | torch fused 1T | torch fused 2T ")
                   + "| numpy | optax (jit) | vs " + ("official" if official else "torch")
                   + " | vs numpy | vs optax | of copy BW |")
