@@ -856,3 +856,31 @@ def test_prodigy_float16_needs_float32_state(ml_dtypes):
     opt = fo.optim.Prodigy([np.ones(2, np.float16)], state_dtype="float32")
     with pytest.raises(TypeError, match="Prodigy keeps float16"):
         opt.add_param_group({"params": [np.ones(3, np.float16)], "state_dtype": None})
+
+
+@pytest.mark.parametrize("how,key", [("kahan", "kahan_comp"), ("remainder", "master_low_bits"), ("float32", "master")])
+def test_master_weights_through_fastopt_torch(torch, ml_dtypes, how, key):
+    """``fastopt.torch`` takes ``master_weights`` (checked against the tensors' dtype, not its
+    float32 probe's) and steps bfloat16 tensors as fastopt.optim steps the same arrays."""
+    import fastopt.torch as ft
+
+    bf = np.dtype(ml_dtypes.bfloat16)
+    rng = np.random.default_rng(21)
+    w0 = rng.standard_normal(50).astype(np.float32)
+    grads = [rng.standard_normal(50).astype(np.float32) for _ in range(6)]
+    t = torch.nn.Parameter(torch.from_numpy(w0).to(torch.bfloat16))
+    opt = ft.Adam([t], lr=1e-3, master_weights=how)
+    w = w0.astype(bf)
+    ref = fo.optim.Adam([w], lr=1e-3, master_weights=how)
+    for g in grads:
+        t.grad = torch.from_numpy(g).to(torch.bfloat16)
+        opt.step()
+        ref.step(grads=[g.astype(bf)])
+    assert np.array_equal(t.detach().view(torch.int16).numpy(), w.view(np.int16))
+    mine = opt.state[t][key]
+    bits = mine.view(torch.int16).numpy() if mine.dtype == torch.bfloat16 else mine.numpy()
+    theirs = ref.state[w][key]
+    assert np.array_equal(bits, theirs.view(np.int16) if theirs.dtype == bf else theirs)
+    assert opt.state_dict()["param_groups"][0]["master_weights"] == how
+    with pytest.raises(TypeError, match="params\\[0\\] has dtype float32; master_weights"):
+        ft.Adam([torch.nn.Parameter(torch.zeros(2))], master_weights=how)

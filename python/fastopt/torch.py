@@ -101,12 +101,16 @@ class Optimizer(torch.optim.Optimizer):
     _fastopt_class: type = _optim.Optimizer
 
     def __init__(self, params: Iterable[Any], *args: Any, **kwargs: Any) -> None:
-        # The fastopt class checks the arguments and says what the defaults are.
-        probe = self._fastopt_class([_FastParameter(np.zeros((1, 1), np.float32))], *args, **kwargs)
+        # The fastopt class checks the arguments and says what the defaults are (on a float32
+        # probe: master_weights, which depends on the parameters' dtype, is checked when the
+        # inner optimizer is built over the real tensors).
+        master = kwargs.get("master_weights")
+        probe = self._fastopt_class([_FastParameter(np.zeros((1, 1), np.float32))], *args,
+                                    **{k: v for k, v in kwargs.items() if k != "master_weights"})
         self._args, self._kwargs = args, kwargs
         self._inner: Any = None
         self._built: list = []  # what the inner optimizer was built from: see `_sync`
-        super().__init__(params, dict(probe.defaults))
+        super().__init__(params, dict(probe.defaults, **({"master_weights": master} if master is not None else {})))
         self._build()
 
     # -- the inner fastopt optimizer ---------------------------------------------------------
