@@ -130,8 +130,10 @@ DOCS: dict[str, str] = {
                       "low``; the step updates the master exactly as a float32 parameter and stores it split again, "
                       "the parameter being the master rounded to nearest, ties away from zero; 2 bytes per element) or "
                       "``'float32'`` (a float32 copy ``master`` of each float16/bfloat16 parameter, stepped as a float32 "
-                      "parameter and stored rounded to nearest even; 4 bytes per element); kept in the param groups only "
-                      "when set",
+                      "parameter and stored rounded to nearest even; 4 bytes per element). With a master, the master "
+                      "is the weight: an array written into the parameter directly is overwritten by the next step "
+                      "(write new weights before the first step, or drop the optimizer's state). Kept in the param "
+                      "groups only when set",
     "foreach": "accepted for compatibility with torch (fastopt always runs one fused kernel)",
     "fused": "accepted for compatibility with torch (fastopt always runs one fused kernel)",
     "capturable": "torch's CUDA-graph option: only False is supported",
