@@ -254,7 +254,7 @@ def _demo_run(args: Any, names: list[str], lrs: dict[str, float], comm: Any, ap:
         f"MLP 2-{cfg.hidden}-{cfg.hidden}-2 with BatchNorm1d and ReLU, cross-entropy; {cfg.epochs} epochs "
         f"of batches of {cfg.batch_size} ({cfg.epochs * steps_per_epoch} steps), cosine schedule to 0{ranks}\n"
     )
-    precisions = getattr(args, "precisions", ["float32"])
+    precisions = args.precisions
     by_precision = precisions != ["float32"]
     width = max([13] + [len(n) + len(p) + 4 for n in names for p in precisions] if by_precision else [13])
     header = (f"| {'optimizer':<{width}}| {'lr':>6} | {'train loss':>10} | {'test acc':>8} | {'wall s':>6} | "

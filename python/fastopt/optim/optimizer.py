@@ -140,6 +140,22 @@ _LOW_DTYPE = np.dtype(np.int16)
 MASTER = "master"
 #: The state buffer each ``master_weights`` scheme keeps beside the rule's own, last.
 _MASTER_BUFFERS: dict[Any, tuple[str, ...]] = {"kahan": ("kahan_comp",), "remainder": (LOW_BITS,), "float32": (MASTER,)}
+#: The buffers a master scheme keeps in a dtype of their own (not the state's), and what a
+#: loaded one must be.
+_OWN_DTYPES = {LOW_BITS: (_LOW_DTYPE, "(the low bits of float32 masters) must be an int16 array"),
+               MASTER: (np.dtype(np.float32), "(float32 master copies) must be a float32 array")}
+
+
+def _split_masters(names: tuple[str, ...], bufs: list) -> tuple[list, tuple]:
+    """``bufs`` (one list per name of ``names``) without a master's list, which the kernel
+    takes as an argument of its own, and the arguments to pass after ``cache``: ``(low_bits,)``
+    or ``(None, masters)``, or none. (A compensation buffer stays with the state lists.)"""
+    last = names[-1] if names else None
+    if last is LOW_BITS:
+        return bufs[:-1], (bufs[-1],)
+    if last is MASTER:
+        return bufs[:-1], (None, bufs[-1])
+    return bufs, ()
 
 
 def _keeps_state_in(dtype: np.dtype, name: str) -> bool:
@@ -161,14 +177,10 @@ def _load_value(p: Any, key: str, value: Any, counter: bool, dtype: np.dtype | N
         return np.array(as_numpy(value), dtype=np.float32, copy=True).reshape(())
     if isinstance(value, np.ndarray) or hasattr(value, "__array__"):
         arr = as_numpy(value)
-        if key == MASTER:
-            if arr.dtype != np.float32:
-                raise TypeError(f"state {key!r} (float32 master copies) must be a float32 array, got dtype {arr.dtype}")
-            return np.array(arr, order="C", copy=True)
-        if key == LOW_BITS:
-            if arr.dtype != _LOW_DTYPE:
-                raise TypeError(f"state {key!r} (the low bits of float32 masters) must be an int16 array, got dtype "
-                                f"{arr.dtype}")
+        own = _OWN_DTYPES.get(key)
+        if own is not None:
+            if arr.dtype != own[0]:
+                raise TypeError(f"state {key!r} {own[1]}, got dtype {arr.dtype}")
             return np.array(arr, order="C", copy=True)
         if arr.dtype.kind == "f" or is_bfloat16(arr.dtype):
             return np.array(arr, dtype=_array_of(p).dtype if dtype is None else dtype, order="C", copy=True)
@@ -935,14 +947,8 @@ class Optimizer:
             new = {id(b) for _, _, b in created}
             fresh = [id(b) in new for b in bufs[k]]
         # (the compiled call directly: this runs once per group and step)
-        if names and names[-1] is LOW_BITS:  # (the masters' low bits: a list of their own, last)
-            _engine._kernels.step(rule, arrays, grads, bufs[k:-1], bufs[:k], fresh, grad_scale, check_only, cache,
-                                  bufs[-1])
-        elif names and names[-1] is MASTER:  # (the float32 masters: likewise)
-            _engine._kernels.step(rule, arrays, grads, bufs[k:-1], bufs[:k], fresh, grad_scale, check_only, cache,
-                                  None, bufs[-1])
-        else:
-            _engine._kernels.step(rule, arrays, grads, bufs[k:], bufs[:k], fresh, grad_scale, check_only, cache)
+        lists, masters = _split_masters(names, bufs)
+        _engine._kernels.step(rule, arrays, grads, lists[k:], lists[:k], fresh, grad_scale, check_only, cache, *masters)
         if created and not check_only:
             self._commit(created)
 
@@ -1156,11 +1162,7 @@ class Optimizer:
                 v = np.asarray(value)
                 if v.shape != a.shape:
                     raise ValueError(f"state[{k}][{key!r}] has shape {v.shape} but its parameter has shape {a.shape}")
-                want = a.dtype if dtypes is None else dtypes[id(p)]
-                if key == LOW_BITS:
-                    want = _LOW_DTYPE
-                if key == MASTER:
-                    want = np.dtype(np.float32)
+                want = _OWN_DTYPES[key][0] if key in _OWN_DTYPES else a.dtype if dtypes is None else dtypes[id(p)]
                 if v.dtype != want:
                     whose = "its parameter has" if want == a.dtype else "its group's state_dtype is"
                     raise ValueError(f"state[{k}][{key!r}] has dtype {v.dtype} but {whose} dtype {want}")

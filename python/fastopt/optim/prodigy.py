@@ -12,7 +12,7 @@ from . import _engine
 from ._engine import Rule
 from ._options import check_betas, check_bool, real
 from ..parameter import as_numpy
-from .optimizer import _ASYNC, _MASTER_BUFFERS, LOW_BITS, Optimizer, _array_of
+from .optimizer import _ASYNC, _MASTER_BUFFERS, Optimizer, _array_of, _split_masters
 
 __all__ = ["Prodigy", "prodigy"]
 
@@ -240,8 +240,8 @@ class Prodigy(Optimizer):
         if names is None:
             states, _, counters = rule.layout()
             names = self._layouts[key] = tuple(counters) + tuple(states)
-        extra = _MASTER_BUFFERS.get(group.get("master_weights"), ())  # (a float32 master's bits, or itself)
-        bufs, created = self._buffers(params, arrays, names + extra, ("step",), group)
+        names = names + _MASTER_BUFFERS.get(group.get("master_weights"), ())  # (a float32 master's bits, or itself)
+        bufs, created = self._buffers(params, arrays, names, ("step",), group)
         if created:
             source = {id(p): a for p, a in zip(params, arrays)}
             for p, name, b in created:
@@ -250,10 +250,9 @@ class Prodigy(Optimizer):
         if not check_only and phase == 1 and group["lr"] == 0:
             self._commit(created)  # (a group at lr 0 takes no part in the estimate)
             return
-        # (the master's list, last, is its own argument: the low bits or the float32 copies)
-        masters = (None, None) if not extra else (bufs[-1], None) if extra == (LOW_BITS,) else (None, bufs[-1])
-        sums = _engine._kernels.step(rule, arrays, grads, bufs[1:len(bufs) - len(extra)], bufs[:1], None, grad_scale,
-                                     check_only, self._check_cache(group), *masters)
+        lists, masters = _split_masters(names, bufs)
+        sums = _engine._kernels.step(rule, arrays, grads, lists[1:], lists[:1], None, grad_scale, check_only,
+                                     self._check_cache(group), *masters)
         if created and not check_only:
             self._commit(created)
         if sums is not None and not check_only:
