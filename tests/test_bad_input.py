@@ -351,3 +351,29 @@ def test_functional_adafactor_names_the_argument_and_writes_nothing():
                                    d=1.0, weight_decay=0.0, maximize=False, bogus=1)
     F.adafactor([p, q], [g, h], [r, None], [c, None], [None, v], [step, step2], lr=0.1)
     assert float(step) == float(step2) == 1.0 and not np.array_equal(p, before[0]) and not np.array_equal(q, before[1])
+
+
+def test_rule_renew_takes_new_numbers_in_the_order_given():
+    """``Rule.renew``: the same rule with new numbers, positionally (what a step whose lr a
+    scheduler changed uses instead of parsing keywords again); None when they change the
+    buffers the rule takes; a wrong count or a non-number is a TypeError naming it."""
+    from fastopt import _fastopt
+
+    full = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
+                decoupled_weight_decay=False, cautious=False)
+    rule = _fastopt.Rule("adam", **full)
+    new = dict(full, lr=0.5, eps=1e-6, maximize=True)
+    renewed = rule.renew(tuple(new.values()))
+    assert repr(renewed) == repr(_fastopt.Rule("adam", **new)) != repr(rule)
+    # the order is the one the rule was built with, not the engine's
+    backwards = dict(reversed(list(full.items())))
+    assert repr(_fastopt.Rule("adam", **backwards).renew(tuple(dict(backwards, lr=0.5).values()))) == \
+        repr(_fastopt.Rule("adam", **dict(full, lr=0.5)))
+    assert rule.renew(tuple(dict(full, amsgrad=True).values())) is None  # (one buffer more)
+    assert rule.renew(tuple(full.values())).layout() == rule.layout()
+    with pytest.raises(TypeError, match=r"^adam: renew takes 9 values"):
+        rule.renew((0.1,))
+    with pytest.raises(TypeError, match=r'^adam: hyperparameter "eps" must be a number, got str'):
+        rule.renew(tuple(dict(full, eps="1e-8").values()))
+    assert repr(rule) == repr(_fastopt.Rule("adam", **full))  # (frozen)
+

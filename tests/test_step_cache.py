@@ -242,3 +242,27 @@ def test_buffer_lists_are_cached_per_group(cls):
     first, second = gathered[-4], gathered[-3]
     assert gathered[-2] is first and gathered[-1] is second and first is not second
     assert gathered[-6] is first and gathered[-5] is second
+
+
+def test_an_option_that_changes_the_buffers_mid_run_builds_a_new_rule():
+    """A group's rule takes new numbers in place of the old ones (a scheduler's lr) unless
+    they change its buffers: amsgrad turned on after two steps gives the group its new buffer
+    (zeros) and the functional form's steps from there, bit for bit."""
+    F = fo.optim.functional
+    p = fo.Parameter(np.array([1.0, -2.0, 3.0], np.float32))
+    opt = fo.optim.Adam([p], lr=0.1)
+    ref = [p.data.copy(), np.zeros(3, np.float32), np.zeros(3, np.float32), np.zeros((), np.float32)]
+    maxes = np.zeros(3, np.float32)
+    for i in range(5):
+        group = opt.param_groups[0]
+        group["lr"] = 0.1 / (i + 1)
+        if i == 2:
+            group["amsgrad"] = True
+        g = np.array([0.5, -1.0, 2.0], np.float32) * (i + 1)
+        p.grad = g.copy()
+        opt.step()
+        x, m, v, t = ref
+        F.adam([x], [g], [m], [v], [maxes] if i >= 2 else None, [t], amsgrad=i >= 2, lr=0.1 / (i + 1))
+        np.testing.assert_array_equal(p.data, x)
+    assert sorted(opt.state[p]) == ["exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step"]
+    np.testing.assert_array_equal(opt.state[p]["max_exp_avg_sq"], maxes)

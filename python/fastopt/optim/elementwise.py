@@ -797,12 +797,33 @@ class _ScheduleFree(_Elementwise):
     def _beta1(self, g):
         raise NotImplementedError
 
-    def _hyper(self, g):
-        # (from the group's counters, which a step changes: the rule is rebuilt each step)
-        lr, ckp1, bc2, _, _ = self._next(g)
+    #: ``(group, self._next(group))`` while that group steps (computed once per step).
+    _stepping: tuple | None = None
+    #: The rule's hyperparameters, in the order of :meth:`_values`.
+    _KEYS = ("lr", "beta1", "beta2", "eps", "weight_decay", "ckp1", "bc2", "adam", "maximize")
+
+    def _values(self, g) -> tuple:
+        """The rule's hyperparameters for ``g`` (by ``_KEYS``), from the group's counters."""
+        now = self._stepping
+        lr, ckp1, bc2, _, _ = now[1] if now is not None and now[0] is g else self._next(g)
         beta1, beta2, eps = (*g["betas"], g["eps"]) if self._adam else (g["momentum"], 0.0, 0.0)
-        return dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=g["weight_decay"], ckp1=ckp1, bc2=bc2,
-                    adam=self._adam, maximize=g["maximize"])
+        return (lr, beta1, beta2, eps, g["weight_decay"], ckp1, bc2, self._adam, g["maximize"])
+
+    def _hyper(self, g):
+        return dict(zip(self._KEYS, self._values(g)))
+
+    def _rule_of(self, group):
+        # A step changes the group's counters, hence the rule's numbers, every time: the
+        # group's rule is renewed with them directly (the same rule over the same names,
+        # which take no buffer of their own choosing but ``adam``, the class's), skipping the
+        # comparisons that tell whether an option changed.
+        entry = self._rules.get(id(group))
+        if entry is not None and entry[0] is group:
+            rule = entry[3].renew(self._values(group))
+            if rule is not None:
+                entry = self._rules[id(group)] = (group, None, None, rule, *entry[4:])
+                return entry
+        return super()._rule_of(group)
 
     def _next(self, g) -> tuple[float, float, float, float, float]:
         """This step's (lr, ckp1, bc2) and the group's new (lr_max, weight_sum), as theirs."""
@@ -819,8 +840,13 @@ class _ScheduleFree(_Elementwise):
         if not self.param_groups[0]["train_mode"]:
             raise RuntimeError("Optimizer was not in train mode when step is called. Please insert .train() and "
                                ".eval() calls on the optimizer. See documentation for details.")
-        lr, _, _, lr_max, weight_sum = self._next(group)
-        super()._step_group(group, params, arrays, grads, check_only, grad_scale)
+        now = self._next(group)
+        lr, _, _, lr_max, weight_sum = now
+        self._stepping = (group, now)
+        try:
+            super()._step_group(group, params, arrays, grads, check_only, grad_scale)
+        finally:
+            self._stepping = None
         if not check_only:
             group.update(k=group["k"] + 1, lr_max=lr_max, weight_sum=weight_sum, scheduled_lr=lr)
 

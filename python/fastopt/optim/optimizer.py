@@ -384,8 +384,9 @@ class Optimizer:
         self.param_groups: list[dict[str, Any]] = []
         # id(params) -> (params, its version, state, state version, names, buffer lists): see `_buffers`.
         self._buffer_lists: dict[int, tuple] = {}
-        # id(group) -> (group, its values, (rule name, hyperparameters), Rule, layout, cache): see `_rule_of`.
-        self._rules: dict[int, tuple] = {}
+        # id(group) -> (group, its values, (rule name, hyperparameters), Rule, layout, cache): see `_rule_of`
+        # (an optimizer of several passes keys its own by (id(group), pass)).
+        self._rules: dict[Any, tuple] = {}
         # id(group) -> (group, the kernel's CheckCache for it): see `_check_cache`.
         self._check_caches: dict[int, tuple] = {}
         param_groups = list(params)
@@ -894,8 +895,10 @@ class Optimizer:
     def _rule_of(self, group: dict[str, Any]) -> tuple:
         """``(group, values, key, rule, names, counters, cache)`` for the group: its ``Rule``,
         the state buffers and counters it takes (``names``, counters first), what it was built
-        from, and the group's ``CheckCache`` (the same object for the group's lifetime). Built again only when an option changed (a scheduler's new ``lr``, say);
-        ``_step_group`` checks ``values`` itself, inline."""
+        from (None once a subclass renewed the rule in place), and the group's ``CheckCache``
+        (the same object for the group's lifetime). Made again only when an option changed: a
+        new number for the same rule (a scheduler's ``lr``) renews the Rule and keeps the
+        rest; ``_step_group`` checks ``values`` itself, inline."""
         name, hyper = self._rule_name(group), self._hyper(group)
         # (a compensated step takes one buffer more, last: see ``_engine.step``)
         kahan = _MASTER_BUFFERS.get(group.get("master_weights"), ())
@@ -905,11 +908,23 @@ class Optimizer:
             return old
         # (This runs at every step whose options changed, a scheduler's lr at each step: the
         # checks below are C-level maps, not Python loops.)
-        rule = _engine.Rule(name, **hyper)
-        states, _, counters = rule.layout()
-        if old is None and len(self._rules) > 4 * len(self.param_groups):
-            live = {id(g) for g in self.param_groups}
-            self._rules = {k: v for k, v in self._rules.items() if k in live}
+        rule = None
+        if old is not None and old[2] is not None and old[2][0] == name and old[2][2] == kahan \
+                and tuple(old[2][1]) == tuple(hyper):
+            # The same rule over the same names, in the same order: it takes the new numbers
+            # (None if they change the buffers it takes), which skips parsing keywords.
+            rule = old[3].renew(tuple(hyper.values()))
+        if rule is not None and old is not None:
+            names, counters, cache = old[4:]
+        else:
+            rule = _engine.Rule(name, **hyper)
+            states, _, counter_names = rule.layout()
+            if old is None and len(self._rules) > 4 * len(self.param_groups):
+                live = {id(g) for g in self.param_groups}
+                self._rules = {k: v for k, v in self._rules.items() if k in live}
+            counters = tuple(counter_names)
+            names = counters + tuple(states) + kahan
+            cache = old[6] if old is not None else self._check_cache(group)
         values = list(group.values())
         # The fast check compares the group's values by identity, then by value; an option
         # held in a 0-d array (an lr a scheduler fills in place) cannot be told unchanged by
@@ -918,9 +933,7 @@ class Optimizer:
         frozen = hyper
         if np.ndarray in set(map(type, hyper.values())):
             frozen = {k: float(v) if isinstance(v, np.ndarray) else v for k, v in hyper.items()}
-        names = tuple(counters) + tuple(states) + kahan
-        cache = old[6] if old is not None else self._check_cache(group)
-        entry = self._rules[id(group)] = (group, fast, (name, frozen, kahan), rule, names, tuple(counters), cache)
+        entry = self._rules[id(group)] = (group, fast, (name, frozen, kahan), rule, names, counters, cache)
         return entry
 
     def _step_group(

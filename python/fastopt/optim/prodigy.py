@@ -152,7 +152,6 @@ class Prodigy(Optimizer):
         self._phase = 1
         self._sums = [0.0, 0.0]
         self._now: dict[str, Any] = {}
-        self._layouts: dict[tuple[int, bool], tuple[str, ...]] = {}
         super().__init__(params, defaults, state_dtype=state_dtype, master_weights=master_weights)
 
     _options = ("lr", "weight_decay", "betas", "decouple", "use_bias_correction", "safeguard_warmup", "maximize")
@@ -222,25 +221,38 @@ class Prodigy(Optimizer):
         dlr = _dlr(g0["d"], lr, g0["k"], g0["betas"], g0["use_bias_correction"])
         return dict(d=g0["d"], dlr=dlr, betas=tuple(g0["betas"]), beta3=beta3, decouple=g0["decouple"], lr=lr)
 
-    def _pass_rule(self, group: dict[str, Any], phase: int, plan: dict[str, Any]) -> Any:
-        """The group's rule for a pass (built each time: ``d`` changes every step)."""
+    def _pass_rule(self, group: dict[str, Any], phase: int, plan: dict[str, Any]) -> tuple[Any, tuple[str, ...]]:
+        """The group's rule for a pass and the buffers it takes (counters first, then the
+        state, then a master's buffer): ``d`` changes every step, so the last rule of this
+        group and pass takes the new numbers (the keys are ``_stats_hyper``'s or
+        ``_update_hyper``'s, always in the same order; its buffers stay as they were unless
+        ``beta1`` moved to or from 0, and then a new rule is built)."""
         if phase == 1:
-            return Rule("prodigy_stats", **_stats_hyper(plan["d"], group["d0"], plan["dlr"], plan["betas"],
-                                                        plan["beta3"], group["safeguard_warmup"], group["weight_decay"],
-                                                        plan["decouple"], group["maximize"]))
-        return Rule("prodigy_update", **_update_hyper(plan["betas"][0], plan["dlr"], plan["d"], group["eps"],
-                                                      group["weight_decay"], plan["decouple"], group["maximize"]))
+            name, hyper = "prodigy_stats", _stats_hyper(plan["d"], group["d0"], plan["dlr"], plan["betas"],
+                                                        plan["beta3"], group["safeguard_warmup"],
+                                                        group["weight_decay"], plan["decouple"], group["maximize"])
+        else:
+            name, hyper = "prodigy_update", _update_hyper(plan["betas"][0], plan["dlr"], plan["d"], group["eps"],
+                                                          group["weight_decay"], plan["decouple"], group["maximize"])
+        # (kept with the groups' rules, which pickling and copying leave out)
+        key = (id(group), phase)
+        master = _MASTER_BUFFERS.get(group.get("master_weights"), ())  # (a float32 master's bits, or itself)
+        old = self._rules.get(key)
+        if old is not None and old[0] is group and old[3] == master:
+            rule = old[1].renew(tuple(hyper.values()))
+            if rule is not None:
+                self._rules[key] = (group, rule, old[2], master)
+                return rule, old[2]
+        rule = Rule(name, **hyper)
+        states, _, counters = rule.layout()
+        names = tuple(counters) + tuple(states) + master
+        self._rules[key] = (group, rule, names, master)
+        return rule, names
 
     def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
         phase = 1 if check_only else self._phase  # (the checks are the first pass's)
         plan = self._plan() if check_only else self._now
-        rule = self._pass_rule(group, phase, plan)
-        key = (phase, plan["betas"][0] > 0)
-        names = self._layouts.get(key)
-        if names is None:
-            states, _, counters = rule.layout()
-            names = self._layouts[key] = tuple(counters) + tuple(states)
-        names = names + _MASTER_BUFFERS.get(group.get("master_weights"), ())  # (a float32 master's bits, or itself)
+        rule, names = self._pass_rule(group, phase, plan)
         bufs, created = self._buffers(params, arrays, names, ("step",), group)
         if created:
             source = {id(p): a for p, a in zip(params, arrays)}

@@ -7,15 +7,32 @@ use fastopt_core::optim::engine::KAHAN;
 use fastopt_core::optim::{Config, Storage, Tensor, RULES};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyTuple};
+use std::sync::Arc;
 
 /// An optimizer rule with one group's hyperparameters: ``Rule("adam", lr=1e-3, beta1=0.9,
 /// ...)``. Every hyperparameter of the rule must be given, as a number (flags as bools), and
 /// nothing else: an unknown or missing name is a TypeError here, not at the step. Frozen:
-/// build a new one when an option changes.
+/// build a new one when an option changes, or :meth:`renew` it with new numbers.
 #[pyclass(module = "fastopt._fastopt", name = "Rule", frozen)]
 pub struct Rule {
     cfg: Config,
+    /// The hyperparameters' names in the order they were given (the order `renew` takes).
+    keys: Arc<[String]>,
+}
+
+/// `v` as a hyperparameter's number, or a TypeError naming it.
+fn number(rule: &str, key: &str, v: &Bound<'_, PyAny>) -> PyResult<f64> {
+    v.extract::<f64>().map_err(|_| {
+        PyTypeError::new_err(format!("{rule}: hyperparameter {key:?} must be a number, got {}", v.get_type().name().map(|n| n.to_string()).unwrap_or_default()))
+    })
+}
+
+impl Rule {
+    fn build(name: &str, keys: Arc<[String]>, values: Vec<f64>) -> PyResult<Self> {
+        let pairs: Vec<(&str, f64)> = keys.iter().map(|k| k.as_str()).zip(values).collect();
+        Ok(Rule { cfg: Config::new(name, &pairs).map_err(core_err)?, keys })
+    }
 }
 
 #[pymethods]
@@ -28,15 +45,26 @@ impl Rule {
         if let Some(d) = hyper {
             for (k, v) in d.iter() {
                 let k: String = k.extract()?;
-                let x = v.extract::<f64>().map_err(|_| {
-                    PyTypeError::new_err(format!("{name}: hyperparameter {k:?} must be a number, got {}", v.get_type().name().map(|n| n.to_string()).unwrap_or_default()))
-                })?;
+                values.push(number(name, &k, &v)?);
                 keys.push(k);
-                values.push(x);
             }
         }
-        let pairs: Vec<(&str, f64)> = keys.iter().map(|k| k.as_str()).zip(values).collect();
-        Ok(Rule { cfg: Config::new(name, &pairs).map_err(core_err)? })
+        Self::build(name, keys.into(), values)
+    }
+
+    /// The same rule with new numbers: ``values`` for the hyperparameters this Rule was built
+    /// with, in the order they were given (a scheduler's new ``lr``, Schedule-Free's constants
+    /// of the step). Returns None when the new numbers change the state buffers or counters
+    /// the rule takes (an ``amsgrad`` flag, say): build a new Rule then. Cheaper than
+    /// ``Rule(name, **hyper)``, which parses keywords.
+    fn renew(&self, values: &Bound<'_, PyTuple>) -> PyResult<Option<Self>> {
+        let name = self.cfg.name();
+        if values.len() != self.keys.len() {
+            return Err(PyTypeError::new_err(format!("{name}: renew takes {} values ({:?}), got {}", self.keys.len(), self.keys, values.len())));
+        }
+        let values = values.iter().zip(self.keys.iter()).map(|(v, k)| number(name, k, &v)).collect::<PyResult<Vec<f64>>>()?;
+        let rule = Self::build(name, self.keys.clone(), values)?;
+        Ok((rule.cfg.layout() == self.cfg.layout()).then_some(rule))
     }
 
     /// The rule's name.
