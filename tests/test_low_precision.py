@@ -137,7 +137,13 @@ def _copy_state(src, src_params, dst, dst_params):
         h.update({k: v for k, v in g.items() if k not in ("params", "state_dtype", "master_weights")})
 
 
-def _check_rounded_replay(name, kwargs, dtype_name, dtype, seed, steps, state=None, kahan=False):
+def _wide(grads):
+    """float32 gradients near ``grads`` that the 16-bit formats cannot hold (a relative
+    ``2**-13`` away: below float16's and bfloat16's last place)."""
+    return [[np.asarray(g.astype(np.float32) * np.float32(1 + 2.0**-13)) for g in step] for step in grads]
+
+
+def _check_rounded_replay(name, kwargs, dtype_name, dtype, seed, steps, state=None, kahan=False, f32_grads=False):
     """Each step from the second on (the first creates the state: buffers filled with a
     value, Adagrad's and Rprop's, hold it rounded) equals the float32 step from the same
     widened values, with the parameters and every state buffer rounded once; bit for bit,
@@ -147,8 +153,11 @@ def _check_rounded_replay(name, kwargs, dtype_name, dtype, seed, steps, state=No
     that dtype instead of the parameters'). ``kahan``: with ``master_weights='kahan'``, the
     parameter is the float32 step ``u`` compensated in float32 (the definition):
     ``y = (u - p) + c``, the parameter ``t = round(p + y)``, the compensation
-    ``round(y - (t - p))``."""
+    ``round(y - (t - p))``. ``f32_grads``: the gradients are float32 values (``_wide``),
+    which both runs read as they are."""
     params, grads = _problem(dtype, seed=seed, steps=steps)
+    if f32_grads:
+        grads = _wide(grads)
     ours = [p.copy() for p in params]
     replay = [p.astype(np.float32) for p in params]
     options = {**({"state_dtype": state[0]} if state else {}), **({"master_weights": "kahan"} if kahan else {})}
@@ -297,11 +306,29 @@ def test_bad_input_is_refused_and_nothing_changes(ml_dtypes):
     w = np.ones(4, bf)
     before = w.copy()
     opt = fo.optim.Adam([w], lr=0.1)
-    with pytest.raises(TypeError, match=r"grads\[0\] has dtype float32 but the call's arrays are bfloat16"):
-        opt.step(grads=[np.ones(4, np.float32)])
+    with pytest.raises(TypeError, match=r"grads\[0\] has dtype float64 but the call's arrays are bfloat16"):
+        opt.step(grads=[np.ones(4, np.float64)])
     with pytest.raises(TypeError, match=r"grads\[0\] has dtype float16 but the call's arrays are bfloat16"):
         opt.step(grads=[np.ones(4, np.float16)])
     assert _same(w, before) and not opt.state[w]
+    # float32 gradients: all of them or none, and beside 16-bit parameters only
+    v = np.ones(3, bf)
+    two = fo.optim.Adam([w, v], lr=0.1)
+    with pytest.raises(TypeError, match=r"grads\[1\] has dtype bfloat16 but grads\[0\] is float32: the gradients "
+                                        r"are all bfloat16 or all float32"):
+        two.step(grads=[np.ones(4, np.float32), np.ones(3, bf)])
+    with pytest.raises(TypeError, match=r"grads\[1\] has dtype float32 but the call's arrays are bfloat16"):
+        two.step(grads=[np.ones(4, bf), np.ones(3, np.float32)])
+    assert _same(w, before) and _same(v, np.ones(3, bf)) and not two.state[w]
+    for wide in (np.float64, np.float32):
+        with pytest.raises(TypeError, match=r"grads\[0\] has dtype float32 but the call's arrays are float64|"
+                                            r"grads\[0\] has dtype float64 but the call's arrays are float32"):
+            fo.optim.Adam([np.ones(2, wide)]).step(grads=[np.ones(2, np.float64 if wide == np.float32 else np.float32)])
+    with pytest.raises(TypeError, match=r"grad has dtype float64 but the parameter has dtype bfloat16 \(or float32, "
+                                        r"beside a 16-bit parameter\)"):
+        fo.Parameter(np.ones(2, bf)).grad = np.ones(2, np.float64)
+    with pytest.raises(TypeError, match=r"grad has dtype float32 but the parameter has dtype float64$"):
+        fo.Parameter(np.ones(2)).grad = np.ones(2, np.float32)
     with pytest.raises(TypeError, match="float16 and float32"):
         fo.optim.Adam([np.ones(2, np.float16), np.ones(2, np.float32)])
     with pytest.raises(TypeError, match="bfloat16 and float16"):
@@ -665,13 +692,16 @@ def _view_of(master, bf):
     return ((bits + np.uint32(0x8000)) >> np.uint32(16)).astype(np.uint16).view(bf)
 
 
-def _check_master_replay(name, kwargs, dtype, seed, steps, every=1, scheme="remainder"):
+def _check_master_replay(name, kwargs, dtype, seed, steps, every=1, scheme="remainder", f32_grads=False):
     """With ``master_weights=scheme`` and float32 state, the float32 master (``'remainder'``:
     the bfloat16 parameter joined with its low bits; ``'float32'``: the copy) and the state
     equal a float32 run's parameter and state bit for bit after every ``every``-th step; the
     parameter is the master's documented view (``'remainder'``: to nearest, ties away from
-    zero; ``'float32'``: to nearest even, numpy's cast)."""
+    zero; ``'float32'``: to nearest even, numpy's cast). ``f32_grads``: float32 gradients
+    (``_wide``) in both runs."""
     params, grads = _problem(dtype, seed=seed, steps=steps)
+    if f32_grads:
+        grads = _wide(grads)
     ours = [p.copy() for p in params]
     replay = [p.astype(np.float32) for p in params]
     opt = getattr(fo.optim, name)(ours, **kwargs, master_weights=scheme, state_dtype="float32")
@@ -895,3 +925,52 @@ def test_master_weights_through_fastopt_torch(torch, ml_dtypes, how, key):
             ref.step(grads=[g.astype(bf)])
         assert np.array_equal(t.detach().view(torch.int16).numpy(), w.view(np.int16))
         assert opt.param_groups[0]["d"] == ref.param_groups[0]["d"] > 1e-6
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+@pytest.mark.parametrize("spec", HALF, ids=[s.name for s in HALF])
+def test_float32_gradients_beside_16bit_parameters_are_read_exactly(ml_dtypes, spec, dtype_name):
+    """Gradients in float32 beside float16/bfloat16 parameters (as mixed-precision training
+    keeps them): each optimizer's first configuration, 10 steps, equals the float32 step from
+    the same float32 gradients, rounded once (see `_check_rounded_replay`); with a
+    compensation buffer too where the optimizer takes one."""
+    dtype = _dtypes(ml_dtypes)[dtype_name]
+    state = F32_STATE.get((spec.name, dtype_name))
+    _check_rounded_replay(spec.name, dict(spec.configs[0]), dtype_name, dtype, seed=21, steps=10, state=state,
+                          f32_grads=True)
+    if (spec.name, dict(spec.configs[0])) in KAHAN_CONFIGS:
+        _check_rounded_replay(spec.name, dict(spec.configs[0]), dtype_name, dtype, seed=22, steps=5, state=state,
+                              kahan=True, f32_grads=True)
+
+
+@pytest.mark.parametrize("scheme,dtype_name", [("remainder", "bfloat16"), ("float32", "bfloat16"), ("float32", "float16")])
+@pytest.mark.parametrize("name,kwargs", [("Adam", {"lr": 1e-2}), ("AdamW", {"lr": 1e-2, "weight_decay": 0.1}),
+                                         ("SGD", {"lr": 0.1, "momentum": 0.9})])
+def test_a_float32_master_with_float32_gradients_is_the_float32_run(ml_dtypes, name, kwargs, scheme, dtype_name):
+    """Mixed precision as it is trained: 16-bit weights, a float32 master and state, float32
+    gradients. The master equals a float32 run bit for bit over 50 steps."""
+    _check_master_replay(name, kwargs, _dtypes(ml_dtypes)[dtype_name], seed=23, steps=50, every=7, scheme=scheme,
+                         f32_grads=True)
+
+
+def test_float32_gradients_through_parameters_clipping_and_prodigy(ml_dtypes):
+    """A 16-bit Parameter takes a float32 ``grad``: ``step()`` reads it as ``step(grads=)``
+    does, clipping included (the norm of the float32 values); Prodigy's two passes read it."""
+    bf = np.dtype(ml_dtypes.bfloat16)
+    rng = np.random.default_rng(24)
+    w0 = rng.standard_normal((5, 7)).astype(bf)
+    g = rng.standard_normal((5, 7)).astype(np.float32)
+    # (Prodigy's first steps, d0 * lr = 1e-6, move only its float32 master)
+    for cls, kw in [(fo.optim.AdamW, {"lr": 0.1}), (fo.optim.Prodigy, {"master_weights": "float32"})]:
+        p, q = fo.Parameter(w0.copy()), w0.copy()
+        a, b = cls([p], **kw), cls([q], **kw)
+        for _ in range(3):
+            p.grad = g
+            a.step(max_grad_norm=0.5)
+            b.step(grads=[g], max_grad_norm=0.5)
+        assert a.last_grad_norm == b.last_grad_norm
+        assert np.isclose(float(a.last_grad_norm), np.linalg.norm(g.astype(np.float64)), rtol=1e-6)
+        moved = a.state[p]["master"] if "master" in a.state[p] else p.data
+        assert _same(p.data, q) and not _same(moved, w0)
+        for k, v in b.state[q].items():
+            assert _same(a.state[p][k], v), k

@@ -64,7 +64,8 @@ class Parameter:
 
     ``data`` is the caller's ndarray itself (no copy): optimizers update it in place, so
     views and references to it see every step. ``grad`` is ``None`` or an ndarray of the same
-    shape and dtype; optimizers skip a parameter whose ``grad`` is ``None``.
+    shape and dtype (or float32 beside a float16/bfloat16 parameter: mixed-precision
+    gradients, read exactly by the step); optimizers skip a parameter whose ``grad`` is ``None``.
     NumPy functions accept a Parameter directly (``np.asarray(p)`` is ``p.data``).
 
     Example:
@@ -138,9 +139,10 @@ class Parameter:
                 raise ValueError(
                     f"grad has shape {value.shape} but the parameter has shape {self._data.shape}"
                 )
-            if value.dtype != self._data.dtype:
+            if value.dtype != self._data.dtype and not (value.dtype == np.float32 and is_half(self._data.dtype)):
+                also = " (or float32, beside a 16-bit parameter)" if is_half(self._data.dtype) else ""
                 raise TypeError(
-                    f"grad has dtype {value.dtype} but the parameter has dtype {self._data.dtype}"
+                    f"grad has dtype {value.dtype} but the parameter has dtype {self._data.dtype}{also}"
                 )
         self._grad = value
 

@@ -315,6 +315,15 @@ impl<'py> Group<'py> {
 
     fn check_dtype_as(&self, arr: &Bound<'py, PyUntypedArray>, label: Label, want: Dtype) -> PyResult<()> {
         if dtype_of(arr) != Some(want) {
+            if label.name == "grads" && want != self.dtype {
+                return Err(PyTypeError::new_err(format!(
+                    "{label} has dtype {} but grads[0] is {}: the gradients are all {} or all {} (fastopt never casts implicitly)",
+                    arr.dtype(),
+                    want.name(),
+                    self.dtype.name(),
+                    want.name()
+                )));
+            }
             let what = if want == self.dtype { "the call's arrays are" } else { "the state buffers must be" };
             return Err(PyTypeError::new_err(format!(
                 "{label} has dtype {} but {what} {} (fastopt never casts implicitly)",
@@ -396,6 +405,20 @@ impl<'py> Group<'py> {
     /// Checks a list of arrays shaped like `params`, one per parameter, of the call's dtype.
     pub fn like_params(&mut self, obj: &Bound<'py, PyAny>, name: &'static str, written: bool) -> PyResult<Vec<Raw>> {
         self.like_params_as(obj, name, written, self.dtype)
+    }
+
+    /// Checks the gradients: in the parameters' dtype, or float32 beside float16/bfloat16
+    /// parameters (told by the first gradient; every other one must then be float32 too).
+    /// Returns them and whether they are float32 beside 16-bit parameters.
+    pub fn grads(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<(Vec<Raw>, bool)> {
+        let f32_grads = self.dtype.is_half()
+            && obj
+                .get_item(0)
+                .ok()
+                .and_then(|a| a.cast::<PyUntypedArray>().ok().and_then(|a| dtype_of(&a)))
+                .is_some_and(|d| d == Dtype::F32);
+        let dtype = if f32_grads { Dtype::F32 } else { self.dtype };
+        Ok((self.like_params_as(obj, "grads", false, dtype)?, f32_grads))
     }
 
     /// Sets the state buffers' dtype from the first state array of `lists` (the first list's
@@ -759,6 +782,8 @@ pub struct Confirmed<'py> {
     pub sdtype: Dtype,
     pub stable: Vec<Vec<Raw>>,
     pub grads: Vec<Raw>,
+    /// Whether the gradients are float32 beside 16-bit parameters ([`Group::grads`]).
+    pub f32_grads: bool,
     /// Not read: holds the parameters and gradients for as long as the call uses their `Raw`s.
     _alive: Group<'py>,
 }
@@ -777,9 +802,9 @@ pub fn confirm<'py>(guard: &CacheGuard<'_>, stable: &[&Bound<'py, PyAny>], grads
         return Ok(None);
     };
     let mut group = checked.group(params);
-    let grads = group.like_params(grads, "grads", false)?;
+    let (grads, f32_grads) = group.grads(grads)?;
     checked.finish(&group)?;
-    Ok(Some(Confirmed { dtype: checked.dtype(), sdtype: checked.sdtype(), stable: raws, grads, _alive: group }))
+    Ok(Some(Confirmed { dtype: checked.dtype(), sdtype: checked.sdtype(), stable: raws, grads, f32_grads, _alive: group }))
 }
 
 /// After a call's full checks passed in `group`: remembers its stable lists (none given, as

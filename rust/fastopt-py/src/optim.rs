@@ -57,6 +57,7 @@ impl Rule {
     /// of the step). Returns None when the new numbers change the state buffers or counters
     /// the rule takes (an ``amsgrad`` flag, say): build a new Rule then. Cheaper than
     /// ``Rule(name, **hyper)``, which parses keywords.
+    #[pyo3(signature = (values, /))]
     fn renew(&self, values: &Bound<'_, PyTuple>) -> PyResult<Option<Self>> {
         let name = self.cfg.name();
         if values.len() != self.keys.len() {
@@ -158,12 +159,12 @@ pub fn step<'py>(
             let (s, rest) = c.stable[1..].split_at(ns);
             let (k, rest) = rest.split_at(counter_lists.len());
             let (low, full) = rest.split_at(usize::from(low_bits.is_some()));
-            let extra = Extra { low: low.first().map(|l| &l[..]).unwrap_or_default(), masters: full.first().map(|l| &l[..]).unwrap_or_default() };
+            let extra = Extra { low: low.first().map(|l| &l[..]).unwrap_or_default(), masters: full.first().map(|l| &l[..]).unwrap_or_default(), f32_grads: c.f32_grads };
             return CheckCache::count(cache, by_storage!(c.dtype, c.sdtype, run(py, &cfg, &c.stable[0], &c.grads, s, k, extra, &fresh, grad_scale)));
         }
     }
     let (mut g, p) = Group::new(params)?;
-    let gr = g.like_params(grads, "grads", false)?;
+    let (gr, f32_grads) = g.grads(grads)?;
     g.state_dtype_from(&state_lists);
     let mut s = Vec::with_capacity(ns);
     for (list, name) in state_lists.iter().zip(state_names.iter().chain([&KAHAN])) {
@@ -189,16 +190,18 @@ pub fn step<'py>(
     if check_only {
         return Ok(None);
     }
-    let extra = Extra { low: &low, masters: &full };
+    let extra = Extra { low: &low, masters: &full, f32_grads };
     CheckCache::count(cache, by_storage!(g.dtype, g.sdtype, run(py, &cfg, &p, &gr, &s, &c, extra, &fresh, grad_scale)))
 }
 
 /// What a step keeps beside its parameters besides the state: the low bits of float32
-/// masters or the masters themselves (empty when not kept), one array per parameter.
+/// masters or the masters themselves (empty when not kept), one array per parameter; and
+/// whether the gradients are float32 beside 16-bit parameters.
 #[derive(Clone, Copy)]
 struct Extra<'a> {
     low: &'a [Raw],
     masters: &'a [Raw],
+    f32_grads: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -223,7 +226,7 @@ fn run<P: Storage, S: Storage<Arith = P::Arith>>(
     // `extra.low`, when given, holds one int16 array per parameter of its shape
     // (`Group::low_bits`), read as u16 (the same size and alignment); `extra.masters` one
     // float32 array per parameter of its shape (`Group::masters`); both written, both in the
-    // overlap checks.
+    // overlap checks. With `extra.f32_grads` the gradients are float32 (`Group::grads`).
     let mut states: Vec<&mut [S]> = Vec::with_capacity(n * s.len());
     let mut counters: Vec<&mut f32> = Vec::with_capacity(n * c.len());
     for i in 0..n {
@@ -237,7 +240,9 @@ fn run<P: Storage, S: Storage<Arith = P::Arith>>(
         let (tc, cr) = std::mem::take(&mut c_rest).split_at_mut(c.len());
         (s_rest, c_rest) = (sr, cr);
         // SAFETY: as above.
-        let (param, grad) = unsafe { (p[i].slice_mut(), gr[i].slice()) };
+        let param = unsafe { p[i].slice_mut() };
+        // SAFETY: as above (float32 gradients when `extra.f32_grads`, else of dtype `P`).
+        let (grad, grad_f32): (&[P], &[f32]) = if extra.f32_grads { (&[], unsafe { gr[i].slice() }) } else { (unsafe { gr[i].slice() }, &[]) };
         // SAFETY: as above.
         let low_bits: &mut [u16] = match extra.low.get(i) {
             Some(l) => unsafe { l.slice_mut() },
@@ -248,7 +253,7 @@ fn run<P: Storage, S: Storage<Arith = P::Arith>>(
             Some(l) => unsafe { l.slice_mut() },
             None => &mut [],
         };
-        tensors.push(Tensor { param, grad, states: ts, counters: tc, low_bits, master, fresh: fresh.get(i).copied().unwrap_or(false) });
+        tensors.push(Tensor { param, grad, states: ts, counters: tc, low_bits, master, grad_f32, fresh: fresh.get(i).copied().unwrap_or(false) });
     }
     run_core(py, move || cfg.step(tensors, grad_scale).map(|sums| sums.0))
 }

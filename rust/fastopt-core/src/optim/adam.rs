@@ -247,7 +247,7 @@ mod tests {
                             states.push(&mut x[off..]);
                         }
                         let mut counters = [&mut step];
-                        let t = Tensor { param: &mut p[off..], grad: &g[off..], states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], fresh: false };
+                        let t = Tensor { param: &mut p[off..], grad: &g[off..], states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], fresh: false };
                         super::step(&cfg, vec![t], scale, level).unwrap();
                         reference(
                             &mut rp[off..],
@@ -313,17 +313,17 @@ mod tests {
                         states2.push(&mut x2);
                     }
                     let mut counters = [&mut step];
-                    let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], fresh: false };
+                    let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], fresh: false };
                     super::step(&cfg, vec![t], scale, level).unwrap();
                     let mut counters = [&mut step2];
-                    let t = Tensor { param: &mut p2, grad: &g, states: &mut states2, counters: &mut counters, low_bits: &mut [], master: &mut [], fresh: false };
+                    let t = Tensor { param: &mut p2, grad: &g, states: &mut states2, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], fresh: false };
                     super::step(&cfg, vec![t], scale, level).unwrap();
                     let mut states3: Vec<&mut [H]> = vec![&mut m3, &mut v3];
                     if cfg.amsgrad {
                         states3.push(&mut x3);
                     }
                     let mut counters = [&mut step3];
-                    let t = Tensor { param: &mut p3, grad: &g32, states: &mut states3, counters: &mut counters, low_bits: &mut [], master: &mut [], fresh: false };
+                    let t = Tensor { param: &mut p3, grad: &g32, states: &mut states3, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], fresh: false };
                     super::step(&cfg, vec![t], scale, level).unwrap();
                     let fma = level.fused_multiply_add();
                     fn ams(on: bool, x: &mut [f32]) -> Option<&mut [f32]> {
@@ -353,8 +353,10 @@ mod tests {
     /// A 16-bit parameter with a float32 master (float32 state) steps the master exactly as a
     /// float32 parameter steps, over several tiles, at every level: the master kept whole
     /// (the parameter its value rounded to nearest even) or, with `low`, as the parameter's
-    /// low bits (bfloat16: the parameter is the master's high half, [`split_master`]).
-    fn check_masters<H: Storage<Arith = f32>>(low: bool) {
+    /// low bits (bfloat16: the parameter is the master's high half, [`split_master`]). With
+    /// `f32_grads` the gradients are float32 values that the 16-bit format cannot hold
+    /// ([`Tensor::grad_f32`]), read exactly.
+    fn check_masters<H: Storage<Arith = f32>>(low: bool, f32_grads: bool) {
         use crate::optim::engine::{join_master, split_master};
         for level in available() {
             for (cfg, scale) in configs() {
@@ -362,7 +364,8 @@ mod tests {
                 let mut reference: Vec<f32> = data::<f32>(n, 1);
                 let mut master = reference.clone();
                 let g: Vec<H> = data::<f32>(n, 2).into_iter().map(H::store).collect();
-                let g32: Vec<f32> = g.iter().map(|x| x.load()).collect();
+                let g32: Vec<f32> = if f32_grads { data::<f32>(n, 2).iter().map(|x| x * (1.0 + f32::EPSILON)).collect() } else { g.iter().map(|x| x.load()).collect() };
+                let (grad, grad_f32): (&[H], &[f32]) = if f32_grads { (&[], &g32) } else { (&g, &[]) };
                 let mut m: Vec<f32> = data::<f32>(n, 3);
                 let mut v: Vec<f32> = data::<f32>(n, 4).iter().map(|&x| x * x).collect();
                 let mut x: Vec<f32> = v.iter().map(|&y| y * 1.5).collect();
@@ -380,10 +383,10 @@ mod tests {
                     }
                     let mut counters = [&mut step];
                     let (low_bits, full): (&mut [u16], &mut [f32]) = if low { (&mut bits, &mut []) } else { (&mut [], &mut master) };
-                    let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits, master: full, fresh: false };
+                    let t = Tensor { param: &mut p, grad, states: &mut states, counters: &mut counters, low_bits, master: full, grad_f32, fresh: false };
                     super::step(&cfg, vec![t], scale, level).unwrap();
                     let mut counters = [&mut rstep];
-                    let t = Tensor { param: &mut reference, grad: &g32, states: &mut rstates, counters: &mut counters, low_bits: &mut [], master: &mut [], fresh: false };
+                    let t = Tensor { param: &mut reference, grad: &g32, states: &mut rstates, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], fresh: false };
                     super::step(&cfg, vec![t], scale, level).unwrap();
                 }
                 let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()));
@@ -401,9 +404,35 @@ mod tests {
 
     #[test]
     fn a_float32_master_beside_16bit_parameters_steps_as_float32() {
-        check_masters::<crate::half::Bf16>(true);
-        check_masters::<crate::half::Bf16>(false);
-        check_masters::<crate::half::F16>(false);
+        for f32_grads in [false, true] {
+            check_masters::<crate::half::Bf16>(true, f32_grads);
+            check_masters::<crate::half::Bf16>(false, f32_grads);
+            check_masters::<crate::half::F16>(false, f32_grads);
+        }
+    }
+
+    /// float32 gradients go with 16-bit parameters only, and in place of the parameter's.
+    #[test]
+    fn float32_gradients_are_checked() {
+        use crate::half::Bf16;
+        fn attempt<P: Storage<Arith = f32>>(p: &mut [P], grad: &[P], grad_f32: &[f32]) -> Result<f32, Error> {
+            let (mut m, mut v, mut step) = (vec![0f32; p.len()], vec![0f32; p.len()], 0f32);
+            let mut states: Vec<&mut [f32]> = vec![&mut m, &mut v];
+            let mut counters = [&mut step];
+            let t = Tensor { param: p, grad, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32, fresh: false };
+            super::step(&configs()[0].0, vec![t], 1.0, crate::simd::level())?;
+            Ok(step)
+        }
+        let (g32, gh) = (vec![0.5f32; 4], vec![Bf16::store(0.5); 4]);
+        let err = attempt::<f32>(&mut [1.0; 4], &[], &g32).unwrap_err();
+        assert!(err.to_string().contains("float32 gradients go with float16 or bfloat16 parameters only"), "{err}");
+        let mut ph = vec![Bf16::store(1.0); 4];
+        let err = attempt(&mut ph, &gh, &g32).unwrap_err();
+        assert!(err.to_string().contains("gradients given twice"), "{err}");
+        assert!(attempt(&mut ph, &[], &g32[..3]).is_err());
+        assert_eq!(ph[0].load(), 1.0, "nothing written");
+        assert_eq!(attempt(&mut ph, &[], &g32).unwrap(), 1.0);
+        assert!(ph[0].load() < 1.0);
     }
 
     #[test]
@@ -420,7 +449,7 @@ mod tests {
         let (mut m, mut v) = (vec![0.0f32; 4], vec![0.0f32; 4]);
         let mut step = 0.0;
         let (mut states, mut counters) = ([&mut m[..], &mut v[..]], [&mut step]);
-        let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], fresh: false };
+        let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], fresh: false };
         let err = Config::Adam(AdamConfig::default()).step(vec![t], 1.0).unwrap_err();
         assert!(err.message().contains("grads[0]"), "{err}");
         assert_eq!(step, 0.0);
@@ -440,7 +469,7 @@ mod tests {
             let mut step = 0.0;
             for _ in 0..2 {
                 let (mut states, mut counters) = ([&mut m[..], &mut v[..]], [&mut step]);
-                let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], fresh: false };
+                let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], fresh: false };
                 Config::Adam(AdamConfig::default()).step(vec![t], 1.0).unwrap();
             }
             p
@@ -464,7 +493,7 @@ mod tests {
         let run_one = |c: AdamConfig| {
             let (mut p, mut m, mut v, mut t) = (p0.clone(), m0.clone(), v0.clone(), 3.0f32);
             let (mut states, mut counters) = ([&mut m[..], &mut v[..]], [&mut t]);
-            let tensor = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], fresh: false };
+            let tensor = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], fresh: false };
             step(&c, vec![tensor], 1.0, crate::simd::level()).unwrap();
             (p, m, v, t)
         };

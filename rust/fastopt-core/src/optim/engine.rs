@@ -220,6 +220,10 @@ pub struct Tensor<'a, P, S = P> {
     /// (`master_weights='float32'`), or empty. With it the rule steps the master, which keeps
     /// the new value exactly, and the parameter stores that value rounded to nearest even.
     pub master: &'a mut [f32],
+    /// float32 gradients beside a float16/bfloat16 parameter (`grad` is then empty), or
+    /// empty: read exactly into the rule's float32 arithmetic, as mixed-precision training
+    /// keeps them.
+    pub grad_f32: &'a [f32],
     pub fresh: bool,
 }
 
@@ -231,8 +235,18 @@ struct Chunk<'a, P, S, R, const SUMS: bool> {
     s: [&'a mut [S]; MAX_STATES],
     low: &'a mut [u16],
     master: &'a mut [f32],
+    g32: &'a [f32],
     out: &'a mut [(f64, f64)],
     rule: &'a R,
+}
+
+/// Splits a read-only buffer that may be unused (empty).
+fn cut_ref<T>(x: &[T], mid: usize) -> (&[T], &[T]) {
+    if x.is_empty() {
+        (&[], &[])
+    } else {
+        x.split_at(mid)
+    }
 }
 
 /// Splits a used state buffer; an unused (empty) one stays empty on both sides.
@@ -257,14 +271,14 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bo
             (mid, 0)
         };
         let (p0, p1) = self.p.split_at_mut(mid);
-        let (g0, g1) = self.g.split_at(mid);
+        let (g0, g1) = cut_ref(self.g, mid);
         let (o0, o1) = self.out.split_at_mut(blocks);
         let [a, b, c, d] = self.s;
         let ((a0, a1), (b0, b1), (c0, c1), (d0, d1)) = (cut(a, mid), cut(b, mid), cut(c, mid), cut(d, mid));
-        let ((l0, l1), (m0, m1)) = (cut(self.low, mid), cut(self.master, mid));
+        let ((l0, l1), (m0, m1), (h0, h1)) = (cut(self.low, mid), cut(self.master, mid), cut_ref(self.g32, mid));
         (
-            Chunk { p: p0, g: g0, s: [a0, b0, c0, d0], low: l0, master: m0, out: o0, rule: self.rule },
-            Chunk { p: p1, g: g1, s: [a1, b1, c1, d1], low: l1, master: m1, out: o1, rule: self.rule },
+            Chunk { p: p0, g: g0, s: [a0, b0, c0, d0], low: l0, master: m0, g32: h0, out: o0, rule: self.rule },
+            Chunk { p: p1, g: g1, s: [a1, b1, c1, d1], low: l1, master: m1, g32: h1, out: o1, rule: self.rule },
         )
     }
 }
@@ -272,9 +286,9 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bo
 impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bool> SimdKernel for Chunk<'_, P, S, R, SUMS> {
     #[inline(always)]
     fn run<A: Arith>(self) {
-        let Chunk { p, g, s: [a, b, c, d], low, master, out, rule } = self;
+        let Chunk { p, g, s: [a, b, c, d], low, master, g32, out, rule } = self;
         if !SUMS {
-            body::<P, S, A, R, false>(p, g, [a, b, c, d], (low, master), rule, (&mut [], &mut []));
+            body::<P, S, A, R, false>(p, g, [a, b, c, d], (low, master, g32), rule, (&mut [], &mut []));
             return;
         }
         // Block by block: the update, with the values to sum into two block-sized scratch
@@ -284,20 +298,21 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bo
         // (the second buffer only for a rule that sums two values)
         let width = BLOCK.min(p.len());
         let mut sq = (vec![zero; width], vec![zero; if R::SUMMED > 1 { width } else { 0 }]);
-        let (mut p, mut g, mut s, mut low, mut master) = (p, g, [a, b, c, d], low, master);
+        let (mut p, mut g, mut s, mut low, mut master, mut g32) = (p, g, [a, b, c, d], low, master, g32);
         for slot in out.iter_mut() {
             let n = BLOCK.min(p.len());
             let (p0, p1) = std::mem::take(&mut p).split_at_mut(n);
-            let (g0, g1) = g.split_at(n);
+            let (g0, g1) = cut_ref(g, n);
+            let (h0, h1) = cut_ref(g32, n);
             let [a, b, c, d] = s;
             let ((a0, a1), (b0, b1), (c0, c1), (d0, d1)) = (cut(a, n), cut(b, n), cut(c, n), cut(d, n));
             let (l0, l1) = cut(std::mem::take(&mut low), n);
             let (m0, m1) = cut(std::mem::take(&mut master), n);
             let (x, y) = (&mut sq.0[..n], &mut sq.1[..if R::SUMMED > 1 { n } else { 0 }]);
-            body::<P, S, A, R, true>(p0, g0, [a0, b0, c0, d0], (l0, m0), rule, (&mut *x, &mut *y));
+            body::<P, S, A, R, true>(p0, g0, [a0, b0, c0, d0], (l0, m0, h0), rule, (&mut *x, &mut *y));
             let total = |v: &[P::Arith]| if R::SQUARED { dot_f64(v, v) } else { sum_f64(v) };
             *slot = (total(x), if R::SUMMED > 1 { total(y) } else { 0.0 });
-            (p, g, s, low, master) = (p1, g1, [a1, b1, c1, d1], l1, m1);
+            (p, g, s, low, master, g32) = (p1, g1, [a1, b1, c1, d1], l1, m1, h1);
         }
     }
 }
@@ -309,7 +324,7 @@ fn body<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>, c
     p: &mut [P],
     g: &[P],
     [s0, s1, s2, s3]: [&mut [S]; MAX_STATES],
-    masters: (&mut [u16], &mut [f32]),
+    masters: (&mut [u16], &mut [f32], &[f32]),
     rule: &R,
     (x, y): (&mut [P::Arith], &mut [P::Arith]),
 ) {
@@ -362,7 +377,7 @@ fn staged<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>,
     p: &mut [P],
     g: &[P],
     mut s: [&mut [S]; MAX_STATES],
-    (low, master): (&mut [u16], &mut [f32]),
+    (low, master, g32): (&mut [u16], &mut [f32], &[f32]),
     rule: &R,
     (x, y): (&mut [P::Arith], &mut [P::Arith]),
 ) {
@@ -377,14 +392,20 @@ fn staged<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>,
     while start < n {
         let end = (start + TILE).min(n);
         let m = end - start;
-        P::load_all::<A>(&p[start..end], &mut tp[..m]);
-        if split {
-            P::join_low(&mut tp[..m], &low[start..end]);
-        }
         if full {
             P::from_masters(&mut tp[..m], &master[start..end]);
+        } else {
+            P::load_all::<A>(&p[start..end], &mut tp[..m]);
+            if split {
+                P::join_low(&mut tp[..m], &low[start..end]);
+            }
         }
-        P::load_all::<A>(&g[start..end], &mut tg[..m]);
+        if g32.is_empty() {
+            P::load_all::<A>(&g[start..end], &mut tg[..m]);
+        } else {
+            // (float32 gradients: copied exactly into the float32 tile, as a master is)
+            P::from_masters(&mut tg[..m], &g32[start..end]);
+        }
         for (src, dst) in s.iter().zip(ts.iter_mut()).take(R::STATES) {
             S::load_all::<A>(&src[start..end], &mut dst[..m]);
         }
@@ -398,7 +419,7 @@ fn staged<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>,
             (true, true) => (&mut x[start..end], &mut y[start..end]),
         };
         let states = [used(t0, 0, R::STATES, m), used(t1, 1, R::STATES, m), used(t2, 2, R::STATES, m), used(t3, 3, R::STATES, m)];
-        body::<P::Arith, P::Arith, A, R, SUMS>(&mut tp[..m], &tg[..m], states, (&mut [], &mut []), rule, sums);
+        body::<P::Arith, P::Arith, A, R, SUMS>(&mut tp[..m], &tg[..m], states, (&mut [], &mut [], &[]), rule, sums);
         if w(0) {
             if full {
                 P::to_masters(&tp[..m], &mut master[start..end]);
@@ -612,7 +633,17 @@ fn check<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
     for (i, t) in tensors.iter().enumerate() {
         let n = t.param.len();
         total += n;
-        check_len("grads", i, t.grad.len(), n)?;
+        if t.grad_f32.is_empty() {
+            check_len("grads", i, t.grad.len(), n)?;
+        } else {
+            if !P::MASTERS {
+                return Err(Error::type_error(format!("params[{i}]: float32 gradients go with float16 or bfloat16 parameters only")));
+            }
+            if !t.grad.is_empty() {
+                return Err(Error::value(format!("params[{i}]: gradients given twice (in the parameter's dtype and in float32)")));
+            }
+            check_len("grads", i, t.grad_f32.len(), n)?;
+        }
         if bad_layout || t.states.len() != names.len() || t.counters.len() != counters.len() {
             let lists: Vec<&str> = names.iter().map(|s| s.1).collect();
             return Err(Error::value(format!(
@@ -702,7 +733,7 @@ fn pass<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS:
         let blocks = if SUMS { t.param.len().div_ceil(BLOCK) } else { 0 };
         let (out, tail) = std::mem::take(&mut rest).split_at_mut(blocks);
         rest = tail;
-        Chunk::<P, S, R, SUMS> { p: &mut *t.param, g: t.grad, s, low: &mut *t.low_bits, master: &mut *t.master, out, rule: &rules[k] }
+        Chunk::<P, S, R, SUMS> { p: &mut *t.param, g: t.grad, s, low: &mut *t.low_bits, master: &mut *t.master, g32: t.grad_f32, out, rule: &rules[k] }
     });
     parallel::for_each_of(total, chunks, |c| simd::dispatch_at(level, c));
 }
@@ -918,7 +949,7 @@ mod tests {
                 .zip(&gs)
                 .zip(states.iter_mut())
                 .zip(counters.iter_mut())
-                .map(|(((p, g), s), c)| Tensor { param: &mut p[..], grad: &g[..], states: &mut s[..], counters: &mut c[..], low_bits: &mut [], master: &mut [], fresh: false })
+                .map(|(((p, g), s), c)| Tensor { param: &mut p[..], grad: &g[..], states: &mut s[..], counters: &mut c[..], low_bits: &mut [], master: &mut [], grad_f32: &[], fresh: false })
                 .collect();
             let sums: Vec<(f64, f64)> = sweep(&mut tensors, LAYOUT, simd::level(), |c, _| {
                 next_step(c);
