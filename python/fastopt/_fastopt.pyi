@@ -36,6 +36,7 @@ def step(
     cache: CheckCache | None = None,
     low_bits: Sequence[np.ndarray] | None = None,
     masters: Sequence[np.ndarray] | None = None,
+    round_key: int | None = None,
 ) -> tuple[float, float] | None: ...
 def adafactor_step(
     params: Sequence[np.ndarray],

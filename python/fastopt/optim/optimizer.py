@@ -24,6 +24,7 @@ import inspect
 import re
 import functools
 import math
+import numbers
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -131,7 +132,7 @@ def check_impl_flags(group: dict[str, Any]) -> None:
 STATE_DTYPES = ("float32", "bfloat16")
 
 #: The values of the ``master_weights`` option besides None.
-MASTER_WEIGHTS = ("kahan", "remainder", "float32")
+MASTER_WEIGHTS = ("kahan", "remainder", "float32", "stochastic")
 #: The state key of the low 16 bits of a float32 master beside a bfloat16 parameter
 #: (``master_weights='remainder'``): ``master = (param_bits << 16) + low_bits`` as int16.
 LOW_BITS = "master_low_bits"
@@ -156,6 +157,25 @@ def _split_masters(names: tuple[str, ...], bufs: list) -> tuple[list, tuple]:
     if last is MASTER:
         return bufs[:-1], (None, bufs[-1])
     return bufs, ()
+
+
+def _rounding(group: dict[str, Any]) -> tuple[int, int]:
+    """A group's ``rounding_seed`` and ``rounding_step`` (0 if absent), checked."""
+    out = []
+    for key in ("rounding_seed", "rounding_step"):
+        v = group.get(key, 0)
+        if not (isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= int(v) < 2**64):
+            raise ValueError(f"{key} must be a whole number from 0 to 2**64 - 1, got {v!r}")
+        out.append(int(v))
+    return out[0], out[1]
+
+
+def _round_key(group: dict[str, Any]) -> int:
+    """The stochastic rounding key of a group's step: its ``rounding_seed`` and
+    ``rounding_step`` mixed into 64 bits (each tensor's key and each element's random bits
+    follow from it in the kernel: ``engine::tensor_key``, ``engine::stochastic_round``)."""
+    seed, step = _rounding(group)
+    return (seed * 0x9E3779B97F4A7C15 + step) % 2**64
 
 
 def _keeps_state_in(dtype: np.dtype, name: str) -> bool:
@@ -354,6 +374,9 @@ class Optimizer:
             defaults["state_dtype"] = state_dtype
         if master_weights is not None:
             defaults["master_weights"] = master_weights
+        if master_weights == "stochastic":  # (the generator's seed and step count, per group)
+            defaults.setdefault("rounding_seed", 0)
+            defaults.setdefault("rounding_step", 0)
         self.defaults = defaults
         self._step_pre_hooks: OrderedDict = OrderedDict()
         self._step_post_hooks: OrderedDict = OrderedDict()
@@ -515,17 +538,15 @@ class Optimizer:
 
     def _check_master_weights(self, group: dict[str, Any]) -> None:
         """``master_weights`` (when the group has it): ``'kahan'`` or ``'float32'`` (beside
-        float16/bfloat16 parameters) or ``'remainder'`` (beside bfloat16 ones), on a
-        single-pass optimizer without the cautious mask."""
+        float16/bfloat16 parameters) or ``'remainder'`` or ``'stochastic'`` (beside bfloat16
+        ones), on a single-pass optimizer without the cautious mask; with ``'stochastic'`` the
+        group's ``rounding_seed`` and ``rounding_step`` (whole numbers >= 0, 0 if absent)."""
         how = group.get("master_weights")
         if how is None:
             return
-        if how == "stochastic":
-            raise ValueError(f"master_weights={how!r} is not implemented yet; master_weights takes None, 'kahan', "
-                             "'remainder' or 'float32'")
         if how not in MASTER_WEIGHTS:
-            raise ValueError(f"master_weights must be None, 'kahan', 'remainder' or 'float32', got {how!r}")
-        if not (self._takes_kahan or (self._takes_masters and how != "kahan")):
+            raise ValueError(f"master_weights must be None, 'kahan', 'remainder', 'float32' or 'stochastic', got {how!r}")
+        if not (self._takes_kahan or (self._takes_masters and how not in ("kahan", "stochastic"))):
             raise TypeError(f"{type(self).__name__}'s step is not one element-wise pass: master_weights={how!r} is "
                             "not one of its options")
         if group.get("cautious"):
@@ -542,6 +563,12 @@ class Optimizer:
             if how == "remainder" and not is_bfloat16(a.dtype):
                 raise TypeError(f"params[{i}] has dtype {a.dtype}; master_weights='remainder' keeps the low 16 bits "
                                 "of a float32 master beside a bfloat16 parameter (its high half)")
+            if how == "stochastic" and not is_bfloat16(a.dtype):
+                raise TypeError(f"params[{i}] has dtype {a.dtype}; master_weights='stochastic' rounds bfloat16 "
+                                "parameters (float16 ones: 'kahan' or 'float32')")
+        if how == "stochastic":
+            _rounding(group)
+            self._steps_change_groups = True  # (its rounding_step: wrappers copy the groups back)
 
     def _check_state_dtype(self, group: dict[str, Any]) -> None:
         """``state_dtype`` (when the group has it): one of :data:`STATE_DTYPES`, on an optimizer
@@ -961,7 +988,14 @@ class Optimizer:
             fresh = [id(b) in new for b in bufs[k]]
         # (the compiled call directly: this runs once per group and step)
         lists, masters = _split_masters(names, bufs)
-        _engine._kernels.step(rule, arrays, grads, lists[k:], lists[:k], fresh, grad_scale, check_only, cache, *masters)
+        if group.get("master_weights") != "stochastic":
+            _engine._kernels.step(rule, arrays, grads, lists[k:], lists[:k], fresh, grad_scale, check_only, cache,
+                                  *masters)
+        else:
+            _engine._kernels.step(rule, arrays, grads, lists[k:], lists[:k], fresh, grad_scale, check_only, cache,
+                                  round_key=_round_key(group))
+            if not check_only:
+                group["rounding_step"] = group.get("rounding_step", 0) + 1
         if created and not check_only:
             self._commit(created)
 

@@ -3,7 +3,7 @@
 //! array is checked, then the core runs the step once over all of them with the GIL released.
 
 use crate::arrays::{confirm, core_err, items, remember, run_core, CheckCache, Group, Raw};
-use fastopt_core::optim::engine::KAHAN;
+use fastopt_core::optim::engine::{tensor_key, KAHAN};
 use fastopt_core::optim::{Config, Storage, Tensor, RULES};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -111,10 +111,13 @@ pub fn rule_names() -> Vec<&'static str> {
 /// master rounded to nearest, ties away from zero) and these bits. ``masters`` (float16 or
 /// bfloat16 parameters): one float32 array per parameter, its master copy
 /// (``master_weights='float32'``): the step updates the master as a float32 parameter and
-/// stores it rounded into the parameter. Positional: keyword parsing would cost more than
-/// checking a tensor.
+/// stores it rounded into the parameter. ``round_key`` (bfloat16 parameters,
+/// ``master_weights='stochastic'``): round each new parameter value stochastically, with
+/// random bits from a counter-based generator keyed by this key, the tensor's place in the
+/// call and the element's index (the caller derives the key from its seed and step).
+/// Positional: keyword parsing would cost more than checking a tensor.
 #[pyfunction]
-#[pyo3(signature = (rule, params, grads, states, counters, fresh=None, grad_scale=1.0, check_only=false, cache=None, low_bits=None, masters=None))]
+#[pyo3(signature = (rule, params, grads, states, counters, fresh=None, grad_scale=1.0, check_only=false, cache=None, low_bits=None, masters=None, round_key=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn step<'py>(
     py: Python<'py>,
@@ -129,6 +132,7 @@ pub fn step<'py>(
     cache: Option<&Bound<'py, CheckCache>>,
     low_bits: Option<&Bound<'py, PyAny>>,
     masters: Option<&Bound<'py, PyAny>>,
+    round_key: Option<u64>,
 ) -> PyResult<Option<(f64, f64)>> {
     let cfg = rule.get().cfg;
     let (state_names, counter_names) = cfg.layout();
@@ -159,7 +163,7 @@ pub fn step<'py>(
             let (s, rest) = c.stable[1..].split_at(ns);
             let (k, rest) = rest.split_at(counter_lists.len());
             let (low, full) = rest.split_at(usize::from(low_bits.is_some()));
-            let extra = Extra { low: low.first().map(|l| &l[..]).unwrap_or_default(), masters: full.first().map(|l| &l[..]).unwrap_or_default(), f32_grads: c.f32_grads };
+            let extra = Extra { low: low.first().map(|l| &l[..]).unwrap_or_default(), masters: full.first().map(|l| &l[..]).unwrap_or_default(), f32_grads: c.f32_grads, round_key };
             return CheckCache::count(cache, by_storage!(c.dtype, c.sdtype, run(py, &cfg, &c.stable[0], &c.grads, s, k, extra, &fresh, grad_scale)));
         }
     }
@@ -190,7 +194,7 @@ pub fn step<'py>(
     if check_only {
         return Ok(None);
     }
-    let extra = Extra { low: &low, masters: &full, f32_grads };
+    let extra = Extra { low: &low, masters: &full, f32_grads, round_key };
     CheckCache::count(cache, by_storage!(g.dtype, g.sdtype, run(py, &cfg, &p, &gr, &s, &c, extra, &fresh, grad_scale)))
 }
 
@@ -202,6 +206,8 @@ struct Extra<'a> {
     low: &'a [Raw],
     masters: &'a [Raw],
     f32_grads: bool,
+    /// The call's stochastic rounding key (each tensor's: `engine::tensor_key`).
+    round_key: Option<u64>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -253,7 +259,7 @@ fn run<P: Storage, S: Storage<Arith = P::Arith>>(
             Some(l) => unsafe { l.slice_mut() },
             None => &mut [],
         };
-        tensors.push(Tensor { param, grad, states: ts, counters: tc, low_bits, master, grad_f32, fresh: fresh.get(i).copied().unwrap_or(false) });
+        tensors.push(Tensor { param, grad, states: ts, counters: tc, low_bits, master, grad_f32, stochastic: extra.round_key.map(|k| tensor_key(k, i)), fresh: fresh.get(i).copied().unwrap_or(false) });
     }
     run_core(py, move || cfg.step(tensors, grad_scale).map(|sums| sums.0))
 }

@@ -247,7 +247,7 @@ mod tests {
                             states.push(&mut x[off..]);
                         }
                         let mut counters = [&mut step];
-                        let t = Tensor { param: &mut p[off..], grad: &g[off..], states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], fresh: false };
+                        let t = Tensor { param: &mut p[off..], grad: &g[off..], states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
                         super::step(&cfg, vec![t], scale, level).unwrap();
                         reference(
                             &mut rp[off..],
@@ -313,17 +313,17 @@ mod tests {
                         states2.push(&mut x2);
                     }
                     let mut counters = [&mut step];
-                    let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], fresh: false };
+                    let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
                     super::step(&cfg, vec![t], scale, level).unwrap();
                     let mut counters = [&mut step2];
-                    let t = Tensor { param: &mut p2, grad: &g, states: &mut states2, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], fresh: false };
+                    let t = Tensor { param: &mut p2, grad: &g, states: &mut states2, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
                     super::step(&cfg, vec![t], scale, level).unwrap();
                     let mut states3: Vec<&mut [H]> = vec![&mut m3, &mut v3];
                     if cfg.amsgrad {
                         states3.push(&mut x3);
                     }
                     let mut counters = [&mut step3];
-                    let t = Tensor { param: &mut p3, grad: &g32, states: &mut states3, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], fresh: false };
+                    let t = Tensor { param: &mut p3, grad: &g32, states: &mut states3, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
                     super::step(&cfg, vec![t], scale, level).unwrap();
                     let fma = level.fused_multiply_add();
                     fn ams(on: bool, x: &mut [f32]) -> Option<&mut [f32]> {
@@ -383,10 +383,10 @@ mod tests {
                     }
                     let mut counters = [&mut step];
                     let (low_bits, full): (&mut [u16], &mut [f32]) = if low { (&mut bits, &mut []) } else { (&mut [], &mut master) };
-                    let t = Tensor { param: &mut p, grad, states: &mut states, counters: &mut counters, low_bits, master: full, grad_f32, fresh: false };
+                    let t = Tensor { param: &mut p, grad, states: &mut states, counters: &mut counters, low_bits, master: full, grad_f32, stochastic: None, fresh: false };
                     super::step(&cfg, vec![t], scale, level).unwrap();
                     let mut counters = [&mut rstep];
-                    let t = Tensor { param: &mut reference, grad: &g32, states: &mut rstates, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], fresh: false };
+                    let t = Tensor { param: &mut reference, grad: &g32, states: &mut rstates, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
                     super::step(&cfg, vec![t], scale, level).unwrap();
                 }
                 let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()));
@@ -411,6 +411,78 @@ mod tests {
         }
     }
 
+    /// With a stochastic rounding key a bfloat16 parameter is the float32 step (from the
+    /// widened parameter, float32 state) rounded by `stochastic_round` at each element's index,
+    /// at every level and over several tiles; float16 parameters and a master beside it are
+    /// refused.
+    #[test]
+    fn stochastic_rounding_rounds_the_float32_step_by_index() {
+        use crate::half::{Bf16, F16};
+        use crate::optim::engine::stochastic_round;
+        for level in available() {
+            let (cfg, scale) = configs()[1];
+            let n = 19 + 3 * 256;
+            let mut p: Vec<Bf16> = data::<f32>(n, 1).into_iter().map(Bf16::store).collect();
+            let mut reference: Vec<f32> = p.iter().map(|x| x.load()).collect();
+            let g: Vec<f32> = data::<f32>(n, 2);
+            let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
+            let (mut rm, mut rv) = (m.clone(), v.clone());
+            let (mut step, mut rstep) = (0f32, 0f32);
+            for key in [7u32, 0xdead_beef] {
+                let mut states: Vec<&mut [f32]> = vec![&mut m, &mut v];
+                let mut counters = [&mut step];
+                let t = Tensor { param: &mut p, grad: &[], states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &g, stochastic: Some(key), fresh: false };
+                super::step(&cfg, vec![t], scale, level).unwrap();
+                let mut states: Vec<&mut [f32]> = vec![&mut rm, &mut rv];
+                let mut counters = [&mut rstep];
+                let t = Tensor { param: &mut reference, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
+                super::step(&cfg, vec![t], scale, level).unwrap();
+                for (i, r) in reference.iter_mut().enumerate() {
+                    *r = f32::from_bits(stochastic_round(r.to_bits(), key, i));
+                }
+                let got: Vec<u32> = p.iter().map(|x| x.load().to_bits()).collect();
+                let want: Vec<u32> = reference.iter().map(|x| x.to_bits()).collect();
+                assert_eq!(got, want, "{level:?} key {key}");
+                assert_eq!((m.clone(), v.clone()), (rm.clone(), rv.clone()));
+            }
+        }
+        let mut h = vec![F16::store(1.0); 4];
+        let (mut m, mut v, mut step) = (vec![0f32; 4], vec![0f32; 4], 0f32);
+        let mut states: Vec<&mut [f32]> = vec![&mut m, &mut v];
+        let mut counters = [&mut step];
+        let g = vec![F16::store(0.5); 4];
+        let t = Tensor { param: &mut h, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: Some(1), fresh: false };
+        let err = super::step(&configs()[0].0, vec![t], 1.0, crate::simd::level()).unwrap_err();
+        assert!(err.to_string().contains("takes bfloat16 parameters only"), "{err}");
+    }
+
+    /// Stochastic rounding: exact values stay, others go to one of their two neighbours, the
+    /// mean of many is the value, infinities and NaNs are left to the store.
+    #[test]
+    fn stochastic_round_is_unbiased_and_picks_a_neighbour() {
+        use crate::optim::engine::stochastic_round;
+        for x in [1.0f32, -3.5, 0.0, f32::MIN_POSITIVE] {
+            assert_eq!(stochastic_round(x.to_bits(), 3, 9), x.to_bits());
+        }
+        for bits in [f32::INFINITY.to_bits(), f32::NEG_INFINITY.to_bits(), f32::NAN.to_bits()] {
+            assert_eq!(stochastic_round(bits, 3, 9), bits);
+        }
+        for x in [1.0f32 + 2f32.powi(-10), -(3.0 + 2f32.powi(-12)), 1e-30] {
+            let (lo, hi) = (x.to_bits() & 0xffff_0000, (x.to_bits() & 0xffff_0000) + 0x1_0000);
+            let n = 1 << 20;
+            let mut sum = 0f64;
+            for i in 0..n {
+                let r = stochastic_round(x.to_bits(), 0x1234_5678, i);
+                assert!(r == lo || r == hi);
+                sum += f32::from_bits(r) as f64;
+            }
+            let (a, b) = (f32::from_bits(lo) as f64, f32::from_bits(hi) as f64);
+            let q = (x as f64 - a) / (b - a);
+            let sigma = (b - a).abs() * (q * (1.0 - q) / n as f64).sqrt();
+            assert!((sum / n as f64 - x as f64).abs() <= 3.0 * sigma, "{x}");
+        }
+    }
+
     /// float32 gradients go with 16-bit parameters only, and in place of the parameter's.
     #[test]
     fn float32_gradients_are_checked() {
@@ -419,7 +491,7 @@ mod tests {
             let (mut m, mut v, mut step) = (vec![0f32; p.len()], vec![0f32; p.len()], 0f32);
             let mut states: Vec<&mut [f32]> = vec![&mut m, &mut v];
             let mut counters = [&mut step];
-            let t = Tensor { param: p, grad, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32, fresh: false };
+            let t = Tensor { param: p, grad, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32, stochastic: None, fresh: false };
             super::step(&configs()[0].0, vec![t], 1.0, crate::simd::level())?;
             Ok(step)
         }
@@ -449,7 +521,7 @@ mod tests {
         let (mut m, mut v) = (vec![0.0f32; 4], vec![0.0f32; 4]);
         let mut step = 0.0;
         let (mut states, mut counters) = ([&mut m[..], &mut v[..]], [&mut step]);
-        let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], fresh: false };
+        let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
         let err = Config::Adam(AdamConfig::default()).step(vec![t], 1.0).unwrap_err();
         assert!(err.message().contains("grads[0]"), "{err}");
         assert_eq!(step, 0.0);
@@ -469,7 +541,7 @@ mod tests {
             let mut step = 0.0;
             for _ in 0..2 {
                 let (mut states, mut counters) = ([&mut m[..], &mut v[..]], [&mut step]);
-                let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], fresh: false };
+                let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
                 Config::Adam(AdamConfig::default()).step(vec![t], 1.0).unwrap();
             }
             p
@@ -493,7 +565,7 @@ mod tests {
         let run_one = |c: AdamConfig| {
             let (mut p, mut m, mut v, mut t) = (p0.clone(), m0.clone(), v0.clone(), 3.0f32);
             let (mut states, mut counters) = ([&mut m[..], &mut v[..]], [&mut t]);
-            let tensor = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], fresh: false };
+            let tensor = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
             step(&c, vec![tensor], 1.0, crate::simd::level()).unwrap();
             (p, m, v, t)
         };

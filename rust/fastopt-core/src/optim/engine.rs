@@ -78,6 +78,14 @@ pub trait Storage: Copy + Send + Sync + 'static {
     /// The float32 masters of a tile's new values.
     #[inline(always)]
     fn to_masters(_tile: &[Self::Arith], _master: &mut [f32]) {}
+    /// Whether a parameter stored in this format may be rounded stochastically
+    /// ([`Tensor::stochastic`]: bfloat16 only, whose values are float32's high halves).
+    const STOCHASTIC: bool = false;
+    /// Rounds each value of a tile stochastically to a value of this format (so that storing
+    /// it is exact): element `first + j` of the tensor with `key` ([`stochastic_round`]).
+    /// Called only where [`Storage::STOCHASTIC`].
+    #[inline(always)]
+    fn round_stochastic(_tile: &mut [Self::Arith], _key: u32, _first: usize) {}
 }
 
 /// Storage that is its own arithmetic type: load and store are the identity.
@@ -123,6 +131,13 @@ macro_rules! half_storage {
                 crate::half::$narrow(src, dst, A::X86)
             }
             const SPLITS: bool = $splits;
+            const STOCHASTIC: bool = $splits;
+            #[inline(always)]
+            fn round_stochastic(tile: &mut [f32], key: u32, first: usize) {
+                for (j, t) in tile.iter_mut().enumerate() {
+                    *t = f32::from_bits(stochastic_round(t.to_bits(), key, first.wrapping_add(j)));
+                }
+            }
             const MASTERS: bool = true;
             #[inline(always)]
             fn from_masters(tile: &mut [f32], master: &[f32]) {
@@ -163,6 +178,38 @@ pub fn split_master(bits: u32) -> (u16, u16) {
     let high = if nan { (bits >> 16) | 0x0040 } else { bits.wrapping_add(0x8000) >> 16 };
     let low = if nan { 0 } else { bits.wrapping_sub(high << 16) as u16 };
     (high as u16, low)
+}
+
+/// A 32-bit hash with full avalanche (Wellons' `lowbias32`): the counter-based generator of
+/// stochastic rounding.
+#[inline(always)]
+pub fn mix32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^ (x >> 16)
+}
+
+/// The stochastic rounding key of tensor `tensor` of a call whose key is `key` (the caller
+/// derives that from its seed and step).
+pub fn tensor_key(key: u64, tensor: usize) -> u32 {
+    mix32((key as u32) ^ mix32(((key >> 32) as u32) ^ (tensor as u32).wrapping_mul(0x9e37_79b9)))
+}
+
+/// A float32 value (`bits`) rounded stochastically to bfloat16 (the float32 bits of the
+/// result): up in magnitude with probability (low 16 bits) / 2^16, else down, so the
+/// expected value is the input exactly. The random 16 bits are [`mix32`] of the element's
+/// index in its tensor and the tensor's `key` (the step's), so a result depends on neither
+/// the thread count nor how the tensor is cut. Infinities and NaNs are left as they are (the
+/// store rounds them as usual); a value above bfloat16's largest may round up to infinity.
+#[inline(always)]
+pub fn stochastic_round(bits: u32, key: u32, index: usize) -> u32 {
+    if bits & 0x7f80_0000 == 0x7f80_0000 {
+        return bits;
+    }
+    let r = mix32((index as u32) ^ key) >> 16;
+    bits.wrapping_add(r) & 0xffff_0000
 }
 
 /// The float32 master of [`split_master`]'s halves.
@@ -224,6 +271,10 @@ pub struct Tensor<'a, P, S = P> {
     /// empty: read exactly into the rule's float32 arithmetic, as mixed-precision training
     /// keeps them.
     pub grad_f32: &'a [f32],
+    /// Round the new parameter stochastically (bfloat16 parameters,
+    /// `master_weights='stochastic'`) with this key ([`stochastic_round`]; derive it from
+    /// the seed, the step and the tensor), or to nearest even (None).
+    pub stochastic: Option<u32>,
     pub fresh: bool,
 }
 
@@ -236,6 +287,8 @@ struct Chunk<'a, P, S, R, const SUMS: bool> {
     low: &'a mut [u16],
     master: &'a mut [f32],
     g32: &'a [f32],
+    /// The stochastic rounding key and the index of the chunk's first element in its tensor.
+    sr: Option<(u32, usize)>,
     out: &'a mut [(f64, f64)],
     rule: &'a R,
 }
@@ -277,8 +330,8 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bo
         let ((a0, a1), (b0, b1), (c0, c1), (d0, d1)) = (cut(a, mid), cut(b, mid), cut(c, mid), cut(d, mid));
         let ((l0, l1), (m0, m1), (h0, h1)) = (cut(self.low, mid), cut(self.master, mid), cut_ref(self.g32, mid));
         (
-            Chunk { p: p0, g: g0, s: [a0, b0, c0, d0], low: l0, master: m0, g32: h0, out: o0, rule: self.rule },
-            Chunk { p: p1, g: g1, s: [a1, b1, c1, d1], low: l1, master: m1, g32: h1, out: o1, rule: self.rule },
+            Chunk { p: p0, g: g0, s: [a0, b0, c0, d0], low: l0, master: m0, g32: h0, sr: self.sr, out: o0, rule: self.rule },
+            Chunk { p: p1, g: g1, s: [a1, b1, c1, d1], low: l1, master: m1, g32: h1, sr: self.sr.map(|(k, at)| (k, at + mid)), out: o1, rule: self.rule },
         )
     }
 }
@@ -286,9 +339,9 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bo
 impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bool> SimdKernel for Chunk<'_, P, S, R, SUMS> {
     #[inline(always)]
     fn run<A: Arith>(self) {
-        let Chunk { p, g, s: [a, b, c, d], low, master, g32, out, rule } = self;
+        let Chunk { p, g, s: [a, b, c, d], low, master, g32, mut sr, out, rule } = self;
         if !SUMS {
-            body::<P, S, A, R, false>(p, g, [a, b, c, d], (low, master, g32), rule, (&mut [], &mut []));
+            body::<P, S, A, R, false>(p, g, [a, b, c, d], (low, master, g32, sr), rule, (&mut [], &mut []));
             return;
         }
         // Block by block: the update, with the values to sum into two block-sized scratch
@@ -309,10 +362,11 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bo
             let (l0, l1) = cut(std::mem::take(&mut low), n);
             let (m0, m1) = cut(std::mem::take(&mut master), n);
             let (x, y) = (&mut sq.0[..n], &mut sq.1[..if R::SUMMED > 1 { n } else { 0 }]);
-            body::<P, S, A, R, true>(p0, g0, [a0, b0, c0, d0], (l0, m0, h0), rule, (&mut *x, &mut *y));
+            body::<P, S, A, R, true>(p0, g0, [a0, b0, c0, d0], (l0, m0, h0, sr), rule, (&mut *x, &mut *y));
             let total = |v: &[P::Arith]| if R::SQUARED { dot_f64(v, v) } else { sum_f64(v) };
             *slot = (total(x), if R::SUMMED > 1 { total(y) } else { 0.0 });
             (p, g, s, low, master, g32) = (p1, g1, [a1, b1, c1, d1], l1, m1, h1);
+            sr = sr.map(|(k, at)| (k, at + n));
         }
     }
 }
@@ -324,7 +378,7 @@ fn body<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>, c
     p: &mut [P],
     g: &[P],
     [s0, s1, s2, s3]: [&mut [S]; MAX_STATES],
-    masters: (&mut [u16], &mut [f32], &[f32]),
+    masters: (&mut [u16], &mut [f32], &[f32], Option<(u32, usize)>),
     rule: &R,
     (x, y): (&mut [P::Arith], &mut [P::Arith]),
 ) {
@@ -377,7 +431,7 @@ fn staged<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>,
     p: &mut [P],
     g: &[P],
     mut s: [&mut [S]; MAX_STATES],
-    (low, master, g32): (&mut [u16], &mut [f32], &[f32]),
+    (low, master, g32, sr): (&mut [u16], &mut [f32], &[f32], Option<(u32, usize)>),
     rule: &R,
     (x, y): (&mut [P::Arith], &mut [P::Arith]),
 ) {
@@ -419,8 +473,11 @@ fn staged<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>,
             (true, true) => (&mut x[start..end], &mut y[start..end]),
         };
         let states = [used(t0, 0, R::STATES, m), used(t1, 1, R::STATES, m), used(t2, 2, R::STATES, m), used(t3, 3, R::STATES, m)];
-        body::<P::Arith, P::Arith, A, R, SUMS>(&mut tp[..m], &tg[..m], states, (&mut [], &mut [], &[]), rule, sums);
+        body::<P::Arith, P::Arith, A, R, SUMS>(&mut tp[..m], &tg[..m], states, (&mut [], &mut [], &[], None), rule, sums);
         if w(0) {
+            if let Some((key, first)) = sr {
+                P::round_stochastic(&mut tp[..m], key, first + start);
+            }
             if full {
                 P::to_masters(&tp[..m], &mut master[start..end]);
             }
@@ -673,6 +730,14 @@ fn check<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
             }
             check_len("masters", i, t.master.len(), n)?;
         }
+        if t.stochastic.is_some() {
+            if !P::STOCHASTIC {
+                return Err(Error::type_error(format!("params[{i}]: stochastic rounding (master_weights='stochastic') takes bfloat16 parameters only")));
+            }
+            if extra.is_some() || !t.low_bits.is_empty() || !t.master.is_empty() {
+                return Err(Error::value(format!("params[{i}]: stochastic rounding cannot be combined with a compensation buffer or a master")));
+            }
+        }
     }
     Ok(total)
 }
@@ -733,7 +798,7 @@ fn pass<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS:
         let blocks = if SUMS { t.param.len().div_ceil(BLOCK) } else { 0 };
         let (out, tail) = std::mem::take(&mut rest).split_at_mut(blocks);
         rest = tail;
-        Chunk::<P, S, R, SUMS> { p: &mut *t.param, g: t.grad, s, low: &mut *t.low_bits, master: &mut *t.master, g32: t.grad_f32, out, rule: &rules[k] }
+        Chunk::<P, S, R, SUMS> { p: &mut *t.param, g: t.grad, s, low: &mut *t.low_bits, master: &mut *t.master, g32: t.grad_f32, sr: t.stochastic.map(|k| (k, 0)), out, rule: &rules[k] }
     });
     parallel::for_each_of(total, chunks, |c| simd::dispatch_at(level, c));
 }
@@ -949,7 +1014,7 @@ mod tests {
                 .zip(&gs)
                 .zip(states.iter_mut())
                 .zip(counters.iter_mut())
-                .map(|(((p, g), s), c)| Tensor { param: &mut p[..], grad: &g[..], states: &mut s[..], counters: &mut c[..], low_bits: &mut [], master: &mut [], grad_f32: &[], fresh: false })
+                .map(|(((p, g), s), c)| Tensor { param: &mut p[..], grad: &g[..], states: &mut s[..], counters: &mut c[..], low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false })
                 .collect();
             let sums: Vec<(f64, f64)> = sweep(&mut tensors, LAYOUT, simd::level(), |c, _| {
                 next_step(c);
