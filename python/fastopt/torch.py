@@ -52,8 +52,6 @@ _data_ptr = torch.Tensor.data_ptr
 _is_contiguous = torch.Tensor.is_contiguous
 _numpy = torch.Tensor.numpy
 _GRAD = attrgetter("grad")
-#: Group values the inner optimizer adds and counts (stochastic rounding's), kept in torch's groups too.
-_ROUNDING = ("rounding_seed", "rounding_step")
 
 
 def _array(t: torch.Tensor) -> np.ndarray:
@@ -203,9 +201,9 @@ class Optimizer(torch.optim.Optimizer):
         """torch's param_groups from the inner optimizer's, where a step or a mode switch
         changed them (Schedule-Free's counters and train mode, stochastic rounding's step)."""
         for entry, group, ig in zip(self._built, self.param_groups, self._inner.param_groups):
-            # (and the stochastic rounding counters, which the inner optimizer adds)
-            changed = {k: v for k, v in ig.items()
-                       if (k in entry[3] and entry[3][k] != v) or (k in _ROUNDING and k not in entry[3])}
+            # (values the inner group has and torch's lacks come too: the stochastic rounding
+            # counters, which the inner optimizer adds)
+            changed = {k: v for k, v in ig.items() if k != "params" and (k not in entry[3] or entry[3][k] != v)}
             if changed:
                 group.update(changed)
                 entry[3].update(changed)

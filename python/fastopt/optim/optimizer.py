@@ -987,15 +987,13 @@ class Optimizer:
             new = {id(b) for _, _, b in created}
             fresh = [id(b) in new for b in bufs[k]]
         # (the compiled call directly: this runs once per group and step)
-        lists, masters = _split_masters(names, bufs)
-        if group.get("master_weights") != "stochastic":
-            _engine._kernels.step(rule, arrays, grads, lists[k:], lists[:k], fresh, grad_scale, check_only, cache,
-                                  *masters)
-        else:
-            _engine._kernels.step(rule, arrays, grads, lists[k:], lists[:k], fresh, grad_scale, check_only, cache,
-                                  round_key=_round_key(group))
-            if not check_only:
-                group["rounding_step"] = group.get("rounding_step", 0) + 1
+        lists, tail = _split_masters(names, bufs)
+        stochastic = group.get("master_weights") == "stochastic"
+        if stochastic:  # (no master buffer: the rounding key comes after the two empty ones)
+            tail = (None, None, _round_key(group))
+        _engine._kernels.step(rule, arrays, grads, lists[k:], lists[:k], fresh, grad_scale, check_only, cache, *tail)
+        if stochastic and not check_only:
+            group["rounding_step"] = group.get("rounding_step", 0) + 1
         if created and not check_only:
             self._commit(created)
 

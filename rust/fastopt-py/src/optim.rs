@@ -199,8 +199,8 @@ pub fn step<'py>(
 }
 
 /// What a step keeps beside its parameters besides the state: the low bits of float32
-/// masters or the masters themselves (empty when not kept), one array per parameter; and
-/// whether the gradients are float32 beside 16-bit parameters.
+/// masters or the masters themselves (empty when not kept), one array per parameter; whether
+/// the gradients are float32 beside 16-bit parameters; the stochastic rounding key.
 #[derive(Clone, Copy)]
 struct Extra<'a> {
     low: &'a [Raw],
