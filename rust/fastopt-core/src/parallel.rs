@@ -14,6 +14,14 @@
 //! late (microseconds to tens of microseconds on a virtual machine) delays nothing.
 //! Element-wise kernels give bit-identical results whatever the thread count, because every
 //! element is computed by the same code whichever range or piece it falls in.
+//!
+//! A helper that has done its part of a call keeps its core for [`LINGER`], spinning until
+//! the next call is announced, before it goes back to the pool (where it falls asleep): an
+//! optimizer's calls come tens of microseconds apart (the Python of one step, or the two
+//! passes of a two-pass rule), and a helper woken from sleep on a virtual machine arrived
+//! after the caller had done most of the work alone. It lingers only when the pool has no
+//! more threads than the process has cores, so that a spinning helper never takes a core
+//! from the caller.
 
 use rayon::ThreadPool;
 use std::collections::VecDeque;
@@ -27,6 +35,14 @@ pub const SERIAL_BELOW: usize = 1 << 15;
 /// Pieces per thread's range (each at least [`MIN_PIECE`] elements).
 pub const PIECES: usize = 4;
 pub const MIN_PIECE: usize = 4096;
+
+/// How long a helper spins after its part of a call, waiting for the next one (see the module
+/// documentation). OpenMP runtimes spin for milliseconds by default; this is short enough
+/// that a burst of steps leaves at most this much spinning behind it.
+pub const LINGER: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// Calls that have asked the pool's helpers to join (a lingering helper watches it).
+static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 struct Pool {
     threads: usize,
@@ -62,9 +78,11 @@ pub fn env_problem() -> Option<String> {
     }
 }
 
-/// The number of cores this process may use.
+/// The number of cores this process may use (found once: the standard library reads the
+/// cgroup's files on every call).
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
 
 fn build(threads: usize) -> Result<Pool, String> {
@@ -193,6 +211,8 @@ pub fn for_each_of<W: Split>(total: usize, items: impl IntoIterator<Item = W>, f
     });
     let _closer = CloseOnDrop(&gate);
     let helper_gate = Arc::clone(&gate);
+    let linger = threads <= default_threads();
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
     pool.spawn_broadcast(move |ctx| {
         let job = &job;
         if helper_gate.enter() {
@@ -206,6 +226,9 @@ pub fn for_each_of<W: Split>(total: usize, items: impl IntoIterator<Item = W>, f
             }
             helper_gate.exit();
         }
+        if linger {
+            wait_for_next_call(call);
+        }
     });
     run(0);
     // Close the gate and wait for entered helpers (on unwinding too, through `_closer`), then
@@ -213,6 +236,20 @@ pub fn for_each_of<W: Split>(total: usize, items: impl IntoIterator<Item = W>, f
     drop(_closer);
     if let Some(payload) = gate.take_panic() {
         std::panic::resume_unwind(payload);
+    }
+}
+
+/// Spins until a call after `call` is announced or [`LINGER`] has passed. Returning lets the
+/// helper take the new call's job from the pool at once, without having slept.
+fn wait_for_next_call(call: usize) {
+    let start = std::time::Instant::now();
+    let mut spins = 0u32;
+    while CALLS.load(std::sync::atomic::Ordering::Relaxed) == call {
+        std::hint::spin_loop();
+        spins = spins.wrapping_add(1);
+        if spins % 256 == 0 && start.elapsed() >= LINGER {
+            return;
+        }
     }
 }
 
@@ -377,6 +414,27 @@ mod tests {
         let mut ok = vec![0u32; SERIAL_BELOW * 2];
         for_each(vec![Cells(&mut ok)], |c: Cells| c.0.iter_mut().for_each(|x| *x += 1));
         assert!(ok.iter().all(|&x| x == 1));
+        set_num_threads(default_threads()).unwrap();
+    }
+
+    #[test]
+    fn a_lingering_helper_leaves_on_the_next_call_or_by_itself() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let _g = crate::test_util::global();
+        // Alone, it gives up after LINGER; it leaves as soon as a call is announced.
+        let alone = std::thread::spawn(|| wait_for_next_call(CALLS.load(Relaxed)));
+        alone.join().unwrap();
+        let waiting = std::thread::spawn(|| wait_for_next_call(CALLS.load(Relaxed)));
+        CALLS.fetch_add(1, Relaxed);
+        waiting.join().unwrap();
+        // Calls back to back, across resizes: the old pool's helpers may still be lingering
+        // when a new pool takes the next call, and every element is still done once.
+        let mut buf = vec![0u32; SERIAL_BELOW * 3 + 5];
+        for round in 0..60u32 {
+            set_num_threads(1 + (round as usize / 3) % 3).unwrap();
+            for_each(vec![Cells(&mut buf)], |c: Cells| c.0.iter_mut().for_each(|x| *x += 1));
+            assert!(buf.iter().all(|&x| x == round + 1));
+        }
         set_num_threads(default_threads()).unwrap();
     }
 
