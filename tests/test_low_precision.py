@@ -978,7 +978,9 @@ def test_float32_gradients_through_parameters_clipping_and_prodigy(ml_dtypes):
 # -- master_weights='stochastic' ---------------------------------------------------------
 # The reference generator, written from its definition in NumPy (uint32 arithmetic wraps):
 # Wellons' lowbias32 hash of the element's index xor the tensor's key, whose top 16 bits are
-# added to the float32 bits before truncating to bfloat16 (infinities and NaNs left alone).
+# added to the float32 bits before truncating to bfloat16 (infinities and NaNs left alone);
+# for float16, whose top 24 bits, below the distance to the lower neighbour over the
+# neighbours' distance times 2**24, round up (float16's largest and beyond left alone).
 
 
 def _mix32(x):
@@ -1007,16 +1009,42 @@ def _stochastic(values, key, bf):
     return out.view(np.float32).astype(bf).reshape(np.shape(values))
 
 
+def _stochastic_f16(values, key):
+    """``values`` (float32) rounded stochastically to float16 with a tensor's ``key``: the two
+    float16 neighbours found with ``nextafter``, the fraction in float64."""
+    x = np.ascontiguousarray(values, np.float32).reshape(-1)
+    near = x.astype(np.float16)
+    toward_zero = np.abs(near.astype(np.float64)) > np.abs(x.astype(np.float64))
+    lo = np.where(toward_zero, np.nextafter(near, np.float16(0)), near)
+    hi = np.where(toward_zero, near, np.nextafter(near, np.copysign(np.float16(np.inf), x).astype(np.float16)))
+    a, b = np.abs(lo.astype(np.float64)), np.abs(hi.astype(np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = (np.abs(x.astype(np.float64)) - a) / (b - a)
+    r = (_mix32(np.arange(x.size, dtype=np.uint32) ^ np.uint32(key)) >> np.uint32(8)).astype(np.float64)
+    out = np.where(r < frac * 2.0**24, hi, lo)
+    out = np.where(np.abs(x) < 65504, out, near)  # (the largest and beyond: the usual rounding)
+    return out.reshape(np.shape(values))
+
+
+def _sr_reference(dtype):
+    """The reference rounding ``(values, key) -> dtype array`` for float16 or bfloat16."""
+    if dtype == np.float16:
+        return _stochastic_f16
+    return lambda values, key: _stochastic(values, key, dtype)
+
+
 SR_SHAPES = [(), (7,), (33, 31), (70_001,)]  # (the last split across threads)
 
 
 @pytest.mark.parametrize("name,kwargs", [("Adam", {"lr": 1e-2}), ("SGD", {"lr": 0.1, "momentum": 0.9}),
                                          ("Lion", {"lr": 1e-3}), ("RMSprop", {"lr": 1e-2, "centered": True})])
-def test_stochastic_rounding_is_the_float32_step_rounded_by_the_generator(ml_dtypes, name, kwargs):
+@pytest.mark.parametrize("half", ["bfloat16", "float16"])
+def test_stochastic_rounding_is_the_float32_step_rounded_by_the_generator(ml_dtypes, name, kwargs, half):
     """With float32 state and float32 gradients, each step's parameter is the float32 step
     from the widened parameter, rounded by the reference generator with the key of the
     group's seed and step and the tensor's place, bit for bit; the state is the float32 run's."""
-    bf = np.dtype(ml_dtypes.bfloat16)
+    bf = np.dtype(ml_dtypes.bfloat16) if half == "bfloat16" else np.dtype(np.float16)
+    rounded = _sr_reference(bf)
     rng = np.random.default_rng(31)
     ours = [rng.standard_normal(s).astype(np.float32).astype(bf) for s in SR_SHAPES]
     replay = [p.astype(np.float32) for p in ours]
@@ -1029,7 +1057,7 @@ def test_stochastic_rounding_is_the_float32_step_rounded_by_the_generator(ml_dty
         ref.step(grads=grads)
         key = _round_key(1234, step)
         for i, (p, r) in enumerate(zip(ours, replay)):
-            want = _stochastic(r, _tensor_key(key, i), bf)
+            want = rounded(r, _tensor_key(key, i))
             assert np.array_equal(p.view(np.uint16), want.view(np.uint16)), f"{name} step {step} param {i}"
             r[...] = want.astype(np.float32)  # (the replay goes on from the stored value)
             for k, v in ref.state[r].items():
@@ -1038,13 +1066,15 @@ def test_stochastic_rounding_is_the_float32_step_rounded_by_the_generator(ml_dty
     assert opt.param_groups[0]["rounding_step"] == 6
 
 
-def test_stochastic_rounding_is_unbiased_and_the_same_at_any_thread_count(ml_dtypes):
+@pytest.mark.parametrize("half", ["bfloat16", "float16"])
+def test_stochastic_rounding_is_unbiased_and_the_same_at_any_thread_count(ml_dtypes, half):
     """The issue's bar: the mean of 2**20 roundings is the exact value within 3 sigma, and
     the result is the same at 1, 2 and 3 threads (the bits depend on the element's index,
     not on which thread rounds it). Round to nearest keeps every element at 1.0."""
-    bf = np.dtype(ml_dtypes.bfloat16)
+    bf = np.dtype(ml_dtypes.bfloat16) if half == "bfloat16" else np.dtype(np.float16)
+    unit = 2.0**-7 if half == "bfloat16" else 2.0**-10  # the spacing above 1
     n = 2**20
-    step = np.float32(2.0**-10)  # an eighth of bfloat16's unit at 1
+    step = np.float32(unit / 8)  # an eighth of the unit at 1
     exact = 1.0 + float(step)
     results = []
     threads = fo.get_num_threads()
@@ -1058,7 +1088,7 @@ def test_stochastic_rounding_is_unbiased_and_the_same_at_any_thread_count(ml_dty
         fo.set_num_threads(threads)
     assert all(np.array_equal(results[0], r) for r in results[1:])
     values = results[0].view(bf).astype(np.float64)
-    lo, hi = 1.0, 1.0 + 2.0**-7
+    lo, hi = 1.0, 1.0 + unit
     assert set(np.unique(values)) == {lo, hi}
     q = (exact - lo) / (hi - lo)
     sigma = (hi - lo) * np.sqrt(q * (1 - q) / n)
@@ -1068,11 +1098,13 @@ def test_stochastic_rounding_is_unbiased_and_the_same_at_any_thread_count(ml_dty
     assert np.all(plain == bf.type(1.0))
 
 
-def test_stochastic_rounding_follows_the_float32_run(ml_dtypes):
+@pytest.mark.parametrize("half", ["bfloat16", "float16"])
+def test_stochastic_rounding_follows_the_float32_run(ml_dtypes, half):
     """On the noisy quadratic plain bfloat16 stalls; with stochastic rounding the weights
     follow the float32 run on average (relative distance measured here: 0.016, against 0.121
-    for plain bfloat16 and 0.0070 with the exact remainder)."""
-    bf = np.dtype(ml_dtypes.bfloat16)
+    for plain bfloat16 and 0.0070 with the exact remainder; float16: 0.0051 against 0.112, and
+    0.0007 with 'kahan')."""
+    bf = np.dtype(ml_dtypes.bfloat16) if half == "bfloat16" else np.dtype(np.float16)
     w32, _ = _noisy_quadratic(np.float32)
     rel = lambda w: float(np.linalg.norm(w - w32) / np.linalg.norm(w32))  # noqa: E731
     sr, _ = _noisy_quadratic(bf, master_weights="stochastic")
@@ -1110,8 +1142,9 @@ def test_stochastic_rounding_round_trips_and_bad_input(ml_dtypes, tmp_path):
         alt.step(grads=[g])
     assert not np.array_equal(seeded.view(np.uint16), w.view(np.uint16))
     # bad input: nothing changes
-    h = np.ones(3, np.float16)
-    with pytest.raises(TypeError, match=r"params\[0\] has dtype float16; master_weights='stochastic' rounds bfloat16"):
+    h = np.ones(3, np.float32)
+    with pytest.raises(TypeError, match=r"params\[0\] has dtype float32; master_weights='stochastic' rounds float16 or "
+                                        "bfloat16"):
         fo.optim.Adam([h], master_weights="stochastic")
     for bad in (-1, 2**64, 1.5, True, "7"):
         with pytest.raises(ValueError, match="rounding_seed must be a whole number from 0 to 2\\*\\*64 - 1"):
@@ -1127,7 +1160,7 @@ def test_stochastic_rounding_round_trips_and_bad_input(ml_dtypes, tmp_path):
     with pytest.raises(ValueError, match="rounding_step must be a whole number"):
         opt.step(grads=[np.ones(4, bf)])
     assert np.all(v == bf.type(1.0)) and not opt.state[v]
-    with pytest.raises(TypeError, match="takes bfloat16 parameters only"):
+    with pytest.raises(TypeError, match="takes float16 or bfloat16 parameters only"):
         fo._fastopt.step(fo._fastopt.Rule("sgd", lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
                                           maximize=False), [h], [h.copy()], [], [], round_key=3)
     assert np.all(h == 1)

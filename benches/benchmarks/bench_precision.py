@@ -67,11 +67,11 @@ class AdamMasterWeights:
     """Adam over bfloat16 parameters by ``master_weights`` (None, ``'kahan'``: a bfloat16
     compensation buffer, ``'remainder'``: the int16 low bits of a float32 master,
     ``'float32'``: a float32 copy; 14, 18, 18 and 22 bytes per element; ``'stochastic'``:
-    stochastic rounding, 14 bytes and a hash per element), beside the float32 step (28
-    bytes): fastopt only, as no peer has these on the CPU."""
+    stochastic rounding, 14 bytes and a hash per element; float16 with it too), beside the
+    float32 step (28 bytes): fastopt only, as no peer has these on the CPU."""
 
     params = (SIZES, [1, 2], ["float32", "bfloat16", "bfloat16-kahan", "bfloat16-remainder", "bfloat16-float32",
-                              "bfloat16-stochastic"])
+                              "bfloat16-stochastic", "float16", "float16-stochastic"])
     param_names = ["n", "threads", "precision"]
     timeout = 300
 

@@ -131,7 +131,7 @@ DOCS: dict[str, str] = {
                       "the parameter being the master rounded to nearest, ties away from zero; 2 bytes per element) or "
                       "``'float32'`` (a float32 copy ``master`` of each float16/bfloat16 parameter, stepped as a float32 "
                       "parameter and stored rounded to nearest even; 4 bytes per element) or ``'stochastic'`` "
-                      "(bfloat16 parameters, no extra buffer: each new value rounded up or down with probability in "
+                      "(float16/bfloat16 parameters, no extra buffer: each new value rounded up or down with probability in "
                       "proportion to its distance, so rounding is unbiased on average, with random bits from a "
                       "counter-based generator keyed by the group's ``rounding_seed`` (default 0), its "
                       "``rounding_step`` (counted by each step) and the element's index: the same at any thread "

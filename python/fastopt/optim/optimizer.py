@@ -538,8 +538,8 @@ class Optimizer:
 
     def _check_master_weights(self, group: dict[str, Any]) -> None:
         """``master_weights`` (when the group has it): ``'kahan'`` or ``'float32'`` (beside
-        float16/bfloat16 parameters) or ``'remainder'`` or ``'stochastic'`` (beside bfloat16
-        ones), on a single-pass optimizer without the cautious mask; with ``'stochastic'`` the
+        float16/bfloat16 parameters) or ``'remainder'`` (beside bfloat16 ones) or ``'stochastic'``
+        (beside float16/bfloat16 ones), on a single-pass optimizer without the cautious mask; with ``'stochastic'`` the
         group's ``rounding_seed`` and ``rounding_step`` (whole numbers >= 0, 0 if absent)."""
         how = group.get("master_weights")
         if how is None:
@@ -563,9 +563,9 @@ class Optimizer:
             if how == "remainder" and not is_bfloat16(a.dtype):
                 raise TypeError(f"params[{i}] has dtype {a.dtype}; master_weights='remainder' keeps the low 16 bits "
                                 "of a float32 master beside a bfloat16 parameter (its high half)")
-            if how == "stochastic" and not is_bfloat16(a.dtype):
-                raise TypeError(f"params[{i}] has dtype {a.dtype}; master_weights='stochastic' rounds bfloat16 "
-                                "parameters (float16 ones: 'kahan' or 'float32')")
+            if how == "stochastic" and not is_half(a.dtype):
+                raise TypeError(f"params[{i}] has dtype {a.dtype}; master_weights='stochastic' rounds float16 or "
+                                "bfloat16 parameters")
         if how == "stochastic":
             _rounding(group)
             self._steps_change_groups = True  # (its rounding_step: wrappers copy the groups back)

@@ -111,7 +111,7 @@ pub fn rule_names() -> Vec<&'static str> {
 /// master rounded to nearest, ties away from zero) and these bits. ``masters`` (float16 or
 /// bfloat16 parameters): one float32 array per parameter, its master copy
 /// (``master_weights='float32'``): the step updates the master as a float32 parameter and
-/// stores it rounded into the parameter. ``round_key`` (bfloat16 parameters,
+/// stores it rounded into the parameter. ``round_key`` (float16 or bfloat16 parameters,
 /// ``master_weights='stochastic'``): round each new parameter value stochastically, with
 /// random bits from a counter-based generator keyed by this key, the tensor's place in the
 /// call and the element's index (the caller derives the key from its seed and step).

@@ -411,75 +411,107 @@ mod tests {
         }
     }
 
-    /// With a stochastic rounding key a bfloat16 parameter is the float32 step (from the
-    /// widened parameter, float32 state) rounded by `stochastic_round` at each element's index,
-    /// at every level and over several tiles; float16 parameters and a master beside it are
-    /// refused.
+    /// With a stochastic rounding key a bfloat16 or float16 parameter is the float32 step
+    /// (from the widened parameter, float32 state) rounded by `stochastic_round` or
+    /// `stochastic_round_f16` at each element's index, at every level and over several tiles;
+    /// float32 parameters are refused.
     #[test]
     fn stochastic_rounding_rounds_the_float32_step_by_index() {
         use crate::half::{Bf16, F16};
-        use crate::optim::engine::stochastic_round;
-        for level in available() {
-            let (cfg, scale) = configs()[1];
-            let n = 19 + 3 * 256;
-            let mut p: Vec<Bf16> = data::<f32>(n, 1).into_iter().map(Bf16::store).collect();
-            let mut reference: Vec<f32> = p.iter().map(|x| x.load()).collect();
-            let g: Vec<f32> = data::<f32>(n, 2);
-            let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
-            let (mut rm, mut rv) = (m.clone(), v.clone());
-            let (mut step, mut rstep) = (0f32, 0f32);
-            for key in [7u32, 0xdead_beef] {
-                let mut states: Vec<&mut [f32]> = vec![&mut m, &mut v];
-                let mut counters = [&mut step];
-                let t = Tensor { param: &mut p, grad: &[], states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &g, stochastic: Some(key), fresh: false };
-                super::step(&cfg, vec![t], scale, level).unwrap();
-                let mut states: Vec<&mut [f32]> = vec![&mut rm, &mut rv];
-                let mut counters = [&mut rstep];
-                let t = Tensor { param: &mut reference, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
-                super::step(&cfg, vec![t], scale, level).unwrap();
-                for (i, r) in reference.iter_mut().enumerate() {
-                    *r = f32::from_bits(stochastic_round(r.to_bits(), key, i));
+        use crate::optim::engine::{stochastic_round, stochastic_round_f16};
+        fn check<P: Storage<Arith = f32>>(round: fn(u32, u32, usize) -> u32) {
+            for level in available() {
+                let (cfg, scale) = configs()[1];
+                let n = 19 + 3 * 256;
+                let mut p: Vec<P> = data::<f32>(n, 1).into_iter().map(P::store).collect();
+                let mut reference: Vec<f32> = p.iter().map(|x| x.load()).collect();
+                let g: Vec<f32> = data::<f32>(n, 2);
+                let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
+                let (mut rm, mut rv) = (m.clone(), v.clone());
+                let (mut step, mut rstep) = (0f32, 0f32);
+                for key in [7u32, 0xdead_beef] {
+                    let mut states: Vec<&mut [f32]> = vec![&mut m, &mut v];
+                    let mut counters = [&mut step];
+                    let t = Tensor { param: &mut p, grad: &[], states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &g, stochastic: Some(key), fresh: false };
+                    super::step(&cfg, vec![t], scale, level).unwrap();
+                    let mut states: Vec<&mut [f32]> = vec![&mut rm, &mut rv];
+                    let mut counters = [&mut rstep];
+                    let t = Tensor { param: &mut reference, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
+                    super::step(&cfg, vec![t], scale, level).unwrap();
+                    for (i, r) in reference.iter_mut().enumerate() {
+                        *r = f32::from_bits(round(r.to_bits(), key, i));
+                    }
+                    let got: Vec<u32> = p.iter().map(|x| x.load().to_bits()).collect();
+                    let want: Vec<u32> = reference.iter().map(|x| x.to_bits()).collect();
+                    assert_eq!(got, want, "{level:?} key {key}");
+                    assert_eq!((m.clone(), v.clone()), (rm.clone(), rv.clone()));
                 }
-                let got: Vec<u32> = p.iter().map(|x| x.load().to_bits()).collect();
-                let want: Vec<u32> = reference.iter().map(|x| x.to_bits()).collect();
-                assert_eq!(got, want, "{level:?} key {key}");
-                assert_eq!((m.clone(), v.clone()), (rm.clone(), rv.clone()));
             }
         }
-        let mut h = vec![F16::store(1.0); 4];
+        check::<Bf16>(stochastic_round);
+        check::<F16>(stochastic_round_f16);
+        let mut w = vec![1f32; 4];
         let (mut m, mut v, mut step) = (vec![0f32; 4], vec![0f32; 4], 0f32);
         let mut states: Vec<&mut [f32]> = vec![&mut m, &mut v];
         let mut counters = [&mut step];
-        let g = vec![F16::store(0.5); 4];
-        let t = Tensor { param: &mut h, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: Some(1), fresh: false };
+        let g = vec![0.5f32; 4];
+        let t = Tensor { param: &mut w, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: Some(1), fresh: false };
         let err = super::step(&configs()[0].0, vec![t], 1.0, crate::simd::level()).unwrap_err();
-        assert!(err.to_string().contains("takes bfloat16 parameters only"), "{err}");
+        assert!(err.to_string().contains("takes float16 or bfloat16 parameters only"), "{err}");
     }
 
     /// Stochastic rounding: exact values stay, others go to one of their two neighbours, the
     /// mean of many is the value, infinities and NaNs are left to the store.
     #[test]
     fn stochastic_round_is_unbiased_and_picks_a_neighbour() {
-        use crate::optim::engine::stochastic_round;
-        for x in [1.0f32, -3.5, 0.0, f32::MIN_POSITIVE] {
-            assert_eq!(stochastic_round(x.to_bits(), 3, 9), x.to_bits());
-        }
-        for bits in [f32::INFINITY.to_bits(), f32::NEG_INFINITY.to_bits(), f32::NAN.to_bits()] {
-            assert_eq!(stochastic_round(bits, 3, 9), bits);
-        }
-        for x in [1.0f32 + 2f32.powi(-10), -(3.0 + 2f32.powi(-12)), 1e-30] {
-            let (lo, hi) = (x.to_bits() & 0xffff_0000, (x.to_bits() & 0xffff_0000) + 0x1_0000);
+        use crate::half::F16;
+        use crate::optim::engine::{stochastic_round, stochastic_round_f16};
+        /// The mean of 2^20 roundings of `x` is `x` within 3 sigma, each one of `lo`, `hi`.
+        fn unbiased(x: f32, lo: f32, hi: f32, round: impl Fn(u32, usize) -> u32) {
             let n = 1 << 20;
             let mut sum = 0f64;
             for i in 0..n {
-                let r = stochastic_round(x.to_bits(), 0x1234_5678, i);
-                assert!(r == lo || r == hi);
-                sum += f32::from_bits(r) as f64;
+                let r = f32::from_bits(round(x.to_bits(), i));
+                assert!(r == lo || r == hi, "{x}: {r} is neither {lo} nor {hi}");
+                sum += r as f64;
             }
-            let (a, b) = (f32::from_bits(lo) as f64, f32::from_bits(hi) as f64);
+            let (a, b) = (lo as f64, hi as f64);
             let q = (x as f64 - a) / (b - a);
             let sigma = (b - a).abs() * (q * (1.0 - q) / n as f64).sqrt();
             assert!((sum / n as f64 - x as f64).abs() <= 3.0 * sigma, "{x}");
+        }
+        for x in [1.0f32, -3.5, 0.0, f32::MIN_POSITIVE] {
+            assert_eq!(stochastic_round(x.to_bits(), 3, 9), x.to_bits());
+        }
+        for x in [1.0f32, -3.5, 0.0, -0.0, 65504.0, 2f32.powi(-24), -5.0 * 2f32.powi(-24), 2f32.powi(-14)] {
+            assert_eq!(stochastic_round_f16(x.to_bits(), 3, 9), x.to_bits(), "{x}");
+        }
+        for bits in [f32::INFINITY.to_bits(), f32::NEG_INFINITY.to_bits(), f32::NAN.to_bits()] {
+            assert_eq!(stochastic_round(bits, 3, 9), bits);
+            assert_eq!(stochastic_round_f16(bits, 3, 9), bits);
+        }
+        // float16's largest and beyond: the store's usual rounding
+        for x in [65505.0f32, -70000.0, 1e30] {
+            assert_eq!(stochastic_round_f16(x.to_bits(), 3, 9), x.to_bits());
+        }
+        for x in [1.0f32 + 2f32.powi(-10), -(3.0 + 2f32.powi(-12)), 1e-30] {
+            let (lo, hi) = (x.to_bits() & 0xffff_0000, (x.to_bits() & 0xffff_0000) + 0x1_0000);
+            unbiased(x, f32::from_bits(lo), f32::from_bits(hi), |b, i| stochastic_round(b, 0x1234_5678, i));
+        }
+        // float16: normal (spacing 2^-10 at 1), near the largest, subnormal (spacing 2^-24),
+        // below the smallest subnormal, and float32 subnormals
+        let tiny = 2f32.powi(-24);
+        for (x, lo, hi) in [(1.0f32 + 2f32.powi(-13), 1.0f32, 1.0 + 2f32.powi(-10)),
+                            (-(3.0 + 3.0 * 2f32.powi(-12)), -3.0, -(3.0 + 2f32.powi(-9))),
+                            (65500.0, 65472.0, 65504.0),
+                            (1e-6, 16.0 * tiny, 17.0 * tiny),
+                            (0.3 * tiny, 0.0, tiny),
+                            (-1e-40, -0.0, -tiny)] {
+            unbiased(x, lo, hi, |b, i| stochastic_round_f16(b, 0x1234_5678, i));
+            for i in 0..64 {
+                let r = f32::from_bits(stochastic_round_f16(x.to_bits(), 7, i));
+                assert_eq!(F16::store(r).load().to_bits(), r.to_bits(), "{x} -> {r} is not a float16");
+            }
         }
     }
 

@@ -79,7 +79,7 @@ pub trait Storage: Copy + Send + Sync + 'static {
     #[inline(always)]
     fn to_masters(_tile: &[Self::Arith], _master: &mut [f32]) {}
     /// Whether a parameter stored in this format may be rounded stochastically
-    /// ([`Tensor::stochastic`]: bfloat16 only, whose values are float32's high halves).
+    /// ([`Tensor::stochastic`]: bfloat16 and float16).
     const STOCHASTIC: bool = false;
     /// Rounds each value of a tile stochastically to a value of this format (so that storing
     /// it is exact): element `first + j` of the tensor with `key` ([`stochastic_round`]).
@@ -111,7 +111,7 @@ identity_storage!(f32, f64);
 /// 16-bit storage computed in float32, one rounding (to nearest even) per stored value,
 /// converted in bulk by [`crate::half`]'s slice functions.
 macro_rules! half_storage {
-    ($($t:ty => $widen:ident, $narrow:ident, $splits:expr);*) => {$(
+    ($($t:ty => $widen:ident, $narrow:ident, $round:ident, $splits:expr);*) => {$(
         impl Storage for $t {
             type Arith = f32;
             #[inline(always)]
@@ -131,11 +131,11 @@ macro_rules! half_storage {
                 crate::half::$narrow(src, dst, A::X86)
             }
             const SPLITS: bool = $splits;
-            const STOCHASTIC: bool = $splits;
+            const STOCHASTIC: bool = true;
             #[inline(always)]
             fn round_stochastic(tile: &mut [f32], key: u32, first: usize) {
                 for (j, t) in tile.iter_mut().enumerate() {
-                    *t = f32::from_bits(stochastic_round(t.to_bits(), key, first.wrapping_add(j)));
+                    *t = f32::from_bits($round(t.to_bits(), key, first.wrapping_add(j)));
                 }
             }
             const MASTERS: bool = true;
@@ -165,7 +165,8 @@ macro_rules! half_storage {
     )*};
 }
 
-half_storage!(crate::half::Bf16 => widen_bf16, narrow_bf16, true; crate::half::F16 => widen_f16, narrow_f16, false);
+half_storage!(crate::half::Bf16 => widen_bf16, narrow_bf16, stochastic_round, true;
+              crate::half::F16 => widen_f16, narrow_f16, stochastic_round_f16, false);
 
 /// A float32 master kept as a bfloat16 parameter (its high half, rounded) and 16 low bits:
 /// `master = (high << 16) + low` in two's complement (`low` as an int16), exactly. The high
@@ -210,6 +211,29 @@ pub fn stochastic_round(bits: u32, key: u32, index: usize) -> u32 {
     }
     let r = mix32((index as u32) ^ key) >> 16;
     bits.wrapping_add(r) & 0xffff_0000
+}
+
+/// A float32 value (`bits`) rounded stochastically to float16 (the float32 bits of a value
+/// float16 holds exactly): with `s` float16's spacing at the value (2^-24 below 2^-14) and
+/// `|x| / s = n + f` (`n` whole, `0 <= f < 1`), `(n + 1) s` with probability `f`, else `n s`,
+/// the sign kept. The draw compares the top 24 bits of [`mix32`] of the element's index xor
+/// the tensor's `key` with `f * 2^24`, a whole number from 2^-24 up, so the expected value is
+/// the input exactly there (below 2^-24, within 2^-48). Magnitudes from float16's largest,
+/// 65504, up, infinities and NaNs are left as they are (the store rounds them as usual). Every
+/// operation is exact in float32 (scaling by powers of two, a whole part and its remainder).
+#[inline(always)]
+pub fn stochastic_round_f16(bits: u32, key: u32, index: usize) -> u32 {
+    let magnitude = f32::from_bits(bits & 0x7fff_ffff);
+    if !(magnitude < 65504.0) {
+        return bits;
+    }
+    // The spacing's exponent field: 10 below the value's, and at least that of 2^-24.
+    let spacing = (bits >> 23 & 0xff).max(113) - 10;
+    let scaled = magnitude * f32::from_bits((254 - spacing) << 23);
+    let whole = scaled.trunc();
+    let r = (mix32((index as u32) ^ key) >> 8) as f32;
+    let up = if r < (scaled - whole) * 16_777_216.0 { 1.0 } else { 0.0 };
+    ((whole + up) * f32::from_bits(spacing << 23)).to_bits() | (bits & 0x8000_0000)
 }
 
 /// The float32 master of [`split_master`]'s halves.
@@ -732,7 +756,7 @@ fn check<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
         }
         if t.stochastic.is_some() {
             if !P::STOCHASTIC {
-                return Err(Error::type_error(format!("params[{i}]: stochastic rounding (master_weights='stochastic') takes bfloat16 parameters only")));
+                return Err(Error::type_error(format!("params[{i}]: stochastic rounding (master_weights='stochastic') takes float16 or bfloat16 parameters only")));
             }
             if extra.is_some() || !t.low_bits.is_empty() || !t.master.is_empty() {
                 return Err(Error::value(format!("params[{i}]: stochastic rounding cannot be combined with a compensation buffer or a master")));
