@@ -533,7 +533,8 @@ class Optimizer:
     #: compensation buffer or a master's low bits beside 16-bit parameters (``master_weights``).
     _takes_kahan = False
     #: Whether the optimizer's passes (the engine's, possibly several) can keep a float32
-    #: master beside 16-bit parameters: ``master_weights='remainder'`` and ``'float32'``.
+    #: master beside 16-bit parameters or round them stochastically: ``master_weights=``
+    #: ``'remainder'``, ``'float32'`` and ``'stochastic'``.
     _takes_masters = False
 
     def _check_master_weights(self, group: dict[str, Any]) -> None:
@@ -546,7 +547,7 @@ class Optimizer:
             return
         if how not in MASTER_WEIGHTS:
             raise ValueError(f"master_weights must be None, 'kahan', 'remainder', 'float32' or 'stochastic', got {how!r}")
-        if not (self._takes_kahan or (self._takes_masters and how not in ("kahan", "stochastic"))):
+        if not (self._takes_kahan or (self._takes_masters and how != "kahan")):
             raise TypeError(f"{type(self).__name__}'s step is not one element-wise pass: master_weights={how!r} is "
                             "not one of its options")
         if group.get("cautious"):
