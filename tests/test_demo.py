@@ -152,7 +152,7 @@ def test_precision_option_trains_from_the_stored_weights(tmp_path, capsys):
         if p != "float32":  # the model's float32 weights are bfloat16 values
             assert all(np.array_equal(w, w.astype(ml_dtypes.bfloat16).astype(np.float32)) for w in weights)
     gap = {p: abs(runs[p].train_loss - runs["float32"].train_loss) for p in runs}
-    assert gap["bfloat16-kahan"] < gap["bfloat16"] and gap["bfloat16-remainder"] < gap["bfloat16"], gap
+    assert all(gap[f"bfloat16-{how}"] < gap["bfloat16"] for how in ("kahan", "remainder", "stochastic")), gap
     rc = cli.main(["demo", "--optimizers", "adam,lion", "--precision", "float32,bfloat16-remainder", "--epochs", "2",
                    "--samples", "200", "--out", str(tmp_path)] + ([] if plot_available() else ["--no-figures"]))
     assert rc == 0

@@ -101,6 +101,7 @@ PRECISIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "bfloat16": ("bfloat16", {}),
     "bfloat16-kahan": ("bfloat16", {"master_weights": "kahan"}),
     "bfloat16-remainder": ("bfloat16", {"master_weights": "remainder"}),
+    "bfloat16-stochastic": ("bfloat16", {"master_weights": "stochastic"}),
 }
 #: Precisions the issue tracker names that fastopt does not have yet.
 PRECISIONS_TO_COME = ("int8-state",)
