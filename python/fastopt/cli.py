@@ -135,7 +135,7 @@ def _demo_parser() -> argparse.ArgumentParser:
     ap.add_argument("--precision", default="float32", metavar="P[,P...]",
                     help=f"how the weights are stored, comma-separated, from: {', '.join(demo.PRECISIONS)} "
                     "(bfloat16 needs ml_dtypes: the model computes in float32 from the stored weights, its gradients "
-                    "rounded to them; -kahan and -remainder are the master_weights options); with more than one, "
+                    "rounded to them; -kahan, -remainder and -stochastic are the master_weights options); with more than one, "
                     "each optimizer trains at each and precision.png compares the loss curves (default: %(default)s)")
     ap.add_argument("--epochs", type=_positive(int), default=d.epochs, help="passes over the training set (default: %(default)s)")
     ap.add_argument("--batch-size", type=_positive(int), default=d.batch_size, help="mini-batch size (default: %(default)s)")
