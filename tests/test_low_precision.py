@@ -268,6 +268,48 @@ def test_clipping_reads_the_exact_values(ml_dtypes, dtype_name):
     assert all(_same(x, y) for x, y in zip(given, grads)), "the gradients are only read"
 
 
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+def test_clipping_kernels_read_16bit_arrays_in_place(ml_dtypes, torch, dtype_name):
+    """The norm, scale and clamp kernels take 16-bit arrays themselves (no float32 copy):
+    over tensors of several blocks, split across threads, every norm type equals the norm of
+    the float32 copies bit for bit at 1, 2 and 3 threads, NaN included; scaling and clamping
+    equal the float32 operation rounded once (clamping: torch's clamp_ bit for bit)."""
+    dtype = _dtypes(ml_dtypes)[dtype_name]
+    rng = np.random.default_rng(4)
+    shapes = [(70_001,), (3, 8193), (7,)]
+    grads = [(4 * rng.standard_normal(s)).astype(np.float32).astype(dtype) for s in shapes]
+    wide = [g.astype(np.float32) for g in grads]
+    threads = fo.get_num_threads()
+    try:
+        for norm_type in (2.0, 1.0, np.inf, -np.inf, 0.0, 3.0, 0.5):
+            want = fo.nn.utils.get_total_norm(wide, norm_type)
+            for t in (1, 2, 3):
+                fo.set_num_threads(t)
+                got = fo.nn.utils.get_total_norm(grads, norm_type)
+                assert got.dtype == np.float32 and got.tobytes() == want.tobytes(), (norm_type, t, got, want)
+    finally:
+        fo.set_num_threads(threads)
+    with_nan = [g.copy() for g in grads]
+    with_nan[1][2, 5000] = np.nan
+    assert np.isnan(fo.nn.utils.get_total_norm(with_nan))
+    scaled = [g.copy() for g in with_nan]
+    fo.nn.utils.clip_grads_with_norm_(scaled, 1.0, np.float32(1000.0))
+    coef = np.float32(1.0) / (np.float32(1000.0) + np.float32(1e-6)) * np.float32(1.0)
+    assert all(_same(s, (g.astype(np.float32) * coef).astype(dtype)) for s, g in zip(scaled, with_nan))
+    params = [fo.Parameter(np.zeros_like(g)) for g in with_nan]
+    for p, g in zip(params, with_nan):
+        p.grad = g.copy()
+    fo.nn.utils.clip_grad_value_(params, 0.3)
+    tdtype = torch.float16 if dtype_name == "float16" else torch.bfloat16
+    for p, g in zip(params, with_nan):
+        t = torch.from_numpy(g.astype(np.float32)).to(tdtype)
+        t.clamp_(min=-0.3, max=0.3)
+        theirs = t.view(torch.int16).numpy().view(dtype)
+        nan = np.isnan(theirs.astype(np.float32))  # (a NaN stays a NaN; its payload is torch's own)
+        assert np.array_equal(nan, np.isnan(p.grad.astype(np.float32)))
+        assert np.array_equal(p.grad.view(np.uint16)[~nan], theirs.view(np.uint16)[~nan])
+
+
 def _stepped(cls, dtype, seed, steps, first):
     """16-bit parameters stepped ``first`` of ``steps`` times by ``cls(lr=1e-2)``: the
     parameters, the optimizer and every step's gradients."""

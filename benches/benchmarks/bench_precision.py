@@ -86,3 +86,38 @@ class AdamMasterWeights:
 
     def time_step(self, n, threads, precision):
         self.step()
+
+
+class ClipGradNorm16:
+    """``clip_grad_norm_(..., max_norm=1)`` over one bfloat16 or float16 gradient (the norm,
+    then the scale; after the first call the norm is about 1 and every call still scales):
+    fastopt's kernels read and write the 16-bit values in place (float32 arithmetic, one
+    rounding); torch's ``clip_grad_norm_`` on the CPU (foreach, 16-bit arithmetic for the
+    per-tensor norm); NumPy through float32 copies."""
+
+    params = (SIZES, [1, 2], ["bfloat16", "float16"], ["fastopt", "torch", "numpy"])
+    param_names = ["n", "threads", "dtype", "impl"]
+    timeout = 300
+
+    def setup(self, n, threads, dtype, impl):
+        set_threads(threads)
+        g = np.random.default_rng(0).standard_normal(n, dtype=np.float32).astype(_numpy_dtype(dtype))
+        if impl == "fastopt":
+            p = fo.Parameter(np.zeros_like(g))
+            p.grad = g
+            self.f = lambda: fo.nn.utils.clip_grad_norm_([p], 1.0)
+        elif impl == "torch":
+            torch = import_torch()
+            t = torch.nn.Parameter(torch.zeros(n, dtype=getattr(torch, dtype)))
+            t.grad = torch.from_numpy(g.astype(np.float32)).to(t.dtype)
+            self.f = lambda: torch.nn.utils.clip_grad_norm_([t], 1.0)
+        else:
+            def clip():
+                wide = g.astype(np.float32)
+                norm = np.float32(np.sqrt(np.dot(wide, wide)))
+                g[...] = (wide * min(np.float32(1.0), np.float32(1.0) / (norm + np.float32(1e-6)))).astype(g.dtype)
+            self.f = clip
+        warm_up(self.f)
+
+    def time_clip_grad_norm(self, n, threads, dtype, impl):
+        self.f()

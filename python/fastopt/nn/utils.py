@@ -42,19 +42,14 @@ def _by_dtype(arrays: list[np.ndarray], what: str) -> dict[np.dtype, list[np.nda
 
 
 def _norm(group: list[np.ndarray], norm_type: float) -> float:
-    """The norm of one dtype's arrays; 16-bit ones are read as float32 (exact) and their norm
-    accumulated as float32 arrays' (torch rounds each tensor's norm to the 16-bit dtype)."""
-    if is_half(group[0].dtype):
-        group = [a.astype(np.float32) for a in group]
+    """The norm of one dtype's arrays; the kernel reads 16-bit ones as their exact float32
+    values and accumulates their norm as float32 arrays' (torch rounds each tensor's norm to
+    the 16-bit dtype)."""
     return _fastopt.total_norm(group, norm_type)
 
 
 def _scale_(group: list[np.ndarray], coef: float) -> None:
     """Multiplies every element by ``coef`` in place; 16-bit ones in float32, rounded once."""
-    if is_half(group[0].dtype):
-        for a in group:
-            a[...] = (a.astype(np.float32) * np.float32(coef)).astype(a.dtype)
-        return
     _fastopt.scale_(group, coef)
 
 
@@ -180,8 +175,4 @@ def clip_grad_value_(parameters: Any, clip_value: float) -> None:
                 np.copyto(g, clip_value, where=~np.isnan(g))
         return
     for group in _by_dtype(grads, "grads").values():
-        if is_half(group[0].dtype):  # (clamped in float32, rounded once: torch's result)
-            for g in group:
-                g[...] = np.clip(g.astype(np.float32), -clip_value, clip_value).astype(g.dtype)
-        else:
-            _fastopt.clamp_(group, clip_value)
+        _fastopt.clamp_(group, clip_value)  # (16-bit ones clamped in float32, rounded once: torch's result)

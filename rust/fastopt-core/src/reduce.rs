@@ -4,6 +4,11 @@
 //! count or the SIMD level: every tensor is cut into fixed blocks of [`BLOCK`] elements, each
 //! block's partial (a sum in double precision over 8 fixed lanes, or a maximum/minimum) is
 //! written to its own slot, whichever thread computes it, and the slots are combined in order.
+//!
+//! float16 and bfloat16 values ([`ClipValue`]) are widened exactly to float32 a block or a
+//! tile at a time: the norm is that of their float32 copies, bit for bit, and scaling or
+//! clamping is done in float32 and rounded once to nearest even (torch's results), without
+//! a float32 copy of the tensors.
 
 use crate::float::{nan_max, Float};
 use crate::parallel::{self, Split};
@@ -153,6 +158,64 @@ pub(crate) fn dot_f64<T: Float>(a: &[T], b: &[T]) -> f64 {
         + acc.iter().sum::<f64>()
 }
 
+/// The values the clipping passes read and write: float32 and float64 as they are, float16
+/// and bfloat16 through float32 (widened exactly, rounded once to nearest even).
+pub trait ClipValue: Copy + Send + Sync {
+    /// The arithmetic type.
+    type Arith: Float;
+    /// One block's partial of `norm` (at most [`BLOCK`] values): the same as the partial of
+    /// the block's values in `Arith`.
+    fn partial<A: Arith>(block: &[Self], norm: Norm) -> f64;
+    /// Every value replaced by `f` of it, computed in `Arith`.
+    fn map<A: Arith>(data: &mut [Self], f: impl Fn(Self::Arith) -> Self::Arith);
+}
+
+macro_rules! clip_as_is {
+    ($($t:ty),*) => {$(
+        impl ClipValue for $t {
+            type Arith = $t;
+            #[inline(always)]
+            fn partial<A: Arith>(block: &[$t], norm: Norm) -> f64 {
+                lanes(block, norm)
+            }
+            #[inline(always)]
+            fn map<A: Arith>(data: &mut [$t], f: impl Fn($t) -> $t) {
+                data.iter_mut().for_each(|x| *x = f(*x));
+            }
+        }
+    )*};
+}
+
+clip_as_is!(f32, f64);
+
+macro_rules! clip_widened {
+    ($($t:ty),*) => {$(
+        impl ClipValue for $t {
+            type Arith = f32;
+            #[inline(always)]
+            fn partial<A: Arith>(block: &[$t], norm: Norm) -> f64 {
+                let mut wide = [0f32; BLOCK];
+                let wide = &mut wide[..block.len()];
+                <$t as crate::optim::engine::Storage>::load_all::<A>(block, wide);
+                lanes(wide, norm)
+            }
+            #[inline(always)]
+            fn map<A: Arith>(data: &mut [$t], f: impl Fn(f32) -> f32) {
+                use crate::optim::engine::Storage;
+                let mut tile = [0f32; 1024];
+                for part in data.chunks_mut(1024) {
+                    let tile = &mut tile[..part.len()];
+                    <$t>::load_all::<A>(part, tile);
+                    tile.iter_mut().for_each(|x| *x = f(*x));
+                    <$t>::store_all::<A>(tile, part);
+                }
+            }
+        }
+    )*};
+}
+
+clip_widened!(crate::half::Bf16, crate::half::F16);
+
 /// A run of whole blocks of one tensor and the slots of their partials.
 struct Blocks<'a, T> {
     data: &'a [T],
@@ -160,7 +223,7 @@ struct Blocks<'a, T> {
     norm: Norm,
 }
 
-impl<T: Float> Split for Blocks<'_, T> {
+impl<T: ClipValue> Split for Blocks<'_, T> {
     fn len(&self) -> usize {
         self.data.len()
     }
@@ -174,18 +237,18 @@ impl<T: Float> Split for Blocks<'_, T> {
     }
 }
 
-impl<T: Float> SimdKernel for Blocks<'_, T> {
+impl<T: ClipValue> SimdKernel for Blocks<'_, T> {
     #[inline(always)]
     fn run<A: Arith>(self) {
         for (slot, block) in self.out.iter_mut().zip(self.data.chunks(BLOCK)) {
-            *slot = lanes(block, self.norm);
+            *slot = T::partial::<A>(block, self.norm);
         }
     }
 }
 
 /// The norm of all elements of all `tensors` together (torch's `get_total_norm`, which is
 /// the same as the norm of the per-tensor norms), accumulated in double precision.
-pub fn total_norm<T: Float>(tensors: &[&[T]], norm: Norm) -> f64 {
+pub fn total_norm<T: ClipValue>(tensors: &[&[T]], norm: Norm) -> f64 {
     let counts: Vec<usize> = tensors.iter().map(|t| t.len().div_ceil(BLOCK)).collect();
     let mut partials = vec![norm.identity(); counts.iter().sum()];
     let mut rest: &mut [f64] = &mut partials;
@@ -200,13 +263,13 @@ pub fn total_norm<T: Float>(tensors: &[&[T]], norm: Norm) -> f64 {
     norm.finish(acc)
 }
 
-struct Scale<'a, T> {
+struct Scale<'a, T: ClipValue> {
     data: &'a mut [T],
-    factor: T,
-    clamp: Option<(T, T)>,
+    factor: T::Arith,
+    clamp: Option<(T::Arith, T::Arith)>,
 }
 
-impl<T: Float> Split for Scale<'_, T> {
+impl<T: ClipValue> Split for Scale<'_, T> {
     fn len(&self) -> usize {
         self.data.len()
     }
@@ -216,29 +279,27 @@ impl<T: Float> Split for Scale<'_, T> {
     }
 }
 
-impl<T: Float> SimdKernel for Scale<'_, T> {
+impl<T: ClipValue> SimdKernel for Scale<'_, T> {
     #[inline(always)]
     fn run<A: Arith>(self) {
+        let factor = self.factor;
         match self.clamp {
-            None => self.data.iter_mut().for_each(|x| *x = *x * self.factor),
+            None => T::map::<A>(self.data, |x| x * factor),
             // torch's clamp_: NaN stays NaN.
-            Some((lo, hi)) => self.data.iter_mut().for_each(|x| {
-                let v = *x;
-                *x = if v > hi { hi } else if v < lo { lo } else { v };
-            }),
+            Some((lo, hi)) => T::map::<A>(self.data, |v| if v > hi { hi } else if v < lo { lo } else { v }),
         }
     }
 }
 
 /// Multiplies every element of every tensor by `factor` (torch's `g.mul_(clip_coef)`).
-pub fn scale<T: Float>(tensors: Vec<&mut [T]>, factor: T) {
+pub fn scale<T: ClipValue>(tensors: Vec<&mut [T]>, factor: T::Arith) {
     let items = tensors.into_iter().map(|data| Scale { data, factor, clamp: None }).collect();
     parallel::for_each(items, simd::dispatch);
 }
 
 /// Clamps every element into `[lo, hi]` in place (torch's `clip_grad_value_`).
-pub fn clamp<T: Float>(tensors: Vec<&mut [T]>, lo: T, hi: T) {
-    let items = tensors.into_iter().map(|data| Scale { data, factor: T::ONE, clamp: Some((lo, hi)) }).collect();
+pub fn clamp<T: ClipValue>(tensors: Vec<&mut [T]>, lo: T::Arith, hi: T::Arith) {
+    let items = tensors.into_iter().map(|data| Scale { data, factor: T::Arith::ONE, clamp: Some((lo, hi)) }).collect();
     parallel::for_each(items, simd::dispatch);
 }
 
@@ -481,6 +542,46 @@ mod tests {
         assert!(total_norm(&[&with_nan[..]], Norm::L2).is_nan());
         assert!(total_norm(&[&with_nan[..]], Norm::Inf).is_nan());
         assert!(Norm::from_order(-1.0).is_err());
+    }
+
+    /// float16 and bfloat16: the norm of their float32 copies bit for bit (any thread count,
+    /// every norm), and scaling and clamping in float32 rounded once, NaNs kept.
+    #[test]
+    fn sixteen_bit_values_are_read_as_their_float32_copies() {
+        use crate::half::{Bf16, F16};
+        use crate::optim::engine::Storage;
+        fn check<H: ClipValue<Arith = f32> + Storage<Arith = f32> + PartialEq + std::fmt::Debug>() {
+            let sizes = [0usize, 1, 9, BLOCK + 1, 3 * BLOCK + 5, 70_000];
+            let mut ts: Vec<Vec<H>> = sizes.iter().enumerate()
+                .map(|(i, &n)| data::<f32>(n, i as u64 + 1).into_iter().map(|x| H::store(x * 3.0)).collect()).collect();
+            ts[2][4] = H::store(f32::NAN);
+            let wide: Vec<Vec<f32>> = ts.iter().map(|t| t.iter().map(|x| x.load()).collect()).collect();
+            let (halves, floats): (Vec<&[H]>, Vec<&[f32]>) = (ts.iter().map(|t| &t[..]).collect(), wide.iter().map(|t| &t[..]).collect());
+            let clean: Vec<&[H]> = halves.iter().enumerate().filter(|&(i, _)| i != 2).map(|(_, t)| *t).collect();
+            let clean32: Vec<&[f32]> = floats.iter().enumerate().filter(|&(i, _)| i != 2).map(|(_, t)| *t).collect();
+            for norm in [Norm::L2, Norm::L1, Norm::Inf, Norm::NegInf, Norm::Zero, Norm::P(3.0)] {
+                for threads in [1, 2, 3] {
+                    crate::parallel::set_num_threads(threads).unwrap();
+                    assert_eq!(total_norm(&clean, norm).to_bits(), total_norm(&clean32, norm).to_bits(), "{norm:?}");
+                    assert!(total_norm(&halves, norm).is_nan() || matches!(norm, Norm::Zero | Norm::NegInf));
+                }
+            }
+            crate::parallel::set_num_threads(crate::parallel::default_threads()).unwrap();
+            let mut scaled = ts.clone();
+            scale(scaled.iter_mut().map(|t| &mut t[..]).collect(), 0.3f32);
+            let mut clamped = ts.clone();
+            clamp(clamped.iter_mut().map(|t| &mut t[..]).collect(), -0.5f32, 0.5);
+            for ((s, c), w) in scaled.iter().zip(&clamped).zip(&wide) {
+                for ((s, c), &x) in s.iter().zip(c).zip(w) {
+                    assert_eq!(s.load().to_bits(), H::store(x * 0.3).load().to_bits());
+                    let want = if x.is_nan() { x } else { x.clamp(-0.5, 0.5) };
+                    assert_eq!(c.load().to_bits(), H::store(want).load().to_bits());
+                }
+            }
+        }
+        let _lock = crate::test_util::global();
+        check::<Bf16>();
+        check::<F16>();
     }
 
     #[test]

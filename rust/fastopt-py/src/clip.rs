@@ -1,43 +1,54 @@
 //! Gradient norms and clipping passes.
 
 use crate::arrays::{core_err, detach, run_core, shape_str, unsupported, Dtype, Group, Raw};
-use fastopt_core::reduce::{self, Norm};
+use fastopt_core::half::{Bf16, F16};
+use fastopt_core::reduce::{self, ClipValue, Norm};
 use fastopt_core::Float;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use numpy::PyUntypedArray;
 use numpy::prelude::*;
 
-/// The `norm_type` norm of all elements of all `grads` (one float32/float64 dtype per call),
-/// accumulated in double precision; the same whatever the thread count.
+/// The `norm_type` norm of all elements of all `grads` (one dtype per call: float32,
+/// float64, or float16/bfloat16 read as their exact float32 values), accumulated in double
+/// precision; the same whatever the thread count.
 #[pyfunction]
 pub fn total_norm<'py>(py: Python<'py>, grads: &Bound<'py, PyAny>, norm_type: f64) -> PyResult<f64> {
     let norm = Norm::from_order(norm_type).map_err(core_err)?;
     let (mut g, raws) = Group::first_list(grads, "grads", false)?;
     g.finish()?;
-    by_dtype!(g.dtype, run_norm(py, &raws, norm))
+    match g.dtype {
+        Dtype::F32 => run_norm::<f32>(py, &raws, norm),
+        Dtype::F64 => run_norm::<f64>(py, &raws, norm),
+        Dtype::F16 => run_norm::<F16>(py, &raws, norm),
+        Dtype::BF16 => run_norm::<Bf16>(py, &raws, norm),
+    }
 }
 
-fn run_norm<T: Float + numpy::Element>(py: Python<'_>, raws: &[Raw], norm: Norm) -> PyResult<f64> {
+fn run_norm<T: ClipValue>(py: Python<'_>, raws: &[Raw], norm: Norm) -> PyResult<f64> {
     // SAFETY: `Group` checked dtype `T`, contiguity and alignment; the arrays are only read and
     // the caller's `Group` keeps them alive for this call.
     let slices: Vec<&[T]> = raws.iter().map(|r| unsafe { r.slice::<T>() }).collect();
     detach(py, move || reduce::total_norm(&slices, norm))
 }
 
-/// Multiplies every element of every array by `factor` (rounded to the arrays' dtype), in place.
+/// Multiplies every element of every array by `factor` (rounded to the arrays' dtype; for
+/// float16/bfloat16 arrays to float32, the product rounded once), in place.
 #[pyfunction]
 pub fn scale_<'py>(py: Python<'py>, arrays: &Bound<'py, PyAny>, factor: f64) -> PyResult<()> {
     let (mut g, raws) = Group::first_list(arrays, "grads", true)?;
     g.finish()?;
+    let f = f32::from_f64(factor);
     match g.dtype {
-        Dtype::F32 => run_scale::<f32>(py, &raws, f32::from_f64(factor), None),
+        Dtype::F32 => run_scale::<f32>(py, &raws, f, None),
         Dtype::F64 => run_scale::<f64>(py, &raws, factor, None),
-        d => Err(unsupported(d)),
+        Dtype::F16 => run_scale::<F16>(py, &raws, f, None),
+        Dtype::BF16 => run_scale::<Bf16>(py, &raws, f, None),
     }
 }
 
-/// Clamps every element of every array into `[-clip_value, clip_value]`, in place.
+/// Clamps every element of every array into `[-clip_value, clip_value]` (for float16/bfloat16
+/// arrays, the bound rounded to float32), in place.
 #[pyfunction]
 pub fn clamp_<'py>(py: Python<'py>, arrays: &Bound<'py, PyAny>, clip_value: f64) -> PyResult<()> {
     if clip_value.is_nan() {
@@ -45,17 +56,16 @@ pub fn clamp_<'py>(py: Python<'py>, arrays: &Bound<'py, PyAny>, clip_value: f64)
     }
     let (mut g, raws) = Group::first_list(arrays, "grads", true)?;
     g.finish()?;
+    let c = f32::from_f64(clip_value);
     match g.dtype {
-        Dtype::F32 => {
-            let c = f32::from_f64(clip_value);
-            run_scale::<f32>(py, &raws, 1.0, Some((-c, c)))
-        }
+        Dtype::F32 => run_scale::<f32>(py, &raws, 1.0, Some((-c, c))),
         Dtype::F64 => run_scale::<f64>(py, &raws, 1.0, Some((-clip_value, clip_value))),
-        d => Err(unsupported(d)),
+        Dtype::F16 => run_scale::<F16>(py, &raws, 1.0, Some((-c, c))),
+        Dtype::BF16 => run_scale::<Bf16>(py, &raws, 1.0, Some((-c, c))),
     }
 }
 
-fn run_scale<T: Float + numpy::Element>(py: Python<'_>, raws: &[Raw], factor: T, clamp: Option<(T, T)>) -> PyResult<()> {
+fn run_scale<T: ClipValue>(py: Python<'_>, raws: &[Raw], factor: T::Arith, clamp: Option<(T::Arith, T::Arith)>) -> PyResult<()> {
     // SAFETY: `Group` checked dtype `T`, layout, writeability and that no two arrays overlap;
     // the caller's `Group` keeps them alive for this call.
     let slices: Vec<&mut [T]> = raws.iter().map(|r| unsafe { r.slice_mut::<T>() }).collect();
