@@ -22,7 +22,10 @@ class Lamb(Optimizer):
     bias_correction=False`` (or ``'step'``) is torch-optimizer's and pytorch-lamb's ``Lamb``
     (``debias=False``/``True``). Two passes over memory per step, both in Rust, the norms
     accumulated in double precision independently of the thread count.
-    State: ``step``, ``exp_avg``, ``exp_avg_sq``.
+    State: ``step``, ``exp_avg``, ``exp_avg_sq``. Beside bfloat16 parameters
+    ``master_weights='remainder'``, ``'float32'`` (float16 too) or ``'stochastic'`` (both) as
+    the single-pass optimizers: both passes read the float32 master (the trust ratio's norm
+    is the master's), the second writes it.
 
 
     With gradient :math:`g_t` (negated with ``maximize``), at step :math:`t`, per tensor:
@@ -49,6 +52,7 @@ class Lamb(Optimizer):
     """
 
     _couples = "tensor"  # (the trust ratio: the norms of the whole tensor)
+    _takes_masters = True  # (both passes join a float32 master into the parameter tile)
     _option_docs = {
         "weight_decay": "decoupled weight decay, added to the update direction before the trust ratio",
         "bias_correction": "True: the moments divided by ``1 - beta**t`` before the ratio (the paper's Algorithm 2, "
@@ -61,13 +65,14 @@ class Lamb(Optimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, *, bias_correction: bool | str = True,
-                 clamp_value: float | None = None, maximize: bool = False, state_dtype: str | None = None) -> None:
+                 clamp_value: float | None = None, maximize: bool = False, state_dtype: str | None = None,
+                 master_weights: str | None = None) -> None:
         defaults: dict[str, Any] = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                         bias_correction=bias_correction, maximize=maximize)
         if clamp_value is not None:  # (kept in the groups only when set)
             defaults["clamp_value"] = clamp_value
         self._validate_group(defaults)
-        super().__init__(params, defaults, state_dtype=state_dtype)
+        super().__init__(params, defaults, state_dtype=state_dtype, master_weights=master_weights)
 
     _options = ("lr", "eps", "betas", "weight_decay", "maximize")
 
