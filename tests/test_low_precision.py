@@ -1251,22 +1251,29 @@ def test_stochastic_rounding_round_trips_and_bad_input(ml_dtypes, tmp_path):
     assert np.all(h == 1)
 
 
-def test_stochastic_rounding_through_fastopt_torch(torch, ml_dtypes):
-    """``fastopt.torch`` copies the group's step count back after each step, so a bfloat16
+@pytest.mark.parametrize("half", ["bfloat16", "float16"])
+@pytest.mark.parametrize("name", ["Adam", "Lamb", "Prodigy"])
+def test_stochastic_rounding_through_fastopt_torch(torch, ml_dtypes, half, name):
+    """``fastopt.torch`` copies the group's step count back after each step, so a 16-bit
     model draws the same bits as fastopt.optim over the same array."""
     import fastopt.torch as ft
 
-    bf = np.dtype(ml_dtypes.bfloat16)
+    bf = np.dtype(ml_dtypes.bfloat16) if half == "bfloat16" else np.dtype(np.float16)
+    tdtype = getattr(torch, half)
+    kwargs = {"lr": 1e-3} if name != "Prodigy" else {"d0": 1e-3}
+    if (name, half) == ("Prodigy", "float16"):
+        kwargs["state_dtype"] = "float32"
     rng = np.random.default_rng(33)
     w0 = rng.standard_normal(50).astype(np.float32)
-    t = torch.nn.Parameter(torch.from_numpy(w0).to(torch.bfloat16))
-    opt = ft.Adam([t], lr=1e-3, master_weights="stochastic")
+    t = torch.nn.Parameter(torch.from_numpy(w0).to(tdtype))
+    opt = getattr(ft, name)([t], master_weights="stochastic", **kwargs)
     w = w0.astype(bf)
-    ref = fo.optim.Adam([w], lr=1e-3, master_weights="stochastic")
+    ref = getattr(fo.optim, name)([w], master_weights="stochastic", **kwargs)
     for _ in range(5):
         g = rng.standard_normal(50).astype(np.float32)
-        t.grad = torch.from_numpy(g).to(torch.bfloat16)
+        t.grad = torch.from_numpy(g).to(tdtype)
         opt.step()
         ref.step(grads=[g.astype(bf)])
     assert np.array_equal(t.detach().view(torch.int16).numpy(), w.view(np.int16))
+    assert not np.array_equal(w.astype(np.float32), w0.astype(bf).astype(np.float32))
     assert opt.param_groups[0]["rounding_step"] == ref.param_groups[0]["rounding_step"] == 5
