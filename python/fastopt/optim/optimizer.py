@@ -147,16 +147,26 @@ _OWN_DTYPES = {LOW_BITS: (_LOW_DTYPE, "(the low bits of float32 masters) must be
                MASTER: (np.dtype(np.float32), "(float32 master copies) must be a float32 array")}
 
 
-def _split_masters(names: tuple[str, ...], bufs: list) -> tuple[list, tuple]:
+def _split_masters(names: tuple[str, ...], bufs: list, group: dict[str, Any]) -> tuple[list, tuple]:
     """``bufs`` (one list per name of ``names``) without a master's list, which the kernel
     takes as an argument of its own, and the arguments to pass after ``cache``: ``(low_bits,)``
-    or ``(None, masters)``, or none. (A compensation buffer stays with the state lists.)"""
+    or ``(None, masters)``, or with stochastic rounding ``(None, None, round_key)`` (the
+    group's ``_round_key``), or none. (A compensation buffer stays with the state lists.)"""
     last = names[-1] if names else None
     if last is LOW_BITS:
         return bufs[:-1], (bufs[-1],)
     if last is MASTER:
         return bufs[:-1], (None, bufs[-1])
+    if group.get("master_weights") == "stochastic":
+        return bufs, (None, None, _round_key(group))
     return bufs, ()
+
+
+def _count_rounding(group: dict[str, Any]) -> None:
+    """After a step that wrote the parameters: the group's next ``rounding_step``, when it
+    rounds stochastically."""
+    if group.get("master_weights") == "stochastic":
+        group["rounding_step"] = group.get("rounding_step", 0) + 1
 
 
 def _rounding(group: dict[str, Any]) -> tuple[int, int]:
@@ -540,8 +550,9 @@ class Optimizer:
     def _check_master_weights(self, group: dict[str, Any]) -> None:
         """``master_weights`` (when the group has it): ``'kahan'`` or ``'float32'`` (beside
         float16/bfloat16 parameters) or ``'remainder'`` (beside bfloat16 ones) or ``'stochastic'``
-        (beside float16/bfloat16 ones), on a single-pass optimizer without the cautious mask; with ``'stochastic'`` the
-        group's ``rounding_seed`` and ``rounding_step`` (whole numbers >= 0, 0 if absent)."""
+        (beside float16/bfloat16 ones), on an optimizer that takes it (``_takes_kahan``,
+        ``_takes_masters``) without the cautious mask; with ``'stochastic'`` the group's
+        ``rounding_seed`` and ``rounding_step`` (whole numbers >= 0, 0 if absent)."""
         how = group.get("master_weights")
         if how is None:
             return
@@ -988,13 +999,10 @@ class Optimizer:
             new = {id(b) for _, _, b in created}
             fresh = [id(b) in new for b in bufs[k]]
         # (the compiled call directly: this runs once per group and step)
-        lists, tail = _split_masters(names, bufs)
-        stochastic = group.get("master_weights") == "stochastic"
-        if stochastic:  # (no master buffer: the rounding key comes after the two empty ones)
-            tail = (None, None, _round_key(group))
+        lists, tail = _split_masters(names, bufs, group)
         _engine._kernels.step(rule, arrays, grads, lists[k:], lists[:k], fresh, grad_scale, check_only, cache, *tail)
-        if stochastic and not check_only:
-            group["rounding_step"] = group.get("rounding_step", 0) + 1
+        if not check_only:
+            _count_rounding(group)
         if created and not check_only:
             self._commit(created)
 

@@ -12,7 +12,7 @@ from . import _engine
 from ._engine import Rule
 from ._options import check_betas, check_bool, real
 from ..parameter import as_numpy
-from .optimizer import _ASYNC, _MASTER_BUFFERS, Optimizer, _array_of, _round_key, _split_masters
+from .optimizer import _ASYNC, _MASTER_BUFFERS, Optimizer, _array_of, _count_rounding, _split_masters
 
 __all__ = ["Prodigy", "prodigy"]
 
@@ -262,14 +262,11 @@ class Prodigy(Optimizer):
         if not check_only and phase == 1 and group["lr"] == 0:
             self._commit(created)  # (a group at lr 0 takes no part in the estimate)
             return
-        lists, masters = _split_masters(names, bufs)
-        stochastic = group.get("master_weights") == "stochastic"
-        if stochastic:  # (the update pass rounds; the statistics pass writes no parameter)
-            masters = (None, None, _round_key(group))
+        lists, tail = _split_masters(names, bufs, group)  # (stochastic rounding: the update pass rounds)
         sums = _engine._kernels.step(rule, arrays, grads, lists[1:], lists[:1], None, grad_scale, check_only,
-                                     self._check_cache(group), *masters)
-        if stochastic and phase == 2 and not check_only:
-            group["rounding_step"] = group.get("rounding_step", 0) + 1
+                                     self._check_cache(group), *tail)
+        if phase == 2 and not check_only:
+            _count_rounding(group)
         if created and not check_only:
             self._commit(created)
         if sums is not None and not check_only:

@@ -82,7 +82,8 @@ pub trait Storage: Copy + Send + Sync + 'static {
     /// ([`Tensor::stochastic`]: bfloat16 and float16).
     const STOCHASTIC: bool = false;
     /// Rounds each value of a tile stochastically to a value of this format (so that storing
-    /// it is exact): element `first + j` of the tensor with `key` ([`stochastic_round`]).
+    /// it is exact): element `first + j` of the tensor with `key` ([`stochastic_round`],
+    /// [`stochastic_round_f16`]).
     /// Called only where [`Storage::STOCHASTIC`].
     #[inline(always)]
     fn round_stochastic(_tile: &mut [Self::Arith], _key: u32, _first: usize) {}
@@ -217,8 +218,8 @@ pub fn stochastic_round(bits: u32, key: u32, index: usize) -> u32 {
 /// float16 holds exactly): with `s` float16's spacing at the value (2^-24 below 2^-14) and
 /// `|x| / s = n + f` (`n` whole, `0 <= f < 1`), `(n + 1) s` with probability `f`, else `n s`,
 /// the sign kept. The draw compares the top 24 bits of [`mix32`] of the element's index xor
-/// the tensor's `key` with `f * 2^24`, a whole number from 2^-24 up, so the expected value is
-/// the input exactly there (below 2^-24, within 2^-48). Magnitudes from float16's largest,
+/// the tensor's `key` with `f * 2^24`, a whole number for magnitudes from 2^-24 up, so the
+/// expected value is the input exactly there (below 2^-24, within 2^-48). Magnitudes from float16's largest,
 /// 65504, up, infinities and NaNs are left as they are (the store rounds them as usual). Every
 /// operation is exact in float32 (scaling by powers of two, a whole part and its remainder).
 #[inline(always)]
@@ -295,9 +296,10 @@ pub struct Tensor<'a, P, S = P> {
     /// empty: read exactly into the rule's float32 arithmetic, as mixed-precision training
     /// keeps them.
     pub grad_f32: &'a [f32],
-    /// Round the new parameter stochastically (bfloat16 parameters,
-    /// `master_weights='stochastic'`) with this key ([`stochastic_round`]; derive it from
-    /// the seed, the step and the tensor), or to nearest even (None).
+    /// Round the new parameter stochastically (float16 or bfloat16 parameters,
+    /// `master_weights='stochastic'`) with this key ([`stochastic_round`],
+    /// [`stochastic_round_f16`]; derive it from the seed, the step and the tensor), or to
+    /// nearest even (None).
     pub stochastic: Option<u32>,
     pub fresh: bool,
 }
