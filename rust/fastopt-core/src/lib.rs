@@ -5,6 +5,7 @@
 //! [`parallel`]. The Python bindings live in the `fastopt-py` crate.
 
 pub mod bandwidth;
+pub mod blockwise;
 pub mod float;
 pub mod half;
 pub mod math;

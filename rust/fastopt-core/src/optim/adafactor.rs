@@ -463,7 +463,7 @@ pub fn step<T: Float + engine::Storage<Arith = T>>(cfg: &AdafactorConfig, tensor
         }
     }
     for (((param, grad), states), counters) in full_buffers.into_iter().zip(&mut full_states).zip(&mut full_steps) {
-        full.push(Tensor { param, grad, states, counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false });
+        full.push(Tensor { param, grad, states, counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false });
     }
     if full.is_empty() {
         return Ok(());

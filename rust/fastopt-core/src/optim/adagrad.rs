@@ -93,7 +93,7 @@ mod tests {
                     let fma = level.fused_multiply_add();
                     for _ in 0..3 {
                         let (mut states, mut counters) = ([&mut s[off..]], [&mut step]);
-                        let t = Tensor { param: &mut p[off..], grad: &g[off..], states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
+                        let t = Tensor { param: &mut p[off..], grad: &g[off..], states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false };
                         super::step(&cfg, vec![t], scale, level).unwrap();
                         // torch's loop, one whole-array operation at a time
                         rstep += 1.0;

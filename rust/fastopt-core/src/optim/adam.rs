@@ -247,7 +247,7 @@ mod tests {
                             states.push(&mut x[off..]);
                         }
                         let mut counters = [&mut step];
-                        let t = Tensor { param: &mut p[off..], grad: &g[off..], states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
+                        let t = Tensor { param: &mut p[off..], grad: &g[off..], states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false };
                         super::step(&cfg, vec![t], scale, level).unwrap();
                         reference(
                             &mut rp[off..],
@@ -313,17 +313,17 @@ mod tests {
                         states2.push(&mut x2);
                     }
                     let mut counters = [&mut step];
-                    let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
+                    let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false };
                     super::step(&cfg, vec![t], scale, level).unwrap();
                     let mut counters = [&mut step2];
-                    let t = Tensor { param: &mut p2, grad: &g, states: &mut states2, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
+                    let t = Tensor { param: &mut p2, grad: &g, states: &mut states2, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false };
                     super::step(&cfg, vec![t], scale, level).unwrap();
                     let mut states3: Vec<&mut [H]> = vec![&mut m3, &mut v3];
                     if cfg.amsgrad {
                         states3.push(&mut x3);
                     }
                     let mut counters = [&mut step3];
-                    let t = Tensor { param: &mut p3, grad: &g32, states: &mut states3, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
+                    let t = Tensor { param: &mut p3, grad: &g32, states: &mut states3, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false };
                     super::step(&cfg, vec![t], scale, level).unwrap();
                     let fma = level.fused_multiply_add();
                     fn ams(on: bool, x: &mut [f32]) -> Option<&mut [f32]> {
@@ -383,10 +383,10 @@ mod tests {
                     }
                     let mut counters = [&mut step];
                     let (low_bits, full): (&mut [u16], &mut [f32]) = if low { (&mut bits, &mut []) } else { (&mut [], &mut master) };
-                    let t = Tensor { param: &mut p, grad, states: &mut states, counters: &mut counters, low_bits, master: full, grad_f32, stochastic: None, fresh: false };
+                    let t = Tensor { param: &mut p, grad, states: &mut states, counters: &mut counters, low_bits, master: full, grad_f32, stochastic: None, scales: &mut [], unsigned: 0, fresh: false };
                     super::step(&cfg, vec![t], scale, level).unwrap();
                     let mut counters = [&mut rstep];
-                    let t = Tensor { param: &mut reference, grad: &g32, states: &mut rstates, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
+                    let t = Tensor { param: &mut reference, grad: &g32, states: &mut rstates, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false };
                     super::step(&cfg, vec![t], scale, level).unwrap();
                 }
                 let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()));
@@ -432,11 +432,11 @@ mod tests {
                 for key in [7u32, 0xdead_beef] {
                     let mut states: Vec<&mut [f32]> = vec![&mut m, &mut v];
                     let mut counters = [&mut step];
-                    let t = Tensor { param: &mut p, grad: &[], states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &g, stochastic: Some(key), fresh: false };
+                    let t = Tensor { param: &mut p, grad: &[], states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &g, stochastic: Some(key), scales: &mut [], unsigned: 0, fresh: false };
                     super::step(&cfg, vec![t], scale, level).unwrap();
                     let mut states: Vec<&mut [f32]> = vec![&mut rm, &mut rv];
                     let mut counters = [&mut rstep];
-                    let t = Tensor { param: &mut reference, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
+                    let t = Tensor { param: &mut reference, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false };
                     super::step(&cfg, vec![t], scale, level).unwrap();
                     for (i, r) in reference.iter_mut().enumerate() {
                         *r = f32::from_bits(round(r.to_bits(), key, i));
@@ -455,7 +455,7 @@ mod tests {
         let mut states: Vec<&mut [f32]> = vec![&mut m, &mut v];
         let mut counters = [&mut step];
         let g = vec![0.5f32; 4];
-        let t = Tensor { param: &mut w, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: Some(1), fresh: false };
+        let t = Tensor { param: &mut w, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: Some(1), scales: &mut [], unsigned: 0, fresh: false };
         let err = super::step(&configs()[0].0, vec![t], 1.0, crate::simd::level()).unwrap_err();
         assert!(err.to_string().contains("takes float16 or bfloat16 parameters only"), "{err}");
     }
@@ -523,7 +523,7 @@ mod tests {
             let (mut m, mut v, mut step) = (vec![0f32; p.len()], vec![0f32; p.len()], 0f32);
             let mut states: Vec<&mut [f32]> = vec![&mut m, &mut v];
             let mut counters = [&mut step];
-            let t = Tensor { param: p, grad, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32, stochastic: None, fresh: false };
+            let t = Tensor { param: p, grad, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32, stochastic: None, scales: &mut [], unsigned: 0, fresh: false };
             super::step(&configs()[0].0, vec![t], 1.0, crate::simd::level())?;
             Ok(step)
         }
@@ -553,7 +553,7 @@ mod tests {
         let (mut m, mut v) = (vec![0.0f32; 4], vec![0.0f32; 4]);
         let mut step = 0.0;
         let (mut states, mut counters) = ([&mut m[..], &mut v[..]], [&mut step]);
-        let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
+        let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false };
         let err = Config::Adam(AdamConfig::default()).step(vec![t], 1.0).unwrap_err();
         assert!(err.message().contains("grads[0]"), "{err}");
         assert_eq!(step, 0.0);
@@ -573,7 +573,7 @@ mod tests {
             let mut step = 0.0;
             for _ in 0..2 {
                 let (mut states, mut counters) = ([&mut m[..], &mut v[..]], [&mut step]);
-                let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
+                let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false };
                 Config::Adam(AdamConfig::default()).step(vec![t], 1.0).unwrap();
             }
             p
@@ -597,7 +597,7 @@ mod tests {
         let run_one = |c: AdamConfig| {
             let (mut p, mut m, mut v, mut t) = (p0.clone(), m0.clone(), v0.clone(), 3.0f32);
             let (mut states, mut counters) = ([&mut m[..], &mut v[..]], [&mut t]);
-            let tensor = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
+            let tensor = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false };
             step(&c, vec![tensor], 1.0, crate::simd::level()).unwrap();
             (p, m, v, t)
         };

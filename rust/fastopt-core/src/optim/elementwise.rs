@@ -875,7 +875,7 @@ mod tests {
             let (mut m, mut v, mut c) = (vec![0.1; n], vec![0.2; n], c0);
             let mut st: Vec<&mut [f64]> = vec![&mut m, &mut v];
             let mut cs: Vec<&mut f32> = vec![&mut c];
-            step(vec![Tensor { param: p, grad: g, states: &mut st, counters: &mut cs, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false }]).unwrap();
+            step(vec![Tensor { param: p, grad: g, states: &mut st, counters: &mut cs, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false }]).unwrap();
         }
         let ([mut ma, mut mb], [mut va, mut vb], [mut ca, mut cb]) = ([vec![0.1; n], vec![0.1; n]], [vec![0.2; n], vec![0.2; n]], starts);
         let mut sa: Vec<&mut [f64]> = vec![&mut ma, &mut va];
@@ -884,8 +884,8 @@ mod tests {
         let mut kb: Vec<&mut f32> = vec![&mut cb];
         let [pa, pb] = &mut params;
         step(vec![
-            Tensor { param: pa, grad: g, states: &mut sa, counters: &mut ka, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false },
-            Tensor { param: pb, grad: g, states: &mut sb, counters: &mut kb, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false },
+            Tensor { param: pa, grad: g, states: &mut sa, counters: &mut ka, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false },
+            Tensor { param: pb, grad: g, states: &mut sb, counters: &mut kb, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false },
         ])
         .unwrap();
         (alone, params)
@@ -934,7 +934,7 @@ mod tests {
                     let (a, b) = s.split_at_mut(1);
                     let mut states = [&mut a[0][off..], &mut b[0][off..]];
                     let mut counters = [&mut step];
-                    let t = Tensor { param: &mut p[off..], grad: &g[off..], states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
+                    let t = Tensor { param: &mut p[off..], grad: &g[off..], states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false };
                     Config::new(name, h).unwrap().step_at(vec![t], 1.0, level).unwrap();
                     reference(&mut rp, &g[off..], &mut rs, step, level.fused_multiply_add());
                 }
@@ -1016,8 +1016,8 @@ mod tests {
                 let (mut st0, mut st1) = ([&mut a0[..]], [&mut a1[..]]);
                 let (mut c0, mut c1) = ([s0, e0, m0], [s1, e1, m1]);
                 let tensors = vec![
-                    Tensor { param: &mut p0[..], grad: &g, states: &mut st0, counters: &mut c0, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false },
-                    Tensor { param: &mut p1[..], grad: &g, states: &mut st1, counters: &mut c1, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false },
+                    Tensor { param: &mut p0[..], grad: &g, states: &mut st0, counters: &mut c0, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false },
+                    Tensor { param: &mut p1[..], grad: &g, states: &mut st1, counters: &mut c1, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false },
                 ];
                 Config::new("asgd", h).unwrap().step_at(tensors, 1.0, level).unwrap();
                 for k in 0..2 {
@@ -1050,7 +1050,7 @@ mod tests {
         let (mut p, g, mut s) = (vec![0.0f64; 4], vec![1.0f64; 4], vec![0.0f64; 4]);
         let mut step = 0.0f32;
         let (mut states, mut counters) = ([&mut s[..]], [&mut step]);
-        let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
+        let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false };
         let h = [("lr", 0.01), ("beta1", 0.9), ("beta2", 0.999), ("eps", 1e-8), ("weight_decay", 0.0), ("maximize", 0.0)];
         let err = Config::new("adamax", &h).unwrap().step_at(vec![t], 1.0, SimdLevel::Scalar).unwrap_err();
         assert!(matches!(err, Error::Value(_)) && err.message().contains("exp_infs"), "{err}");

@@ -14,13 +14,16 @@
 //! gradients ([`Storage`] `P`) and state buffers (`S`) are stored; a rule computes in the
 //! arithmetic type `P::Arith` and sees loaded values only. `f32` and `f64` store their own
 //! arithmetic type (load and store are the identity); bfloat16 and float16
-//! ([`crate::half`]) compute in `f32` and round each stored value once. A new format is one
-//! more `Storage` implementation, not a copy of the rules.
+//! ([`crate::half`]) compute in `f32` and round each stored value once; 8-bit blockwise
+//! state ([`Q8`], [`crate::blockwise`]) is dequantized a block at a time, updated in `f32`
+//! and quantized again in the same pass. A new format is one more `Storage`
+//! implementation, not a copy of the rules.
 //!
 //! The building blocks shared by the rules are here too: the gradient prologue ([`Grad`]:
 //! clipping scale, maximize, L2 or decoupled weight decay), torch's `lerp` ([`Lerp`]), the
 //! moments' running averages ([`Ema`]) and the bias corrections ([`bias_correction`]).
 
+use crate::blockwise::{self, Map, Q8, QBLOCK};
 use crate::float::Float;
 use crate::parallel::{self, Split};
 use crate::reduce::{dot_f64, sum_f64, BLOCK};
@@ -87,6 +90,44 @@ pub trait Storage: Copy + Send + Sync + 'static {
     /// Called only where [`Storage::STOCHASTIC`].
     #[inline(always)]
     fn round_stochastic(_tile: &mut [Self::Arith], _key: u32, _first: usize) {}
+    /// Whether this is blockwise-quantized state ([`Q8`]): a buffer's values need its
+    /// blocks' absmax ([`Tensor::scales`]) and map, so a pass converts whole blocks (tiles of
+    /// [`QBLOCK`], split between threads at block boundaries) with [`Storage::dequantize`]
+    /// and [`Storage::quantize`] instead of `load_all`/`store_all`.
+    const BLOCKWISE: bool = false;
+    /// The values of one block of codes. Called only where [`Storage::BLOCKWISE`].
+    #[inline(always)]
+    fn dequantize(_codes: &[Self], _absmax: f32, _map: Map, _values: &mut [Self::Arith]) {}
+    /// One block of values quantized into `codes`; returns the block's absmax. Called only
+    /// where [`Storage::BLOCKWISE`].
+    #[inline(always)]
+    fn quantize(_values: &[Self::Arith], _map: Map, _codes: &mut [Self]) -> f32 {
+        0.0
+    }
+}
+
+/// 8-bit blockwise state ([`crate::blockwise`]), computed in float32. Elementwise `load`
+/// and `store` cannot see a block's absmax: a pass never calls them on this storage
+/// ([`staged`] converts whole blocks), and they return 0.
+impl Storage for Q8 {
+    type Arith = f32;
+    const BLOCKWISE: bool = true;
+    #[inline(always)]
+    fn load(self) -> f32 {
+        0.0
+    }
+    #[inline(always)]
+    fn store(_x: f32) -> Q8 {
+        Q8(0)
+    }
+    #[inline(always)]
+    fn dequantize(codes: &[Q8], absmax: f32, map: Map, values: &mut [f32]) {
+        blockwise::dequantize_block(Q8::bytes(codes), absmax, map, values)
+    }
+    #[inline(always)]
+    fn quantize(values: &[f32], map: Map, codes: &mut [Q8]) -> f32 {
+        blockwise::quantize_block(values, map, Q8::bytes_mut(codes))
+    }
 }
 
 /// Storage that is its own arithmetic type: load and store are the identity.
@@ -301,6 +342,13 @@ pub struct Tensor<'a, P, S = P> {
     /// [`stochastic_round_f16`]; derive it from the seed, the step and the tensor), or to
     /// nearest even (None).
     pub stochastic: Option<u32>,
+    /// With 8-bit blockwise state ([`Q8`]): for each state buffer, the absmax of each of its
+    /// blocks ([`blockwise::blocks`] of the tensor's length); empty otherwise.
+    pub scales: &'a mut [&'a mut [f32]],
+    /// With 8-bit blockwise state: bit `k` set when state buffer `k` is never negative and
+    /// uses the unsigned quantile map ([`Map::Unsigned`]; the rule's second moments).
+    /// [`super::Config::step`] sets it from the rule.
+    pub unsigned: u32,
     pub fresh: bool,
 }
 
@@ -315,6 +363,10 @@ struct Chunk<'a, P, S, R, const SUMS: bool> {
     g32: &'a [f32],
     /// The stochastic rounding key and the index of the chunk's first element in its tensor.
     sr: Option<(u32, usize)>,
+    /// Blockwise state: each buffer's absmax from the chunk's first block (which starts a
+    /// block: chunks split at block boundaries), and which buffers are unsigned.
+    sc: [&'a mut [f32]; MAX_STATES],
+    unsigned: u32,
     out: &'a mut [(f64, f64)],
     rule: &'a R,
 }
@@ -337,15 +389,29 @@ fn cut<T>(x: &mut [T], mid: usize) -> (&mut [T], &mut [T]) {
     }
 }
 
+/// Splits blockwise state's absmax buffers after element `mid` (a block boundary, or the end).
+fn cut_scales(sc: [&mut [f32]; MAX_STATES], mid: usize) -> ([&mut [f32]; MAX_STATES], [&mut [f32]; MAX_STATES]) {
+    let [a, b, c, d] = sc;
+    let k = mid.div_ceil(QBLOCK);
+    let ((a0, a1), (b0, b1), (c0, c1), (d0, d1)) = (cut(a, k), cut(b, k), cut(c, k), cut(d, k));
+    ([a0, b0, c0, d0], [a1, b1, c1, d1])
+}
+
+// (a reducing pass's blocks, and the staged tiles, are whole blocks of blockwise state)
+const _: () = assert!(BLOCK % QBLOCK == 0 && TILE == QBLOCK);
+
 impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bool> Split for Chunk<'_, P, S, R, SUMS> {
     fn len(&self) -> usize {
         self.p.len()
     }
     fn split_at(self, mid: usize) -> (Self, Self) {
-        // A reducing pass cuts only between blocks, so that its sums do not depend on the split.
+        // A reducing pass cuts only between blocks, so that its sums do not depend on the split;
+        // blockwise state only between its blocks (BLOCK is a whole number of them).
         let (mid, blocks) = if SUMS {
             let blocks = mid.div_ceil(BLOCK).min(self.out.len());
             ((blocks * BLOCK).min(self.p.len()), blocks)
+        } else if S::BLOCKWISE {
+            ((mid.div_ceil(QBLOCK) * QBLOCK).min(self.p.len()), 0)
         } else {
             (mid, 0)
         };
@@ -355,9 +421,11 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bo
         let [a, b, c, d] = self.s;
         let ((a0, a1), (b0, b1), (c0, c1), (d0, d1)) = (cut(a, mid), cut(b, mid), cut(c, mid), cut(d, mid));
         let ((l0, l1), (m0, m1), (h0, h1)) = (cut(self.low, mid), cut(self.master, mid), cut_ref(self.g32, mid));
+        let (sc0, sc1) = cut_scales(self.sc, mid);
+        let unsigned = self.unsigned;
         (
-            Chunk { p: p0, g: g0, s: [a0, b0, c0, d0], low: l0, master: m0, g32: h0, sr: self.sr, out: o0, rule: self.rule },
-            Chunk { p: p1, g: g1, s: [a1, b1, c1, d1], low: l1, master: m1, g32: h1, sr: self.sr.map(|(k, at)| (k, at + mid)), out: o1, rule: self.rule },
+            Chunk { p: p0, g: g0, s: [a0, b0, c0, d0], low: l0, master: m0, g32: h0, sr: self.sr, sc: sc0, unsigned, out: o0, rule: self.rule },
+            Chunk { p: p1, g: g1, s: [a1, b1, c1, d1], low: l1, master: m1, g32: h1, sr: self.sr.map(|(k, at)| (k, at + mid)), sc: sc1, unsigned, out: o1, rule: self.rule },
         )
     }
 }
@@ -365,9 +433,9 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bo
 impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bool> SimdKernel for Chunk<'_, P, S, R, SUMS> {
     #[inline(always)]
     fn run<A: Arith>(self) {
-        let Chunk { p, g, s: [a, b, c, d], low, master, g32, mut sr, out, rule } = self;
+        let Chunk { p, g, s: [a, b, c, d], low, master, g32, mut sr, sc, unsigned, out, rule } = self;
         if !SUMS {
-            body::<P, S, A, R, false>(p, g, [a, b, c, d], (low, master, g32, sr), rule, (&mut [], &mut []));
+            body::<P, S, A, R, false>(p, g, [a, b, c, d], (low, master, g32, sr), (sc, unsigned), rule, (&mut [], &mut []));
             return;
         }
         // Block by block: the update, with the values to sum into two block-sized scratch
@@ -377,7 +445,7 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bo
         // (the second buffer only for a rule that sums two values)
         let width = BLOCK.min(p.len());
         let mut sq = (vec![zero; width], vec![zero; if R::SUMMED > 1 { width } else { 0 }]);
-        let (mut p, mut g, mut s, mut low, mut master, mut g32) = (p, g, [a, b, c, d], low, master, g32);
+        let (mut p, mut g, mut s, mut low, mut master, mut g32, mut sc) = (p, g, [a, b, c, d], low, master, g32, sc);
         for slot in out.iter_mut() {
             let n = BLOCK.min(p.len());
             let (p0, p1) = std::mem::take(&mut p).split_at_mut(n);
@@ -387,11 +455,12 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bo
             let ((a0, a1), (b0, b1), (c0, c1), (d0, d1)) = (cut(a, n), cut(b, n), cut(c, n), cut(d, n));
             let (l0, l1) = cut(std::mem::take(&mut low), n);
             let (m0, m1) = cut(std::mem::take(&mut master), n);
+            let (sc0, sc1) = cut_scales(sc, n);
             let (x, y) = (&mut sq.0[..n], &mut sq.1[..if R::SUMMED > 1 { n } else { 0 }]);
-            body::<P, S, A, R, true>(p0, g0, [a0, b0, c0, d0], (l0, m0, h0, sr), rule, (&mut *x, &mut *y));
+            body::<P, S, A, R, true>(p0, g0, [a0, b0, c0, d0], (l0, m0, h0, sr), (sc0, unsigned), rule, (&mut *x, &mut *y));
             let total = |v: &[P::Arith]| if R::SQUARED { dot_f64(v, v) } else { sum_f64(v) };
             *slot = (total(x), if R::SUMMED > 1 { total(y) } else { 0.0 });
-            (p, g, s, low, master, g32) = (p1, g1, [a1, b1, c1, d1], l1, m1, h1);
+            (p, g, s, low, master, g32, sc) = (p1, g1, [a1, b1, c1, d1], l1, m1, h1, sc1);
             sr = sr.map(|(k, at)| (k, at + n));
         }
     }
@@ -405,11 +474,12 @@ fn body<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>, c
     g: &[P],
     [s0, s1, s2, s3]: [&mut [S]; MAX_STATES],
     masters: (&mut [u16], &mut [f32], &[f32], Option<(u32, usize)>),
+    scales: ([&mut [f32]; MAX_STATES], u32),
     rule: &R,
     (x, y): (&mut [P::Arith], &mut [P::Arith]),
 ) {
     if P::CONVERTS || S::CONVERTS {
-        return staged::<P, S, A, R, SUMS>(p, g, [s0, s1, s2, s3], masters, rule, (x, y));
+        return staged::<P, S, A, R, SUMS>(p, g, [s0, s1, s2, s3], masters, scales, rule, (x, y));
     }
     let n = p.len();
     let g = &g[..n];
@@ -451,13 +521,16 @@ const TILE: usize = 256;
 /// buffers the rule writes. The same values are loaded, computed and rounded once, as in
 /// one loop. With `low` (the parameters' low bits, [`Tensor::low_bits`]) the parameters'
 /// tile holds their float32 masters, joined after loading and split before storing; with
-/// `master` ([`Tensor::master`]) it holds the masters, copied in and out.
+/// `master` ([`Tensor::master`]) it holds the masters, copied in and out. Blockwise state
+/// ([`Storage::BLOCKWISE`]; the slices start at a block boundary) is dequantized with its
+/// block's absmax from `scales` and quantized back, the new absmax stored there.
 #[inline(always)]
 fn staged<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>, const SUMS: bool>(
     p: &mut [P],
     g: &[P],
     mut s: [&mut [S]; MAX_STATES],
     (low, master, g32, sr): (&mut [u16], &mut [f32], &[f32], Option<(u32, usize)>),
+    (sc, unsigned): ([&mut [f32]; MAX_STATES], u32),
     rule: &R,
     (x, y): (&mut [P::Arith], &mut [P::Arith]),
 ) {
@@ -486,8 +559,12 @@ fn staged<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>,
             // (float32 gradients: copied exactly into the float32 tile, as a master is)
             P::from_masters(&mut tg[..m], &g32[start..end]);
         }
-        for (src, dst) in s.iter().zip(ts.iter_mut()).take(R::STATES) {
-            S::load_all::<A>(&src[start..end], &mut dst[..m]);
+        for (k, (src, dst)) in s.iter().zip(ts.iter_mut()).enumerate().take(R::STATES) {
+            if S::BLOCKWISE {
+                S::dequantize(&src[start..end], sc[k][start / QBLOCK], Map::of(unsigned >> k & 1 != 0), &mut dst[..m]);
+            } else {
+                S::load_all::<A>(&src[start..end], &mut dst[..m]);
+            }
         }
         let [t0, t1, t2, t3] = &mut ts;
         fn used<T>(t: &mut [T], k: usize, states: usize, m: usize) -> &mut [T] {
@@ -499,7 +576,8 @@ fn staged<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>,
             (true, true) => (&mut x[start..end], &mut y[start..end]),
         };
         let states = [used(t0, 0, R::STATES, m), used(t1, 1, R::STATES, m), used(t2, 2, R::STATES, m), used(t3, 3, R::STATES, m)];
-        body::<P::Arith, P::Arith, A, R, SUMS>(&mut tp[..m], &tg[..m], states, (&mut [], &mut [], &[], None), rule, sums);
+        let none = [(); MAX_STATES].map(|_| &mut [][..]);
+        body::<P::Arith, P::Arith, A, R, SUMS>(&mut tp[..m], &tg[..m], states, (&mut [], &mut [], &[], None), (none, 0), rule, sums);
         if w(0) {
             if let Some((key, first)) = sr {
                 P::round_stochastic(&mut tp[..m], key, first + start);
@@ -514,7 +592,11 @@ fn staged<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>,
         }
         for (k, (src, dst)) in ts.iter().zip(s.iter_mut()).enumerate().take(R::STATES) {
             if w(1 + k) {
-                S::store_all::<A>(&src[..m], &mut dst[start..end]);
+                if S::BLOCKWISE {
+                    sc[k][start / QBLOCK] = S::quantize(&src[..m], Map::of(unsigned >> k & 1 != 0), &mut dst[start..end]);
+                } else {
+                    S::store_all::<A>(&src[..m], &mut dst[start..end]);
+                }
             }
         }
         start = end;
@@ -539,6 +621,9 @@ pub fn run<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
         // for 16-bit parameters alone)
         if !P::CONVERTS {
             return Err(Error::type_error("a compensated step (a compensation buffer after the state buffers) takes float16 or bfloat16 parameters"));
+        }
+        if S::BLOCKWISE {
+            return Err(Error::type_error("a compensated step keeps its compensation buffer in the state's format: 8-bit blockwise state cannot hold it"));
         }
         if R::STATES >= MAX_STATES {
             return Err(Error::value(format!("a rule with {} state buffers cannot keep a compensation buffer", R::STATES)));
@@ -756,6 +841,18 @@ fn check<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
             }
             check_len("masters", i, t.master.len(), n)?;
         }
+        if S::BLOCKWISE {
+            if t.scales.len() != t.states.len() {
+                return Err(Error::value(format!("params[{i}]: 8-bit blockwise state takes one absmax buffer per state buffer ({}), got {}", t.states.len(), t.scales.len())));
+            }
+            for (a, name) in t.scales.iter().zip(&names) {
+                if a.len() != blockwise::blocks(n) {
+                    return Err(Error::value(format!("{}[{i}]'s absmax has {} values but params[{i}] has {n} elements, {} blocks of {QBLOCK}", name.1, a.len(), blockwise::blocks(n))));
+                }
+            }
+        } else if !t.scales.is_empty() {
+            return Err(Error::type_error(format!("params[{i}]: absmax buffers go with 8-bit blockwise state only")));
+        }
         if t.stochastic.is_some() {
             if !P::STOCHASTIC {
                 return Err(Error::type_error(format!("params[{i}]: stochastic rounding (master_weights='stochastic') takes float16 or bfloat16 parameters only")));
@@ -821,10 +918,12 @@ fn pass<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS:
         // Unused slots stay empty.
         let mut it = t.states.iter_mut().map(|s| &mut **s);
         let s = [(); MAX_STATES].map(|_| it.next().unwrap_or_default());
+        let mut it = t.scales.iter_mut().map(|s| &mut **s);
+        let sc = [(); MAX_STATES].map(|_| it.next().unwrap_or_default());
         let blocks = if SUMS { t.param.len().div_ceil(BLOCK) } else { 0 };
         let (out, tail) = std::mem::take(&mut rest).split_at_mut(blocks);
         rest = tail;
-        Chunk::<P, S, R, SUMS> { p: &mut *t.param, g: t.grad, s, low: &mut *t.low_bits, master: &mut *t.master, g32: t.grad_f32, sr: t.stochastic.map(|k| (k, 0)), out, rule: &rules[k] }
+        Chunk::<P, S, R, SUMS> { p: &mut *t.param, g: t.grad, s, low: &mut *t.low_bits, master: &mut *t.master, g32: t.grad_f32, sr: t.stochastic.map(|k| (k, 0)), sc, unsigned: t.unsigned, out, rule: &rules[k] }
     });
     parallel::for_each_of(total, chunks, |c| simd::dispatch_at(level, c));
 }
@@ -1040,7 +1139,7 @@ mod tests {
                 .zip(&gs)
                 .zip(states.iter_mut())
                 .zip(counters.iter_mut())
-                .map(|(((p, g), s), c)| Tensor { param: &mut p[..], grad: &g[..], states: &mut s[..], counters: &mut c[..], low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false })
+                .map(|(((p, g), s), c)| Tensor { param: &mut p[..], grad: &g[..], states: &mut s[..], counters: &mut c[..], low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false })
                 .collect();
             let sums: Vec<(f64, f64)> = sweep(&mut tensors, LAYOUT, simd::level(), |c, _| {
                 next_step(c);

@@ -151,7 +151,7 @@ mod tests {
                 let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
                 let mut count = 0.0f32;
                 let (mut states, mut counters) = ([&mut m[..], &mut v[..]], [&mut count]);
-                let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
+                let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false };
                 step(&cfg, vec![t], 1.0, level).unwrap();
                 results.push((level, p));
             }

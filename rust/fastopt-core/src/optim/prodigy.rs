@@ -219,7 +219,7 @@ mod tests {
             let h = ProdigyStatsConfig { beta1: b1, beta2: b2, beta3: b3, m_coef: mc, v_coef: vc, s_coef: sc, weight_decay: wd, maximize: false };
             let mut states: Vec<&mut [f64]> = vec![&mut s, &mut p0v, &mut m, &mut v];
             let mut counters: Vec<&mut f32> = vec![&mut step];
-            let t = Tensor { param: &mut pp, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
+            let t = Tensor { param: &mut pp, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false };
             let (dot, abs) = stats(&h, vec![t], 1.0, level).unwrap();
             let gl: Vec<f64> = (0..n).map(|i| g[i] + wd * p[i]).collect();
             let s_ref: Vec<f64> = (0..n).map(|i| b3 * s_in[i] + sc * gl[i]).collect();
@@ -232,7 +232,7 @@ mod tests {
             let hu = ProdigyUpdateConfig { beta1: b1, m_rate, g_rate: 0.0, d_eps, decay, decouple: true, weight_decay: 0.0, maximize: false };
             let mut states: Vec<&mut [f64]> = vec![&mut s, &mut p0v, &mut m, &mut v];
             let mut counters: Vec<&mut f32> = vec![&mut step];
-            let t = Tensor { param: &mut pp, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
+            let t = Tensor { param: &mut pp, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false };
             update(&hu, vec![t], 1.0, level).unwrap();
             assert_eq!(step, 1.0);
             for i in 0..n {
@@ -255,12 +255,12 @@ mod tests {
         let h = ProdigyStatsConfig { beta1: 0.0, beta2: 0.5, beta3: 0.5, m_coef: 0.0, v_coef: 0.5, s_coef: 1.0, weight_decay: 0.0, maximize: false };
         let mut states: Vec<&mut [f32]> = vec![&mut s, &mut p0, &mut v];
         let mut counters: Vec<&mut f32> = vec![&mut step];
-        let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
+        let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false };
         assert_eq!(stats(&h, vec![t], 1.0, SimdLevel::Scalar).unwrap(), (0.0, 1.75));
         let hu = ProdigyUpdateConfig { beta1: 0.0, m_rate: 0.0, g_rate: -1.0, d_eps: 0.0, decay: 0.0, decouple: false, weight_decay: 0.0, maximize: false };
         let mut states: Vec<&mut [f32]> = vec![&mut s, &mut p0, &mut v];
         let mut counters: Vec<&mut f32> = vec![&mut step];
-        let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
+        let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false };
         update(&hu, vec![t], 1.0, SimdLevel::Scalar).unwrap();
         // v = 0.5 g^2, so g / sqrt(v) = sign(g) * sqrt(2)
         let r = std::f32::consts::SQRT_2;

@@ -148,7 +148,7 @@ mod tests {
                             states.push(&mut ga[off..]);
                         }
                         let mut counters = [&mut step];
-                        let t = Tensor { param: &mut p[off..], grad: &g[off..], states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
+                        let t = Tensor { param: &mut p[off..], grad: &g[off..], states: &mut states, counters: &mut counters, low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false };
                         super::step(&cfg, vec![t], 1.0, level).unwrap();
                         // torch's loop, one whole-array operation at a time
                         let mut grad: Vec<T> = g[off..].iter().map(|&x| if maximize { -x } else { x }).collect();

@@ -161,7 +161,7 @@ mod tests {
                     let mut rbuf: Option<Vec<T>> = None;
                     for k in 0..3 {
                         let mut states: Vec<&mut [T]> = if cfg.momentum != 0.0 { vec![&mut buf[off..]] } else { vec![] };
-                        let t = Tensor { param: &mut p[off..], grad: &g[off..], states: &mut states, counters: &mut [], low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: k == 0 };
+                        let t = Tensor { param: &mut p[off..], grad: &g[off..], states: &mut states, counters: &mut [], low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: k == 0 };
                         super::step(cfg, vec![t], *scale, level).unwrap();
                         reference(&mut rp[off..], &g[off..], &mut rbuf, cfg, *scale, level.fused_multiply_add());
                     }
@@ -188,7 +188,7 @@ mod tests {
     fn missing_buffer_is_an_error_not_a_panic() {
         let mut p = vec![1.0f64; 3];
         let g = vec![1.0f64; 3];
-        let t: Tensor<'_, f64> = Tensor { param: &mut p, grad: &g, states: &mut [], counters: &mut [], low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: true };
+        let t: Tensor<'_, f64> = Tensor { param: &mut p, grad: &g, states: &mut [], counters: &mut [], low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: true };
         let cfg = SgdConfig { momentum: 0.9, ..Default::default() };
         let err = step(&cfg, vec![t], 1.0, crate::simd::level()).unwrap_err();
         assert!(err.message().contains("momentum_buffer_list"), "{err}");
@@ -213,9 +213,9 @@ mod tests {
             let (mut rp, mut rc) = (p0.clone(), vec![0f32; n]);
             for _ in 0..200 {
                 let mut states: Vec<&mut [Bf16]> = vec![&mut c];
-                let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut [], low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
+                let t = Tensor { param: &mut p, grad: &g, states: &mut states, counters: &mut [], low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false };
                 crate::optim::Config::Sgd(cfg).step_at(vec![t], 1.0, level).unwrap();
-                let t: Tensor<Bf16> = Tensor { param: &mut plain, grad: &g, states: &mut [], counters: &mut [], low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, fresh: false };
+                let t: Tensor<Bf16> = Tensor { param: &mut plain, grad: &g, states: &mut [], counters: &mut [], low_bits: &mut [], master: &mut [], grad_f32: &[], stochastic: None, scales: &mut [], unsigned: 0, fresh: false };
                 crate::optim::Config::Sgd(cfg).step_at(vec![t], 1.0, level).unwrap();
                 let fma = level.fused_multiply_add();
                 for i in 0..n {
