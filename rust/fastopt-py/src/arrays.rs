@@ -24,6 +24,9 @@ pub enum Dtype {
     F16,
     /// ml_dtypes.bfloat16, told by its registered descriptor ([`bf16_type`]).
     BF16,
+    /// numpy.uint8: the codes of 8-bit blockwise optimizer state (`state_dtype='int8'`),
+    /// never a parameter's dtype ([`dtype_of`] does not return it).
+    U8,
 }
 
 impl Dtype {
@@ -33,6 +36,7 @@ impl Dtype {
             Dtype::F64 => "float64",
             Dtype::F16 => "float16",
             Dtype::BF16 => "bfloat16",
+            Dtype::U8 => "uint8",
         }
     }
     fn itemsize(self) -> usize {
@@ -40,6 +44,7 @@ impl Dtype {
             Dtype::F32 => 4,
             Dtype::F64 => 8,
             Dtype::F16 | Dtype::BF16 => 2,
+            Dtype::U8 => 1,
         }
     }
     /// A 16-bit type, computed in float32 (its state may be kept in float32).
@@ -47,10 +52,14 @@ impl Dtype {
         matches!(self, Dtype::F16 | Dtype::BF16)
     }
     /// Whether an optimizer step over parameters of this dtype takes state buffers of
-    /// dtype `s`: its own, float32 beside 16-bit parameters, bfloat16 beside float32 ones
-    /// (the pairs `by_storage!` instantiates).
+    /// dtype `s`: its own, float32 beside 16-bit parameters, bfloat16 beside float32 ones,
+    /// 8-bit blockwise codes beside float32 and 16-bit ones (the pairs `by_storage!`
+    /// instantiates).
     pub fn keeps_state_in(self, s: Dtype) -> bool {
-        self == s || (self.is_half() && s == Dtype::F32) || (self == Dtype::F32 && s == Dtype::BF16)
+        self == s
+            || (self.is_half() && s == Dtype::F32)
+            || (self == Dtype::F32 && s == Dtype::BF16)
+            || (s == Dtype::U8 && (self == Dtype::F32 || self.is_half()))
     }
 }
 
@@ -203,6 +212,16 @@ fn bf16_type(py: Python<'_>) -> Option<usize> {
     Some(*TYPE.get_or_init(|| addr))
 }
 
+/// Whether `arr` holds uint8 codes (8-bit blockwise state).
+fn is_codes(arr: &Bound<'_, PyUntypedArray>) -> bool {
+    arr.dtype().num() == NPY_TYPES::NPY_UBYTE as i32
+}
+
+/// The dtype of a state buffer that may hold codes ([`Dtype::U8`]), else [`dtype_of`].
+fn state_dtype_of(arr: &Bound<'_, PyUntypedArray>) -> Option<Dtype> {
+    if is_codes(arr) { Some(Dtype::U8) } else { dtype_of(arr) }
+}
+
 fn dtype_of(arr: &Bound<'_, PyUntypedArray>) -> Option<Dtype> {
     let descr = descr_addr(arr);
     let (f32_descr, f64_descr) = builtin_descrs(arr.py());
@@ -314,7 +333,8 @@ impl<'py> Group<'py> {
     }
 
     fn check_dtype_as(&self, arr: &Bound<'py, PyUntypedArray>, label: Label, want: Dtype) -> PyResult<()> {
-        if dtype_of(arr) != Some(want) {
+        let got = if want == Dtype::U8 { state_dtype_of(arr) } else { dtype_of(arr) };
+        if got != Some(want) {
             if label.name == "grads" && want != self.dtype {
                 return Err(PyTypeError::new_err(format!(
                     "{label} has dtype {} but grads[0] is {}: the gradients are all {} or all {} (fastopt never casts implicitly)",
@@ -429,7 +449,7 @@ impl<'py> Group<'py> {
         self.sdtype = self.dtype;
         let first = lists.first().and_then(|l| l.get_item(0).ok());
         if let Some(arr) = first.as_ref().and_then(|a| a.cast::<PyUntypedArray>().ok()) {
-            if let Some(d) = dtype_of(arr).filter(|&d| self.dtype.keeps_state_in(d)) {
+            if let Some(d) = state_dtype_of(arr).filter(|&d| self.dtype.keeps_state_in(d)) {
                 self.sdtype = d;
             }
         }
@@ -480,6 +500,33 @@ impl<'py> Group<'py> {
                 )));
             }
             raws.push(self.check_layout(&arr, label, 2, true)?);
+            self.owners.push(arr);
+        }
+        Ok(raws)
+    }
+
+    /// Checks a list of float32 arrays (written), one per parameter, each of
+    /// `blockwise::blocks` of its parameter's size elements (any shape): the absmax of each
+    /// block of a state buffer kept in 8-bit codes.
+    pub fn absmax(&mut self, obj: &Bound<'py, PyAny>, name: &'static str) -> PyResult<Vec<Raw>> {
+        let list = self.per_param(obj, name)?;
+        let mut raws = Vec::with_capacity(list.len());
+        for (i, o) in list.into_iter().enumerate() {
+            let label = Label { name, index: i };
+            let arr = into_array(o, label)?;
+            if dtype_of(&arr) != Some(Dtype::F32) {
+                return Err(PyTypeError::new_err(format!("{label} has dtype {} but must be float32 (one absmax per block)", arr.dtype())));
+            }
+            let n = self.params[i].len();
+            let want = fastopt_core::blockwise::blocks(n);
+            if arr.len() != want {
+                return Err(PyValueError::new_err(format!(
+                    "{label} has {} values but params[{i}] ({n} elements) has {want} blocks of {}",
+                    arr.len(),
+                    fastopt_core::blockwise::QBLOCK
+                )));
+            }
+            raws.push(self.check_layout(&arr, label, 4, true)?);
             self.owners.push(arr);
         }
         Ok(raws)
@@ -565,7 +612,8 @@ impl<'py> Group<'py> {
         let label = Label::plain(name);
         let arr = as_array(obj, label)?;
         let want = dtype.unwrap_or(self.dtype);
-        if dtype_of(&arr) != Some(want) {
+        let got = if want == Dtype::U8 { state_dtype_of(&arr) } else { dtype_of(&arr) };
+        if got != Some(want) {
             return Err(PyTypeError::new_err(format!(
                 "{label} has dtype {} but must be {} (fastopt never casts implicitly)",
                 arr.dtype(),

@@ -22,6 +22,7 @@ pub fn total_norm<'py>(py: Python<'py>, grads: &Bound<'py, PyAny>, norm_type: f6
         Dtype::F64 => run_norm::<f64>(py, &raws, norm),
         Dtype::F16 => run_norm::<F16>(py, &raws, norm),
         Dtype::BF16 => run_norm::<Bf16>(py, &raws, norm),
+        d @ Dtype::U8 => Err(unsupported(d)),
     }
 }
 
@@ -44,6 +45,7 @@ pub fn scale_<'py>(py: Python<'py>, arrays: &Bound<'py, PyAny>, factor: f64) -> 
         Dtype::F64 => run_scale::<f64>(py, &raws, factor, None),
         Dtype::F16 => run_scale::<F16>(py, &raws, f, None),
         Dtype::BF16 => run_scale::<Bf16>(py, &raws, f, None),
+        d @ Dtype::U8 => Err(unsupported(d)),
     }
 }
 
@@ -62,6 +64,7 @@ pub fn clamp_<'py>(py: Python<'py>, arrays: &Bound<'py, PyAny>, clip_value: f64)
         Dtype::F64 => run_scale::<f64>(py, &raws, 1.0, Some((-clip_value, clip_value))),
         Dtype::F16 => run_scale::<F16>(py, &raws, 1.0, Some((-c, c))),
         Dtype::BF16 => run_scale::<Bf16>(py, &raws, 1.0, Some((-c, c))),
+        d @ Dtype::U8 => Err(unsupported(d)),
     }
 }
 

@@ -15,11 +15,12 @@ macro_rules! by_dtype {
 
 /// Calls the generic `f::<P, S>(args)` for an optimizer step's parameter and state dtypes
 /// (`by_storage!(g.dtype, g.sdtype, run(a, b))`): float32 and float64 alone, float16 and
-/// bfloat16 with their state in their own dtype or in float32, float32 with bfloat16 state
-/// (`Dtype::keeps_state_in`).
+/// bfloat16 with their state in their own dtype or in float32, float32 with bfloat16 state,
+/// float32, float16 and bfloat16 with 8-bit blockwise state (`Dtype::keeps_state_in`).
 macro_rules! by_storage {
     ($dtype:expr, $sdtype:expr, $f:ident($($arg:expr),* $(,)?)) => {{
         use $crate::arrays::Dtype as D;
+        use fastopt_core::blockwise::Q8;
         use fastopt_core::half::{Bf16, F16};
         match ($dtype, $sdtype) {
             (D::F32, D::F32) => $f::<f32, f32>($($arg),*),
@@ -29,6 +30,9 @@ macro_rules! by_storage {
             (D::BF16, D::F32) => $f::<Bf16, f32>($($arg),*),
             (D::F16, D::F16) => $f::<F16, F16>($($arg),*),
             (D::F16, D::F32) => $f::<F16, f32>($($arg),*),
+            (D::F32, D::U8) => $f::<f32, Q8>($($arg),*),
+            (D::BF16, D::U8) => $f::<Bf16, Q8>($($arg),*),
+            (D::F16, D::U8) => $f::<F16, Q8>($($arg),*),
             (p, s) => Err(pyo3::exceptions::PyTypeError::new_err(format!(
                 "{} parameters cannot keep {} state", p.name(), s.name()
             ))),
@@ -129,7 +133,7 @@ mod _fastopt {
     #[pymodule_export]
     use super::nn::{act_backward, act_forward, bn_backward_input, bn_backward_sums, bn_normalize, bn_stats, bn_train_backward, bn_train_forward, cross_entropy, cross_entropy_backward, softmax, softmax_backward};
     #[pymodule_export]
-    use super::optim::{rule_names, step, Rule};
+    use super::optim::{dequantize_blockwise, quantile_map, quantize_blockwise, rule_names, step, Rule};
     #[pymodule_export]
     use super::{available_simd_levels, bandwidth_probe, default_num_threads, detected_simd_level, environment_problems, get_num_threads, max_num_threads, set_num_threads, set_simd_level, simd_level};
 

@@ -2,7 +2,8 @@
 //! name and typed hyperparameters, built once per group) and the group's arrays go in; every
 //! array is checked, then the core runs the step once over all of them with the GIL released.
 
-use crate::arrays::{confirm, core_err, items, remember, run_core, CheckCache, Group, Raw};
+use crate::arrays::{confirm, core_err, items, remember, run_core, CheckCache, Dtype, Group, Raw};
+use fastopt_core::blockwise::{self, Map};
 use fastopt_core::optim::engine::{tensor_key, KAHAN};
 use fastopt_core::optim::{Config, Storage, Tensor, RULES};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -82,6 +83,14 @@ impl Rule {
         (states.iter().map(|s| s.0).collect(), states.iter().map(|s| s.1).collect(), counters.to_vec())
     }
 
+    /// The state buffers (torch's keys) kept with the unsigned quantile map as 8-bit
+    /// blockwise state (the second moments), or None for a rule that cannot keep 8-bit
+    /// state (``state_dtype='int8'``).
+    fn unsigned_states(&self) -> Option<Vec<&'static str>> {
+        let mask = self.cfg.blockwise_unsigned()?;
+        Some(self.cfg.layout().0.iter().enumerate().filter(|(k, _)| mask >> k & 1 != 0).map(|(_, s)| s.0).collect())
+    }
+
     fn __repr__(&self) -> String {
         format!("Rule({:?})", self.cfg)
     }
@@ -115,9 +124,14 @@ pub fn rule_names() -> Vec<&'static str> {
 /// ``master_weights='stochastic'``): round each new parameter value stochastically, with
 /// random bits from a counter-based generator keyed by this key, the tensor's place in the
 /// call and the element's index (the caller derives the key from its seed and step).
+/// ``scales`` (with 8-bit blockwise state, ``state_dtype='int8'``: every state buffer a
+/// uint8 array of codes shaped like its parameter): one list per state list, each holding
+/// one float32 array per parameter with the absmax of each block of 256 elements
+/// (``ceil(size / 256)`` values); the step dequantizes each block, updates it in float32
+/// and quantizes it again (``fastopt_core::blockwise``), writing the new absmax there.
 /// Positional: keyword parsing would cost more than checking a tensor.
 #[pyfunction]
-#[pyo3(signature = (rule, params, grads, states, counters, fresh=None, grad_scale=1.0, check_only=false, cache=None, low_bits=None, masters=None, round_key=None))]
+#[pyo3(signature = (rule, params, grads, states, counters, fresh=None, grad_scale=1.0, check_only=false, cache=None, low_bits=None, masters=None, round_key=None, scales=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn step<'py>(
     py: Python<'py>,
@@ -133,11 +147,16 @@ pub fn step<'py>(
     low_bits: Option<&Bound<'py, PyAny>>,
     masters: Option<&Bound<'py, PyAny>>,
     round_key: Option<u64>,
+    scales: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Option<(f64, f64)>> {
     let cfg = rule.get().cfg;
     let (state_names, counter_names) = cfg.layout();
     let state_lists = items(states, "states")?;
     let counter_lists = items(counters, "counters")?;
+    let scale_lists = match scales {
+        Some(s) if !s.is_none() => items(s, "scales")?,
+        _ => vec![],
+    };
     // (one list more than the layout's: the compensation buffers of a compensated step)
     let compensated = state_lists.len() == state_names.len() + 1;
     if !(state_lists.len() == state_names.len() || compensated) || counter_lists.len() != counter_names.len() {
@@ -153,7 +172,7 @@ pub fn step<'py>(
     let fresh = fresh.unwrap_or_default();
     let ns = state_lists.len();
     let stable: Vec<&Bound<'py, PyAny>> =
-        std::iter::once(params).chain(&state_lists).chain(&counter_lists).chain(low_bits).chain(masters).collect();
+        std::iter::once(params).chain(&state_lists).chain(&counter_lists).chain(low_bits).chain(masters).chain(&scale_lists).collect();
     let mut guard = CheckCache::lock(cache);
     if let Some(c) = confirm(&guard, &stable, grads)? {
         if fresh.is_empty() || fresh.len() == c.grads.len() {
@@ -162,8 +181,9 @@ pub fn step<'py>(
             }
             let (s, rest) = c.stable[1..].split_at(ns);
             let (k, rest) = rest.split_at(counter_lists.len());
-            let (low, full) = rest.split_at(usize::from(low_bits.is_some()));
-            let extra = Extra { low: low.first().map(|l| &l[..]).unwrap_or_default(), masters: full.first().map(|l| &l[..]).unwrap_or_default(), f32_grads: c.f32_grads, round_key };
+            let (low, rest) = rest.split_at(usize::from(low_bits.is_some()));
+            let (full, sc) = rest.split_at(usize::from(masters.is_some()));
+            let extra = Extra { low: low.first().map(|l| &l[..]).unwrap_or_default(), masters: full.first().map(|l| &l[..]).unwrap_or_default(), f32_grads: c.f32_grads, round_key, scales: sc };
             return CheckCache::count(cache, by_storage!(c.dtype, c.sdtype, run(py, &cfg, &c.stable[0], &c.grads, s, k, extra, &fresh, grad_scale)));
         }
     }
@@ -186,6 +206,20 @@ pub fn step<'py>(
         Some(list) => g.masters(list, "masters")?,
         None => vec![],
     };
+    let mut sc = Vec::with_capacity(scale_lists.len());
+    if g.sdtype == Dtype::U8 {
+        if cfg.blockwise_unsigned().is_none() {
+            return Err(PyTypeError::new_err(format!("{} cannot keep 8-bit blockwise state (state_dtype='int8'): its state buffers are uint8 arrays", cfg.name())));
+        }
+        if scale_lists.len() != ns {
+            return Err(PyValueError::new_err(format!("8-bit blockwise state takes scales: one list of absmax arrays per state list ({ns}), got {}", scale_lists.len())));
+        }
+        for (list, name) in scale_lists.iter().zip(state_names) {
+            sc.push(g.absmax(list, name.1)?);
+        }
+    } else if !scale_lists.is_empty() {
+        return Err(PyValueError::new_err(format!("scales (absmax arrays) go with 8-bit blockwise state (uint8 state buffers) only, but the state buffers are {}", g.sdtype.name())));
+    }
     if !fresh.is_empty() && fresh.len() != g.len() {
         return Err(PyValueError::new_err(format!("fresh has {} flags but params has {}", fresh.len(), g.len())));
     }
@@ -194,7 +228,7 @@ pub fn step<'py>(
     if check_only {
         return Ok(None);
     }
-    let extra = Extra { low: &low, masters: &full, f32_grads, round_key };
+    let extra = Extra { low: &low, masters: &full, f32_grads, round_key, scales: &sc };
     CheckCache::count(cache, by_storage!(g.dtype, g.sdtype, run(py, &cfg, &p, &gr, &s, &c, extra, &fresh, grad_scale)))
 }
 
@@ -208,6 +242,9 @@ struct Extra<'a> {
     f32_grads: bool,
     /// The call's stochastic rounding key (each tensor's: `engine::tensor_key`).
     round_key: Option<u64>,
+    /// With 8-bit blockwise state: one list per state buffer of one float32 absmax array per
+    /// parameter (`Group::absmax`); empty otherwise.
+    scales: &'a [Vec<Raw>],
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -233,18 +270,25 @@ fn run<P: Storage, S: Storage<Arith = P::Arith>>(
     // (`Group::low_bits`), read as u16 (the same size and alignment); `extra.masters` one
     // float32 array per parameter of its shape (`Group::masters`); both written, both in the
     // overlap checks. With `extra.f32_grads` the gradients are float32 (`Group::grads`).
+    // `extra.scales` (uint8 state: `S` is `Q8`, a transparent byte) holds per state list one
+    // float32 array per parameter of its block count (`Group::absmax`), written, in the
+    // overlap checks.
     let mut states: Vec<&mut [S]> = Vec::with_capacity(n * s.len());
     let mut counters: Vec<&mut f32> = Vec::with_capacity(n * c.len());
+    let mut scales: Vec<&mut [f32]> = Vec::with_capacity(n * extra.scales.len());
     for i in 0..n {
         states.extend(s.iter().map(|list| unsafe { list[i].slice_mut() }));
         counters.extend(c.iter().map(|list| unsafe { &mut list[i].slice_mut::<f32>()[0] }));
+        scales.extend(extra.scales.iter().map(|list| unsafe { list[i].slice_mut::<f32>() }));
     }
-    let (mut s_rest, mut c_rest) = (&mut states[..], &mut counters[..]);
+    let ks = extra.scales.len();
+    let (mut s_rest, mut c_rest, mut k_rest) = (&mut states[..], &mut counters[..], &mut scales[..]);
     let mut tensors: Vec<Tensor<'_, P, S>> = Vec::with_capacity(n);
     for i in 0..n {
         let (ts, sr) = std::mem::take(&mut s_rest).split_at_mut(s.len());
         let (tc, cr) = std::mem::take(&mut c_rest).split_at_mut(c.len());
-        (s_rest, c_rest) = (sr, cr);
+        let (tk, kr) = std::mem::take(&mut k_rest).split_at_mut(ks);
+        (s_rest, c_rest, k_rest) = (sr, cr, kr);
         // SAFETY: as above.
         let param = unsafe { p[i].slice_mut() };
         // SAFETY: as above (float32 gradients when `extra.f32_grads`, else of dtype `P`).
@@ -259,7 +303,61 @@ fn run<P: Storage, S: Storage<Arith = P::Arith>>(
             Some(l) => unsafe { l.slice_mut() },
             None => &mut [],
         };
-        tensors.push(Tensor { param, grad, states: ts, counters: tc, low_bits, master, grad_f32, stochastic: extra.round_key.map(|k| tensor_key(k, i)), fresh: fresh.get(i).copied().unwrap_or(false) });
+        tensors.push(Tensor { param, grad, states: ts, counters: tc, low_bits, master, grad_f32, stochastic: extra.round_key.map(|k| tensor_key(k, i)), scales: tk, unsigned: 0, fresh: fresh.get(i).copied().unwrap_or(false) });
     }
     run_core(py, move || cfg.step(tensors, grad_scale).map(|sums| sums.0))
+}
+
+/// The 256 values of a dynamic quantile map (bitsandbytes' ``create_dynamic_map``):
+/// ``unsigned`` for the one without negative values.
+#[pyfunction]
+pub fn quantile_map(unsigned: bool) -> Vec<f32> {
+    Map::of(unsigned).values().to_vec()
+}
+
+/// The arrays of a (de)quantization, checked: float32 ``values`` (C-contiguous, any shape),
+/// uint8 ``codes`` of its shape, float32 ``absmax`` with one value per block of 256; the
+/// codes and absmax written when quantizing, the values when dequantizing.
+fn blockwise_arrays<'py>(values: &Bound<'py, PyAny>, codes: &Bound<'py, PyAny>, absmax: &Bound<'py, PyAny>, quantizing: bool) -> PyResult<(Group<'py>, [Raw; 3])> {
+    let (mut g, v) = Group::single(values, "values", !quantizing)?;
+    if g.dtype != Dtype::F32 {
+        return Err(PyTypeError::new_err(format!("values has dtype {}; 8-bit blockwise state holds float32 values", g.dtype.name())));
+    }
+    let shape: Vec<usize> = values.cast::<numpy::PyUntypedArray>().map(|a| numpy::PyUntypedArrayMethods::shape(a).to_vec()).unwrap_or_default();
+    let c = g.array(codes, "codes", quantizing, Some(&shape), Some(Dtype::U8))?;
+    let a = g.array(absmax, "absmax", quantizing, None, Some(Dtype::F32))?;
+    if a.len() != blockwise::blocks(v.len()) {
+        return Err(PyValueError::new_err(format!("absmax has {} values but values has {} blocks of {}", a.len(), blockwise::blocks(v.len()), blockwise::QBLOCK)));
+    }
+    g.finish()?;
+    Ok((g, [v, c, a]))
+}
+
+/// Quantizes float32 ``values`` (C-contiguous, any shape) block by block in place into
+/// ``codes`` (uint8, the same shape) and ``absmax`` (float32, one per block of 256).
+#[pyfunction]
+pub fn quantize_blockwise<'py>(py: Python<'py>, values: &Bound<'py, PyAny>, codes: &Bound<'py, PyAny>, absmax: &Bound<'py, PyAny>, unsigned: bool) -> PyResult<()> {
+    let (_g, [v, c, a]) = blockwise_arrays(values, codes, absmax, true)?;
+    // SAFETY: `blockwise_arrays` checked the dtypes (float32 values and absmax, uint8 codes),
+    // the layouts, that `codes` and `absmax` are writeable and overlap nothing; `_g` keeps
+    // the arrays alive until this function returns.
+    let (v, c, a) = unsafe { (v.slice::<f32>(), c.slice_mut::<u8>(), a.slice_mut::<f32>()) };
+    run_core(py, move || {
+        blockwise::quantize(v, Map::of(unsigned), c, a);
+        Ok(())
+    })
+}
+
+/// The float32 values of 8-bit blockwise ``codes`` (uint8) with their ``absmax`` (float32,
+/// one per block of 256), written into ``values`` (float32, the codes' shape).
+#[pyfunction]
+pub fn dequantize_blockwise<'py>(py: Python<'py>, codes: &Bound<'py, PyAny>, absmax: &Bound<'py, PyAny>, values: &Bound<'py, PyAny>, unsigned: bool) -> PyResult<()> {
+    let (_g, [v, c, a]) = blockwise_arrays(values, codes, absmax, false)?;
+    // SAFETY: as in `quantize_blockwise` (`values` written and overlapping nothing, the
+    // others read).
+    let (v, c, a) = unsafe { (v.slice_mut::<f32>(), c.slice::<u8>(), a.slice::<f32>()) };
+    run_core(py, move || {
+        blockwise::dequantize(c, a, Map::of(unsigned), v);
+        Ok(())
+    })
 }
