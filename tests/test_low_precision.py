@@ -593,8 +593,8 @@ def test_float32_state_beside_16bit_parameters_moves_to_torch(torch, ml_dtypes):
 
 def test_state_dtype_bad_input(ml_dtypes):
     bf = np.dtype(ml_dtypes.bfloat16)
-    for bad in ("int8", "float64", "float16", np.float32, 1):
-        with pytest.raises(ValueError, match=r"state_dtype must be None, 'float32' or 'bfloat16', got"):
+    for bad in ("uint8", "float64", "float16", np.float32, 1):
+        with pytest.raises(ValueError, match=r"state_dtype must be None, 'float32', 'bfloat16' or 'int8', got"):
             fo.optim.Adam([np.ones(2, np.float32)], state_dtype=bad)
     with pytest.raises(TypeError, match=r"params\[0\] has dtype float64; state_dtype='float32' takes float32, "
                                         "float16 or bfloat16 parameters"):
@@ -611,7 +611,7 @@ def test_state_dtype_bad_input(ml_dtypes):
     # a group changed after its checks: refused at the step, nothing written
     w = np.ones(3, np.float32)
     opt = fo.optim.Adam([w], lr=0.1)
-    opt.param_groups[0]["state_dtype"] = "int8"
+    opt.param_groups[0]["state_dtype"] = "uint8"
     with pytest.raises(ValueError, match="state_dtype must be"):
         opt.step(grads=[np.ones(3, np.float32)])
     assert np.all(w == 1) and not opt.state[w]

@@ -145,6 +145,10 @@ class Optimizer(torch.optim.Optimizer):
         for gi, group in enumerate(self.param_groups):
             for i, p in enumerate(group["params"]):
                 self._check_tensor(gi, i, p)
+            if group.get("state_dtype") == "int8":
+                raise TypeError(f"param_groups[{gi}]: state_dtype='int8' is not available through fastopt.torch yet "
+                                "(torch's load_state_dict casts state tensors to their parameter's dtype, which would "
+                                "turn 8-bit codes into numbers): use fastopt.optim over NumPy arrays")
             fps = [_FastParameter(_array(p.detach())) for p in group["params"]]
             groups.append({**self._options(group), "params": fps})
         inner = self._fastopt_class(groups, *self._args, **self._kwargs)

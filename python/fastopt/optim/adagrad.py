@@ -8,7 +8,7 @@ import numpy as np
 
 from ._engine import Rule
 from ._engine import step as _step
-from .optimizer import Optimizer, _array_of, impl_flags
+from .optimizer import ABSMAX, Optimizer, _array_of, _filled_codes, _quantized, impl_flags
 
 __all__ = ["Adagrad"]
 
@@ -67,14 +67,18 @@ class Adagrad(Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 a = _array_of(p)
-                self.state[p] = {
-                    "step": np.zeros((), np.float32),
-                    "sum": np.full(a.shape, group["initial_accumulator_value"], self._state_dtype(group, a)),
-                }
+                init = group["initial_accumulator_value"]
+                if _quantized(group, a):  # (8-bit codes, with their blocks' absmax)
+                    codes, absmax = _filled_codes(a.shape, init, True)
+                    self.state[p] = {"step": np.zeros((), np.float32), "sum": codes, "sum" + ABSMAX: absmax}
+                else:
+                    self.state[p] = {"step": np.zeros((), np.float32),
+                                     "sum": np.full(a.shape, init, self._state_dtype(group, a))}
 
     _options = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize")
 
     _rule = "adagrad"
+    _takes_int8 = True
 
     def _hyper(self, g):
         return dict(lr=g["lr"], lr_decay=g["lr_decay"], weight_decay=g["weight_decay"], eps=g["eps"],

@@ -90,6 +90,7 @@ class Adam(Optimizer):
     _options = ("lr", "eps", "betas", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay")
 
     _rule = "adam"
+    _takes_int8 = True
 
     def _validate_extra(self, group):
         if "cautious" in group:

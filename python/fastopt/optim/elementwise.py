@@ -487,6 +487,7 @@ class Lion(_Elementwise):
     }
 
     _rule = "lion"
+    _takes_int8 = True
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, maximize: bool = False, cautious: bool = False,
@@ -550,6 +551,7 @@ class AdaBelief(_AdamLike):
     """
 
     _rule = "adabelief"
+    _takes_int8 = True
     _option_docs = {
         "amsgrad": "use the running maximum of the second moment (AMSGrad) in the unrectified denominator",
         "rectify": "RAdam's rectification (the authors' default): SGD with momentum, or no step, while the "

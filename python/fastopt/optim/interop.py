@@ -14,12 +14,16 @@ from typing import Any
 
 import numpy as np
 
+from .optimizer import ABSMAX, UNSIGNED_STATES, _dequantize
+
 __all__ = ["to_torch_state_dict"]
 
 
 def to_torch_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
     """A copy of a fastopt optimizer ``state_dict()`` with every array as a torch tensor (a
-    bfloat16 array as a ``torch.bfloat16`` tensor)."""
+    bfloat16 array as a ``torch.bfloat16`` tensor). 8-bit state (``state_dtype='int8'``:
+    each buffer's uint8 codes beside its ``<name>_absmax``) becomes the float32 values it
+    holds, under torch's key, so torch's optimizer continues from it."""
     try:
         from ..torch import _to_torch
     except ImportError as e:
@@ -36,7 +40,21 @@ def to_torch_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
             return type(v)(convert(x) for x in v)
         return copy.deepcopy(v)
 
+    def plain(entry: Any) -> Any:
+        # 8-bit state (state_dtype='int8'): each buffer's codes and absmax as its float32 values
+        if not isinstance(entry, dict):
+            return entry
+        out = {}
+        for key, v in entry.items():
+            if key.endswith(ABSMAX) and key[:-len(ABSMAX)] in entry:
+                continue
+            am = entry.get(key + ABSMAX)
+            if isinstance(v, np.ndarray) and v.dtype == np.uint8 and am is not None:
+                v = _dequantize(v, np.asarray(am), key in UNSIGNED_STATES)
+            out[key] = v
+        return out
+
     return {
-        "state": {k: convert(v) for k, v in state_dict["state"].items()},
+        "state": {k: convert(plain(v)) for k, v in state_dict["state"].items()},
         "param_groups": [copy.deepcopy(g) for g in state_dict["param_groups"]],
     }

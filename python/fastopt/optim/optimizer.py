@@ -129,7 +129,51 @@ def check_impl_flags(group: dict[str, Any]) -> None:
 
 
 #: The values of the ``state_dtype`` option besides None (the parameters' dtype, torch's).
-STATE_DTYPES = ("float32", "bfloat16")
+STATE_DTYPES = ("float32", "bfloat16", "int8")
+
+#: ``state_dtype='int8'``: the state key beside each 8-bit state buffer ``name`` that holds
+#: the float32 absmax of each of its blocks (``name + ABSMAX``).
+ABSMAX = "_absmax"
+#: Elements per block of one absmax.
+INT8_BLOCK = 256
+#: ``state_dtype='int8'``: parameters with fewer elements keep their state in float32 (as
+#: bitsandbytes' and torchao's 8-bit optimizers).
+INT8_MIN_SIZE = 4096
+_CODES = np.dtype(np.uint8)
+#: The state buffers kept with the unsigned quantile map (never negative: second moments,
+#: sums of squares); every other 8-bit buffer uses the signed map. (A function of the name:
+#: no rule keeps a buffer of one of these names that can be negative.)
+UNSIGNED_STATES = frozenset({"exp_avg_sq", "max_exp_avg_sq", "sum", "square_avg", "exp_avg_var", "max_exp_avg_var"})
+
+
+def _quantized(group: dict[str, Any], a: np.ndarray) -> bool:
+    """Whether parameter array ``a`` of ``group`` keeps its state in 8-bit codes."""
+    return group.get("state_dtype") == "int8" and a.size >= INT8_MIN_SIZE
+
+
+def _quantize(values: np.ndarray, unsigned: bool) -> tuple[np.ndarray, np.ndarray]:
+    """float32 ``values`` as 8-bit codes (their shape) and one absmax per block."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    codes = np.empty(values.shape, _CODES)
+    absmax = np.empty(-(-values.size // INT8_BLOCK), np.float32)
+    _fastopt.quantize_blockwise(values, codes, absmax, unsigned)
+    return codes, absmax
+
+
+def _dequantize(codes: np.ndarray, absmax: np.ndarray, unsigned: bool) -> np.ndarray:
+    """The float32 values of 8-bit ``codes`` with their blocks' ``absmax``."""
+    out = np.empty(codes.shape, np.float32)
+    _fastopt.dequantize_blockwise(np.ascontiguousarray(codes), np.ascontiguousarray(absmax, dtype=np.float32), out,
+                                  unsigned)
+    return out
+
+
+def _filled_codes(shape: tuple, value: float, unsigned: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The codes and absmax of a buffer of ``shape`` whose every element is ``value`` (the
+    quantization of one such block, repeated)."""
+    size = int(np.prod(shape, dtype=np.int64))
+    code, absmax = _quantize(np.full(min(size, INT8_BLOCK), value, np.float32), unsigned)
+    return np.full(shape, code.reshape(-1)[0] if size else 0, _CODES), np.full(-(-size // INT8_BLOCK), absmax[0] if size else 0, np.float32)
 
 #: The values of the ``master_weights`` option besides None.
 MASTER_WEIGHTS = ("kahan", "remainder", "float32", "stochastic")
@@ -192,7 +236,7 @@ def _keeps_state_in(dtype: np.dtype, name: str) -> bool:
     """Whether parameters of ``dtype`` can keep their state in ``state_dtype=name`` (the
     pairs the kernels compute: float32 state beside 16-bit or float32 parameters, bfloat16
     state beside float32 or bfloat16 ones)."""
-    if name == "float32":
+    if name in ("float32", "int8"):
         return dtype == np.float32 or is_half(dtype)
     return dtype == np.float32 or is_bfloat16(dtype)
 
@@ -216,6 +260,44 @@ def _load_value(p: Any, key: str, value: Any, counter: bool, dtype: np.dtype | N
             return np.array(arr, dtype=_array_of(p).dtype if dtype is None else dtype, order="C", copy=True)
         return arr.copy()
     return copy.deepcopy(value)
+
+
+def _load_quantized(p: Any, k: Any, entry: dict[str, Any], counters: Any) -> dict[str, Any]:
+    """A loaded state entry for a parameter that keeps 8-bit state: codes and their absmax
+    copied (checked to go together, with the parameter's shape and block count), floating
+    buffers (a float32 run's state, torch's) quantized, counters as :func:`_load_value`."""
+    a = _array_of(p)
+    out: dict[str, Any] = {}
+    for key, val in entry.items():
+        if key in counters or val is None or isinstance(val, (bool, str)) or key in _OWN_DTYPES \
+                or not (isinstance(val, np.ndarray) or hasattr(val, "__array__")):
+            out[key] = _load_value(p, key, val, key in counters)
+            continue
+        if key.endswith(ABSMAX):
+            if key[:-len(ABSMAX)] not in entry:
+                raise ValueError(f"state_dict['state'][{k!r}] has the absmax {key!r} without its 8-bit codes")
+            continue
+        arr = as_numpy(val)
+        if arr.dtype == _CODES:
+            am = entry.get(key + ABSMAX)
+            if am is None:
+                raise ValueError(f"state_dict['state'][{k!r}][{key!r}] holds 8-bit codes without their absmax "
+                                 f"{key + ABSMAX!r}")
+            am = as_numpy(am)
+            if arr.shape != a.shape or am.dtype != np.float32 or am.size != -(-a.size // INT8_BLOCK):
+                raise ValueError(f"state_dict['state'][{k!r}][{key!r}]: 8-bit codes of shape {arr.shape} with "
+                                 f"{am.size} {am.dtype} absmax values do not fit a parameter of shape {a.shape} "
+                                 f"({-(-a.size // INT8_BLOCK)} blocks of {INT8_BLOCK})")
+            out[key] = np.array(arr, order="C", copy=True)
+            out[key + ABSMAX] = np.array(am, order="C", copy=True).reshape(-1)
+        elif arr.dtype.kind == "f" or is_bfloat16(arr.dtype):
+            if arr.shape != a.shape:
+                raise ValueError(f"state_dict['state'][{k!r}][{key!r}] has shape {arr.shape} but its parameter has "
+                                 f"shape {a.shape}")
+            out[key], out[key + ABSMAX] = _quantize(np.asarray(arr, dtype=np.float32), key in UNSIGNED_STATES)
+        else:
+            out[key] = arr.copy()
+    return out
 
 
 def _plain_group(group: dict[str, Any]) -> dict[str, Any]:
@@ -335,6 +417,23 @@ class Optimizer:
     >>> opt.step(grads=[np.full(3, 0.3, np.float32)])
     >>> opt.state[opt.param_groups[0]["params"][0]]["exp_avg"].astype(np.float32)  # 0.03 rounded
     array([0.0300293, 0.0300293, 0.0300293], dtype=float32)
+
+    ``state_dtype='int8'`` (Adam, AdamW, SGD, RMSprop, Adagrad, Lion, AdaBelief) keeps each
+    state buffer of a tensor of at least :data:`INT8_MIN_SIZE` elements as 8-bit blockwise
+    codes (Dettmers et al. 2022), as bitsandbytes and torchao keep it: a uint8 ``code`` per
+    element and a float32 ``absmax`` per block of 256 (state key ``<name>_absmax``), the
+    value being ``map[code] * absmax`` with ``map`` bitsandbytes' signed dynamic quantile map
+    (the unsigned one for second moments: :data:`UNSIGNED_STATES`). A step dequantizes each
+    block, updates it in float32 and quantizes the new values in the same pass:
+    ``absmax = max(max|x|, 1e-12)``, ``code`` = the map's value nearest to ``x / absmax``
+    (torchao's rule, ties up). Smaller tensors keep float32 state:
+
+    >>> big = np.zeros(5000, np.float32)
+    >>> opt = fo.optim.Adam([big], lr=0.1, state_dtype="int8")
+    >>> opt.step(grads=[np.full(5000, 0.3, np.float32)])
+    >>> st = opt.state[big]
+    >>> st["exp_avg"].dtype, st["exp_avg_absmax"].shape, float(st["exp_avg_absmax"][0])
+    (dtype('uint8'), (20,), 0.030000001192092896)
 
     Subclasses give ``defaults``, validate a group's options in ``_validate_group`` and run
     one group's update in ``_step_group``.
@@ -542,6 +641,8 @@ class Optimizer:
     #: Whether the optimizer's step is one pass of the rule engine, which can keep a
     #: compensation buffer or a master's low bits beside 16-bit parameters (``master_weights``).
     _takes_kahan = False
+    #: Whether the optimizer's rule can keep 8-bit blockwise state (``state_dtype='int8'``).
+    _takes_int8 = False
     #: Whether the optimizer's passes (the engine's, possibly several) can keep a float32
     #: master beside 16-bit parameters or round them stochastically: ``master_weights=``
     #: ``'remainder'``, ``'float32'`` and ``'stochastic'``.
@@ -564,6 +665,9 @@ class Optimizer:
         if group.get("cautious"):
             raise ValueError(f"master_weights={how!r} and cautious=True cannot be combined (the mask's count is a "
                              "pass of its own)")
+        if how == "kahan" and group.get("state_dtype") == "int8":
+            raise ValueError("master_weights='kahan' keeps its compensation buffer in the state's format, which 8-bit "
+                             "state (state_dtype='int8') cannot hold: use 'remainder', 'float32' or 'stochastic'")
         for i, p in enumerate(group.get("params", ())):
             a = _array_of(p)
             if how == "kahan" and not is_half(a.dtype):
@@ -592,14 +696,17 @@ class Optimizer:
             raise TypeError(f"{type(self).__name__} keeps its state in its parameters' dtype (its own float32/float64 "
                             f"arithmetic): state_dtype is not one of its options, got {name!r}")
         if not isinstance(name, str) or name not in STATE_DTYPES:
-            raise ValueError(f"state_dtype must be None, 'float32' or 'bfloat16', got {name!r}")
+            raise ValueError(f"state_dtype must be None, 'float32', 'bfloat16' or 'int8', got {name!r}")
+        if name == "int8" and not self._takes_int8:
+            raise TypeError(f"{type(self).__name__} keeps no 8-bit state: state_dtype='int8' is an option of Adam, "
+                            "AdamW, SGD, RMSprop, Adagrad, Lion and AdaBelief")
         if name == "bfloat16" and bfloat16_dtype() is None:
             raise ImportError("state_dtype='bfloat16' keeps ml_dtypes.bfloat16 arrays, and this program has not "
                               "imported ml_dtypes: import ml_dtypes first (pip install 'fastopt[bf16]')")
         for i, p in enumerate(group.get("params", ())):
             a = _array_of(p)
             if not _keeps_state_in(a.dtype, name):
-                takes = "float32, float16 or bfloat16" if name == "float32" else "float32 or bfloat16"
+                takes = "float32 or bfloat16" if name == "bfloat16" else "float32, float16 or bfloat16"
                 raise TypeError(f"params[{i}] has dtype {a.dtype}; state_dtype={name!r} takes {takes} parameters")
 
     @staticmethod
@@ -611,9 +718,12 @@ class Optimizer:
             return a.dtype
         if name == "float32":
             return np.dtype(np.float32)
+        if name == "int8":  # (codes, with an absmax beside each buffer; small tensors: float32)
+            return _CODES if a.size >= INT8_MIN_SIZE else np.dtype(np.float32)
         bf = bfloat16_dtype() if name == "bfloat16" else None
         if bf is None:  # (a group changed after its checks)
-            raise ValueError(f"state_dtype must be None, 'float32' or 'bfloat16' (with ml_dtypes imported), got {name!r}")
+            raise ValueError(f"state_dtype must be None, 'float32', 'bfloat16' (with ml_dtypes imported) or 'int8', "
+                             f"got {name!r}")
         return bf
 
     def _coupling(self, group: dict[str, Any]) -> str | None:
@@ -992,6 +1102,8 @@ class Optimizer:
         if entry is None or entry[0] is not group or entry[1] is None or entry[1] != list(group.values()):
             entry = self._rule_of(group)
         _, _, _, rule, names, counters, cache = entry
+        if "state_dtype" in group and group["state_dtype"] == "int8":
+            return self._step_int8(group, params, arrays, grads, check_only, grad_scale, entry)
         bufs, created = self._buffers(params, arrays, names, counters, group)
         k = len(counters)
         fresh = None
@@ -1005,6 +1117,42 @@ class Optimizer:
             _count_rounding(group)
         if created and not check_only:
             self._commit(created)
+
+    def _step_int8(self, group: dict[str, Any], params: list[Any], arrays: list[np.ndarray], grads: list[np.ndarray],
+                   check_only: bool, grad_scale: float, entry: tuple) -> None:
+        """:meth:`_step_group` with ``state_dtype='int8'``: one kernel call over the tensors
+        that keep 8-bit state (codes, with each buffer's absmax list as the kernel's
+        ``scales``), one over those under :data:`INT8_MIN_SIZE` elements (float32 state)."""
+        _, _, _, rule, names, counters, cache = entry
+        k = len(counters)
+        extra = _MASTER_BUFFERS.get(group.get("master_weights"), ())
+        states = names[k:len(names) - len(extra)]
+        big = [a.size >= INT8_MIN_SIZE for a in arrays]
+        parts = []
+        for quantized in (True, False):
+            idx = [i for i, b in enumerate(big) if b == quantized]
+            if idx:
+                pick = (lambda xs: xs) if len(idx) == len(arrays) else (lambda xs: [xs[i] for i in idx])
+                parts.append((quantized, pick(params), pick(arrays), pick(grads)))
+        for n, (quantized, ps, arrs, gs) in enumerate(parts):
+            wanted = names + tuple(x + ABSMAX for x in states) if quantized else names
+            bufs, created = self._buffers(ps, arrs, wanted, counters, group)
+            fresh = None
+            if created and self._needs_fresh and len(names) > k:
+                new = {id(b) for _, _, b in created}
+                fresh = [id(b) in new for b in bufs[k]]
+            scales = bufs[len(names):] if quantized else None
+            lists, tail = _split_masters(names, bufs[:len(names)], group)
+            low, full, key = (tail + (None, None, None))[:3]
+            if key is not None and n:  # (the second call's tensors: other stochastic rounding keys)
+                key = (key + 0x9E3779B97F4A7C15) % 2**64
+            part_cache = cache if n == 0 else self._check_cache(group, part=1)
+            _engine._kernels.step(rule, arrs, gs, lists[k:], lists[:k], fresh, grad_scale, check_only, part_cache,
+                                  low, full, key, scales)
+            if created and not check_only:
+                self._commit(created)
+        if not check_only:
+            _count_rounding(group)
 
     def _buffers(
         self,
@@ -1048,6 +1196,7 @@ class Optimizer:
         fill = self._fill(group)
         for p, a, st in zip(params, arrays, states):
             d = st[1] if st is not None else {}
+            absmax: dict[str, np.ndarray] = {}
             for k, name in enumerate(names):
                 b = d.get(name)
                 if b is None:
@@ -1055,6 +1204,20 @@ class Optimizer:
                         b = np.full((), (fill or {}).get(name, 0.0), np.float32)
                     elif name is MASTER:  # (the parameter's exact float32 value)
                         b = a.astype(np.float32)
+                    elif _quantized(group, a) and (name.endswith(ABSMAX) or name + ABSMAX in names):
+                        # 8-bit codes and their absmax, made together (the codes' name comes first)
+                        base = name[:-len(ABSMAX)] if name.endswith(ABSMAX) else name
+                        if name.endswith(ABSMAX):
+                            if name not in absmax:
+                                raise ValueError(f"the state of a parameter holds 8-bit codes {base!r} without "
+                                                 f"their absmax {name!r}")
+                            b = absmax.pop(name)
+                        else:
+                            if name + ABSMAX in d:
+                                raise ValueError(f"the state of a parameter holds the absmax {name + ABSMAX!r} "
+                                                 f"without its 8-bit codes {name!r}")
+                            value = fill[name] if fill and name in fill else 0.0
+                            b, absmax[name + ABSMAX] = _filled_codes(a.shape, value, name in UNSIGNED_STATES)
                     else:
                         b = self._state_array(p, name, a, fill[name] if fill and name in fill else 0.0,
                                               _LOW_DTYPE if name is LOW_BITS else self._state_dtype(group, a))
@@ -1069,15 +1232,18 @@ class Optimizer:
         local optimizer replaces it to carve the buffers out of one flat array per name.)"""
         return np.full(a.shape, value, dtype) if value else np.zeros(a.shape, dtype)
 
-    def _check_cache(self, group: dict) -> Any:
+    def _check_cache(self, group: dict, part: int = 0) -> Any:
         """The kernel's record of what it checked for this group last time (it holds the
-        group's arrays until the next step re-checks them)."""
-        entry = self._check_caches.get(id(group))
+        group's arrays until the next step re-checks them); ``part`` 1 for a group's second
+        kernel call (``state_dtype='int8'``: its tensors with float32 state)."""
+        key: Any = id(group) if part == 0 else (id(group), part)
+        entry = self._check_caches.get(key)
         if entry is None or entry[0] is not group:
             if len(self._check_caches) > 4 * len(self.param_groups):
                 live = {id(g) for g in self.param_groups}
-                self._check_caches = {k: v for k, v in self._check_caches.items() if k in live}
-            entry = self._check_caches[id(group)] = (group, _fastopt.CheckCache())
+                self._check_caches = {k: v for k, v in self._check_caches.items()
+                                      if (k[0] if isinstance(k, tuple) else k) in live}
+            entry = self._check_caches[key] = (group, _fastopt.CheckCache())
         return entry[1]
 
     def _commit(self, created: list[tuple[Any, str, np.ndarray]]) -> None:
@@ -1152,6 +1318,14 @@ class Optimizer:
                 raise TypeError(f"state_dict['state'][{k!r}] must be a dict of state values, got {type(v).__name__}")
             if "step" in v:
                 _check_step(k, v["step"])
+            if dtypes[id(p)] == _CODES:
+                new_state[p] = _load_quantized(p, k, v, self._counters)
+                continue
+            for key, val in v.items():
+                if key.endswith(ABSMAX) or (getattr(val, "dtype", None) == _CODES and key + ABSMAX in v):
+                    raise TypeError(f"state_dict['state'][{k!r}][{key!r}] is 8-bit state (saved with "
+                                    f"state_dtype='int8'), but this optimizer keeps {dtypes[id(p)]} state for that "
+                                    "parameter: build it with state_dtype='int8' to load this state")
             new_state[p] = {key: _load_value(p, key, val, key in self._counters, dtypes[id(p)])
                             for key, val in v.items()}
         self.state = new_state
@@ -1214,6 +1388,11 @@ class Optimizer:
                 if key == "step" or value is None or not hasattr(value, "__array__"):
                     continue
                 v = np.asarray(value)
+                if key.endswith(ABSMAX):
+                    if v.dtype != np.float32 or v.size != -(-a.size // INT8_BLOCK):
+                        raise ValueError(f"state[{k}][{key!r}] must hold {-(-a.size // INT8_BLOCK)} float32 values "
+                                         f"(one per block of {INT8_BLOCK}), got dtype {v.dtype} size {v.size}")
+                    continue
                 if v.shape != a.shape:
                     raise ValueError(f"state[{k}][{key!r}] has shape {v.shape} but its parameter has shape {a.shape}")
                 want = _OWN_DTYPES[key][0] if key in _OWN_DTYPES else a.dtype if dtypes is None else dtypes[id(p)]

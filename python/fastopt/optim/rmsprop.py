@@ -70,6 +70,7 @@ class RMSprop(Optimizer):
     _options = ("lr", "eps", "momentum", "weight_decay", "alpha", "centered", "maximize")
 
     _rule = "rmsprop"
+    _takes_int8 = True
 
     def _hyper(self, g):
         return dict(lr=g["lr"], alpha=g["alpha"], eps=g["eps"], weight_decay=g["weight_decay"], momentum=g["momentum"],

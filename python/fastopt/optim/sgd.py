@@ -84,6 +84,7 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
     _rule = "sgd"
+    _takes_int8 = True
     _needs_fresh = True
 
     def _hyper(self, g):
