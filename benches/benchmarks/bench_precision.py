@@ -87,6 +87,9 @@ class AdamMasterWeights:
     def time_step(self, n, threads, precision):
         self.step()
 
+    def peakmem_step(self, n, threads, precision):
+        self.step()
+
 
 class ClipGradNorm16:
     """``clip_grad_norm_(..., max_norm=1)`` over one bfloat16 or float16 gradient (the norm,
@@ -121,3 +124,47 @@ class ClipGradNorm16:
 
     def time_clip_grad_norm(self, n, threads, dtype, impl):
         self.f()
+
+
+class AdamW8bitState:
+    """AdamW with 8-bit blockwise state (``state_dtype='int8'``: uint8 codes and a float32
+    absmax per 256 elements; 4.06 bytes of state traffic per element) over float32 or
+    bfloat16 parameters (16.06 or 10.06 bytes per element in all), against the 8-bit AdamW of
+    bitsandbytes (``bnb.optim.AdamW8bit``, its CPU path) and of torchao
+    (``torchao.optim.AdamW8bit``, compiled by torch.compile on first use), and fastopt's own
+    float32-state step (28 or 22 bytes)."""
+
+    params = (SIZES, [1, 2], ["float32", "bfloat16"], ["fastopt-int8", "fastopt-float32-state", "bitsandbytes",
+                                                        "torchao"])
+    param_names = ["n", "threads", "dtype", "impl"]
+    timeout = 600
+
+    def setup(self, n, threads, dtype, impl):
+        set_threads(threads)
+        rng = np.random.default_rng(0)
+        p32 = rng.standard_normal(n, dtype=np.float32)
+        g32 = rng.standard_normal(n, dtype=np.float32)
+        if impl.startswith("fastopt"):
+            p = fo.Parameter(p32.astype(_numpy_dtype(dtype)))
+            p.grad = g32.astype(p.data.dtype)
+            state = "int8" if impl == "fastopt-int8" else ("float32" if dtype != "float32" else None)
+            self.step = fo.optim.AdamW([p], lr=1e-4, state_dtype=state).step
+        else:
+            torch = import_torch()
+            t = torch.nn.Parameter(torch.from_numpy(p32).to(getattr(torch, dtype)))
+            t.grad = torch.from_numpy(g32).to(t.dtype)
+            if impl == "bitsandbytes":
+                import bitsandbytes as bnb
+
+                self.step = bnb.optim.AdamW8bit([t], lr=1e-4).step
+            else:
+                import torchao.optim
+
+                self.step = torchao.optim.AdamW8bit([t], lr=torch.tensor(1e-4)).step
+        warm_up(self.step)
+
+    def time_step(self, n, threads, dtype, impl):
+        self.step()
+
+    def peakmem_step(self, n, threads, dtype, impl):
+        self.step()

@@ -212,22 +212,26 @@ def _precision_impls(n: int, have_torch: bool) -> tuple[dict, dict]:
         dtypes["bfloat16"] = np.dtype(ml_dtypes.bfloat16)
     # row -> (parameter dtype, state_dtype option, master_weights option, whether torch has it)
     rows: dict[str, tuple[str, str | None, str | None, bool]] = {name: (name, None, None, True) for name in dtypes}
+    rows["float32 + int8 state"] = ("float32", "int8", None, False)
     if "bfloat16" in dtypes:
         rows["float32 + bfloat16 state"] = ("float32", "bfloat16", None, False)
         rows["bfloat16 + float32 state"] = ("bfloat16", "float32", None, False)
         rows["bfloat16 + kahan"] = ("bfloat16", None, "kahan", False)
         rows["bfloat16 + remainder"] = ("bfloat16", None, "remainder", False)
         rows["bfloat16 + float32 master"] = ("bfloat16", None, "float32", False)
+        rows["bfloat16 + int8 state"] = ("bfloat16", "int8", None, False)
     rng = np.random.default_rng(0)
     p32, g32 = rng.standard_normal(n, dtype=np.float32), rng.standard_normal(n, dtype=np.float32)
     impls: dict = {}
     moved: dict = {}
     for row, (name, state, master, torch_has) in rows.items():
         dt = dtypes[name]
-        sd = dt if state is None else dtypes[state]
+        # (8-bit state: a byte per element and a float32 absmax per 256 per buffer)
+        state_bytes = 1 + 4 / 256 if state == "int8" else (dt if state is None else dtypes[state]).itemsize
         # (Adam: the parameter read and written, the gradient read, two state buffers each
         # read and written, and a compensation buffer or the int16 low bits of the masters)
-        moved[row] = 3 * dt.itemsize + 4 * sd.itemsize + {None: 0, "kahan": 2 * sd.itemsize, "remainder": 4, "float32": 8}[master]
+        moved[row] = 3 * dt.itemsize + 4 * state_bytes + {None: 0, "kahan": 2 * state_bytes, "remainder": 4,
+                                                          "float32": 8}[master]
         for threads in (1, 2):
             p = fo.Parameter(p32.astype(dt))
             p.grad = g32.astype(dt)
@@ -239,6 +243,18 @@ def _precision_impls(n: int, have_torch: bool) -> tuple[dict, dict]:
                 t = torch.nn.Parameter(torch.from_numpy(p32).to(getattr(torch, name)))
                 t.grad = torch.from_numpy(g32).to(t.dtype)
                 impls[f"{row}| torch fused {threads}T"] = (threads, torch.optim.Adam([t], lr=1e-4, fused=True).step)
+        if have_torch and state == "int8":
+            # the peer of 8-bit state: bitsandbytes' 8-bit Adam on the CPU, where installed
+            # (it goes in the "torch" columns, named in the table's heading)
+            try:
+                import bitsandbytes as bnb
+            except ImportError:
+                continue
+            torch = import_torch()
+            for threads in (1, 2):
+                t = torch.nn.Parameter(torch.from_numpy(p32).to(getattr(torch, name)))
+                t.grad = torch.from_numpy(g32).to(t.dtype)
+                impls[f"{row}| torch fused {threads}T"] = (threads, bnb.optim.Adam8bit([t], lr=1e-4).step)
     return impls, moved
 
 
@@ -333,7 +349,7 @@ def run(sizes: list[int], optimizers: list[str], rounds: int, block: float, work
         impls, moved = _precision_impls(n, have_torch)
         times = interleaved(impls, rounds, block)
         lines += [f"#### Adam by parameter dtype at {n:.0e} elements (state in the parameters' dtype unless the row "
-                  "names it; ns per element)",
+                  "names it; ns per element; the int8-state rows' torch columns are bitsandbytes' Adam8bit)",
                   "", "| dtype | bytes per element | fastopt 1T | fastopt 2T | torch fused 1T | torch fused 2T | "
                   "vs torch | of copy BW |", "|---|---|---|---|---|---|---|---|"]
         for name, nbytes in moved.items():
