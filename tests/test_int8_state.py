@@ -349,3 +349,16 @@ def test_8bit_state_beside_a_bfloat16_master(ao, master):
             assert np.array_equal(p8.view(np.uint16), pr.view(np.uint16))
             key = "master_low_bits" if master == "remainder" else "master"
             assert np.array_equal(opt8.state[p8][key], ref.state[pr][key])
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=lambda i: f"{CASES[i][0]}-{i}")
+def test_the_python_side_picks_the_map_the_kernel_uses(case):
+    """New codes and loaded or exported state pick the map by the buffer's name
+    (``UNSIGNED_STATES``); the kernel by the rule (``Rule.unsigned_states``): they agree."""
+    cls_name, kw, _ = CASES[case]
+    opt = _make(cls_name, [np.zeros(INT8_MIN_SIZE, np.float32)], state_dtype="int8", **kw)
+    rule = opt._rule_of(opt.param_groups[0])[3]
+    states = rule.layout()[0]
+    assert set(rule.unsigned_states()) == {s for s in states if s in UNSIGNED_STATES}
+    assert fo.optim._engine.Rule("nadam", lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                                 momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False).unsigned_states() is None
