@@ -15,6 +15,7 @@ import pytest
 
 import fastopt as fo
 from conftest import oracle
+from test_hardening import _InterruptAfterKernel
 from fastopt.optim.optimizer import ABSMAX, INT8_MIN_SIZE, UNSIGNED_STATES
 
 SIZES = [(INT8_MIN_SIZE,), (70, 97), (20_001,), (100,)]  # (the last stays float32)
@@ -362,3 +363,37 @@ def test_the_python_side_picks_the_map_the_kernel_uses(case):
     assert set(rule.unsigned_states()) == {s for s in states if s in UNSIGNED_STATES}
     assert fo.optim._engine.Rule("nadam", lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
                                  momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False).unsigned_states() is None
+
+
+@pytest.mark.parametrize("before", [False, True], ids=["after-kernel", "before-kernel"])
+@pytest.mark.parametrize("which", [1, 2, 3], ids=["8bit-call", "float32-call", "next-group"])
+def test_an_interrupt_never_leaves_a_group_half_stepped(monkeypatch, which, before):
+    """A group with 8-bit and float32 state takes two kernel calls: an interrupt in or after
+    either (or in the next group's) leaves every group stepped exactly once, with its state,
+    and is raised afterwards."""
+    rng = np.random.default_rng(5)
+    shapes = [(INT8_MIN_SIZE + 300,), (50,), (INT8_MIN_SIZE,)]
+    ws = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    ref = [w.copy() for w in ws]
+    gs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+
+    def make(arrays):
+        return fo.optim.AdamW([{"params": arrays[:2]}, {"params": arrays[2:]}], lr=1e-2, state_dtype="int8")
+
+    opt, ref_opt = make(ws), make(ref)
+    monkeypatch.setattr(fo.optim._engine, "_kernels", _InterruptAfterKernel(before, skip=which - 1))
+    with pytest.raises(KeyboardInterrupt):
+        opt.step(grads=gs)
+    monkeypatch.undo()
+    ref_opt.step(grads=gs)
+    for _ in range(2):
+        for w, r in zip(ws, ref):
+            np.testing.assert_array_equal(w, r)
+        sd, ref_sd = opt.state_dict()["state"], ref_opt.state_dict()["state"]
+        assert set(sd) == set(ref_sd) == {0, 1, 2}
+        for i in sd:
+            assert set(sd[i]) == set(ref_sd[i])
+            for key in sd[i]:
+                np.testing.assert_array_equal(sd[i][key], ref_sd[i][key])
+        opt.step(grads=gs)  # (and the next step continues exactly)
+        ref_opt.step(grads=gs)

@@ -1134,25 +1134,55 @@ class Optimizer:
             if idx:
                 pick = (lambda xs: xs) if len(idx) == len(arrays) else (lambda xs: [xs[i] for i in idx])
                 parts.append((quantized, pick(params), pick(arrays), pick(grads)))
+        # A KeyboardInterrupt or SystemExit after the first call has written is held back
+        # until the second has written too (as `_write_groups` holds one between groups):
+        # the group is never left half-stepped.
+        held: BaseException | None = None
         for n, (quantized, ps, arrs, gs) in enumerate(parts):
-            wanted = names + tuple(x + ABSMAX for x in states) if quantized else names
-            bufs, created = self._buffers(ps, arrs, wanted, counters, group)
-            fresh = None
-            if created and self._needs_fresh and len(names) > k:
-                new = {id(b) for _, _, b in created}
-                fresh = [id(b) in new for b in bufs[k]]
-            scales = bufs[len(names):] if quantized else None
-            lists, tail = _split_masters(names, bufs[:len(names)], group)
-            low, full, key = (tail + (None, None, None))[:3]
-            if key is not None and n:  # (the second call's tensors: other stochastic rounding keys)
-                key = (key + 0x9E3779B97F4A7C15) % 2**64
             part_cache = cache if n == 0 else self._check_cache(group, part=1)
-            _engine._kernels.step(rule, arrs, gs, lists[k:], lists[:k], fresh, grad_scale, check_only, part_cache,
-                                  low, full, key, scales)
-            if created and not check_only:
-                self._commit(created)
+            for _ in range(100):
+                done = part_cache.completed()
+                try:
+                    self._int8_call(group, rule, names, counters, states, n, quantized, ps, arrs, gs, check_only,
+                                    grad_scale, part_cache)
+                    break
+                except _ASYNC as e:
+                    wrote = part_cache.completed() != done
+                    if check_only or not self._kernel_counts_calls or (n == 0 and not wrote):
+                        raise  # (nothing of the group written: `_write_groups` runs it again)
+                    held = held or e
+                    if wrote:
+                        pending, self._pending = self._pending, None
+                        if pending:
+                            self._commit(pending)
+                        break
+                    # (the second call had not written: it runs again)
         if not check_only:
             _count_rounding(group)
+        if held is not None:
+            raise held
+
+    def _int8_call(self, group: dict[str, Any], rule: Any, names: tuple[str, ...], counters: tuple[str, ...],
+                   states: tuple[str, ...], n: int, quantized: bool, ps: list[Any], arrs: list[np.ndarray],
+                   gs: list[np.ndarray], check_only: bool, grad_scale: float, cache: Any) -> None:
+        """One of :meth:`_step_int8`'s kernel calls (``n``: which), with the state it creates
+        committed once the kernel has written."""
+        k = len(counters)
+        wanted = names + tuple(x + ABSMAX for x in states) if quantized else names
+        bufs, created = self._buffers(ps, arrs, wanted, counters, group)
+        fresh = None
+        if created and self._needs_fresh and len(names) > k:
+            new = {id(b) for _, _, b in created}
+            fresh = [id(b) in new for b in bufs[k]]
+        scales = bufs[len(names):] if quantized else None
+        lists, tail = _split_masters(names, bufs[:len(names)], group)
+        low, full, key = (tail + (None, None, None))[:3]
+        if key is not None and n:  # (the second call's tensors: other stochastic rounding keys)
+            key = (key + 0x9E3779B97F4A7C15) % 2**64
+        _engine._kernels.step(rule, arrs, gs, lists[k:], lists[:k], fresh, grad_scale, check_only, cache,
+                              low, full, key, scales)
+        if created and not check_only:
+            self._commit(created)
 
     def _buffers(
         self,
