@@ -322,15 +322,62 @@ def test_bad_input_is_refused_by_name_and_nothing_changes():
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
 
 
-def test_fastopt_torch_refuses_8bit_state_by_name():
+def test_8bit_state_through_fastopt_torch():
+    """fastopt.torch steps a torch model with 8-bit state as fastopt.optim steps the same
+    arrays; its state_dict (codes and absmax) loads back and the run continues exactly;
+    to_torch_state_dict turns it into float32 values torch's AdamW continues from; torch's
+    float32 state loads quantized, as into fastopt.optim."""
     torch = oracle("torch", "the fastopt.torch test")
     import fastopt.torch as ft
+    from fastopt.optim.interop import to_torch_state_dict
 
-    m = torch.nn.Linear(100, 100)
-    before = [p.detach().clone() for p in m.parameters()]
-    with pytest.raises(TypeError, match="state_dtype='int8' is not available through fastopt.torch"):
-        ft.Adam(m.parameters(), state_dtype="int8")
-    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(100, 100), torch.nn.Tanh(), torch.nn.Linear(100, 3))
+    arrays = [p.detach().numpy().copy() for p in model.parameters()]
+    opt = ft.AdamW(model.parameters(), lr=1e-2, state_dtype="int8")
+    ref = fo.optim.AdamW(arrays, lr=1e-2, state_dtype="int8")
+    x, y = torch.randn(32, 100), torch.randn(32, 3)
+
+    def step(o):
+        o.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        o.step()
+        return [p.grad.numpy().copy() for p in model.parameters()]
+
+    for _ in range(4):
+        ref.step(grads=step(opt))
+    params = list(model.parameters())
+    for p, a in zip(params, arrays):
+        assert np.array_equal(p.detach().numpy(), a)
+    w = params[0]
+    assert opt.state[w]["exp_avg"].dtype == torch.uint8 and opt.state[params[1]]["exp_avg"].dtype == torch.float32
+    assert np.array_equal(opt.state[w]["exp_avg_sq_absmax"].numpy(), ref.state[arrays[0]]["exp_avg_sq_absmax"])
+    sd = opt.state_dict()
+    again = ft.AdamW(model.parameters(), lr=1e-2, state_dtype="int8")
+    again.load_state_dict(sd)
+    assert again.state[w]["exp_avg"].dtype == torch.uint8
+    for _ in range(2):
+        ref.step(grads=step(again))
+    for p, a in zip(params, arrays):
+        assert np.array_equal(p.detach().numpy(), a)
+    # to torch: float32 values under torch's keys
+    plain = to_torch_state_dict(again.state_dict())
+    want = np.empty(w.shape, np.float32)
+    fo._fastopt.dequantize_blockwise(again.state[w]["exp_avg"].numpy(), again.state[w]["exp_avg_absmax"].numpy(), want,
+                                     False)
+    assert set(plain["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
+    assert np.array_equal(plain["state"][0]["exp_avg"].numpy(), want)
+    theirs = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
+    theirs.load_state_dict(plain)
+    step(theirs)
+    # from torch: float32 state loads quantized, as into fastopt.optim
+    back = ft.AdamW(model.parameters(), lr=1e-2, state_dtype="int8")
+    back.load_state_dict(theirs.state_dict())
+    mirror = fo.optim.AdamW([p.detach().numpy().copy() for p in params], lr=1e-2, state_dtype="int8")
+    mirror.load_state_dict(theirs.state_dict())
+    for i, p in enumerate(params):
+        for key, v in back.state[p].items():
+            assert np.array_equal(v.numpy(), mirror.state[mirror.param_groups[0]["params"][i]][key]), key
 
 
 @pytest.mark.parametrize("master", ["remainder", "float32"])

@@ -1277,3 +1277,38 @@ def test_stochastic_rounding_through_fastopt_torch(torch, ml_dtypes, half, name)
     assert np.array_equal(t.detach().view(torch.int16).numpy(), w.view(np.int16))
     assert not np.array_equal(w.astype(np.float32), w0.astype(bf).astype(np.float32))
     assert opt.param_groups[0]["rounding_step"] == ref.param_groups[0]["rounding_step"] == 5
+
+
+@pytest.mark.parametrize("kw", [dict(state_dtype="float32"), dict(master_weights="remainder"),
+                                dict(master_weights="float32"), dict(master_weights="kahan")],
+                         ids=["float32-state", "remainder", "float32-master", "kahan"])
+def test_fastopt_torch_state_dict_keeps_the_options_dtypes(torch, ml_dtypes, kw):
+    """torch's load_state_dict casts every state tensor to its parameter's dtype: fastopt.torch
+    loads the state fastopt keeps in other dtypes from the dict's own values (it used to
+    round float32 state to bfloat16 and refuse the masters), and the run continues exactly,
+    on state of its own (the dict's tensors are not shared)."""
+    import fastopt.torch as ft
+
+    rng = np.random.default_rng(30)
+    w0 = rng.standard_normal(300).astype(np.float32)
+    grads = [torch.from_numpy(rng.standard_normal(300).astype(np.float32)).to(torch.bfloat16) for _ in range(6)]
+    t, u = (torch.nn.Parameter(torch.from_numpy(w0).to(torch.bfloat16)) for _ in range(2))
+    whole = ft.Adam([t], lr=1e-2, **kw)
+    first = ft.Adam([u], lr=1e-2, **kw)
+    for g in grads[:3]:
+        t.grad, u.grad = g, g.clone()
+        whole.step()
+        first.step()
+    sd = first.state_dict()
+    second = ft.Adam([u], lr=1e-2, **kw)
+    second.load_state_dict(sd)
+    assert {k: v.dtype for k, v in second.state[u].items()} == {k: v.dtype for k, v in sd["state"][0].items()}
+    assert all(v.data_ptr() != sd["state"][0][k].data_ptr() for k, v in second.state[u].items())
+    for g in grads[3:]:
+        t.grad, u.grad = g, g.clone()
+        whole.step()
+        second.step()
+    assert torch.equal(t.view(torch.int16), u.view(torch.int16))
+    for k, v in whole.state[t].items():
+        assert torch.equal(v.view(torch.int16) if v.dtype == torch.bfloat16 else v,
+                           second.state[u][k].view(torch.int16) if v.dtype == torch.bfloat16 else second.state[u][k]), k

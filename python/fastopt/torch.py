@@ -145,10 +145,6 @@ class Optimizer(torch.optim.Optimizer):
         for gi, group in enumerate(self.param_groups):
             for i, p in enumerate(group["params"]):
                 self._check_tensor(gi, i, p)
-            if group.get("state_dtype") == "int8":
-                raise TypeError(f"param_groups[{gi}]: state_dtype='int8' is not available through fastopt.torch yet "
-                                "(torch's load_state_dict casts state tensors to their parameter's dtype, which would "
-                                "turn 8-bit codes into numbers): use fastopt.optim over NumPy arrays")
             fps = [_FastParameter(_array(p.detach())) for p in group["params"]]
             groups.append({**self._options(group), "params": fps})
         inner = self._fastopt_class(groups, *self._args, **self._kwargs)
@@ -340,9 +336,20 @@ class Optimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's ``load_state_dict`` (from ``torch.optim.<Name>`` or ``fastopt.torch.<Name>``);
-        the kernels then work on the loaded state."""
+        the kernels then work on the loaded state.
+
+        torch casts every state tensor but ``step`` to its parameter's dtype. fastopt keeps
+        some state in other dtypes (``state_dtype``, the buffers of ``master_weights``, 8-bit
+        codes and their absmax), so the state is then loaded again from the dict's own
+        values by :meth:`fastopt.optim.Optimizer.load_state_dict`'s rules (a float32 state
+        into a bfloat16-state group is rounded, into an 8-bit group quantized), and torch's
+        state shares the result's memory."""
         super().load_state_dict(state_dict)
         self._build()
+        own = {"state": {k: {key: _to_numpy(v) for key, v in entry.items()} for k, entry in state_dict["state"].items()},
+               "param_groups": state_dict["param_groups"]}
+        self._inner.load_state_dict(own)
+        self._mirror()
 
 
 def _train(self: Optimizer) -> None:

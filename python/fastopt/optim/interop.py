@@ -20,12 +20,13 @@ __all__ = ["to_torch_state_dict"]
 
 
 def to_torch_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a fastopt optimizer ``state_dict()`` with every array as a torch tensor (a
-    bfloat16 array as a ``torch.bfloat16`` tensor). 8-bit state (``state_dtype='int8'``:
-    each buffer's uint8 codes beside its ``<name>_absmax``) becomes the float32 values it
-    holds, under torch's key, so torch's optimizer continues from it."""
+    """A copy of a fastopt optimizer ``state_dict()`` (of ``fastopt.optim`` or
+    ``fastopt.torch``) with every array as a torch tensor (a bfloat16 array as a
+    ``torch.bfloat16`` tensor). 8-bit state (``state_dtype='int8'``: each buffer's uint8 codes
+    beside its ``<name>_absmax``) becomes the float32 values it holds, under torch's key, so
+    torch's optimizer continues from it."""
     try:
-        from ..torch import _to_torch
+        from ..torch import _to_numpy, _to_torch
     except ImportError as e:
         raise ImportError("to_torch_state_dict needs torch (pip install torch)") from e
     if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
@@ -45,6 +46,8 @@ def to_torch_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(entry, dict):
             return entry
         out = {}
+        # (a fastopt.torch optimizer's state_dict holds tensors: read as arrays)
+        entry = {key: _to_numpy(v) if type(v).__module__.startswith("torch") else v for key, v in entry.items()}
         for key, v in entry.items():
             if key.endswith(ABSMAX) and key[:-len(ABSMAX)] in entry:
                 continue
