@@ -24,7 +24,6 @@
 //! from the caller.
 
 use rayon::ThreadPool;
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 /// Below this many elements in one call, starting the pool costs more than it saves
@@ -166,48 +165,85 @@ pub fn for_each<W: Split>(items: Vec<W>, f: impl Fn(W) + Sync + Send) {
 /// [`for_each`] over items made as they are needed, `total` elements in all: a call below
 /// [`SERIAL_BELOW`] runs each item as it is made, without collecting them (many tiny
 /// tensors).
+///
+/// Only the cutting into pieces and the taking of a piece depend on the item type; the
+/// hand-out of pieces ([`Runs`]) and the pool's part ([`broadcast`]) are compiled once for
+/// every kernel.
 pub fn for_each_of<W: Split>(total: usize, items: impl IntoIterator<Item = W>, f: impl Fn(W) + Sync + Send) {
     let pool = if total >= SERIAL_BELOW { current_pool() } else { None };
     let Some(pool) = pool else {
         items.into_iter().filter(|w| !w.is_empty()).for_each(f);
         return;
     };
-    let items: Vec<W> = items.into_iter().collect();
     let threads = pool.current_num_threads() + 1;
-    let parts = partition(items, total, threads);
+    let (pieces, ends) = partition(items, total, threads);
+    let runs = Runs::new(&ends);
     let run = |t: usize| {
-        // Own pieces from the front, then the others' from the back. The locks are held only
-        // to pop, and each piece is popped exactly once.
-        let pop = |k: usize, front: bool| {
-            let mut q = parts[k].lock().unwrap_or_else(|e| e.into_inner());
-            if front {
-                q.pop_front()
-            } else {
-                q.pop_back()
-            }
-        };
-        while let Some(w) = pop(t, true) {
-            f(w);
-        }
-        for k in (1..threads).map(|d| (t + d) % threads) {
-            while let Some(w) = pop(k, false) {
+        // `Runs` hands out each piece's index exactly once, so each `take` finds it there.
+        while let Some(k) = runs.next(t) {
+            if let Some(w) = pieces[k].lock().unwrap_or_else(|e| e.into_inner()).take() {
                 f(w);
             }
         }
     };
+    broadcast(&pool, threads, &run);
+}
+
+/// Which pieces each thread has left: thread `t`'s run is the pieces `front..back` of its
+/// range. A thread takes its own pieces from the front, then the others' from the back. The
+/// locks are held only to move an index.
+struct Runs(Vec<Mutex<(usize, usize)>>);
+
+impl Runs {
+    /// The runs of ranges that end (exclusively) at `ends`, in order from piece 0.
+    fn new(ends: &[usize]) -> Runs {
+        let mut start = 0;
+        Runs(
+            ends.iter()
+                .map(|&end| {
+                    let run = Mutex::new((start, end));
+                    start = end;
+                    run
+                })
+                .collect(),
+        )
+    }
+
+    /// The next piece thread `t` works on, or None when every piece has been handed out.
+    fn next(&self, t: usize) -> Option<usize> {
+        let threads = self.0.len();
+        for k in (0..threads).map(|d| (t + d) % threads) {
+            let mut run = self.0[k].lock().unwrap_or_else(|e| e.into_inner());
+            let (front, back) = &mut *run;
+            if front < back {
+                return Some(if k == t {
+                    *front += 1;
+                    *front - 1
+                } else {
+                    *back -= 1;
+                    *back
+                });
+            }
+        }
+        None
+    }
+}
+
+/// Runs `run(t)` for `t` in `0..threads`: `run(0)` on the calling thread, the others on the
+/// pool's helpers as they arrive, and returns when every started one has finished.
+fn broadcast(pool: &ThreadPool, threads: usize, run: &(dyn Fn(usize) + Sync)) {
     // The helpers are asked to join, but never waited for unless they have started: a pool
     // thread asleep when the call begins takes tens of microseconds to wake on a virtual
     // machine, and a call that waited for it (as a scope join does) ran slower with two
     // threads than with one. A helper that starts after the caller has closed the gate
     // returns without touching anything of this call.
     let gate = Arc::new(Gate::default());
-    let run_ref: &(dyn Fn(usize) + Sync) = &run;
     // SAFETY: the 'static lifetime is a lie the gate makes true: a helper dereferences this
     // pointer only between a successful `enter` and its `exit`, and this function does not
     // return (or unwind past `_closer`) until `close_and_wait` has seen every entered helper
     // exit, so `run` and everything it borrows outlive every use.
     let job = JobPtr(unsafe {
-        std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const (dyn Fn(usize) + Sync + 'static)>(run_ref)
+        std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const (dyn Fn(usize) + Sync + 'static)>(run)
     });
     let _closer = CloseOnDrop(&gate);
     let helper_gate = Arc::clone(&gate);
@@ -216,7 +252,7 @@ pub fn for_each_of<W: Split>(total: usize, items: impl IntoIterator<Item = W>, f
     pool.spawn_broadcast(move |ctx| {
         let job = &job;
         if helper_gate.enter() {
-            // SAFETY: entered and not yet exited: the caller is still inside `for_each` (see
+            // SAFETY: entered and not yet exited: the caller is still inside `broadcast` (see
             // above), so the closure behind the pointer is alive.
             let run = unsafe { &*job.0 };
             // A panic must neither escape into rayon (which aborts the process) nor skip
@@ -328,36 +364,76 @@ impl Drop for CloseOnDrop<'_> {
 
 /// Cuts `items` into `threads` runs of about `total / threads` elements each, in order, each
 /// run in up to [`PIECES`] pieces (cuts fall on multiples of 64 elements, keeping the buffers'
-/// vector alignment).
-fn partition<W: Split>(items: Vec<W>, total: usize, threads: usize) -> Vec<Mutex<VecDeque<W>>> {
-    let share = total.div_ceil(threads).next_multiple_of(64);
-    let piece = share.div_ceil(PIECES).next_multiple_of(64).max(MIN_PIECE);
-    let mut parts: Vec<VecDeque<W>> = (0..threads).map(|_| VecDeque::new()).collect();
-    let (mut t, mut used) = (0, 0);
+/// vector alignment). Returns the pieces in order, each to be taken once, and where each
+/// thread's run ends (run `t` is the pieces `ends[t - 1]..ends[t]`).
+fn partition<W: Split>(items: impl IntoIterator<Item = W>, total: usize, threads: usize) -> (Vec<Mutex<Option<W>>>, Vec<usize>) {
+    let mut plan = Plan::new(total, threads);
+    let mut pieces: Vec<Mutex<Option<W>>> = Vec::with_capacity(threads * PIECES);
     for w in items {
         let mut rest = w;
         while !rest.is_empty() {
-            if used >= share && t + 1 < threads {
-                t += 1;
-                used = 0;
-            }
-            let last = t + 1 == threads;
-            // Room left in this thread's range, and in its current piece.
-            let room = if last { usize::MAX } else { share - used };
-            let in_piece = piece - used % piece;
-            let take = rest.len().min(room).min(in_piece);
+            let take = plan.next(rest.len());
             if take == rest.len() {
-                used += take;
-                parts[t].push_back(rest);
+                plan.took(take, pieces.len() + 1);
+                pieces.push(Mutex::new(Some(rest)));
                 break;
             }
             let (head, tail) = rest.split_at(take);
-            used += head.len();
-            parts[t].push_back(head);
+            plan.took(head.len(), pieces.len() + 1);
+            pieces.push(Mutex::new(Some(head)));
             rest = tail;
         }
     }
-    parts.into_iter().map(Mutex::new).collect()
+    (pieces, plan.ends())
+}
+
+/// [`partition`]'s arithmetic, apart from the item type: which thread's range the next piece
+/// falls in, how long it may be, and where each thread's run of pieces ends.
+struct Plan {
+    share: usize,
+    piece: usize,
+    /// The thread whose range is being filled, and how many elements it has.
+    t: usize,
+    used: usize,
+    ends: Vec<usize>,
+}
+
+impl Plan {
+    fn new(total: usize, threads: usize) -> Plan {
+        let share = total.div_ceil(threads).next_multiple_of(64);
+        let piece = share.div_ceil(PIECES).next_multiple_of(64).max(MIN_PIECE);
+        Plan { share, piece, t: 0, used: 0, ends: vec![0; threads] }
+    }
+
+    /// The length of the next piece of an item with `len` elements left (all of them when
+    /// they fit).
+    fn next(&mut self, len: usize) -> usize {
+        let threads = self.ends.len();
+        if self.used >= self.share && self.t + 1 < threads {
+            self.t += 1;
+            self.used = 0;
+        }
+        let last = self.t + 1 == threads;
+        // Room left in this thread's range, and in its current piece.
+        let room = if last { usize::MAX } else { self.share - self.used };
+        let in_piece = self.piece - self.used % self.piece;
+        len.min(room).min(in_piece)
+    }
+
+    /// A piece of `len` elements was cut (maybe longer than [`Plan::next`] asked: a split
+    /// may cut later); `count` pieces so far.
+    fn took(&mut self, len: usize, count: usize) {
+        self.used += len;
+        self.ends[self.t] = count;
+    }
+
+    /// Where each thread's run ends; threads without a piece end where the one before does.
+    fn ends(mut self) -> Vec<usize> {
+        for k in 1..self.ends.len() {
+            self.ends[k] = self.ends[k].max(self.ends[k - 1]);
+        }
+        self.ends
+    }
 }
 
 #[cfg(test)]
@@ -439,22 +515,37 @@ mod tests {
     }
 
     #[test]
+    fn runs_hand_out_every_piece_once_own_from_the_front_others_from_the_back() {
+        let runs = Runs::new(&[2, 2, 5]);
+        // Thread 1 has no piece: it takes thread 2's from the back, then thread 0's.
+        assert_eq!(runs.next(1), Some(4));
+        assert_eq!(runs.next(0), Some(0));
+        assert_eq!(runs.next(2), Some(2));
+        assert_eq!(runs.next(2), Some(3));
+        assert_eq!(runs.next(2), Some(1));
+        assert_eq!((0..3).map(|t| runs.next(t)).collect::<Vec<_>>(), [None, None, None]);
+    }
+
+    #[test]
     fn partition_is_contiguous_and_balanced() {
         for (sizes, threads) in [(vec![100_000usize], 2), (vec![10, 70_000, 5, 30_000], 3), (vec![64; 10], 4), (vec![1000], 8)] {
             let total: usize = sizes.iter().sum();
             let mut bufs: Vec<Vec<u32>> = sizes.iter().map(|&n| vec![0; n]).collect();
-            let items = bufs.iter_mut().map(|b| Cells(b)).collect();
-            let parts = partition(items, total, threads);
-            assert_eq!(parts.len(), threads);
+            let items: Vec<Cells> = bufs.iter_mut().map(|b| Cells(b)).collect();
+            let (pieces, ends) = partition(items, total, threads);
+            assert_eq!(ends.len(), threads);
+            assert!(ends.windows(2).all(|w| w[0] <= w[1]) && ends[threads - 1] == pieces.len());
+            let run = |t: usize| (if t == 0 { 0 } else { ends[t - 1] })..ends[t];
             let share = total.div_ceil(threads).next_multiple_of(64);
-            let lens: Vec<usize> = parts.iter().map(|p| p.lock().unwrap().iter().map(|c| c.0.len()).sum()).collect();
+            let mut pieces: Vec<Option<Cells>> = pieces.into_iter().map(|m| m.into_inner().unwrap()).collect();
+            let lens: Vec<usize> = (0..threads).map(|t| pieces[run(t)].iter().map(|c| c.as_ref().unwrap().0.len()).sum()).collect();
             assert_eq!(lens.iter().sum::<usize>(), total);
             assert!(lens.iter().all(|&l| l <= share), "{lens:?} share {share}");
             let piece = share.div_ceil(PIECES).next_multiple_of(64).max(MIN_PIECE);
-            assert!(parts.iter().all(|p| p.lock().unwrap().iter().all(|c| c.0.len() <= piece)));
-            for (t, p) in parts.into_iter().enumerate() {
-                for c in p.into_inner().unwrap() {
-                    c.0.iter_mut().for_each(|x| *x = t as u32 + 1);
+            assert!(pieces.iter().all(|c| c.as_ref().unwrap().0.len() <= piece));
+            for t in 0..threads {
+                for k in run(t) {
+                    pieces[k].take().unwrap().0.iter_mut().for_each(|x| *x = t as u32 + 1);
                 }
             }
             // Every element was assigned, and thread numbers never decrease along the buffers.

@@ -355,6 +355,13 @@ pub struct Tensor<'a, P, S = P> {
 /// A piece of one tensor's pass. With `SUMS`, the piece is whole blocks of [`BLOCK`]
 /// elements (the last one may be short) and `out` holds one pair of partial sums per block.
 struct Chunk<'a, P, S, R, const SUMS: bool> {
+    b: Bufs<'a, P, S>,
+    rule: &'a R,
+}
+
+/// The buffers of a [`Chunk`] (apart from its rule, so that splitting them is compiled once
+/// per storage pair, not once per rule).
+struct Bufs<'a, P, S> {
     p: &'a mut [P],
     g: &'a [P],
     s: [&'a mut [S]; MAX_STATES],
@@ -368,7 +375,6 @@ struct Chunk<'a, P, S, R, const SUMS: bool> {
     sc: [&'a mut [f32]; MAX_STATES],
     unsigned: u32,
     out: &'a mut [(f64, f64)],
-    rule: &'a R,
 }
 
 /// Splits a read-only buffer that may be unused (empty).
@@ -400,14 +406,14 @@ fn cut_scales(sc: [&mut [f32]; MAX_STATES], mid: usize) -> ([&mut [f32]; MAX_STA
 // (a reducing pass's blocks, and the staged tiles, are whole blocks of blockwise state)
 const _: () = assert!(BLOCK % QBLOCK == 0 && TILE == QBLOCK);
 
-impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bool> Split for Chunk<'_, P, S, R, SUMS> {
-    fn len(&self) -> usize {
-        self.p.len()
-    }
-    fn split_at(self, mid: usize) -> (Self, Self) {
-        // A reducing pass cuts only between blocks, so that its sums do not depend on the split;
-        // blockwise state only between its blocks (BLOCK is a whole number of them).
-        let (mid, blocks) = if SUMS {
+impl<P: Storage, S: Storage<Arith = P::Arith>> Bufs<'_, P, S> {
+    /// The first `mid` elements and the rest; with `sums` (a reducing pass) cut only between
+    /// blocks, so that the sums do not depend on the split, and blockwise state only between
+    /// its blocks (BLOCK is a whole number of them). Called a few times per pass: never
+    /// inlined, so that the kernels do not each carry a copy.
+    #[inline(never)]
+    fn split_at(self, mid: usize, sums: bool) -> (Self, Self) {
+        let (mid, blocks) = if sums {
             let blocks = mid.div_ceil(BLOCK).min(self.out.len());
             ((blocks * BLOCK).min(self.p.len()), blocks)
         } else if S::BLOCKWISE {
@@ -424,16 +430,26 @@ impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bo
         let (sc0, sc1) = cut_scales(self.sc, mid);
         let unsigned = self.unsigned;
         (
-            Chunk { p: p0, g: g0, s: [a0, b0, c0, d0], low: l0, master: m0, g32: h0, sr: self.sr, sc: sc0, unsigned, out: o0, rule: self.rule },
-            Chunk { p: p1, g: g1, s: [a1, b1, c1, d1], low: l1, master: m1, g32: h1, sr: self.sr.map(|(k, at)| (k, at + mid)), sc: sc1, unsigned, out: o1, rule: self.rule },
+            Bufs { p: p0, g: g0, s: [a0, b0, c0, d0], low: l0, master: m0, g32: h0, sr: self.sr, sc: sc0, unsigned, out: o0 },
+            Bufs { p: p1, g: g1, s: [a1, b1, c1, d1], low: l1, master: m1, g32: h1, sr: self.sr.map(|(k, at)| (k, at + mid)), sc: sc1, unsigned, out: o1 },
         )
+    }
+}
+
+impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bool> Split for Chunk<'_, P, S, R, SUMS> {
+    fn len(&self) -> usize {
+        self.b.p.len()
+    }
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        let (b0, b1) = self.b.split_at(mid, SUMS);
+        (Chunk { b: b0, rule: self.rule }, Chunk { b: b1, rule: self.rule })
     }
 }
 
 impl<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS: bool> SimdKernel for Chunk<'_, P, S, R, SUMS> {
     #[inline(always)]
     fn run<A: Arith>(self) {
-        let Chunk { p, g, s: [a, b, c, d], low, master, g32, mut sr, sc, unsigned, out, rule } = self;
+        let Chunk { b: Bufs { p, g, s: [a, b, c, d], low, master, g32, mut sr, sc, unsigned, out }, rule } = self;
         if !SUMS {
             body::<P, S, A, R, false>(p, g, [a, b, c, d], (low, master, g32, sr), (sc, unsigned), rule, (&mut [], &mut []));
             return;
@@ -576,7 +592,7 @@ fn staged<P: Storage, S: Storage<Arith = P::Arith>, A: Arith, R: Rule<P::Arith>,
             (true, true) => (&mut x[start..end], &mut y[start..end]),
         };
         let states = [used(t0, 0, R::STATES, m), used(t1, 1, R::STATES, m), used(t2, 2, R::STATES, m), used(t3, 3, R::STATES, m)];
-        let none = [(); MAX_STATES].map(|_| &mut [][..]);
+        let none: [&mut [f32]; MAX_STATES] = Default::default();
         body::<P::Arith, P::Arith, A, R, SUMS>(&mut tp[..m], &tg[..m], states, (&mut [], &mut [], &[], None), (none, 0), rule, sums);
         if w(0) {
             if let Some((key, first)) = sr {
@@ -640,10 +656,10 @@ fn run_checked<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
     layout: Layout,
     extra: Option<StateName>,
     level: SimdLevel,
-    make: impl FnMut(&mut [&mut f32], bool) -> R,
+    mut make: impl FnMut(&mut [&mut f32], bool) -> R,
 ) -> Result<(), Error> {
-    let total = check::<P, S, R>(&tensors, layout, extra)?;
-    let (rules, which) = rules_of(&mut tensors, make);
+    let total = check(&tensors, layout, extra, R::STATES)?;
+    let (rules, which) = rules_of(counters_of(&mut tensors), &mut make);
     pass::<P, S, R, false>(&mut tensors, &rules, &which, total, level, &mut []);
     Ok(())
 }
@@ -689,10 +705,10 @@ pub fn sweep<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
     tensors: &mut [Tensor<'_, P, S>],
     layout: Layout,
     level: SimdLevel,
-    make: impl FnMut(&mut [&mut f32], bool) -> R,
+    mut make: impl FnMut(&mut [&mut f32], bool) -> R,
 ) -> Result<Vec<Swept<R>>, Error> {
-    let total = check::<P, S, R>(tensors, layout, None)?;
-    let (rules, which) = rules_of(tensors, make);
+    let total = check(tensors, layout, None, R::STATES)?;
+    let (rules, which) = rules_of(counters_of(tensors), &mut make);
     let counts: Vec<usize> = tensors.iter().map(|t| t.param.len().div_ceil(BLOCK)).collect();
     let mut partials = vec![(0.0, 0.0); counts.iter().sum()];
     pass::<P, S, R, true>(tensors, &rules, &which, total, level, &mut partials);
@@ -789,14 +805,17 @@ pub fn apply<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(tensor
 
 /// The lengths of every tensor's buffers and counters against the layout; the number of
 /// elements in all.
-fn check<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
+/// `rule_states` is the rule's [`Rule::STATES`] (a value, not the rule's type: this runs once
+/// per call, and one copy per storage pair serves every rule).
+fn check<P: Storage, S: Storage<Arith = P::Arith>>(
     tensors: &[Tensor<'_, P, S>],
     (states, counters): Layout,
     extra: Option<StateName>,
+    rule_states: usize,
 ) -> Result<usize, Error> {
     // (the declared layout, and a compensation buffer, against the rule: the same for every tensor)
     let names: Vec<StateName> = states.iter().copied().chain(extra).collect();
-    let bad_layout = names.len() != R::STATES || counters.len() > MAX_COUNTERS;
+    let bad_layout = names.len() != rule_states || counters.len() > MAX_COUNTERS;
     let mut total = 0;
     for (i, t) in tensors.iter().enumerate() {
         let n = t.param.len();
@@ -865,37 +884,41 @@ fn check<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>>(
     Ok(total)
 }
 
-/// Each distinct rule once, and which one each tensor takes.
+/// Each tensor's counters and `fresh` flag, for [`rules_of`] (one copy per storage pair).
+fn counters_of<'t, 'a, P, S>(tensors: &'t mut [Tensor<'a, P, S>]) -> Vec<(&'t mut [&'a mut f32], bool)> {
+    tensors.iter_mut().map(|t| (&mut *t.counters, t.fresh)).collect()
+}
+
+/// Each distinct rule once, and which one each tensor takes, from each tensor's counters and
+/// `fresh` flag ([`counters_of`]).
 ///
 /// `make` depends only on a tensor's counters and `fresh` (and the call's hyperparameters),
 /// which are usually equal across a group: tensors whose counters match the previous
 /// tensor's reuse its rule and counter updates, so the per-tensor `pow` calls run once per
-/// call. Compared by bits, so a NaN counter is always recomputed.
-fn rules_of<P: Storage, S: Storage<Arith = P::Arith>, R>(
-    tensors: &mut [Tensor<'_, P, S>],
-    mut make: impl FnMut(&mut [&mut f32], bool) -> R,
-) -> (Vec<R>, Vec<usize>) {
+/// call. Compared by bits, so a NaN counter is always recomputed. (`make` is called through
+/// a reference, so that one copy of this serves a rule over every storage.)
+fn rules_of<R>(slots: Vec<(&mut [&mut f32], bool)>, make: &mut dyn FnMut(&mut [&mut f32], bool) -> R) -> (Vec<R>, Vec<usize>) {
     let mut rules: Vec<R> = Vec::with_capacity(1);
-    let mut which: Vec<usize> = Vec::with_capacity(tensors.len());
+    let mut which: Vec<usize> = Vec::with_capacity(slots.len());
     let mut memo: Option<([u32; MAX_COUNTERS], bool, [f32; MAX_COUNTERS])> = None;
-    for t in tensors.iter_mut() {
+    for (counters, fresh) in slots {
         let mut before = [0u32; MAX_COUNTERS];
-        for (b, c) in before.iter_mut().zip(t.counters.iter()) {
+        for (b, c) in before.iter_mut().zip(counters.iter()) {
             *b = c.to_bits();
         }
         match memo {
-            Some((b, fresh, after)) if b == before && fresh == t.fresh => {
-                for (c, a) in t.counters.iter_mut().zip(after) {
+            Some((b, was_fresh, after)) if b == before && was_fresh == fresh => {
+                for (c, a) in counters.iter_mut().zip(after) {
                     **c = a;
                 }
             }
             _ => {
-                rules.push(make(t.counters, t.fresh));
+                rules.push(make(counters, fresh));
                 let mut after = [0f32; MAX_COUNTERS];
-                for (a, c) in after.iter_mut().zip(t.counters.iter()) {
+                for (a, c) in after.iter_mut().zip(counters.iter()) {
                     *a = **c;
                 }
-                memo = Some((before, t.fresh, after));
+                memo = Some((before, fresh, after));
             }
         }
         which.push(rules.len() - 1);
@@ -914,18 +937,34 @@ fn pass<P: Storage, S: Storage<Arith = P::Arith>, R: Rule<P::Arith>, const SUMS:
     partials: &mut [(f64, f64)],
 ) {
     let mut rest = partials;
-    let chunks = tensors.iter_mut().zip(which).map(|(t, &k)| {
-        // Unused slots stay empty.
-        let mut it = t.states.iter_mut().map(|s| &mut **s);
-        let s = [(); MAX_STATES].map(|_| it.next().unwrap_or_default());
-        let mut it = t.scales.iter_mut().map(|s| &mut **s);
-        let sc = [(); MAX_STATES].map(|_| it.next().unwrap_or_default());
-        let blocks = if SUMS { t.param.len().div_ceil(BLOCK) } else { 0 };
-        let (out, tail) = std::mem::take(&mut rest).split_at_mut(blocks);
-        rest = tail;
-        Chunk::<P, S, R, SUMS> { p: &mut *t.param, g: t.grad, s, low: &mut *t.low_bits, master: &mut *t.master, g32: t.grad_f32, sr: t.stochastic.map(|k| (k, 0)), sc, unsigned: t.unsigned, out, rule: &rules[k] }
-    });
+    let chunks = tensors.iter_mut().zip(which).map(|(t, &k)| Chunk::<P, S, R, SUMS> { b: bufs(t, SUMS, &mut rest), rule: &rules[k] });
     parallel::for_each_of(total, chunks, |c| simd::dispatch_at(level, c));
+}
+
+/// A tensor's buffers for a pass; with `sums`, its blocks' sums are the next ones of `rest`.
+fn bufs<'t, P, S>(t: &'t mut Tensor<'_, P, S>, sums: bool, rest: &mut &'t mut [(f64, f64)]) -> Bufs<'t, P, S> {
+    let blocks = if sums { t.param.len().div_ceil(BLOCK) } else { 0 };
+    let (out, tail) = std::mem::take(rest).split_at_mut(blocks);
+    *rest = tail;
+    Bufs {
+        p: &mut *t.param,
+        g: t.grad,
+        s: slots(t.states),
+        low: &mut *t.low_bits,
+        master: &mut *t.master,
+        g32: t.grad_f32,
+        sr: t.stochastic.map(|k| (k, 0)),
+        sc: slots(t.scales),
+        unsigned: t.unsigned,
+        out,
+    }
+}
+
+/// A tensor's buffers in the fixed slots of a pass; unused slots stay empty.
+fn slots<'x, T>(list: &'x mut [&mut [T]]) -> [&'x mut [T]; MAX_STATES] {
+    let mut it = list.iter_mut().map(|s| &mut **s);
+    let mut next = || it.next().unwrap_or_default();
+    [next(), next(), next(), next()]
 }
 
 /// The gradient prologue every rule starts with: the gradient scaled (clipping folded into
