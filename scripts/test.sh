@@ -13,7 +13,7 @@ source scripts/venv.sh
 install_fastopt test,docs
 export FASTOPT_WHEEL="$WHEEL"
 
-cargo test -p fastopt-core --release
+cargo test -p fastopt-core --profile core-test
 "$PY" -m pytest -q "$@"
 "$PY" -m mypy  # the package against its type annotations and the compiled module's stub
 # The documentation site, warnings as errors.
