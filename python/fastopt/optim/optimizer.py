@@ -151,11 +151,16 @@ def _quantized(group: dict[str, Any], a: np.ndarray) -> bool:
     return group.get("state_dtype") == "int8" and a.size >= INT8_MIN_SIZE
 
 
+def _blocks(n: int) -> int:
+    """How many absmax values 8-bit state of ``n`` elements keeps (the last block may be short)."""
+    return -(-n // INT8_BLOCK)
+
+
 def _quantize(values: np.ndarray, unsigned: bool) -> tuple[np.ndarray, np.ndarray]:
     """float32 ``values`` as 8-bit codes (their shape) and one absmax per block."""
     values = np.ascontiguousarray(values, dtype=np.float32)
     codes = np.empty(values.shape, _CODES)
-    absmax = np.empty(-(-values.size // INT8_BLOCK), np.float32)
+    absmax = np.empty(_blocks(values.size), np.float32)
     _fastopt.quantize_blockwise(values, codes, absmax, unsigned)
     return codes, absmax
 
@@ -173,7 +178,7 @@ def _filled_codes(shape: tuple, value: float, unsigned: bool) -> tuple[np.ndarra
     quantization of one such block, repeated)."""
     size = int(np.prod(shape, dtype=np.int64))
     code, absmax = _quantize(np.full(min(size, INT8_BLOCK), value, np.float32), unsigned)
-    return np.full(shape, code.reshape(-1)[0] if size else 0, _CODES), np.full(-(-size // INT8_BLOCK), absmax[0] if size else 0, np.float32)
+    return np.full(shape, code.reshape(-1)[0] if size else 0, _CODES), np.full(_blocks(size), absmax[0] if size else 0, np.float32)
 
 #: The values of the ``master_weights`` option besides None.
 MASTER_WEIGHTS = ("kahan", "remainder", "float32", "stochastic")
@@ -284,10 +289,10 @@ def _load_quantized(p: Any, k: Any, entry: dict[str, Any], counters: Any) -> dic
                 raise ValueError(f"state_dict['state'][{k!r}][{key!r}] holds 8-bit codes without their absmax "
                                  f"{key + ABSMAX!r}")
             am = as_numpy(am)
-            if arr.shape != a.shape or am.dtype != np.float32 or am.size != -(-a.size // INT8_BLOCK):
+            if arr.shape != a.shape or am.dtype != np.float32 or am.size != _blocks(a.size):
                 raise ValueError(f"state_dict['state'][{k!r}][{key!r}]: 8-bit codes of shape {arr.shape} with "
                                  f"{am.size} {am.dtype} absmax values do not fit a parameter of shape {a.shape} "
-                                 f"({-(-a.size // INT8_BLOCK)} blocks of {INT8_BLOCK})")
+                                 f"({_blocks(a.size)} blocks of {INT8_BLOCK})")
             out[key] = np.array(arr, order="C", copy=True)
             out[key + ABSMAX] = np.array(am, order="C", copy=True).reshape(-1)
         elif arr.dtype.kind == "f" or is_bfloat16(arr.dtype):
@@ -1419,8 +1424,8 @@ class Optimizer:
                     continue
                 v = np.asarray(value)
                 if key.endswith(ABSMAX):
-                    if v.dtype != np.float32 or v.size != -(-a.size // INT8_BLOCK):
-                        raise ValueError(f"state[{k}][{key!r}] must hold {-(-a.size // INT8_BLOCK)} float32 values "
+                    if v.dtype != np.float32 or v.size != _blocks(a.size):
+                        raise ValueError(f"state[{k}][{key!r}] must hold {_blocks(a.size)} float32 values "
                                          f"(one per block of {INT8_BLOCK}), got dtype {v.dtype} size {v.size}")
                     continue
                 if v.shape != a.shape:

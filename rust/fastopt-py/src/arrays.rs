@@ -483,50 +483,61 @@ impl<'py> Group<'py> {
                 self.dtype.name()
             )));
         }
-        let list = self.per_param(obj, name)?;
-        let mut raws = Vec::with_capacity(list.len());
-        for (i, o) in list.into_iter().enumerate() {
-            let label = Label { name, index: i };
-            let arr = into_array(o, label)?;
+        self.written_per_param(obj, name, 2, |arr, label, param| {
             if !arr.dtype().is_equiv_to(&numpy::dtype::<i16>(arr.py())) {
                 return Err(PyTypeError::new_err(format!("{label} has dtype {} but must be int16", arr.dtype())));
             }
-            let want = self.params[i].shape();
-            if !same_shape(arr.shape(), want) {
+            if !same_shape(arr.shape(), param.shape()) {
                 return Err(PyValueError::new_err(format!(
-                    "{label} has shape {} but params[{i}] has shape {}",
+                    "{label} has shape {} but params[{}] has shape {}",
                     shape_str(arr.shape()),
-                    shape_str(want)
+                    label.index,
+                    shape_str(param.shape())
                 )));
             }
-            raws.push(self.check_layout(&arr, label, 2, true)?);
-            self.owners.push(arr);
-        }
-        Ok(raws)
+            Ok(())
+        })
     }
 
     /// Checks a list of float32 arrays (written), one per parameter, each of
     /// `blockwise::blocks` of its parameter's size elements (any shape): the absmax of each
     /// block of a state buffer kept in 8-bit codes.
     pub fn absmax(&mut self, obj: &Bound<'py, PyAny>, name: &'static str) -> PyResult<Vec<Raw>> {
+        self.written_per_param(obj, name, 4, |arr, label, param| {
+            if dtype_of(arr) != Some(Dtype::F32) {
+                return Err(PyTypeError::new_err(format!("{label} has dtype {} but must be float32 (one absmax per block)", arr.dtype())));
+            }
+            let n = param.len();
+            let want = fastopt_core::blockwise::blocks(n);
+            if arr.len() != want {
+                return Err(PyValueError::new_err(format!(
+                    "{label} has {} values but params[{}] ({n} elements) has {want} blocks of {}",
+                    arr.len(),
+                    label.index,
+                    fastopt_core::blockwise::QBLOCK
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    /// A list of arrays written by the kernel, one per parameter: each checked by
+    /// `check(array, label, its parameter)` (dtype, size), then for layout and memory as any
+    /// written buffer of `itemsize`-byte elements.
+    fn written_per_param(
+        &mut self,
+        obj: &Bound<'py, PyAny>,
+        name: &'static str,
+        itemsize: usize,
+        check: impl Fn(&Bound<'py, PyUntypedArray>, Label, &Bound<'py, PyUntypedArray>) -> PyResult<()>,
+    ) -> PyResult<Vec<Raw>> {
         let list = self.per_param(obj, name)?;
         let mut raws = Vec::with_capacity(list.len());
         for (i, o) in list.into_iter().enumerate() {
             let label = Label { name, index: i };
             let arr = into_array(o, label)?;
-            if dtype_of(&arr) != Some(Dtype::F32) {
-                return Err(PyTypeError::new_err(format!("{label} has dtype {} but must be float32 (one absmax per block)", arr.dtype())));
-            }
-            let n = self.params[i].len();
-            let want = fastopt_core::blockwise::blocks(n);
-            if arr.len() != want {
-                return Err(PyValueError::new_err(format!(
-                    "{label} has {} values but params[{i}] ({n} elements) has {want} blocks of {}",
-                    arr.len(),
-                    fastopt_core::blockwise::QBLOCK
-                )));
-            }
-            raws.push(self.check_layout(&arr, label, 4, true)?);
+            check(&arr, label, &self.params[i])?;
+            raws.push(self.check_layout(&arr, label, itemsize, true)?);
             self.owners.push(arr);
         }
         Ok(raws)
