@@ -251,6 +251,53 @@ def test_tensors_it_cannot_update_in_place_are_refused_by_name(torch):
         ft.LBFGS(model.parameters()).step()
 
 
+def test_gradients_are_read_in_place_whatever_their_layout(torch):
+    """A step's new gradient tensors are read where they are (the kernel's arrays are views);
+    a transposed or lazily negated gradient (``torch._neg_view``: its memory holds the other
+    sign) is read as torch reads it; a gradient whose memory was swapped behind torch's
+    checks (``.grad.data = ...``: another size or dtype) is refused, and nothing moves."""
+    import fastopt.torch as ft
+
+    def run(grad_of):
+        torch.manual_seed(4)
+        ps = [torch.nn.Parameter(torch.randn(3, 5)), torch.nn.Parameter(torch.randn(7))]
+        ref = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+        opt, want = ft.Adam(ps, lr=0.1), torch.optim.Adam(ref, lr=0.1, foreach=False)
+        for t in range(3):
+            for a, b in zip(ps, ref):
+                a.grad, b.grad = grad_of(a, t), grad_of(b, t)
+            opt.step()
+            want.step()
+            for a, b in zip(ps, ref):
+                np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-6, atol=1e-7)
+        return ps, opt
+
+    ps, opt = run(lambda p, t: torch.full_like(p, 0.5 + t))
+    for (p, fp) in opt._pairs:  # zero copy: the arrays the kernel read are the tensors' memory
+        assert np.shares_memory(fp.grad, p.grad.numpy())
+
+    def strided(p, t):  # not contiguous: a transpose, or every other element
+        if p.dim() == 2:
+            return (torch.arange(float(p.numel())).reshape(p.shape[1], p.shape[0]) - t).t()
+        return (torch.arange(2.0 * p.numel()) - t)[::2]
+
+    run(strided)
+    run(lambda p, t: torch._neg_view(torch.full_like(p, 1.0 + t)))  # (negated lazily: memory holds +)
+
+    for swap, err in [(lambda g: torch.ones(4), ValueError), (lambda g: g.double(), TypeError),
+                      (lambda g: torch.ones(g.shape, device="meta"), (TypeError, RuntimeError, NotImplementedError))]:
+        p = torch.nn.Parameter(torch.ones(3, 5))
+        opt = ft.Adam([p], lr=0.1)
+        p.grad = torch.ones(3, 5)
+        try:
+            p.grad.data = swap(p.grad)
+        except RuntimeError:
+            continue  # (this torch refuses the swap itself)
+        with pytest.raises(err):
+            opt.step()
+        assert torch.equal(p.detach(), torch.ones(3, 5)) and not opt.state
+
+
 def test_hooks_zero_grad_and_a_later_group(torch):
     import fastopt.torch as ft
 
