@@ -28,7 +28,24 @@ SPLIT = {id(VECTORS): 4, id(MATRICES): 2}  # the first group: float32, the secon
 
 def gradients(shapes, step):
     """Every rank's gradients at ``step`` (the same on every rank: all ranks' are computed),
-    some parameters without one on every rank, one with a gradient on rank 0 only."""
+    some parameters without one on every rank, one with a gradient on rank 0 only, and their
+    average. Made once per list of shapes and step, for every run (read-only: a step that
+    wrote into a gradient would fail instead of changing the next run's)."""
+    key = (id(shapes), step)
+    if key not in _MADE:
+        per_rank = _gradients(shapes, step)
+        mean = average(per_rank, shapes)
+        for a in [*(g for gs in per_rank for g in gs), *mean]:
+            if a is not None:
+                a.flags.writeable = False
+        _MADE[key] = per_rank, mean
+    return _MADE[key]
+
+
+_MADE: dict = {}
+
+
+def _gradients(shapes, step):
     rng = np.random.default_rng(1000 + step)
     out = []
     for r in range(world):
@@ -72,13 +89,13 @@ def run(name, kw, partition, view):
                                    parameters_as_bucket_view=view, **kw)
     plain = cls(groups(ref, shapes, lr2), **kw)
     for step in range(STEPS):
-        per_rank = gradients(shapes, step)
+        per_rank, mean = gradients(shapes, step)
         zero.zero_grad()
         for p, g in zip(ours, per_rank[rank]):
             if g is not None:
                 p.grad = g  # (copied into the flat buffer at the step)
         zero.step()
-        for p, g in zip(ref, average(per_rank, shapes)):
+        for p, g in zip(ref, mean):
             p.grad = g
         plain.step()
     where = f"{name} {kw} partition={partition} bucket_view={view}"
