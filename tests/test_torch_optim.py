@@ -366,7 +366,7 @@ def test_the_benchmark_runs_each_implementation(torch, impl, monkeypatch):
     from pathlib import Path
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benches"))
-    from benchmarks.bench_torch import SmallModel
+    from benchmarks.bench_torch import SmallModel, StepAfterBackward
 
     bench = SmallModel()
     bench.setup(impl, 1)
@@ -374,6 +374,12 @@ def test_the_benchmark_runs_each_implementation(torch, impl, monkeypatch):
     bench.time_step(impl, 1)
     bench.time_train_step(impl, 1)
     assert any(not torch.equal(a, p) for a, p in zip(before, bench.model.parameters()))
+    for set_to_none in (True, False):
+        after = StepAfterBackward()
+        after.setup(impl, set_to_none)
+        before = [p.detach().clone() for p in after.small.model.parameters()]
+        assert after.track_step_after_backward(impl, set_to_none) > 0
+        assert any(not torch.equal(a, p) for a, p in zip(before, after.small.model.parameters()))
     sys.modules.pop("benchmarks.bench_torch", None)
 
 

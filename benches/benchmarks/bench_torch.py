@@ -1,6 +1,6 @@
-"""fastopt.torch against torch.optim on torch models (CPU, float32): the optimizer step alone
-and the whole training step (forward, backward, step) of a small model with many tensors,
-and Adam over ResNet-50's 161 parameter shapes.
+"""fastopt.torch against torch.optim on torch models (CPU, float32): the optimizer step alone,
+the whole training step (forward, backward, step) of a small model with many tensors, that
+model's step timed right after backward, and Adam over ResNet-50's 161 parameter shapes.
 
 ``impl``: ``fastopt.torch`` (fastopt's kernels as a torch.optim.Optimizer), or torch's
 single-tensor loop (``torch``), ``torch-foreach`` and ``torch-fused``."""
@@ -63,6 +63,35 @@ class SmallModel:
 
     def time_forward_backward(self, impl, threads):
         self.forward_backward()
+
+
+class StepAfterBackward:
+    """The optimizer step of :class:`SmallModel` (1 thread) timed alone inside a training loop: the median
+    over 50 steps of the time of ``opt.step()`` right after ``backward()`` (microseconds), which
+    ``time_train_step - time_forward_backward`` only estimates as a difference of two noisy
+    figures. ``set_to_none``: ``zero_grad``'s argument (True: every step's gradients are new
+    tensors; False: the same tensors, zeroed)."""
+
+    params = (IMPLS, [True, False])
+    param_names = ["impl", "set_to_none"]
+    unit = "microseconds"
+
+    def setup(self, impl, set_to_none):
+        self.small = SmallModel()
+        self.small.setup(impl, 1)
+
+    def track_step_after_backward(self, impl, set_to_none):
+        import time
+
+        m = self.small
+        times = []
+        for _ in range(50):
+            m.opt.zero_grad(set_to_none=set_to_none)
+            ((m.model(m.x) - m.y) ** 2).mean().backward()
+            t0 = time.perf_counter()
+            m.opt.step()
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[len(times) // 2] * 1e6
 
 
 class ResNet50Shapes:
