@@ -46,8 +46,8 @@ class SmallModel:
         self.train_step()
         warm_up(self.opt.step, self.train_step)
 
-    def forward_backward(self):
-        self.opt.zero_grad()
+    def forward_backward(self, set_to_none=True):
+        self.opt.zero_grad(set_to_none=set_to_none)
         loss = ((self.model(self.x) - self.y) ** 2).mean()
         loss.backward()
 
@@ -86,8 +86,7 @@ class StepAfterBackward:
         m = self.small
         times = []
         for _ in range(50):
-            m.opt.zero_grad(set_to_none=set_to_none)
-            ((m.model(m.x) - m.y) ** 2).mean().backward()
+            m.forward_backward(set_to_none)
             t0 = time.perf_counter()
             m.opt.step()
             times.append(time.perf_counter() - t0)
