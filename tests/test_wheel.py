@@ -31,6 +31,7 @@ def test_wheel_tags_and_contents(wheel):
         meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
         metadata = z.read(meta).decode()
     assert "fastopt/_fastopt.abi3.so" in names and "fastopt/py.typed" in names and "fastopt/_fastopt.pyi" in names
+    assert "fastopt/backends/kernels.cu" in names  # (the GPU backend compiles it on first use)
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "License-Expression: MIT" in metadata
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]

@@ -34,8 +34,8 @@ EXTRAS = {
     "asv": "the benchmark suite in benches/",
     "optax": "second oracle of the parity tests",
     "sphinx": "building the documentation (docs/)",
-    "cupy": "GPU arrays (not used yet)",
-    "mpi4py": "data-parallel training (not used yet)",
+    "cupy": "GPU arrays (fastopt.backends.cuda: the [cuda] extra)",
+    "mpi4py": "data-parallel training (fastopt.distributed)",
 }
 
 

@@ -43,6 +43,8 @@ def as_numpy(value: Any) -> np.ndarray:
     """``value`` as an ndarray; a torch tensor is read on the CPU without its autograd graph
     (``requires_grad=True`` is fine) and a bfloat16 one as float32 (exactly: NumPy has no
     bfloat16), so torch state dicts convert without torch's own errors."""
+    if type(value).__module__.startswith("cupy") and hasattr(value, "get"):
+        return value.get()  # (a CuPy array, copied to the host)
     if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
         t = value.detach().cpu()
         if str(t.dtype) == "torch.bfloat16":
@@ -51,9 +53,26 @@ def as_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+#: Counts every assignment of a Parameter's ``data`` or ``grad`` (any Parameter's): a step that
+#: finds it unchanged since the last one knows that no parameter's arrays were replaced, without
+#: looking at each of them (the GPU backend's fast path). Code that sets ``_data`` or ``_grad``
+#: directly calls :func:`arrays_replaced`.
+_EPOCH = [0]
+
+
+def arrays_replaced() -> None:
+    """Records that some Parameter's ``data`` or ``grad`` now refers to another array."""
+    _EPOCH[0] += 1
+
+
 def _check_float_array(value: Any, what: str) -> np.ndarray:
+    if type(value).__module__.startswith("cupy") and hasattr(value, "__cuda_array_interface__"):
+        # A CuPy array: the GPU backend takes float32 and float64.
+        if value.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{what} must have dtype float32 or float64 on the GPU, got {value.dtype}")
+        return value
     if not isinstance(value, np.ndarray):
-        raise TypeError(f"{what} must be a numpy.ndarray, got {type(value).__name__}")
+        raise TypeError(f"{what} must be a numpy.ndarray (or a CuPy array), got {type(value).__name__}")
     if not is_param_dtype(value.dtype):
         raise TypeError(f"{what} must have dtype float32, float64, float16 or bfloat16 (ml_dtypes), got {value.dtype}")
     return value
@@ -93,6 +112,7 @@ class Parameter:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._data, self._grad, self._grad_hooks = state["_data"], state["_grad"], None
+        _EPOCH[0] += 1
 
     def register_post_accumulate_grad_hook(self, hook: Callable[["Parameter"], None]) -> RemovableHandle:
         """``hook(param)`` runs each time a :mod:`fastopt.nn` module's ``backward`` has added
@@ -126,6 +146,7 @@ class Parameter:
     @data.setter
     def data(self, value: np.ndarray) -> None:
         self._data = _check_float_array(value, "data")
+        _EPOCH[0] += 1
 
     @property
     def grad(self) -> np.ndarray | None:
@@ -135,6 +156,13 @@ class Parameter:
     def grad(self, value: np.ndarray | None) -> None:
         if value is not None:
             _check_float_array(value, "grad")
+            on_gpu, data_on_gpu = type(value).__module__.startswith("cupy"), type(self._data).__module__.startswith("cupy")
+            if on_gpu != data_on_gpu:
+                raise TypeError(f"grad is a {'CuPy' if on_gpu else 'NumPy'} array but the parameter's data is a "
+                                f"{'CuPy' if data_on_gpu else 'NumPy'} array: both must live on the same device")
+            gpu, data_gpu = getattr(value, "device", None), getattr(self._data, "device", None)
+            if on_gpu and gpu.id != data_gpu.id:  # type: ignore[union-attr]
+                raise ValueError(f"grad is on GPU {gpu.id} but the parameter is on GPU {data_gpu.id}")  # type: ignore[union-attr]
             if value.shape != self._data.shape:
                 raise ValueError(
                     f"grad has shape {value.shape} but the parameter has shape {self._data.shape}"
@@ -145,6 +173,7 @@ class Parameter:
                     f"grad has dtype {value.dtype} but the parameter has dtype {self._data.dtype}{also}"
                 )
         self._grad = value
+        _EPOCH[0] += 1
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -171,4 +200,7 @@ class Parameter:
         return np.array(self._data, dtype=dtype, copy=True)
 
     def __repr__(self) -> str:
-        return f"Parameter({np.array2string(self._data, threshold=20, edgeitems=3)}, dtype={self._data.dtype})"
+        data = self._data
+        if type(data).__module__.startswith("cupy"):
+            return f"Parameter({data!r}, dtype={data.dtype}, device=cuda:{getattr(data, 'device').id})"
+        return f"Parameter({np.array2string(data, threshold=20, edgeitems=3)}, dtype={data.dtype})"

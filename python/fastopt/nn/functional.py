@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .. import _fastopt
+from ..backends import is_device_array, kernels_for, namespace
 from ..parameter import FLOAT_DTYPES
 
 __all__ = [
@@ -59,18 +60,26 @@ _REDUCTIONS = ("none", "mean", "sum")
 
 
 def _array(x: Any, what: str) -> np.ndarray:
-    """A float32/float64 C-contiguous array (a non-contiguous one is copied)."""
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{what} must be a numpy.ndarray, got {type(x).__name__}")
+    """A float32/float64 C-contiguous array (a non-contiguous one is copied); a CuPy array
+    stays on its GPU."""
+    if not isinstance(x, np.ndarray) and not is_device_array(x):
+        raise TypeError(f"{what} must be a numpy.ndarray (or a CuPy array), got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{what} has dtype {x.dtype}; fastopt kernels take float32 or float64 arrays")
-    if not x.flags.c_contiguous or not x.flags.aligned:
-        x = np.ascontiguousarray(x)
+    if not x.flags.c_contiguous or not getattr(x.flags, "aligned", True):
+        x = namespace(x).ascontiguousarray(x)
     return x
+
+
+def _same_kind(x: Any, other: Any, what: str, ref: str) -> None:
+    if type(other) is not type(x):
+        raise TypeError(f"{what} is a {type(other).__module__.split('.')[0]} array but {ref} is a "
+                        f"{type(x).__module__.split('.')[0]} array: both must live on the same device")
 
 
 def _like(x: np.ndarray, other: Any, what: str, ref: str = "input") -> np.ndarray:
     other = _array(other, what)
+    _same_kind(x, other, what, ref)
     if other.dtype != x.dtype:
         raise TypeError(f"{what} has dtype {other.dtype} but {ref} has dtype {x.dtype} (fastopt never casts implicitly)")
     if other.shape != x.shape:
@@ -81,9 +90,10 @@ def _like(x: np.ndarray, other: Any, what: str, ref: str = "input") -> np.ndarra
 def _out(x: np.ndarray, out: Any, shape: tuple | None = None) -> np.ndarray:
     shape = x.shape if shape is None else shape
     if out is None:
-        return np.empty(shape, x.dtype)
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+        return namespace(x).empty(shape, x.dtype)
+    if not isinstance(out, np.ndarray) and not is_device_array(out):
+        raise TypeError(f"out must be a numpy.ndarray (or a CuPy array), got {type(out).__name__}")
+    _same_kind(x, out, "out", "input")
     if out.dtype != x.dtype:
         raise TypeError(f"out has dtype {out.dtype} but input has dtype {x.dtype} (fastopt never casts implicitly)")
     if out.shape != shape:
@@ -92,13 +102,13 @@ def _out(x: np.ndarray, out: Any, shape: tuple | None = None) -> np.ndarray:
 
 
 def _inplace(x: Any) -> np.ndarray:
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"input must be a numpy.ndarray, got {type(x).__name__}")
+    if not isinstance(x, np.ndarray) and not is_device_array(x):
+        raise TypeError(f"input must be a numpy.ndarray (or a CuPy array), got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"input has dtype {x.dtype}; fastopt kernels take float32 or float64 arrays")
     if not x.flags.c_contiguous:
         raise ValueError("input must be C-contiguous to be updated in place")
-    if not x.flags.writeable:
+    if not getattr(x.flags, "writeable", True):
         raise ValueError("input is read-only but is updated in place")
     return x
 
@@ -114,11 +124,11 @@ def _forward(name: str, input: Any, out: Any, inplace: bool, a: float = 0.0, b: 
         if out is not None:
             raise ValueError("out cannot be given with inplace=True")
         x = _inplace(input)
-        _fastopt.act_forward(name, x, x, a, b, c)
+        kernels_for(x).act_forward(name, x, x, a, b, c)
         return x
     x = _array(input, "input")
     o = _out(x, out)
-    _fastopt.act_forward(name, o if o is x else x, o, a, b, c)
+    kernels_for(x).act_forward(name, o if o is x else x, o, a, b, c)
     return o
 
 
@@ -126,7 +136,7 @@ def _backward(name: str, grad_output: Any, saved: Any, saved_name: str, out: Any
     g = _array(grad_output, "grad_output")
     s = _like(g, saved, saved_name, "grad_output")
     o = _out(g, out)
-    _fastopt.act_backward(name, o if o is g else g, s, o, a, b, c)
+    kernels_for(g).act_backward(name, o if o is g else g, s, o, a, b, c)
     return o
 
 
@@ -329,7 +339,7 @@ def softmax(input: np.ndarray, dim: int, *, out: np.ndarray | None = None) -> np
     """``exp(x - max) / sum(exp(x - max))`` along ``dim``."""
     x = _array(input, "input")
     o = _out(x, out)
-    _fastopt.softmax(x, o, *_axis(x, dim), False)
+    kernels_for(x).softmax(x, o, *_axis(x, dim), False)
     return o
 
 
@@ -337,7 +347,7 @@ def log_softmax(input: np.ndarray, dim: int, *, out: np.ndarray | None = None) -
     """``x - max - log(sum(exp(x - max)))`` along ``dim``."""
     x = _array(input, "input")
     o = _out(x, out)
-    _fastopt.softmax(x, o, *_axis(x, dim), True)
+    kernels_for(x).softmax(x, o, *_axis(x, dim), True)
     return o
 
 
@@ -346,7 +356,7 @@ def softmax_backward(grad_output: np.ndarray, output: np.ndarray, dim: int, *, o
     g = _array(grad_output, "grad_output")
     y = _like(g, output, "output", "grad_output")
     o = _out(g, out)
-    _fastopt.softmax_backward(g, y, o, *_axis(g, dim), False)
+    kernels_for(g).softmax_backward(g, y, o, *_axis(g, dim), False)
     return o
 
 
@@ -355,7 +365,7 @@ def log_softmax_backward(grad_output: np.ndarray, output: np.ndarray, dim: int, 
     g = _array(grad_output, "grad_output")
     y = _like(g, output, "output", "grad_output")
     o = _out(g, out)
-    _fastopt.softmax_backward(g, y, o, *_axis(g, dim), True)
+    kernels_for(g).softmax_backward(g, y, o, *_axis(g, dim), True)
     return o
 
 
@@ -371,8 +381,10 @@ def _reduction(reduction: Any) -> str:
 def _ce_layout(input: Any, target: Any) -> tuple[np.ndarray, np.ndarray, tuple, int]:
     """Logits as (rows, classes), targets as int64 (rows,), the per-row shape, the classes."""
     x = _array(input, "input")
-    if not isinstance(target, np.ndarray):
-        raise TypeError(f"target must be a numpy.ndarray of class indices, got {type(target).__name__}")
+    xp = namespace(x)
+    if not isinstance(target, xp.ndarray):
+        raise TypeError(f"target must be a {xp.__name__}.ndarray of class indices (where input lives), "
+                        f"got {type(target).__name__}")
     if target.dtype.kind not in "iu":
         raise TypeError(f"target must hold integer class indices, got dtype {target.dtype} (class probabilities are not supported)")
     if target.dtype == np.uint64 and target.size and int(target.max()) > np.iinfo(np.int64).max:
@@ -388,8 +400,8 @@ def _ce_layout(input: Any, target: Any) -> tuple[np.ndarray, np.ndarray, tuple, 
     if target.shape != row_shape:
         raise ValueError(f"target has shape {target.shape} but must have shape {row_shape} for input of shape {x.shape}")
     if x.ndim > 2:
-        x = np.ascontiguousarray(np.moveaxis(x, 1, -1)).reshape(-1, c)
-    return x, np.ascontiguousarray(target, dtype=np.int64).reshape(-1), row_shape, c
+        x = xp.ascontiguousarray(xp.moveaxis(x, 1, -1)).reshape(-1, c)
+    return x, xp.ascontiguousarray(target, dtype=np.int64).reshape(-1), row_shape, c
 
 
 def _ignore_index(value: Any) -> int:
@@ -425,11 +437,16 @@ def cross_entropy(
     s = _smoothing(label_smoothing)
     ignore_index = _ignore_index(ignore_index)
     x, t, row_shape, c = _ce_layout(input, target)
-    losses = np.empty(t.shape[0], np.float64)
-    _fastopt.cross_entropy(x, t, c, s, ignore_index, losses)
+    xp = namespace(x)
+    losses = xp.empty(t.shape[0], np.float64)
+    kernels_for(x).cross_entropy(x, t, c, s, ignore_index, losses)
     if reduction == "none":
         return losses.astype(x.dtype).reshape(row_shape)
     total = losses.sum()
+    if xp is not np:  # (CuPy: a 0-d array on the device, no waiting for it)
+        if reduction == "sum":
+            return total.astype(x.dtype)
+        return (total / xp.count_nonzero(t != ignore_index)).astype(x.dtype)
     if reduction == "sum":
         return x.dtype.type(total)
     count = int(np.count_nonzero(t != ignore_index))
@@ -454,12 +471,17 @@ def cross_entropy_backward(
     ignore_index = _ignore_index(ignore_index)
     x0 = _array(input, "input")
     x, t, row_shape, c = _ce_layout(x0, target)
+    xp, k = namespace(x), kernels_for(x)
     valid = t != ignore_index
     if reduction == "none":
-        go = np.asarray(grad_output, dtype=np.float64)
+        go = xp.asarray(grad_output, dtype=np.float64)
         if go.shape != row_shape:
             raise ValueError(f"grad_output has shape {go.shape} but the per-sample losses have shape {row_shape}")
-        scale = np.where(valid, go.reshape(-1), 0.0)
+        scale = xp.where(valid, go.reshape(-1), 0.0)
+    elif xp is not np:  # (CuPy: the count stays on the device)
+        go_d = xp.asarray(grad_output, dtype=np.float64)
+        w_d = go_d if reduction == "sum" else go_d / xp.count_nonzero(valid)
+        scale = xp.where(valid, w_d, 0.0)
     else:
         go_: float = _number(grad_output, "grad_output") if not isinstance(grad_output, np.ndarray) else float(grad_output)
         count = int(np.count_nonzero(valid))
@@ -467,11 +489,11 @@ def cross_entropy_backward(
         scale = np.where(valid, w, 0.0)
     o = _out(x0, out)
     if x0.ndim > 2:
-        tmp = np.empty_like(x)
-        _fastopt.cross_entropy_backward(x, t, c, s, ignore_index, np.ascontiguousarray(scale), tmp)
-        o[...] = np.moveaxis(tmp.reshape(row_shape[:1] + row_shape[1:] + (c,)), -1, 1)
+        tmp = xp.empty_like(x)
+        k.cross_entropy_backward(x, t, c, s, ignore_index, xp.ascontiguousarray(scale), tmp)
+        o[...] = xp.moveaxis(tmp.reshape(row_shape[:1] + row_shape[1:] + (c,)), -1, 1)
         return o
-    _fastopt.cross_entropy_backward(x, t, c, s, ignore_index, np.ascontiguousarray(scale), o.reshape(x.shape))
+    k.cross_entropy_backward(x, t, c, s, ignore_index, xp.ascontiguousarray(scale), o.reshape(x.shape))
     return o
 
 
@@ -520,8 +542,8 @@ def _per_channel(v: Any, what: str, c: int, dtype: np.dtype, required: bool = Tr
         if required:
             raise ValueError(f"{what} is required")
         return None
-    if not isinstance(v, np.ndarray):
-        raise TypeError(f"{what} must be a numpy.ndarray, got {type(v).__name__}")
+    if not isinstance(v, np.ndarray) and not is_device_array(v):
+        raise TypeError(f"{what} must be a numpy.ndarray (or a CuPy array), got {type(v).__name__}")
     if v.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{what} has dtype {v.dtype}; it must be float32 or float64")
     if v.shape != (c,):
@@ -547,8 +569,12 @@ def _bn_forward_args(input: Any, running_mean: Any, running_var: Any, weight: An
     for v, name in ((w, "weight"), (b, "bias")):
         if v is not None and v.dtype != x.dtype:
             raise TypeError(f"{name} has dtype {v.dtype} but input has dtype {x.dtype} (fastopt never casts implicitly)")
-    w = np.ascontiguousarray(w) if w is not None else None
-    b = np.ascontiguousarray(b) if b is not None else None
+    for v, name in ((rm, "running_mean"), (rv, "running_var"), (w, "weight"), (b, "bias")):
+        if v is not None:
+            _same_kind(x, v, name, "input")
+    xp = namespace(x)
+    w = xp.ascontiguousarray(w) if w is not None else None
+    b = xp.ascontiguousarray(b) if b is not None else None
     if momentum is not None:
         momentum = _number(momentum, "momentum")
     if num_batches_tracked is not None:
@@ -558,7 +584,7 @@ def _bn_forward_args(input: Any, running_mean: Any, running_var: Any, weight: An
         raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
     if training and rm is not None:
         for v, name in ((rm, "running_mean"), (rv, "running_var")):
-            if not v.flags.writeable:
+            if not getattr(v.flags, "writeable", True):  # (CuPy arrays are always writeable)
                 raise ValueError(f"{name} is read-only but is updated in place")
         if num_batches_tracked is not None:
             if not num_batches_tracked.flags.writeable:
@@ -623,36 +649,37 @@ def batch_norm(
 
     dt = x.dtype
     count = n * l
+    xp, kern = namespace(x), kernels_for(x)
     if training:
         if count <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
-        mean = np.empty(c, np.float64)
-        var = np.empty(c, np.float64)
+        mean = xp.empty(c, np.float64)
+        var = xp.empty(c, np.float64)
         if o is not x:
-            # Statistics and normalization in one Rust call (one pass over memory for L > 1).
-            _fastopt.bn_train_forward(x, o, n, c, l, w, b, eps, mean, var)
-            invstd = 1.0 / np.sqrt(var + eps)
+            # Statistics and normalization in one kernel call (one pass over memory for L > 1).
+            kern.bn_train_forward(x, o, n, c, l, w, b, eps, mean, var)
+            invstd = 1.0 / xp.sqrt(var + eps)
             mean_t = mean.astype(dt)
         else:
-            _fastopt.bn_stats(x, n, c, l, mean, var)
+            kern.bn_stats(x, n, c, l, mean, var)
     if not training or o is x:
         if training:
-            invstd = 1.0 / np.sqrt(var + eps)
+            invstd = 1.0 / xp.sqrt(var + eps)
         else:
             mean = rm.astype(np.float64)
-            invstd = 1.0 / np.sqrt(rv.astype(np.float64) + eps)
+            invstd = 1.0 / xp.sqrt(rv.astype(np.float64) + eps)
         scale = invstd * (w.astype(np.float64) if w is not None else 1.0)
-        shift = b.astype(dt) if b is not None else np.zeros(c, dt)
+        shift = b.astype(dt) if b is not None else xp.zeros(c, dt)
         mean_t = mean.astype(dt)
-        _fastopt.bn_normalize(x, o, n, c, l, mean_t, scale.astype(dt), np.ascontiguousarray(shift))
+        kern.bn_normalize(x, o, n, c, l, mean_t, scale.astype(dt), xp.ascontiguousarray(shift))
 
     if training and rm is not None:
         if num_batches_tracked is not None:
             num_batches_tracked[...] += 1
         counted: Any = num_batches_tracked  # (given when momentum is None: checked above)
         factor = momentum if momentum is not None else 1.0 / float(counted.reshape(-1)[0])
-        rm[...] = (1.0 - factor) * rm.astype(np.float64) + factor * mean
-        rv[...] = (1.0 - factor) * rv.astype(np.float64) + factor * var * (count / (count - 1))
+        rm[...] = (1.0 - factor) * rm.astype(np.float64) + factor * xp.asarray(mean)
+        rv[...] = (1.0 - factor) * rv.astype(np.float64) + factor * xp.asarray(var) * (count / (count - 1))
     if return_stats:
         return o, mean_t, invstd.astype(dt)
     return o
@@ -821,8 +848,12 @@ def _bn_backward_args(grad_output: Any, input: Any, mean: Any, invstd: Any, weig
     w = _per_channel(weight, "weight", c, dt, required=False)
     if w is not None and w.dtype != dt:
         raise TypeError(f"weight has dtype {w.dtype} but grad_output has dtype {dt} (fastopt never casts implicitly)")
-    w = np.ascontiguousarray(w) if w is not None else None
-    m, s = np.ascontiguousarray(m), np.ascontiguousarray(s)
+    for v, name in ((m, "mean"), (s, "invstd"), (w, "weight")):
+        if v is not None:
+            _same_kind(g, v, name, "grad_output")
+    xp = namespace(g)
+    w = xp.ascontiguousarray(w) if w is not None else None
+    m, s = xp.ascontiguousarray(m), xp.ascontiguousarray(s)
     return g, x, n, c, l, m, s, w
 
 
@@ -843,16 +874,17 @@ def batch_norm_backward(
     g, x, n, c, l, m, s, w = _bn_backward_args(grad_output, input, mean, invstd, weight)
     dt = g.dtype
     o = _out(g, out)
-    sum_g = np.empty(c, np.float64)
-    sum_gx = np.empty(c, np.float64)
+    xp, kern = namespace(g), kernels_for(g)
+    sum_g = xp.empty(c, np.float64)
+    sum_gx = xp.empty(c, np.float64)
     inv = s.astype(np.float64)
     if training:
-        # The sums and the input gradient in one Rust call (one pass over memory for L > 1).
-        _fastopt.bn_train_backward(g, x, o, n, c, l, m, s, w, sum_g, sum_gx)
+        # The sums and the input gradient in one kernel call (one pass over memory for L > 1).
+        kern.bn_train_backward(g, x, o, n, c, l, m, s, w, sum_g, sum_gx)
     else:
-        _fastopt.bn_backward_sums(g, x, m, n, c, l, sum_g, sum_gx)
+        kern.bn_backward_sums(g, x, m, n, c, l, sum_g, sum_gx)
         scale = inv * (w.astype(np.float64) if w is not None else 1.0)
-        _fastopt.bn_backward_input(g, x, o, n, c, l, m, scale.astype(dt), np.zeros(c, dt), None)
+        kern.bn_backward_input(g, x, o, n, c, l, m, scale.astype(dt), xp.zeros(c, dt), None)
     if w is None:
         return o, None, None
     return o, (sum_gx * inv).astype(w.dtype), sum_g.astype(w.dtype)

@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 
 from .. import _fastopt
+from ..backends import is_device_array
 from ..parameter import FLOAT_DTYPES, Parameter, is_half
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_total_norm"]
 
 def _as_list(tensors: Any, what: str) -> list:
-    if isinstance(tensors, (np.ndarray, Parameter)):
+    if isinstance(tensors, (np.ndarray, Parameter)) or is_device_array(tensors):
         return [tensors]
     if isinstance(tensors, (set, frozenset)):
         raise TypeError(f"{what} must be an ordered collection, not a set")
@@ -64,6 +65,25 @@ def _combine(norms: list[float], norm_type: float) -> float:
     return float(sum(n**norm_type for n in norms) ** (1.0 / norm_type))
 
 
+def _device(arrays: list, what: str) -> Any:
+    """The CUDA backend, for a list of CuPy arrays (all of them must be)."""
+    from ..backends import cuda  # noqa: PLC0415 (only for CuPy arrays)
+
+    for i, a in enumerate(arrays):
+        if not is_device_array(a):
+            raise TypeError(f"{what}[{i}] is {type(a).__name__}, but {what}[0] is a CuPy array: pass one kind")
+    return cuda
+
+
+def _check_finite(total: Any, norm_type: float) -> None:
+    if not bool(np.isfinite(float(total))):
+        raise RuntimeError(
+            f"The total norm of order {norm_type} for gradients from `parameters` is non-finite, so it cannot be "
+            "clipped. To disable this error and scale the gradients by the non-finite norm anyway, set "
+            "`error_if_nonfinite=False`"
+        )
+
+
 def get_total_norm(tensors: Any, norm_type: float = 2.0, error_if_nonfinite: bool = False) -> np.floating:
     """The ``norm_type`` norm of all elements of ``tensors`` (gradient arrays) together, as a
     numpy scalar of their dtype (float64 when dtypes are mixed, float32 for none or for
@@ -76,6 +96,12 @@ def get_total_norm(tensors: Any, norm_type: float = 2.0, error_if_nonfinite: boo
     norm_type = float(norm_type)
     if not arrays:
         return np.float32(0.0)
+    if is_device_array(arrays[0]):
+        # CuPy arrays: a 0-d CuPy array, computed on the device (norm_type 2, 1, inf or p > 0)
+        total = _device(arrays, "tensors").total_norm(arrays, norm_type)
+        if error_if_nonfinite:
+            _check_finite(total, norm_type)  # (waits for the GPU, as torch's check does)
+        return total
     groups = _by_dtype(arrays, "tensors")
     if math.isinf(norm_type) and any(a.size == 0 for a in arrays):
         raise RuntimeError(
@@ -128,6 +154,13 @@ def clip_grads_with_norm_(parameters: Any, max_norm: float, total_norm: Any) -> 
     grads = [p.grad for p in items if p.grad is not None] if all(isinstance(p, Parameter) for p in items) else items
     if not grads:
         return
+    if is_device_array(grads[0]):
+        cuda = _device(grads, "grads")
+        xp = cuda.require()
+        t = xp.asarray(total_norm)
+        coef = xp.minimum((1.0 / (t + t.dtype.type(1e-6))) * t.dtype.type(max_norm), 1.0).astype(np.float64)
+        cuda.scale_(grads, coef)
+        return
     total = total_norm if isinstance(total_norm, np.floating) else np.float64(total_norm)
     coef = float(clip_coefficient(float(max_norm), total))
     for group in _by_dtype(grads, "grads").values():
@@ -155,6 +188,12 @@ def clip_grad_norm_(parameters: Any, max_norm: float, norm_type: float = 2.0, er
         if not parameters:
             warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.", stacklevel=2)
     grads = _grads_of(parameters)
+    if grads and is_device_array(grads[0]):
+        # CuPy arrays: norm, coefficient and scaling on the device, without waiting for it
+        total = _device(grads, "grads").clip_grad_norm_(grads, float(max_norm), norm_type)
+        if error_if_nonfinite:
+            _check_finite(total, norm_type)
+        return total
     total = get_total_norm(grads, norm_type, error_if_nonfinite)
     clip_grads_with_norm_(grads, max_norm, total)
     return total
@@ -168,6 +207,11 @@ def clip_grad_value_(parameters: Any, clip_value: float) -> None:
     if isinstance(clip_value, bool) or not isinstance(clip_value, numbers.Real):
         raise TypeError(f"clip_value must be a real number, got {type(clip_value).__name__}")
     clip_value = float(clip_value)
+    if grads and is_device_array(grads[0]):
+        _device(grads, "grads")
+        for g in grads:  # (min(max(g, -v), v): NaN stays NaN, crossed bounds give v, as torch's clamp)
+            g.clip(-clip_value, clip_value, out=g)
+        return
     if clip_value < 0:
         groups = _by_dtype(grads, "grads")  # checks every gradient before any changes
         for group in groups.values():

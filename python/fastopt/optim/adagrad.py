@@ -6,6 +6,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ..backends import namespace
 from ._engine import Rule
 from ._engine import step as _step
 from .optimizer import ABSMAX, Optimizer, _array_of, _filled_codes, _quantized, impl_flags
@@ -71,9 +72,10 @@ class Adagrad(Optimizer):
                 if _quantized(group, a):  # (8-bit codes, with their blocks' absmax)
                     codes, absmax = _filled_codes(a.shape, init, True)
                     self.state[p] = {"step": np.zeros((), np.float32), "sum": codes, "sum" + ABSMAX: absmax}
-                else:
-                    self.state[p] = {"step": np.zeros((), np.float32),
-                                     "sum": np.full(a.shape, init, self._state_dtype(group, a))}
+                else:  # (where the parameter lives: NumPy or CuPy)
+                    xp = namespace(a)
+                    self.state[p] = {"step": xp.zeros((), np.float32),
+                                     "sum": xp.full(a.shape, init, self._state_dtype(group, a))}
 
     _options = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize")
 

@@ -40,7 +40,8 @@ from ._options import arguments_section, check_bool, real, validate
 from ._state import _ParamList, _ParamState, _State  # noqa: F401 (_ParamState: pickles made before the move)
 from ..hooks import RemovableHandle, register
 from ..nn.utils import clip_coefficient, get_total_norm
-from ..parameter import Parameter, as_numpy, bfloat16_dtype, is_bfloat16, is_half, is_param_dtype
+from ..backends import is_device_array, namespace, to_device_like
+from ..parameter import _EPOCH, Parameter, as_numpy, bfloat16_dtype, is_bfloat16, is_half, is_param_dtype
 
 __all__ = ["Optimizer", "required"]
 
@@ -59,10 +60,16 @@ def _array_of(p: Any) -> np.ndarray:
 
 
 def _is_param(x: Any) -> bool:
-    return isinstance(x, (Parameter, np.ndarray))
+    return isinstance(x, (Parameter, np.ndarray)) or is_device_array(x)
 
 
 _PLAIN_GRADS = {np.ndarray, type(None)}
+
+
+def _on_device(a: Any) -> bool:
+    """Whether a step's array lives on a GPU (the CUDA backend's), told without a call for
+    NumPy arrays."""
+    return type(a) is not np.ndarray and is_device_array(a)
 
 
 def _is_torch(x: Any) -> bool:
@@ -72,6 +79,19 @@ def _is_torch(x: Any) -> bool:
 def _borrow(x: Any, what: str, written: bool) -> np.ndarray:
     """An array of another CPU library (one exporting ``__array_interface__`` or DLPack) as
     an ndarray over the same memory. Written arrays must be writeable and are never copied."""
+    if hasattr(x, "__dlpack_device__") and not hasattr(x, "__array_interface__"):
+        try:
+            on_cuda = int(x.__dlpack_device__()[0]) in (2, 13)  # (kDLCUDA, kDLCUDAManaged)
+        except Exception:  # noqa: BLE001 (an exporter that cannot say: not a GPU array)
+            on_cuda = False
+        if on_cuda:  # another library's GPU array: a CuPy view of the same memory
+            from ..backends import cuda  # noqa: PLC0415 (only for GPU arrays)
+
+            a = cuda.require().from_dlpack(x)
+            if a.dtype not in (np.float32, np.float64):
+                raise TypeError(f"{what} ({type(x).__name__}) has dtype {a.dtype}; on the GPU fastopt takes float32 "
+                                "and float64")
+            return a
     if hasattr(x, "__array_interface__"):
         a = np.asarray(x)
         if a.__array_interface__["data"][0] != x.__array_interface__["data"][0]:
@@ -343,14 +363,14 @@ def _check_disjoint(groups: list[list[Any]]) -> None:
         for i, p in enumerate(params):
             a = _array_of(p)
             if a.size:
-                lo, hi = _byte_bounds(a)
+                lo, hi = _device_bounds(a) if is_device_array(a) else _byte_bounds(a)
                 spans.append((lo, hi, gi, i, a))
     spans.sort(key=lambda t: t[0])
     open_spans: list = []
     for lo, hi, gi, i, a in spans:
         open_spans = [t for t in open_spans if t[1] > lo]
         for _, _, gj, j, b in open_spans:
-            if gj != gi and np.shares_memory(a, b):
+            if gj != gi and (is_device_array(a) or is_device_array(b) or np.shares_memory(a, b)):
                 (g1, p1), (g2, p2) = sorted([(gi, i), (gj, j)])
                 raise ValueError(
                     f"param_groups[{g1}]['params'][{p1}] and param_groups[{g2}]['params'][{p2}] share memory "
@@ -359,11 +379,19 @@ def _check_disjoint(groups: list[list[Any]]) -> None:
         open_spans.append((lo, hi, gi, i, a))
 
 
+def _device_bounds(a: Any) -> tuple[int, int]:
+    """A CuPy array's byte range on its device (its memory pointer and extent), with the
+    device in the high bits so that arrays of two GPUs never overlap."""
+    lo = int(a.data.ptr) + (int(a.device.id) << 56)
+    extent = sum((n - 1) * abs(st) for n, st in zip(a.shape, a.strides)) + a.itemsize if a.size else 0
+    return lo, lo + extent
+
+
 def _check_step(key: Any, value: Any) -> None:
     """A loaded ``step`` counter must be a finite number >= 0 (torch raises on the bias
     correction otherwise; fastopt would silently give inf or NaN parameters)."""
     try:
-        v = float(np.asarray(value).reshape(()))
+        v = float(as_numpy(value).reshape(()))
     except (TypeError, ValueError):
         raise ValueError(f"state[{key!r}]['step'] must be a single number, got {value!r}") from None
     if not (math.isfinite(v) and v >= 0):
@@ -540,6 +568,12 @@ class Optimizer:
         d["_pending"] = None
         d["_disjoint"] = None
         d["_rules"] = {}
+        d.pop("_device_launchers", None)
+        d.pop("_device_step", None)
+        d.pop("_device_norm", None)
+        d.pop("_device_fast", None)
+        d.pop("_last_own_grads", None)
+        d.pop("_device_wrote", None)
         return d
 
     def __setstate__(self, d: dict[str, Any]) -> None:
@@ -844,6 +878,9 @@ class Optimizer:
                 if grads is None:
                     per_group = [self._own_grads(gi, g) for gi, g in enumerate(groups)]
                 every = [g for row in per_group for g in row if g is not None]
+                if every and _on_device(every[0]):
+                    return self._step_device_clipped(per_group, every, scale, max_grad_norm, norm_type,
+                                                     skip_if_nonfinite, loss)
                 total = get_total_norm(every, norm_type)
                 if scale != 1.0:
                     total = total * total.dtype.type(scale)
@@ -859,6 +896,32 @@ class Optimizer:
                     self._run_group(gi, group, g, True, scale)
             self._write_groups(per_group, scale)
             return loss
+
+    def _step_device_clipped(self, per_group: list, every: list, scale: float, max_grad_norm: Any,
+                             norm_type: float, skip: bool, loss: Any) -> Any:
+        """``step(max_grad_norm=..., skip_if_nonfinite=...)`` on CuPy arrays: the norm, the
+        clipping coefficient and the non-finite flag are computed on the device and read there
+        by the step's kernels, so the step never waits for the GPU. ``last_grad_norm`` is a 0-d
+        CuPy array."""
+        from ..backends import cuda  # noqa: PLC0415 (only for CuPy arrays)
+
+        got = self.__dict__.get("_device_norm")
+        if got is None:
+            got = self._device_norm = cuda.NormLauncher(cuda.device(every[0]))
+        got.prepare(every)
+        clip = None if max_grad_norm is None else float(max_grad_norm)
+        norm, coef, nonfinite = got.norm(norm_type, scale, clip, flag=skip)
+        self.last_grad_norm = norm.astype(every[0].dtype)
+        self._device_step = (coef, nonfinite)
+        try:
+            if len(self.param_groups) > 1:
+                self._check_groups_disjoint()
+                for gi, (group, g) in enumerate(zip(self.param_groups, per_group)):
+                    self._run_group(gi, group, g, True, scale)
+            self._write_groups(per_group, scale)
+        finally:
+            self._device_step = (None, None)
+        return loss
 
     def _write_groups(self, per_group: list, scale: float) -> None:
         """Runs every group's kernel and commits its new state. A KeyboardInterrupt or
@@ -957,12 +1020,16 @@ class Optimizer:
         """``hook(optimizer) -> None`` runs after ``load_state_dict()``."""
         return register(self._load_state_dict_post_hooks, hook, prepend)
 
-    @staticmethod
-    def _own_grads(gi: int, group: dict) -> list:
+    #: The list the last ``_own_grads`` call made (a device group's fast path is recorded only for
+    #: a step over the params' own gradients).
+    _last_own_grads: list | None = None
+
+    def _own_grads(self, gi: int, group: dict) -> list:
         """The ``.grad`` of each param of the group (all must be Parameters)."""
         params = group["params"]
         try:
-            return list(map(_GRAD, params))
+            grads = self._last_own_grads = list(map(_GRAD, params))
+            return grads
         except AttributeError:
             i = next(i for i, p in enumerate(params) if not isinstance(p, Parameter))
             raise ValueError(
@@ -972,6 +1039,9 @@ class Optimizer:
 
     def _run_group(self, gi: int, group: dict, grads: list | None, check_only: bool, grad_scale: float = 1.0) -> None:
         """Gathers the group's params that have a gradient and runs ``_step_group`` on them."""
+        fast = self.__dict__["_device_fast"].get(id(group)) if "_device_fast" in self.__dict__ else None
+        if fast is not None and grads is None and not check_only and grad_scale == 1.0 and self._device_fast_ok(fast, group):
+            return
         params = group["params"]
         if grads is None:
             grads = self._own_grads(gi, group)
@@ -1019,7 +1089,10 @@ class Optimizer:
         even if the exception came from a signal handler just after), the state it created
         is committed with it; otherwise nothing was written and the new state is dropped."""
         pending, self._pending = self._pending, None
-        if self._kernel_counts_calls:
+        on_device = self.__dict__.pop("_device_wrote", False)  # (a device group's launch was queued)
+        if on_device:
+            self._group_wrote = True
+        elif self._kernel_counts_calls:
             self._group_wrote = cache is not None and cache.completed() != before
         else:  # unknown: take the group as written (never step it twice) and keep its state
             self._group_wrote = cache is not None
@@ -1107,14 +1180,12 @@ class Optimizer:
         if entry is None or entry[0] is not group or entry[1] is None or entry[1] != list(group.values()):
             entry = self._rule_of(group)
         _, _, _, rule, names, counters, cache = entry
+        if _on_device(arrays[0]):
+            return self._step_device(group, entry, params, arrays, grads, check_only, grad_scale)
         if "state_dtype" in group and group["state_dtype"] == "int8":
             return self._step_int8(group, params, arrays, grads, check_only, grad_scale, entry)
-        bufs, created = self._buffers(params, arrays, names, counters, group)
+        bufs, created, fresh = self._state_lists(params, arrays, names, counters, group)
         k = len(counters)
-        fresh = None
-        if created and self._needs_fresh and len(names) > k:
-            new = {id(b) for _, _, b in created}
-            fresh = [id(b) in new for b in bufs[k]]
         # (the compiled call directly: this runs once per group and step)
         lists, tail = _split_masters(names, bufs, group)
         _engine._kernels.step(rule, arrays, grads, lists[k:], lists[:k], fresh, grad_scale, check_only, cache, *tail)
@@ -1123,6 +1194,82 @@ class Optimizer:
         if created and not check_only:
             self._commit(created)
 
+    def _state_lists(self, params: list[Any], arrays: list[Any], names: tuple[str, ...], counters: tuple[str, ...],
+                     group: dict[str, Any]) -> tuple[list, list, list[bool] | None]:
+        """:meth:`_buffers`, and which tensors' first state buffer was just created (for rules
+        that read it: SGD's first momentum, Schedule-Free's ``z``; None when none was)."""
+        bufs, created = self._buffers(params, arrays, names, counters, group)
+        fresh = None
+        k = len(counters)
+        if created and self._needs_fresh and len(names) > k:
+            new = {id(b) for _, _, b in created}
+            fresh = [id(b) in new for b in bufs[k]]
+        return bufs, created, fresh
+
+    def _step_device(self, group: dict[str, Any], entry: tuple, params: list[Any], arrays: list[Any],
+                     grads: list[Any], check_only: bool, grad_scale: float) -> None:
+        """:meth:`_step_group` for CuPy arrays: the group's launches through
+        :class:`fastopt.backends.cuda.GroupLauncher` (its tables kept per group), with the
+        step's device-side scale and skip flag (clipping, ``skip_if_nonfinite``) if any."""
+        from ..backends import cuda  # noqa: PLC0415 (only for CuPy arrays)
+
+        self._device_wrote = False
+        # (the rule's numbers as the group gives them now: a subclass may renew its rule in
+        # place, without the record in entry[2])
+        name, hyper = self._rule_name(group), self._hyper(group)
+        names, counters = entry[4], entry[5]
+        if group.get("state_dtype") is not None or group.get("master_weights") is not None:
+            raise ValueError("state_dtype and master_weights are not available for CuPy arrays (the CUDA kernels "
+                             "keep state in the parameters' dtype)")
+        if name not in cuda.RULES:
+            raise NotImplementedError(f"{type(self).__name__} has no CUDA kernel yet (its rule {name!r}); "
+                                      f"the GPU backend has {sorted(cuda.RULES)}")
+        if hyper.get("cautious"):
+            raise NotImplementedError("cautious=True is not available for CuPy arrays yet")
+        launchers = self.__dict__.setdefault("_device_launchers", {})
+        got = launchers.get(id(group))
+        if got is None or got[0] is not group:
+            got = launchers[id(group)] = (group, cuda.GroupLauncher(cuda.device(arrays[0])))
+        launcher = got[1]
+        bufs, created, fresh = self._state_lists(params, arrays, names, counters, group)
+        k = len(counters)
+        launcher.prepare(arrays, grads, bufs[k:], bufs[:k], fresh)
+        if check_only:
+            return
+        scale, skip = self.__dict__.get("_device_step", (None, None))
+        launcher.step(name, hyper, grad_scale, scale, skip)
+        self._device_wrote = True  # (read by _settle, should an interrupt land here)
+        if created:
+            self._commit(created)
+        fast = self.__dict__.setdefault("_device_fast", {})
+        if (params is group["params"] and grads is self._last_own_grads and type(self)._step_group is Optimizer._step_group
+                and not created and grad_scale == 1.0):
+            # Nothing that decides this launch changes unless a Parameter's data or grad is
+            # replaced (the epoch), the group's params list changes, the state changes, or an
+            # option is replaced: until then a step is this launch with the group's numbers
+            # (see _device_fast_ok), without gathering the arrays again.
+            state = self.state
+            plist: Any = group["params"]
+            fast[id(group)] = (group, _EPOCH[0], plist._version, state, state._version,
+                               list(group.values()), launcher, name)
+        else:
+            fast.pop(id(group), None)
+
+    def _device_fast_ok(self, fast: tuple, group: dict) -> bool:
+        """Runs a device group's step through its launch as last time, if nothing it depends
+        on changed (see :meth:`_step_device`); False (nothing done) otherwise."""
+        g, epoch, version, state, state_version, values, launcher, name = fast
+        if (g is not group or epoch != _EPOCH[0] or version != group["params"]._version or state is not self.state
+                or state_version != state._version or self.__dict__.get("_device_step", (None, None)) != (None, None)):
+            return False
+        try:
+            if values != list(group.values()):
+                return False
+        except (TypeError, ValueError):  # (an option whose == is not a bool: take the full path)
+            return False
+        launcher.step(name, self._hyper(group))
+        self._group_wrote = True
+        return True
     def _step_int8(self, group: dict[str, Any], params: list[Any], arrays: list[np.ndarray], grads: list[np.ndarray],
                    check_only: bool, grad_scale: float, entry: tuple) -> None:
         """:meth:`_step_group` with ``state_dtype='int8'``: one kernel call over the tensors
@@ -1236,7 +1383,7 @@ class Optimizer:
                 b = d.get(name)
                 if b is None:
                     if name in counters:
-                        b = np.full((), (fill or {}).get(name, 0.0), np.float32)
+                        b = namespace(a).full((), (fill or {}).get(name, 0.0), np.float32)
                     elif name is MASTER:  # (the parameter's exact float32 value)
                         b = a.astype(np.float32)
                     elif _quantized(group, a) and (name.endswith(ABSMAX) or name + ABSMAX in names):
@@ -1265,7 +1412,8 @@ class Optimizer:
         """A new state buffer ``name`` for parameter ``p`` (array ``a``): ``a``'s shape, of
         ``dtype`` (the group's state dtype), every element ``value``. (The sharded optimizer's
         local optimizer replaces it to carve the buffers out of one flat array per name.)"""
-        return np.full(a.shape, value, dtype) if value else np.zeros(a.shape, dtype)
+        xp = namespace(a)
+        return xp.full(a.shape, value, dtype) if value else xp.zeros(a.shape, dtype)
 
     def _check_cache(self, group: dict, part: int = 0) -> Any:
         """The kernel's record of what it checked for this group last time (it holds the
@@ -1363,6 +1511,8 @@ class Optimizer:
                                     "parameter: build it with state_dtype='int8' to load this state")
             new_state[p] = {key: _load_value(p, key, val, key in self._counters, dtypes[id(p)])
                             for key, val in v.items()}
+            if is_device_array(_array_of(p)):  # (torch moves loaded state to the parameter's device)
+                new_state[p] = {key: to_device_like(_array_of(p), val) for key, val in new_state[p].items()}
         self.state = new_state
         self.param_groups = new_groups
         for hook in list(self._load_state_dict_post_hooks.values()):
