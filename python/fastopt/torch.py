@@ -1,4 +1,4 @@
-"""fastopt's optimizers as ``torch.optim.Optimizer`` subclasses for CPU tensors.
+"""fastopt's optimizers as ``torch.optim.Optimizer`` subclasses for CPU (and CUDA) tensors.
 
 One changed import moves a torch training loop onto fastopt's kernels::
 
@@ -24,8 +24,12 @@ lazily negated one, ``torch._neg_view``, through a resolved copy).
 
 Where it helps: a step over small and many tensors, where torch's per-tensor work dominates
 (161 tensors of 64 elements: Adam 12x faster than torch's ``foreach`` path here). Where it
-does not: GPU tensors (refused), and tensors of 1e7 elements and more, where both move the
-same bytes at the memory's bandwidth.
+does not: tensors of 1e7 elements and more, where both move the same bytes at the memory's
+bandwidth.
+
+CUDA tensors (float32 and float64) are updated in place by fastopt's CUDA kernels
+(:mod:`fastopt.backends.cuda`, which needs CuPy: the ``[cuda]`` extra), seen through DLPack
+without a copy, on torch's current stream; their state lives on the GPU.
 
 This module imports torch; ``import fastopt`` does not.
 """
@@ -42,7 +46,9 @@ import torch.autograd.profiler as _profiler
 import torch.optim.optimizer as _torch_optim
 
 from . import optim as _optim
+from .backends import is_device_array, to_device_like
 from .parameter import Parameter as _FastParameter
+from .parameter import arrays_replaced
 from .parameter import bfloat16_dtype, is_bfloat16
 
 __all__ = [name for name in _optim.__all__ if isinstance(getattr(_optim, name), type)
@@ -57,7 +63,12 @@ _GRAD = attrgetter("grad")
 
 def _array(t: torch.Tensor) -> np.ndarray:
     """A NumPy view of a CPU tensor's memory; a bfloat16 tensor's as ``ml_dtypes.bfloat16``
-    (NumPy has no bfloat16 of its own; fastopt does not import ml_dtypes for the program)."""
+    (NumPy has no bfloat16 of its own; fastopt does not import ml_dtypes for the program).
+    A CUDA tensor's: a CuPy view through DLPack (no copy)."""
+    if t.device.type == "cuda":
+        from .backends import cuda  # noqa: PLC0415 (only for CUDA tensors)
+
+        return cuda.require().from_dlpack(t)
     if t.dtype == torch.bfloat16:
         bf = bfloat16_dtype()
         if bf is None:
@@ -71,7 +82,7 @@ def _to_numpy(v: Any) -> Any:
     """A state value as the kernels take it: tensors as NumPy views of their memory (made
     contiguous first), lists and tuples element by element, anything else as it is."""
     if isinstance(v, torch.Tensor):
-        if v.device.type != "cpu":
+        if v.device.type not in ("cpu", "cuda"):
             v = v.cpu()
         return _array(v.detach().contiguous())
     if isinstance(v, (list, tuple)):
@@ -85,6 +96,8 @@ def _to_torch(v: Any) -> Any:
         if is_bfloat16(v.dtype):  # (torch reads no ml_dtypes array: through its bits)
             return torch.from_numpy(v.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(v)
+    if is_device_array(v):
+        return torch.from_dlpack(v)  # (a CuPy array: the same GPU memory)
     if isinstance(v, (list, tuple)):
         return type(v)(_to_torch(x) for x in v)
     return v
@@ -127,8 +140,12 @@ class Optimizer(torch.optim.Optimizer):
         where = f"param_groups[{gi}]['params'][{i}]" + (f" ({names[i]!r})" if names else "")
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"{where} is a {type(p).__name__}, not a torch tensor")
-        if p.device.type != "cpu":
-            raise ValueError(f"{where} is on {p.device}: fastopt.torch updates CPU tensors in place "
+        if p.device.type == "cuda":
+            if p.dtype not in (torch.float32, torch.float64):
+                raise TypeError(f"{where} is a {p.dtype} CUDA tensor; fastopt's CUDA kernels take float32 and "
+                                "float64")
+        elif p.device.type != "cpu":
+            raise ValueError(f"{where} is on {p.device}: fastopt.torch updates CPU and CUDA tensors in place "
                              "(use torch.optim for tensors on other devices)")
         if p.dtype not in _DTYPES:
             raise TypeError(f"{where} has dtype {p.dtype}; fastopt's kernels take float32, float64, float16 or "
@@ -155,11 +172,15 @@ class Optimizer(torch.optim.Optimizer):
         self._pairs = [(p, fp) for group, ig in zip(self.param_groups, inner.param_groups)
                        for p, fp in zip(group["params"], ig["params"])]
         self._params = [p for p, _ in self._pairs]
+        self._on_cuda = any(p.device.type == "cuda" for p in self._params)
         self._grads_given: list | None = None  # the gradient tensors last handed over
         for p, fp in self._pairs:
             st = self.state.get(p)
             if st:
                 inner.state[fp] = {k: _to_numpy(v) for k, v in st.items()}
+                if p.device.type == "cuda":  # (torch keeps `step` on the CPU; fastopt counts on the GPU)
+                    inner.state[fp] = {k: to_device_like(fp.data, v) if not is_device_array(v) else v
+                                       for k, v in inner.state[fp].items()}
         self._mirror()
         self._built = self._signature()
 
@@ -284,7 +305,14 @@ class Optimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._grads()
-        inner.step()
+        if self._on_cuda:
+            # fastopt's launches go on torch's current stream (CuPy's, while the step runs)
+            from .backends import cuda  # noqa: PLC0415 (only for CUDA tensors)
+
+            with cuda.require().cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
+                inner.step()
+        else:
+            inner.step()
         if inner.state._version != self._mirrored:
             self._mirror()
         if inner._steps_change_groups:
@@ -310,6 +338,7 @@ class Optimizer(torch.optim.Optimizer):
         self._grads_given = tensors
         for (_, fp), v in zip(self._pairs, views):
             fp._grad = v
+        arrays_replaced()
 
     def _grad_of(self, p: torch.Tensor) -> np.ndarray | None:
         g = p.grad
