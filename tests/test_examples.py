@@ -36,9 +36,19 @@ def test_the_pages_have_examples():
 def test_page_examples_run(page, tmp_path, monkeypatch):
     if "import torch" in page.read_text():
         pytest.importorskip("torch")
+    from fastopt.backends import cuda
+
+    # Examples that import CuPy need a GPU: a page whose first example does is a GPU page,
+    # skipped whole without one (benches/gpu_check.py runs docs/guide/gpu.md's examples on a
+    # GPU); elsewhere only such an example is left out.
+    gpu = cuda.available()
+    if not gpu and "import cupy" in blocks(page)[0][1]:
+        pytest.skip("the page's examples run on a GPU (CuPy and a CUDA device)")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__example__"}
     for line, code in blocks(page):
+        if not gpu and "import cupy" in code:
+            continue
         try:
             exec(compile(code, f"{page.name}:{line}", "exec"), namespace)
         except Exception as e:  # name the block that failed
