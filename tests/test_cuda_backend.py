@@ -482,3 +482,10 @@ def test_an_array_on_another_gpu_is_refused():
     cuda._check_array(dev, Array(0), "params[0]", np.dtype(np.float32), 4, True)
     with pytest.raises(ValueError, match=r"grads\[0\] is on GPU 1, but the group's parameters are on GPU 0"):
         cuda._check_array(dev, Array(1), "grads[0]", np.dtype(np.float32), 4, False)
+
+
+@pytest.mark.parametrize("name", ["Adafactor", "Lamb", "LBFGS", "Muon", "Prodigy"])
+def test_optimizers_without_cuda_kernels_refuse_gpu_parameters_when_given_them(name, monkeypatch):
+    monkeypatch.setattr(optimizer_module, "is_device_array", lambda x: isinstance(x, np.ndarray))
+    with pytest.raises(NotImplementedError, match=rf"params\[0\] is a CuPy array, and {name} has no CUDA kernels"):
+        getattr(fo.optim, name)([np.zeros((3, 2), np.float32)])

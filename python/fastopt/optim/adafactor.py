@@ -58,6 +58,7 @@ class Adafactor(Optimizer):
     """
 
     _takes_half = False  # (its own arithmetic is float32/float64 only)
+    _takes_device = False  # (passes of its own: no CUDA kernels yet)
 
     _couples = "tensor"  # (an element's update reads its row and column)
     _option_docs = {

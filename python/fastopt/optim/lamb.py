@@ -53,6 +53,7 @@ class Lamb(Optimizer):
 
     _couples = "tensor"  # (the trust ratio: the norms of the whole tensor)
     _takes_masters = True  # (both passes join a float32 master into the parameter tile)
+    _takes_device = False  # (passes of its own: no CUDA kernels yet)
     _option_docs = {
         "weight_decay": "decoupled weight decay, added to the update direction before the trust ratio",
         "bias_correction": "True: the moments divided by ``1 - beta**t`` before the ratio (the paper's Algorithm 2, "

@@ -151,6 +151,7 @@ class LBFGS(Optimizer):
     """
 
     _takes_half = False  # (its own arithmetic is float32/float64 only)
+    _takes_device = False  # (passes of its own: no CUDA kernels yet)
 
     _couples = "all"  # (the direction comes from every parameter's history)
     _option_docs = {

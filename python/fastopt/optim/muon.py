@@ -104,6 +104,7 @@ class Muon(Optimizer):
     """
 
     _takes_half = False  # (its own arithmetic is float32/float64 only)
+    _takes_device = False  # (passes of its own: no CUDA kernels yet)
 
     _couples = "tensor"  # (Newton-Schulz orthogonalises the whole matrix)
     _option_docs = {

@@ -627,6 +627,9 @@ class Optimizer:
                 # Another library's array: a view of its memory (the group holds the view).
                 p = params[i] = _borrow(p, f"params[{i}]", written=True)
             a = _array_of(p)
+            if not self._takes_device and is_device_array(a):
+                raise NotImplementedError(f"params[{i}] is a CuPy array, and {type(self).__name__} has no CUDA kernels "
+                                          "yet (on the GPU: the single-pass optimizers, see fastopt.backends.cuda)")
             if not is_param_dtype(a.dtype):
                 raise TypeError(f"params[{i}] has dtype {a.dtype}; optimizers take float32, float64, float16 or "
                                 "bfloat16 (ml_dtypes) arrays")
@@ -1107,6 +1110,9 @@ class Optimizer:
     #: Whether the optimizer takes float16 and bfloat16 parameters (every engine rule does:
     #: arithmetic in float32, state in the parameter's dtype, as torch's fused kernels).
     _takes_half = True
+    #: Whether the optimizer runs on CuPy arrays (the CUDA backend has its rule; the ones with
+    #: passes of their own say False, and refuse GPU parameters when they are added).
+    _takes_device = True
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         """The rule's hyperparameters for ``group``, by the engine's names."""

@@ -110,6 +110,7 @@ class Prodigy(Optimizer):
     # float32: the distance estimate's state `s` grows past float16's range)
     _takes_half = True
     _takes_masters = True  # (both passes join a float32 master into the parameter tile)
+    _takes_device = False  # (passes of its own: no CUDA kernels yet)
 
     _couples = "all"  # (the step-size estimate sums over every tensor)
     _option_docs = {
