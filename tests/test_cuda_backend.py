@@ -489,3 +489,14 @@ def test_optimizers_without_cuda_kernels_refuse_gpu_parameters_when_given_them(n
     monkeypatch.setattr(optimizer_module, "is_device_array", lambda x: isinstance(x, np.ndarray))
     with pytest.raises(NotImplementedError, match=rf"params\[0\] is a CuPy array, and {name} has no CUDA kernels"):
         getattr(fo.optim, name)([np.zeros((3, 2), np.float32)])
+
+
+@pytest.mark.parametrize("name,args", [("prelu", 2), ("prelu_backward", 3), ("mse_loss", 2), ("mse_loss_backward", 3),
+                                       ("sync_batch_norm", 5), ("sync_batch_norm_backward", 5)])
+def test_functions_without_cuda_kernels_refuse_gpu_arrays(name, args, monkeypatch):
+    from fastopt.nn import functional as F
+
+    monkeypatch.setattr(F, "is_device_array", lambda x: isinstance(x, np.ndarray))
+    a = np.ones((2, 3), np.float32)
+    with pytest.raises(TypeError, match=f"{name} takes NumPy arrays: it has no CUDA kernel yet"):
+        getattr(F, name)(*([a] * args))

@@ -71,6 +71,13 @@ def _array(x: Any, what: str) -> np.ndarray:
     return x
 
 
+def _host_only(x: Any, name: str) -> None:
+    """Refuses a CuPy array for a function that has no CUDA kernel yet."""
+    if is_device_array(x):
+        raise TypeError(f"{name} takes NumPy arrays: it has no CUDA kernel yet (on the GPU: the activations, "
+                        "softmax, cross_entropy and batch_norm)")
+
+
 def _same_kind(x: Any, other: Any, what: str, ref: str) -> None:
     if type(other) is not type(x):
         raise TypeError(f"{what} is a {type(other).__module__.split('.')[0]} array but {ref} is a "
@@ -286,6 +293,7 @@ def _channel_shape(x: np.ndarray, weight: np.ndarray) -> tuple:
 
 def prelu(input: np.ndarray, weight: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
     """``x`` for x > 0, else ``weight * x``; ``weight`` has one slope or one per channel (axis 1)."""
+    _host_only(input, "prelu")
     x = _array(input, "input")
     w = _array(weight, "weight")
     if w.dtype != x.dtype:
@@ -302,6 +310,7 @@ def prelu(input: np.ndarray, weight: np.ndarray, *, out: np.ndarray | None = Non
 
 def prelu_backward(grad_output: np.ndarray, input: np.ndarray, weight: np.ndarray, *, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(grad_input, grad_weight)``: ``grad_weight`` sums ``grad_output * x`` where x <= 0."""
+    _host_only(grad_output, "prelu_backward")
     g = _array(grad_output, "grad_output")
     x = _like(g, input, "input", "grad_output")
     w = _array(weight, "weight")
@@ -499,6 +508,7 @@ def cross_entropy_backward(
 
 def mse_loss(input: np.ndarray, target: np.ndarray, reduction: str = "mean") -> Any:
     """``(input - target) ** 2``, reduced by ``'mean'`` (default), ``'sum'`` or ``'none'``."""
+    _host_only(input, "mse_loss")
     reduction = _reduction(reduction)
     x = _array(input, "input")
     t = _like(x, target, "target")
@@ -512,6 +522,7 @@ def mse_loss(input: np.ndarray, target: np.ndarray, reduction: str = "mean") -> 
 
 def mse_loss_backward(grad_output: Any, input: np.ndarray, target: np.ndarray, reduction: str = "mean", *, out: np.ndarray | None = None) -> np.ndarray:
     """``2 (input - target) * grad_output`` (divided by the element count for ``'mean'``)."""
+    _host_only(input, "mse_loss_backward")
     reduction = _reduction(reduction)
     x = _array(input, "input")
     t = _like(x, target, "target")
@@ -737,6 +748,7 @@ def sync_batch_norm(
     array([[-1., -1.],
            [ 1.,  1.]])
     """
+    _host_only(input, "sync_batch_norm")
     from ..distributed._optimizer import _comm
 
     comm = _comm(comm)
@@ -807,6 +819,7 @@ def sync_batch_norm_backward(
            [-0.1524, -0.0408],
            [ 0.0435,  0.0816]])
     """
+    _host_only(grad_output, "sync_batch_norm_backward")
     from ..distributed._optimizer import _comm
 
     comm = _comm(comm)
