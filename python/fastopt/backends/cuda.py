@@ -37,6 +37,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from . import namespace
+
 __all__ = ["CHUNK", "BLOCK", "RULES", "TENSOR_DTYPE", "available", "require", "source", "CupyDevice", "HostEmulation",
            "device", "block_table", "GroupLauncher", "NormLauncher", "total_norm", "clip_grad_norm_", "scale_",
            "act_forward", "act_backward", "softmax", "softmax_backward", "cross_entropy", "cross_entropy_backward",
@@ -120,8 +122,13 @@ def available() -> bool:
         return False
 
 
+_found_gpu: list = []  # (CuPy, once it has seen a GPU: later calls skip the device count)
+
+
 def require() -> Any:
     """CuPy, or a clear error saying what is missing (CuPy, or a GPU it can use)."""
+    if _found_gpu:
+        return _found_gpu[0]
     cp = _cupy()
     try:
         count = int(cp.cuda.runtime.getDeviceCount())
@@ -129,6 +136,7 @@ def require() -> Any:
         raise RuntimeError(f"CuPy is installed but sees no CUDA GPU: {e}") from None
     if count == 0:
         raise RuntimeError("CuPy is installed but sees no CUDA GPU")
+    _found_gpu.append(cp)
     return cp
 
 
@@ -267,6 +275,20 @@ def device(x: Any = None) -> CupyDevice:
             if d is None:
                 d = _devices[dev] = CupyDevice()
     return d
+
+
+def _suffix(x: Any) -> str:
+    return _SUFFIX[np.dtype(x.dtype)]
+
+
+def _dev(x: Any, dev: Any) -> Any:
+    """``dev``, or the :class:`CupyDevice` of ``x``'s GPU."""
+    return dev or device(x)
+
+
+def _ptr_or_null(a: Any) -> Any:
+    """A kernel's optional pointer argument: the array, or a null pointer for None."""
+    return _NULL if a is None else a
 
 
 # ------------------------------------------------------------------------- launch tables
@@ -513,8 +535,7 @@ class GroupLauncher:
                                           f"{sorted(RULES)})")
             h = [np.float64(float(hyper[k])) for k in names] + [np.float64(0.0)] * (NUM_HYPER - len(names))
             self._hkey, self._hargs = key, h
-        ds = _NULL if device_scale is None else device_scale
-        fi = _NULL if found_inf is None else found_inf
+        ds, fi = _ptr_or_null(device_scale), _ptr_or_null(found_inf)
         fn = self.dev.function
         for plan, _ in self._plans:
             if plan.nblocks:
@@ -592,8 +613,7 @@ class NormLauncher:
         dev.function("fo_norm_finish")(1, BLOCK, (parts, np.int32(max(self._total, 1)), np.int32(kind), np.float64(p),
                                                   np.float64(scale), np.int32(single), norm,
                                                   np.float64(-1.0 if max_norm is None else float(max_norm)),
-                                                  _NULL if coef is None else coef,
-                                                  _NULL if nonfinite is None else nonfinite))
+                                                  _ptr_or_null(coef), _ptr_or_null(nonfinite)))
         return norm, coef, nonfinite
 
     def scale(self, coef: Any) -> None:
@@ -603,34 +623,37 @@ class NormLauncher:
                 self.dev.function(f"fo_scale_{plan.suffix}")(plan.nblocks, BLOCK, (plan.table, plan.blocks, coef))
 
 
+def _norm_launcher(grads: Sequence[Any], dev: Any) -> NormLauncher:
+    nl = NormLauncher(_dev(grads[0], dev))
+    nl.prepare(grads)
+    return nl
+
+
+def _as_norm_dtype(norm: Any, grads: Sequence[Any]) -> Any:
+    """The norm in the gradients' dtype (float64 when they mix dtypes), as torch returns it."""
+    return norm.astype(grads[0].dtype if len({g.dtype for g in grads}) == 1 else np.float64)
+
+
 def total_norm(grads: Sequence[Any], norm_type: float = 2.0, dev: Any = None) -> Any:
     """The total ``norm_type`` norm of device arrays ``grads``, as a 0-d device array of their
     dtype (no host synchronisation)."""
-    dev = dev or device(grads[0])
-    nl = NormLauncher(dev)
-    nl.prepare(grads)
-    norm, _, _ = nl.norm(norm_type)
-    return norm.astype(grads[0].dtype if len({g.dtype for g in grads}) == 1 else np.float64)
+    norm, _, _ = _norm_launcher(grads, dev).norm(norm_type)
+    return _as_norm_dtype(norm, grads)
 
 
 def clip_grad_norm_(grads: Sequence[Any], max_norm: float, norm_type: float = 2.0, dev: Any = None) -> Any:
     """Scales device arrays ``grads`` in place so that their total norm is at most
     ``max_norm`` (torch's coefficient ``min(1, max_norm / (norm + 1e-6))``, computed on the
     device); returns the norm before clipping as a 0-d device array."""
-    dev = dev or device(grads[0])
-    nl = NormLauncher(dev)
-    nl.prepare(grads)
+    nl = _norm_launcher(grads, dev)
     norm, coef, _ = nl.norm(norm_type, max_norm=max_norm)
     nl.scale(coef)
-    return norm.astype(grads[0].dtype if len({g.dtype for g in grads}) == 1 else np.float64)
+    return _as_norm_dtype(norm, grads)
 
 
 def scale_(grads: Sequence[Any], coef: Any, dev: Any = None) -> None:
     """``g *= coef`` for every device array of ``grads``; ``coef`` a float64 device scalar."""
-    dev = dev or device(grads[0])
-    nl = NormLauncher(dev)
-    nl.prepare(grads)
-    nl.scale(coef)
+    _norm_launcher(grads, dev).scale(coef)
 
 
 # ---------------------------------------------------------------------------- activations
@@ -639,46 +662,30 @@ def _grid(n: int) -> int:
     return max(1, min((n + BLOCK - 1) // BLOCK, 4096))
 
 
-def act_forward(name: str, x: Any, out: Any, a: float = 0.0, b: float = 0.0, c: float = 0.0, dev: Any = None) -> None:
-    """``out = act(x)`` for the CPU core's activation ``name`` (its parameters ``a, b, c``)."""
-    dev = dev or device(x)
+def _act_op(name: str) -> int:
     op = _ACT_OPS.get(name)
     if op is None:
         raise ValueError(f"no CUDA kernel for activation {name!r}")
-    suffix = _SUFFIX[np.dtype(x.dtype)]
-    dev.function(f"fo_act_forward_{suffix}")(_grid(x.size), BLOCK, (np.int32(op), x, out, np.int64(x.size),
-                                                                    np.float64(a), np.float64(b), np.float64(c)))
+    return op
+
+
+def act_forward(name: str, x: Any, out: Any, a: float = 0.0, b: float = 0.0, c: float = 0.0, dev: Any = None) -> None:
+    """``out = act(x)`` for the CPU core's activation ``name`` (its parameters ``a, b, c``)."""
+    _dev(x, dev).function(f"fo_act_forward_{_suffix(x)}")(_grid(x.size), BLOCK, (
+        np.int32(_act_op(name)), x, out, np.int64(x.size), np.float64(a), np.float64(b), np.float64(c)))
 
 
 def act_backward(name: str, grad: Any, saved: Any, out: Any, a: float = 0.0, b: float = 0.0, c: float = 0.0,
                  dev: Any = None) -> None:
     """``out`` = the gradient of activation ``name`` with respect to its input, from the
     gradient of its output and the saved tensor (output or input, as the CPU core's)."""
-    dev = dev or device(grad)
-    op = _ACT_OPS.get(name)
-    if op is None:
-        raise ValueError(f"no CUDA kernel for activation {name!r}")
-    suffix = _SUFFIX[np.dtype(grad.dtype)]
-    dev.function(f"fo_act_backward_{suffix}")(_grid(grad.size), BLOCK, (np.int32(op), grad, saved, out,
-                                                                       np.int64(grad.size), np.float64(a),
-                                                                       np.float64(b), np.float64(c)))
+    _dev(grad, dev).function(f"fo_act_backward_{_suffix(grad)}")(_grid(grad.size), BLOCK, (
+        np.int32(_act_op(name)), grad, saved, out, np.int64(grad.size), np.float64(a), np.float64(b), np.float64(c)))
 
 
 # ---------------------------------------------------------- softmax, losses, batch norm
 # The CPU core's signatures (``fastopt._fastopt``), for CuPy arrays: ``fastopt.nn.functional``
 # calls one or the other through :func:`fastopt.backends.kernels_for`.
-
-def _suffix(x: Any) -> str:
-    return _SUFFIX[np.dtype(x.dtype)]
-
-
-def _dev(x: Any, dev: Any) -> Any:
-    return dev or device(x)
-
-
-def _ptr_or_null(a: Any) -> Any:
-    return _NULL if a is None else a
-
 
 def softmax(x: Any, out: Any, outer: int, n: int, inner: int, log: bool, dev: Any = None) -> None:
     """softmax (or log_softmax) of ``x`` seen as ``(outer, n, inner)``, over the middle axis."""
@@ -702,11 +709,6 @@ def _check_targets(target: Any, classes: int, ignore_index: int) -> None:
         first = int(target[bad][0])
         raise ValueError(f"target holds {first}, which is not a class index in [0, {classes}) nor "
                          f"ignore_index ({ignore_index})")
-
-
-def namespace_of(a: Any) -> Any:
-    """``numpy`` for host arrays (the host emulation's), ``cupy`` for device arrays."""
-    return np if isinstance(a, np.ndarray) else _cupy()
 
 
 def cross_entropy(x: Any, target: Any, classes: int, smoothing: float, ignore_index: int, losses: Any,
@@ -743,7 +745,7 @@ def bn_train_forward(x: Any, out: Any, n: int, c: int, l: int, weight: Any, bias
                      var: Any, dev: Any = None) -> None:
     """Training forward: per-channel mean and biased variance (float64, into ``mean``/``var``)
     and ``out = (x - mean) / sqrt(var + eps) * weight + bias``."""
-    xp = namespace_of(x)
+    xp = namespace(x)
     bn_stats(x, n, c, l, mean, var, dev)
     scale = 1.0 / xp.sqrt(var + eps)
     if weight is not None:

@@ -101,6 +101,8 @@ template <class T> struct Grad {
         return l2 ? fo_fma(p, weight_decay, plain) : plain;
     }
     FO_DEVICE T plain(T g) const { return g * sign; }
+    // the core's `with_l2` or `plain`: for rules without decoupled decay (p is left alone)
+    FO_DEVICE T coupled(T p, T g) const { return l2 ? fo_fma(p, weight_decay, g * sign) : g * sign; }
 };
 
 // torch's lerp(start, end, w): two forms depending on |w| < 0.5.
@@ -146,7 +148,7 @@ template <class T> struct Sgd {  // lr, momentum, dampening, weight_decay, neste
         mom = h[1] != 0; nesterov = h[4] != 0; fresh = (c.flags & 1) != 0;
     }
     FO_DEVICE void update(T& p, T gr, T* s) const {
-        T x = g.l2 ? fo_fma(p, g.weight_decay, gr * g.sign) : g.plain(gr);
+        T x = g.coupled(p, gr);
         if (mom) {
             T decayed = s[0] * momentum;
             T b = fresh ? x : fo_fma(x, one_minus_dampening, decayed);
@@ -171,7 +173,7 @@ template <class T> struct Adam {  // lr beta1 beta2 eps weight_decay amsgrad max
         ams = h[5] != 0;
     }
     FO_DEVICE void update(T& p, T gr, T* s) const {
-        T x = g.l2 ? fo_fma(p, g.weight_decay, gr * g.sign) : (p = p * g.decay, gr * g.sign);
+        T x = g.read(p, gr);  // (L2 or decoupled decay, never both: read's order is the core's split)
         T m = lerp.apply(s[0], x); s[0] = m;
         T vv = v.square(s[1], x); s[1] = vv;
         if (ams) { s[2] = nan_max(s[2], vv); vv = s[2]; }
@@ -191,7 +193,7 @@ template <class T> struct Adagrad {  // lr lr_decay weight_decay eps maximize
         neg_clr = T(-(h[0] / (1.0 + (step - 1.0) * h[1])));
     }
     FO_DEVICE void update(T& p, T gr, T* s) const {
-        T x = g.l2 ? fo_fma(p, g.weight_decay, gr * g.sign) : g.plain(gr);
+        T x = g.coupled(p, gr);
         T sum = fo_fma(x, x, s[0]); s[0] = sum;
         p = p + neg_clr * x / (fo_sqrt(sum) + eps);
     }
@@ -208,7 +210,7 @@ template <class T> struct Rmsprop {  // lr alpha eps weight_decay momentum cente
         mom = h[4] > 0; cen = h[5] != 0;
     }
     FO_DEVICE void update(T& p, T gr, T* s) const {
-        T x = g.l2 ? fo_fma(p, g.weight_decay, gr * g.sign) : g.plain(gr);
+        T x = g.coupled(p, gr);
         T q = sq.square(s[0], x); s[0] = q;
         T avg;
         if (cen) {
@@ -764,7 +766,7 @@ FO_DEVICE double fo_block_reduce(double v, int kind) {
     for (unsigned s = FO_BDIM / 2; s > 0; s >>= 1) {
         if (FO_TID < s) {
             const double b = red[FO_TID + s];
-            if (kind == 0) red[FO_TID] = (b != b || b > red[FO_TID]) ? b : red[FO_TID];
+            if (kind == 0) red[FO_TID] = nan_max(b, red[FO_TID]);
             else red[FO_TID] += b;
         }
         FO_SYNC();
@@ -786,7 +788,7 @@ FO_DEVICE void fo_norm_partials(const TensorRef* tensors, const int* blocks, int
     double acc = 0.0;
     for (i64 i = start + FO_TID; i < end; i += FO_BDIM) {
         double a = fabs(double(g[i]));
-        if (kind == 0) acc = (a != a || a > acc) ? a : acc;
+        if (kind == 0) acc = nan_max(a, acc);
         else if (kind == 2) acc += a * a;
         else if (kind == 1) acc += a;
         else acc += pow(a, p);
@@ -806,7 +808,7 @@ FO_GLOBAL void fo_norm_finish(const double* partials, int n, int kind, double p,
     double acc = 0.0;
     for (int i = FO_TID; i < n; i += FO_BDIM) {
         double b = partials[i];
-        if (kind == 0) acc = (b != b || b > acc) ? b : acc;
+        if (kind == 0) acc = nan_max(b, acc);
         else acc += b;
     }
     const double t = fo_block_reduce(acc, kind);
@@ -929,8 +931,6 @@ FO_GLOBAL void fo_act_backward_f64(int op, const double* g, const double* s, dou
 // One thread per row: x seen as (outer, n, inner), rows along the middle axis (stride inner).
 // Sums in double, as the CPU core's.
 
-template <class T> FO_DEVICE T fo_max_nan(T a, T b) { return (fo_isnan(a) || a > b) ? a : b; }
-FO_DEVICE double fo_log(double x) { return log(x); }
 
 template <class T>
 FO_DEVICE void fo_softmax(const T* x, T* y, i64 outer, i64 n, i64 inner, int logf_) {
@@ -940,11 +940,11 @@ FO_DEVICE void fo_softmax(const T* x, T* y, i64 outer, i64 n, i64 inner, int log
         const T* xr = x + o * n * inner + i;
         T* yr = y + o * n * inner + i;
         T m = xr[0];
-        for (i64 k = 1; k < n; k++) m = fo_max_nan(m, xr[k * inner]);
+        for (i64 k = 1; k < n; k++) m = nan_max(m, xr[k * inner]);
         double sum = 0.0;
         for (i64 k = 0; k < n; k++) sum += double(fo_exp(xr[k * inner] - m));
         if (logf_) {
-            const T lse = T(fo_log(sum));
+            const T lse = T(log(sum));
             for (i64 k = 0; k < n; k++) yr[k * inner] = xr[k * inner] - m - lse;
         } else {
             const T rcp = T(1.0 / sum);
@@ -979,7 +979,7 @@ FO_DEVICE void fo_cross_entropy(const T* x, const i64* target, i64 rows, i64 c, 
         if (t == ignore) { losses[r] = 0.0; continue; }
         const T* row = x + r * c;
         T m = row[0];
-        for (i64 k = 1; k < c; k++) m = fo_max_nan(m, row[k]);
+        for (i64 k = 1; k < c; k++) m = nan_max(m, row[k]);
         double sum = 0.0, total = 0.0;
         for (i64 k = 0; k < c; k++) {
             sum += double(fo_exp(row[k] - m));
@@ -1004,7 +1004,7 @@ FO_DEVICE void fo_cross_entropy_backward(const T* x, const i64* target, i64 rows
             continue;
         }
         T m = row[0];
-        for (i64 k = 1; k < c; k++) m = fo_max_nan(m, row[k]);
+        for (i64 k = 1; k < c; k++) m = nan_max(m, row[k]);
         double sum = 0.0;
         for (i64 k = 0; k < c; k++) sum += double(fo_exp(row[k] - m));
         const T rcp = T(1.0 / sum), w = T(scale[r]);
