@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .backends import is_device_array
 from .hooks import RemovableHandle, register
 
 #: The dtypes every kernel takes (the optimizers' steps also take 16-bit ones: `is_half`).
@@ -43,7 +44,7 @@ def as_numpy(value: Any) -> np.ndarray:
     """``value`` as an ndarray; a torch tensor is read on the CPU without its autograd graph
     (``requires_grad=True`` is fine) and a bfloat16 one as float32 (exactly: NumPy has no
     bfloat16), so torch state dicts convert without torch's own errors."""
-    if type(value).__module__.startswith("cupy") and hasattr(value, "get"):
+    if is_device_array(value):
         return value.get()  # (a CuPy array, copied to the host)
     if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
         t = value.detach().cpu()
@@ -66,7 +67,7 @@ def arrays_replaced() -> None:
 
 
 def _check_float_array(value: Any, what: str) -> np.ndarray:
-    if type(value).__module__.startswith("cupy") and hasattr(value, "__cuda_array_interface__"):
+    if is_device_array(value):
         # A CuPy array: the GPU backend takes float32 and float64.
         if value.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{what} must have dtype float32 or float64 on the GPU, got {value.dtype}")
@@ -156,7 +157,7 @@ class Parameter:
     def grad(self, value: np.ndarray | None) -> None:
         if value is not None:
             _check_float_array(value, "grad")
-            on_gpu, data_on_gpu = type(value).__module__.startswith("cupy"), type(self._data).__module__.startswith("cupy")
+            on_gpu, data_on_gpu = is_device_array(value), is_device_array(self._data)
             if on_gpu != data_on_gpu:
                 raise TypeError(f"grad is a {'CuPy' if on_gpu else 'NumPy'} array but the parameter's data is a "
                                 f"{'CuPy' if data_on_gpu else 'NumPy'} array: both must live on the same device")
@@ -201,6 +202,6 @@ class Parameter:
 
     def __repr__(self) -> str:
         data = self._data
-        if type(data).__module__.startswith("cupy"):
+        if is_device_array(data):
             return f"Parameter({data!r}, dtype={data.dtype}, device=cuda:{getattr(data, 'device').id})"
         return f"Parameter({np.array2string(data, threshold=20, edgeitems=3)}, dtype={data.dtype})"

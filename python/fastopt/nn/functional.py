@@ -59,10 +59,15 @@ _REDUCTIONS = ("none", "mean", "sum")
 # ----------------------------------------------------------------------------- checks
 
 
+def _is_array(x: Any) -> bool:
+    """A NumPy array, or a CuPy array (the kernels' two kinds)."""
+    return isinstance(x, np.ndarray) or is_device_array(x)
+
+
 def _array(x: Any, what: str) -> np.ndarray:
     """A float32/float64 C-contiguous array (a non-contiguous one is copied); a CuPy array
     stays on its GPU."""
-    if not isinstance(x, np.ndarray) and not is_device_array(x):
+    if not _is_array(x):
         raise TypeError(f"{what} must be a numpy.ndarray (or a CuPy array), got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{what} has dtype {x.dtype}; fastopt kernels take float32 or float64 arrays")
@@ -98,7 +103,7 @@ def _out(x: np.ndarray, out: Any, shape: tuple | None = None) -> np.ndarray:
     shape = x.shape if shape is None else shape
     if out is None:
         return namespace(x).empty(shape, x.dtype)
-    if not isinstance(out, np.ndarray) and not is_device_array(out):
+    if not _is_array(out):
         raise TypeError(f"out must be a numpy.ndarray (or a CuPy array), got {type(out).__name__}")
     _same_kind(x, out, "out", "input")
     if out.dtype != x.dtype:
@@ -109,7 +114,7 @@ def _out(x: np.ndarray, out: Any, shape: tuple | None = None) -> np.ndarray:
 
 
 def _inplace(x: Any) -> np.ndarray:
-    if not isinstance(x, np.ndarray) and not is_device_array(x):
+    if not _is_array(x):
         raise TypeError(f"input must be a numpy.ndarray (or a CuPy array), got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"input has dtype {x.dtype}; fastopt kernels take float32 or float64 arrays")
@@ -553,7 +558,7 @@ def _per_channel(v: Any, what: str, c: int, dtype: np.dtype, required: bool = Tr
         if required:
             raise ValueError(f"{what} is required")
         return None
-    if not isinstance(v, np.ndarray) and not is_device_array(v):
+    if not _is_array(v):
         raise TypeError(f"{what} must be a numpy.ndarray (or a CuPy array), got {type(v).__name__}")
     if v.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{what} has dtype {v.dtype}; it must be float32 or float64")

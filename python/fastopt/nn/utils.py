@@ -76,7 +76,9 @@ def _device(arrays: list, what: str) -> Any:
 
 
 def _check_finite(total: Any, norm_type: float) -> None:
-    if not bool(np.isfinite(float(total))):
+    """torch's error for a NaN or infinite total norm (``error_if_nonfinite``); a CuPy
+    norm is read from the GPU for it."""
+    if not math.isfinite(float(total)):
         raise RuntimeError(
             f"The total norm of order {norm_type} for gradients from `parameters` is non-finite, so it cannot be "
             "clipped. To disable this error and scale the gradients by the non-finite norm anyway, set "
@@ -119,12 +121,8 @@ def get_total_norm(tensors: Any, norm_type: float = 2.0, error_if_nonfinite: boo
         total = (np.float32 if is_half(dtype) else dtype.type)(norms[0])
     else:
         total = np.float64(_combine(norms, norm_type))
-    if error_if_nonfinite and not np.isfinite(total):
-        raise RuntimeError(
-            f"The total norm of order {norm_type} for gradients from `parameters` is non-finite, so it cannot be "
-            "clipped. To disable this error and scale the gradients by the non-finite norm anyway, set "
-            "`error_if_nonfinite=False`"
-        )
+    if error_if_nonfinite:
+        _check_finite(total, norm_type)
     return total
 
 
