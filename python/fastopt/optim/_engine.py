@@ -25,11 +25,11 @@ def step(
     grad_scale: float = 1.0,
     check_only: bool = False,
     cache: Any = None,
-) -> tuple[float, float] | None:
+) -> list[float] | None:
     """One step of ``rule`` over a group. ``states`` and ``counters`` are lists of
     per-parameter lists in the order ``rule.layout()`` gives; ``cache`` is the group's
-    ``CheckCache``. Returns None, or the group's two sums for a pass that sums
-    (``prodigy_stats``)."""
+    ``CheckCache``. Returns None, or ``prodigy``'s values (its first pass's sums, or
+    the new estimate)."""
     # Positional: the compiled function parses keywords slower than it checks a tensor.
     return _kernels.step(rule, params, grads, states, counters, fresh, grad_scale, check_only, cache)
 

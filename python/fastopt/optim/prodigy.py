@@ -17,39 +17,17 @@ from .optimizer import _ASYNC, _MASTER_BUFFERS, Optimizer, _array_of, _count_rou
 __all__ = ["Prodigy", "prodigy"]
 
 
-def _stats_hyper(d: float, d0: float, dlr: float, betas: tuple[float, float], beta3: float, safeguard_warmup: bool,
-                 weight_decay: float, decouple: bool, maximize: bool) -> dict[str, Any]:
-    """The first pass's coefficients, computed as ``prodigyopt`` computes them."""
-    beta1, beta2 = betas
-    return dict(beta1=beta1, beta2=beta2, beta3=beta3, m_coef=d * (1 - beta1), v_coef=d * d * (1 - beta2),
-                s_coef=(d / d0) * d if safeguard_warmup else (d / d0) * dlr,
-                weight_decay=0.0 if decouple else weight_decay, maximize=maximize)
+#: The ``prodigy`` rule's values, in the order a step renews them (the coefficients, the step
+#: size and the estimate are computed in the compiled rule, from these).
+_KEYS = ("group_lr", "lr", "beta1", "beta2", "beta3", "eps", "weight_decay", "decouple", "use_bias_correction",
+         "safeguard_warmup", "d", "d0", "d_max", "d_numerator", "d_coef", "growth_rate", "k", "maximize", "pass", "delta",
+         "denom")
 
 
-def _update_hyper(beta1: float, dlr: float, d: float, eps: float, weight_decay: float, decouple: bool,
-                  maximize: bool) -> dict[str, Any]:
-    """The update's coefficients (``d`` the new estimate, ``dlr`` the step's)."""
-    return dict(beta1=beta1, m_rate=-dlr, g_rate=-dlr * d, d_eps=d * eps, decay=-weight_decay * dlr,
-                decouple=decouple and weight_decay != 0, weight_decay=0.0 if decouple else weight_decay,
-                maximize=maximize)
-
-
-def _dlr(d: float, lr: float, k: int, betas: tuple[float, float], use_bias_correction: bool) -> float:
-    """The step's ``d * lr`` (times Adam's bias correction with ``use_bias_correction``)."""
-    beta1, beta2 = betas
-    bias_correction = ((1 - beta2 ** (k + 1)) ** 0.5) / (1 - beta1 ** (k + 1)) if use_bias_correction else 1
-    return d * lr * bias_correction
-
-
-def _estimate(d: float, d0: float, d_max: float, d_coef: float, growth_rate: float, numerator: float,
-              denom: float) -> tuple[float, float, float]:
-    """The new ``(d, d_max, d_hat)`` from the sums, as ``prodigyopt``."""
-    d_hat = d_coef * numerator / denom
-    if d == d0:
-        d = max(d, d_hat)
-    d_max = max(d_max, d_hat)
-    d = min(d_max, d * growth_rate)
-    return d, d_max, d_hat
+def _estimated(out: list[float], k: int) -> dict[str, Any]:
+    """The group values after a step from the rule's ``[d_numerator, d_denom, d, d_max, d_hat]``."""
+    numerator, denom, d, d_max, d_hat = out
+    return dict(d_numerator=numerator, d_denom=denom, d=d, d_max=d_max, d_hat=d_hat, k=k + 1)
 
 
 def _param_shaped(value: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
@@ -70,7 +48,8 @@ class Prodigy(Optimizer):
     ``s``, ``p0``, ``exp_avg`` when ``beta1 > 0``, ``exp_avg_sq``) as the authors'
     ``prodigyopt.Prodigy``. The estimate spans every group, so a step is two fused passes over
     all of them: the moments and the estimate's sums (float64, independent of the thread
-    count), then the update.
+    count), then the update (one compiled call with the estimate between the passes when
+    there is one group).
 
     With gradient :math:`g_t` (plus ``weight_decay * p`` unless ``decouple``), :math:`k` steps
     taken, :math:`\hat d = d_k \cdot \mathrm{lr}` (times
@@ -150,9 +129,15 @@ class Prodigy(Optimizer):
                         safeguard_warmup=safeguard_warmup, fsdp_in_use=fsdp_in_use, slice_p=slice_p,
                         maximize=maximize)
         self._validate_group(defaults)
-        self._phase = 1
+        #: The pass the groups' steps run: 0 the whole step (one group), 1 the first pass, 2
+        #: the update (several groups: the estimate spans them).
+        self._pass = 0
+        self._lr = lr  # (the step's largest lr)
         self._sums = [0.0, 0.0]
-        self._now: dict[str, Any] = {}
+        #: With several groups, the first pass records each group's kernel arguments here (by
+        #: ``id`` of the group), which its update takes again: the same arrays, checked once.
+        self._passes: dict[int, tuple] = {}
+        self._estimate: list[float] | None = None
         super().__init__(params, defaults, state_dtype=state_dtype, master_weights=master_weights)
 
     _options = ("lr", "weight_decay", "betas", "decouple", "use_bias_correction", "safeguard_warmup", "maximize")
@@ -212,108 +197,103 @@ class Prodigy(Optimizer):
             state[i] = st
         super().load_state_dict({**state_dict, "state": state}, strict)
 
-    # -- the step: two passes over every group, the estimate between them -----------------
+    # -- the step: one call for one group; two passes over several, the estimate between ---
 
-    def _plan(self) -> dict[str, Any]:
-        """The values every group's first pass takes from the first group (as the authors')."""
+    def _values(self, group: dict[str, Any], mode: int) -> tuple:
+        """The rule's values (by ``_KEYS``) for ``group`` in pass ``mode``: the step size's
+        and the estimate's from the first group (as the authors'), the rest the group's own;
+        ``d0`` the group's in the first pass (its sums), the first group's in the update."""
         g0 = self.param_groups[0]
-        lr = max(g["lr"] for g in self.param_groups)
-        beta3 = g0["beta3"] if g0["beta3"] is not None else math.sqrt(g0["betas"][1])
-        dlr = _dlr(g0["d"], lr, g0["k"], g0["betas"], g0["use_bias_correction"])
-        return dict(d=g0["d"], dlr=dlr, betas=tuple(g0["betas"]), beta3=beta3, decouple=g0["decouple"], lr=lr)
+        beta1, beta2 = g0["betas"]
+        beta3 = g0["beta3"] if g0["beta3"] is not None else math.sqrt(beta2)
+        delta, denom = self._sums if mode == 2 else (0.0, 0.0)
+        return (group["lr"], self._lr, beta1, beta2, beta3, group["eps"], group["weight_decay"], g0["decouple"],
+                g0["use_bias_correction"], group["safeguard_warmup"], g0["d"], (g0 if mode == 2 else group)["d0"],
+                g0["d_max"], g0["d_numerator"], g0["d_coef"], g0["growth_rate"], g0["k"], group["maximize"], mode,
+                delta, denom)
 
-    def _pass_rule(self, group: dict[str, Any], phase: int, plan: dict[str, Any]) -> tuple[Any, tuple[str, ...]]:
-        """The group's rule for a pass and the buffers it takes (counters first, then the
-        state, then a master's buffer): ``d`` changes every step, so the last rule of this
-        group and pass takes the new numbers (the keys are ``_stats_hyper``'s or
-        ``_update_hyper``'s, always in the same order; its buffers stay as they were unless
-        ``beta1`` moved to or from 0, and then a new rule is built)."""
-        if phase == 1:
-            name, hyper = "prodigy_stats", _stats_hyper(plan["d"], group["d0"], plan["dlr"], plan["betas"],
-                                                        plan["beta3"], group["safeguard_warmup"],
-                                                        group["weight_decay"], plan["decouple"], group["maximize"])
-        else:
-            name, hyper = "prodigy_update", _update_hyper(plan["betas"][0], plan["dlr"], plan["d"], group["eps"],
-                                                          group["weight_decay"], plan["decouple"], group["maximize"])
-        # (kept with the groups' rules, which pickling and copying leave out)
-        key = (id(group), phase)
+    def _rule_for(self, group: dict[str, Any], values: tuple) -> tuple[Any, tuple[str, ...]]:
+        """The group's rule with ``values`` and the buffers it takes (the counter, the state,
+        then a master's buffer): the group's last rule renewed with the new numbers (its
+        buffers stay as they were unless ``beta1`` moved to or from 0: then a new rule)."""
+        key = (id(group), "prodigy")  # (kept with the groups' rules, which pickling and copying leave out)
         master = _MASTER_BUFFERS.get(group.get("master_weights"), ())  # (a float32 master's bits, or itself)
         old = self._rules.get(key)
         if old is not None and old[0] is group and old[3] == master:
-            rule = old[1].renew(tuple(hyper.values()))
+            rule = old[1].renew(values)
             if rule is not None:
                 self._rules[key] = (group, rule, old[2], master)
                 return rule, old[2]
-        rule = Rule(name, **hyper)
+        rule = Rule("prodigy", **dict(zip(_KEYS, values)))
         states, _, counters = rule.layout()
         names = tuple(counters) + tuple(states) + master
         self._rules[key] = (group, rule, names, master)
         return rule, names
 
     def _step_group(self, group, params, arrays, grads, check_only, grad_scale=1.0):
-        phase = 1 if check_only else self._phase  # (the checks are the first pass's)
-        plan = self._plan() if check_only else self._now
-        rule, names = self._pass_rule(group, phase, plan)
+        mode = 1 if check_only else self._pass  # (the checks are the first pass's)
+        if mode == 2:
+            # The update: the first pass's arguments again (the same arrays, state and cache:
+            # checked then, unchanged since)
+            rule, _ = self._rule_for(group, self._values(group, 2))
+            self._estimate = _engine._kernels.step(rule, *self._passes[id(group)])
+            _count_rounding(group)
+            return
+        rule, names = self._rule_for(group, self._values(group, mode))
         bufs, created = self._buffers(params, arrays, names, ("step",), group)
         if created:
             source = {id(p): a for p, a in zip(params, arrays)}
             for p, name, b in created:
                 if name == "p0":
                     np.copyto(b, source[id(p)])
-        if not check_only and phase == 1 and group["lr"] == 0:
+        lists, tail = _split_masters(names, bufs, group)  # (stochastic rounding: the update rounds)
+        args = (arrays, grads, lists[1:], lists[:1], None, grad_scale, False, self._check_cache(group), *tail)
+        if check_only:
+            _engine._kernels.step(rule, *args[:6], True, *args[7:])
+            return
+        if mode == 1:
+            self._passes[id(group)] = args
+        if group["lr"] == 0:
             self._commit(created)  # (a group at lr 0 takes no part in the estimate)
             return
-        lists, tail = _split_masters(names, bufs, group)  # (stochastic rounding: the update pass rounds)
-        sums = _engine._kernels.step(rule, arrays, grads, lists[1:], lists[:1], None, grad_scale, check_only,
-                                     self._check_cache(group), *tail)
-        if phase == 2 and not check_only:
-            _count_rounding(group)
-        if created and not check_only:
+        out = _engine._kernels.step(rule, *args)
+        if created:
             self._commit(created)
-        if sums is not None and not check_only:
-            dot, abs_sum = sums
-            self._sums[0] += (plan["d"] / group["d0"]) * plan["dlr"] * dot
-            self._sums[1] += abs_sum
-
-    def _check_lrs(self) -> float:
-        lr = max(g["lr"] for g in self.param_groups)
-        for gi, g in enumerate(self.param_groups):
-            if g["lr"] not in (lr, 0.0):
-                raise ValueError(f"param_groups[{gi}]['lr'] is {g['lr']}: Prodigy's groups may only have the largest "
-                                 f"lr ({lr}) or 0")
-        return lr
+        if mode == 1:
+            self._sums[0] += out[0]
+            self._sums[1] += out[1]
+        elif out[1] != 0:  # (0: no gradient moved the estimate, and nothing stepped: as the authors')
+            group.update(_estimated(out, group["k"]))
+            _count_rounding(group)
 
     def _write_groups(self, per_group: list, scale: float) -> None:
-        lr = self._check_lrs()
-        g0 = self.param_groups[0]
-        plan = self._now = self._plan()
-        numerator = g0["d_numerator"] * plan["beta3"]
-        self._phase, self._sums = 1, [0.0, 0.0]
+        self._lr = max(g["lr"] for g in self.param_groups)
+        if len(self.param_groups) == 1:
+            self._pass = 0
+            super()._write_groups(per_group, scale)  # (the whole step in one call)
+            return
+        for gi, g in enumerate(self.param_groups):
+            if g["lr"] not in (self._lr, 0.0):
+                raise ValueError(f"param_groups[{gi}]['lr'] is {g['lr']}: Prodigy's groups may only have the largest "
+                                 f"lr ({self._lr}) or 0")
+        self._pass, self._sums, self._passes, self._estimate = 1, [0.0, 0.0], {}, None
         held: BaseException | None = None
         try:
             super()._write_groups(per_group, scale)  # (holds an interrupt until every group has run)
         except _ASYNC as e:
             held = e
-        delta, denom = self._sums
-        if denom == 0:  # no gradient has moved the estimate: the authors return here
-            if held is not None:
-                raise held
-            return
-        d, d_max, d_hat = plan["d"], g0["d_max"], plan["d"]
-        if lr > 0.0:
-            numerator += delta
-            d, d_max, d_hat = _estimate(d, g0["d0"], d_max, g0["d_coef"], g0["growth_rate"], numerator, denom)
-        for g in self.param_groups:
-            g.update(d_numerator=numerator, d_denom=denom, d=d, d_max=d_max, d_hat=d_hat)
-        self._phase, self._now = 2, dict(plan, d=d)  # (the new d; the step's dlr)
         try:
-            super()._write_groups(per_group, scale)
+            if self._sums[1] != 0:  # (0: no gradient moved the estimate: the authors return here)
+                self._pass = 2
+                super()._write_groups(per_group, scale)
         except _ASYNC as e:
             held = held or e
         finally:
-            self._phase = 1
-            for g in self.param_groups:
-                g["k"] += 1
+            self._pass, self._passes = 0, {}  # (lets go of the arrays)
+            out, self._estimate = self._estimate, None
+            if out is not None:  # (every group's update returned the same estimate)
+                for g in self.param_groups:
+                    g.update(_estimated(out, g["k"]))
         if held is not None:
             raise held
 
@@ -344,18 +324,12 @@ def prodigy(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], s_list: S
     if not 0.0 < real(lr, "lr"):
         raise ValueError(f"Invalid learning rate: {lr}")
     check_betas(betas)
-    dlr = _dlr(d, lr, k, betas, use_bias_correction)
     moments = [m for m in (exp_avgs if betas[0] > 0 else None, exp_avg_sqs) if m is not None]
-    states = [s_list, p0_list, *moments]
-    rule = Rule("prodigy_stats", **_stats_hyper(d, d0, dlr, betas, beta3, safeguard_warmup, weight_decay, decouple,
-                                                maximize))
-    sums = _engine.step(rule, params, grads, states, [state_steps])
-    assert sums is not None
-    out = dict(d=d, d_max=d_max, d_numerator=d_numerator, d_hat=d, k=k)
-    if sums[1] == 0:
-        return out
-    numerator = d_numerator * beta3 + (d / d0) * dlr * sums[0]
-    new_d, d_max, d_hat = _estimate(d, d0, d_max, d_coef, growth_rate, numerator, sums[1])
-    rule = Rule("prodigy_update", **_update_hyper(betas[0], dlr, new_d, eps, weight_decay, decouple, maximize))
-    _engine.step(rule, params, grads, states, [state_steps])
-    return dict(d=new_d, d_max=d_max, d_numerator=numerator, d_denom=sums[1], d_hat=d_hat, k=k + 1)
+    values = (lr, lr, betas[0], betas[1], beta3, eps, weight_decay, decouple, use_bias_correction, safeguard_warmup, d, d0,
+              d_max, d_numerator, d_coef, growth_rate, k, maximize, 0, 0.0, 0.0)
+    out = _engine.step(Rule("prodigy", **dict(zip(_KEYS, values))), params, grads, [s_list, p0_list, *moments],
+                       [state_steps])
+    assert out is not None
+    if out[1] == 0:  # no gradient moved the estimate (and nothing stepped)
+        return dict(d=d, d_max=d_max, d_numerator=d_numerator, d_hat=d, k=k)
+    return _estimated(out, k)

@@ -113,8 +113,8 @@ pub fn rule_names() -> Vec<&'static str> {
 /// multiplies every gradient element as it is read (clipping folded into the step). With
 /// ``check_only`` every argument is checked and nothing is written. ``cache``: the group's
 /// ``CheckCache``, so a step over the same arrays confirms them instead of checking again.
-/// Returns None, or for a rule whose pass sums over the group (``prodigy_stats``) the two
-/// float64 sums. ``low_bits`` (bfloat16 parameters only): one int16 array per parameter, the
+/// Returns None, or for ``prodigy`` a list of floats: after its first pass alone (``pass=1``)
+/// the group's two sums, otherwise the new ``[d_numerator, d_denom, d, d_max, d_hat]``. ``low_bits`` (bfloat16 parameters only): one int16 array per parameter, the
 /// low 16 bits of its float32 master (``master_weights='remainder'``): the step updates the
 /// master, exactly as a float32 parameter, and stores it back split into the parameter (the
 /// master rounded to nearest, ties away from zero) and these bits. ``masters`` (float16 or
@@ -148,7 +148,7 @@ pub fn step<'py>(
     masters: Option<&Bound<'py, PyAny>>,
     round_key: Option<u64>,
     scales: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Option<(f64, f64)>> {
+) -> PyResult<Option<Vec<f64>>> {
     let cfg = rule.get().cfg;
     let (state_names, counter_names) = cfg.layout();
     let state_lists = items(states, "states")?;
@@ -258,7 +258,7 @@ fn run<P: Storage, S: Storage<Arith = P::Arith>>(
     extra: Extra<'_>,
     fresh: &[bool],
     grad_scale: f64,
-) -> PyResult<Option<(f64, f64)>> {
+) -> PyResult<Option<Vec<f64>>> {
     let n = p.len();
     // Every tensor's state and counter references, tensor by tensor, in two allocations.
     // SAFETY: `Group` checked that each parameter and gradient has the dtype `P` stores and

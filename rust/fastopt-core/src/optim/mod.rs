@@ -21,7 +21,7 @@ pub use adam::AdamConfig;
 pub use elementwise::{AdaBeliefConfig, AdaBoundConfig, AdadeltaConfig, AdamaxConfig, AdemamixConfig, AdoptConfig, AsgdConfig, LionConfig, NadamConfig, RadamConfig, RpropConfig, ScheduleFreeConfig, MuonMomentumConfig, ScaledAddConfig};
 pub use engine::{Layout, StateName, Storage, Tensor};
 pub use lamb::LambConfig;
-pub use prodigy::{ProdigyStatsConfig, ProdigyUpdateConfig};
+pub use prodigy::{ProdigyConfig, ProdigyStatsConfig, ProdigyUpdateConfig};
 pub use rmsprop::RmspropConfig;
 pub use sgd::SgdConfig;
 
@@ -108,16 +108,16 @@ rules! {
     ScheduleFree(ScheduleFreeConfig) = "schedulefree", |h: &ScheduleFreeConfig| if h.adam { e::SCHEDULEFREE_ADAM } else { e::SCHEDULEFREE_SGD }, e::schedulefree;
     /// Two passes: moments and norms, then the update.
     Lamb(LambConfig) = "lamb", |_| lamb::LAYOUT, lamb::step;
-    /// Prodigy's two passes, with the estimate of its step size between them (the caller's:
-    /// it needs the sums of every group); the first returns the group's sums.
-    ProdigyStats(ProdigyStatsConfig) = "prodigy_stats", |h: &ProdigyStatsConfig| prodigy::layout(h.beta1), prodigy::stats;
-    ProdigyUpdate(ProdigyUpdateConfig) = "prodigy_update", |h: &ProdigyUpdateConfig| prodigy::layout(h.beta1), prodigy::update;
+    /// Prodigy's two passes with the estimate of its step size between them, over one group,
+    /// or one of the passes when the estimate spans several groups (the first returns the
+    /// group's sums).
+    Prodigy(ProdigyConfig) = "prodigy", |h: &ProdigyConfig| prodigy::layout(h.beta1), prodigy::step;
 }
 
-/// What a step returns: nothing, or for the first pass of an optimizer whose estimate spans
-/// every group (Prodigy) the group's two float64 sums.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Sums(pub Option<(f64, f64)>);
+/// What a step returns: nothing, or Prodigy's values (the group's sums after a first pass, the
+/// new estimate after an update: [`prodigy::step`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sums(pub Option<Vec<f64>>);
 
 impl From<()> for Sums {
     fn from(_: ()) -> Sums {
@@ -125,9 +125,9 @@ impl From<()> for Sums {
     }
 }
 
-impl From<(f64, f64)> for Sums {
-    fn from(sums: (f64, f64)) -> Sums {
-        Sums(Some(sums))
+impl From<Vec<f64>> for Sums {
+    fn from(values: Vec<f64>) -> Sums {
+        Sums(Some(values))
     }
 }
 
