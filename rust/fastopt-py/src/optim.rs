@@ -20,6 +20,8 @@ pub struct Rule {
     cfg: Config,
     /// The hyperparameters' names in the order they were given (the order `renew` takes).
     keys: Arc<[String]>,
+    /// Where each of `cfg.names()` is in `keys` (`renew` puts its values in the rule's order).
+    order: Arc<[usize]>,
 }
 
 /// `v` as a hyperparameter's number, or a TypeError naming it.
@@ -32,7 +34,10 @@ fn number(rule: &str, key: &str, v: &Bound<'_, PyAny>) -> PyResult<f64> {
 impl Rule {
     fn build(name: &str, keys: Arc<[String]>, values: Vec<f64>) -> PyResult<Self> {
         let pairs: Vec<(&str, f64)> = keys.iter().map(|k| k.as_str()).zip(values).collect();
-        Ok(Rule { cfg: Config::new(name, &pairs).map_err(core_err)?, keys })
+        let cfg = Config::new(name, &pairs).map_err(core_err)?;
+        // (every name is in `keys`, once: `Config::new` checked it)
+        let order = cfg.names().iter().map(|n| keys.iter().position(|k| k == n).unwrap_or(0)).collect();
+        Ok(Rule { cfg, keys, order })
     }
 }
 
@@ -65,8 +70,9 @@ impl Rule {
             return Err(PyTypeError::new_err(format!("{name}: renew takes {} values ({:?}), got {}", self.keys.len(), self.keys, values.len())));
         }
         let values = values.iter().zip(self.keys.iter()).map(|(v, k)| number(name, k, &v)).collect::<PyResult<Vec<f64>>>()?;
-        let rule = Self::build(name, self.keys.clone(), values)?;
-        Ok((rule.cfg.layout() == self.cfg.layout()).then_some(rule))
+        let ordered: Vec<f64> = self.order.iter().map(|&i| values.get(i).copied().unwrap_or(f64::NAN)).collect();
+        let cfg = self.cfg.renewed(&ordered).map_err(core_err)?;
+        Ok((cfg.layout() == self.cfg.layout()).then(|| Rule { cfg, keys: self.keys.clone(), order: self.order.clone() }))
     }
 
     /// The rule's name.

@@ -61,6 +61,17 @@ macro_rules! hyper {
                 $crate::optim::hyper::check_names($opt, pairs, Self::NAMES)?;
                 Ok($name { $($field: $crate::optim::hyper::take($opt, pairs, stringify!($field))?),* })
             }
+
+            /// From the values alone, in the order of `NAMES` (no names to look up: a rule
+            /// renewed with a step's new numbers).
+            pub fn from_ordered(values: &[f64]) -> Result<Self, $crate::Error> {
+                if values.len() != Self::NAMES.len() {
+                    return Err($crate::Error::type_error(format!("{}: {} values for {:?}", $opt, values.len(), Self::NAMES)));
+                }
+                let mut at = values.iter().copied();
+                // (fields are initialized in the order written, which is the order of NAMES)
+                Ok($name { $($field: $crate::optim::hyper::HyperValue::from_number(at.next().unwrap_or(f64::NAN))),* })
+            }
         }
     )*};
 }

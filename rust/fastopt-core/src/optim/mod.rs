@@ -52,6 +52,22 @@ macro_rules! rules {
                 }
             }
 
+            /// The names of the rule's hyperparameters, in the order [`Config::renewed`] takes
+            /// their values.
+            pub fn names(&self) -> &'static [&'static str] {
+                match self {
+                    $(Config::$variant(_) => <$cfg>::NAMES),*
+                }
+            }
+
+            /// The same rule with new values of its hyperparameters, in the order of
+            /// [`Config::names`].
+            pub fn renewed(&self, values: &[f64]) -> Result<Config, Error> {
+                match self {
+                    $(Config::$variant(_) => Ok(Config::$variant(<$cfg>::from_ordered(values)?))),*
+                }
+            }
+
             /// The rule's name.
             pub fn name(&self) -> &'static str {
                 match self {
@@ -191,6 +207,26 @@ mod tests {
     use crate::half::Bf16;
     use crate::parallel;
     use crate::test_util::{data, global};
+
+    /// A rule renewed from its values in the order of its names is the rule built from
+    /// (name, value) pairs in any order; a wrong count is an error.
+    #[test]
+    fn renewed_takes_the_values_in_the_order_of_the_names() {
+        let rules: [(&str, &[&str], &[&str]); 3] = [
+            ("adam", AdamConfig::NAMES, &["amsgrad", "maximize", "decoupled_weight_decay"]),
+            ("prodigy", ProdigyConfig::NAMES, &["decouple", "use_bias_correction", "safeguard_warmup", "maximize"]),
+            ("schedulefree", ScheduleFreeConfig::NAMES, &["adam", "maximize"]),
+        ];
+        for (name, names, flags) in rules {
+            let value = |k: usize, n: &str| if flags.contains(&n) { (k % 2) as f64 } else { 0.25 + k as f64 };
+            let pairs: Vec<(&str, f64)> = names.iter().enumerate().rev().map(|(k, &n)| (n, value(k, n))).collect();
+            let built = Config::new(name, &pairs).unwrap();
+            assert_eq!(built.names(), names);
+            let ordered: Vec<f64> = names.iter().enumerate().map(|(k, &n)| value(k, n)).collect();
+            assert_eq!(built.renewed(&ordered).unwrap(), built, "{name}");
+            assert!(built.renewed(&ordered[1..]).is_err());
+        }
+    }
 
     /// Every rule that keeps 8-bit state, with options that use each of its buffers.
     fn configs() -> Vec<Config> {
