@@ -843,14 +843,48 @@ class _ScheduleFree(_Elementwise):
             raise RuntimeError("Optimizer was not in train mode when step is called. Please insert .train() and "
                                ".eval() calls on the optimizer. See documentation for details.")
         now = self._next(group)
-        lr, _, _, lr_max, weight_sum = now
         self._stepping = (group, now)
+        calls = self.__dict__.get("_host_calls")
+        if calls is not None:
+            calls.pop(id(group), None)  # (the base records this step's call, if it may be repeated)
         try:
             super()._step_group(group, params, arrays, grads, check_only, grad_scale)
         finally:
             self._stepping = None
         if not check_only:
-            group.update(k=group["k"] + 1, lr_max=lr_max, weight_sum=weight_sum, scheduled_lr=lr)
+            self._advance(group, now)
+
+    # A step's call repeats (Optimizer._repeat_call) with the rule renewed by the step's numbers.
+    _repeats_calls = True
+    #: The numbers of a repeated call's step, between :meth:`_call_rule` and :meth:`_called`.
+    _repeating: tuple | None = None
+
+    def _call_rule(self, group, rule):
+        if not self.param_groups[0]["train_mode"]:
+            return None  # (the full path says why not)
+        now = self._next(group)
+        self._stepping = (group, now)
+        try:
+            rule = rule.renew(self._values(group))
+        finally:
+            self._stepping = None
+        self._repeating = now
+        return rule
+
+    def _called(self, group):
+        now, self._repeating = self._repeating, None
+        self._advance(group, now)
+
+    def _advance(self, group, now) -> None:
+        """The group's counters after a step; a recorded call of this step's takes the
+        group's new values as its own (the next step's call is the same but for the rule's
+        numbers, which :meth:`_call_rule` renews)."""
+        lr, _, _, lr_max, weight_sum = now
+        group.update(k=group["k"] + 1, lr_max=lr_max, weight_sum=weight_sum, scheduled_lr=lr)
+        calls: dict[int, tuple] = self.__dict__.get("_host_calls", {})
+        call = calls.get(id(group))
+        if call is not None and call[0] is group:
+            calls[id(group)] = call[:5] + (list(group.values()),) + call[6:]
 
     def _switch(self, train: bool) -> None:
         with self._lock:

@@ -572,6 +572,7 @@ class Optimizer:
         d.pop("_device_step", None)
         d.pop("_device_norm", None)
         d.pop("_device_fast", None)
+        d.pop("_host_calls", None)
         d.pop("_last_own_grads", None)
         d.pop("_device_wrote", None)
         return d
@@ -1042,9 +1043,13 @@ class Optimizer:
 
     def _run_group(self, gi: int, group: dict, grads: list | None, check_only: bool, grad_scale: float = 1.0) -> None:
         """Gathers the group's params that have a gradient and runs ``_step_group`` on them."""
-        fast = self.__dict__["_device_fast"].get(id(group)) if "_device_fast" in self.__dict__ else None
-        if fast is not None and grads is None and not check_only and grad_scale == 1.0 and self._device_fast_ok(fast, group):
-            return
+        if grads is None and not check_only and grad_scale == 1.0:
+            fast = self.__dict__["_device_fast"].get(id(group)) if "_device_fast" in self.__dict__ else None
+            if fast is not None and self._device_fast_ok(fast, group):
+                return
+            call = self.__dict__["_host_calls"].get(id(group)) if "_host_calls" in self.__dict__ else None
+            if call is not None and self._repeat_call(call, group):
+                return
         params = group["params"]
         if grads is None:
             grads = self._own_grads(gi, group)
@@ -1194,11 +1199,85 @@ class Optimizer:
         k = len(counters)
         # (the compiled call directly: this runs once per group and step)
         lists, tail = _split_masters(names, bufs, group)
-        _engine._kernels.step(rule, arrays, grads, lists[k:], lists[:k], fresh, grad_scale, check_only, cache, *tail)
-        if not check_only:
-            _count_rounding(group)
-        if created and not check_only:
+        args = (arrays, grads, lists[k:], lists[:k], fresh, grad_scale, check_only, cache, *tail)
+        _engine._kernels.step(rule, *args)
+        if check_only:
+            return
+        _count_rounding(group)
+        if created:
             self._commit(created)
+        elif (fresh is None and params is group["params"] and grads is self._last_own_grads and grad_scale == 1.0
+              and not tail and (type(self)._step_group is Optimizer._step_group or self._repeats_calls)):
+            # (not with stochastic rounding, whose key changes every step: ``tail`` has it)
+            self._record_call(group, rule, args)
+
+    #: Whether a subclass with a ``_step_group`` of its own lets the base's record its call for
+    #: :meth:`_repeat_call` (it then says how the call's rule changes: :meth:`_call_rule`).
+    _repeats_calls = False
+
+    def _record_call(self, group: dict[str, Any], rule: Any, args: tuple) -> None:
+        """Keeps a CPU group's kernel call (its rule and arguments: the group's own params,
+        their own gradients, the state lists, the cache) for :meth:`_repeat_call`, with what
+        it depends on: the Parameters' data and grad arrays (the epoch, which counts every
+        replacement), the params list, the state and the group's values."""
+        values = list(group.values())
+        if np.ndarray in set(map(type, values)):
+            # (an option held in a 0-d array, an lr a scheduler fills in place, compares equal
+            # to itself by identity whatever its value: such a group always takes the full path)
+            return
+        self.__dict__.setdefault("_host_calls", {})[id(group)] = (*self._depends(group, values), rule, args)
+
+    def _depends(self, group: dict[str, Any], values: list) -> tuple:
+        """What a recorded step of ``group`` depends on, for :meth:`_unchanged`: the group,
+        the Parameters' epoch (every replacement of a ``data`` or ``grad`` array counts), its
+        params list's version, the state and its version, and the group's ``values``."""
+        plist: Any = group["params"]
+        state = self.state
+        return group, _EPOCH[0], plist._version, state, state._version, values
+
+    def _unchanged(self, recorded: tuple, group: dict[str, Any]) -> bool:
+        """Whether nothing that ``recorded`` (starting with :meth:`_depends`'s) depends on
+        changed since."""
+        g, epoch, version, state, state_version, values = recorded[:6]
+        if (g is not group or epoch != _EPOCH[0] or version != group["params"]._version or state is not self.state
+                or state_version != state._version):
+            return False
+        try:
+            return bool(values == list(group.values()))
+        except (TypeError, ValueError):  # (an option whose == is not a bool: take the full path)
+            return False
+
+    def _repeat_call(self, call: tuple, group: dict[str, Any]) -> bool:
+        """A CPU group's step as its last kernel call, when nothing the call depends on changed
+        since (see :meth:`_record_call`): the same arrays, rule and cache, without gathering
+        them again (the kernel still confirms the arrays against its cache). False, with
+        nothing done, when something changed: the full path then runs (and records again)."""
+        if not self._unchanged(call, group):
+            return False
+        rule, args = call[6:]
+        rule = self._call_rule(group, rule)
+        if rule is None:
+            return False
+        cache = args[7]
+        before = cache.completed()
+        self._pending = None
+        try:
+            _engine._kernels.step(rule, *args)
+        except BaseException:
+            self._settle(cache, before)
+            raise
+        self._called(group)
+        return True
+
+    def _call_rule(self, group: dict[str, Any], rule: Any) -> Any:
+        """The rule for a repeated call (:meth:`_repeat_call`): the recorded one (the group's
+        values are those it was built from), or a subclass's renewed one; None: take the full
+        path."""
+        return rule
+
+    def _called(self, group: dict[str, Any]) -> None:
+        """After a repeated call (:meth:`_repeat_call`): what a subclass's step does after its
+        kernel (Schedule-Free: its counters)."""
 
     def _state_lists(self, params: list[Any], arrays: list[Any], names: tuple[str, ...], counters: tuple[str, ...],
                      group: dict[str, Any]) -> tuple[list, list, list[bool] | None]:
@@ -1254,25 +1333,16 @@ class Optimizer:
             # replaced (the epoch), the group's params list changes, the state changes, or an
             # option is replaced: until then a step is this launch with the group's numbers
             # (see _device_fast_ok), without gathering the arrays again.
-            state = self.state
-            plist: Any = group["params"]
-            fast[id(group)] = (group, _EPOCH[0], plist._version, state, state._version,
-                               list(group.values()), launcher, name)
+            fast[id(group)] = (*self._depends(group, list(group.values())), launcher, name)
         else:
             fast.pop(id(group), None)
 
     def _device_fast_ok(self, fast: tuple, group: dict) -> bool:
         """Runs a device group's step through its launch as last time, if nothing it depends
         on changed (see :meth:`_step_device`); False (nothing done) otherwise."""
-        g, epoch, version, state, state_version, values, launcher, name = fast
-        if (g is not group or epoch != _EPOCH[0] or version != group["params"]._version or state is not self.state
-                or state_version != state._version or self.__dict__.get("_device_step", (None, None)) != (None, None)):
+        if self.__dict__.get("_device_step", (None, None)) != (None, None) or not self._unchanged(fast, group):
             return False
-        try:
-            if values != list(group.values()):
-                return False
-        except (TypeError, ValueError):  # (an option whose == is not a bool: take the full path)
-            return False
+        launcher, name = fast[6:]
         launcher.step(name, self._hyper(group))
         self._group_wrote = True
         return True
