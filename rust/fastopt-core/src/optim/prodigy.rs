@@ -136,21 +136,21 @@ pub fn step<P: Storage, S: Storage<Arith = P::Arith>>(
     grad_scale: f64,
     level: SimdLevel,
 ) -> Result<Vec<f64>, Error> {
-    let (delta, denom) = match h.pass {
-        p if p == 2.0 => (h.delta, h.denom),
-        p if p == 0.0 || p == 1.0 => {
-            let (delta, abs_sum) = if h.group_lr == 0.0 {
-                (0.0, 0.0)
-            } else {
-                let (dot, abs_sum) = stats_at(&h.stats_config(), &mut tensors, grad_scale, level)?;
-                (h.delta(dot), abs_sum)
-            };
-            if p == 1.0 {
-                return Ok(vec![delta, abs_sum]);
-            }
-            (0.0 + delta, abs_sum) // (a sum over the one group, from 0 as over several)
+    let (delta, denom) = if h.pass == 2.0 {
+        (h.delta, h.denom)
+    } else if h.pass == 0.0 || h.pass == 1.0 {
+        let (delta, abs_sum) = if h.group_lr == 0.0 {
+            (0.0, 0.0)
+        } else {
+            let (dot, abs_sum) = stats_at(&h.stats_config(), &mut tensors, grad_scale, level)?;
+            (h.delta(dot), abs_sum)
+        };
+        if h.pass == 1.0 {
+            return Ok(vec![delta, abs_sum]);
         }
-        p => return Err(Error::value(format!("prodigy: pass must be 0, 1 or 2, got {p}"))),
+        (0.0 + delta, abs_sum) // (a sum over the one group, from 0 as over several)
+    } else {
+        return Err(Error::value(format!("prodigy: pass must be 0, 1 or 2, got {}", h.pass)));
     };
     let out = estimate(h, delta, denom);
     if denom != 0.0 {
