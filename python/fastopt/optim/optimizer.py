@@ -322,7 +322,8 @@ def _load_quantized(p: Any, k: Any, entry: dict[str, Any], counters: Any) -> dic
             out[key], out[key + ABSMAX] = _quantize(np.asarray(arr, dtype=np.float32), key in UNSIGNED_STATES)
         else:
             out[key] = arr.copy()
-    return out
+    # (in the entry's order, the absmax made by quantizing after it, as a step makes them)
+    return {**{key: out[key] for key in entry if key in out}, **out}
 
 
 def _plain_group(group: dict[str, Any]) -> dict[str, Any]:
