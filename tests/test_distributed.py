@@ -85,6 +85,15 @@ def test_zero_features(n):
     _ok(run("zero_features.py", n), n)
 
 
+@pytest.mark.parametrize("n", [2, 3])
+def test_zero_low_precision(n):
+    """float16/bfloat16 parameters, state_dtype and master_weights on the sharded optimizer:
+    bit for bit the unsharded optimizer given the averaged float32 gradients, state and
+    checkpoints included (tests/mpi/zero_low_precision.py)."""
+    oracle("ml_dtypes", "the sharded bfloat16 tests")
+    _ok(run("zero_low_precision.py", n), n)
+
+
 def test_zero_bad_input(tmp_path):
     _ok(run("zero_bad_input.py", 2, args=[str(tmp_path)]), 2)
 

@@ -1,7 +1,8 @@
 """The MPI wrappers on one rank (asv cannot launch ``mpiexec``; the multi-rank figures come from
 ``OMP_NUM_THREADS=1 mpiexec -n 2 python -m mpi4py -m fastopt.bench.mpi``): Adam over
 ResNet-50's 161 parameter shapes (float32) as the plain optimizer, inside the
-DistributedOptimizer, inside the ZeroRedundancyOptimizer (bucket views, and copies), and
+DistributedOptimizer, inside the ZeroRedundancyOptimizer (bucket views, copies, and bfloat16
+parameters and state with their gradients in float32), and
 torch's ZeroRedundancyOptimizer (gloo, world size 1, ``fused=True`` Adam). On one rank the
 wrappers' collectives are copies, so ``time_step`` is their overhead over the plain step and
 ``peakmem_step`` the memory each holds besides the model."""
@@ -16,7 +17,7 @@ from .common import require_torch, set_threads, warm_up
 from fastopt.bench.workloads import resnet50_shapes
 
 IMPLS = ["fastopt.Adam", "DistributedOptimizer", "ZeroRedundancyOptimizer", "ZeroRedundancyOptimizer-copies",
-         "torch-ZeroRedundancyOptimizer"]
+         "ZeroRedundancyOptimizer-bfloat16", "torch-ZeroRedundancyOptimizer"]
 
 
 def _torch_zero(shapes):
@@ -49,7 +50,12 @@ class ResNet50Adam:
         if impl.startswith("torch"):
             self.step = _torch_zero(shapes)
         else:
-            params = [fo.Parameter(np.full(s, 0.5, np.float32)) for s in shapes]
+            dtype = np.float32
+            if impl.endswith("-bfloat16"):
+                import ml_dtypes
+
+                dtype = ml_dtypes.bfloat16
+            params = [fo.Parameter(np.full(s, 0.5, dtype)) for s in shapes]
             if impl == "fastopt.Adam":
                 opt = fo.optim.Adam(params, lr=1e-3)
             elif impl == "DistributedOptimizer":

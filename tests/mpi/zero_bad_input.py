@@ -45,10 +45,12 @@ for cls in (fo.optim.Prodigy, fo.optim.LBFGS):
     raises(TypeError, "cannot shard", ZeroRedundancyOptimizer, params(), cls)
 raises(ValueError, "use partition='greedy'", ZeroRedundancyOptimizer, params(), fo.optim.Lamb)
 raises(ValueError, "use partition='greedy'", ZeroRedundancyOptimizer, params(), fo.optim.Adam, cautious=True)
-raises(TypeError, "state_dtype='float32' (param_groups[0]) is not supported", ZeroRedundancyOptimizer,
-       [np.zeros(4, np.float32)], fo.optim.Adam, state_dtype="float32")
-raises(TypeError, "master_weights='kahan' (param_groups[0]) is not supported", ZeroRedundancyOptimizer,
-       [np.zeros(4, np.float16)], fo.optim.Adam, master_weights="kahan")
+raises(ValueError, "master_weights='stochastic' (param_groups[0]) cannot be sharded", ZeroRedundancyOptimizer,
+       [np.zeros(4, np.float16)], fo.optim.Adam, master_weights="stochastic")
+raises(ValueError, "state_dtype='int8' (param_groups[0]) quantizes each tensor in blocks", ZeroRedundancyOptimizer,
+       [np.zeros(4, np.float32)], fo.optim.Adam, state_dtype="int8")
+raises(ValueError, "master_weights must be", ZeroRedundancyOptimizer, [np.zeros(4, np.float16)], fo.optim.Adam,
+       master_weights="half")
 raises(ValueError, "not C-contiguous", ZeroRedundancyOptimizer, [np.zeros((4, 4))[:, ::2]], fo.optim.Adam)
 mine = [np.zeros(3), np.zeros(4 if rank == 0 else 5)]
 raises(ValueError, "the parameters differ across ranks: rank 1's 1th", ZeroRedundancyOptimizer, mine, fo.optim.SGD, lr=0.1)

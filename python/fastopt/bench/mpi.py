@@ -204,15 +204,24 @@ def _zero_section(comm: Any, rounds: int) -> list[str]:
     shapes = resnet50_shapes()
     rng = np.random.default_rng(comm.rank)
     grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    try:
+        import ml_dtypes
+
+        bfloat16: Any = ml_dtypes.bfloat16
+    except ImportError:  # (the bfloat16 rows need the bf16 extra)
+        bfloat16 = None
     model_mb = sum(g.nbytes for g in grads) / 2**20
 
     def make(kind: str) -> tuple[Any, list[Any]]:
-        params = [fo.Parameter(np.full(s, 0.5, np.float32)) for s in shapes]
+        # (bfloat16 kinds: bfloat16 parameters, their gradients in the float32 flat buffer)
+        dtype = bfloat16 if kind.startswith("zero-bf16") else np.float32
+        params = [fo.Parameter(np.full(s, 0.5, dtype)) for s in shapes]
         if kind == "ddp":
             opt = DistributedOptimizer(fo.optim.Adam(params, lr=1e-3), comm=comm)
         else:
+            extra = {"master_weights": "kahan"} if kind == "zero-bf16-kahan" else {}
             opt = ZeroRedundancyOptimizer(params, fo.optim.Adam, comm=comm, lr=1e-3,
-                                          parameters_as_bucket_view=kind == "zero-view")
+                                          parameters_as_bucket_view=kind != "zero", **extra)
         opt.zero_grad()
         for p, g in zip(params, grads):  # (as a backward into the flat buffers leaves them)
             view = p.grad
@@ -221,14 +230,15 @@ def _zero_section(comm: Any, rounds: int) -> list[str]:
             p._grad_accumulated()
         return opt, params
 
-    lines = ["#### ZeRO stage 1 against the DistributedOptimizer: Adam over ResNet-50's shapes, float32", "",
+    lines = ["#### ZeRO stage 1 against the DistributedOptimizer: Adam over ResNet-50's shapes, float32 (and bfloat16)", "",
              f"{len(shapes)} tensors, {model_mb:.1f} MB of parameters; gradients in the flat buffers (as after a "
              "backward into them); memory: what the optimizer adds to the model (tracemalloc peak over set-up "
              f"and two steps, rank 0); steps interleaved, medians of {rounds} rounds.", "",
              "| | step ms (rank 0) | step ms (slowest) | vs DistributedOptimizer | state MB per rank | "
              "added memory MB per rank |", "|---|---|---|---|---|---|"]
     made = {}
-    for kind in ("ddp", "zero-view", "zero"):
+    kinds = ("ddp", "zero-view", "zero") + (("zero-bf16", "zero-bf16-kahan") if bfloat16 is not None else ())
+    for kind in kinds:
         comm.Barrier()
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
@@ -257,7 +267,9 @@ def _zero_section(comm: Any, rounds: int) -> list[str]:
     del made
     names = {"ddp": "DistributedOptimizer (every rank: the whole state)",
              "zero-view": "ZeroRedundancyOptimizer, partition='flat' (bucket views)",
-             "zero": "the same, parameters_as_bucket_view=False (copies)"}
+             "zero": "the same, parameters_as_bucket_view=False (copies)",
+             "zero-bf16": "ZeroRedundancyOptimizer, bfloat16 parameters and state (gradients float32)",
+             "zero-bf16-kahan": "the same, master_weights='kahan'"}
     ref = rows["ddp"][0][1]
     for kind, ((t0, t1), state_mb, peak) in rows.items():
         lines.append(f"| {names[kind]} | {t0 * 1e3:.2f} | {t1 * 1e3:.2f} | {t1 / ref:.2f}x | {state_mb:.1f} | "

@@ -15,7 +15,7 @@ import numpy as np
 from ..nn.utils import clip_coefficient
 from ..optim._options import check_bool, real
 from ..optim.optimizer import Optimizer, _array_of, _borrow, _is_param, check_grad_scale
-from ..parameter import Parameter, as_numpy
+from ..parameter import FLOAT16, Parameter, as_numpy, bfloat16_dtype, is_bfloat16, is_half
 from ._optimizer import _check_same, _comm, _mpi, _signature
 
 __all__ = ["ZeroRedundancyOptimizer"]
@@ -106,18 +106,45 @@ class Layout:
     def describe(self) -> dict[str, Any]:
         """What the layout is computed from, as plain values (a shard's manifest)."""
         return {"world_size": self.world, "partition": self.partition, "shapes": [list(s) for s in self.shapes],
-                "dtypes": [d.str for d in self.dtypes], "groups": list(self.groups)}
+                "dtypes": [dtype_name(d) for d in self.dtypes], "groups": list(self.groups)}
 
     @classmethod
     def of(cls, manifest: dict[str, Any], world: int | None = None) -> "Layout":
         """The layout a manifest describes (on ``world`` ranks instead of its own, if given)."""
-        return cls([tuple(s) for s in manifest["shapes"]], [np.dtype(d) for d in manifest["dtypes"]],
+        return cls([tuple(s) for s in manifest["shapes"]], [dtype_named(d) for d in manifest["dtypes"]],
                    list(manifest["groups"]), manifest["world_size"] if world is None else world,
                    manifest["partition"])
 
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+#: A manifest's names of the parameter dtypes the sharded optimizer takes (bfloat16 by name, as
+#: in a checkpoint: its ``dtype.str`` is an anonymous ``'<V2'``).
+DTYPE_NAMES = ("<f4", "<f8", "<f2", "bfloat16")
+
+
+def dtype_name(d: np.dtype) -> str:
+    return "bfloat16" if is_bfloat16(d) else d.str
+
+
+def dtype_named(name: str) -> np.dtype:
+    """The dtype a manifest names (:data:`DTYPE_NAMES`)."""
+    if name != "bfloat16":
+        return np.dtype(name)
+    bf = bfloat16_dtype()
+    if bf is None:
+        raise TypeError("the shard manifest has bfloat16 parameters, which NumPy has through ml_dtypes: "
+                        "`import ml_dtypes` (pip install fastopt[bf16]) before loading it")
+    return bf
+
+
+def grad_dtype(d: np.dtype) -> np.dtype:
+    """The dtype in which gradients of parameters of dtype ``d`` are kept and reduced: float32
+    for float16 and bfloat16 (MPI has no 16-bit float sum; the local step reads float32
+    gradients beside 16-bit parameters), else ``d``."""
+    return np.dtype(np.float32) if is_half(d) else d
 
 
 def check_manifest(m: Any, where: str) -> None:
@@ -136,14 +163,27 @@ def check_manifest(m: Any, where: str) -> None:
             or not isinstance(shapes, list) or not isinstance(dtypes, list) or not isinstance(groups, list)
             or not len(shapes) == len(dtypes) == len(groups)
             or not all(isinstance(s, list) and len(s) <= 32 and all(count(n) for n in s) for s in shapes)
-            or not all(d in ("<f4", "<f8") for d in dtypes) or not all(count(g) for g in groups)
+            or not all(d in DTYPE_NAMES for d in dtypes) or not all(count(g) for g in groups)
             or not isinstance(m.get("counters", []), list)):
         raise bad
 
 
 def _mpi_type(dtype: np.dtype) -> Any:
+    """The MPI type of a float32 or float64 buffer (the ones reduced)."""
     MPI = _mpi()
     return {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE}[dtype]
+
+
+def _wire(a: np.ndarray) -> tuple[np.ndarray, Any]:
+    """``a`` as MPI moves it without arithmetic (gathers): float32 and float64 as such, any
+    other dtype (float16, bfloat16, 8-bit codes, int16 low bits) as unsigned integers of its
+    size, a view of the same memory (mpi4py takes no bfloat16 buffer)."""
+    if a.dtype in (np.float32, np.float64):
+        return a, _mpi_type(a.dtype)
+    MPI = _mpi()
+    kind = {1: (np.uint8, MPI.UINT8_T), 2: (np.uint16, MPI.UINT16_T), 4: (np.uint32, MPI.UINT32_T),
+            8: (np.uint64, MPI.UINT64_T)}[a.dtype.itemsize]
+    return a.view(kind[0]), kind[1]
 
 
 def _element_value(key: str, v: Any, lo: int, hi: int, shape: tuple[int, ...], flat: bool,
@@ -224,31 +264,34 @@ def _plain_state(state: Any, what: str) -> dict[int, dict[str, Any]]:
 
 
 class _Arena:
-    """This rank's per-element state buffers as views of one flat array per buffer name and
-    dtype, laid out as the rank's range of the flat buffer: a consolidation then sends each
-    kind of buffer straight from it (no copy to pack)."""
+    """This rank's per-element state buffers as views of one flat array per buffer name,
+    parameter dtype and state dtype (``state_dtype``, the int16 low bits of
+    ``master_weights='remainder'``), laid out as the rank's range of the parameters' flat
+    buffer: a consolidation then sends each kind of buffer straight from it (no copy to
+    pack)."""
 
     def __init__(self, layout: Layout, rank: int, pieces: list[tuple[int, int, int]], piece_params: list[Any],
                  partition: str) -> None:
         self.layout, self.rank, self.partition = layout, rank, partition
         self.where = {id(q): (k, lo, hi) for (k, lo, hi), q in zip(pieces, piece_params)}
         self.order = [k for k, _, _ in pieces]
-        self.flats: dict[tuple[str, np.dtype], np.ndarray] = {}
+        self.flats: dict[tuple[str, np.dtype, np.dtype], np.ndarray] = {}
         self.views: dict[tuple[int, str], np.ndarray] = {}
 
-    def view(self, q: Any, name: str, a: np.ndarray) -> np.ndarray | None:
-        """Piece ``q``'s buffer ``name`` in the arena (None for anything else)."""
+    def view(self, q: Any, name: str, a: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
+        """Piece ``q``'s buffer ``name`` of ``dtype`` in the arena, shaped like ``a`` (None
+        for anything else)."""
         where = self.where.get(id(q))
-        if where is None or a.dtype not in self.layout.counts:
+        if where is None:
             return None
         k, lo, hi = where
         got = self.views.get((k, name))
         if got is not None:
-            return got
-        d = a.dtype
-        flat = self.flats.get((name, d))
+            return got if got.dtype == dtype else None
+        d = self.layout.dtypes[k]
+        flat = self.flats.get((name, d, dtype))
         if flat is None:
-            flat = self.flats[(name, d)] = np.zeros(self.layout.counts[d][self.rank], d)
+            flat = self.flats[(name, d, dtype)] = np.zeros(self.layout.counts[d][self.rank], dtype)
         start = self.layout.offsets[k] - self.layout.displs[d][self.rank]
         v = flat[start + lo:start + hi]
         v = v if self.partition == "flat" else v.reshape(self.layout.shapes[k])
@@ -258,9 +301,8 @@ class _Arena:
         return v
 
     def array(self, p: Any, name: str, a: np.ndarray, value: float, dtype: np.dtype) -> np.ndarray:
-        """The local optimizer's ``_state_array``: the arena's view, set to ``value`` (the
-        state is in the parameters' dtype: the sharded optimizer refuses ``state_dtype``)."""
-        v = self.view(p, name, a)
+        """The local optimizer's ``_state_array``: the arena's view, set to ``value``."""
+        v = self.view(p, name, a, np.dtype(dtype))
         if v is None:
             return np.full(a.shape, value, dtype) if value else np.zeros(a.shape, dtype)
         v[...] = value
@@ -273,7 +315,7 @@ class _Arena:
                 continue
             for name, b in list(entry.items()):
                 if isinstance(b, np.ndarray) and name not in inner._counters:  # (a 0-d tensor's too)
-                    v = self.view(q, name, b)
+                    v = self.view(q, name, b, b.dtype)
                     if v is not None and v is not b:
                         v[...] = b
                         entry[name] = v
@@ -284,8 +326,8 @@ class _Arena:
         own view: then they fill the flat array from its start, in order. None otherwise."""
         if not held:
             return None
-        d = held[0][1].dtype
-        flat = self.flats.get((name, d))
+        d = self.layout.dtypes[held[0][0]]
+        flat = self.flats.get((name, d, held[0][1].dtype))
         ks = [k for k in self.order if self.layout.dtypes[k] == d]
         if flat is None or len(held) != len(ks) or not all(
                 k == j and v is self.views.get((k, name)) for (k, v), j in zip(held, ks)):
@@ -300,6 +342,16 @@ class ZeroRedundancyOptimizer(Optimizer):
     plain data parallelism. The anchor is torch's ZeroRedundancyOptimizer; unlike it, any
     mix of dtypes works, a checkpoint reloads on any number of ranks, and the state is
     consolidated with one ``Gatherv`` per buffer kind.
+
+    float16 and bfloat16 parameters, ``state_dtype`` and ``master_weights='kahan'``,
+    ``'remainder'`` or ``'float32'`` work as on the unsharded optimizer (the state buffers,
+    low bits and masters of a piece live on the rank that owns it). The gradients of 16-bit
+    parameters are kept and reduce-scattered in float32 (MPI has no 16-bit float sum), and
+    the step reads them in float32 beside the 16-bit parameters, so :math:`\bar g` is rounded
+    only by the update; the all-gather moves the parameters' 16-bit patterns.
+    ``state_dtype='int8'`` takes ``partition='greedy'`` (its blocks of 256 elements and the
+    4096-element threshold count from a whole tensor's start); ``master_weights='stochastic'``
+    is refused (its random bits are keyed by each tensor's place in the step).
 
     Each step, with ranks :math:`r = 0..N-1` holding gradients :math:`g_r`:
 
@@ -332,7 +384,7 @@ class ZeroRedundancyOptimizer(Optimizer):
     always copied. A Parameter whose ``data`` is replaced later is followed at the next step.
 
     Gradients: ``zero_grad()`` points every Parameter's ``grad`` at its view of a flat
-    gradient buffer, so backward accumulates into it and the step starts reducing with no
+    gradient buffer (float32 for a 16-bit parameter), so backward accumulates into it and the step starts reducing with no
     copy; gradients set any other way (or ``step(grads=[...])``) are copied in. A parameter
     without a gradient on any rank is skipped as by the unsharded optimizer. The averaged
     gradient exists only in ranges, each on the rank that owns it: a Parameter's ``grad``
@@ -403,13 +455,16 @@ class ZeroRedundancyOptimizer(Optimizer):
     def _check_coupling(template: Optimizer, group: dict[str, Any], gi: int, partition: str) -> None:
         how = template._coupling(group)
         name = type(template).__name__
-        if group.get("master_weights") is not None:
-            raise TypeError(f"ZeroRedundancyOptimizer keeps no compensation buffers: master_weights="
-                            f"{group['master_weights']!r} (param_groups[{gi}]) is not supported on it")
-        if group.get("state_dtype") is not None:
-            raise TypeError(f"ZeroRedundancyOptimizer keeps each shard's state in its parameters' dtype (one flat "
-                            f"buffer per dtype): state_dtype={group['state_dtype']!r} (param_groups[{gi}]) is not "
-                            "supported on it")
+        if group.get("master_weights") == "stochastic":
+            raise ValueError(f"master_weights='stochastic' (param_groups[{gi}]) cannot be sharded: its random bits "
+                             "are keyed by each tensor's place in the step and each element's index, which sharding "
+                             "changes, so the result would not be the unsharded optimizer's (use 'kahan', "
+                             "'remainder' or 'float32')")
+        if group.get("state_dtype") == "int8" and partition == "flat":
+            raise ValueError(f"state_dtype='int8' (param_groups[{gi}]) quantizes each tensor in blocks of 256 "
+                             "elements counted from its start (tensors under 4096 elements keep float32 state), "
+                             "which partition='flat' would cut elsewhere: use partition='greedy' (whole tensors "
+                             "per rank)")
         if how == "all":
             raise TypeError(f"ZeroRedundancyOptimizer cannot shard {name}: its update of each element reads every "
                             "parameter's elements (a sum over all tensors), which no rank holds")
@@ -460,12 +515,14 @@ class ZeroRedundancyOptimizer(Optimizer):
         groups = [gi for gi, g in enumerate(self.param_groups) for _ in g["params"]]
         layout = Layout([a.shape for a in arrays], [a.dtype for a in arrays], groups, comm.size, self._partition)
         rank = comm.rank
-        grad_flat = {d: np.zeros(layout.length(d), d) for d in layout.order}
+        # (float32 for 16-bit parameters: see `grad_dtype`)
+        grad_flat = {d: np.zeros(layout.length(d), grad_dtype(d)) for d in layout.order}
         # The parameters' flat buffers exist with bucket views only (they are the parameters'
         # storage then); otherwise the all-gather goes through one chunk-sized buffer.
         param_flat = {d: np.zeros(layout.length(d), d) for d in layout.order} if self._bucket_view else {}
         # (on one rank the flat buffer is the rank's range: no copy)
-        grad_local = {d: grad_flat[d] if comm.size == 1 else np.empty(layout.counts[d][rank], d) for d in layout.order}
+        grad_local = {d: grad_flat[d] if comm.size == 1 else np.empty(layout.counts[d][rank], grad_dtype(d))
+                      for d in layout.order}
         for k, a in enumerate(arrays):
             d, off = a.dtype, layout.offsets[k]
             if param_flat:
@@ -616,8 +673,10 @@ class ZeroRedundancyOptimizer(Optimizer):
             if g is not None:
                 if g.shape != layout.shapes[k]:
                     raise ValueError(f"grads[{k}] has shape {g.shape} but params[{k}] has shape {layout.shapes[k]}")
-                if g.dtype != layout.dtypes[k]:
-                    raise TypeError(f"grads[{k}] has dtype {g.dtype} but params[{k}] has dtype {layout.dtypes[k]}")
+                d = layout.dtypes[k]
+                if g.dtype != d and g.dtype != grad_dtype(d):
+                    also = " (or float32, beside a 16-bit parameter)" if is_half(d) else ""
+                    raise TypeError(f"grads[{k}] has dtype {g.dtype} but params[{k}] has dtype {d}{also}")
             found.append(g)
         has = np.zeros(len(params) + 1, np.int32)  # (the last: a rank whose gradients were bad)
         for k, g in enumerate(found):
@@ -651,7 +710,8 @@ class ZeroRedundancyOptimizer(Optimizer):
             return has[:-1]
         requests = [comm.Iallreduce(MPI.IN_PLACE, has, op=MPI.MAX)]
         for d in layout.order:
-            send, recv = [z["grad_flat"][d], _mpi_type(d)], [z["grad_local"][d], _mpi_type(d)]
+            mtype = _mpi_type(grad_dtype(d))
+            send, recv = [z["grad_flat"][d], mtype], [z["grad_local"][d], mtype]
             if layout.partition == "flat":
                 requests.append(comm.Ireduce_scatter_block(send, recv, op=MPI.SUM))
             else:
@@ -663,7 +723,7 @@ class ZeroRedundancyOptimizer(Optimizer):
             raise ValueError(f"rank {has[-1] - 1} was given bad gradients (its error says which): nothing was updated")
         if divide:
             for d in layout.order:
-                z["grad_local"][d] /= d.type(comm.size)
+                z["grad_local"][d] /= grad_dtype(d).type(comm.size)
         return has[:-1]
 
     def _allgather(self) -> None:
@@ -682,11 +742,11 @@ class ZeroRedundancyOptimizer(Optimizer):
                 z["param_flat"][d][off + lo:off + hi] = _array_of(params[k]).reshape(-1)[lo:hi]
         requests = []
         for d in layout.order:
+            bits, mtype = _wire(z["param_flat"][d])
             if layout.partition == "flat":
-                requests.append(comm.Iallgather(MPI.IN_PLACE, [z["param_flat"][d], _mpi_type(d)]))
+                requests.append(comm.Iallgather(MPI.IN_PLACE, [bits, mtype]))
             else:
-                requests.append(comm.Iallgatherv(MPI.IN_PLACE, [z["param_flat"][d], layout.counts[d],
-                                                                layout.displs[d], _mpi_type(d)]))
+                requests.append(comm.Iallgatherv(MPI.IN_PLACE, [bits, layout.counts[d], layout.displs[d], mtype]))
         MPI.Request.Waitall(requests)
         whole = {k for k, lo, hi in z["pieces"] if lo == 0 and hi == layout.sizes[k]}
         for k, p in enumerate(params):
@@ -713,7 +773,8 @@ class ZeroRedundancyOptimizer(Optimizer):
                 sizes = [max(0, min(chunk, counts[r] - c * chunk)) for r in range(comm.size)]
                 at = displs[rank] + c * chunk
                 self._copy_range(d, at, at + sizes[rank], buf[starts[rank]:], arrays, into_buffer=True)
-                comm.Allgatherv(MPI.IN_PLACE, [buf, sizes, starts, _mpi_type(d)])
+                bits, mtype = _wire(buf)
+                comm.Allgatherv(MPI.IN_PLACE, [bits, sizes, starts, mtype])
                 for r in range(comm.size):
                     if r != rank and sizes[r]:
                         at = displs[r] + c * chunk
@@ -854,7 +915,7 @@ class ZeroRedundancyOptimizer(Optimizer):
         errors = [r for r in range(comm.size) if everyone[r, 1]]
         parts = everyone[:, 0]
         total = float(np.max(parts)) if math.isinf(norm_type) else math.fsum(parts) ** (1.0 / norm_type)
-        dtypes = set(self._zero["layout"].dtypes)
+        dtypes = set(map(grad_dtype, self._zero["layout"].dtypes))
         kind = next(iter(dtypes)).type if len(dtypes) == 1 else np.float64
         return kind(total), errors
 
@@ -952,8 +1013,8 @@ class ZeroRedundancyOptimizer(Optimizer):
             arrays, scalars = [], {}
             for key, v in entry.items():
                 if isinstance(v, np.ndarray) and v.ndim > 0:
-                    arrays.append((key, v.dtype.str, v.shape))
-                    sends.setdefault((key, v.dtype.str), []).append((k, v))
+                    arrays.append((key, dtype_name(v.dtype), v.shape))
+                    sends.setdefault((key, dtype_name(v.dtype)), []).append((k, v))
                 else:
                     scalars[key] = v
             meta.append((k, lo, hi, list(entry), arrays, scalars))
@@ -962,18 +1023,19 @@ class ZeroRedundancyOptimizer(Optimizer):
         received = {}
         for key, dt in kinds:
             mine = sends.get((key, dt), [])
+            dtype = dtype_named(dt)
             send = z["arena"].contiguous(key, mine)
             if send is None:
-                send = np.concatenate([v.reshape(-1) for _, v in mine]) if mine else np.zeros(0, dt)
+                send = np.concatenate([v.reshape(-1) for _, v in mine]) if mine else np.zeros(0, dtype)
             counts = [sum(math.prod(shape) for *_, arrays, _ in m for kk, dd, shape in arrays if (kk, dd) == (key, dt))
                       for m in metas]
             displs = [sum(counts[:r]) for r in range(len(counts))]
-            mtype = _mpi_type(np.dtype(dt))
-            recv = np.empty(sum(counts), dt) if every or comm.rank == root else None
+            recv = np.empty(sum(counts), dtype) if every or comm.rank == root else None
+            (bits, mtype), into = _wire(send), None if recv is None else _wire(recv)[0]
             if every:
-                comm.Allgatherv([send, mtype], [recv, counts, displs, mtype])
+                comm.Allgatherv([bits, mtype], [into, counts, displs, mtype])
             else:
-                comm.Gatherv([send, mtype], [recv, counts, displs, mtype] if recv is not None else None, root=root)
+                comm.Gatherv([bits, mtype], [into, counts, displs, mtype] if into is not None else None, root=root)
             received[(key, dt)] = (recv, displs)
         if not every and comm.rank != root:
             return None
