@@ -82,6 +82,61 @@ def test_float16_parameters_unscale_in_the_step():
     assert scaler.get_scale() == 2.0**16  # grew at steps 3, 6, 9, 12
 
 
+def test_float16_clipping_checks_in_the_norm_pass(monkeypatch):
+    """``scaler.step(opt, max_grad_norm=c)`` over float16 gradients leaves out the separate
+    check pass (the step's norm tells non-finite gradients): the same steps skipped as an
+    element-by-element check decides, torch's scale rule, and the parameters bit for bit those
+    of the same optimizer stepped with ``max_grad_norm=c, grad_scale=1/scale`` on the steps
+    that check passes, including steps whose finite gradients have a norm above float16's
+    largest value (65504)."""
+    monkeypatch.setattr(fo.amp.GradScaler, "_non_finite", staticmethod(lambda grads: pytest.fail("checked twice")))
+    rng = np.random.default_rng(3)
+    shapes = [(5000,), (7, 3), (1,)]
+    start = [rng.standard_normal(s).astype(np.float16) for s in shapes]
+    ours, ref = [fo.Parameter(a.copy()) for a in start], [fo.Parameter(a.copy()) for a in start]
+    opt, ref_opt = fo.optim.AdamW(ours, lr=1e-2), fo.optim.AdamW(ref, lr=1e-2)
+    scaler = fo.amp.GradScaler(init_scale=2.0**10, growth_interval=3)
+    scale, tracker, skipped, big = np.float32(2.0**10), 0, 0, 0
+    for t in range(30):
+        gs = [np.clip(rng.standard_normal(s) * (0.05 if t % 4 else 30.0) * float(scale), -6e4, 6e4).astype(np.float16)
+              for s in shapes]
+        if t in (5, 11, 12, 23):
+            gs[t % 3].reshape(-1)[t % gs[t % 3].size] = [np.inf, np.nan, -np.inf][t % 3]
+        for p, g in zip(ours, gs):
+            p.grad = g
+        scaler.step(opt, max_grad_norm=1.0)
+        scaler.update()
+        found = not all(np.isfinite(g.astype(np.float32)).all() for g in gs)
+        if not found:
+            big += float(np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in gs))) > 65504
+            ref_opt.step(grads=gs, max_grad_norm=1.0, grad_scale=float(np.float32(1.0 / np.float64(scale))))
+            assert opt.last_grad_norm == ref_opt.last_grad_norm, f"norm at step {t}"
+            tracker += 1
+            if tracker == 3:
+                scale, tracker = np.float32(scale * np.float32(2.0)), 0
+        else:
+            skipped += 1
+            scale, tracker = np.float32(scale * np.float32(0.5)), 0
+        assert scaler.get_scale() == float(scale), f"scale at step {t}"
+        for i, (a, b) in enumerate(zip(ours, ref)):
+            np.testing.assert_array_equal(a.data, b.data, f"params[{i}] at step {t}")
+    assert skipped == 4 and big > 0, (skipped, big)
+
+
+def test_step_checks_the_gradients_it_is_given():
+    """``scaler.step(opt, grads=[...])`` checks those gradients, not the params' ``grad``."""
+    w = np.ones(4, np.float16)
+    opt = fo.optim.SGD([w], lr=0.1)
+    scaler = fo.amp.GradScaler(init_scale=8.0)
+    scaler.step(opt, grads=[np.array([1, np.inf, 1, 1], np.float16)])
+    scaler.update()
+    np.testing.assert_array_equal(w, np.ones(4, np.float16))
+    assert scaler.get_scale() == 4.0
+    scaler.step(opt, None, [np.full(4, 8.0, np.float16)])  # (grads positionally)
+    scaler.update()
+    np.testing.assert_array_equal(w, np.full(4, 0.8, np.float16))  # (1 - 0.1 * 8 / 4)
+
+
 def test_disabled_is_a_pass_through_and_state_dict_round_trips():
     w = fo.Parameter(np.ones(3, np.float32))
     opt = fo.optim.SGD([w], lr=0.5)

@@ -29,7 +29,10 @@ class GradScaler:
     and, when all are finite, runs the optimizer's step with ``grad_scale=1/s``: the kernel
     multiplies each gradient element by :math:`1/s` (rounded to float32, as torch's
     reciprocal) as it reads it, so the gradients are never rewritten (torch unscales them in
-    place first). ``update()`` then sets
+    place first). With ``step(optimizer, max_grad_norm=...)`` (clipping inside the step, the
+    2-norm) over float16 gradients the check is the step's own norm pass (the norm, accumulated
+    in float64, is finite exactly when every element is): two passes over the gradients, the
+    norm's and the update's, as for clipping alone. ``update()`` then sets
 
     .. math::
 
@@ -120,9 +123,28 @@ class GradScaler:
         return float(np.float32(1.0 / float(self._scale)))
 
     @staticmethod
-    def _grads(optimizer: Any) -> list[np.ndarray]:
+    def _grads(optimizer: Any, given: Any = None) -> list[np.ndarray]:
+        """The gradients a step reads: ``given`` (``step(grads=[...])``) where given, else the
+        params' ``grad``."""
+        if given is not None:
+            return [np.asarray(g) if not hasattr(g, "dtype") else g for g in given if g is not None]
         return [p.grad for group in optimizer.param_groups for p in group["params"]
                 if getattr(p, "grad", None) is not None]
+
+    @staticmethod
+    def _norm_checks(optimizer: Any, grads: list[Any], kwargs: dict[str, Any]) -> bool:
+        """Whether the step's own gradient norm (``max_grad_norm=`` with the 2-norm) tells a
+        non-finite gradient element, so the separate check pass can be left out: for float16
+        gradients the squares are summed in float64 and the norm (at most 65504 times the
+        square root of the element count) is returned in float32, so no finite gradient
+        overflows it and any infinity or NaN makes it non-finite: "the norm is finite" is
+        "every element is finite". (Not for bfloat16, whose finite values reach 3.4e38: their
+        norm can overflow float32.)"""
+        from .optim.optimizer import Optimizer  # noqa: PLC0415 (amp is imported by optim)
+
+        return (isinstance(optimizer, Optimizer) and kwargs.get("max_grad_norm") is not None
+                and kwargs.get("norm_type", 2.0) == 2.0 and bool(grads)
+                and all(isinstance(g, np.ndarray) and g.dtype == np.float16 for g in grads))
 
     def unscale_(self, optimizer: Any) -> None:
         """Divides ``optimizer``'s gradients by the scale in place and records whether any is
@@ -158,7 +180,15 @@ class GradScaler:
         if rec["stage"] == _STEPPED:
             raise RuntimeError("step() has already been called since the last update().")
         if rec["stage"] == _READY:
-            rec["found_inf"] = self._non_finite(self._grads(optimizer))
+            grads = self._grads(optimizer, kwargs.get("grads", args[1] if len(args) > 1 else None))
+            if self._norm_checks(optimizer, grads, kwargs):
+                # One pass for the norm and the check, one for the update (the step skips
+                # itself when the norm is not finite).
+                out = optimizer.step(*args, **{**kwargs, "grad_scale": self._inv_scale(), "skip_if_nonfinite": True})
+                rec["found_inf"] = not bool(np.isfinite(optimizer.last_grad_norm))
+                rec["stage"] = _STEPPED
+                return None if rec["found_inf"] else out
+            rec["found_inf"] = self._non_finite(grads)
             if not rec["found_inf"]:
                 kwargs = {**kwargs, "grad_scale": self._inv_scale()}
         out = None
