@@ -86,12 +86,12 @@ def test_zero_features(n):
 
 
 @pytest.mark.parametrize("n", [2, 3])
-def test_zero_low_precision(n):
-    """float16/bfloat16 parameters, state_dtype and master_weights on the sharded optimizer:
-    bit for bit the unsharded optimizer given the averaged float32 gradients, state and
-    checkpoints included (tests/mpi/zero_low_precision.py)."""
-    oracle("ml_dtypes", "the sharded bfloat16 tests")
-    _ok(run("zero_low_precision.py", n), n)
+def test_low_precision_on_ranks(n):
+    """float16/bfloat16 parameters, state_dtype and master_weights on the sharded optimizer,
+    16-bit parameters on the DistributedOptimizer: bit for bit the unsharded optimizer given
+    the averaged float32 gradients, state and checkpoints included (tests/mpi/low_precision.py)."""
+    oracle("ml_dtypes", "the bfloat16 MPI tests")
+    _ok(run("low_precision.py", n), n)
 
 
 def test_zero_bad_input(tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 from ..optim._options import check_bool
 from ..optim.muon import round_to_bfloat16
 from ..optim.optimizer import Optimizer, _array_of
-from ..parameter import Parameter
+from ..parameter import Parameter, is_bfloat16, is_half
 
 __all__ = ["DistributedOptimizer", "broadcast_parameters", "broadcast_optimizer_state", "abort_on_exception"]
 
@@ -72,8 +72,39 @@ def _check_same(comm: Any, entries: list[tuple[str, tuple[int, ...], str]], what
             raise ValueError(f"{what} differ across ranks: rank {rank} has {len(mine)} but rank 0 has {len(ref)}")
 
 
+def _mpi_type(dtype: np.dtype) -> Any:
+    """The MPI type of a float32 or float64 buffer (the ones reduced)."""
+    MPI = _mpi()
+    return {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE}[dtype]
+
+
+def dtype_name(d: np.dtype) -> str:
+    """How messages and shard manifests name a dtype (bfloat16 by name: its ``dtype.str`` is an
+    anonymous ``'<V2'``)."""
+    return "bfloat16" if is_bfloat16(d) else d.str
+
+
+def grad_dtype(d: np.dtype) -> np.dtype:
+    """The dtype in which gradients of parameters of dtype ``d`` are kept and reduced: float32
+    for float16 and bfloat16 (MPI has no 16-bit float sum; the local step reads float32
+    gradients beside 16-bit parameters), else ``d``."""
+    return np.dtype(np.float32) if is_half(d) else d
+
+
+def _wire(a: np.ndarray) -> tuple[np.ndarray, Any]:
+    """``a`` as MPI moves it without arithmetic (gathers): float32 and float64 as such, any
+    other dtype (float16, bfloat16, 8-bit codes, int16 low bits) as unsigned integers of its
+    size, a view of the same memory (mpi4py takes no bfloat16 buffer)."""
+    if a.dtype in (np.float32, np.float64):
+        return a, _mpi_type(a.dtype)
+    MPI = _mpi()
+    kind = {1: (np.uint8, MPI.UINT8_T), 2: (np.uint16, MPI.UINT16_T), 4: (np.uint32, MPI.UINT32_T),
+            8: (np.uint64, MPI.UINT64_T)}[a.dtype.itemsize]
+    return a.view(kind[0]), kind[1]
+
+
 def _signature(named: Iterable[tuple[str, np.ndarray]]) -> list[tuple[str, tuple[int, ...], str]]:
-    return [(name, tuple(a.shape), a.dtype.str) for name, a in named]
+    return [(name, tuple(a.shape), dtype_name(a.dtype)) for name, a in named]
 
 
 # -- reduction in a compressed precision ------------------------------------------------
@@ -145,20 +176,22 @@ class _Bucket:
 
 def _plan_buckets(arrays: list[np.ndarray], cap: int, first_cap: int) -> list[_Bucket]:
     """Buckets over the parameters in reverse order (the order backward finishes them), one
-    dtype per bucket, the first holding at most ``first_cap`` bytes and the rest ``cap`` (a
-    larger parameter gets a bucket of its own)."""
+    gradient dtype per bucket (float32 for 16-bit parameters: :func:`grad_dtype`), the first
+    holding at most ``first_cap`` bytes and the rest ``cap`` (a larger parameter gets a bucket
+    of its own)."""
     buckets: list[_Bucket] = []
     current: list[tuple[int, tuple[int, ...]]] = []
     size, dtype = 0, None
     for i in reversed(range(len(arrays))):
         a = arrays[i]
+        d = grad_dtype(a.dtype)
         limit = first_cap if not buckets else cap
-        if current and (a.dtype != dtype or size + a.nbytes > limit):
+        if current and (d != dtype or size + a.size * d.itemsize > limit):
             buckets.append(_Bucket(dtype, current))  # type: ignore[arg-type]
             current, size = [], 0
         current.append((i, a.shape))
-        size += a.nbytes
-        dtype = a.dtype
+        size += a.size * d.itemsize
+        dtype = d
     if current:
         buckets.append(_Bucket(dtype, current))  # type: ignore[arg-type]
     return buckets
@@ -368,7 +401,9 @@ def DistributedOptimizer(optimizer: Optimizer, comm: Any = None, bucket_cap_mb: 
 
     Gradients live in flat buckets (``first_bucket_mb`` for the first, ``bucket_cap_mb`` for
     the rest; parameters in reverse order, as backward finishes them, one dtype per bucket):
-    each Parameter's ``grad`` becomes its view in a bucket. The hook
+    each Parameter's ``grad`` becomes its view in a bucket. The gradients of float16 and
+    bfloat16 parameters are kept in float32 buckets (MPI has no 16-bit float sum; the step
+    reads float32 gradients beside 16-bit parameters). The hook
     :meth:`fastopt.Parameter.register_post_accumulate_grad_hook` tells the wrapper when
     a :mod:`fastopt.nn` module's backward has finished a gradient; a bucket's
     ``Iallreduce(IN_PLACE)`` starts as soon as all its gradients are in (after
@@ -476,7 +511,7 @@ def broadcast_parameters(params_or_module: Any, root: int = 0, comm: Any = None)
         named = [(f"params[{i}]", _array_of(p)) for i, p in enumerate(params_or_module)]
     _check_same(comm, _signature(named), "the parameters")
     for _, a in named:
-        comm.Bcast(a, root=root)
+        comm.Bcast(list(_wire(a)), root=root)
 
 
 def broadcast_optimizer_state(optimizer: Optimizer, root: int = 0, comm: Any = None) -> None:

@@ -15,8 +15,8 @@ import numpy as np
 from ..nn.utils import clip_coefficient
 from ..optim._options import check_bool, real
 from ..optim.optimizer import Optimizer, _array_of, _borrow, _is_param, check_grad_scale
-from ..parameter import FLOAT16, Parameter, as_numpy, bfloat16_dtype, is_bfloat16, is_half
-from ._optimizer import _check_same, _comm, _mpi, _signature
+from ..parameter import Parameter, as_numpy, bfloat16_dtype, is_half
+from ._optimizer import _check_same, _comm, _mpi, _mpi_type, _signature, _wire, dtype_name, grad_dtype
 
 __all__ = ["ZeroRedundancyOptimizer"]
 
@@ -125,10 +125,6 @@ def _ceil_div(a: int, b: int) -> int:
 DTYPE_NAMES = ("<f4", "<f8", "<f2", "bfloat16")
 
 
-def dtype_name(d: np.dtype) -> str:
-    return "bfloat16" if is_bfloat16(d) else d.str
-
-
 def dtype_named(name: str) -> np.dtype:
     """The dtype a manifest names (:data:`DTYPE_NAMES`)."""
     if name != "bfloat16":
@@ -138,13 +134,6 @@ def dtype_named(name: str) -> np.dtype:
         raise TypeError("the shard manifest has bfloat16 parameters, which NumPy has through ml_dtypes: "
                         "`import ml_dtypes` (pip install fastopt[bf16]) before loading it")
     return bf
-
-
-def grad_dtype(d: np.dtype) -> np.dtype:
-    """The dtype in which gradients of parameters of dtype ``d`` are kept and reduced: float32
-    for float16 and bfloat16 (MPI has no 16-bit float sum; the local step reads float32
-    gradients beside 16-bit parameters), else ``d``."""
-    return np.dtype(np.float32) if is_half(d) else d
 
 
 def check_manifest(m: Any, where: str) -> None:
@@ -166,24 +155,6 @@ def check_manifest(m: Any, where: str) -> None:
             or not all(d in DTYPE_NAMES for d in dtypes) or not all(count(g) for g in groups)
             or not isinstance(m.get("counters", []), list)):
         raise bad
-
-
-def _mpi_type(dtype: np.dtype) -> Any:
-    """The MPI type of a float32 or float64 buffer (the ones reduced)."""
-    MPI = _mpi()
-    return {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE}[dtype]
-
-
-def _wire(a: np.ndarray) -> tuple[np.ndarray, Any]:
-    """``a`` as MPI moves it without arithmetic (gathers): float32 and float64 as such, any
-    other dtype (float16, bfloat16, 8-bit codes, int16 low bits) as unsigned integers of its
-    size, a view of the same memory (mpi4py takes no bfloat16 buffer)."""
-    if a.dtype in (np.float32, np.float64):
-        return a, _mpi_type(a.dtype)
-    MPI = _mpi()
-    kind = {1: (np.uint8, MPI.UINT8_T), 2: (np.uint16, MPI.UINT16_T), 4: (np.uint32, MPI.UINT32_T),
-            8: (np.uint64, MPI.UINT64_T)}[a.dtype.itemsize]
-    return a.view(kind[0]), kind[1]
 
 
 def _element_value(key: str, v: Any, lo: int, hi: int, shape: tuple[int, ...], flat: bool,

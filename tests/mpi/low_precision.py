@@ -1,4 +1,6 @@
-"""ZeroRedundancyOptimizer with float16/bfloat16 parameters, ``state_dtype`` and
+"""The MPI wrappers with float16/bfloat16 parameters.
+
+ZeroRedundancyOptimizer with float16/bfloat16 parameters, ``state_dtype`` and
 ``master_weights``, against the unsharded optimizer given the same averaged float32 gradients:
 parameters bit for bit after 20 steps (the bfloat16 view of ``'remainder'`` and its low bits,
 the 8-bit codes and absmax of ``state_dtype='int8'``, the float32 masters and the Kahan
@@ -6,6 +8,11 @@ buffers too, through the consolidated state), the state dict's round trip throug
 sharded optimizer, through ``fastopt.save``/``fastopt.load`` and from the shards' checkpoint
 into the unsharded optimizer, and the refusals
 (``'stochastic'``; ``'int8'`` with ``partition='flat'``).
+
+DistributedOptimizer over float16 and bfloat16 param groups (gradients set, and added by a
+backward into the buckets): bit for bit the unsharded optimizer given the averaged float32
+gradients, with and without ``deterministic``; ``compression`` runs and keeps the ranks
+equal; ``broadcast_parameters`` copies rank 0's 16-bit arrays.
 
 Gradients are small multiples of 2**-7 (exact in bfloat16 and float16, and their sum exact in
 float32 in any order); some ranks hand them over in the parameter's dtype, some in float32."""
@@ -20,7 +27,7 @@ import numpy as np
 from mpi4py import MPI
 
 import fastopt as fo
-from fastopt.distributed import ZeroRedundancyOptimizer
+from fastopt.distributed import DistributedOptimizer, ZeroRedundancyOptimizer, broadcast_parameters
 
 comm = MPI.COMM_WORLD
 rank, world = comm.rank, comm.size
@@ -180,5 +187,46 @@ except TypeError as e:
 else:
     raise AssertionError("a float64 gradient for a bfloat16 parameter was taken")
 equal(bad.data, np.zeros(3, BF16), "the parameter after the refused step")
+
+# -- the DistributedOptimizer ---------------------------------------------------------------
+MIX = [BF16, BF16, F16, F16, F16]  # (one param group per dtype)
+for deterministic in (False, True):
+    for via_hook in (False, True):
+        first = start(MIX)
+        ours = [fo.Parameter(a.copy()) for a in first]
+        ref = [fo.Parameter(a.copy()) for a in first]
+        ddp = DistributedOptimizer(fo.optim.AdamW(groups(ours, [{}, {"lr": 1e-3}]), lr=1e-2),
+                                   deterministic=deterministic)
+        plain = fo.optim.AdamW(groups(ref, [{}, {"lr": 1e-3}]), lr=1e-2)
+        for step in range(STEPS):
+            mine, mean = gradients(step, MIX)
+            ddp.zero_grad()
+            for p, g in zip(ours, mine):
+                if via_hook:  # (as a backward adds into the bucket view, then the hook)
+                    assert p.grad.dtype == F32
+                    p.grad += g
+                    p._grad_accumulated()
+                else:
+                    p.grad = g
+            ddp.step()
+            for p, g in zip(ref, mean):
+                p.grad = g
+            plain.step()
+        for i, (a, b) in enumerate(zip(ours, ref)):
+            equal(a.data, b.data, f"DistributedOptimizer deterministic={deterministic} hook={via_hook}: params[{i}]")
+        count += 1
+for compression in ("float16", "bfloat16"):
+    ps = [fo.Parameter(a.copy()) for a in start(MIX)]
+    ddp = DistributedOptimizer(fo.optim.SGD(groups(ps, NONE), lr=0.1), compression=compression)
+    for step in range(5):
+        for p, g in zip(ps, gradients(step, MIX)[0]):
+            p.grad = g
+        ddp.step()
+    for i, p in enumerate(ps):
+        equal(p.data, comm.bcast(p.data, root=0), f"compression={compression}: params[{i}] differ across ranks")
+mine = [np.full(4, rank + 1, BF16), np.full((2, 3), -rank - 0.5, F16)]
+broadcast_parameters(mine)
+equal(mine[0], np.full(4, 1, BF16), "broadcast bfloat16")
+equal(mine[1], np.full((2, 3), -0.5, F16), "broadcast float16")
 print(f"rank {rank}: OK ({count} runs)", flush=True)
 sys.stdout.flush()
