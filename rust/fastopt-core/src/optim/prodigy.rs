@@ -29,22 +29,39 @@ use crate::float::Float;
 use crate::simd::{Arith, SimdLevel};
 use crate::Error;
 
-hyper! {
-    /// Prodigy's first pass: `beta3` the factor of the estimate's average `s` and `s_coef`
-    /// the gradient's coefficient in it, `beta1` (whether the layout has the first moment),
-    /// `weight_decay` the coupled (L2) decay, 0 when decoupled; `maximize` negates the
-    /// gradient (beyond the authors').
-    ProdigyStatsConfig for "prodigy_stats" { beta1: f64, beta3: f64, s_coef: f64, weight_decay: f64, maximize: bool }
+/// Prodigy's first pass (made by [`ProdigyConfig::stats_config`], not a rule of its own):
+/// `beta3` the factor of the estimate's average `s` and `s_coef` the gradient's coefficient
+/// in it, `beta1` (whether the layout has the first moment), `weight_decay` the coupled (L2)
+/// decay, 0 when decoupled; `maximize` negates the gradient (beyond the authors').
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProdigyStatsConfig {
+    pub beta1: f64,
+    pub beta3: f64,
+    pub s_coef: f64,
+    pub weight_decay: f64,
+    pub maximize: bool,
 }
 
-hyper! {
-    /// Prodigy's update: the moments unless `moments` is off (a group at lr 0: they stay;
-    /// `beta1`, `beta2` their factors, `m_coef`, `v_coef` the gradient's coefficients in
-    /// them), then the step: `m_rate` (`-dlr`) multiplies
-    /// `m / denom`, or with `beta1 = 0` `g_rate` (`-dlr * d`) multiplies `g / denom`; `d_eps`
-    /// is `d * eps`; `decay` the decoupled decay factor `-wd * dlr` (applied when `decouple`);
-    /// `weight_decay` the coupled decay, 0 when decoupled.
-    ProdigyUpdateConfig for "prodigy_update" { moments: bool, beta1: f64, beta2: f64, m_coef: f64, v_coef: f64, m_rate: f64, g_rate: f64, d_eps: f64, decay: f64, decouple: bool, weight_decay: f64, maximize: bool }
+/// Prodigy's update (made by [`ProdigyConfig::update_config`], not a rule of its own): the
+/// moments unless `moments` is off (a group at lr 0: they stay; `beta1`, `beta2` their
+/// factors, `m_coef`, `v_coef` the gradient's coefficients in them), then the step: `m_rate`
+/// (`-dlr`) multiplies `m / denom`, or with `beta1 = 0` `g_rate` (`-dlr * d`) multiplies
+/// `g / denom`; `d_eps` is `d * eps`; `decay` the decoupled decay factor `-wd * dlr` (applied
+/// when `decouple`); `weight_decay` the coupled decay, 0 when decoupled.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProdigyUpdateConfig {
+    pub moments: bool,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub m_coef: f64,
+    pub v_coef: f64,
+    pub m_rate: f64,
+    pub g_rate: f64,
+    pub d_eps: f64,
+    pub decay: f64,
+    pub decouple: bool,
+    pub weight_decay: f64,
+    pub maximize: bool,
 }
 
 hyper! {
