@@ -69,8 +69,8 @@ impl Rule {
         if values.len() != self.keys.len() {
             return Err(PyTypeError::new_err(format!("{name}: renew takes {} values ({:?}), got {}", self.keys.len(), self.keys, values.len())));
         }
-        let values = values.iter().zip(self.keys.iter()).map(|(v, k)| number(name, k, &v)).collect::<PyResult<Vec<f64>>>()?;
-        let ordered: Vec<f64> = self.order.iter().map(|&i| values.get(i).copied().unwrap_or(f64::NAN)).collect();
+        // (in the rule's order straight away: `order` holds positions in `values`, each < its length)
+        let ordered = self.order.iter().map(|&i| number(name, self.keys.get(i).map_or("?", |k| k.as_str()), &values.get_item(i)?)).collect::<PyResult<Vec<f64>>>()?;
         let cfg = self.cfg.renewed(&ordered).map_err(core_err)?;
         Ok((cfg.layout() == self.cfg.layout()).then(|| Rule { cfg, keys: self.keys.clone(), order: self.order.clone() }))
     }
