@@ -336,6 +336,9 @@ impl<T> OutPtr<T> {
     /// # Safety
     /// `start + len <= self.len`, and no other live reference covers these elements: the
     /// callers only take runs of elements of the channels their work item owns.
+    // (a shared pointer handing out disjoint mutable runs, as `slice::split_at_mut` would if
+    // the runs were known up front: the contract above is what keeps them disjoint)
+    #[allow(clippy::mut_from_ref)]
     #[inline(always)]
     unsafe fn run(&self, start: usize, len: usize) -> &mut [T] {
         debug_assert!(start + len <= self.len);
