@@ -355,12 +355,13 @@ class ZeroRedundancyOptimizer(Optimizer):
     always copied. A Parameter whose ``data`` is replaced later is followed at the next step.
 
     Gradients: ``zero_grad()`` points every Parameter's ``grad`` at its view of a flat
-    gradient buffer (float32 for a 16-bit parameter), so backward accumulates into it and the step starts reducing with no
-    copy; gradients set any other way (or ``step(grads=[...])``) are copied in. A parameter
-    without a gradient on any rank is skipped as by the unsharded optimizer. The averaged
-    gradient exists only in ranges, each on the rank that owns it: a Parameter's ``grad``
-    keeps this rank's own gradient, so clip with ``step(max_grad_norm=...)`` (the norm of the
-    averaged gradient over every rank's ranges), not ``clip_grad_norm_`` before the step.
+    gradient buffer (float32 for a 16-bit parameter), so backward accumulates into it and the
+    step starts reducing with no copy; gradients set any other way (or ``step(grads=[...])``)
+    are copied in. A parameter without a gradient on any rank is skipped as by the unsharded
+    optimizer. The averaged gradient exists only in ranges, each on the rank that owns it: a
+    Parameter's ``grad`` keeps this rank's own gradient, so clip with
+    ``step(max_grad_norm=...)`` (the norm of the averaged gradient over every rank's ranges),
+    not ``clip_grad_norm_`` before the step.
 
     ``state_dict()`` returns this rank's shard (its pieces' state by parameter index, the
     param groups, and a manifest under ``'zero'``); :meth:`consolidate_state_dict` gathers the
