@@ -123,6 +123,27 @@ def test_float16_clipping_checks_in_the_norm_pass(monkeypatch):
     assert skipped == 4 and big > 0, (skipped, big)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_the_check_tells_non_finite_elements_from_large_finite_ones(dtype):
+    """The check before a step skips it exactly when an element is infinite or NaN: 5000
+    elements at the dtype's largest finite magnitude (whose squares overflow float16 and
+    float32, and float64's own) are stepped with; one infinity or NaN anywhere is not."""
+    ml_dtypes = pytest.importorskip("ml_dtypes") if dtype == "bfloat16" else None
+    dt = np.dtype(ml_dtypes.bfloat16) if ml_dtypes else np.dtype(dtype)
+    top = float((ml_dtypes.finfo if ml_dtypes else np.finfo)(dt).max)
+    huge = np.full(5000, top, dt)
+    huge[::2] = -top
+    cases = [(huge, False)] + [(np.where(np.arange(5000) == k, bad, huge).astype(dt), True)
+                               for k, bad in ((0, np.inf), (2999, -np.inf), (4999, np.nan))]
+    for grad, skipped in cases:
+        w = np.zeros(5000, dt)
+        opt = fo.optim.SGD([w], lr=0.0)
+        scaler = fo.amp.GradScaler(init_scale=4.0, growth_interval=1000)
+        scaler.step(opt, grads=[grad])
+        scaler.update()
+        assert scaler.get_scale() == (2.0 if skipped else 4.0), (dtype, skipped)
+
+
 def test_step_checks_the_gradients_it_is_given():
     """``scaler.step(opt, grads=[...])`` checks those gradients, not the params' ``grad``."""
     w = np.ones(4, np.float16)

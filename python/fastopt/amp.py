@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .nn.utils import _by_dtype, _scale_, get_total_norm
+from .nn.utils import _by_dtype, _norm, _scale_, get_total_norm
 
 __all__ = ["GradScaler"]
 
@@ -164,9 +164,16 @@ class GradScaler:
 
     @staticmethod
     def _non_finite(grads: list[np.ndarray]) -> bool:
+        """Whether any gradient element is infinite or NaN: per dtype, the 2-norm's kernel
+        (squares summed in float64, vectorised: finite exactly when every float32 or 16-bit
+        element is, since no such square or sum overflows float64), and for float64
+        gradients, whose squares can overflow, the largest magnitude."""
         if not grads:
             return False
-        return not bool(np.isfinite(get_total_norm(grads, math.inf)))
+        if not all(isinstance(g, np.ndarray) for g in grads):
+            return not bool(np.isfinite(get_total_norm(grads, math.inf)))
+        return any(not math.isfinite(_norm(group, math.inf if d == np.float64 else 2.0))
+                   for d, group in _by_dtype(grads, "grads").items())
 
     def step(self, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
         """Runs ``optimizer.step(*args, **kwargs)`` with the gradients unscaled (folded into
