@@ -168,3 +168,48 @@ class AdamW8bitState:
 
     def peakmem_step(self, n, threads, dtype, impl):
         self.step()
+
+
+class ScaledStep16:
+    """A loss-scaled AdamW step over one float16 parameter (its float16 gradient holds the
+    scaled values): ``GradScaler.step(opt)`` (the non-finite check's read pass, then the
+    step unscaling as it reads), the same with ``max_grad_norm=1`` (clipping inside the step:
+    the norm's pass is the check, then the step) and ``GradScaler.update()``; against torch's
+    ``GradScaler`` with ``fused=True`` AdamW (its check pass, then the fused step, which takes
+    the scale). torch cannot clip here: its ``unscale_`` refuses float16 gradients."""
+
+    params = (SIZES, [1, 2], ["fastopt", "fastopt-clip", "torch-fused"])
+    param_names = ["n", "threads", "impl"]
+    timeout = 300
+
+    def setup(self, n, threads, impl):
+        set_threads(threads)
+        rng = np.random.default_rng(0)
+        p16 = rng.standard_normal(n, dtype=np.float32).astype(np.float16)
+        g16 = (rng.standard_normal(n, dtype=np.float32) * 1024).astype(np.float16)
+        if impl.startswith("fastopt"):
+            p = fo.Parameter(p16)
+            p.grad = g16
+            opt = fo.optim.AdamW([p], lr=1e-4)
+            scaler = fo.amp.GradScaler(init_scale=1024.0, growth_interval=10**9)
+            kw = {"max_grad_norm": 1.0} if impl == "fastopt-clip" else {}
+
+            def step():
+                scaler.step(opt, **kw)
+                scaler.update()
+        else:
+            torch = import_torch()
+            t = torch.nn.Parameter(torch.from_numpy(p16))
+            t.grad = torch.from_numpy(g16)
+            opt = torch.optim.AdamW([t], lr=1e-4, fused=True)
+            scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=10**9)
+            scaler.scale(torch.ones(()))  # (torch makes its scale tensor on first use)
+
+            def step():
+                scaler.step(opt)
+                scaler.update()
+        self.step = step
+        warm_up(self.step)
+
+    def time_step(self, n, threads, impl):
+        self.step()
