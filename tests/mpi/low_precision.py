@@ -80,6 +80,24 @@ def same_state(full, want, where):
                 assert full["state"][k][key] == v, f"{where}: state[{k}][{key!r}]"
 
 
+def set_grad(p, g):
+    p.grad = g
+
+
+def train(steps, dtypes, wrapped, ours, plain, ref, give=set_grad):
+    """``steps`` steps of the MPI wrapper ``wrapped`` over ``ours``, each rank ``give``-ing its
+    own gradients, and of the unsharded ``plain`` over ``ref`` with their float32 average."""
+    for step in steps:
+        mine, mean = gradients(step, dtypes)
+        wrapped.zero_grad()
+        for p, g in zip(ours, mine):
+            give(p, g)
+        wrapped.step()
+        for p, g in zip(ref, mean):
+            p.grad = g
+        plain.step()
+
+
 def run(cls, dtypes, options, partition, view, kw):
     where = f"{cls.__name__} {[str(d) for d in dtypes]} {options} {kw} partition={partition} bucket_view={view}"
     first = start(dtypes)
@@ -88,15 +106,7 @@ def run(cls, dtypes, options, partition, view, kw):
     zero = ZeroRedundancyOptimizer(groups(ours, options), cls, partition=partition,
                                    parameters_as_bucket_view=view, **kw)
     plain = cls(groups(ref, options), **kw)
-    for step in range(STEPS):
-        mine, mean = gradients(step, dtypes)
-        zero.zero_grad()
-        for p, g in zip(ours, mine):
-            p.grad = g
-        zero.step()
-        for p, g in zip(ref, mean):
-            p.grad = g
-        plain.step()
+    train(range(STEPS), dtypes, zero, ours, plain, ref)
     for i, (a, b) in enumerate(zip(ours, ref)):
         equal(a.data, b.data, f"{where}: params[{i}]")
     want = plain.state_dict()
@@ -117,17 +127,9 @@ def run(cls, dtypes, options, partition, view, kw):
     alone = [fo.Parameter(p.data.copy()) for p in ours]
     single = cls(groups(alone, options), **kw)
     single.load_state_dict(fo.load(folder)["opt"])
-    for step in range(STEPS, STEPS + 5):
-        mine, mean = gradients(step, dtypes)
-        for opt, params in ((zero, ours), (resumed, again)):
-            opt.zero_grad()
-            for p, g in zip(params, mine):
-                p.grad = g
-            opt.step()
-        for opt, params in ((plain, ref), (single, alone)):
-            for p, g in zip(params, mean):
-                p.grad = g
-            opt.step()
+    more = range(STEPS, STEPS + 5)
+    train(more, dtypes, zero, ours, plain, ref)
+    train(more, dtypes, resumed, again, single, alone)
     for i, (a, b, c, d) in enumerate(zip(ours, again, ref, alone)):
         equal(a.data, c.data, f"{where}: after save/load, params[{i}]")
         equal(b.data, c.data, f"{where}: after loading the full state, params[{i}]")
@@ -189,6 +191,13 @@ else:
 equal(bad.data, np.zeros(3, BF16), "the parameter after the refused step")
 
 # -- the DistributedOptimizer ---------------------------------------------------------------
+def add_as_backward(p, g):
+    """As a backward adds into the bucket view (float32 for a 16-bit parameter), then the hook."""
+    assert p.grad.dtype == F32
+    p.grad += g
+    p._grad_accumulated()
+
+
 MIX = [BF16, BF16, F16, F16, F16]  # (one param group per dtype)
 for deterministic in (False, True):
     for via_hook in (False, True):
@@ -198,20 +207,7 @@ for deterministic in (False, True):
         ddp = DistributedOptimizer(fo.optim.AdamW(groups(ours, [{}, {"lr": 1e-3}]), lr=1e-2),
                                    deterministic=deterministic)
         plain = fo.optim.AdamW(groups(ref, [{}, {"lr": 1e-3}]), lr=1e-2)
-        for step in range(STEPS):
-            mine, mean = gradients(step, MIX)
-            ddp.zero_grad()
-            for p, g in zip(ours, mine):
-                if via_hook:  # (as a backward adds into the bucket view, then the hook)
-                    assert p.grad.dtype == F32
-                    p.grad += g
-                    p._grad_accumulated()
-                else:
-                    p.grad = g
-            ddp.step()
-            for p, g in zip(ref, mean):
-                p.grad = g
-            plain.step()
+        train(range(STEPS), MIX, ddp, ours, plain, ref, add_as_backward if via_hook else set_grad)
         for i, (a, b) in enumerate(zip(ours, ref)):
             equal(a.data, b.data, f"DistributedOptimizer deterministic={deterministic} hook={via_hook}: params[{i}]")
         count += 1
