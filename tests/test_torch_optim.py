@@ -137,12 +137,13 @@ def test_lbfgs_with_a_closure_as_torch(torch):
         np.testing.assert_allclose(b, a, rtol=1e-7, atol=1e-12)
 
 
-def test_grad_scaler_and_scheduler(torch):
+@pytest.mark.parametrize("flat", [False, True])
+def test_grad_scaler_and_scheduler(torch, flat):
     import fastopt.torch as ft
 
     batches = _batches(torch, 30, (2, 5, 5), torch.float32)
     runs = []
-    for cls, extra in ((torch.optim.AdamW, {"foreach": False}), (ft.AdamW, {})):
+    for cls, extra in ((torch.optim.AdamW, {"foreach": False}), (ft.AdamW, {"flat": flat})):
         model = _cnn(torch)
         opt = cls(model.parameters(), lr=1e-2, weight_decay=0.1, **extra)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=30)
@@ -359,7 +360,7 @@ def test_import_fastopt_does_not_import_torch(torch):
     assert "torch.optim.optimizer.Optimizer" in r.stdout
 
 
-@pytest.mark.parametrize("impl", ["fastopt.torch", "torch", "torch-foreach", "torch-fused"])
+@pytest.mark.parametrize("impl", ["fastopt.torch", "fastopt.torch-flat", "torch", "torch-foreach", "torch-fused"])
 def test_the_benchmark_runs_each_implementation(torch, impl, monkeypatch):
     import sys
     from pathlib import Path
@@ -412,10 +413,12 @@ def test_schedulefree_on_a_torch_model_as_the_authors(torch, schedulefree):
 @pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
 @pytest.mark.parametrize("name,kwargs", [("Adam", dict(lr=1e-2, weight_decay=0.1)), ("AdamW", dict(lr=1e-2, amsgrad=True)),
                                          ("SGD", dict(lr=1e-2)), ("Adagrad", dict(lr=1e-2))])
-def test_16bit_models_step_as_torch_fused(torch, name, kwargs, dtype_name):
+@pytest.mark.parametrize("flat", [False, True])
+def test_16bit_models_step_as_torch_fused(torch, name, kwargs, dtype_name, flat):
     """A float16 or bfloat16 model: fastopt.torch's step equals torch's ``fused=True`` step
     bit for bit at the FMA levels (state in the parameters' dtype, sharing memory), and the
-    state dict moves into torch's optimizer, which continues identically."""
+    state dict moves into torch's optimizer, which continues identically (also with
+    ``flat=True``, whose buffers are in the parameters' dtype)."""
     import fastopt.torch as ft
 
     oracle("ml_dtypes", "the bfloat16 tests")  # (fastopt reads bfloat16 through ml_dtypes)
@@ -423,7 +426,7 @@ def test_16bit_models_step_as_torch_fused(torch, name, kwargs, dtype_name):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1)).to(dtype)
     twin = copy.deepcopy(model)
-    opt = getattr(ft, name)(model.parameters(), **kwargs)
+    opt = getattr(ft, name)(model.parameters(), **kwargs, flat=flat)
     ref = getattr(torch.optim, name)(twin.parameters(), fused=True, **kwargs)
     x, y = torch.randn(16, 7).to(dtype), torch.randn(16, 1).to(dtype)
 
@@ -455,3 +458,261 @@ def test_16bit_models_step_as_torch_fused(torch, name, kwargs, dtype_name):
     step(twin, ref)
     if exact:
         assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
+
+
+# -- flat=True: each group's parameters and gradients in one buffer ---------------------------
+
+def _flat_capable(name):
+    return getattr(fo.optim, name)._couples is None
+
+
+FLAT_SPECS = [s for s in SPECS if _flat_capable(s.name)]
+FLAT_TORCH_SPECS = [s for s in FLAT_SPECS if s.torch]
+
+
+def _train_zeroing(torch, model, opt, batches, **kw):
+    """``_train`` with ``zero_grad(set_to_none=False)``: the gradients flat=True keeps."""
+    zero = opt.zero_grad
+    opt.zero_grad = lambda set_to_none=True: zero(set_to_none=False)
+    try:
+        return _train(torch, model, opt, batches, **kw)
+    finally:
+        del opt.zero_grad
+
+
+def test_flat_covers_the_element_wise_optimizers():
+    assert {s.name for s in SPECS} - {s.name for s in FLAT_SPECS} == {"Lamb", "Adafactor", "Prodigy"}
+    assert not _flat_capable("Muon") and not _flat_capable("LBFGS")
+
+
+@pytest.mark.parametrize("spec", FLAT_TORCH_SPECS, ids=[s.name for s in FLAT_TORCH_SPECS])
+def test_flat_trains_a_torch_mlp_as_torch_does(torch, spec):
+    """100 steps of the MLP with BatchNorm, clipped, against torch.optim.<Name>(foreach=False)
+    zeroing its gradients (``set_to_none=False``, the gradients flat=True keeps); flat=True's
+    loop calls the default ``zero_grad()``."""
+    import fastopt.torch as ft
+
+    kwargs = dict(spec.configs[0])
+    batches = _batches(torch, 100, (6,), torch.float64)
+    model = _mlp(torch, torch.float64)
+    la = _train_zeroing(torch, model, getattr(torch.optim, spec.torch)(model.parameters(), **kwargs, foreach=False),
+                        batches, clip=1.0)
+    pa = _params(model)
+    model = _mlp(torch, torch.float64)
+    opt = getattr(ft, spec.name)(model.parameters(), **kwargs, flat=True)
+    lb = _train(torch, model, opt, batches, clip=1.0)
+    np.testing.assert_allclose(lb, la, rtol=1e-8, atol=1e-12)
+    for a, b in zip(pa, _params(model)):
+        np.testing.assert_allclose(b, a, rtol=1e-7, atol=1e-10)
+    assert all(p.grad is v for p, v in zip(opt._flats[0].params, opt._flats[0].views))
+
+
+@pytest.mark.parametrize("spec", FLAT_SPECS, ids=[s.name for s in FLAT_SPECS])
+def test_flat_is_the_per_tensor_step_bit_for_bit(torch, spec):
+    """The CNN (float32, a scheduler changing lr mid-run): flat=True gives the per-tensor
+    step's parameters and state bit for bit, every state tensor a view of its group's
+    buffer, every counter its own tensor."""
+    import fastopt.torch as ft
+
+    kwargs = dict(spec.configs[0])
+    batches = _batches(torch, 20, (2, 5, 5), torch.float32)
+    runs = []
+    for flat in (False, True):
+        model = _cnn(torch)
+        opt = getattr(ft, spec.name)(model.parameters(), **kwargs, flat=flat)
+        sched = torch.optim.lr_scheduler.StepLR(opt, 7, 0.5)
+        if hasattr(opt, "train"):
+            opt.train()
+        losses = _train_zeroing(torch, model, opt, batches, scheduler=sched)
+        runs.append((losses, model, opt))
+    (la, ma, oa), (lb, mb, ob) = runs
+    assert la == lb
+    buffers = {id(v.untyped_storage()) for st in ob.state.values() for k, v in st.items() if k not in ("step",)}
+    for p, q in zip(ma.parameters(), mb.parameters()):
+        assert p.detach().numpy().tobytes() == q.detach().numpy().tobytes()
+        assert set(oa.state[p]) == set(ob.state[q])
+        for k, v in oa.state[p].items():
+            w = ob.state[q][k]
+            if isinstance(v, torch.Tensor):
+                assert v.shape == w.shape and v.numpy().tobytes() == w.numpy().tobytes(), k
+            else:
+                assert v == w, k
+    flat = ob._flats[0]
+    for p, (o, n) in zip(flat.params, flat.spans):
+        assert p.data_ptr() == flat.data.data_ptr() + o * 4
+        for k, v in ob.state[p].items():
+            if isinstance(v, torch.Tensor) and v.dim() and k != "step":
+                assert v.untyped_storage().data_ptr() == ob.state[flat.params[0]][k].untyped_storage().data_ptr()
+    steps = [ob.state[p]["step"] for p in flat.params if "step" in ob.state[p]]
+    assert len({s.data_ptr() for s in steps}) == len(steps)  # (torch's optimizers count each one)
+    assert len(buffers) >= 1
+
+
+def test_flat_gradients_stay_views_and_foreign_ones_are_taken_up(torch):
+    """zero_grad() zeroes the gradient buffer and keeps the views; a gradient set to None
+    (``model.zero_grad()``) or assigned is copied in at the next step (None as zeros); a
+    parameter without a gradient steps with zeros, as torch after
+    ``zero_grad(set_to_none=False)``."""
+    import fastopt.torch as ft
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    twin_a, twin_b = copy.deepcopy(a), copy.deepcopy(b)
+    params = [*a.parameters(), *b.parameters()]
+    opt = ft.SGD(params, lr=0.1, momentum=0.9, flat=True)
+    ref = torch.optim.SGD([*twin_a.parameters(), *twin_b.parameters()], lr=0.1, momentum=0.9, foreach=False)
+    for p in [*twin_a.parameters(), *twin_b.parameters()]:
+        p.grad = torch.zeros_like(p)
+    flat = opt._flats[0]
+    views = list(flat.views)
+    x = torch.randn(5, 4)
+    for t in range(4):
+        if t == 1:
+            a.zero_grad()  # (None: backward makes new tensors, taken up at the step)
+        else:
+            opt.zero_grad()
+        ref.zero_grad(set_to_none=False)
+        a(x).square().sum().backward()  # (b gets no gradient)
+        twin_a(x).square().sum().backward()
+        if t == 2:
+            b.weight.grad = torch.full((3, 4), 0.5)
+            twin_b.weight.grad.fill_(0.5)
+        opt.step()
+        ref.step()
+        assert all(p.grad is v for p, v in zip(params, views))
+        for p, q in zip(params, [*twin_a.parameters(), *twin_b.parameters()]):
+            np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-6, atol=1e-7)
+    opt.zero_grad()
+    assert not flat.grad.any() and all(p.grad is v for p, v in zip(params, views))
+    assert flat.data.untyped_storage().data_ptr() == a.weight.untyped_storage().data_ptr()
+
+
+def test_flat_leaves_tied_frozen_and_view_parameters_as_torch_does(torch):
+    """Views of other tensors and frozen parameters stay out of the buffer and step as
+    torch steps them (the view's base moves with it); a tied weight is one parameter."""
+    import fastopt.torch as ft
+
+    def build():
+        torch.manual_seed(3)
+        emb = torch.nn.Embedding(5, 4)
+        head = torch.nn.Linear(4, 5, bias=False)
+        head.weight = emb.weight
+        frozen = torch.nn.Linear(4, 4)
+        frozen.requires_grad_(False)
+        base = torch.arange(10.0)
+        view = torch.nn.Parameter(base[2:6])
+        return emb, frozen, view, base
+
+    results = []
+    for make in (lambda ps: torch.optim.Adam(ps, lr=0.1, foreach=False), lambda ps: ft.Adam(ps, lr=0.1, flat=True)):
+        emb, frozen, view, base = build()
+        params = [emb.weight, *frozen.parameters(), view]
+        opt = make(params)
+        for t in range(5):
+            opt.zero_grad(set_to_none=False)
+            idx = torch.tensor([t % 5, (t + 2) % 5])
+            loss = (frozen(emb(idx)) @ emb.weight.t()).square().mean() + (view * view).sum()
+            loss.backward()
+            opt.step()
+        results.append([emb.weight.detach().clone(), frozen.weight.detach().clone(), base.clone()])
+        if isinstance(opt, ft.Optimizer):
+            assert [p is emb.weight for p in opt._flats[0].params] == [True]
+    for x, y in zip(*results):
+        np.testing.assert_allclose(y.numpy(), x.numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD", "NAdam", "ASGD"])
+def test_flat_state_dict_moves_to_and_from_torch_and_the_per_tensor_step(torch, name):
+    """Mid-run, the state dict goes from flat=True to torch.optim and to flat=False, and
+    back; the run ends where torch's own ends. (NAdam and ASGD: counters besides ``step``.)"""
+    import fastopt.torch as ft
+
+    kwargs = {"lr": 1e-2, "momentum": 0.9} if name == "SGD" else {"lr": 1e-2}
+    batches = _batches(torch, 40, (6,), torch.float64)
+    model = _mlp(torch, torch.float64)
+    _train_zeroing(torch, model, getattr(torch.optim, name)(model.parameters(), **kwargs, foreach=False), batches)
+    want = _params(model)
+    flat = lambda ps: getattr(ft, name)(ps, **kwargs, flat=True)  # noqa: E731
+    others = (lambda ps: getattr(torch.optim, name)(ps, **kwargs, foreach=False),
+              lambda ps: getattr(ft, name)(ps, **kwargs))
+    for other in others:
+        for first, second in ((flat, other), (other, flat)):
+            model = _mlp(torch, torch.float64)
+            a = first(model.parameters())
+            _train_zeroing(torch, model, a, batches[:20])
+            b = second(model.parameters())
+            b.load_state_dict(a.state_dict())
+            _train_zeroing(torch, model, b, batches, start=20)
+            for x, y in zip(_params(model), want):
+                np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12)
+            st = b.state_dict()["state"][3]
+            assert "step" in st or name == "SGD"
+            assert float(st.get("step", 40)) == 40
+
+
+def test_flat_refuses_what_it_cannot_step_together(torch):
+    import fastopt.torch as ft
+
+    model = torch.nn.Linear(4, 3)
+    with pytest.raises(ValueError, match="flat=True needs an element-wise update; Lamb"):
+        ft.Lamb(model.parameters(), flat=True)
+    with pytest.raises(TypeError, match="flat must be True or False"):
+        ft.Adam(model.parameters(), flat="yes")
+    with pytest.raises(ValueError, match="state_dtype='int8'"):
+        ft.Adam(model.parameters(), flat=True, state_dtype="int8")
+    with pytest.raises(ValueError, match="stochastic"):
+        ft.Adam(model.parameters(), flat=True, master_weights="stochastic")
+    assert model.weight.untyped_storage().nbytes() == 48  # (nothing was moved)
+    # a state whose counters differ between the group's parameters cannot be stepped together
+    opt = torch.optim.Adam(model.parameters(), foreach=False)
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    model.bias.grad = None
+    model.weight.grad.fill_(1.0)
+    opt.step()
+    mine = ft.Adam(model.parameters(), flat=True)
+    before = mine.state_dict()
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[1\] has 'step' 1.0"):
+        mine.load_state_dict(opt.state_dict())
+    assert mine.state_dict() == before == {"state": {}, "param_groups": before["param_groups"]}
+    # a sparse gradient: refused at the step, nothing moved
+    w = model.weight.detach().clone()
+    model.weight.grad = torch.ones(3, 4).to_sparse()
+    with pytest.raises(RuntimeError, match="sparse"):
+        mine.step()
+    assert torch.equal(model.weight.detach(), w) and not mine.state
+
+
+def test_flat_follows_replaced_data_new_groups_and_16bit_models(torch):
+    import fastopt.torch as ft
+
+    model = torch.nn.Linear(3, 2)
+    opt = ft.SGD([model.weight], lr=0.1, flat=True)
+    opt.add_param_group({"params": [model.bias], "lr": 0.5})
+    assert len([f for f in opt._flats if f is not None]) == 2
+    model.double()  # (new memory: moved into new float64 buffers at the next step)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()
+    for p, b, lr in zip(model.parameters(), before, (0.1, 0.5)):
+        assert p.dtype == torch.float64 and p.grad is not None
+        np.testing.assert_allclose(p.detach().numpy(), (b - lr).numpy())
+    assert opt._flats[0].data.dtype == torch.float64
+
+
+def test_flat_refuses_a_state_some_parameters_lack(torch):
+    """A state dict where only some of a group's parameters have state (torch skipped the
+    others): refused by flat=True, nothing loaded; flat=False takes it."""
+    import fastopt.torch as ft
+
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, foreach=False)
+    model.weight.grad = torch.ones(3, 4)
+    opt.step()
+    saved = opt.state_dict()
+    mine = ft.SGD(model.parameters(), lr=0.1, momentum=0.9, flat=True)
+    with pytest.raises(ValueError, match=r"\['params'\]\[1\] has state \[\] but another parameter"):
+        mine.load_state_dict(saved)
+    assert not mine.state
+    ft.SGD(model.parameters(), lr=0.1, momentum=0.9).load_state_dict(saved)

@@ -2,22 +2,24 @@
 the whole training step (forward, backward, step) of a small model with many tensors, that
 model's step timed right after backward, and Adam over ResNet-50's 161 parameter shapes.
 
-``impl``: ``fastopt.torch`` (fastopt's kernels as a torch.optim.Optimizer), or torch's
-single-tensor loop (``torch``), ``torch-foreach`` and ``torch-fused``."""
+``impl``: ``fastopt.torch`` (fastopt's kernels as a torch.optim.Optimizer),
+``fastopt.torch-flat`` (the same with ``flat=True``: each group's parameters and gradients in
+one buffer, stepped in one call), or torch's single-tensor loop (``torch``),
+``torch-foreach`` and ``torch-fused``."""
 
 from __future__ import annotations
 
 from .common import THREADS, require_torch, set_threads, warm_up
 from fastopt.bench.workloads import resnet50_shapes
 
-IMPLS = ["fastopt.torch", "torch", "torch-foreach", "torch-fused"]
+IMPLS = ["fastopt.torch", "fastopt.torch-flat", "torch", "torch-foreach", "torch-fused"]
 
 
 def _optimizer(torch, impl, params, name="Adam", **kw):
-    if impl == "fastopt.torch":
+    if impl.startswith("fastopt.torch"):
         import fastopt.torch
 
-        return getattr(fastopt.torch, name)(params, **kw)
+        return getattr(fastopt.torch, name)(params, **kw, flat=impl.endswith("-flat"))
     flag = {"torch": {"foreach": False}, "torch-foreach": {"foreach": True}, "torch-fused": {"fused": True}}[impl]
     return getattr(torch.optim, name)(params, **kw, **flag)
 

@@ -27,6 +27,35 @@ Where it helps: a step over small and many tensors, where torch's per-tensor wor
 does not: tensors of 1e7 elements and more, where both move the same bytes at the memory's
 bandwidth.
 
+``flat=True`` (the element-wise optimizers: all but Lamb, Adafactor, Muon, Prodigy and
+LBFGS) takes the per-tensor work out of a training step as well. Each param group's
+parameters are copied into one buffer and each parameter's ``.data`` becomes a view of it
+(the Parameter objects stay the same; a reference to the old ``.data`` no longer shares
+their memory); each gets a ``.grad`` that is a view of one gradient buffer, which backward
+accumulates into in place. A step is then one kernel call over the group's buffers,
+whatever the number of tensors, and ``zero_grad()`` zeroes the gradient buffer in one pass:
+
+- gradients stay (zeroed) views whatever ``set_to_none`` says, so a parameter that gets no
+  gradient in a step is stepped with a zero gradient, as torch's optimizers step it after
+  ``zero_grad(set_to_none=False)`` (with weight decay or momentum it still moves);
+- a gradient set to None (``model.zero_grad()``) or assigned is copied into the buffer at
+  the next step (None as zeros) and the view put back;
+- frozen parameters, parameters that are views of other tensors or share their memory,
+  empty and CUDA ones stay outside the buffers and step one by one, as without ``flat``;
+- state tensors are views of the group's state buffers (``step`` one tensor per parameter,
+  as torch keeps it); a state dict moves to and from ``torch.optim`` and ``flat=False``
+  unchanged, but loads only where the group's parameters all have state at the same step;
+- ``state_dtype='int8'`` and ``master_weights='stochastic'`` are refused (their blocks and
+  random streams are counted within each tensor).
+
+Example::
+
+    opt = AdamW(model.parameters(), lr=1e-3, flat=True)
+    for x, y in batches:
+        opt.zero_grad()               # one pass over the gradient buffer
+        loss_fn(model(x), y).backward()
+        opt.step()                    # one kernel call per param group
+
 CUDA tensors (float32 and float64) are updated in place by fastopt's CUDA kernels
 (:mod:`fastopt.backends.cuda`, which needs CuPy: the ``[cuda]`` extra), seen through DLPack
 without a copy, on torch's current stream; their state lives on the GPU.
@@ -59,6 +88,60 @@ _data_ptr = torch.Tensor.data_ptr
 _is_contiguous = torch.Tensor.is_contiguous
 _numpy = torch.Tensor.numpy
 _GRAD = attrgetter("grad")
+
+def _scalar(v: Any) -> Any:
+    """A counter's value as a float (None, and values that are no number, as they are)."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v
+
+
+def _owns_memory(t: torch.Tensor) -> bool:
+    """Whether ``t`` is all of its storage (no view into a larger tensor)."""
+    return bool(t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size())
+
+
+class _Flat:
+    """One param group's parameters stepped through one buffer (``flat=True``): ``params``,
+    at positions ``index`` of the group, are views of ``data`` at ``spans`` (offset, size),
+    their gradients the views ``views`` of ``grad``; ``fp`` is the inner optimizer's
+    parameter over both. ``scalars``: (state key, per-parameter buffer) for each counter,
+    which torch keeps per parameter and the inner optimizer once."""
+
+    __slots__ = ("index", "params", "spans", "data", "grad", "views", "fp", "scalars")
+
+    def __init__(self, index: list[int], params: list[torch.Tensor]) -> None:
+        self.index, self.params = index, params
+        self.spans: list[tuple[int, int]] = []
+        off = 0
+        for p in params:
+            self.spans.append((off, p.numel()))
+            off += p.numel()
+        dtype = params[0].dtype
+        self.data = torch.empty(off, dtype=dtype)
+        self.grad = torch.zeros(off, dtype=dtype)
+        self.views = [self.grad[o:o + n].view(p.shape) for p, (o, n) in zip(params, self.spans)]
+        self.scalars: list[tuple[str, np.ndarray]] = []
+        self.fp: Any = None
+
+    def holds(self, p: torch.Tensor, i: int) -> bool:
+        """Whether parameter ``p`` is still this buffer's ``i``-th member, where it was put."""
+        o, n = self.spans[i]
+        return (p.dtype == self.data.dtype and p.numel() == n
+                and _data_ptr(p) == _data_ptr(self.data) + o * self.data.element_size())
+
+    def move_in(self) -> None:
+        """Copies the parameters (and any gradients) into the buffers and makes each
+        parameter's ``.data`` and ``.grad`` views of them."""
+        for p, (o, n), view in zip(self.params, self.spans, self.views):
+            self.data[o:o + n].copy_(p.detach().reshape(-1))
+            if p.grad is not None:
+                view.copy_(p.grad)
+            p.data = self.data[o:o + n].view(p.shape)
+            p.grad = view
+        self.fp = _FastParameter(_array(self.data))
+        self.fp.grad = _array(self.grad)
 
 
 def _array(t: torch.Tensor) -> np.ndarray:
@@ -112,12 +195,14 @@ class Optimizer(torch.optim.Optimizer):
     memory with the arrays the kernels update.
     """
 
-    _fastopt_class: type = _optim.Optimizer
+    _fastopt_class: type[_optim.Optimizer] = _optim.Optimizer
 
-    def __init__(self, params: Iterable[Any], *args: Any, **kwargs: Any) -> None:
+    def __init__(self, params: Iterable[Any], *args: Any, flat: bool = False, **kwargs: Any) -> None:
         # The fastopt class checks the arguments and says what the defaults are (on a float32
         # probe: master_weights, which depends on the parameters' dtype, is checked when the
         # inner optimizer is built over the real tensors).
+        self._flat = self._check_flat(flat, kwargs)
+        self._flats: list[_Flat | None] = []
         master = kwargs.get("master_weights")
         probe = self._fastopt_class([_FastParameter(np.zeros((1, 1), np.float32))], *args,
                                     **{k: v for k, v in kwargs.items() if k != "master_weights"})
@@ -126,6 +211,23 @@ class Optimizer(torch.optim.Optimizer):
         self._built: list = []  # what the inner optimizer was built from: see `_sync`
         super().__init__(params, dict(probe.defaults, **({"master_weights": master} if master is not None else {})))
         self._build()
+
+    @classmethod
+    def _check_flat(cls, flat: Any, kwargs: dict) -> bool:
+        if not isinstance(flat, bool):
+            raise TypeError(f"flat must be True or False, got {flat!r}")
+        if flat:
+            name = cls.__name__
+            if cls._fastopt_class._couples is not None:  # (its update reads more than the element)
+                raise ValueError(f"flat=True needs an element-wise update; {name}'s looks at whole tensors, so its "
+                                 "tensors cannot share one buffer (use flat=False)")
+            if kwargs.get("state_dtype") == "int8":
+                raise ValueError("flat=True cannot keep state_dtype='int8': the 8-bit state's blocks of 256 elements "
+                                 "are counted within each tensor (use flat=False)")
+            if kwargs.get("master_weights") == "stochastic":
+                raise ValueError("flat=True cannot round stochastically: the random stream is keyed by each "
+                                 "tensor's element index (use flat=False, or another master_weights)")
+        return flat
 
     # -- the inner fastopt optimizer ---------------------------------------------------------
 
@@ -156,33 +258,116 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError(f"{where} is not contiguous: the kernels update memory in place and would have "
                              "to update a copy (make the tensor contiguous before building the optimizer)")
 
-    def _build(self) -> None:
-        """(Re)builds the inner optimizer over views of the current tensors and hands it
-        torch's state (tensors become views of the same memory)."""
-        groups = []
+    def _build(self, state: bool = True) -> None:
+        """(Re)builds the inner optimizer over views of the current tensors (with
+        ``flat=True``, first moving each group's parameters into one buffer) and, with
+        ``state``, hands it torch's state (tensors become views of the same memory)."""
         for gi, group in enumerate(self.param_groups):
             for i, p in enumerate(group["params"]):
                 self._check_tensor(gi, i, p)
-            fps = [_FastParameter(_array(p.detach())) for p in group["params"]]
-            groups.append({**self._options(group), "params": fps})
+        flats: list[_Flat | None] = self._flatten() if self._flat else [None] * len(self.param_groups)
+        groups, pairs = [], []
+        for group, flat in zip(self.param_groups, flats):
+            members = set(flat.index) if flat is not None else set()
+            own = [(p, _FastParameter(_array(p.detach()))) for i, p in enumerate(group["params"]) if i not in members]
+            pairs += own
+            groups.append({**self._options(group), "params": ([flat.fp] if flat is not None else []) + [fp for _, fp in own]})
         inner = self._fastopt_class(groups, *self._args, **self._kwargs)
-        self._inner = inner
+        self._inner, self._flats = inner, flats
         #: Whether the optimizer evaluates the closure itself, several times (LBFGS).
         self._closure_steps = isinstance(inner, _optim.LBFGS)
-        self._pairs = [(p, fp) for group, ig in zip(self.param_groups, inner.param_groups)
-                       for p, fp in zip(group["params"], ig["params"])]
+        # (the parameters stepped one by one: all of them unless flat=True)
+        self._pairs = pairs
         self._params = [p for p, _ in self._pairs]
         self._on_cuda = any(p.device.type == "cuda" for p in self._params)
         self._grads_given: list | None = None  # the gradient tensors last handed over
-        for p, fp in self._pairs:
-            st = self.state.get(p)
-            if st:
-                inner.state[fp] = {k: _to_numpy(v) for k, v in st.items()}
-                if p.device.type == "cuda":  # (torch keeps `step` on the CPU; fastopt counts on the GPU)
-                    inner.state[fp] = {k: to_device_like(fp.data, v) if not is_device_array(v) else v
-                                       for k, v in inner.state[fp].items()}
+        if state:
+            for p, fp in self._pairs:
+                st = self.state.get(p)
+                if st:
+                    inner.state[fp] = {k: _to_numpy(v) for k, v in st.items()}
+                    if p.device.type == "cuda":  # (torch keeps `step` on the CPU; fastopt counts on the GPU)
+                        inner.state[fp] = {k: to_device_like(fp.data, v) if not is_device_array(v) else v
+                                           for k, v in inner.state[fp].items()}
+            for gi, flat in enumerate(flats):
+                if flat is not None:
+                    joined = self._joined(gi, flat, [self.state.get(p) for p in flat.params])
+                    if joined:
+                        inner.state[flat.fp] = joined
         self._mirror()
         self._built = self._signature()
+
+    def _flatten(self) -> list[_Flat | None]:
+        """Each group's :class:`_Flat` (None where no parameter can join one): its trainable
+        CPU parameters that are all of their memory and share it with no other parameter
+        (views of other tensors stay apart and step one by one, as without ``flat``, so that
+        their bases move with them). Parameters still where the previous build put them stay
+        there; otherwise the group's members are copied into new buffers."""
+        previous = self._flats if len(self._flats) == len(self.param_groups) else [None] * len(self.param_groups)
+        kept = [[id(p) in {id(q) for q in group["params"]} and prev.holds(p, i) for i, p in enumerate(prev.params)]
+                if prev is not None else [] for group, prev in zip(self.param_groups, previous)]
+        placed = {id(p) for prev, ok in zip(previous, kept) if prev is not None for p, k in zip(prev.params, ok) if k}
+        owners: dict[int, int] = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if id(p) not in placed and p.device.type == "cpu":
+                    key = p.untyped_storage().data_ptr()
+                    owners[key] = owners.get(key, 0) + 1
+        flats: list[_Flat | None] = []
+        for group, prev, ok in zip(self.param_groups, previous, kept):
+            index = [i for i, p in enumerate(group["params"])
+                     if p.device.type == "cpu" and p.requires_grad and p.numel() > 0
+                     and (id(p) in placed or (_owns_memory(p) and owners[p.untyped_storage().data_ptr()] == 1))]
+            members = [group["params"][i] for i in index]
+            if not members or len({p.dtype for p in members}) > 1:
+                flats.append(None)  # (a mixed group: the inner optimizer says why it refuses it)
+                continue
+            if (prev is not None and all(ok) and len(prev.params) == len(members)
+                    and all(map(is_, prev.params, members))):
+                prev.index = index
+                flats.append(prev)
+                continue
+            for p in members:
+                if p.grad is not None and p.grad.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            flats.append(_Flat(index, members))
+        for flat, prev in zip(flats, previous):
+            if flat is not None and flat is not prev:
+                flat.move_in()
+        return flats
+
+    def _joined(self, gi: int, flat: _Flat, entries: list) -> dict | None:
+        """The state of a group's flat members (``entries``: each one's state dict, or None)
+        as the inner optimizer keeps it for their buffer: element-wise buffers concatenated,
+        counters (``step``) once, which must then be equal."""
+        if not any(entries):
+            return None
+        where = f"flat=True: param_groups[{gi}]"
+        first = next(e for e in entries if e)
+        for j, e in zip(flat.index, entries):
+            if not e or set(e) != set(first):
+                raise ValueError(f"{where}['params'][{j}] has state {sorted(e or ())} but another parameter of the group "
+                                 f"has {sorted(first)}: flat=True steps a group's parameters together (load this state "
+                                 "with flat=False)")
+        counters = self._fastopt_class._counters
+        out: dict[str, Any] = {}
+        for key, value in first.items():
+            values = [_to_numpy(e[key]) for e in entries]
+            if key in counters or value is None or not hasattr(values[0], "__array__"):
+                as_float = [_scalar(v) for v in values]
+                for j, v in zip(flat.index, as_float):
+                    if not (v is as_float[0] is None or (isinstance(v, float) and v == as_float[0])):
+                        raise ValueError(f"{where}['params'][{j}] has {key!r} {v}, another parameter of the group "
+                                         f"{as_float[0]}: flat=True steps a group's parameters together (load this "
+                                         "state with flat=False)")
+                out[key] = values[0]
+                continue
+            for j, p, v in zip(flat.index, flat.params, values):
+                if np.size(v) != p.numel():
+                    raise ValueError(f"{where}['params'][{j}]: state {key!r} has {np.size(v)} elements but the "
+                                     f"parameter has {p.numel()}")
+            out[key] = np.concatenate([np.asarray(v).reshape(-1) for v in values])
+        return out
 
     def _signature(self) -> list:
         """What the inner optimizer depends on, per group: the group, its params, the
@@ -237,7 +422,32 @@ class Optimizer(torch.optim.Optimizer):
             st = inner_state.get(fp)
             if st:
                 self.state[p] = {k: _to_torch(v) for k, v in st.items()}
+        counters = self._fastopt_class._counters
+        for flat in self._flats:
+            st = inner_state.get(flat.fp) if flat is not None else None
+            if flat is None or not st:
+                continue
+            # element-wise buffers: each parameter's slice; counters: one 0-d tensor per
+            # parameter (torch's optimizers count each parameter's steps in its own tensor)
+            size = flat.data.numel()
+            flat.scalars = [(k, np.full(len(flat.params), v, dtype=np.asarray(v).dtype)) for k, v in st.items()
+                            if k in counters and v is not None and np.ndim(v) == 0]
+            scalars = {k: torch.from_numpy(buf) for k, buf in flat.scalars}
+            whole = {k: scalars.get(k, _to_torch(v)) for k, v in st.items()}
+            for i, (p, (o, n)) in enumerate(zip(flat.params, flat.spans)):
+                self.state[p] = {k: v[i] if k in scalars
+                                 else v[o:o + n].view(p.shape) if isinstance(v, torch.Tensor) and v.shape == (size,)
+                                 else v for k, v in whole.items()}
         self._mirrored = inner_state._version
+
+    def _count_back(self) -> None:
+        """Each flat member's counters (``step``) from the inner optimizer's, after a step."""
+        state = self._inner.state
+        for flat in self._flats:
+            if flat is not None and flat.scalars:
+                st = state[flat.fp]
+                for key, buf in flat.scalars:
+                    buf[...] = st[key]
 
     # -- torch.optim.Optimizer ------------------------------------------------------------
 
@@ -305,6 +515,8 @@ class Optimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._grads()
+        if self._flat:
+            self._flat_grads()
         if self._on_cuda:
             # fastopt's launches go on torch's current stream (CuPy's, while the step runs)
             from .backends import cuda  # noqa: PLC0415 (only for CUDA tensors)
@@ -315,6 +527,8 @@ class Optimizer(torch.optim.Optimizer):
             inner.step()
         if inner.state._version != self._mirrored:
             self._mirror()
+        elif self._flat:
+            self._count_back()
         if inner._steps_change_groups:
             self._groups_back()
         return loss
@@ -339,6 +553,55 @@ class Optimizer(torch.optim.Optimizer):
         for (_, fp), v in zip(self._pairs, views):
             fp._grad = v
         arrays_replaced()
+
+    def _flat_grads(self) -> None:
+        """Makes each flat member's gradient its view of the group's gradient buffer again
+        where it is not (``model.zero_grad()`` set it to None, or a gradient was assigned):
+        the tensor's values are copied in, None counts as zeros. Nothing is done while every
+        gradient is its view, as autograd leaves them (it accumulates in place)."""
+        for flat in self._flats:
+            if flat is None or all(map(is_, map(_GRAD, flat.params), flat.views)):
+                continue
+            for p in flat.params:
+                if p.grad is not None and p.grad.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            for p, view in zip(flat.params, flat.views):
+                g = p.grad
+                if g is view:
+                    continue
+                if g is None:
+                    view.zero_()
+                else:
+                    view.copy_(g)
+                p.grad = view
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch's ``zero_grad``; with ``flat=True`` each group's gradient buffer is zeroed in
+        one pass and its parameters keep their gradients (views of it) whatever
+        ``set_to_none`` says, so that backward accumulates into the buffer (the parameters
+        outside the buffers follow ``set_to_none``)."""
+        if not self._flat:
+            super().zero_grad(set_to_none)
+            return
+        for flat in self._flats:
+            if flat is not None:
+                flat.grad.zero_()
+                for p, view in zip(flat.params, flat.views):
+                    if p.grad is not view:
+                        p.grad = view
+        for group, flat in zip(self.param_groups, self._flats):
+            members = set(flat.index) if flat is not None else set()
+            for i, p in enumerate(group["params"]):
+                if i in members or p.grad is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                else:  # (as torch's zero_grad)
+                    if p.grad.grad_fn is not None:
+                        p.grad.detach_()
+                    else:
+                        p.grad.requires_grad_(False)
+                    p.grad.zero_()
 
     def _grad_of(self, p: torch.Tensor) -> np.ndarray | None:
         g = p.grad
@@ -376,12 +639,43 @@ class Optimizer(torch.optim.Optimizer):
         values by :meth:`fastopt.optim.Optimizer.load_state_dict`'s rules (a float32 state
         into a bfloat16-state group is rounded, into an 8-bit group quantized), and torch's
         state shares the result's memory."""
+        own = self._inner_state_dict(state_dict) if self._flat else None
         super().load_state_dict(state_dict)
-        self._build()
-        own = {"state": {k: {key: _to_numpy(v) for key, v in entry.items()} for k, entry in state_dict["state"].items()},
-               "param_groups": state_dict["param_groups"]}
+        self._build(state=False)
+        if own is None:
+            own = {"state": {k: {key: _to_numpy(v) for key, v in entry.items()}
+                             for k, entry in state_dict["state"].items()},
+                   "param_groups": state_dict["param_groups"]}
         self._inner.load_state_dict(own)
         self._mirror()
+
+    def _inner_state_dict(self, state_dict: Any) -> dict | None:
+        """``state_dict`` (torch's layout, one entry per parameter) in the inner optimizer's
+        layout with ``flat=True``: each group's flat members as one parameter (their buffers
+        joined: :meth:`_joined`), then the others. Checked before anything is loaded; None
+        when the dict does not fit this optimizer's groups (torch's load then says why)."""
+        try:
+            saved_state, saved_groups = state_dict["state"], list(state_dict["param_groups"])
+            if len(saved_groups) != len(self.param_groups) or any(
+                    len(s["params"]) != len(g["params"]) for s, g in zip(saved_groups, self.param_groups)):
+                return None
+        except (TypeError, KeyError):
+            return None
+        state: dict[int, dict] = {}
+        groups = []
+        count = 0
+        for gi, (saved, flat) in enumerate(zip(saved_groups, self._flats)):
+            ids = list(saved["params"])
+            members = set(flat.index) if flat is not None else set()
+            entries = [self._joined(gi, flat, [saved_state.get(ids[i]) for i in flat.index])] if flat is not None else []
+            entries += [saved_state.get(k) for i, k in enumerate(ids) if i not in members]
+            new_ids = list(range(count, count + len(entries)))
+            count += len(entries)
+            for k, entry in zip(new_ids, entries):
+                if entry:
+                    state[k] = {key: _to_numpy(v) for key, v in entry.items()}
+            groups.append({**{key: v for key, v in saved.items() if key != "param_names"}, "params": new_ids})
+        return {"state": state, "param_groups": groups}
 
 
 def _train(self: Optimizer) -> None:
@@ -410,7 +704,12 @@ def _make(name: str) -> type:
            + (", lr=0.01" if "lr" in inspect.signature(fast.__init__).parameters else "") + ")\n"
            f">>> isinstance(opt, torch.optim.Optimizer)\nTrue\n")
     sig = inspect.signature(fast.__init__)
-    sig = sig.replace(parameters=list(sig.parameters.values())[1:])  # (without self)
+    params = list(sig.parameters.values())[1:]  # (without self)
+    if fast._couples is None:  # (an element-wise update: flat=True can step it)
+        doc += ("\n``flat=True`` moves each param group's parameters and gradients into one buffer and "
+                "steps it in one call (see :mod:`fastopt.torch`).\n")
+        params.append(inspect.Parameter("flat", inspect.Parameter.KEYWORD_ONLY, default=False, annotation="bool"))
+    sig = sig.replace(parameters=params)
     body: dict[str, Any] = {"_fastopt_class": fast, "__doc__": doc, "__module__": __name__, "__qualname__": name,
                             "__signature__": sig}
     if hasattr(fast, "train"):
