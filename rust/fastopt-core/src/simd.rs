@@ -172,6 +172,10 @@ pub trait Arith {
     /// (the AVX2 and AVX-512 levels): bulk conversions between 16-bit and float32 values
     /// then use those instructions ([`crate::half`]).
     const X86: bool = false;
+    /// Whether the kernel body is compiled for 512-bit vectors (the AVX-512 level), where
+    /// some 16-bit formats convert faster inside the rule's loop than through tiles
+    /// (`Storage::DIRECT` in [`crate::optim::engine`]).
+    const WIDE: bool = false;
 }
 
 /// One rounding (hardware FMA); only instantiated where the target has FMA.
@@ -180,6 +184,8 @@ pub struct Fused;
 /// CPU has AVX2, FMA and F16C: see [`Arith::X86`]). Private, so that no other code can
 /// run a kernel with it.
 struct X86Fused;
+/// [`X86Fused`] inside the AVX-512 wrapper of [`dispatch_at`] only ([`Arith::WIDE`]).
+struct X86Wide;
 /// Two roundings (product, then sum).
 pub struct Separate;
 
@@ -196,6 +202,19 @@ impl Arith for Fused {
 
 impl Arith for X86Fused {
     const X86: bool = true;
+    #[inline(always)]
+    fn madd<T: Float>(a: T, b: T, c: T) -> T {
+        Fused::madd(a, b, c)
+    }
+    #[inline(always)]
+    fn div_by_const<T: Float>(a: T, c: T, inv_c: T) -> T {
+        Fused::div_by_const(a, c, inv_c)
+    }
+}
+
+impl Arith for X86Wide {
+    const X86: bool = true;
+    const WIDE: bool = true;
     #[inline(always)]
     fn madd<T: Float>(a: T, b: T, c: T) -> T {
         Fused::madd(a, b, c)
@@ -260,7 +279,7 @@ pub fn dispatch_at<K: SimdKernel>(l: SimdLevel, k: K) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,f16c")]
 unsafe fn run_avx512<K: SimdKernel>(k: K) {
-    k.run::<X86Fused>()
+    k.run::<X86Wide>()
 }
 
 #[cfg(target_arch = "x86_64")]
