@@ -180,12 +180,10 @@ pub trait Arith {
 
 /// One rounding (hardware FMA); only instantiated where the target has FMA.
 pub struct Fused;
-/// One rounding, inside the x86-64 AVX2 and AVX-512 wrappers of [`dispatch_at`] only (the
-/// CPU has AVX2, FMA and F16C: see [`Arith::X86`]). Private, so that no other code can
-/// run a kernel with it.
-struct X86Fused;
-/// [`X86Fused`] inside the AVX-512 wrapper of [`dispatch_at`] only ([`Arith::WIDE`]).
-struct X86Wide;
+/// One rounding, inside the x86-64 AVX2 (`WIDE` false) and AVX-512 (`WIDE` true: see
+/// [`Arith::WIDE`]) wrappers of [`dispatch_at`] only (the CPU has AVX2, FMA and F16C: see
+/// [`Arith::X86`]). Private, so that no other code can run a kernel with it.
+struct X86Fused<const WIDE: bool>;
 /// Two roundings (product, then sum).
 pub struct Separate;
 
@@ -200,21 +198,9 @@ impl Arith for Fused {
     }
 }
 
-impl Arith for X86Fused {
+impl<const W: bool> Arith for X86Fused<W> {
     const X86: bool = true;
-    #[inline(always)]
-    fn madd<T: Float>(a: T, b: T, c: T) -> T {
-        Fused::madd(a, b, c)
-    }
-    #[inline(always)]
-    fn div_by_const<T: Float>(a: T, c: T, inv_c: T) -> T {
-        Fused::div_by_const(a, c, inv_c)
-    }
-}
-
-impl Arith for X86Wide {
-    const X86: bool = true;
-    const WIDE: bool = true;
+    const WIDE: bool = W;
     #[inline(always)]
     fn madd<T: Float>(a: T, b: T, c: T) -> T {
         Fused::madd(a, b, c)
@@ -279,11 +265,11 @@ pub fn dispatch_at<K: SimdKernel>(l: SimdLevel, k: K) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,f16c")]
 unsafe fn run_avx512<K: SimdKernel>(k: K) {
-    k.run::<X86Wide>()
+    k.run::<X86Fused<true>>()
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn run_avx2<K: SimdKernel>(k: K) {
-    k.run::<X86Fused>()
+    k.run::<X86Fused<false>>()
 }
