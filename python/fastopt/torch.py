@@ -304,8 +304,10 @@ class Optimizer(torch.optim.Optimizer):
         their bases move with them). Parameters still where the previous build put them stay
         there; otherwise the group's members are copied into new buffers."""
         previous = self._flats if len(self._flats) == len(self.param_groups) else [None] * len(self.param_groups)
-        kept = [[id(p) in {id(q) for q in group["params"]} and prev.holds(p, i) for i, p in enumerate(prev.params)]
-                if prev is not None else [] for group, prev in zip(self.param_groups, previous)]
+        kept = []
+        for group, prev in zip(self.param_groups, previous):
+            listed = {id(q) for q in group["params"]} if prev is not None else set()
+            kept.append([id(p) in listed and prev.holds(p, i) for i, p in enumerate(prev.params)] if prev is not None else [])
         placed = {id(p) for prev, ok in zip(previous, kept) if prev is not None for p, k in zip(prev.params, ok) if k}
         owners: dict[int, int] = {}
         for group in self.param_groups:
